@@ -1,0 +1,180 @@
+//! `eventflux-demo`: a runtime shaped like the EventFlux pipeline, instrumented with
+//! `usdt-markers`. It is the target of eventflux-probe's tests, benchmarks and README demo, so
+//! with `--events N` it is deterministic: the same input gives the same counts and the same
+//! output digest, attached or not.
+
+mod event;
+mod query;
+mod queue;
+mod runtime;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
+use usdt_markers::abi::JunctionKind;
+
+use runtime::{Config, Outcome};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Subscribers run inside the sender's call: stage spans nest on one thread.
+    Sync,
+    /// Bounded queues hand chunks to one worker thread per query; they can back up.
+    Async,
+}
+
+/// An instrumented EventFlux-like runtime: streams, queries (filter → window → aggregation →
+/// insert into), chunks of events, USDT probes at every stage.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Produce exactly N input events, print the summary, then stop (after --linger).
+    /// Without it, run until stopped.
+    #[arg(long, value_name = "N")]
+    events: Option<u64>,
+    /// Number of queries; query i reads stream i % STREAMS, windows cycle length,
+    /// length_batch, time.
+    #[arg(long, value_name = "Q", default_value_t = 3)]
+    queries: u32,
+    /// Number of input streams; chunks go to them round-robin.
+    #[arg(long, value_name = "S", default_value_t = 2)]
+    streams: u32,
+    /// Events per chunk.
+    #[arg(long, value_name = "B", default_value_t = 64)]
+    batch: usize,
+    /// Input events per second over all streams; 0 means as fast as possible.
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    rate: u64,
+    /// Junction mode.
+    #[arg(long, value_enum, default_value_t = Mode::Sync)]
+    mode: Mode,
+    /// Chunks each async queue holds before the producer waits (backpressure).
+    #[arg(long, value_name = "C", default_value_t = 16)]
+    queue_capacity: usize,
+    /// Wait until FILE exists before producing the first event, so an observer can attach.
+    #[arg(long, value_name = "FILE")]
+    gate: Option<PathBuf>,
+    /// Seconds to stay alive after the summary.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    linger: f64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eventflux-demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    if args.streams == 0 {
+        bail!("--streams must be at least 1");
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.mode_is_async() && args.queue_capacity == 0 {
+        bail!("--queue-capacity must be at least 1");
+    }
+    if !(args.linger.is_finite() && args.linger >= 0.0) {
+        bail!("--linger must be a non-negative number of seconds");
+    }
+    let config = Config {
+        events: args.events,
+        streams: args.streams,
+        queries: args.queries,
+        batch: args.batch,
+        rate: args.rate,
+        mode: if args.mode_is_async() { JunctionKind::Async } else { JunctionKind::Sync },
+        queue_capacity: args.queue_capacity,
+        gate: args.gate.clone(),
+    };
+    let outcome = runtime::run(&config)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", summary(&config, &outcome))?;
+    out.flush()?;
+    drop(out);
+    std::thread::sleep(Duration::from_secs_f64(args.linger));
+    Ok(())
+}
+
+impl Args {
+    fn mode_is_async(&self) -> bool {
+        matches!(self.mode, Mode::Async)
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn summary(config: &Config, outcome: &Outcome) -> Value {
+    let name_of = |id: u32| outcome.streams.iter().find(|s| s.id == id).map_or("?", |s| s.name.as_str());
+    let streams: BTreeMap<&str, Value> = outcome
+        .streams
+        .iter()
+        .map(|s| {
+            let v = json!({
+                "id": s.id,
+                "role": s.role.label(),
+                "received": s.stats.received,
+                "sent": s.stats.sent,
+                "backpressure": s.stats.backpressure,
+            });
+            (s.name.as_str(), v)
+        })
+        .collect();
+    let queries: BTreeMap<&str, Value> = outcome
+        .queries
+        .iter()
+        .map(|(def, stats)| {
+            let mut lat = stats.latencies_ns.clone();
+            lat.sort_unstable();
+            let v = json!({
+                "id": def.id,
+                "input_stream": name_of(def.input_stream),
+                "output_stream": name_of(def.output_stream),
+                "window": def.window.label(),
+                "processed": stats.processed,
+                "emitted": stats.emitted,
+                "errors": stats.errors,
+                "batches": stats.batches,
+                "p50_ns": percentile(&lat, 0.50),
+                "p99_ns": percentile(&lat, 0.99),
+                "digest": format!("{:016x}", stats.digest),
+            });
+            (def.name.as_str(), v)
+        })
+        .collect();
+    let connections: BTreeMap<&str, Value> = outcome
+        .connections
+        .iter()
+        .map(|(p, c)| (p.label(), json!({"opened": c.opened, "failed": c.failed, "closed": c.closed})))
+        .collect();
+    let total: u64 = outcome.streams.iter().filter(|s| s.protocol.is_some()).map(|s| s.stats.received).sum();
+    let secs = outcome.elapsed.as_secs_f64();
+    json!({
+        "mode": config.mode.label(),
+        "events": total,
+        "elapsed_s": secs,
+        "events_per_sec": if secs > 0.0 { total as f64 / secs } else { 0.0 },
+        "streams": streams,
+        "queries": queries,
+        "connections": connections,
+    })
+}

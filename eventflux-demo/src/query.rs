@@ -1,0 +1,242 @@
+//! A query: filter → window → aggregation → emit, each processor calling the next from inside
+//! its own `process`, as the engine's synchronous pipeline does. Stage probes therefore nest on
+//! one thread: the window's span contains the aggregation and emit it calls.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Instant;
+
+use usdt_markers::abi::{ErrorKind, WindowKind};
+use usdt_markers::probe;
+
+use crate::event::Event;
+
+/// What a query has done, reported in the demo's summary.
+#[derive(Debug, Default, Clone)]
+pub struct QueryStats {
+    pub processed: u64,
+    pub emitted: u64,
+    pub errors: u64,
+    pub batches: u64,
+    pub latencies_ns: Vec<u64>,
+    /// FNV-1a over every emitted row: equal digests mean equal computed output.
+    pub digest: u64,
+}
+
+/// One aggregated output row: running sum and count of `price` for a symbol.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    symbol: u32,
+    sum: i64,
+    count: i64,
+}
+
+/// What a window hands to the aggregation, in order.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Add(Event),
+    Remove(Event),
+    /// End of a tumbling batch: emit one row per group touched since the last flush.
+    Flush,
+}
+
+enum Window {
+    Length { len: usize, buf: VecDeque<Event> },
+    LengthBatch { len: usize, buf: Vec<Event>, prev: Vec<Event> },
+    Time { ms: u64, buf: VecDeque<Event> },
+}
+
+impl Window {
+    fn new(kind: WindowKind, size: u64) -> Self {
+        let len = usize::try_from(size).unwrap_or(usize::MAX).max(1);
+        match kind {
+            WindowKind::LengthBatch => Window::LengthBatch { len, buf: Vec::new(), prev: Vec::new() },
+            WindowKind::Time | WindowKind::TimeBatch => Window::Time { ms: size.max(1), buf: VecDeque::new() },
+            WindowKind::Length | WindowKind::None => Window::Length { len, buf: VecDeque::new() },
+        }
+    }
+
+    fn process(&mut self, input: &[Event], ops: &mut Vec<Op>) {
+        match self {
+            Window::Length { len, buf } => {
+                for e in input {
+                    buf.push_back(*e);
+                    if buf.len() > *len {
+                        if let Some(old) = buf.pop_front() {
+                            ops.push(Op::Remove(old));
+                        }
+                    }
+                    ops.push(Op::Add(*e));
+                }
+            }
+            Window::LengthBatch { len, buf, prev } => {
+                for e in input {
+                    buf.push(*e);
+                    if buf.len() == *len {
+                        ops.extend(prev.drain(..).map(Op::Remove));
+                        ops.extend(buf.iter().copied().map(Op::Add));
+                        ops.push(Op::Flush);
+                        std::mem::swap(prev, buf);
+                    }
+                }
+            }
+            Window::Time { ms, buf } => {
+                for e in input {
+                    while buf.front().is_some_and(|old| old.ts_ms + *ms <= e.ts_ms) {
+                        if let Some(old) = buf.pop_front() {
+                            ops.push(Op::Remove(old));
+                        }
+                    }
+                    buf.push_back(*e);
+                    ops.push(Op::Add(*e));
+                }
+            }
+        }
+    }
+
+    fn state_bytes(&self) -> u64 {
+        let events = match self {
+            Window::Length { buf, .. } | Window::Time { buf, .. } => buf.len(),
+            Window::LengthBatch { buf, prev, .. } => buf.len() + prev.len(),
+        };
+        (events * size_of::<Event>()) as u64
+    }
+
+    fn emits_per_event(&self) -> bool {
+        !matches!(self, Window::LengthBatch { .. })
+    }
+}
+
+pub struct Query {
+    pub id: u32,
+    pub input_stream: u32,
+    pub output_stream: u32,
+    window: Window,
+    groups: HashMap<u32, (i64, i64)>,
+    touched: BTreeSet<u32>,
+    pub stats: QueryStats,
+}
+
+impl Query {
+    pub fn new(id: u32, input_stream: u32, output_stream: u32, window: WindowKind, window_size: u64) -> Self {
+        Query {
+            id,
+            input_stream,
+            output_stream,
+            window: Window::new(window, window_size),
+            groups: HashMap::new(),
+            touched: BTreeSet::new(),
+            stats: QueryStats { digest: FNV_OFFSET, ..QueryStats::default() },
+        }
+    }
+
+    /// Processes one chunk of the input stream: one query batch.
+    pub fn process(&mut self, chunk: &[Event]) {
+        let n = chunk.len() as u64;
+        probe!(query_batch_start(self.id, self.input_stream, n));
+        let started = Instant::now();
+        let emitted = self.filter(chunk);
+        let elapsed = started.elapsed();
+        probe!(query_batch_end(self.id, n, emitted));
+        self.stats.processed += n;
+        self.stats.emitted += emitted;
+        self.stats.batches += 1;
+        self.stats.latencies_ns.push(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// `price / volume >= 2`; a zero volume is an expression error and drops the event.
+    fn filter(&mut self, chunk: &[Event]) -> u64 {
+        let n = chunk.len() as u64;
+        probe!(filter_start(self.id, n));
+        let mut errors = 0u64;
+        let passed: Vec<Event> = chunk
+            .iter()
+            .filter(|e| match e.price.checked_div(e.volume) {
+                Some(ratio) => ratio >= 2,
+                None => {
+                    errors += 1;
+                    false
+                }
+            })
+            .copied()
+            .collect();
+        if errors > 0 {
+            probe!(error(self.id, ErrorKind::Expression.code(), errors));
+            self.stats.errors += errors;
+        }
+        let emitted = if passed.is_empty() { 0 } else { self.window(&passed) };
+        probe!(filter_end(self.id, n, passed.len() as u64));
+        emitted
+    }
+
+    fn window(&mut self, input: &[Event]) -> u64 {
+        let n = input.len() as u64;
+        probe!(window_start(self.id, n));
+        let mut ops = Vec::with_capacity(input.len() * 2);
+        self.window.process(input, &mut ops);
+        let emitted = if ops.is_empty() { 0 } else { self.aggregate(&ops) };
+        probe!(window_end(self.id, n, ops.len() as u64, self.window.state_bytes()));
+        emitted
+    }
+
+    fn aggregate(&mut self, ops: &[Op]) -> u64 {
+        probe!(aggregate_start(self.id, ops.len() as u64));
+        let per_event = self.window.emits_per_event();
+        let mut rows = Vec::new();
+        for op in ops {
+            match *op {
+                Op::Add(e) => {
+                    let g = self.groups.entry(e.symbol).or_insert((0, 0));
+                    g.0 += e.price;
+                    g.1 += 1;
+                    if per_event {
+                        rows.push(Row { symbol: e.symbol, sum: g.0, count: g.1 });
+                    } else {
+                        self.touched.insert(e.symbol);
+                    }
+                }
+                Op::Remove(e) => {
+                    if let Some(g) = self.groups.get_mut(&e.symbol) {
+                        g.0 -= e.price;
+                        g.1 -= 1;
+                        if g.1 == 0 {
+                            self.groups.remove(&e.symbol);
+                        }
+                    }
+                }
+                Op::Flush => {
+                    for symbol in std::mem::take(&mut self.touched) {
+                        let (sum, count) = self.groups.get(&symbol).copied().unwrap_or((0, 0));
+                        rows.push(Row { symbol, sum, count });
+                    }
+                }
+            }
+        }
+        let emitted = if rows.is_empty() { 0 } else { self.emit(&rows) };
+        probe!(aggregate_end(self.id, rows.len() as u64, self.groups.len() as u64));
+        emitted
+    }
+
+    /// `insert into` the output stream: nothing subscribes to it here, so emitting means
+    /// hashing the rows into the digest.
+    fn emit(&mut self, rows: &[Row]) -> u64 {
+        let n = rows.len() as u64;
+        probe!(emit_start(self.id, self.output_stream, n));
+        for row in rows {
+            for word in [u64::from(row.symbol), row.sum as u64, row.count as u64] {
+                self.stats.digest = fnv1a(self.stats.digest, word);
+            }
+        }
+        probe!(emit_end(self.id, self.output_stream, n));
+        n
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a(mut hash: u64, word: u64) -> u64 {
+    for byte in word.to_le_bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}

@@ -1,0 +1,96 @@
+//! The bounded queue of an async stream junction: one per subscribing query, drained by that
+//! query's worker thread. When it is full the producer waits, which is backpressure.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use usdt_markers::probe;
+
+use crate::event::{Chunk, Event};
+
+struct Item {
+    chunk: Arc<Chunk>,
+    queued_at: Instant,
+}
+
+struct State {
+    items: VecDeque<Item>,
+    bytes: u64,
+    closed: bool,
+}
+
+pub struct Queue {
+    stream_id: u32,
+    query_id: u32,
+    capacity: usize,
+    state: Mutex<State>,
+    not_empty: Condvar,
+    not_full: Condvar,
+}
+
+impl Queue {
+    pub fn new(stream_id: u32, query_id: u32, capacity: usize) -> Self {
+        Queue {
+            stream_id,
+            query_id,
+            capacity: capacity.max(1),
+            state: Mutex::new(State { items: VecDeque::new(), bytes: 0, closed: false }),
+            not_empty: Condvar::new(),
+            not_full: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a chunk, waiting while the queue is full. Returns whether it had to wait.
+    pub fn push(&self, chunk: Arc<Chunk>) -> bool {
+        let bytes = (chunk.len() * size_of::<Event>()) as u64;
+        let mut state = self.lock();
+        let waited = state.items.len() >= self.capacity;
+        if waited {
+            probe!(backpressure(self.stream_id, self.query_id, state.items.len() as u64, self.capacity as u64));
+            while state.items.len() >= self.capacity {
+                state = self.not_full.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        state.items.push_back(Item { chunk, queued_at: Instant::now() });
+        state.bytes += bytes;
+        probe!(queue_push(
+            self.stream_id,
+            self.query_id,
+            state.items.len() as u64,
+            self.capacity as u64,
+            state.bytes
+        ));
+        drop(state);
+        self.not_empty.notify_one();
+        waited
+    }
+
+    /// Takes the oldest chunk; `None` once the queue is closed and drained.
+    pub fn pop(&self) -> Option<Arc<Chunk>> {
+        let mut state = self.lock();
+        loop {
+            if let Some(item) = state.items.pop_front() {
+                state.bytes -= (item.chunk.len() * size_of::<Event>()) as u64;
+                let wait_ns = u64::try_from(item.queued_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                probe!(queue_pop(self.stream_id, self.query_id, state.items.len() as u64, wait_ns));
+                drop(state);
+                self.not_full.notify_one();
+                return Some(item.chunk);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.not_empty.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.not_empty.notify_all();
+    }
+}

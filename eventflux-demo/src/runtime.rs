@@ -1,0 +1,289 @@
+//! The application: streams behind junctions, queries subscribed to them, sources feeding
+//! them chunk by chunk, in the engine's synchronous or asynchronous mode.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use usdt_markers::abi::{ConnErrorKind, JunctionKind, Protocol, StreamRole, WindowKind};
+use usdt_markers::{probe, QueryInfo, StreamInfo};
+
+use crate::event::Source;
+use crate::query::{Query, QueryStats};
+use crate::queue::Queue;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub events: Option<u64>,
+    pub streams: u32,
+    pub queries: u32,
+    pub batch: usize,
+    pub rate: u64,
+    pub mode: JunctionKind,
+    pub queue_capacity: usize,
+    pub gate: Option<PathBuf>,
+}
+
+/// A stream's counters, in the summary.
+#[derive(Debug, Default, Clone)]
+pub struct StreamStats {
+    pub received: u64,
+    pub sent: u64,
+    pub backpressure: u64,
+}
+
+pub struct StreamDef {
+    pub id: u32,
+    pub name: String,
+    pub role: StreamRole,
+    pub protocol: Option<Protocol>,
+    pub stats: StreamStats,
+}
+
+pub struct QueryDef {
+    pub id: u32,
+    pub name: String,
+    pub window: WindowKind,
+    pub window_size: u64,
+    pub input_stream: u32,
+    pub output_stream: u32,
+}
+
+/// Connection attempts per protocol, in the summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnStats {
+    pub opened: u64,
+    pub failed: u64,
+    pub closed: u64,
+}
+
+pub struct Outcome {
+    pub streams: Vec<StreamDef>,
+    pub queries: Vec<(QueryDef, QueryStats)>,
+    pub connections: Vec<(Protocol, ConnStats)>,
+    pub elapsed: Duration,
+}
+
+/// The query plan: query `i` reads input stream `i % streams` and cycles through the window
+/// kinds, so every kind runs whenever there are three queries or more.
+pub fn plan(config: &Config) -> (Vec<StreamDef>, Vec<QueryDef>) {
+    let mut streams: Vec<StreamDef> = (0..config.streams)
+        .map(|i| StreamDef {
+            id: i,
+            name: format!("Stock{i}"),
+            role: StreamRole::Input,
+            protocol: Some(Protocol::ALL[i as usize % Protocol::ALL.len()]),
+            stats: StreamStats::default(),
+        })
+        .collect();
+    let windows = [(WindowKind::Length, 32), (WindowKind::LengthBatch, 64), (WindowKind::Time, 100)];
+    let mut queries = Vec::new();
+    for i in 0..config.queries {
+        let output_stream = config.streams + i;
+        let (window, window_size) = windows[i as usize % windows.len()];
+        queries.push(QueryDef {
+            id: i,
+            name: format!("q{i}_{}", window.label()),
+            window,
+            window_size,
+            input_stream: i % config.streams,
+            output_stream,
+        });
+        streams.push(StreamDef {
+            id: output_stream,
+            name: format!("Q{i}Out"),
+            role: StreamRole::Output,
+            protocol: None,
+            stats: StreamStats::default(),
+        });
+    }
+    (streams, queries)
+}
+
+enum Delivery {
+    /// Subscribers run inside the producer's call.
+    Sync(Vec<Query>),
+    /// One bounded queue and one worker per query.
+    Async { queues: Vec<Arc<Queue>>, workers: Vec<JoinHandle<Query>> },
+}
+
+impl Delivery {
+    /// Hands a chunk to query `q`; returns whether that hit backpressure.
+    fn deliver(&mut self, q: usize, chunk: &Arc<Vec<crate::event::Event>>) -> bool {
+        match self {
+            Delivery::Sync(queries) => {
+                queries[q].process(chunk);
+                false
+            }
+            Delivery::Async { queues, .. } => queues[q].push(Arc::clone(chunk)),
+        }
+    }
+
+    fn finish(self) -> Result<Vec<Query>> {
+        match self {
+            Delivery::Sync(queries) => Ok(queries),
+            Delivery::Async { queues, workers } => {
+                queues.iter().for_each(|q| q.close());
+                workers
+                    .into_iter()
+                    .map(|w| w.join().map_err(|_| anyhow::anyhow!("a query worker thread panicked")))
+                    .collect()
+            }
+        }
+    }
+}
+
+fn register(config: &Config, streams: &[StreamDef], queries: &[QueryDef]) {
+    for s in streams {
+        let async_input = s.role == StreamRole::Input && config.mode == JunctionKind::Async;
+        usdt_markers::register_stream(StreamInfo {
+            id: s.id,
+            name: &s.name,
+            role: s.role,
+            junction: if async_input { JunctionKind::Async } else { JunctionKind::Sync },
+            capacity: if async_input { config.queue_capacity as u64 } else { 0 },
+        });
+    }
+    for q in queries {
+        usdt_markers::register_query(QueryInfo {
+            id: q.id,
+            name: &q.name,
+            input_stream: q.input_stream,
+            output_stream: q.output_stream,
+            window: q.window,
+            window_size: q.window_size,
+        });
+    }
+}
+
+/// Each source connects before producing; the sources of odd-numbered streams are refused once
+/// first, so connection-error probes fire a known number of times.
+fn connect_sources(streams: &[StreamDef], conns: &mut Vec<(Protocol, ConnStats)>) {
+    for s in streams {
+        let Some(protocol) = s.protocol else { continue };
+        let entry = conn_entry(conns, protocol);
+        if s.id % 2 == 1 {
+            probe!(conn_error(protocol.code(), ConnErrorKind::Refused.code()));
+            entry.failed += 1;
+        }
+        probe!(conn_open(protocol.code()));
+        entry.opened += 1;
+    }
+}
+
+fn conn_entry(conns: &mut Vec<(Protocol, ConnStats)>, protocol: Protocol) -> &mut ConnStats {
+    let at = match conns.iter().position(|(p, _)| *p == protocol) {
+        Some(at) => at,
+        None => {
+            conns.push((protocol, ConnStats::default()));
+            conns.len() - 1
+        }
+    };
+    &mut conns[at].1
+}
+
+fn wait_for_gate(gate: &std::path::Path) {
+    while !gate.exists() {
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn run(config: &Config) -> Result<Outcome> {
+    let (mut streams, defs) = plan(config);
+    register(config, &streams, &defs);
+
+    let queries: Vec<Query> = defs
+        .iter()
+        .map(|d| Query::new(d.id, d.input_stream, d.output_stream, d.window, d.window_size))
+        .collect();
+    let mut delivery = match config.mode {
+        JunctionKind::Sync => Delivery::Sync(queries),
+        JunctionKind::Async => {
+            let mut queues = Vec::new();
+            let mut workers = Vec::new();
+            for mut query in queries {
+                let queue = Arc::new(Queue::new(query.input_stream, query.id, config.queue_capacity));
+                queues.push(Arc::clone(&queue));
+                let worker = thread::Builder::new()
+                    .name(format!("query-{}", query.id))
+                    .spawn(move || {
+                        while let Some(chunk) = queue.pop() {
+                            query.process(&chunk);
+                        }
+                        query
+                    })
+                    .context("cannot start a query worker thread")?;
+                workers.push(worker);
+            }
+            Delivery::Async { queues, workers }
+        }
+    };
+    // Subscribers of each input stream, in query order.
+    let subscribers: Vec<Vec<usize>> = (0..config.streams)
+        .map(|s| defs.iter().enumerate().filter(|(_, d)| d.input_stream == s).map(|(i, _)| i).collect())
+        .collect();
+
+    if let Some(gate) = &config.gate {
+        wait_for_gate(gate);
+    }
+    let mut connections = Vec::new();
+    connect_sources(&streams, &mut connections);
+
+    let mut sources: Vec<Source> = (0..config.streams).map(Source::new).collect();
+    let started = Instant::now();
+    let mut produced = 0u64;
+    let mut next_stream = 0usize;
+    while config.events.is_none_or(|n| produced < n) {
+        let len = match config.events {
+            Some(n) => (n - produced).min(config.batch as u64) as usize,
+            None => config.batch,
+        };
+        if config.rate > 0 {
+            pace(started, produced, config.rate);
+        }
+        let stream = next_stream;
+        next_stream = (next_stream + 1) % sources.len();
+        let chunk = Arc::new(sources[stream].chunk(len));
+        let n = len as u64;
+        probe!(ingest(stream as u32, n));
+        streams[stream].stats.received += n;
+        for &q in &subscribers[stream] {
+            probe!(junction_send(stream as u32, defs[q].id, n));
+            streams[stream].stats.sent += n;
+            if delivery.deliver(q, &chunk) {
+                streams[stream].stats.backpressure += 1;
+            }
+        }
+        produced += n;
+    }
+    let queries = delivery.finish()?;
+    let elapsed = started.elapsed();
+
+    for s in &streams {
+        if let Some(protocol) = s.protocol {
+            probe!(conn_close(protocol.code()));
+            conn_entry(&mut connections, protocol).closed += 1;
+        }
+    }
+    for q in &defs {
+        usdt_markers::unregister_query(q.id);
+    }
+    let mut queries_out = Vec::new();
+    for (def, query) in defs.into_iter().zip(queries) {
+        if let Some(out) = streams.iter_mut().find(|s| s.id == def.output_stream) {
+            out.stats.received += query.stats.emitted;
+        }
+        queries_out.push((def, query.stats));
+    }
+    Ok(Outcome { streams, queries: queries_out, connections, elapsed })
+}
+
+/// Sleeps until `produced` events are due at `rate` events per second.
+fn pace(started: Instant, produced: u64, rate: u64) {
+    let due = Duration::from_secs_f64(produced as f64 / rate as f64);
+    if let Some(wait) = due.checked_sub(started.elapsed()) {
+        thread::sleep(wait);
+    }
+}

@@ -1,0 +1,186 @@
+//! Names for the ids that hot-path probes carry, and their replay to late observers.
+//!
+//! Streams and queries are registered once, usually before any tracer is attached. An observer
+//! that attaches to a running engine still needs the id → name table, so every registration is
+//! kept here and fired again whenever the set of tools attached to the registration probes
+//! changes. The check runs only inside an enabled probe (see [`crate::probe!`]), so it adds
+//! nothing to a detached site.
+
+use std::ffi::CString;
+use std::sync::Mutex;
+#[cfg(feature = "enabled")]
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::abi::{JunctionKind, StreamRole, WindowKind};
+
+/// A stream definition, as announced by `stream_register`.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamInfo<'a> {
+    /// Small integer id carried by hot-path probes; unique among streams.
+    pub id: u32,
+    /// Stream name, exported as the `stream_name` label.
+    pub name: &'a str,
+    /// Fed by sources or written by queries.
+    pub role: StreamRole,
+    /// Synchronous or queued delivery to subscribers.
+    pub junction: JunctionKind,
+    /// Queue capacity in chunks (0 for a synchronous junction).
+    pub capacity: u64,
+}
+
+/// A query definition, as announced by `query_register`.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryInfo<'a> {
+    /// Small integer id carried by hot-path probes; unique among queries.
+    pub id: u32,
+    /// Query name, exported as the `query_id` label.
+    pub name: &'a str,
+    /// Id of the stream it consumes.
+    pub input_stream: u32,
+    /// Id of the stream it inserts into.
+    pub output_stream: u32,
+    /// Its window processor.
+    pub window: WindowKind,
+    /// Window length in events, or in milliseconds for time windows.
+    pub window_size: u64,
+}
+
+struct Stream {
+    id: u32,
+    name: CString,
+    role: u32,
+    junction: u32,
+    capacity: u64,
+}
+
+struct Query {
+    id: u32,
+    name: CString,
+    input_stream: u32,
+    output_stream: u32,
+    window: u32,
+    window_size: u64,
+}
+
+struct Registry {
+    streams: Vec<Stream>,
+    queries: Vec<Query>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { streams: Vec::new(), queries: Vec::new() });
+
+/// Sum of the registration probes' semaphores when the table was last announced.
+#[cfg(feature = "enabled")]
+static ANNOUNCED_TO: AtomicU32 = AtomicU32::new(0);
+
+fn c_name(name: &str) -> CString {
+    // Tracers read names with str(argN), which stops at the first NUL.
+    CString::new(name.replace('\0', "?")).unwrap_or_default()
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Registry> {
+    // A panic while holding the lock leaves the table consistent (pushes are atomic), so a
+    // poisoned lock is still usable; observability must never take the engine down.
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Stream {
+    fn fire(&self) {
+        crate::stream_register::fire(self.id, self.name.as_ptr().cast(), self.role, self.junction, self.capacity);
+    }
+}
+
+impl Query {
+    fn fire(&self) {
+        crate::query_register::fire(
+            self.id,
+            self.name.as_ptr().cast(),
+            self.input_stream,
+            self.output_stream,
+            self.window,
+            self.window_size,
+        );
+    }
+}
+
+/// Registers a stream: fires `stream_register` now and again for every later observer.
+pub fn register_stream(info: StreamInfo<'_>) {
+    let mut reg = lock();
+    reg.streams.retain(|s| s.id != info.id);
+    reg.streams.push(Stream {
+        id: info.id,
+        name: c_name(info.name),
+        role: info.role.code(),
+        junction: info.junction.code(),
+        capacity: info.capacity,
+    });
+    announce(&reg, |r| r.streams.last().map(Stream::fire));
+}
+
+/// Registers a query: fires `query_register` now and again for every later observer.
+pub fn register_query(info: QueryInfo<'_>) {
+    let mut reg = lock();
+    reg.queries.retain(|q| q.id != info.id);
+    reg.queries.push(Query {
+        id: info.id,
+        name: c_name(info.name),
+        input_stream: info.input_stream,
+        output_stream: info.output_stream,
+        window: info.window.code(),
+        window_size: info.window_size,
+    });
+    announce(&reg, |r| r.queries.last().map(Query::fire));
+}
+
+/// Stops announcing a query and fires `query_unregister`.
+pub fn unregister_query(id: u32) {
+    let mut reg = lock();
+    reg.queries.retain(|q| q.id != id);
+    crate::query_unregister::fire(id);
+}
+
+/// Fires the newest registration, or the whole table when observers changed since the last
+/// announcement (they have missed earlier registrations).
+fn announce(reg: &Registry, newest: impl FnOnce(&Registry) -> Option<()>) {
+    #[cfg(feature = "enabled")]
+    {
+        let now = observers();
+        if ANNOUNCED_TO.swap(now, Ordering::Relaxed) != now {
+            replay(reg);
+            return;
+        }
+    }
+    // Firing a detached site executes a nop, so no semaphore test is needed on this cold path.
+    newest(reg);
+}
+
+fn replay(reg: &Registry) {
+    reg.streams.iter().for_each(Stream::fire);
+    reg.queries.iter().for_each(Query::fire);
+}
+
+#[cfg(feature = "enabled")]
+fn observers() -> u32 {
+    u32::from(crate::stream_register::SEMAPHORE.count()) + u32::from(crate::query_register::SEMAPHORE.count())
+}
+
+/// Replays the table if the tools attached to the registration probes changed. Called from
+/// inside every enabled probe, i.e. only while someone is attached to that probe.
+#[inline(always)]
+pub(crate) fn sync_observers() {
+    #[cfg(feature = "enabled")]
+    if observers() != ANNOUNCED_TO.load(Ordering::Relaxed) {
+        sync_slow();
+    }
+}
+
+#[cfg(feature = "enabled")]
+#[cold]
+#[inline(never)]
+fn sync_slow() {
+    let reg = lock();
+    let now = observers();
+    if ANNOUNCED_TO.swap(now, Ordering::Relaxed) != now {
+        replay(&reg);
+    }
+}

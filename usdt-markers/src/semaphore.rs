@@ -1,0 +1,31 @@
+use core::sync::atomic::{AtomicU16, Ordering};
+
+/// A USDT semaphore: the 16-bit counter that tools increment while attached to a probe.
+///
+/// The kernel updates it from outside the process (uprobe `ref_ctr_offset`), bpftrace and
+/// SystemTap likewise, so it must live in a file-backed, writable section at an address written
+/// in the probe's note; each probe's semaphore is placed in `.probes` as `sys/sdt.h` does.
+#[repr(transparent)]
+pub struct Semaphore(AtomicU16);
+
+impl Semaphore {
+    /// A semaphore nobody is attached to.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Semaphore(AtomicU16::new(0))
+    }
+
+    /// Whether at least one tool is attached.
+    ///
+    /// A relaxed load: one `cmpw $0, sym(%rip)` at the probe site. A stale read only delays
+    /// the first or last fired event by one pass, which attaching tools tolerate anyway.
+    #[inline(always)]
+    pub fn is_active(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != 0
+    }
+
+    /// The raw count, for diagnostics and tests.
+    pub fn count(&self) -> u16 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
