@@ -58,13 +58,7 @@ impl Queue {
         }
         state.items.push_back(Item { chunk, queued_at: Instant::now() });
         state.bytes += bytes;
-        probe!(queue_push(
-            self.stream_id,
-            self.query_id,
-            state.items.len() as u64,
-            self.capacity as u64,
-            state.bytes
-        ));
+        probe!(queue_push(self.stream_id, self.query_id, state.items.len() as u64, self.capacity as u64, state.bytes));
         drop(state);
         self.not_empty.notify_one();
         waited

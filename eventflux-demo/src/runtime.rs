@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use usdt_markers::abi::{ConnErrorKind, JunctionKind, Protocol, StreamRole, WindowKind};
-use usdt_markers::{probe, QueryInfo, StreamInfo};
+use usdt_markers::{QueryInfo, StreamInfo, probe};
 
 use crate::event::Source;
 use crate::query::{Query, QueryStats};
@@ -194,10 +194,8 @@ pub fn run(config: &Config) -> Result<Outcome> {
     let (mut streams, defs) = plan(config);
     register(config, &streams, &defs);
 
-    let queries: Vec<Query> = defs
-        .iter()
-        .map(|d| Query::new(d.id, d.input_stream, d.output_stream, d.window, d.window_size))
-        .collect();
+    let queries: Vec<Query> =
+        defs.iter().map(|d| Query::new(d.id, d.input_stream, d.output_stream, d.window, d.window_size)).collect();
     let mut delivery = match config.mode {
         JunctionKind::Sync => Delivery::Sync(queries),
         JunctionKind::Async => {

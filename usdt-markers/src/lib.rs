@@ -32,9 +32,9 @@ mod semaphore;
 #[cfg(all(feature = "enabled", target_arch = "x86_64", target_os = "linux"))]
 mod site;
 
-pub use abi::{ArgDef, ArgKind, ProbeDef, ABI_VERSION, PROVIDER};
+pub use abi::{ABI_VERSION, ArgDef, ArgKind, PROVIDER, ProbeDef};
 pub use probes::*;
-pub use registry::{register_query, register_stream, unregister_query, QueryInfo, StreamInfo};
+pub use registry::{QueryInfo, StreamInfo, register_query, register_stream, unregister_query};
 pub use semaphore::Semaphore;
 
 /// Fires a probe: `probe!(name(arg, …))`.

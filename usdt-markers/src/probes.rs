@@ -10,9 +10,15 @@ macro_rules! arg_type {
 }
 
 macro_rules! arg_kind {
-    (u32) => { ArgKind::U32 };
-    (u64) => { ArgKind::U64 };
-    (str) => { ArgKind::Str };
+    (u32) => {
+        ArgKind::U32
+    };
+    (u64) => {
+        ArgKind::U64
+    };
+    (str) => {
+        ArgKind::Str
+    };
 }
 
 macro_rules! define_probes {

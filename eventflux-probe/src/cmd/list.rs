@@ -50,7 +50,12 @@ pub fn run(args: &Args) -> Result<()> {
         })
         .collect();
     for b in &binaries {
-        for s in b.notes.skipped.iter().filter(|s| args.provider.as_deref().is_none_or(|p| s.probe.starts_with(&format!("{p}:")))) {
+        for s in b
+            .notes
+            .skipped
+            .iter()
+            .filter(|s| args.provider.as_deref().is_none_or(|p| s.probe.starts_with(&format!("{p}:"))))
+        {
             warnings.push(format!("{}: skipped {}: {}", b.path.display(), s.probe, s.reason));
         }
     }

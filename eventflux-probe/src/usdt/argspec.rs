@@ -131,11 +131,7 @@ impl Register {
         if self.high_byte {
             return HIGH_BYTE_NAMES.get(idx).copied().unwrap_or("?").to_owned();
         }
-        if idx < 8 {
-            LEGACY_NAMES[idx][w].to_owned()
-        } else {
-            format!("r{idx}{}", ["", "d", "w", "b"][w])
-        }
+        if idx < 8 { LEGACY_NAMES[idx][w].to_owned() } else { format!("r{idx}{}", ["", "d", "w", "b"][w]) }
     }
 }
 
@@ -183,9 +179,7 @@ pub struct ArgSpecError {
 pub fn parse_args(spec: &str) -> Result<Vec<ArgSpec>, ArgSpecError> {
     spec.split_ascii_whitespace()
         .enumerate()
-        .map(|(index, arg)| {
-            parse_arg(arg).map_err(|reason| ArgSpecError { index, arg: arg.to_owned(), reason })
-        })
+        .map(|(index, arg)| parse_arg(arg).map_err(|reason| ArgSpecError { index, arg: arg.to_owned(), reason }))
         .collect()
 }
 
@@ -241,7 +235,8 @@ fn parse_operand(op: &str) -> Result<Location, String> {
         }
         // `(%base,%index)` means scale 1.
         [base, index] | [base, index, _] => {
-            let offset = if disp.is_empty() { 0 } else { parse_int(disp).ok_or_else(|| format!("bad offset `{disp}`"))? };
+            let offset =
+                if disp.is_empty() { 0 } else { parse_int(disp).ok_or_else(|| format!("bad offset `{disp}`"))? };
             let base = if base.is_empty() { None } else { Some(parse_percent_reg(base)?) };
             let index = parse_percent_reg(index)?;
             let scale = match parts.get(2).copied().unwrap_or("1") {
@@ -293,7 +288,9 @@ fn parse_int(s: &str) -> Option<i64> {
         None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
     let magnitude = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
-        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => u64::from_str_radix(hex, 16).ok()?,
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            u64::from_str_radix(hex, 16).ok()?
+        }
         Some(_) => return None,
         None if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => digits.parse::<u64>().ok()?,
         None => return None,
@@ -373,7 +370,10 @@ mod tests {
                 "-4@-1204(%rbp)",
                 ArgSpec { size: 4, signed: true, location: Location::Deref { base: reg(Gpr::Rbp, 8), offset: -1204 } },
             ),
-            ("8@(%rsp)", ArgSpec { size: 8, signed: false, location: Location::Deref { base: reg(Gpr::Rsp, 8), offset: 0 } }),
+            (
+                "8@(%rsp)",
+                ArgSpec { size: 8, signed: false, location: Location::Deref { base: reg(Gpr::Rsp, 8), offset: 0 } },
+            ),
             (
                 "1@-96(%rbp,%rax,8)",
                 ArgSpec {

@@ -8,9 +8,9 @@
 
 use std::ops::Range;
 
+use object::Endianness;
 use object::elf::{FileHeader64, PF_X, PT_LOAD, SHT_NOTE};
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
-use object::Endianness;
 use serde::Serialize;
 
 use super::argspec::{self, ArgSpec};
@@ -35,8 +35,12 @@ pub struct UsdtNote {
     pub semaphore_offset: Option<u64>,
     /// The argument spec string as written in the note.
     pub args: String,
-    /// The same, parsed.
-    pub arg_specs: Vec<ArgSpec>,
+    /// The same, parsed; `None` if a form is not understood (see `arg_error`). Such a probe is
+    /// listed but cannot be attached to with arguments.
+    pub arg_specs: Option<Vec<ArgSpec>>,
+    /// Why `args` could not be parsed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arg_error: Option<String>,
     /// The raw addresses in the note, for comparison with `readelf -n`.
     pub raw: RawAddresses,
 }
@@ -169,13 +173,14 @@ pub fn parse(data: &[u8]) -> Result<Notes, NoteError> {
                 continue;
             }
             let desc = parse_desc(note.desc()).map_err(|reason| malformed(index, reason))?;
-            resolve(desc, base_section, &segments, &mut out).map_err(|reason| malformed(index, reason))?;
+            resolve(desc, base_section, &segments, &mut out);
             index += 1;
         }
     }
     Ok(out)
 }
 
+#[derive(Debug)]
 struct Desc {
     raw: RawAddresses,
     provider: String,
@@ -213,8 +218,11 @@ fn parse_desc(desc: &[u8]) -> Result<Desc, String> {
     Ok(Desc { raw, provider, name, args })
 }
 
-fn resolve(desc: Desc, base_section: Option<u64>, segments: &[Segment], out: &mut Notes) -> Result<(), String> {
-    let arg_specs = argspec::parse_args(&desc.args).map_err(|e| format!("probe {}:{}: {e}", desc.provider, desc.name))?;
+fn resolve(desc: Desc, base_section: Option<u64>, segments: &[Segment], out: &mut Notes) {
+    let (arg_specs, arg_error) = match argspec::parse_args(&desc.args) {
+        Ok(specs) => (Some(specs), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
     // Prelink moved the file by (section address - address recorded at link time).
     let shift = match base_section {
         Some(actual) if desc.raw.base != 0 => actual.wrapping_sub(desc.raw.base),
@@ -231,7 +239,7 @@ fn resolve(desc: Desc, base_section: Option<u64>, segments: &[Segment], out: &mu
                  removed by the linker)"
             ),
         });
-        return Ok(());
+        return;
     };
     let semaphore_offset = if semaphore == 0 {
         None
@@ -246,7 +254,7 @@ fn resolve(desc: Desc, base_section: Option<u64>, segments: &[Segment], out: &mu
                          cannot be counted by the kernel)"
                     ),
                 });
-                return Ok(());
+                return;
             }
         }
     };
@@ -259,9 +267,9 @@ fn resolve(desc: Desc, base_section: Option<u64>, segments: &[Segment], out: &mu
         semaphore_offset,
         args: desc.args,
         arg_specs,
+        arg_error,
         raw: desc.raw,
     });
-    Ok(())
 }
 
 #[cfg(test)]

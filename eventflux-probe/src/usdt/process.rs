@@ -51,7 +51,8 @@ pub fn mapped_executables(pid: u32) -> Result<Vec<MappedFile>> {
         .map(|p| {
             // The executable is reachable through /proc/PID/exe even when it was replaced on disk
             // since it started (maps then shows "path (deleted)").
-            let opened_at = if Some(p.as_str()) == exe { proc_dir.join("exe") } else { root.join(p.trim_start_matches('/')) };
+            let opened_at =
+                if Some(p.as_str()) == exe { proc_dir.join("exe") } else { root.join(p.trim_start_matches('/')) };
             MappedFile { path: PathBuf::from(p), opened_at }
         })
         .collect())

@@ -1,0 +1,89 @@
+//! The demo runtime is deterministic: the same N events in give the same counts and the same
+//! computed output, run after run and in both junction modes.
+
+use std::process::Command;
+
+use integration_tests::{bin, run, run_ok};
+use serde_json::Value;
+
+fn summary(args: &[&str]) -> Value {
+    let out = run_ok(Command::new(bin("eventflux-demo")).args(args));
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    assert_eq!(text.lines().count(), 1, "the summary is one line: {text}");
+    serde_json::from_str(text.trim()).expect("summary JSON")
+}
+
+/// The parts of a summary that depend only on the input: no timings, no backpressure.
+fn deterministic(mut v: Value) -> Value {
+    let obj = v.as_object_mut().expect("object");
+    obj.remove("elapsed_s");
+    obj.remove("events_per_sec");
+    obj.remove("mode");
+    for q in obj["queries"].as_object_mut().expect("queries").values_mut() {
+        let q = q.as_object_mut().expect("query");
+        q.remove("p50_ns");
+        q.remove("p99_ns");
+    }
+    for s in obj["streams"].as_object_mut().expect("streams").values_mut() {
+        s.as_object_mut().expect("stream").remove("backpressure");
+    }
+    v
+}
+
+const ARGS: &[&str] = &["--events", "200003", "--streams", "3", "--queries", "5", "--batch", "50"];
+
+#[test]
+fn same_input_same_counts_and_output() {
+    let a = summary(ARGS);
+    let b = summary(ARGS);
+    assert_eq!(deterministic(a.clone()), deterministic(b));
+
+    // Exactly N events in, split over the input streams, each delivered to its subscribers.
+    assert_eq!(a["events"], 200_003);
+    let streams = a["streams"].as_object().expect("streams");
+    let received: u64 =
+        ["Stock0", "Stock1", "Stock2"].iter().map(|s| streams[*s]["received"].as_u64().expect("n")).sum();
+    assert_eq!(received, 200_003);
+    let queries = a["queries"].as_object().expect("queries");
+    assert_eq!(queries.len(), 5);
+    for (name, q) in queries {
+        let input = q["input_stream"].as_str().expect("input");
+        let subscribers = queries.values().filter(|o| o["input_stream"] == input).count() as u64;
+        assert_eq!(q["processed"], streams[input]["received"], "{name} sees every event of {input}");
+        assert_eq!(streams[input]["sent"].as_u64(), streams[input]["received"].as_u64().map(|r| r * subscribers));
+        let out = q["output_stream"].as_str().expect("output");
+        assert_eq!(streams[out]["received"], q["emitted"]);
+        assert!(q["emitted"].as_u64().expect("emitted") > 0, "{name} emitted nothing");
+        assert!(q["errors"].as_u64().expect("errors") > 0, "{name} saw no expression errors");
+        assert!(q["p50_ns"].as_u64().expect("p50") <= q["p99_ns"].as_u64().expect("p99"));
+    }
+    // Every window kind ran.
+    for kind in ["length", "length_batch", "time"] {
+        assert!(queries.values().any(|q| q["window"] == kind), "no {kind} window");
+    }
+}
+
+#[test]
+fn async_mode_computes_what_sync_mode_computes() {
+    let sync = summary(ARGS);
+    let mut args = ARGS.to_vec();
+    args.extend(["--mode", "async", "--queue-capacity", "2"]);
+    let asynchronous = summary(&args);
+    assert_eq!(asynchronous["mode"], "async");
+    assert_eq!(deterministic(sync), deterministic(asynchronous));
+}
+
+#[test]
+fn bad_arguments_are_one_clear_line() {
+    for (args, expect) in [
+        (&["--streams", "0"][..], "--streams must be at least 1"),
+        (&["--batch", "0"][..], "--batch must be at least 1"),
+        (&["--linger=-1"][..], "--linger must be a non-negative number"),
+    ] {
+        let out = run(Command::new(bin("eventflux-demo")).args(args));
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(expect), "{err}");
+    }
+}

@@ -1,0 +1,32 @@
+//! Fires `eventflux:ingest` a known number of times with an argument whose evaluation is
+//! counted, so a test can see that arguments are evaluated exactly while a tool is attached.
+//!
+//! Usage: semaphore-target GATE ITERATIONS. Waits for GATE to exist, fires ITERATIONS probes
+//! with arg1 = 0, 1, 2, …, then prints `{"evaluated": E, "semaphore": S}`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+static EVALUATED: AtomicU64 = AtomicU64::new(0);
+
+#[inline(never)]
+fn counted(i: u64) -> u64 {
+    EVALUATED.fetch_add(1, Ordering::Relaxed);
+    i
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(gate), Some(n)) = (args.next(), args.next().and_then(|n| n.parse::<u64>().ok())) else {
+        eprintln!("usage: semaphore-target GATE ITERATIONS");
+        std::process::exit(2);
+    };
+    while !std::path::Path::new(&gate).exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let semaphore = usdt_markers::ingest::SEMAPHORE.count();
+    for i in 0..n {
+        usdt_markers::probe!(ingest(7, counted(i)));
+    }
+    println!("{{\"evaluated\": {}, \"semaphore\": {semaphore}}}", EVALUATED.load(Ordering::Relaxed));
+}

@@ -1,0 +1,96 @@
+//! `cargo xtask`: the project's tasks, so that a fresh machine and CI run exactly what a
+//! developer runs.
+//!
+//! - `setup`: toolchain pieces, bpf-linker, Debian packages, tracefs. Idempotent; fast when done.
+//! - `test`: builds the workspace binaries, then runs every test against the real kernel.
+//! - `bench`: prints the benchmark figures (ratios against a baseline measured in the same run).
+//! - `demo`: the demo runtime with probes attached, and what they saw.
+
+mod bench;
+mod demo;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Make this machine ready: rust-src on nightly, bpf-linker, Debian packages, tracefs.
+    Setup,
+    /// Build the workspace binaries (release) and run every test.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Run the benchmarks and print their figures.
+    Bench {
+        /// Events per demo run in the throughput benchmark.
+        #[arg(long, default_value_t = 20_000_000)]
+        events: u64,
+        /// Alternating rounds per configuration.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Start the demo runtime with probes attached and show what they measured.
+    Demo {
+        /// Input events the demo produces.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// Input events per second.
+        #[arg(long, default_value_t = 500_000)]
+        rate: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test { cargo_args } => test(&cargo_args),
+        Task::Bench { events, rounds } => bench::run(events, rounds),
+        Task::Demo { events, rate } => demo::run(events, rate),
+    }
+}
+
+/// The workspace root (this crate's parent).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Runs a command in the workspace root, echoing it, and fails if it fails.
+pub fn sh(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {}", display(cmd));
+    let status = cmd.current_dir(root()).status().with_context(|| format!("cannot run {}", display(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", display(cmd));
+    }
+    Ok(())
+}
+
+fn display(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// `cargo build --release` of every workspace binary.
+pub fn build_release() -> Result<()> {
+    sh(Command::new("cargo").args(["build", "--release", "--workspace", "--bins"]))
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    build_release()?;
+    sh(Command::new("cargo").args(["test", "--release", "--workspace"]).args(extra))
+}
