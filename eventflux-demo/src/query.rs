@@ -60,10 +60,10 @@ impl Window {
             Window::Length { len, buf } => {
                 for e in input {
                     buf.push_back(*e);
-                    if buf.len() > *len {
-                        if let Some(old) = buf.pop_front() {
-                            ops.push(Op::Remove(old));
-                        }
+                    if buf.len() > *len
+                        && let Some(old) = buf.pop_front()
+                    {
+                        ops.push(Op::Remove(old));
                     }
                     ops.push(Op::Add(*e));
                 }
@@ -100,9 +100,57 @@ impl Window {
         };
         (events * size_of::<Event>()) as u64
     }
+}
 
-    fn emits_per_event(&self) -> bool {
-        !matches!(self, Window::LengthBatch { .. })
+/// Group-by state: running sum and count of `price` per symbol over the window's contents.
+struct Aggregation {
+    groups: HashMap<u32, (i64, i64)>,
+    /// Groups added to since the last flush (tumbling windows).
+    touched: BTreeSet<u32>,
+    /// Sliding windows emit a row per added event; tumbling windows one per group per flush.
+    per_event: bool,
+}
+
+impl Aggregation {
+    /// Kept apart from the stage that fires the probes: the inner loop's code then does not
+    /// depend on what the probe sites around it compile to.
+    #[inline(never)]
+    fn apply(&mut self, ops: &[Op]) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for op in ops {
+            match *op {
+                Op::Add(e) => {
+                    let g = self.groups.entry(e.symbol).or_insert((0, 0));
+                    g.0 += e.price;
+                    g.1 += 1;
+                    if self.per_event {
+                        rows.push(Row { symbol: e.symbol, sum: g.0, count: g.1 });
+                    } else {
+                        self.touched.insert(e.symbol);
+                    }
+                }
+                Op::Remove(e) => {
+                    if let Some(g) = self.groups.get_mut(&e.symbol) {
+                        g.0 -= e.price;
+                        g.1 -= 1;
+                        if g.1 == 0 {
+                            self.groups.remove(&e.symbol);
+                        }
+                    }
+                }
+                Op::Flush => {
+                    for symbol in std::mem::take(&mut self.touched) {
+                        let (sum, count) = self.groups.get(&symbol).copied().unwrap_or((0, 0));
+                        rows.push(Row { symbol, sum, count });
+                    }
+                }
+            }
+        }
+        rows
+    }
+
+    fn groups(&self) -> u64 {
+        self.groups.len() as u64
     }
 }
 
@@ -111,8 +159,7 @@ pub struct Query {
     pub input_stream: u32,
     pub output_stream: u32,
     window: Window,
-    groups: HashMap<u32, (i64, i64)>,
-    touched: BTreeSet<u32>,
+    aggregation: Aggregation,
     pub stats: QueryStats,
 }
 
@@ -123,8 +170,11 @@ impl Query {
             input_stream,
             output_stream,
             window: Window::new(window, window_size),
-            groups: HashMap::new(),
-            touched: BTreeSet::new(),
+            aggregation: Aggregation {
+                groups: HashMap::new(),
+                touched: BTreeSet::new(),
+                per_event: !matches!(window, WindowKind::LengthBatch),
+            },
             stats: QueryStats { digest: FNV_OFFSET, ..QueryStats::default() },
         }
     }
@@ -144,6 +194,7 @@ impl Query {
     }
 
     /// `price / volume >= 2`; a zero volume is an expression error and drops the event.
+    #[inline(never)]
     fn filter(&mut self, chunk: &[Event]) -> u64 {
         let n = chunk.len() as u64;
         probe!(filter_start(self.id, n));
@@ -168,6 +219,7 @@ impl Query {
         emitted
     }
 
+    #[inline(never)]
     fn window(&mut self, input: &[Event]) -> u64 {
         let n = input.len() as u64;
         probe!(window_start(self.id, n));
@@ -178,46 +230,16 @@ impl Query {
         emitted
     }
 
+    #[inline(never)]
     fn aggregate(&mut self, ops: &[Op]) -> u64 {
         probe!(aggregate_start(self.id, ops.len() as u64));
-        let per_event = self.window.emits_per_event();
-        let mut rows = Vec::new();
-        for op in ops {
-            match *op {
-                Op::Add(e) => {
-                    let g = self.groups.entry(e.symbol).or_insert((0, 0));
-                    g.0 += e.price;
-                    g.1 += 1;
-                    if per_event {
-                        rows.push(Row { symbol: e.symbol, sum: g.0, count: g.1 });
-                    } else {
-                        self.touched.insert(e.symbol);
-                    }
-                }
-                Op::Remove(e) => {
-                    if let Some(g) = self.groups.get_mut(&e.symbol) {
-                        g.0 -= e.price;
-                        g.1 -= 1;
-                        if g.1 == 0 {
-                            self.groups.remove(&e.symbol);
-                        }
-                    }
-                }
-                Op::Flush => {
-                    for symbol in std::mem::take(&mut self.touched) {
-                        let (sum, count) = self.groups.get(&symbol).copied().unwrap_or((0, 0));
-                        rows.push(Row { symbol, sum, count });
-                    }
-                }
-            }
-        }
+        let rows = self.aggregation.apply(ops);
         let emitted = if rows.is_empty() { 0 } else { self.emit(&rows) };
-        probe!(aggregate_end(self.id, rows.len() as u64, self.groups.len() as u64));
+        probe!(aggregate_end(self.id, rows.len() as u64, self.aggregation.groups()));
         emitted
     }
 
-    /// `insert into` the output stream: nothing subscribes to it here, so emitting means
-    /// hashing the rows into the digest.
+    #[inline(never)]
     fn emit(&mut self, rows: &[Row]) -> u64 {
         let n = rows.len() as u64;
         probe!(emit_start(self.id, self.output_stream, n));

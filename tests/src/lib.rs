@@ -195,10 +195,8 @@ impl Bpftrace {
             all.push(line);
         }
         for line in &all {
-            if let Some(rest) = line.strip_prefix('@') {
-                if let Some((k, v)) = rest.split_once(": ") {
-                    maps.push((format!("@{k}"), v.trim().to_owned()));
-                }
+            if let Some((k, v)) = line.strip_prefix('@').and_then(|rest| rest.split_once(": ")) {
+                maps.push((format!("@{k}"), v.trim().to_owned()));
             }
         }
         assert!(status.success() || status.code().is_none() || !maps.is_empty(), "bpftrace failed ({status}): {all:?}");

@@ -46,8 +46,7 @@ pub use semaphore::Semaphore;
 macro_rules! probe {
     ($name:ident ( $($arg:expr),* $(,)? )) => {
         if $crate::$name::SEMAPHORE.is_active() {
-            $crate::__sync_observers();
-            $crate::$name::fire($($arg),*);
+            $crate::$name::fire_enabled($($arg),*);
         }
     };
 }
@@ -59,7 +58,7 @@ macro_rules! probe {
 macro_rules! probe {
     ($name:ident ( $($arg:expr),* $(,)? )) => {
         if false {
-            $crate::$name::fire($($arg),*);
+            $crate::$name::site($($arg),*);
         }
     };
 }
@@ -71,10 +70,4 @@ macro_rules! probe_enabled {
     ($name:ident) => {
         $crate::$name::is_enabled()
     };
-}
-
-#[doc(hidden)]
-#[inline(always)]
-pub fn __sync_observers() {
-    registry::sync_observers();
 }

@@ -86,13 +86,13 @@ fn lock() -> std::sync::MutexGuard<'static, Registry> {
 
 impl Stream {
     fn fire(&self) {
-        crate::stream_register::fire(self.id, self.name.as_ptr().cast(), self.role, self.junction, self.capacity);
+        crate::stream_register::site(self.id, self.name.as_ptr().cast(), self.role, self.junction, self.capacity);
     }
 }
 
 impl Query {
     fn fire(&self) {
-        crate::query_register::fire(
+        crate::query_register::site(
             self.id,
             self.name.as_ptr().cast(),
             self.input_stream,
@@ -136,7 +136,7 @@ pub fn register_query(info: QueryInfo<'_>) {
 pub fn unregister_query(id: u32) {
     let mut reg = lock();
     reg.queries.retain(|q| q.id != id);
-    crate::query_unregister::fire(id);
+    crate::query_unregister::site(id);
 }
 
 /// Fires the newest registration, or the whole table when observers changed since the last
@@ -154,6 +154,7 @@ fn announce(reg: &Registry, newest: impl FnOnce(&Registry) -> Option<()>) {
     newest(reg);
 }
 
+#[cfg(feature = "enabled")]
 fn replay(reg: &Registry) {
     reg.streams.iter().for_each(Stream::fire);
     reg.queries.iter().for_each(Query::fire);

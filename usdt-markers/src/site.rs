@@ -7,8 +7,9 @@
 //! to whichever register the compiler chose, so the note always matches the code.
 //!
 //! Why the details matter:
-//! - The note section is flagged `?` so that it joins the comdat group of the function it sits
-//!   in: when the linker drops a duplicate instance of that function, the note goes with it.
+//! - The note section is `SHF_LINK_ORDER` (`o`) to the site's own function: when the linker
+//!   garbage-collects that function (a binary that never fires the probe), the note goes with
+//!   it instead of surviving with an address that points nowhere.
 //! - `.stapsdt.base` is flagged `R` (`SHF_GNU_RETAIN`): nothing references it from code, and
 //!   `--gc-sections` would otherwise drop it and leave every note's base pointing nowhere.
 //! - The compiler may duplicate an inlined site (loop unrolling, several callers); each copy gets
@@ -29,7 +30,8 @@ macro_rules! __sdt_argspec {
     };
 }
 
-/// Emits one probe site. Must expand inside a function of a module that defines `SEMAPHORE`.
+/// Emits one probe site. Must expand inside the function `site` of a module that defines
+/// `SEMAPHORE`.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __sdt_site {
@@ -39,7 +41,7 @@ macro_rules! __sdt_site {
         unsafe {
             ::core::arch::asm!(
                 "990: nop",
-                ".pushsection .note.stapsdt,\"?\",\"note\"",
+                ".pushsection .note.stapsdt,\"o\",\"note\",{__function}",
                 ".balign 4",
                 ".4byte 992f-991f, 994f-993f, 3",
                 "991: .asciz \"stapsdt\"",
@@ -66,11 +68,13 @@ macro_rules! __sdt_site {
                 ".popsection",
                 ".endif",
                 __semaphore = sym SEMAPHORE,
+                __function = sym site,
                 $first = in(reg) $first,
                 $($arg = in(reg) $arg,)*
-                // `readonly`, not `nomem`: string arguments are pointers the tracer dereferences,
-                // so the pointed-to bytes must be in memory when the nop executes.
-                options(att_syntax, readonly, nostack, preserves_flags),
+                // `nomem`: the site reads only registers. String arguments are still in memory
+                // when the nop executes: the site is its own `#[inline(never)]` function, so the
+                // pointer has escaped into an opaque call before the tracer dereferences it.
+                options(att_syntax, nomem, nostack, preserves_flags),
             );
         }
     };

@@ -26,8 +26,11 @@ struct Cli {
 enum Task {
     /// Make this machine ready: rust-src on nightly, bpf-linker, Debian packages, tracefs.
     Setup,
-    /// Build the workspace binaries (release) and run every test.
+    /// Check formatting and lints, build the workspace binaries (release), run every test.
     Test {
+        /// Skip `cargo fmt --check` and `cargo clippy -D warnings`.
+        #[arg(long)]
+        no_lint: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
@@ -35,10 +38,10 @@ enum Task {
     /// Run the benchmarks and print their figures.
     Bench {
         /// Events per demo run in the throughput benchmark.
-        #[arg(long, default_value_t = 20_000_000)]
+        #[arg(long, default_value_t = 5_000_000)]
         events: u64,
-        /// Alternating rounds per configuration.
-        #[arg(long, default_value_t = 5)]
+        /// Alternating pairs of runs (with markers, without).
+        #[arg(long, default_value_t = 21)]
         rounds: usize,
     },
     /// Start the demo runtime with probes attached and show what they measured.
@@ -55,7 +58,7 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
-        Task::Test { cargo_args } => test(&cargo_args),
+        Task::Test { no_lint, cargo_args } => test(!no_lint, &cargo_args),
         Task::Bench { events, rounds } => bench::run(events, rounds),
         Task::Demo { events, rate } => demo::run(events, rate),
     }
@@ -90,7 +93,19 @@ pub fn build_release() -> Result<()> {
     sh(Command::new("cargo").args(["build", "--release", "--workspace", "--bins"]))
 }
 
-fn test(extra: &[String]) -> Result<()> {
+fn test(lint: bool, extra: &[String]) -> Result<()> {
+    if lint {
+        sh(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+        sh(Command::new("cargo").args([
+            "clippy",
+            "--release",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
     build_release()?;
     sh(Command::new("cargo").args(["test", "--release", "--workspace"]).args(extra))
 }

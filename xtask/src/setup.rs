@@ -49,10 +49,8 @@ fn rust_src() -> Result<()> {
 /// bpf-linker must use the same LLVM as the nightly rustc that emits the bitcode: link it
 /// against the nightly's own libLLVM rather than a system LLVM.
 fn bpf_linker() -> Result<()> {
-    if let Ok(v) = output(Command::new("bpf-linker").arg("--version")) {
-        if v.contains(BPF_LINKER_VERSION) {
-            return Ok(());
-        }
+    if output(Command::new("bpf-linker").arg("--version")).is_ok_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
     }
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
     let lib_dir = Path::new(sysroot.trim()).join("lib");

@@ -287,7 +287,7 @@ mod tests {
     #[test]
     fn desc_strings_must_be_terminated() {
         let mut desc = vec![0u8; 24];
-        desc.extend_from_slice(b"eventflux\0ingest\04@%eax");
+        desc.extend_from_slice(b"eventflux\x00ingest\x004@%eax");
         assert!(parse_desc(&desc).unwrap_err().contains("NUL-terminated"));
         desc.push(0);
         let d = parse_desc(&desc).unwrap();

@@ -38,11 +38,9 @@ pub fn mapped_executables(pid: u32) -> Result<Vec<MappedFile>> {
             paths.push(path.to_owned());
         }
     }
-    if let Some(exe) = exe.as_ref().and_then(|e| e.to_str()) {
-        if let Some(at) = paths.iter().position(|p| p == exe) {
-            let exe = paths.remove(at);
-            paths.insert(0, exe);
-        }
+    if let Some(at) = exe.as_ref().and_then(|e| e.to_str()).and_then(|exe| paths.iter().position(|p| p == exe)) {
+        let exe = paths.remove(at);
+        paths.insert(0, exe);
     }
     let root = proc_dir.join("root");
     let exe = exe.as_ref().and_then(|e| e.to_str());
