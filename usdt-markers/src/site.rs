@@ -71,10 +71,10 @@ macro_rules! __sdt_site {
                 __function = sym site,
                 $first = in(reg) $first,
                 $($arg = in(reg) $arg,)*
-                // `nomem`: the site reads only registers. String arguments are still in memory
-                // when the nop executes: the site is its own `#[inline(never)]` function, so the
-                // pointer has escaped into an opaque call before the tracer dereferences it.
-                options(att_syntax, nomem, nostack, preserves_flags),
+                // `readonly`: a tracer dereferences string arguments while the nop executes, so
+                // the bytes must be in memory. (The site is its own out-of-line function, so this
+                // constrains nothing in the engine's code.)
+                options(att_syntax, readonly, nostack, preserves_flags),
             );
         }
     };
