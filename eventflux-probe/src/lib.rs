@@ -1,7 +1,14 @@
 //! eventflux-probe: an eBPF observer for EventFlux, driven by the engine's USDT probes.
 //!
 //! The data path reads top to bottom: [`usdt`] finds the probes in a binary and parses their
-//! argument specs; the kernel programs (eventflux-probe-ebpf) count and time at those sites;
-//! the collector reads the kernel maps; the exporters serve what it read.
+//! argument specs; [`bpf`] loads the kernel programs (eventflux-probe-ebpf) and [`attach`]es
+//! them to every probe site; the [`collector`] reads the kernel maps, the registrations
+//! ([`catalog`]) and `/proc` ([`procstat`]) into one snapshot; the [`export`]ers serve it.
 
+pub mod attach;
+pub mod bpf;
+pub mod catalog;
+pub mod collector;
+pub mod export;
+pub mod procstat;
 pub mod usdt;

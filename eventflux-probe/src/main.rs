@@ -19,12 +19,27 @@ struct Cli {
 enum Command {
     /// List the USDT probes in a binary or a running process.
     List(cmd::list::Args),
+    /// Attach to a running engine and serve its metrics (Prometheus) until stopped.
+    Run(cmd::run::Args),
+    /// Attach for a while and print latency histograms per query and stage.
+    Latency(cmd::latency::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr; RUST_LOG=debug for more. Errors are printed once, below, not logged.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let result = match cli.command {
         Command::List(args) => cmd::list::run(&args),
+        Command::Run(args) => cmd::run::run(&args),
+        Command::Latency(args) => cmd::latency::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

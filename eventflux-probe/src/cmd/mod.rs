@@ -1,1 +1,4 @@
+pub mod latency;
 pub mod list;
+pub mod run;
+mod target;

@@ -3,6 +3,7 @@
 pub mod argspec;
 pub mod notes;
 pub mod process;
+pub mod spec;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,292 @@
+//! Types shared by the kernel programs (eventflux-probe-ebpf) and user space (eventflux-probe).
+//!
+//! Everything here is `#[repr(C)]` plain data with explicit padding, because the same bytes are
+//! written by one side and read by the other through BPF maps. `docs/probes.md` describes the
+//! map layouts; change them together.
+
+#![no_std]
+
+pub mod hist;
+
+/// Probe ids: the index of each probe in the ABI (`usdt_markers::PROBES`, docs/probes.md).
+/// A user-space test checks the two lists are the same.
+pub mod probe {
+    pub const STREAM_REGISTER: u32 = 0;
+    pub const QUERY_REGISTER: u32 = 1;
+    pub const QUERY_UNREGISTER: u32 = 2;
+    pub const INGEST: u32 = 3;
+    pub const JUNCTION_SEND: u32 = 4;
+    pub const QUERY_BATCH_START: u32 = 5;
+    pub const QUERY_BATCH_END: u32 = 6;
+    pub const FILTER_START: u32 = 7;
+    pub const FILTER_END: u32 = 8;
+    pub const WINDOW_START: u32 = 9;
+    pub const WINDOW_END: u32 = 10;
+    pub const AGGREGATE_START: u32 = 11;
+    pub const AGGREGATE_END: u32 = 12;
+    pub const EMIT_START: u32 = 13;
+    pub const EMIT_END: u32 = 14;
+    pub const QUEUE_PUSH: u32 = 15;
+    pub const QUEUE_POP: u32 = 16;
+    pub const BACKPRESSURE: u32 = 17;
+    pub const ERROR: u32 = 18;
+    pub const CONN_OPEN: u32 = 19;
+    pub const CONN_CLOSE: u32 = 20;
+    pub const CONN_ERROR: u32 = 21;
+    /// Probe names in id order; also the names of the kernel programs.
+    pub const NAMES: [&str; 22] = [
+        "stream_register",
+        "query_register",
+        "query_unregister",
+        "ingest",
+        "junction_send",
+        "query_batch_start",
+        "query_batch_end",
+        "filter_start",
+        "filter_end",
+        "window_start",
+        "window_end",
+        "aggregate_start",
+        "aggregate_end",
+        "emit_start",
+        "emit_end",
+        "queue_push",
+        "queue_pop",
+        "backpressure",
+        "error",
+        "conn_open",
+        "conn_close",
+        "conn_error",
+    ];
+}
+
+/// Most arguments a USDT probe can have on x86-64 (as in libbpf).
+pub const MAX_ARGS: usize = 12;
+
+/// How to fetch one probe argument, decoded from its spec string by user space so that the
+/// kernel program never parses text.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ArgLoc {
+    /// The constant (`Const`), or the displacement added to the address (`Deref`, `Indexed`).
+    pub val_off: i64,
+    /// Byte offset of the register in `struct pt_regs` (`Reg`, base of `Deref`/`Indexed`).
+    pub reg_off: u16,
+    /// Byte offset of the index register in `struct pt_regs` (`Indexed`).
+    pub idx_reg_off: u16,
+    /// One of the `ARG_*` kinds.
+    pub kind: u8,
+    /// Bytes to keep: 1, 2, 4 or 8.
+    pub size: u8,
+    /// 1 to sign-extend from `size` bytes.
+    pub signed: u8,
+    /// Index scale (`Indexed`).
+    pub scale: u8,
+    /// Bits to shift right before truncating: 8 for `%ah` and friends.
+    pub shift: u8,
+    /// 1 if the base register is absent (`(,%index,scale)`).
+    pub no_base: u8,
+    pub _pad: [u8; 6],
+}
+
+pub const ARG_CONST: u8 = 0;
+pub const ARG_REG: u8 = 1;
+pub const ARG_DEREF: u8 = 2;
+pub const ARG_INDEXED: u8 = 3;
+
+/// Everything the kernel needs about one probe site (note); found by the BPF cookie.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SiteSpec {
+    pub args: [ArgLoc; MAX_ARGS],
+    pub probe: u32,
+    pub arg_count: u32,
+}
+
+impl Default for SiteSpec {
+    fn default() -> Self {
+        SiteSpec { args: [ArgLoc::default(); MAX_ARGS], probe: 0, arg_count: 0 }
+    }
+}
+
+/// Sites (notes) that can be attached at once: the size of the spec map.
+pub const MAX_SITES: u32 = 4096;
+
+/// Key of a per-CPU counter: which counter, for which ids, in which process.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CounterKey {
+    pub pid: u32,
+    pub counter: u32,
+    pub a: u32,
+    pub b: u32,
+}
+
+/// Counter kinds (`CounterKey::counter`); `a` and `b` are the ids named.
+pub mod counter {
+    /// Events into a stream: a = stream.
+    pub const STREAM_RECEIVED: u32 = 0;
+    /// Events handed to subscribers: a = stream.
+    pub const STREAM_SENT: u32 = 1;
+    /// Producer found a queue full: a = stream, b = query.
+    pub const BACKPRESSURE: u32 = 2;
+    /// Events into a query: a = query, b = input stream.
+    pub const QUERY_PROCESSED: u32 = 3;
+    /// Rows emitted: a = query, b = output stream.
+    pub const QUERY_EMITTED: u32 = 4;
+    /// Failed events: a = query, b = error kind.
+    pub const QUERY_ERRORS: u32 = 5;
+    /// Connections established: a = protocol.
+    pub const CONN_OPENED: u32 = 6;
+    /// Connections closed: a = protocol.
+    pub const CONN_CLOSED: u32 = 7;
+    /// Connection failures: a = protocol, b = kind.
+    pub const CONN_ERRORS: u32 = 8;
+    /// Events emitted into a stream (output streams): a = stream.
+    pub const STREAM_EMITTED_INTO: u32 = 9;
+}
+
+/// Last-value gauges (`CounterKey::counter` in the gauge map).
+pub mod gauge {
+    /// Bytes a query's window holds: a = query.
+    pub const WINDOW_STATE_BYTES: u32 = 0;
+    /// Live group-by keys: a = query.
+    pub const GROUPS: u32 = 1;
+    /// Chunks queued: a = stream, b = query.
+    pub const QUEUE_DEPTH: u32 = 2;
+    /// Queue capacity in chunks: a = stream, b = query.
+    pub const QUEUE_CAPACITY: u32 = 3;
+    /// Bytes queued: a = stream, b = query.
+    pub const QUEUE_BYTES: u32 = 4;
+    /// Nanoseconds the last dequeued chunk waited: a = stream, b = query.
+    pub const QUEUE_WAIT_NS: u32 = 5;
+}
+
+/// Stages of a query, timed as spans.
+pub mod stage {
+    /// Hand-off from the stream junction to the query: queue wait (async) or dispatch (sync).
+    pub const INGEST: u32 = 0;
+    pub const FILTER: u32 = 1;
+    pub const WINDOW: u32 = 2;
+    pub const AGGREGATE: u32 = 3;
+    pub const EMIT: u32 = 4;
+    /// The whole query batch, children included.
+    pub const BATCH: u32 = 5;
+    pub const NAMES: [&str; 6] = ["ingest", "filter", "window", "aggregate", "emit", "batch"];
+}
+
+/// Key of a latency histogram.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct HistKey {
+    pub pid: u32,
+    pub query: u32,
+    pub stage: u32,
+    pub _pad: u32,
+}
+
+/// A per-CPU latency histogram; see [`hist`] for the buckets.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Hist {
+    pub buckets: [u64; hist::BUCKETS],
+    pub count: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist { buckets: [0; hist::BUCKETS], count: 0, sum_ns: 0, max_ns: 0 }
+    }
+}
+
+/// Frames a thread's stage stack holds; deeper nesting is counted in `drop::STACK_OVERFLOW`.
+pub const MAX_DEPTH: usize = 8;
+
+/// One open stage on a thread.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Frame {
+    pub start_ns: u64,
+    /// Time spent in stages this one called, subtracted to give its self time.
+    pub child_ns: u64,
+    pub query: u32,
+    pub stage: u32,
+}
+
+/// The open stages of one thread, innermost last.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanStack {
+    pub frames: [Frame; MAX_DEPTH],
+    pub depth: u32,
+    pub _pad: u32,
+}
+
+/// Indexes of the drop counters: events the kernel side could not record.
+pub mod drop {
+    /// A counter or gauge map was full.
+    pub const COUNTERS_FULL: u32 = 0;
+    /// The histogram map was full.
+    pub const HISTS_FULL: u32 = 1;
+    /// The span map (one entry per thread inside a span) was full.
+    pub const SPANS_FULL: u32 = 2;
+    /// Stages nested deeper than `MAX_DEPTH`.
+    pub const STACK_OVERFLOW: u32 = 3;
+    /// An end probe without its start on the thread (e.g. attached mid-span).
+    pub const UNMATCHED_END: u32 = 4;
+    /// The event ring buffer was full.
+    pub const EVENTS_FULL: u32 = 5;
+    /// A site fired with no spec (cookie) for it.
+    pub const NO_SPEC: u32 = 6;
+    /// An argument could not be read.
+    pub const ARG_READ: u32 = 7;
+    pub const COUNT: u32 = 8;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "counters_full",
+        "hists_full",
+        "spans_full",
+        "stack_overflow",
+        "unmatched_end",
+        "events_full",
+        "no_spec",
+        "arg_read",
+    ];
+}
+
+/// Bytes of a name carried in an [`Event`].
+pub const NAME_LEN: usize = 64;
+
+/// A registration, sent to user space through the ring buffer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Event {
+    /// One of the `EVENT_*` kinds.
+    pub kind: u32,
+    pub pid: u32,
+    pub id: u32,
+    pub a: u32,
+    pub b: u32,
+    pub c: u32,
+    pub d: u64,
+    pub name: [u8; NAME_LEN],
+}
+
+/// `stream_register`: id = stream, a = role, b = junction, d = capacity.
+pub const EVENT_STREAM: u32 = 0;
+/// `query_register`: id = query, a = input stream, b = output stream, c = window kind, d = size.
+pub const EVENT_QUERY: u32 = 1;
+/// `query_unregister`: id = query.
+pub const EVENT_QUERY_GONE: u32 = 2;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C) integers and arrays of them with explicit padding fields, valid
+    // for any bit pattern.
+    unsafe impl aya::Pod for super::SiteSpec {}
+    unsafe impl aya::Pod for super::CounterKey {}
+    unsafe impl aya::Pod for super::HistKey {}
+    unsafe impl aya::Pod for super::Hist {}
+    unsafe impl aya::Pod for super::SpanStack {}
+}

@@ -1,0 +1,34 @@
+//! The kernel side of eventflux-probe: one uprobe program per probe of the `eventflux`
+//! provider (docs/probes.md), attached to every site (note) of that probe.
+//!
+//! The data path: a program reads its arguments through the site's spec (found by the BPF
+//! cookie, decoded from the note's argument spec by user space), then adds to per-CPU counters,
+//! sets gauges, times stages on a per-thread stack, or sends a registration to user space.
+//! Nothing here handles strings except the registration probes, which fire once per stream or
+//! query.
+
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod args;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod programs;
+#[cfg(target_arch = "bpf")]
+mod spans;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,75 @@
+//! The maps, bounded; a full map costs a drop count, never a silent loss.
+
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
+use eventflux_probe_common::{CounterKey, Hist, HistKey, MAX_SITES, SiteSpec, SpanStack, drop};
+
+/// Site specs, indexed by the BPF cookie user space gave each attachment.
+#[map]
+pub static SPECS: Array<SiteSpec> = Array::with_max_entries(MAX_SITES, 0);
+
+/// Counters, per CPU so that concurrent threads never contend.
+#[map]
+pub static COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
+/// Last-value gauges (queue depth, window state): one value, last writer wins.
+#[map]
+pub static GAUGES: HashMap<CounterKey, u64> = HashMap::with_max_entries(16384, 0);
+
+/// Latency histograms per (process, query, stage), per CPU.
+#[map]
+pub static HISTS: PerCpuHashMap<HistKey, Hist> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Open stages per thread (`pid_tgid`). An entry exists only while the thread is inside a span,
+/// so the map holds at most one entry per busy thread.
+#[map]
+pub static SPANS: HashMap<u64, SpanStack> = HashMap::with_max_entries(16384, 0);
+
+/// Zeroed templates: a histogram is larger than the 512-byte BPF stack, so new entries are
+/// inserted from here. Never written.
+#[map]
+pub static ZERO_HIST: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static ZERO_STACK: PerCpuArray<SpanStack> = PerCpuArray::with_max_entries(1, 0);
+
+/// What could not be recorded, by `drop::*` index.
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::COUNT, 0);
+
+/// Registrations (names) for user space.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+#[inline(always)]
+pub fn count_drop(which: u32) {
+    if let Some(p) = DROPS.get_ptr_mut(which) {
+        // SAFETY: a per-CPU slot, written only by this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Adds to a per-CPU counter, creating it on first use.
+#[inline(always)]
+pub fn counter_add(key: &CounterKey, delta: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of an existing entry.
+        unsafe { *p += delta };
+        return;
+    }
+    if COUNTERS.insert(key, &delta, 1 /* BPF_NOEXIST */).is_ok() {
+        return;
+    }
+    // Another CPU may have created it meanwhile; otherwise the map is full.
+    match COUNTERS.get_ptr_mut(key) {
+        // SAFETY: as above.
+        Some(p) => unsafe { *p += delta },
+        None => count_drop(drop::COUNTERS_FULL),
+    }
+}
+
+#[inline(always)]
+pub fn gauge_set(key: &CounterKey, value: u64) {
+    if GAUGES.insert(key, &value, 0 /* BPF_ANY */).is_err() {
+        count_drop(drop::COUNTERS_FULL);
+    }
+}

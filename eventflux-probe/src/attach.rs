@@ -1,0 +1,139 @@
+//! Attaching a loaded uprobe program to one USDT site: by file offset, with the semaphore
+//! counted by the kernel (uprobe `ref_ctr_offset`) and a BPF cookie naming the site.
+//!
+//! aya attaches uprobes but does not expose `ref_ctr_offset`, so the perf event is opened here
+//! (`perf_event_open` on the `uprobe` PMU, offset in config2, path in config1, reference
+//! counter offset in bits 32–63 of config) and the program joined to it with `BPF_LINK_CREATE`.
+//! The kernel increments the semaphore while the event exists and decrements it when the event
+//! is closed, in this process and in processes that map the file later; nothing writes the
+//! target's memory. Dropping an [`Attachment`] detaches.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// One attached site; dropping it closes the link and the perf event (detach).
+#[derive(Debug)]
+pub struct Attachment {
+    _link: OwnedFd,
+    _perf: OwnedFd,
+}
+
+/// Type number of the kernel's `uprobe` PMU.
+pub fn uprobe_pmu_type() -> io::Result<u32> {
+    let text = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")?;
+    text.trim().parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("uprobe PMU type: {e}")))
+}
+
+/// `struct perf_event_attr` up to `config2`, padded to PERF_ATTR_SIZE_VER5.
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    type_: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_events: u32,
+    bp_type: u32,
+    config1: u64,
+    config2: u64,
+    _rest: [u64; 5],
+}
+
+const PERF_ATTR_SIZE_VER5: u32 = 112;
+const PERF_UPROBE_REF_CTR_OFFSET_SHIFT: u64 = 32;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+
+/// `union bpf_attr` for `BPF_LINK_CREATE` with a perf event target.
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    bpf_cookie: u64,
+    _rest: [u64; 6],
+}
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PERF_EVENT: u32 = 41;
+
+/// Where and how to attach.
+#[derive(Debug, Clone, Copy)]
+pub struct Site<'a> {
+    /// The ELF file, as this process can open it.
+    pub path: &'a Path,
+    /// File offset of the probe's `nop`.
+    pub offset: u64,
+    /// File offset of the probe's semaphore, if it has one.
+    pub semaphore_offset: Option<u64>,
+    /// Only this process triggers the probe; `None` for every process mapping the file.
+    pub pid: Option<u32>,
+    /// Passed to the program as its BPF cookie.
+    pub cookie: u64,
+}
+
+fn last_error(what: &str) -> io::Error {
+    let e = io::Error::last_os_error();
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Attaches `program` (a loaded uprobe program) at `site`.
+pub fn attach(program: BorrowedFd<'_>, pmu_type: u32, site: &Site<'_>) -> io::Result<Attachment> {
+    let path = CString::new(site.path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let attr = PerfEventAttr {
+        type_: pmu_type,
+        size: PERF_ATTR_SIZE_VER5,
+        config: site.semaphore_offset.unwrap_or(0) << PERF_UPROBE_REF_CTR_OFFSET_SHIFT,
+        config1: path.as_ptr() as u64,
+        config2: site.offset,
+        ..PerfEventAttr::default()
+    };
+    let (pid, cpu) = match site.pid {
+        Some(pid) => (pid as libc::pid_t, -1),
+        None => (-1, 0),
+    };
+    // SAFETY: attr is a valid perf_event_attr of the size it declares; path outlives the call.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)
+    };
+    if fd < 0 {
+        return Err(last_error("perf_event_open(uprobe)"));
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let perf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+
+    let link_attr = LinkCreateAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        target_fd: perf.as_raw_fd() as u32,
+        attach_type: BPF_PERF_EVENT,
+        bpf_cookie: site.cookie,
+        ..LinkCreateAttr::default()
+    };
+    // SAFETY: a bpf_attr for BPF_LINK_CREATE, fully initialised, of the size passed.
+    let link = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &link_attr as *const LinkCreateAttr,
+            size_of::<LinkCreateAttr>() as u32,
+        )
+    };
+    if link < 0 {
+        return Err(last_error("bpf(BPF_LINK_CREATE)"));
+    }
+    // SAFETY: as above.
+    let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
+    // SAFETY: an ioctl without arguments on our perf event.
+    if unsafe { libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) } < 0 {
+        return Err(last_error("PERF_EVENT_IOC_ENABLE"));
+    }
+    Ok(Attachment { _link: link, _perf: perf })
+}

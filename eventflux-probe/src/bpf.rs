@@ -1,0 +1,285 @@
+//! The kernel programs: loading them, attaching them to a process's probe sites, and the maps
+//! they fill. This is the only module that talks to aya.
+
+use std::collections::BTreeSet;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::UProbe;
+use aya::{Ebpf, EbpfLoader};
+use eventflux_probe_common::{CounterKey, Hist, HistKey, MAX_SITES, SiteSpec, SpanStack, drop, probe};
+
+use crate::attach::{self, Attachment, Site};
+use crate::usdt::{self, BinaryProbes};
+
+/// The compiled kernel programs (eventflux-probe-ebpf), built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eventflux-probe"));
+
+/// Provider whose probes we attach to.
+pub const PROVIDER: &str = "eventflux";
+
+/// What an attach did, for the log and the daemon's own metrics.
+#[derive(Debug, Clone, Default)]
+pub struct AttachReport {
+    /// Distinct probes attached.
+    pub probes: usize,
+    /// Sites (notes) attached.
+    pub sites: usize,
+    /// How long attaching took, opening the binaries included.
+    pub elapsed: Duration,
+    /// Sites that could not be attached, and why.
+    pub skipped: Vec<String>,
+}
+
+/// A site we attached to, by cookie.
+#[derive(Debug, Clone)]
+pub struct AttachedSite {
+    pub pid: u32,
+    pub binary: PathBuf,
+    pub probe: u32,
+}
+
+/// Loaded programs, their attachments, and handles to their maps.
+pub struct Kernel {
+    ebpf: Ebpf,
+    pmu_type: u32,
+    loaded: BTreeSet<u32>,
+    sites: Vec<AttachedSite>,
+    attachments: Vec<Attachment>,
+}
+
+/// Whether an error chain says "not permitted" (EPERM). The verifier rejects a program with
+/// EACCES, which is not a permission problem, so EACCES does not count.
+pub fn is_permission_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(libc::EPERM) {
+                return true;
+            }
+        }
+        if err.to_string().contains("Operation not permitted") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+const PERMISSION_HINT: &str =
+    "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (e.g. setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep)";
+
+impl Kernel {
+    /// Loads the programs of the given probes (ids from `eventflux_probe_common::probe`).
+    pub fn load(probes: &[u32]) -> Result<Kernel> {
+        let ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
+            if is_permission_error(&e) {
+                anyhow!("not permitted to load eBPF programs: {PERMISSION_HINT}")
+            } else {
+                anyhow::Error::new(e).context("cannot load the eBPF programs")
+            }
+        })?;
+        let pmu_type = attach::uprobe_pmu_type()
+            .context("this kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe/type)")?;
+        let mut kernel = Kernel { ebpf, pmu_type, loaded: BTreeSet::new(), sites: Vec::new(), attachments: Vec::new() };
+        for &id in probes {
+            kernel.load_program(id)?;
+        }
+        Ok(kernel)
+    }
+
+    fn program_name(id: u32) -> Result<&'static str> {
+        probe::NAMES.get(id as usize).copied().ok_or_else(|| anyhow!("no probe with id {id}"))
+    }
+
+    fn load_program(&mut self, id: u32) -> Result<()> {
+        if self.loaded.contains(&id) {
+            return Ok(());
+        }
+        let name = Self::program_name(id)?;
+        let program: &mut UProbe = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+            .try_into()
+            .with_context(|| format!("program {name} is not a uprobe"))?;
+        program.load().map_err(|e| {
+            if is_permission_error(&e) {
+                anyhow!("not permitted to load eBPF program {name}: {PERMISSION_HINT}")
+            } else {
+                let log = match &e {
+                    aya::programs::ProgramError::LoadError { verifier_log, .. } => format!("\n{verifier_log}"),
+                    _ => String::new(),
+                };
+                anyhow!("the kernel rejected eBPF program {name}: {e}{log}")
+            }
+        })?;
+        self.loaded.insert(id);
+        Ok(())
+    }
+
+    /// Attaches the loaded programs to every site of their probes in `binaries` (the files of
+    /// process `pid`), with a pid filter. Sites of probes whose program is not loaded are left.
+    pub fn attach_process(&mut self, pid: u32, binaries: &[BinaryProbes]) -> Result<AttachReport> {
+        let started = Instant::now();
+        let mut report = AttachReport::default();
+        let mut probes = BTreeSet::new();
+        for binary in binaries {
+            for note in binary.notes.notes.iter().filter(|n| n.provider == PROVIDER) {
+                let Some(id) = probe::NAMES.iter().position(|n| *n == note.name).map(|i| i as u32) else {
+                    report.skipped.push(format!("{}: unknown probe {} (newer ABI?)", binary.path.display(), note.name));
+                    continue;
+                };
+                if !self.loaded.contains(&id) {
+                    continue;
+                }
+                let what = format!("{}:{} at {:#x}", binary.path.display(), note.name, note.offset);
+                let spec = match note
+                    .arg_specs
+                    .as_deref()
+                    .ok_or_else(|| note.arg_error.clone().unwrap_or_default())
+                    .and_then(|args| usdt::spec::site_spec(id, args))
+                {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        report.skipped.push(format!("{what}: {e}"));
+                        continue;
+                    }
+                };
+                let cookie = self.sites.len() as u32;
+                if cookie >= MAX_SITES {
+                    bail!("more than {MAX_SITES} probe sites: not supported");
+                }
+                self.spec_map()?.set(cookie, spec, 0).context("cannot write the site spec map")?;
+                let name = Self::program_name(id)?;
+                let program: &UProbe = self
+                    .ebpf
+                    .program(name)
+                    .ok_or_else(|| anyhow!("no program {name}"))?
+                    .try_into()
+                    .with_context(|| format!("program {name} is not a uprobe"))?;
+                let fd = program.fd().with_context(|| format!("program {name} is not loaded"))?;
+                let site = Site {
+                    path: &binary.opened_at,
+                    offset: note.offset,
+                    semaphore_offset: note.semaphore_offset,
+                    pid: Some(pid),
+                    cookie: u64::from(cookie),
+                };
+                let attachment = attach::attach(fd.as_fd(), self.pmu_type, &site).map_err(|e| {
+                    if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) {
+                        anyhow!("not permitted to attach uprobes: {PERMISSION_HINT}")
+                    } else {
+                        anyhow!("cannot attach to {what}: {e}")
+                    }
+                })?;
+                self.attachments.push(attachment);
+                self.sites.push(AttachedSite { pid, binary: binary.path.clone(), probe: id });
+                probes.insert(id);
+                report.sites += 1;
+            }
+        }
+        report.probes = probes.len();
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Detaches everything (also done on drop).
+    pub fn detach_all(&mut self) {
+        self.attachments.clear();
+    }
+
+    /// Sites attached, by cookie.
+    pub fn sites(&self) -> &[AttachedSite] {
+        &self.sites
+    }
+
+    /// Attachments currently open.
+    pub fn attached(&self) -> usize {
+        self.attachments.len()
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+    }
+
+    fn spec_map(&mut self) -> Result<Array<&mut MapData, SiteSpec>> {
+        let map = self.ebpf.map_mut("SPECS").ok_or_else(|| anyhow!("no map SPECS"))?;
+        Array::try_from(map).context("map SPECS")
+    }
+
+    pub fn counters(&self) -> Result<PerCpuHashMap<&MapData, CounterKey, u64>> {
+        PerCpuHashMap::try_from(self.map("COUNTERS")?).context("map COUNTERS")
+    }
+
+    pub fn gauges(&self) -> Result<HashMap<&MapData, CounterKey, u64>> {
+        HashMap::try_from(self.map("GAUGES")?).context("map GAUGES")
+    }
+
+    pub fn hists(&self) -> Result<PerCpuHashMap<&MapData, HistKey, Hist>> {
+        PerCpuHashMap::try_from(self.map("HISTS")?).context("map HISTS")
+    }
+
+    pub fn spans(&self) -> Result<HashMap<&MapData, u64, SpanStack>> {
+        HashMap::try_from(self.map("SPANS")?).context("map SPANS")
+    }
+
+    /// Drop counters summed over CPUs, by `drop::*` index.
+    pub fn drops(&self) -> Result<[u64; drop::COUNT as usize]> {
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("DROPS")?).context("map DROPS")?;
+        let mut out = [0; drop::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = map.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+        }
+        Ok(out)
+    }
+
+    /// Takes the registration ring buffer (once) for the events task.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("map EVENTS already taken"))?;
+        RingBuf::try_from(map).context("map EVENTS")
+    }
+
+    /// Per-program kernel statistics: (name, run count, run time), for loaded programs.
+    pub fn program_stats(&self) -> Vec<(&'static str, u64, Duration)> {
+        let mut out = Vec::new();
+        for &id in &self.loaded {
+            let Ok(name) = Self::program_name(id) else { continue };
+            let Some(program) = self.ebpf.program(name) else { continue };
+            if let Ok(info) = program.info() {
+                out.push((name, info.run_count(), info.run_time()));
+            }
+        }
+        out
+    }
+
+    /// (map name, entries, capacity) of the bounded maps.
+    pub fn map_usage(&self) -> Vec<(&'static str, usize, u32)> {
+        let mut out = Vec::new();
+        if let Ok(m) = self.counters() {
+            out.push(("counters", m.keys().count(), capacity(self.map("COUNTERS").ok())));
+        }
+        if let Ok(m) = self.gauges() {
+            out.push(("gauges", m.keys().count(), capacity(self.map("GAUGES").ok())));
+        }
+        if let Ok(m) = self.hists() {
+            out.push(("histograms", m.keys().count(), capacity(self.map("HISTS").ok())));
+        }
+        if let Ok(m) = self.spans() {
+            out.push(("spans", m.keys().count(), capacity(self.map("SPANS").ok())));
+        }
+        out.push(("sites", self.sites.len(), MAX_SITES));
+        out
+    }
+}
+
+fn capacity(map: Option<&aya::maps::Map>) -> u32 {
+    let data = match map {
+        Some(aya::maps::Map::PerCpuHashMap(d)) | Some(aya::maps::Map::HashMap(d)) => d,
+        _ => return 0,
+    };
+    data.info().map(|i| i.max_entries()).unwrap_or(0)
+}

@@ -1,0 +1,88 @@
+//! Names for the ids the probes carry, learned from the registration probes (`stream_register`,
+//! `query_register`, `query_unregister`) through the kernel's event ring buffer, per process.
+
+use std::collections::BTreeMap;
+
+use eventflux_probe_common::{EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, NAME_LEN};
+
+/// A stream as registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamMeta {
+    pub name: String,
+    pub role: u32,
+    pub junction: u32,
+    pub capacity: u64,
+}
+
+/// A query as registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryMeta {
+    pub name: String,
+    pub input_stream: u32,
+    pub output_stream: u32,
+    pub window: u32,
+    pub window_size: u64,
+    /// False once `query_unregister` fired.
+    pub active: bool,
+}
+
+/// Every process's streams and queries, keyed by (pid, id).
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub streams: BTreeMap<(u32, u32), StreamMeta>,
+    pub queries: BTreeMap<(u32, u32), QueryMeta>,
+}
+
+/// Decodes a ring-buffer record; `None` if it is too short to be an [`Event`].
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: the record holds at least size_of::<Event>() bytes written by the kernel program
+    // as an Event (plain integers and bytes, valid for any bit pattern).
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+fn name(bytes: &[u8; NAME_LEN]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+impl Catalog {
+    /// Applies one registration. Replays of known registrations change nothing.
+    pub fn apply(&mut self, e: &Event) {
+        match e.kind {
+            EVENT_STREAM => {
+                let meta = StreamMeta { name: name(&e.name), role: e.a, junction: e.b, capacity: e.d };
+                self.streams.insert((e.pid, e.id), meta);
+            }
+            EVENT_QUERY => {
+                let meta = QueryMeta {
+                    name: name(&e.name),
+                    input_stream: e.a,
+                    output_stream: e.b,
+                    window: e.c,
+                    window_size: e.d,
+                    active: true,
+                };
+                self.queries.insert((e.pid, e.id), meta);
+            }
+            EVENT_QUERY_GONE => {
+                if let Some(q) = self.queries.get_mut(&(e.pid, e.id)) {
+                    q.active = false;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The stream's name, or `stream<ID>` until its registration arrives.
+    pub fn stream_name(&self, pid: u32, id: u32) -> String {
+        self.streams.get(&(pid, id)).map_or_else(|| format!("stream{id}"), |s| s.name.clone())
+    }
+
+    /// The query's name, or `query<ID>` until its registration arrives.
+    pub fn query_name(&self, pid: u32, id: u32) -> String {
+        self.queries.get(&(pid, id)).map_or_else(|| format!("query{id}"), |q| q.name.clone())
+    }
+}

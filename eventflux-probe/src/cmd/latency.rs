@@ -1,0 +1,231 @@
+//! `eventflux-probe latency --pid PID`: the SRE's one-liner. Attaches only the probes the
+//! requested stages need, collects until `--duration` passes or Ctrl-C, then prints one
+//! histogram per query and stage in bpftrace's layout, with count, p50, p90, p99 and max.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use eventflux_probe::bpf::Kernel;
+use eventflux_probe::collector::{Collector, HistData, Snapshot};
+use eventflux_probe_common::{hist, probe, stage};
+use serde_json::json;
+
+use super::target;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The engine process to observe.
+    #[arg(long, value_name = "PID")]
+    pid: u32,
+    /// Only this stage: ingest, filter, window, aggregate, emit or batch (the whole query).
+    #[arg(long, value_name = "STAGE")]
+    stage: Option<String>,
+    /// Only this query (its name, or its numeric id).
+    #[arg(long, value_name = "ID")]
+    query: Option<String>,
+    /// Stop after this long (10s, 500ms, 2m); without it, stop on Ctrl-C.
+    #[arg(long, value_name = "D", value_parser = target::parse_duration)]
+    duration: Option<Duration>,
+    /// Print JSON instead of histograms.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The probes a stage needs: its own start and end, and those of every stage it calls (their
+/// time is subtracted from its self time).
+fn probes_for(stage_name: Option<&str>) -> Result<(Vec<u32>, Vec<u32>)> {
+    use probe::*;
+    let nested = [
+        (stage::EMIT, vec![EMIT_START, EMIT_END]),
+        (stage::AGGREGATE, vec![AGGREGATE_START, AGGREGATE_END]),
+        (stage::WINDOW, vec![WINDOW_START, WINDOW_END]),
+        (stage::FILTER, vec![FILTER_START, FILTER_END]),
+    ];
+    let batch = vec![QUERY_BATCH_START, QUERY_BATCH_END];
+    let ingest = vec![JUNCTION_SEND, QUERY_BATCH_START, QUERY_BATCH_END, QUEUE_POP];
+    let mut probes = vec![QUERY_REGISTER, STREAM_REGISTER, QUERY_UNREGISTER];
+    let stages: Vec<u32> = match stage_name {
+        None => {
+            probes.extend(ingest);
+            nested.iter().for_each(|(_, p)| probes.extend(p));
+            vec![stage::INGEST, stage::FILTER, stage::WINDOW, stage::AGGREGATE, stage::EMIT, stage::BATCH]
+        }
+        Some(name) => {
+            let Some(s) = stage::NAMES.iter().position(|n| *n == name).map(|i| i as u32) else {
+                bail!("unknown stage `{name}`: use one of {}", stage::NAMES.join(", "));
+            };
+            match s {
+                stage::BATCH => probes.extend(batch),
+                stage::INGEST => probes.extend(ingest),
+                _ => {
+                    // This stage and every stage nested inside it.
+                    for (st, p) in &nested {
+                        probes.extend(p);
+                        if *st == s {
+                            break;
+                        }
+                    }
+                }
+            }
+            vec![s]
+        }
+    };
+    probes.sort_unstable();
+    probes.dedup();
+    Ok((probes, stages))
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let (probes, stages) = probes_for(args.stage.as_deref())?;
+    let binaries = target::eventflux_binaries(args.pid)?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let mut kernel = Kernel::load(&probes)?;
+    let report = kernel.attach_process(args.pid, &binaries)?;
+    let kernel = Arc::new(Mutex::new(kernel));
+    let collector = Collector::new(Arc::clone(&kernel), Duration::ZERO)?;
+    eprintln!(
+        "Attached {} probes ({} sites) to pid {}. {}",
+        report.probes,
+        report.sites,
+        args.pid,
+        match args.duration {
+            Some(d) => format!("Collecting for {d:?}; Ctrl-C prints what it has so far."),
+            None => "Collecting; Ctrl-C to print.".to_owned(),
+        }
+    );
+    runtime.block_on(async {
+        let wait = async {
+            match args.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let drain = async {
+            loop {
+                tick.tick().await;
+                collector.drain_events();
+            }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = drain => {}
+        }
+    });
+    let snap = collector.snapshot()?;
+    kernel.lock().unwrap_or_else(|e| e.into_inner()).detach_all();
+    let rows = select(&snap, args.pid, &stages, args.query.as_deref());
+    let out = if args.json { to_json(&rows) } else { to_text(&rows) };
+    print!("{out}");
+    if rows.is_empty() {
+        eprintln!("eventflux-probe: no spans completed in that time (is the engine processing events?)");
+    }
+    Ok(())
+}
+
+struct Row<'a> {
+    query: String,
+    stage: &'static str,
+    hist: &'a HistData,
+}
+
+fn select<'a>(snap: &'a Snapshot, pid: u32, stages: &[u32], query: Option<&str>) -> Vec<Row<'a>> {
+    snap.hists
+        .iter()
+        .filter(|(k, h)| k.pid == pid && stages.contains(&k.stage) && h.count > 0)
+        .filter(|(k, _)| {
+            query.is_none_or(|q| snap.catalog.query_name(pid, k.query) == q || q.parse::<u32>() == Ok(k.query))
+        })
+        .map(|(k, h)| Row {
+            query: snap.catalog.query_name(pid, k.query),
+            stage: stage::NAMES.get(k.stage as usize).copied().unwrap_or("?"),
+            hist: h,
+        })
+        .collect()
+}
+
+/// A bucket bound as bpftrace writes it: 512, 4K, 6M, 1G.
+fn bound(ns: u64) -> String {
+    for (shift, suffix) in [(30, "G"), (20, "M"), (10, "K")] {
+        if ns >= 1 << shift && ns % (1 << shift) == 0 {
+            return format!("{}{suffix}", ns >> shift);
+        }
+    }
+    ns.to_string()
+}
+
+fn duration(ns: u64) -> String {
+    match ns {
+        n if n < 1_000 => format!("{n}ns"),
+        n if n < 1_000_000 => format!("{:.1}µs", n as f64 / 1e3),
+        n if n < 1_000_000_000 => format!("{:.2}ms", n as f64 / 1e6),
+        n => format!("{:.3}s", n as f64 / 1e9),
+    }
+}
+
+fn to_text(rows: &[Row<'_>]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let h = r.hist;
+        let _ = writeln!(
+            out,
+            "@{}[{}]: count {}, p50 {}, p90 {}, p99 {}, max {}  (nanoseconds)",
+            r.stage,
+            r.query,
+            h.count,
+            duration(h.quantile_ns(0.50)),
+            duration(h.quantile_ns(0.90)),
+            duration(h.quantile_ns(0.99)),
+            duration(h.max_ns)
+        );
+        let first = h.buckets.iter().position(|n| *n > 0).unwrap_or(0);
+        let last = h.buckets.iter().rposition(|n| *n > 0).unwrap_or(0);
+        let top = h.buckets.iter().copied().max().unwrap_or(1).max(1);
+        for i in first..=last {
+            let n = h.buckets[i];
+            let bar = "@".repeat((n * 52).div_ceil(top) as usize);
+            let range = if i + 1 == hist::BUCKETS {
+                format!("({}, ...)", bound(hist::lower(i)))
+            } else {
+                format!("({}, {}]", bound(hist::lower(i)), bound(hist::upper(i)))
+            };
+            let _ = writeln!(out, "{range:<18} {n:>8} |{bar:<52}|");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn to_json(rows: &[Row<'_>]) -> String {
+    let v: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let h = r.hist;
+            let buckets: Vec<_> = h
+                .buckets
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| json!({"gt_ns": hist::lower(i), "le_ns": hist::upper(i), "count": n}))
+                .collect();
+            json!({
+                "query": r.query,
+                "stage": r.stage,
+                "count": h.count,
+                "sum_ns": h.sum_ns,
+                "max_ns": h.max_ns,
+                "p50_ns": h.quantile_ns(0.50),
+                "p90_ns": h.quantile_ns(0.90),
+                "p99_ns": h.quantile_ns(0.99),
+                "buckets": buckets,
+            })
+        })
+        .collect();
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+    s.push('\n');
+    s
+}

@@ -1,0 +1,138 @@
+//! `eventflux-probe run --pid PID`: attach to every eventflux probe of a running engine and
+//! serve its metrics at `GET /metrics` until SIGINT or SIGTERM, which detach everything.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use eventflux_probe::bpf::Kernel;
+use eventflux_probe::collector::Collector;
+use eventflux_probe::export::prometheus::{self as prom, Options};
+use eventflux_probe_common::probe;
+use tokio::net::TcpListener;
+
+use super::target;
+
+/// Default listen address. Port 9469: not Prometheus's own 9090, nor node_exporter's 9100, nor
+/// the 9464 the OpenTelemetry Prometheus exporter uses, so it runs beside all three.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The engine process to observe.
+    #[arg(long, value_name = "PID")]
+    pid: u32,
+    /// Address for the HTTP endpoints (/metrics). Loopback by default; use 0.0.0.0:9469 to be
+    /// scraped from elsewhere.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Label sets per metric before further ones are folded into one `overflow` series.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    max_series: usize,
+}
+
+struct AppState {
+    collector: Arc<Collector>,
+    options: Options,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: &Args) -> Result<()> {
+    let binaries = target::eventflux_binaries(args.pid)?;
+    let listener = TcpListener::bind(args.listen).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow!(
+            "cannot listen on {}: address already in use (another eventflux-probe or exporter?); choose another with --listen",
+            args.listen
+        ),
+        _ => anyhow!("cannot listen on {}: {e}", args.listen),
+    })?;
+
+    // Keeps the kernel's BPF run-time statistics on while we run (the program metrics).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+    let all: Vec<u32> = (0..probe::NAMES.len() as u32).collect();
+    let mut kernel = Kernel::load(&all)?;
+    let report = kernel.attach_process(args.pid, &binaries)?;
+    for s in &report.skipped {
+        tracing::warn!("not attached: {s}");
+    }
+    tracing::info!(
+        pid = args.pid,
+        probes = report.probes,
+        sites = report.sites,
+        attach_ms = report.elapsed.as_secs_f64() * 1e3,
+        "attached"
+    );
+    let kernel = Arc::new(Mutex::new(kernel));
+    let collector = Arc::new(Collector::new(Arc::clone(&kernel), Duration::from_millis(100))?);
+    collector.add_target(args.pid, report.probes);
+
+    // Registrations arrive through a ring buffer: drain it often so it never fills.
+    let drain = Arc::clone(&collector);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            drain.drain_events();
+        }
+    });
+    let pid = args.pid;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                tracing::info!(pid, "target exited; serving its final values until stopped");
+                break;
+            }
+        }
+    });
+
+    let state = Arc::new(AppState { collector, options: Options { max_series: args.max_series, pid_label: false } });
+    let app = Router::new().route("/metrics", get(metrics)).with_state(state);
+    tracing::info!("serving http://{}/metrics", args.listen);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server failed")?;
+    kernel.lock().unwrap_or_else(|e| e.into_inner()).detach_all();
+    tracing::info!(pid, "detached");
+    Ok(())
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let collector = Arc::clone(&state.collector);
+    let snap = match tokio::task::spawn_blocking(move || collector.snapshot()).await {
+        Ok(Ok(snap)) => snap,
+        Ok(Err(e)) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the BPF maps: {e:#}\n")).into_response();
+        }
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("collector failed: {e}\n")).into_response(),
+    };
+    let body = prom::encode(&snap, &state.options);
+    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response()
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("stopping");
+}

@@ -1,0 +1,181 @@
+//! The collector: reads the kernel maps, the registrations and `/proc` into one [`Snapshot`]
+//! that every exporter reads, so that `/metrics`, traces and health agree with each other.
+//!
+//! Per-CPU values are summed here. A snapshot is cached for a short while so that concurrent
+//! readers share one reading instead of each walking the maps.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+use eventflux_probe_common::{CounterKey, HistKey, drop, hist};
+
+use crate::bpf::Kernel;
+use crate::catalog::{self, Catalog};
+use crate::procstat::{ProcSampler, ProcStats};
+
+/// A latency histogram summed over CPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistData {
+    /// Counts per kernel bucket (see `eventflux_probe_common::hist`), not cumulative.
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum_ns: u64,
+    pub max_ns: u64,
+}
+
+impl HistData {
+    /// Smallest bucket bound `le` such that at least `q` of the samples are `<= le`.
+    pub fn quantile_ns(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return hist::upper(i).min(self.max_ns.max(hist::lower(i) + 1));
+            }
+        }
+        self.max_ns
+    }
+}
+
+/// The daemon's own state, exported as `eventflux_probe_*`.
+#[derive(Debug, Clone, Default)]
+pub struct SelfStats {
+    pub sites_attached: usize,
+    pub probes_attached: usize,
+    /// (program, run count, run time)
+    pub programs: Vec<(&'static str, u64, Duration)>,
+    /// (map, entries, capacity)
+    pub maps: Vec<(&'static str, usize, u32)>,
+    pub drops: [u64; drop::COUNT as usize],
+}
+
+/// Everything known at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub counters: BTreeMap<CounterKey, u64>,
+    pub gauges: BTreeMap<CounterKey, u64>,
+    pub hists: BTreeMap<HistKey, HistData>,
+    pub catalog: Catalog,
+    pub processes: BTreeMap<u32, ProcStats>,
+    pub daemon: SelfStats,
+}
+
+impl Snapshot {
+    pub fn counter(&self, pid: u32, counter: u32, a: u32, b: u32) -> u64 {
+        self.counters.get(&CounterKey { pid, counter, a, b }).copied().unwrap_or(0)
+    }
+}
+
+/// Reads the kernel side for the exporters.
+pub struct Collector {
+    kernel: Arc<Mutex<Kernel>>,
+    events: Mutex<Option<RingBuf<MapData>>>,
+    catalog: Mutex<Catalog>,
+    targets: Mutex<BTreeMap<u32, ProcSampler>>,
+    probes_attached: Mutex<usize>,
+    cache: Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    max_age: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Collector {
+    /// `max_age`: how long a snapshot is reused by later readers.
+    pub fn new(kernel: Arc<Mutex<Kernel>>, max_age: Duration) -> Result<Collector> {
+        let events = lock(&kernel).take_events()?;
+        Ok(Collector {
+            kernel,
+            events: Mutex::new(Some(events)),
+            catalog: Mutex::new(Catalog::default()),
+            targets: Mutex::new(BTreeMap::new()),
+            probes_attached: Mutex::new(0),
+            cache: Mutex::new(None),
+            max_age,
+        })
+    }
+
+    /// Starts reporting a process's `/proc` statistics.
+    pub fn add_target(&self, pid: u32, probes_attached: usize) {
+        lock(&self.targets).entry(pid).or_default();
+        *lock(&self.probes_attached) += probes_attached;
+    }
+
+    /// Applies pending registrations; returns how many.
+    pub fn drain_events(&self) -> usize {
+        let mut events = lock(&self.events);
+        let Some(ring) = events.as_mut() else { return 0 };
+        let mut catalog = lock(&self.catalog);
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            if let Some(e) = catalog::decode(&item) {
+                catalog.apply(&e);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// A snapshot no older than `max_age`.
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>> {
+        let mut cache = lock(&self.cache);
+        if let Some((at, snap)) = cache.as_ref() {
+            if at.elapsed() < self.max_age {
+                return Ok(Arc::clone(snap));
+            }
+        }
+        let snap = Arc::new(self.read()?);
+        *cache = Some((Instant::now(), Arc::clone(&snap)));
+        Ok(snap)
+    }
+
+    fn read(&self) -> Result<Snapshot> {
+        self.drain_events();
+        let kernel = lock(&self.kernel);
+        let mut snap = Snapshot::default();
+        for entry in kernel.counters()?.iter() {
+            let (key, values) = entry?;
+            snap.counters.insert(key, values.iter().sum());
+        }
+        for entry in kernel.gauges()?.iter() {
+            let (key, value) = entry?;
+            snap.gauges.insert(key, value);
+        }
+        for entry in kernel.hists()?.iter() {
+            let (key, values) = entry?;
+            let mut h = HistData { buckets: vec![0; hist::BUCKETS], count: 0, sum_ns: 0, max_ns: 0 };
+            for v in values.iter() {
+                for (sum, n) in h.buckets.iter_mut().zip(v.buckets.iter()) {
+                    *sum += n;
+                }
+                h.count += v.count;
+                h.sum_ns += v.sum_ns;
+                h.max_ns = h.max_ns.max(v.max_ns);
+            }
+            snap.hists.insert(key, h);
+        }
+        snap.daemon = SelfStats {
+            sites_attached: kernel.attached(),
+            probes_attached: *lock(&self.probes_attached),
+            programs: kernel.program_stats(),
+            maps: kernel.map_usage(),
+            drops: kernel.drops()?,
+        };
+        std::mem::drop(kernel);
+        snap.catalog = lock(&self.catalog).clone();
+        for (pid, sampler) in lock(&self.targets).iter_mut() {
+            if let Some(stats) = sampler.sample(*pid) {
+                snap.processes.insert(*pid, stats);
+            }
+        }
+        Ok(snap)
+    }
+}

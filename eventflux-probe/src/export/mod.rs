@@ -1,0 +1,3 @@
+//! Exporters: each turns a collector [`Snapshot`](crate::collector::Snapshot) into one format.
+
+pub mod prometheus;

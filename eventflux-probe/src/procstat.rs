@@ -1,0 +1,96 @@
+//! The target's system metrics from `/proc/PID`: uptime, memory, CPU, threads. Probes do not
+//! see these; the design document's system metrics come from here.
+
+use std::time::Instant;
+
+/// One reading of a process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProcStats {
+    pub uptime_seconds: f64,
+    pub rss_bytes: u64,
+    pub virtual_bytes: u64,
+    pub threads: u64,
+    /// CPU use since the previous reading, in percent of one core.
+    pub cpu_percent: f64,
+    /// Total user + system CPU seconds.
+    pub cpu_seconds: f64,
+}
+
+/// Reads `/proc/PID/stat` repeatedly, keeping what CPU-percent needs and the last reading, so
+/// a process that exited still reports its final values.
+#[derive(Debug, Default)]
+pub struct ProcSampler {
+    last: Option<(Instant, ProcStats)>,
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory arguments.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: as above.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as u64 } else { 4096 }
+}
+
+/// Parses `/proc/PID/stat` and `/proc/uptime` text.
+pub fn parse(stat: &str, system_uptime: &str) -> Option<ProcStats> {
+    // The command name is in parentheses and may contain spaces: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state); field N is f[N - 3].
+    let num = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    let ticks = clock_ticks();
+    let (utime, stime) = (num(14)?, num(15)?);
+    let starttime = num(22)? as f64 / ticks;
+    let up: f64 = system_uptime.split_whitespace().next()?.parse().ok()?;
+    Some(ProcStats {
+        uptime_seconds: (up - starttime).max(0.0),
+        rss_bytes: num(24)? * page_size(),
+        virtual_bytes: num(23)?,
+        threads: num(20)?,
+        cpu_percent: 0.0,
+        cpu_seconds: (utime + stime) as f64 / ticks,
+    })
+}
+
+impl ProcSampler {
+    /// A fresh reading, or the last one if the process is gone.
+    pub fn sample(&mut self, pid: u32) -> Option<ProcStats> {
+        let now = Instant::now();
+        let fresh = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .zip(std::fs::read_to_string("/proc/uptime").ok())
+            .and_then(|(stat, up)| parse(&stat, &up));
+        let Some(mut stats) = fresh else {
+            return self.last.map(|(_, s)| s);
+        };
+        if let Some((then, prev)) = self.last {
+            let wall = now.duration_since(then).as_secs_f64();
+            if wall > 0.0 {
+                stats.cpu_percent = ((stats.cpu_seconds - prev.cpu_seconds) / wall * 100.0).max(0.0);
+            }
+        }
+        self.last = Some((now, stats));
+        Some(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_spaces_in_the_name() {
+        let stat = "42 (my (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 7 0 1000 123456789 300 \
+                    18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        let s = parse(stat, "100.50 10.0").unwrap();
+        assert_eq!(s.threads, 7);
+        assert_eq!(s.virtual_bytes, 123_456_789);
+        assert_eq!(s.rss_bytes, 300 * page_size());
+        assert!((s.cpu_seconds - 300.0 / clock_ticks()).abs() < 1e-9);
+        assert!((s.uptime_seconds - (100.5 - 1000.0 / clock_ticks())).abs() < 1e-9);
+    }
+}
