@@ -182,11 +182,13 @@ impl Query {
     /// Processes one chunk of the input stream: one query batch.
     pub fn process(&mut self, chunk: &[Event]) {
         let n = chunk.len() as u64;
-        probe!(query_batch_start(self.id, self.input_stream, n));
+        // The clock reads enclose the batch probes, so the span an observer measures between
+        // them lies inside the one measured here.
         let started = Instant::now();
+        probe!(query_batch_start(self.id, self.input_stream, n));
         let emitted = self.filter(chunk);
-        let elapsed = started.elapsed();
         probe!(query_batch_end(self.id, n, emitted));
+        let elapsed = started.elapsed();
         self.stats.processed += n;
         self.stats.emitted += emitted;
         self.stats.batches += 1;

@@ -65,3 +65,28 @@ pub const fn upper(i: usize) -> u64 {
 pub const fn lower(i: usize) -> u64 {
     if i == 0 { 0 } else { upper(i - 1) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_contiguous_and_bounds_inclusive() {
+        for i in 1..BUCKETS {
+            assert_eq!(lower(i), upper(i - 1));
+            assert!(upper(i) > upper(i - 1));
+        }
+        for v in (0..100_000u64).chain([1 << 20, (1 << 20) + 1, 100_000_000_000]) {
+            let i = bucket(v);
+            assert!(v <= upper(i) || i == BUCKETS - 1, "{v} above bucket {i}");
+            assert!(v > lower(i) || i == 0, "{v} below bucket {i}");
+        }
+        // At least four sub-buckets per power of two: every bucket above 4 ns is at most 25% wide.
+        for i in 4..BUCKETS {
+            assert!((upper(i) - lower(i)) * 4 <= lower(i) + 1, "bucket {i} too wide");
+        }
+        assert!(upper(BUCKETS - 2) >= 100_000_000_000, "the histogram reaches 100 s");
+        assert_eq!(msb(1), 0);
+        assert_eq!(msb(u64::MAX), 63);
+    }
+}

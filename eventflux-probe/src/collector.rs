@@ -127,10 +127,8 @@ impl Collector {
     /// A snapshot no older than `max_age`.
     pub fn snapshot(&self) -> Result<Arc<Snapshot>> {
         let mut cache = lock(&self.cache);
-        if let Some((at, snap)) = cache.as_ref() {
-            if at.elapsed() < self.max_age {
-                return Ok(Arc::clone(snap));
-            }
+        if let Some((_, snap)) = cache.as_ref().filter(|(at, _)| at.elapsed() < self.max_age) {
+            return Ok(Arc::clone(snap));
         }
         let snap = Arc::new(self.read()?);
         *cache = Some((Instant::now(), Arc::clone(&snap)));

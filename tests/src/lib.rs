@@ -267,3 +267,175 @@ impl GatedDemo {
         stdout
     }
 }
+
+/// A free loopback port (bound and released; the race with other tests is theirs to lose).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// `eventflux-probe run`, started and attached.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub stderr: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts `eventflux-probe run --pid PID` on a free port and waits until it has attached.
+    pub fn start(pid: u32) -> Daemon {
+        let port = free_port();
+        let mut child = Command::new(bin("eventflux-probe"))
+            .args(["run", "--pid", &pid.to_string(), "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start eventflux-probe run");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut d = Daemon { child, port, stderr: rx, log: Vec::new() };
+        d.wait_for_log("serving", Duration::from_secs(60));
+        d
+    }
+
+    /// Waits for a log line containing `what`; fails the test with the log so far.
+    pub fn wait_for_log(&mut self, what: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self.log.iter().find(|l| l.contains(what)) {
+                return line.clone();
+            }
+            match self.stderr.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => self.log.push(line),
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("eventflux-probe run never logged {what:?}: {:#?}", self.log);
+                }
+            }
+        }
+    }
+
+    pub fn scrape(&self) -> String {
+        http_get(self.port, "/metrics")
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let status = wait_with_deadline(&mut self.child, Duration::from_secs(30));
+        self.log.extend(self.stderr.try_iter());
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback; returns the body, failing the test on a non-200 status.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return dechunk(body);
+    }
+    body.to_owned()
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parses the samples of a Prometheus text exposition (comments skipped).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => {
+                let inner = rest.strip_suffix('}').expect("closing brace");
+                let labels = inner
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once("=\"").expect("label");
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (n.to_owned(), labels)
+            }
+            None => (series.to_owned(), Vec::new()),
+        };
+        out.push(Sample { name, labels, value });
+    }
+    out
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let found: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v)))
+        .collect();
+    assert!(found.len() <= 1, "{name} {labels:?} matches {} samples", found.len());
+    found.first().map(|s| s.value)
+}
+
+/// Reads a process's 16-bit USDT semaphore through /proc/PID/mem (read only).
+pub fn read_semaphore(pid: u32, binary: &Path, file_offset: u64) -> u16 {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let canon = std::fs::canonicalize(binary).expect("canonicalize");
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || Path::new(f[5]) != canon {
+            continue;
+        }
+        let (start, end) = f[0].split_once('-').expect("range");
+        let start = u64::from_str_radix(start, 16).expect("hex");
+        let end = u64::from_str_radix(end, 16).expect("hex");
+        let off = u64::from_str_radix(f[2], 16).expect("hex");
+        if file_offset >= off && file_offset + 2 <= off + (end - start) {
+            let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
+            let mut buf = [0u8; 2];
+            mem.read_exact_at(&mut buf, start + file_offset - off).expect("read mem");
+            return u16::from_le_bytes(buf);
+        }
+    }
+    panic!("no mapping of {} covers file offset {file_offset:#x}", binary.display());
+}

@@ -151,7 +151,7 @@ fn select<'a>(snap: &'a Snapshot, pid: u32, stages: &[u32], query: Option<&str>)
 /// A bucket bound as bpftrace writes it: 512, 4K, 6M, 1G.
 fn bound(ns: u64) -> String {
     for (shift, suffix) in [(30, "G"), (20, "M"), (10, "K")] {
-        if ns >= 1 << shift && ns % (1 << shift) == 0 {
+        if ns >= 1 << shift && ns.is_multiple_of(1 << shift) {
             return format!("{}{suffix}", ns >> shift);
         }
     }

@@ -136,22 +136,16 @@ fn engine_metrics(snap: &Snapshot, f: &mut Families) {
     };
 
     // Series that exist from registration on, before any event.
-    for (&(pid, id), q) in &cat.queries {
-        let _ = id;
-        let l =
-            with_pid(pid, vec![("query_id", q.name.clone()), ("stream_name", cat.stream_name(pid, q.input_stream))]);
-        f.counter("query_events_processed_total", "Events that entered the query.", l, 0.0);
-    }
     let mut active: BTreeMap<u32, f64> = BTreeMap::new();
     let mut subscribers: BTreeMap<(u32, u32), f64> = BTreeMap::new();
-    for (&(pid, _), s) in cat.streams.iter().map(|(k, s)| (k, s)) {
-        let _ = s;
+    for &(pid, id) in cat.streams.keys() {
         active.entry(pid).or_insert(0.0);
-    }
-    for (&(pid, id), _) in &cat.streams {
         subscribers.entry((pid, id)).or_insert(0.0);
     }
     for (&(pid, _), q) in &cat.queries {
+        let l =
+            with_pid(pid, vec![("query_id", q.name.clone()), ("stream_name", cat.stream_name(pid, q.input_stream))]);
+        f.counter("query_events_processed_total", "Events that entered the query.", l, 0.0);
         if q.active {
             *active.entry(pid).or_insert(0.0) += 1.0;
             *subscribers.entry((pid, q.input_stream)).or_insert(0.0) += 1.0;

@@ -1,0 +1,299 @@
+//! `eventflux-probe run` on the real kernel: attach to the demo before its first event, let it
+//! run to the end, then compare every scraped metric with the demo's own summary, exactly.
+
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::{Daemon, GatedDemo, Sample, bin, free_port, parse_metrics, read_semaphore, run, run_ok, value};
+use serde_json::Value;
+
+const DEMO: &[&str] = &["--events", "100003", "--streams", "3", "--queries", "4", "--batch", "64"];
+
+fn summary_of(text: &str) -> Value {
+    serde_json::from_str(text.trim()).expect("summary JSON")
+}
+
+/// The summary without what depends on timing.
+fn computed(mut v: Value) -> Value {
+    let obj = v.as_object_mut().expect("object");
+    obj.remove("elapsed_s");
+    obj.remove("events_per_sec");
+    for q in obj["queries"].as_object_mut().expect("queries").values_mut() {
+        let q = q.as_object_mut().expect("query");
+        q.remove("p50_ns");
+        q.remove("p99_ns");
+    }
+    for s in obj["streams"].as_object_mut().expect("streams").values_mut() {
+        s.as_object_mut().expect("stream").remove("backpressure");
+    }
+    v
+}
+
+fn get(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> u64 {
+    value(samples, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape")) as u64
+}
+
+/// Upper bound (`le`, seconds) of the bucket holding the q-quantile of a scraped histogram.
+fn quantile_le(samples: &[Sample], name: &str, query: &str, q: f64) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.name == format!("{name}_bucket") && s.labels.iter().any(|(k, v)| k == "query_id" && v == query))
+        .map(|s| {
+            let le = s.labels.iter().find(|(k, _)| k == "le").expect("le").1.as_str();
+            (if le == "+Inf" { f64::INFINITY } else { le.parse().expect("le") }, s.value)
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let count = buckets.last().expect("buckets").1;
+    let rank = (q * count).ceil().max(1.0);
+    buckets.iter().find(|(_, c)| *c >= rank).expect("quantile").0
+}
+
+/// The bucket bounds around `le` in the kernel's log-linear scale (4 per power of two).
+fn within_one_bucket(expected_ns: u64, le_seconds: f64) -> bool {
+    let le_ns = le_seconds * 1e9;
+    // A neighbouring bucket is at most 1.25x (or 1/1.25x) away; allow one bucket either side.
+    let (lo, hi) = (le_ns / 1.25 / 1.25, le_ns * 1.25);
+    (expected_ns as f64) > lo && (expected_ns as f64) <= hi
+}
+
+/// The tests here each run a target and a daemon; run them one at a time so that latency tails
+/// measure the pipeline, not two cores shared by five tests.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn check_exact(mode_args: &[&str]) {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let mut args = DEMO.to_vec();
+    args.extend_from_slice(mode_args);
+
+    // Detached reference run.
+    let detached = summary_of(&String::from_utf8(run_ok(Command::new(&demo).args(&args)).stdout).expect("UTF-8"));
+
+    let target = GatedDemo::start(&demo, &args);
+    let pid = target.pid();
+    let mut daemon = Daemon::start(pid);
+    let attached_line = daemon.wait_for_log("attached", Duration::from_secs(5));
+    assert!(attached_line.contains("probes=22"), "{attached_line}");
+
+    // Semaphores are raised by the kernel while attached.
+    let list = run_ok(Command::new(bin("eventflux-probe")).args(["list", "--json", "--binary"]).arg(&demo));
+    let notes: Vec<Value> = serde_json::from_slice(&list.stdout).expect("list JSON");
+    let ingest = notes.iter().find(|n| n["name"] == "ingest").expect("ingest note");
+    let sem_off = ingest["semaphore_offset"].as_u64().expect("semaphore offset");
+    assert!(read_semaphore(pid, &demo, sem_off) >= 1, "the ingest semaphore was not raised");
+
+    let attached = summary_of(&target.open_and_wait());
+    // The target computed exactly what it computes unobserved.
+    assert_eq!(computed(attached.clone()), computed(detached), "observing changed the target's output");
+
+    // The target has exited: `run` serves its final values. Let the collector's cache expire.
+    daemon.wait_for_log("target exited", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    let text = daemon.scrape();
+    let m = parse_metrics(&text);
+
+    for (name, s) in attached["streams"].as_object().expect("streams") {
+        let l = [("stream_name", name.as_str())];
+        assert_eq!(get(&m, "stream_events_received_total", &l), s["received"].as_u64().expect("received"), "{name}");
+        if s["role"] == "input" {
+            assert_eq!(get(&m, "stream_events_sent_total", &l), s["sent"].as_u64().expect("sent"), "{name}");
+        }
+        let bp = s["backpressure"].as_u64().expect("backpressure");
+        assert_eq!(value(&m, "stream_backpressure_events_total", &l).unwrap_or(0.0) as u64, bp, "{name}");
+    }
+    for (name, q) in attached["queries"].as_object().expect("queries") {
+        let input = q["input_stream"].as_str().expect("input");
+        let output = q["output_stream"].as_str().expect("output");
+        let id = [("query_id", name.as_str())];
+        assert_eq!(
+            get(&m, "query_events_processed_total", &[("query_id", name), ("stream_name", input)]),
+            q["processed"].as_u64().expect("processed"),
+            "{name}"
+        );
+        assert_eq!(
+            get(&m, "query_events_emitted_total", &[("query_id", name), ("output_stream", output)]),
+            q["emitted"].as_u64().expect("emitted"),
+            "{name}"
+        );
+        assert_eq!(
+            get(&m, "query_execution_errors_total", &[("query_id", name), ("error_type", "expression")]),
+            q["errors"].as_u64().expect("errors"),
+            "{name}"
+        );
+        let batches = q["batches"].as_u64().expect("batches");
+        assert_eq!(get(&m, "query_latency_seconds_count", &id), batches, "{name}");
+        assert_eq!(get(&m, "query_latency_seconds_bucket", &[("query_id", name), ("le", "+Inf")]), batches);
+        for stage in ["ingest", "filter", "window"] {
+            assert_eq!(
+                get(&m, "query_stage_latency_seconds_count", &[("query_id", name), ("stage", stage)]),
+                batches,
+                "{name} {stage}: every batch has an {stage} span"
+            );
+        }
+        for (quantile, key) in [(0.5, "p50_ns"), (0.99, "p99_ns")] {
+            let le = quantile_le(&m, "query_latency_seconds", name, quantile);
+            let own = q[key].as_u64().expect("percentile");
+            assert!(
+                within_one_bucket(own, le),
+                "{name} {key}: the demo measured {own} ns, the histogram's bucket is le={le}"
+            );
+        }
+    }
+    for (protocol, c) in attached["connections"].as_object().expect("connections") {
+        let p = protocol.as_str();
+        assert_eq!(
+            get(&m, "connections_total", &[("protocol", p), ("result", "success")]),
+            c["opened"].as_u64().expect("n")
+        );
+        let failed = c["failed"].as_u64().expect("failed");
+        assert_eq!(
+            value(&m, "connections_total", &[("protocol", p), ("result", "failure")]).unwrap_or(0.0) as u64,
+            failed
+        );
+        assert_eq!(get(&m, "connections_active", &[("protocol", p)]), 0);
+    }
+    assert_eq!(get(&m, "query_active_count", &[]), 0, "every query was unregistered at the end");
+    assert_eq!(get(&m, "eventflux_probe_probes_attached", &[]), 22);
+    for reason in ["counters_full", "hists_full", "spans_full", "stack_overflow", "events_full", "no_spec", "arg_read"]
+    {
+        assert_eq!(get(&m, "eventflux_probe_dropped_events_total", &[("reason", reason)]), 0, "{reason}");
+    }
+    // The program statistics come from the kernel: ingest ran once per chunk.
+    let chunks = 100_003u64.div_ceil(64);
+    assert_eq!(get(&m, "eventflux_probe_program_runs_total", &[("program", "ingest")]), chunks);
+
+    // promtool accepts the exposition.
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (run `cargo xtask setup`)");
+    std::io::Write::write_all(&mut check.stdin.take().expect("stdin"), text.as_bytes()).expect("write");
+    let out = check.wait_with_output().expect("promtool");
+    let problems = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !problems.lines().any(|l| l.contains("error") || l.contains("invalid")),
+        "promtool check metrics: {problems}"
+    );
+
+    let status = daemon.stop();
+    assert!(status.success(), "run exited with {status}");
+}
+
+#[test]
+fn sync_mode_counts_are_exact() {
+    check_exact(&[]);
+}
+
+#[test]
+fn async_mode_counts_are_exact() {
+    check_exact(&["--mode", "async", "--queue-capacity", "2"]);
+}
+
+/// SIGTERM detaches: the target's semaphores drop back to zero and it goes on unharmed.
+#[test]
+fn sigterm_detaches_and_the_target_goes_on() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, DEMO);
+    let pid = target.pid();
+    let daemon = Daemon::start(pid);
+    let list = run_ok(Command::new(bin("eventflux-probe")).args(["list", "--json", "--binary"]).arg(&demo));
+    let notes: Vec<Value> = serde_json::from_slice(&list.stdout).expect("list JSON");
+    let sems: Vec<u64> = notes.iter().filter_map(|n| n["semaphore_offset"].as_u64()).collect();
+    assert!(sems.iter().all(|&s| read_semaphore(pid, &demo, s) >= 1));
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+    assert!(sems.iter().all(|&s| read_semaphore(pid, &demo, s) == 0), "semaphores left raised after detach");
+    let summary = summary_of(&target.open_and_wait());
+    assert_eq!(summary["events"], 100_003);
+}
+
+fn assert_one_line_error(out: &std::process::Output, expect: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(lines[0].starts_with("eventflux-probe: error: "), "{err}");
+    assert!(lines[0].contains(expect), "{err:?} should say {expect:?}");
+}
+
+#[test]
+fn bad_targets_and_ports_are_one_clear_line() {
+    let _serial = serial();
+    let probe = bin("eventflux-probe");
+    let mut gone = Command::new("true").spawn().expect("spawn");
+    let dead = gone.id().to_string();
+    gone.wait().expect("wait");
+    assert_one_line_error(&run(Command::new(&probe).args(["run", "--pid", &dead])), "no process with pid");
+    assert_one_line_error(&run(Command::new(&probe).args(["latency", "--pid", &dead])), "no process with pid");
+
+    let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep");
+    let pid = sleeper.id().to_string();
+    assert_one_line_error(&run(Command::new(&probe).args(["run", "--pid", &pid])), "has no eventflux USDT probes");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, DEMO);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = run(Command::new(&probe).args(["run", "--pid", &target.pid().to_string(), "--listen", &addr]));
+    assert_one_line_error(&out, "address already in use");
+
+    // Without the capabilities eBPF needs (root, but CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN dropped).
+    let port = free_port();
+    let cmd = format!("exec {} run --pid {} --listen 127.0.0.1:{port}", probe.display(), target.pid());
+    let out = run(Command::new("capsh").args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c", &cmd]));
+    assert_one_line_error(&out, "not permitted to load eBPF programs");
+
+    let out = run(Command::new(&probe).args(["latency", "--pid", &target.pid().to_string(), "--stage", "sort"]));
+    assert_one_line_error(&out, "unknown stage `sort`");
+    let out = run(Command::new(&probe).args(["latency", "--pid", &target.pid().to_string(), "--duration", "soon"]));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a duration"));
+    drop(target);
+}
+
+/// `latency` attaches what one stage needs and reports exactly one span per batch.
+#[test]
+fn latency_reports_one_span_per_batch() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "50000", "--streams", "2", "--queries", "3", "--linger", "5"]);
+    let pid = target.pid().to_string();
+    let mut latency = Command::new(bin("eventflux-probe"))
+        .args(["latency", "--pid", &pid, "--stage", "batch", "--duration", "3s", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start latency");
+    // It says when it has attached.
+    let mut stderr = std::io::BufReader::new(latency.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
+    assert!(line.starts_with("Attached 5 probes"), "{line}");
+    let summary = summary_of(&target.open_and_wait());
+    let out = latency.wait_with_output().expect("latency");
+    assert!(out.status.success());
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("latency JSON");
+    let queries = summary["queries"].as_object().expect("queries");
+    assert_eq!(rows.len(), queries.len());
+    for row in &rows {
+        let q = &queries[row["query"].as_str().expect("query")];
+        assert_eq!(row["stage"], "batch");
+        assert_eq!(row["count"], q["batches"]);
+        let bucket_total: u64 =
+            row["buckets"].as_array().expect("buckets").iter().map(|b| b["count"].as_u64().expect("n")).sum();
+        assert_eq!(bucket_total, q["batches"].as_u64().expect("batches"));
+        assert!(row["p50_ns"].as_u64() <= row["p99_ns"].as_u64());
+        assert!(row["p99_ns"].as_u64() <= row["max_ns"].as_u64().map(|m| m * 2));
+    }
+}
