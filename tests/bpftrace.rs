@@ -69,6 +69,7 @@ fn semaphore_gates_argument_evaluation() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start target");
+    integration_tests::wait_exec(child.id(), &target);
     let bt = Bpftrace::attach(
         child.id(),
         &format!(

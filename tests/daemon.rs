@@ -49,11 +49,11 @@ fn quantile_le(samples: &[Sample], name: &str, query: &str, q: f64) -> f64 {
     buckets.iter().find(|(_, c)| *c >= rank).expect("quantile").0
 }
 
-/// The bucket bounds around `le` in the kernel's log-linear scale (4 per power of two).
-fn within_one_bucket(expected_ns: u64, le_seconds: f64) -> bool {
+/// Whether `expected_ns` lies in the bucket ending at `le` or within `n` buckets of it, in the
+/// kernel's log-linear scale (4 per power of two: neighbouring bounds at most 1.25x apart).
+fn within_buckets(expected_ns: u64, le_seconds: f64, n: i32) -> bool {
     let le_ns = le_seconds * 1e9;
-    // A neighbouring bucket is at most 1.25x (or 1/1.25x) away; allow one bucket either side.
-    let (lo, hi) = (le_ns / 1.25 / 1.25, le_ns * 1.25);
+    let (lo, hi) = (le_ns / 1.25f64.powi(n + 1), le_ns * 1.25f64.powi(n));
     (expected_ns as f64) > lo && (expected_ns as f64) <= hi
 }
 
@@ -135,11 +135,13 @@ fn check_exact(mode_args: &[&str]) {
                 "{name} {stage}: every batch has an {stage} span"
             );
         }
-        for (quantile, key) in [(0.5, "p50_ns"), (0.99, "p99_ns")] {
+        // p50 within a bucket. p99 is the 6th-largest of ~520 batches: one preemption between
+        // the demo's clock read and the probe moves it, so it is allowed two buckets.
+        for (quantile, key, buckets) in [(0.5, "p50_ns", 1), (0.99, "p99_ns", 2)] {
             let le = quantile_le(&m, "query_latency_seconds", name, quantile);
             let own = q[key].as_u64().expect("percentile");
             assert!(
-                within_one_bucket(own, le),
+                within_buckets(own, le, buckets),
                 "{name} {key}: the demo measured {own} ns, the histogram's bucket is le={le}"
             );
         }

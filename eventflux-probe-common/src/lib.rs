@@ -101,11 +101,15 @@ pub struct SiteSpec {
     pub args: [ArgLoc; MAX_ARGS],
     pub probe: u32,
     pub arg_count: u32,
+    /// The process this site was attached for (attachments are per process): saves the
+    /// kernel program a helper call on every hit.
+    pub pid: u32,
+    pub _pad: u32,
 }
 
 impl Default for SiteSpec {
     fn default() -> Self {
-        SiteSpec { args: [ArgLoc::default(); MAX_ARGS], probe: 0, arg_count: 0 }
+        SiteSpec { args: [ArgLoc::default(); MAX_ARGS], probe: 0, arg_count: 0, pid: 0, _pad: 0 }
     }
 }
 

@@ -1,21 +1,45 @@
 //! The USDT argument interpreter: fetch argument N as the note's spec says, whichever register
 //! or stack slot the compiler chose. The same job as libbpf's usdt.bpf.h, on our own spec type.
 
-use aya_ebpf::bindings::pt_regs;
-use aya_ebpf::helpers::bpf_probe_read_kernel;
 use aya_ebpf::helpers::generated::bpf_probe_read_user;
 use aya_ebpf::programs::ProbeContext;
 use eventflux_probe_common::{ARG_CONST, ARG_DEREF, ARG_INDEXED, ARG_REG, ArgLoc, MAX_ARGS, SiteSpec};
 
-#[inline(always)]
-fn reg(ctx: &ProbeContext, off: u16) -> Option<u64> {
-    let off = off as usize;
-    if off + 8 > core::mem::size_of::<pt_regs>() {
-        return None;
-    }
-    // SAFETY: the context of a uprobe is the saved user registers; the offset is in bounds.
-    unsafe { bpf_probe_read_kernel((ctx.regs as *const u8).add(off) as *const u64).ok() }
+macro_rules! reg_readers {
+    ($($off:literal),* $(,)?) => {
+        /// A saved user register, by its byte offset in `struct pt_regs`.
+        ///
+        /// The verifier accepts context loads only at constant offsets, and `bpf_probe_read_kernel`
+        /// at a variable offset costs a helper call per argument. So each register is read by
+        /// its own one-instruction asm load at a constant offset: the compiler merged plain
+        /// loads (even volatile ones, even out-of-line ones) into a single load at a computed
+        /// address, which the verifier rejects.
+        #[inline(always)]
+        fn reg(ctx: &ProbeContext, off: u16) -> Option<u64> {
+            let r = ctx.regs as *const u8;
+            let v: u64;
+            match off {
+                $(
+                    // SAFETY: an 8-byte load from the uprobe's context, the saved registers,
+                    // at a constant offset inside `struct pt_regs`.
+                    $off => unsafe {
+                        core::arch::asm!(
+                            concat!("{v} = *(u64 *)({r} + ", stringify!($off), ")"),
+                            v = out(reg) v,
+                            r = in(reg) r,
+                            options(readonly, nostack, preserves_flags),
+                        )
+                    },
+                )*
+                _ => return None,
+            }
+            Some(v)
+        }
+    };
 }
+
+// r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi rip rsp
+reg_readers!(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 128, 152);
 
 #[inline(always)]
 fn user(addr: u64, size: u8) -> Option<u64> {

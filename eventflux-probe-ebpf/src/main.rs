@@ -9,6 +9,9 @@
 
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Inline asm on BPF (one constant-offset context load per register, see args.rs); this crate is
+// built with nightly for the BPF target only.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod args;

@@ -14,11 +14,10 @@ use crate::args;
 use crate::maps::{EVENTS, SPECS, count_drop, counter_add, gauge_set};
 use crate::spans;
 
-/// The current hit: its site's spec and who fired it.
+/// The current hit: its site's spec and the process it was attached for.
 struct Hit<'a> {
     ctx: &'a ProbeContext,
     spec: &'a SiteSpec,
-    tid: u64,
     pid: u32,
 }
 
@@ -44,16 +43,22 @@ impl Hit<'_> {
         CounterKey { pid: self.pid, counter, a, b }
     }
 
+    /// The firing thread, for the per-thread stage stack; only span probes need it.
+    #[inline(always)]
+    fn tid(&self) -> u64 {
+        bpf_get_current_pid_tgid()
+    }
+
     #[inline(always)]
     fn start(&self, stage: u32) {
-        spans::push(self.tid, self.id(0), stage, spans::now());
+        spans::push(self.tid(), self.id(0), stage, spans::now());
     }
 
     /// Closes `stage` and records its self time.
     #[inline(always)]
     fn end(&self, stage: u32) {
         let query = self.id(0);
-        if let Some((_, own)) = spans::pop(self.tid, query, stage, spans::now()) {
+        if let Some((_, own)) = spans::pop(self.tid(), query, stage, spans::now()) {
             spans::record(self.pid, query, stage, own);
         }
     }
@@ -96,8 +101,7 @@ fn hit(ctx: &ProbeContext) -> Option<Hit<'_>> {
         count_drop(drop::NO_SPEC);
         return None;
     };
-    let tid = bpf_get_current_pid_tgid();
-    Some(Hit { ctx, spec, tid, pid: (tid >> 32) as u32 })
+    Some(Hit { ctx, spec, pid: spec.pid })
 }
 
 macro_rules! program {
@@ -133,26 +137,27 @@ program!(junction_send, |h| {
     // The hand-off to query arg1 starts now. In sync mode the query's batch starts on this
     // thread and closes it; in async mode it never does, so a previous open hand-off is
     // discarded first rather than left to pile up.
-    spans::discard_top(h.tid, stage::INGEST);
-    spans::push(h.tid, h.id(1), stage::INGEST, spans::now());
+    let tid = h.tid();
+    spans::discard_top(tid, stage::INGEST);
+    spans::push(tid, h.id(1), stage::INGEST, spans::now());
 });
 
 program!(query_batch_start, |h| {
     let query = h.id(0);
     counter_add(&h.key(counter::QUERY_PROCESSED, query, h.id(1)), h.arg(2));
-    let now = spans::now();
-    if spans::top_is(h.tid, query, stage::INGEST) {
-        if let Some((total, _)) = spans::pop(h.tid, query, stage::INGEST, now) {
+    let (tid, now) = (h.tid(), spans::now());
+    if spans::top_is(tid, query, stage::INGEST) {
+        if let Some((total, _)) = spans::pop(tid, query, stage::INGEST, now) {
             spans::record(h.pid, query, stage::INGEST, total);
         }
     }
-    spans::push(h.tid, query, stage::BATCH, now);
+    spans::push(tid, query, stage::BATCH, now);
 });
 
 program!(query_batch_end, |h| {
     let query = h.id(0);
     // The batch reports its total: the latency of the query, children included.
-    if let Some((total, _)) = spans::pop(h.tid, query, stage::BATCH, spans::now()) {
+    if let Some((total, _)) = spans::pop(h.tid(), query, stage::BATCH, spans::now()) {
         spans::record(h.pid, query, stage::BATCH, total);
     }
 });
@@ -228,3 +233,10 @@ program!(conn_close, |h| {
 program!(conn_error, |h| {
     counter_add(&h.key(counter::CONN_ERRORS, h.id(0), h.id(1)), 1);
 });
+
+/// Does nothing: the baseline the per-hit benchmark compares the real programs with (the cost
+/// of the uprobe itself).
+#[uprobe]
+pub fn empty(_ctx: ProbeContext) -> u32 {
+    0
+}

@@ -1,7 +1,7 @@
 //! The kernel programs: loading them, attaching them to a process's probe sites, and the maps
 //! they fill. This is the only module that talks to aya.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use crate::attach::{self, Attachment, Site};
 use crate::usdt::{self, BinaryProbes};
 
 /// The compiled kernel programs (eventflux-probe-ebpf), built by build.rs.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eventflux-probe"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eventflux-probe-ebpf"));
 
 /// Provider whose probes we attach to.
 pub const PROVIDER: &str = "eventflux";
@@ -46,7 +46,8 @@ pub struct AttachedSite {
 pub struct Kernel {
     ebpf: Ebpf,
     pmu_type: u32,
-    loaded: BTreeSet<u32>,
+    /// Probe id → the program attached to its sites.
+    loaded: BTreeMap<u32, &'static str>,
     sites: Vec<AttachedSite>,
     attachments: Vec<Attachment>,
 }
@@ -73,7 +74,12 @@ const PERMISSION_HINT: &str =
 impl Kernel {
     /// Loads the programs of the given probes (ids from `eventflux_probe_common::probe`).
     pub fn load(probes: &[u32]) -> Result<Kernel> {
-        let ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
+        let mut loader = EbpfLoader::new();
+        // EVENTFLUX_PROBE_VERIFIER_LOG=1 puts the verifier's whole reasoning in load errors.
+        if std::env::var_os("EVENTFLUX_PROBE_VERIFIER_LOG").is_some_and(|v| v == "1") {
+            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+        }
+        let ebpf = loader.load(OBJECT).map_err(|e| {
             if is_permission_error(&e) {
                 anyhow!("not permitted to load eBPF programs: {PERMISSION_HINT}")
             } else {
@@ -82,10 +88,18 @@ impl Kernel {
         })?;
         let pmu_type = attach::uprobe_pmu_type()
             .context("this kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe/type)")?;
-        let mut kernel = Kernel { ebpf, pmu_type, loaded: BTreeSet::new(), sites: Vec::new(), attachments: Vec::new() };
+        let mut kernel = Kernel { ebpf, pmu_type, loaded: BTreeMap::new(), sites: Vec::new(), attachments: Vec::new() };
         for &id in probes {
-            kernel.load_program(id)?;
+            kernel.load_program(id, Self::program_name(id)?)?;
         }
+        Ok(kernel)
+    }
+
+    /// Like [`Kernel::load`], with `program` attached to the sites of probe `id` instead of the
+    /// probe's own program: the benchmarks attach the `empty` baseline this way.
+    pub fn load_as(id: u32, program: &'static str) -> Result<Kernel> {
+        let mut kernel = Kernel::load(&[])?;
+        kernel.load_program(id, program)?;
         Ok(kernel)
     }
 
@@ -93,11 +107,10 @@ impl Kernel {
         probe::NAMES.get(id as usize).copied().ok_or_else(|| anyhow!("no probe with id {id}"))
     }
 
-    fn load_program(&mut self, id: u32) -> Result<()> {
-        if self.loaded.contains(&id) {
+    fn load_program(&mut self, id: u32, name: &'static str) -> Result<()> {
+        if self.loaded.contains_key(&id) {
             return Ok(());
         }
-        let name = Self::program_name(id)?;
         let program: &mut UProbe = self
             .ebpf
             .program_mut(name)
@@ -115,7 +128,7 @@ impl Kernel {
                 anyhow!("the kernel rejected eBPF program {name}: {e}{log}")
             }
         })?;
-        self.loaded.insert(id);
+        self.loaded.insert(id, name);
         Ok(())
     }
 
@@ -131,9 +144,7 @@ impl Kernel {
                     report.skipped.push(format!("{}: unknown probe {} (newer ABI?)", binary.path.display(), note.name));
                     continue;
                 };
-                if !self.loaded.contains(&id) {
-                    continue;
-                }
+                let Some(&name) = self.loaded.get(&id) else { continue };
                 let what = format!("{}:{} at {:#x}", binary.path.display(), note.name, note.offset);
                 let spec = match note
                     .arg_specs
@@ -141,7 +152,7 @@ impl Kernel {
                     .ok_or_else(|| note.arg_error.clone().unwrap_or_default())
                     .and_then(|args| usdt::spec::site_spec(id, args))
                 {
-                    Ok(spec) => spec,
+                    Ok(spec) => SiteSpec { pid, ..spec },
                     Err(e) => {
                         report.skipped.push(format!("{what}: {e}"));
                         continue;
@@ -152,7 +163,6 @@ impl Kernel {
                     bail!("more than {MAX_SITES} probe sites: not supported");
                 }
                 self.spec_map()?.set(cookie, spec, 0).context("cannot write the site spec map")?;
-                let name = Self::program_name(id)?;
                 let program: &UProbe = self
                     .ebpf
                     .program(name)
@@ -244,8 +254,7 @@ impl Kernel {
     /// Per-program kernel statistics: (name, run count, run time), for loaded programs.
     pub fn program_stats(&self) -> Vec<(&'static str, u64, Duration)> {
         let mut out = Vec::new();
-        for &id in &self.loaded {
-            let Ok(name) = Self::program_name(id) else { continue };
+        for &name in self.loaded.values() {
             let Some(program) = self.ebpf.program(name) else { continue };
             if let Ok(info) = program.info() {
                 out.push((name, info.run_count(), info.run_time()));

@@ -229,6 +229,22 @@ pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::E
     }
 }
 
+/// Waits until `pid` has exec'd `binary` and mapped its code: right after spawn it may still be
+/// a copy of the test, and during exec `/proc/PID/exe` changes before the new code is mapped.
+pub fn wait_exec(pid: u32, binary: &Path) {
+    let want = std::fs::canonicalize(binary).expect("canonicalize");
+    let want = want.to_string_lossy();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        if maps.lines().any(|l| l.contains(" r-xp ") && l.ends_with(want.as_ref())) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} never ran {}", binary.display());
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Starts the demo with `--gate` so that an observer can attach before the first event.
 pub struct GatedDemo {
     pub child: Child,
@@ -248,6 +264,7 @@ impl GatedDemo {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        wait_exec(child.id(), binary);
         GatedDemo { child, gate, _scratch: scratch }
     }
 
@@ -257,6 +274,10 @@ impl GatedDemo {
 
     /// Opens the gate and waits for the run to finish; returns its stdout.
     pub fn open_and_wait(mut self) -> String {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> String {
         std::fs::write(&self.gate, b"").expect("open gate");
         let status = wait_with_deadline(&mut self.child, Duration::from_secs(120));
         let mut stdout = String::new();
@@ -265,6 +286,16 @@ impl GatedDemo {
         let _ = self.child.stderr.take().expect("stderr").read_to_string(&mut stderr);
         assert!(status.success(), "target failed ({status}): {stderr}");
         stdout
+    }
+}
+
+impl Drop for GatedDemo {
+    /// A target whose test ended (or failed) before opening its gate would wait forever.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -423,7 +454,9 @@ pub fn read_semaphore(pid: u32, binary: &Path, file_offset: u64) -> u16 {
     let canon = std::fs::canonicalize(binary).expect("canonicalize");
     for line in maps.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 6 || Path::new(f[5]) != canon {
+        // The semaphore is in a writable mapping; a read-only one (RELRO) may cover the same
+        // file offset with the file's original bytes.
+        if f.len() < 6 || Path::new(f[5]) != canon || !f[1].contains('w') {
             continue;
         }
         let (start, end) = f[0].split_once('-').expect("range");

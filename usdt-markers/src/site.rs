@@ -6,7 +6,16 @@
 //! NUL-terminated strings. The argument spec is written by the assembler itself: `{x:e}` expands
 //! to whichever register the compiler chose, so the note always matches the code.
 //!
-//! Why the details matter:
+//! The site is a 5-byte `nopl 0(%rax,%rax,1)`, not the 1-byte `nop` of `sys/sdt.h`: on a 5-byte
+//! nop the kernel (6.x) replaces the uprobe's int3 trap with a call into its uprobe trampoline,
+//! about a quarter cheaper per hit. That call pushes a return address at the user stack pointer,
+//! i.e. into the 128-byte red zone below it, which a leaf function may be using (libbpf stopped
+//! emitting nop5 sites for that reason). So the site moves the stack pointer 128 bytes down
+//! around the nop (`lea`, which leaves the flags alone) and declares that it uses the stack, and
+//! nothing in the red zone can be overwritten. `tests/redzone.rs` checks both halves on the real
+//! kernel.
+//!
+//! Why the other details matter:
 //! - The note section is `SHF_LINK_ORDER` (`o`) to the site's own function: when the linker
 //!   garbage-collects that function (a binary that never fires the probe), the note goes with
 //!   it instead of surviving with an address that points nowhere.
@@ -30,51 +39,108 @@ macro_rules! __sdt_argspec {
     };
 }
 
+/// Assembler lines that move the stack pointer below the red zone, for the kernel's uprobe
+/// trampoline to push into (see the module docs).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sdt_guard_enter {
+    () => {
+        "lea -128(%rsp), %rsp"
+    };
+}
+
+/// Undoes [`__sdt_guard_enter`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sdt_guard_leave {
+    () => {
+        "lea 128(%rsp), %rsp"
+    };
+}
+
+/// The probe instruction, labelled `990` for the note: `nopl 0(%rax,%rax,1)`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sdt_nop5 {
+    () => {
+        "990: .byte 0x0f, 0x1f, 0x44, 0x00, 0x00"
+    };
+}
+
+/// The note for the probe instruction labelled `990` before it, and `.stapsdt.base`.
+/// `$semaphore` and `$function` are assembler operands (`{…}`) or `0`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sdt_note {
+    ($provider:expr, $name:expr, $args:expr, $semaphore:expr, $function:expr) => {
+        concat!(
+            ".pushsection .note.stapsdt,\"o\",\"note\",",
+            $function,
+            "\n",
+            ".balign 4\n",
+            ".4byte 992f-991f, 994f-993f, 3\n",
+            "991: .asciz \"stapsdt\"\n",
+            "992: .balign 4\n",
+            "993: .8byte 990b\n",
+            ".8byte _.stapsdt.base\n",
+            ".8byte ",
+            $semaphore,
+            "\n",
+            ".asciz \"",
+            $provider,
+            "\"\n",
+            ".asciz \"",
+            $name,
+            "\"\n",
+            ".asciz \"",
+            $args,
+            "\"\n",
+            "994: .balign 4\n",
+            ".popsection\n",
+            ".ifndef _.stapsdt.base\n",
+            ".pushsection .stapsdt.base,\"aGR\",\"progbits\",.stapsdt.base,comdat\n",
+            ".weak _.stapsdt.base\n",
+            ".hidden _.stapsdt.base\n",
+            "_.stapsdt.base: .space 1\n",
+            ".size _.stapsdt.base, 1\n",
+            ".popsection\n",
+            ".endif",
+        )
+    };
+}
+
 /// Emits one probe site. Must expand inside the function `site` of a module that defines
 /// `SEMAPHORE`.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __sdt_site {
     ($name:ident, $first:ident : $fkind:ident $(, $arg:ident : $kind:ident)*) => {
-        // SAFETY: a `nop` that reads its operands and touches no memory, flags or stack; the
-        // pushsection/popsection pairs leave the assembler in the section it was in.
+        // SAFETY: a nop between two stack-pointer moves that cancel out; it reads its operands
+        // and touches no memory or flags; the note sections are restored by popsection.
         unsafe {
             ::core::arch::asm!(
-                "990: nop",
-                ".pushsection .note.stapsdt,\"o\",\"note\",{__function}",
-                ".balign 4",
-                ".4byte 992f-991f, 994f-993f, 3",
-                "991: .asciz \"stapsdt\"",
-                "992: .balign 4",
-                "993: .8byte 990b",
-                ".8byte _.stapsdt.base",
-                ".8byte {__semaphore}",
-                ".asciz \"eventflux\"",
-                concat!(".asciz \"", stringify!($name), "\""),
-                concat!(
-                    ".asciz \"",
-                    $crate::__sdt_argspec!($fkind, $first),
-                    $(" ", $crate::__sdt_argspec!($kind, $arg),)*
-                    "\""
+                $crate::__sdt_guard_enter!(),
+                $crate::__sdt_nop5!(),
+                $crate::__sdt_guard_leave!(),
+                $crate::__sdt_note!(
+                    "eventflux",
+                    stringify!($name),
+                    concat!(
+                        $crate::__sdt_argspec!($fkind, $first),
+                        $(" ", $crate::__sdt_argspec!($kind, $arg),)*
+                    ),
+                    "{__semaphore}",
+                    "{__function}"
                 ),
-                "994: .balign 4",
-                ".popsection",
-                ".ifndef _.stapsdt.base",
-                ".pushsection .stapsdt.base,\"aGR\",\"progbits\",.stapsdt.base,comdat",
-                ".weak _.stapsdt.base",
-                ".hidden _.stapsdt.base",
-                "_.stapsdt.base: .space 1",
-                ".size _.stapsdt.base, 1",
-                ".popsection",
-                ".endif",
                 __semaphore = sym SEMAPHORE,
                 __function = sym site,
                 $first = in(reg) $first,
                 $($arg = in(reg) $arg,)*
                 // `readonly`: a tracer dereferences string arguments while the nop executes, so
                 // the bytes must be in memory. (The site is its own out-of-line function, so this
-                // constrains nothing in the engine's code.)
-                options(att_syntax, readonly, nostack, preserves_flags),
+                // constrains nothing in the engine's code.) Not `nostack`: the site moves the
+                // stack pointer, and the kernel's trampoline writes below it.
+                options(att_syntax, readonly, preserves_flags),
             );
         }
     };

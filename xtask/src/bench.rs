@@ -10,7 +10,9 @@ use crate::{build_release, root, sh};
 
 pub fn run(events: u64, rounds: usize) -> Result<()> {
     sh(Command::new("cargo").args(["bench", "-p", "usdt-markers", "--bench", "detached"]))?;
-    throughput(events, rounds)
+    throughput(events, rounds)?;
+    // Needs root: loads eBPF programs and attaches them to the demo and a probe loop.
+    sh(Command::new("cargo").args(["bench", "-p", "eventflux-probe", "--bench", "observer"]))
 }
 
 /// Demo throughput at `--rate 0` with markers compiled in (detached) against compiled out.

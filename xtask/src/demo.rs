@@ -1,72 +1,106 @@
-//! `cargo xtask demo`: the demo runtime with its probes attached, and what they measured.
-//!
-//! Until the metrics daemon lands, the observer is Debian's bpftrace on the same USDT probes
-//! that eventflux-probe lists; the demo's own summary is printed next to it for comparison.
+//! `cargo xtask demo`: the demo runtime with eventflux-probe attached, and what it measured:
+//! the probes it found, a `latency` histogram, a `/metrics` excerpt, and the demo's own summary
+//! to compare with.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use crate::{build_release, root};
 
+const LISTEN: &str = "127.0.0.1:9469";
+
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
 pub fn run(events: u64, rate: u64) -> Result<()> {
     build_release()?;
     let bin = root().join("target/release");
-    let demo = bin.join("eventflux-demo");
+    let probe = bin.join("eventflux-probe");
     let gate = root().join("target/demo-gate");
     let _ = std::fs::remove_file(&gate);
-    let child = Command::new(&demo)
+    let demo = Command::new(bin.join("eventflux-demo"))
         .args(["--events", &events.to_string(), "--rate", &rate.to_string(), "--streams", "2", "--queries", "3"])
         .arg("--gate")
         .arg(&gate)
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start the demo")?;
-    let pid = child.id().to_string();
+    let pid = demo.id().to_string();
+    std::thread::sleep(Duration::from_millis(200));
 
-    println!("== eventflux-probe list --pid {pid} --provider eventflux");
-    let status =
-        Command::new(bin.join("eventflux-probe")).args(["list", "--pid", &pid, "--provider", "eventflux"]).status()?;
-    if !status.success() {
+    println!("$ eventflux-probe list --pid {pid} --provider eventflux");
+    if !Command::new(&probe).args(["list", "--pid", &pid, "--provider", "eventflux"]).status()?.success() {
         bail!("eventflux-probe list failed");
     }
 
-    let d = demo.display();
-    let script = format!(
-        "usdt:{d}:eventflux:query_register {{ printf(\"query %d = %s\\n\", arg0, str(arg1)); }} \
-         usdt:{d}:eventflux:ingest {{ @ingested_events[arg0] = sum(arg1); }} \
-         usdt:{d}:eventflux:query_batch_start {{ @start[tid, arg0] = nsecs; }} \
-         usdt:{d}:eventflux:query_batch_end /@start[tid, arg0]/ {{ \
-             @batch_latency_ns = hist(nsecs - @start[tid, arg0]); @batches[arg0] = count(); \
-             @emitted[arg0] = sum(arg2); delete(@start[tid, arg0]); }} \
-         END {{ clear(@start); }}"
-    );
-    println!("\n== bpftrace -p {pid} (the same USDT probes)");
-    let mut bt = Command::new("bpftrace")
-        .args(["-p", &pid, "-e", &script])
-        .stdout(Stdio::piped())
+    println!("\n$ eventflux-probe run --pid {pid} --listen {LISTEN} &");
+    let mut daemon = Command::new(&probe)
+        .args(["run", "--pid", &pid, "--listen", LISTEN])
+        .stderr(Stdio::piped())
         .spawn()
-        .context("cannot start bpftrace (run `cargo xtask setup`)")?;
-    let mut lines = BufReader::new(bt.stdout.take().context("bpftrace stdout")?).lines();
-    for line in lines.by_ref() {
+        .context("cannot start eventflux-probe run")?;
+    let mut log = BufReader::new(daemon.stderr.take().context("stderr")?).lines();
+    let daemon = Reap(daemon);
+    for line in log.by_ref() {
         let line = line?;
         println!("{line}");
-        if line.starts_with("Attaching") {
+        if line.contains("serving") {
             break;
         }
+        if line.contains("error") {
+            bail!("eventflux-probe run failed");
+        }
     }
+    std::thread::spawn(move || {
+        log.for_each(|l| {
+            if let Ok(l) = l {
+                eprintln!("{l}")
+            }
+        })
+    });
+
+    println!("\n$ eventflux-probe latency --pid {pid} --stage batch --duration 2s");
+    let latency = Command::new(&probe)
+        .args(["latency", "--pid", &pid, "--stage", "batch", "--duration", "2s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start eventflux-probe latency")?;
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(&gate, b"")?;
-    let out = child.wait_with_output()?;
-    Command::new("kill").args(["-INT", &bt.id().to_string()]).status()?;
-    for line in lines {
-        println!("{}", line?);
+    let out = latency.wait_with_output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    let summary = demo.wait_with_output()?;
+    std::thread::sleep(Duration::from_millis(300));
+    println!("$ curl -s http://{LISTEN}/metrics   (excerpt: no buckets, no eventflux_probe_*)");
+    let body = http_get(LISTEN, "/metrics")?;
+    for line in body.lines().filter(|l| {
+        !l.starts_with('#') && !l.contains("_bucket{") && !l.starts_with("eventflux_probe_") && !l.is_empty()
+    }) {
+        println!("{line}");
     }
-    bt.wait()?;
+    drop(daemon);
     let _ = std::fs::remove_file(&gate);
     println!("\n== the demo's own summary");
-    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    println!("{}", String::from_utf8_lossy(&summary.stdout).trim());
     Ok(())
+}
+
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (_, body) = text.split_once("\r\n\r\n").context("bad HTTP response")?;
+    Ok(body.to_owned())
 }

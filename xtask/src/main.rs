@@ -47,10 +47,10 @@ enum Task {
     /// Start the demo runtime with probes attached and show what they measured.
     Demo {
         /// Input events the demo produces.
-        #[arg(long, default_value_t = 2_000_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         events: u64,
         /// Input events per second.
-        #[arg(long, default_value_t = 500_000)]
+        #[arg(long, default_value_t = 250_000)]
         rate: u64,
     },
 }
