@@ -4,29 +4,15 @@
 use std::process::Command;
 use std::time::Duration;
 
-use integration_tests::{Daemon, GatedDemo, Sample, bin, free_port, parse_metrics, read_semaphore, run, run_ok, value};
+use integration_tests::{
+    Daemon, GatedDemo, Sample, bin, computed_summary, free_port, parse_metrics, read_semaphore, run, run_ok, value,
+};
 use serde_json::Value;
 
 const DEMO: &[&str] = &["--events", "100003", "--streams", "3", "--queries", "4", "--batch", "64"];
 
 fn summary_of(text: &str) -> Value {
     serde_json::from_str(text.trim()).expect("summary JSON")
-}
-
-/// The summary without what depends on timing.
-fn computed(mut v: Value) -> Value {
-    let obj = v.as_object_mut().expect("object");
-    obj.remove("elapsed_s");
-    obj.remove("events_per_sec");
-    for q in obj["queries"].as_object_mut().expect("queries").values_mut() {
-        let q = q.as_object_mut().expect("query");
-        q.remove("p50_ns");
-        q.remove("p99_ns");
-    }
-    for s in obj["streams"].as_object_mut().expect("streams").values_mut() {
-        s.as_object_mut().expect("stream").remove("backpressure");
-    }
-    v
 }
 
 fn get(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> u64 {
@@ -89,7 +75,7 @@ fn check_exact(mode_args: &[&str]) {
 
     let attached = summary_of(&target.open_and_wait());
     // The target computed exactly what it computes unobserved.
-    assert_eq!(computed(attached.clone()), computed(detached), "observing changed the target's output");
+    assert_eq!(computed_summary(attached.clone()), computed_summary(detached), "observing changed the target's output");
 
     // The target has exited: `run` serves its final values. Let the collector's cache expire.
     daemon.wait_for_log("target exited", Duration::from_secs(10));

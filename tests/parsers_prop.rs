@@ -18,24 +18,7 @@ fn note_section_range(data: &[u8]) -> std::ops::Range<usize> {
 }
 
 fn gpr() -> impl Strategy<Value = Gpr> {
-    prop::sample::select(vec![
-        Gpr::Rax,
-        Gpr::Rcx,
-        Gpr::Rdx,
-        Gpr::Rbx,
-        Gpr::Rsp,
-        Gpr::Rbp,
-        Gpr::Rsi,
-        Gpr::Rdi,
-        Gpr::R8,
-        Gpr::R9,
-        Gpr::R10,
-        Gpr::R11,
-        Gpr::R12,
-        Gpr::R13,
-        Gpr::R14,
-        Gpr::R15,
-    ])
+    prop::sample::select(argspec::GPRS.to_vec())
 }
 
 fn register() -> impl Strategy<Value = Register> {

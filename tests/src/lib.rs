@@ -472,3 +472,20 @@ pub fn read_semaphore(pid: u32, binary: &Path, file_offset: u64) -> u16 {
     }
     panic!("no mapping of {} covers file offset {file_offset:#x}", binary.display());
 }
+
+/// A demo summary without what depends on timing (elapsed time, rates, percentiles,
+/// backpressure): what must be equal between runs with the same input.
+pub fn computed_summary(mut v: serde_json::Value) -> serde_json::Value {
+    let obj = v.as_object_mut().expect("summary object");
+    obj.remove("elapsed_s");
+    obj.remove("events_per_sec");
+    for q in obj["queries"].as_object_mut().expect("queries").values_mut() {
+        let q = q.as_object_mut().expect("query");
+        q.remove("p50_ns");
+        q.remove("p99_ns");
+    }
+    for s in obj["streams"].as_object_mut().expect("streams").values_mut() {
+        s.as_object_mut().expect("stream").remove("backpressure");
+    }
+    v
+}

@@ -37,7 +37,8 @@ pub enum Gpr {
     Rip,
 }
 
-const GPRS: [Gpr; 16] = [
+/// The sixteen general-purpose registers in ISA order (`rip` is not one of them).
+pub const GPRS: [Gpr; 16] = [
     Gpr::Rax,
     Gpr::Rcx,
     Gpr::Rdx,

@@ -14,6 +14,25 @@ use std::time::Duration;
 
 const PATTERN: u64 = 0x1122_3344_5566_7788;
 
+/// Writes `{p}` at three places in the red zone.
+macro_rules! fill_red_zone {
+    () => {
+        "mov {p}, -8(%rsp)\nmov {p}, -64(%rsp)\nmov {p}, -128(%rsp)"
+    };
+}
+
+/// Counts into `{bad}` the red-zone words that no longer hold `{p}` (`{t}` is scratch).
+macro_rules! check_red_zone {
+    () => {
+        concat!(
+            "xor {bad}, {bad}\n",
+            "cmp {p}, -8(%rsp)\nsetne {t:l}\nadd {t}, {bad}\n",
+            "cmp {p}, -64(%rsp)\nsetne {t:l}\nadd {t}, {bad}\n",
+            "cmp {p}, -128(%rsp)\nsetne {t:l}\nadd {t}, {bad}",
+        )
+    };
+}
+
 /// Returns how many of the three red-zone words changed.
 #[inline(never)]
 fn guarded() -> u64 {
@@ -22,23 +41,12 @@ fn guarded() -> u64 {
     // that is not `nostack`; restores the stack pointer it moves.
     unsafe {
         std::arch::asm!(
-            "mov {p}, -8(%rsp)",
-            "mov {p}, -64(%rsp)",
-            "mov {p}, -128(%rsp)",
+            fill_red_zone!(),
             usdt_markers::__sdt_guard_enter!(),
             usdt_markers::__sdt_nop5!(),
             usdt_markers::__sdt_guard_leave!(),
             usdt_markers::__sdt_note!("eventflux_test", "redzone_guarded", "", "0", "{f}"),
-            "xor {bad}, {bad}",
-            "cmp {p}, -8(%rsp)",
-            "setne {t:l}",
-            "add {t}, {bad}",
-            "cmp {p}, -64(%rsp)",
-            "setne {t:l}",
-            "add {t}, {bad}",
-            "cmp {p}, -128(%rsp)",
-            "setne {t:l}",
-            "add {t}, {bad}",
+            check_red_zone!(),
             p = in(reg) PATTERN,
             bad = out(reg) bad,
             t = inout(reg) 0u64 => _,
@@ -56,21 +64,10 @@ fn bare() -> u64 {
     // SAFETY: as in `guarded`.
     unsafe {
         std::arch::asm!(
-            "mov {p}, -8(%rsp)",
-            "mov {p}, -64(%rsp)",
-            "mov {p}, -128(%rsp)",
+            fill_red_zone!(),
             usdt_markers::__sdt_nop5!(),
             usdt_markers::__sdt_note!("eventflux_test", "redzone_bare", "", "0", "{f}"),
-            "xor {bad}, {bad}",
-            "cmp {p}, -8(%rsp)",
-            "setne {t:l}",
-            "add {t}, {bad}",
-            "cmp {p}, -64(%rsp)",
-            "setne {t:l}",
-            "add {t}, {bad}",
-            "cmp {p}, -128(%rsp)",
-            "setne {t:l}",
-            "add {t}, {bad}",
+            check_red_zone!(),
             p = in(reg) PATTERN,
             bad = out(reg) bad,
             t = inout(reg) 0u64 => _,
