@@ -54,13 +54,14 @@ impl Hit<'_> {
         spans::push(self.tid(), self.id(0), stage, spans::now());
     }
 
-    /// Closes `stage` and records its self time.
+    /// Closes `stage` and records its self time; returns the query (argument 0), already read.
     #[inline(always)]
-    fn end(&self, stage: u32) {
+    fn end(&self, stage: u32) -> u32 {
         let query = self.id(0);
         if let Some((_, own)) = spans::pop(self.tid(), query, stage, spans::now()) {
             spans::record(self.pid, query, stage, own);
         }
+        query
     }
 
     #[inline(always)]
@@ -167,7 +168,7 @@ program!(filter_start, |h| {
 });
 
 program!(filter_end, |h| {
-    h.end(stage::FILTER);
+    let _ = h.end(stage::FILTER);
 });
 
 program!(window_start, |h| {
@@ -175,8 +176,8 @@ program!(window_start, |h| {
 });
 
 program!(window_end, |h| {
-    h.end(stage::WINDOW);
-    gauge_set(&h.key(gauge::WINDOW_STATE_BYTES, h.id(0), 0), h.arg(3));
+    let query = h.end(stage::WINDOW);
+    gauge_set(&h.key(gauge::WINDOW_STATE_BYTES, query, 0), h.arg(3));
 });
 
 program!(aggregate_start, |h| {
@@ -184,8 +185,8 @@ program!(aggregate_start, |h| {
 });
 
 program!(aggregate_end, |h| {
-    h.end(stage::AGGREGATE);
-    gauge_set(&h.key(gauge::GROUPS, h.id(0), 0), h.arg(2));
+    let query = h.end(stage::AGGREGATE);
+    gauge_set(&h.key(gauge::GROUPS, query, 0), h.arg(2));
 });
 
 program!(emit_start, |h| {
@@ -193,8 +194,8 @@ program!(emit_start, |h| {
 });
 
 program!(emit_end, |h| {
-    h.end(stage::EMIT);
-    let (query, stream, events) = (h.id(0), h.id(1), h.arg(2));
+    let query = h.end(stage::EMIT);
+    let (stream, events) = (h.id(1), h.arg(2));
     counter_add(&h.key(counter::QUERY_EMITTED, query, stream), events);
     counter_add(&h.key(counter::STREAM_EMITTED_INTO, stream, 0), events);
 });

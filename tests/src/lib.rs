@@ -489,3 +489,17 @@ pub fn computed_summary(mut v: serde_json::Value) -> serde_json::Value {
     }
     v
 }
+
+/// Arguments of the probe-loop targets (`TARGET GATE ITERATIONS`): waits until GATE exists, so
+/// that an observer can attach first, and returns ITERATIONS. Exits with usage on bad input.
+pub fn gated_iterations(usage: &str) -> u64 {
+    let mut args = std::env::args().skip(1);
+    let (Some(gate), Some(n)) = (args.next(), args.next().and_then(|n| n.parse::<u64>().ok())) else {
+        eprintln!("usage: {usage} GATE ITERATIONS");
+        std::process::exit(2);
+    };
+    while !Path::new(&gate).exists() {
+        thread::sleep(Duration::from_millis(5));
+    }
+    n
+}

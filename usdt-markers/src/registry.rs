@@ -114,7 +114,7 @@ pub fn register_stream(info: StreamInfo<'_>) {
         junction: info.junction.code(),
         capacity: info.capacity,
     });
-    announce(&reg, |r| r.streams.last().map(Stream::fire));
+    announce(&reg, || reg.streams.last().into_iter().for_each(Stream::fire));
 }
 
 /// Registers a query: fires `query_register` now and again for every later observer.
@@ -129,7 +129,7 @@ pub fn register_query(info: QueryInfo<'_>) {
         window: info.window.code(),
         window_size: info.window_size,
     });
-    announce(&reg, |r| r.queries.last().map(Query::fire));
+    announce(&reg, || reg.queries.last().into_iter().for_each(Query::fire));
 }
 
 /// Stops announcing a query and fires `query_unregister`.
@@ -141,7 +141,9 @@ pub fn unregister_query(id: u32) {
 
 /// Fires the newest registration, or the whole table when observers changed since the last
 /// announcement (they have missed earlier registrations).
-fn announce(reg: &Registry, newest: impl FnOnce(&Registry) -> Option<()>) {
+fn announce(reg: &Registry, fire_newest: impl FnOnce()) {
+    #[cfg(not(feature = "enabled"))]
+    let _ = reg;
     #[cfg(feature = "enabled")]
     {
         let now = observers();
@@ -151,7 +153,7 @@ fn announce(reg: &Registry, newest: impl FnOnce(&Registry) -> Option<()>) {
         }
     }
     // Firing a detached site executes a nop, so no semaphore test is needed on this cold path.
-    newest(reg);
+    fire_newest();
 }
 
 #[cfg(feature = "enabled")]

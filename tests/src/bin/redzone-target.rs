@@ -10,8 +10,6 @@
 //! Usage: redzone-target GATE ITERATIONS. Prints {"iterations", "guarded_corrupted",
 //! "bare_corrupted"}. Probes: provider `eventflux_test`, names `redzone_guarded`, `redzone_bare`.
 
-use std::time::Duration;
-
 const PATTERN: u64 = 0x1122_3344_5566_7788;
 
 /// Writes `{p}` at three places in the red zone.
@@ -33,60 +31,52 @@ macro_rules! check_red_zone {
     };
 }
 
-/// Returns how many of the three red-zone words changed.
-#[inline(never)]
-fn guarded() -> u64 {
-    let bad: u64;
-    // SAFETY: writes only below the stack pointer, where no compiler data lives across a block
-    // that is not `nostack`; restores the stack pointer it moves.
-    unsafe {
-        std::arch::asm!(
-            fill_red_zone!(),
-            usdt_markers::__sdt_guard_enter!(),
-            usdt_markers::__sdt_nop5!(),
-            usdt_markers::__sdt_guard_leave!(),
-            usdt_markers::__sdt_note!("eventflux_test", "redzone_guarded", "", "0", "{f}"),
-            check_red_zone!(),
-            p = in(reg) PATTERN,
-            bad = out(reg) bad,
-            t = inout(reg) 0u64 => _,
-            f = sym guarded,
-            options(att_syntax),
-        );
-    }
-    bad
+/// A leaf routine: fill the red zone, pass a probe site (`$site` lines, then its note), count
+/// the red-zone words that changed.
+macro_rules! leaf {
+    ($(#[$doc:meta])* $fn:ident, $probe:literal, $($site:expr),+) => {
+        $(#[$doc])*
+        #[inline(never)]
+        fn $fn() -> u64 {
+            let bad: u64;
+            // SAFETY: writes only below the stack pointer, where no compiler data lives across a
+            // block that is not `nostack`; restores any stack-pointer move it makes.
+            unsafe {
+                std::arch::asm!(
+                    fill_red_zone!(),
+                    $($site,)+
+                    usdt_markers::__sdt_note!("eventflux_test", $probe, "", "0", "{f}"),
+                    check_red_zone!(),
+                    p = in(reg) PATTERN,
+                    bad = out(reg) bad,
+                    t = inout(reg) 0u64 => _,
+                    f = sym $fn,
+                    options(att_syntax),
+                );
+            }
+            bad
+        }
+    };
 }
 
-/// The same without the guard: what libbpf's nop5 sites did.
-#[inline(never)]
-fn bare() -> u64 {
-    let bad: u64;
-    // SAFETY: as in `guarded`.
-    unsafe {
-        std::arch::asm!(
-            fill_red_zone!(),
-            usdt_markers::__sdt_nop5!(),
-            usdt_markers::__sdt_note!("eventflux_test", "redzone_bare", "", "0", "{f}"),
-            check_red_zone!(),
-            p = in(reg) PATTERN,
-            bad = out(reg) bad,
-            t = inout(reg) 0u64 => _,
-            f = sym bare,
-            options(att_syntax),
-        );
-    }
-    bad
-}
+leaf!(
+    /// The site exactly as usdt-markers emits it.
+    guarded,
+    "redzone_guarded",
+    usdt_markers::__sdt_guard_enter!(),
+    usdt_markers::__sdt_nop5!(),
+    usdt_markers::__sdt_guard_leave!()
+);
+
+leaf!(
+    /// The same without the guard: what libbpf's nop5 sites did.
+    bare,
+    "redzone_bare",
+    usdt_markers::__sdt_nop5!()
+);
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(gate), Some(n)) = (args.next(), args.next().and_then(|n| n.parse::<u64>().ok())) else {
-        eprintln!("usage: redzone-target GATE ITERATIONS");
-        std::process::exit(2);
-    };
-    while !std::path::Path::new(&gate).exists() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let n = integration_tests::gated_iterations("redzone-target");
     let (mut g, mut b) = (0, 0);
     for _ in 0..n {
         g += u64::from(guarded() != 0);

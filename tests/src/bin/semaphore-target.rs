@@ -6,8 +6,6 @@
 //! (T: the loop's time per iteration, which the per-hit benchmark compares across observers).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
-
 static EVALUATED: AtomicU64 = AtomicU64::new(0);
 
 #[inline(never)]
@@ -17,14 +15,7 @@ fn counted(i: u64) -> u64 {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(gate), Some(n)) = (args.next(), args.next().and_then(|n| n.parse::<u64>().ok())) else {
-        eprintln!("usage: semaphore-target GATE ITERATIONS");
-        std::process::exit(2);
-    };
-    while !std::path::Path::new(&gate).exists() {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let n = integration_tests::gated_iterations("semaphore-target");
     let semaphore = usdt_markers::ingest::SEMAPHORE.count();
     let started = std::time::Instant::now();
     for i in 0..n {
