@@ -60,6 +60,10 @@ struct Args {
     /// Wait until FILE exists before producing the first event, so an observer can attach.
     #[arg(long, value_name = "FILE")]
     gate: Option<PathBuf>,
+    /// Seconds to stay idle after the last event, before the queries stop (observers see an
+    /// idle engine).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    hold: f64,
     /// Seconds to stay alive after the summary.
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     linger: f64,
@@ -86,8 +90,10 @@ fn run(args: &Args) -> Result<()> {
     if args.mode_is_async() && args.queue_capacity == 0 {
         bail!("--queue-capacity must be at least 1");
     }
-    if !(args.linger.is_finite() && args.linger >= 0.0) {
-        bail!("--linger must be a non-negative number of seconds");
+    for (name, secs) in [("--linger", args.linger), ("--hold", args.hold)] {
+        if !(secs.is_finite() && (0.0..=86_400.0).contains(&secs)) {
+            bail!("{name} must be a number of seconds from 0 to 86400");
+        }
     }
     let config = Config {
         events: args.events,
@@ -98,6 +104,7 @@ fn run(args: &Args) -> Result<()> {
         mode: if args.mode_is_async() { JunctionKind::Async } else { JunctionKind::Sync },
         queue_capacity: args.queue_capacity,
         gate: args.gate.clone(),
+        hold: Duration::from_secs_f64(args.hold),
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();

@@ -5,8 +5,9 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
-use usdt_markers::abi::{ErrorKind, WindowKind};
-use usdt_markers::probe;
+use usdt_markers::abi::{ErrorKind, Stage, WindowKind};
+use usdt_markers::span::{Batch, Span};
+use usdt_markers::{aggregate_groups, emitted, error, query_events, window_state};
 
 use crate::event::Event;
 
@@ -154,12 +155,21 @@ impl Aggregation {
     }
 }
 
+/// The query's series of the count and gauge probes, created once.
+struct Probes {
+    events: query_events::Counter,
+    emitted: emitted::Counter,
+    errors: error::Counter,
+    window_state: window_state::Gauge,
+    groups: aggregate_groups::Gauge,
+}
+
 pub struct Query {
     pub id: u32,
     pub input_stream: u32,
-    pub output_stream: u32,
     window: Window,
     aggregation: Aggregation,
+    probes: Probes,
     pub stats: QueryStats,
 }
 
@@ -168,27 +178,41 @@ impl Query {
         Query {
             id,
             input_stream,
-            output_stream,
             window: Window::new(window, window_size),
             aggregation: Aggregation {
                 groups: HashMap::new(),
                 touched: BTreeSet::new(),
                 per_event: !matches!(window, WindowKind::LengthBatch),
             },
+            probes: Probes {
+                events: query_events::Counter::new(id, input_stream),
+                emitted: emitted::Counter::new(id, output_stream),
+                errors: error::Counter::new(id, ErrorKind::Expression.code()),
+                window_state: window_state::Gauge::new(id),
+                groups: aggregate_groups::Gauge::new(id),
+            },
             stats: QueryStats { digest: FNV_OFFSET, ..QueryStats::default() },
         }
     }
 
-    /// Processes one chunk of the input stream: one query batch.
-    pub fn process(&mut self, chunk: &[Event]) {
+    /// Processes one chunk of the input stream: one query batch. `waited_ns`: how long the
+    /// chunk sat in an async junction's queue.
+    pub fn process(&mut self, chunk: &[Event], waited_ns: Option<u64>) {
         let n = chunk.len() as u64;
-        // The clock reads enclose the batch probes, so the span an observer measures between
-        // them lies inside the one measured here.
+        // The clock reads enclose the batch span, so the span an observer is given lies inside
+        // the one measured here.
         let started = Instant::now();
-        probe!(query_batch_start(self.id, self.input_stream, n));
+        let batch = Batch::enter();
+        if let Some(wait) = waited_ns {
+            batch.handoff(self.id, n, wait);
+        }
         let emitted = self.filter(chunk);
-        probe!(query_batch_end(self.id, n, emitted));
+        batch.exit(self.id, self.input_stream, n, emitted);
         let elapsed = started.elapsed();
+        self.probes.events.add(n, 1);
+        if emitted > 0 {
+            self.probes.emitted.add(emitted);
+        }
         self.stats.processed += n;
         self.stats.emitted += emitted;
         self.stats.batches += 1;
@@ -199,7 +223,7 @@ impl Query {
     #[inline(never)]
     fn filter(&mut self, chunk: &[Event]) -> u64 {
         let n = chunk.len() as u64;
-        probe!(filter_start(self.id, n));
+        let span = Span::enter();
         let mut errors = 0u64;
         let passed: Vec<Event> = chunk
             .iter()
@@ -213,44 +237,46 @@ impl Query {
             .copied()
             .collect();
         if errors > 0 {
-            probe!(error(self.id, ErrorKind::Expression.code(), errors));
+            self.probes.errors.add(errors);
             self.stats.errors += errors;
         }
         let emitted = if passed.is_empty() { 0 } else { self.window(&passed) };
-        probe!(filter_end(self.id, n, passed.len() as u64));
+        span.exit(self.id, Stage::Filter, n, passed.len() as u64);
         emitted
     }
 
     #[inline(never)]
     fn window(&mut self, input: &[Event]) -> u64 {
         let n = input.len() as u64;
-        probe!(window_start(self.id, n));
+        let span = Span::enter();
         let mut ops = Vec::with_capacity(input.len() * 2);
         self.window.process(input, &mut ops);
         let emitted = if ops.is_empty() { 0 } else { self.aggregate(&ops) };
-        probe!(window_end(self.id, n, ops.len() as u64, self.window.state_bytes()));
+        span.exit(self.id, Stage::Window, n, ops.len() as u64);
+        self.probes.window_state.set(self.window.state_bytes());
         emitted
     }
 
     #[inline(never)]
     fn aggregate(&mut self, ops: &[Op]) -> u64 {
-        probe!(aggregate_start(self.id, ops.len() as u64));
+        let span = Span::enter();
         let rows = self.aggregation.apply(ops);
         let emitted = if rows.is_empty() { 0 } else { self.emit(&rows) };
-        probe!(aggregate_end(self.id, rows.len() as u64, self.aggregation.groups()));
+        span.exit(self.id, Stage::Aggregate, ops.len() as u64, rows.len() as u64);
+        self.probes.groups.set(self.aggregation.groups());
         emitted
     }
 
     #[inline(never)]
     fn emit(&mut self, rows: &[Row]) -> u64 {
         let n = rows.len() as u64;
-        probe!(emit_start(self.id, self.output_stream, n));
+        let span = Span::enter();
         for row in rows {
             for word in [u64::from(row.symbol), row.sum as u64, row.count as u64] {
                 self.stats.digest = fnv1a(self.stats.digest, word);
             }
         }
-        probe!(emit_end(self.id, self.output_stream, n));
+        span.exit(self.id, Stage::Emit, n, n);
         n
     }
 }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use usdt_markers::probe;
+use usdt_markers::{backpressure, queue_state};
 
 use crate::event::{Chunk, Event};
 
@@ -17,13 +17,15 @@ struct Item {
 struct State {
     items: VecDeque<Item>,
     bytes: u64,
+    /// Nanoseconds the last dequeued chunk waited.
+    last_wait_ns: u64,
     closed: bool,
 }
 
 pub struct Queue {
-    stream_id: u32,
-    query_id: u32,
     capacity: usize,
+    backpressure: backpressure::Counter,
+    gauge: queue_state::Gauge,
     state: Mutex<State>,
     not_empty: Condvar,
     not_full: Condvar,
@@ -32,10 +34,10 @@ pub struct Queue {
 impl Queue {
     pub fn new(stream_id: u32, query_id: u32, capacity: usize) -> Self {
         Queue {
-            stream_id,
-            query_id,
             capacity: capacity.max(1),
-            state: Mutex::new(State { items: VecDeque::new(), bytes: 0, closed: false }),
+            backpressure: backpressure::Counter::new(stream_id, query_id),
+            gauge: queue_state::Gauge::new(stream_id, query_id),
+            state: Mutex::new(State { items: VecDeque::new(), bytes: 0, last_wait_ns: 0, closed: false }),
             not_empty: Condvar::new(),
             not_full: Condvar::new(),
         }
@@ -51,30 +53,32 @@ impl Queue {
         let mut state = self.lock();
         let waited = state.items.len() >= self.capacity;
         if waited {
-            probe!(backpressure(self.stream_id, self.query_id, state.items.len() as u64, self.capacity as u64));
+            self.backpressure.add(1);
             while state.items.len() >= self.capacity {
                 state = self.not_full.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         }
         state.items.push_back(Item { chunk, queued_at: Instant::now() });
         state.bytes += bytes;
-        probe!(queue_push(self.stream_id, self.query_id, state.items.len() as u64, self.capacity as u64, state.bytes));
+        self.gauge.set(state.items.len() as u64, self.capacity as u64, state.bytes, state.last_wait_ns);
         drop(state);
         self.not_empty.notify_one();
         waited
     }
 
-    /// Takes the oldest chunk; `None` once the queue is closed and drained.
-    pub fn pop(&self) -> Option<Arc<Chunk>> {
+    /// Takes the oldest chunk and how long it waited; `None` once the queue is closed and
+    /// drained.
+    pub fn pop(&self) -> Option<(Arc<Chunk>, u64)> {
         let mut state = self.lock();
         loop {
             if let Some(item) = state.items.pop_front() {
                 state.bytes -= (item.chunk.len() * size_of::<Event>()) as u64;
                 let wait_ns = u64::try_from(item.queued_at.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                probe!(queue_pop(self.stream_id, self.query_id, state.items.len() as u64, wait_ns));
+                state.last_wait_ns = wait_ns;
+                self.gauge.set(state.items.len() as u64, self.capacity as u64, state.bytes, wait_ns);
                 drop(state);
                 self.not_full.notify_one();
-                return Some(item.chunk);
+                return Some((item.chunk, wait_ns));
             }
             if state.closed {
                 return None;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use usdt_markers::abi::{ConnErrorKind, JunctionKind, Protocol, StreamRole, WindowKind};
-use usdt_markers::{QueryInfo, StreamInfo, probe};
+use usdt_markers::{QueryInfo, StreamInfo, conn_close, conn_error, conn_open, ingest, junction_send};
 
 use crate::event::Source;
 use crate::query::{Query, QueryStats};
@@ -24,6 +24,8 @@ pub struct Config {
     pub mode: JunctionKind,
     pub queue_capacity: usize,
     pub gate: Option<PathBuf>,
+    /// Idle time after the last event, before queries stop.
+    pub hold: Duration,
 }
 
 /// A stream's counters, in the summary.
@@ -114,7 +116,7 @@ impl Delivery {
     fn deliver(&mut self, q: usize, chunk: &Arc<Vec<crate::event::Event>>) -> bool {
         match self {
             Delivery::Sync(queries) => {
-                queries[q].process(chunk);
+                queries[q].process(chunk, None);
                 false
             }
             Delivery::Async { queues, .. } => queues[q].push(Arc::clone(chunk)),
@@ -165,10 +167,10 @@ fn connect_sources(streams: &[StreamDef], conns: &mut Vec<(Protocol, ConnStats)>
         let Some(protocol) = s.protocol else { continue };
         let entry = conn_entry(conns, protocol);
         if s.id % 2 == 1 {
-            probe!(conn_error(protocol.code(), ConnErrorKind::Refused.code()));
+            conn_error::Counter::new(protocol.code(), ConnErrorKind::Refused.code()).add(1);
             entry.failed += 1;
         }
-        probe!(conn_open(protocol.code()));
+        conn_open::Counter::new(protocol.code()).add(1);
         entry.opened += 1;
     }
 }
@@ -207,8 +209,8 @@ pub fn run(config: &Config) -> Result<Outcome> {
                 let worker = thread::Builder::new()
                     .name(format!("query-{}", query.id))
                     .spawn(move || {
-                        while let Some(chunk) = queue.pop() {
-                            query.process(&chunk);
+                        while let Some((chunk, wait_ns)) = queue.pop() {
+                            query.process(&chunk, Some(wait_ns));
                         }
                         query
                     })
@@ -218,10 +220,18 @@ pub fn run(config: &Config) -> Result<Outcome> {
             Delivery::Async { queues, workers }
         }
     };
-    // Subscribers of each input stream, in query order.
-    let subscribers: Vec<Vec<usize>> = (0..config.streams)
-        .map(|s| defs.iter().enumerate().filter(|(_, d)| d.input_stream == s).map(|(i, _)| i).collect())
+    // Subscribers of each input stream, in query order, with the counter of what the junction
+    // sends each.
+    let subscribers: Vec<Vec<(usize, junction_send::Counter)>> = (0..config.streams)
+        .map(|s| {
+            defs.iter()
+                .enumerate()
+                .filter(|(_, d)| d.input_stream == s)
+                .map(|(i, d)| (i, junction_send::Counter::new(s, d.id)))
+                .collect()
+        })
         .collect();
+    let received: Vec<ingest::Counter> = (0..config.streams).map(ingest::Counter::new).collect();
 
     if let Some(gate) = &config.gate {
         wait_for_gate(gate);
@@ -245,10 +255,11 @@ pub fn run(config: &Config) -> Result<Outcome> {
         next_stream = (next_stream + 1) % sources.len();
         let chunk = Arc::new(sources[stream].chunk(len));
         let n = len as u64;
-        probe!(ingest(stream as u32, n));
+        received[stream].add(n);
         streams[stream].stats.received += n;
-        for &q in &subscribers[stream] {
-            probe!(junction_send(stream as u32, defs[q].id, n));
+        for (q, sent) in &subscribers[stream] {
+            let q = *q;
+            sent.add(n);
             streams[stream].stats.sent += n;
             if delivery.deliver(q, &chunk) {
                 streams[stream].stats.backpressure += 1;
@@ -258,10 +269,14 @@ pub fn run(config: &Config) -> Result<Outcome> {
     }
     let queries = delivery.finish()?;
     let elapsed = started.elapsed();
+    if !config.hold.is_zero() {
+        eprintln!("eventflux-demo: produced {produced} events; idle for {:?} before stopping", config.hold);
+        thread::sleep(config.hold);
+    }
 
     for s in &streams {
         if let Some(protocol) = s.protocol {
-            probe!(conn_close(protocol.code()));
+            conn_close::Counter::new(protocol.code()).add(1);
             conn_entry(&mut connections, protocol).closed += 1;
         }
     }

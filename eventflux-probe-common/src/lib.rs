@@ -8,57 +8,9 @@
 
 pub mod hist;
 
-/// Probe ids: the index of each probe in the ABI (`usdt_markers::PROBES`, docs/probes.md).
-/// A user-space test checks the two lists are the same.
-pub mod probe {
-    pub const STREAM_REGISTER: u32 = 0;
-    pub const QUERY_REGISTER: u32 = 1;
-    pub const QUERY_UNREGISTER: u32 = 2;
-    pub const INGEST: u32 = 3;
-    pub const JUNCTION_SEND: u32 = 4;
-    pub const QUERY_BATCH_START: u32 = 5;
-    pub const QUERY_BATCH_END: u32 = 6;
-    pub const FILTER_START: u32 = 7;
-    pub const FILTER_END: u32 = 8;
-    pub const WINDOW_START: u32 = 9;
-    pub const WINDOW_END: u32 = 10;
-    pub const AGGREGATE_START: u32 = 11;
-    pub const AGGREGATE_END: u32 = 12;
-    pub const EMIT_START: u32 = 13;
-    pub const EMIT_END: u32 = 14;
-    pub const QUEUE_PUSH: u32 = 15;
-    pub const QUEUE_POP: u32 = 16;
-    pub const BACKPRESSURE: u32 = 17;
-    pub const ERROR: u32 = 18;
-    pub const CONN_OPEN: u32 = 19;
-    pub const CONN_CLOSE: u32 = 20;
-    pub const CONN_ERROR: u32 = 21;
-    /// Probe names in id order; also the names of the kernel programs.
-    pub const NAMES: [&str; 22] = [
-        "stream_register",
-        "query_register",
-        "query_unregister",
-        "ingest",
-        "junction_send",
-        "query_batch_start",
-        "query_batch_end",
-        "filter_start",
-        "filter_end",
-        "window_start",
-        "window_end",
-        "aggregate_start",
-        "aggregate_end",
-        "emit_start",
-        "emit_end",
-        "queue_push",
-        "queue_pop",
-        "backpressure",
-        "error",
-        "conn_open",
-        "conn_close",
-        "conn_error",
-    ];
-}
+/// The probe ABI: ids, names and argument positions of every probe (`eventflux_abi::probe`),
+/// generated from the one table the engine's markers are generated from.
+pub use eventflux_abi::{Class, PROBES, Stage, probe};
 
 /// Most arguments a USDT probe can have on x86-64 (as in libbpf).
 pub const MAX_ARGS: usize = 12;
@@ -148,6 +100,10 @@ pub mod counter {
     pub const CONN_ERRORS: u32 = 8;
     /// Events emitted into a stream (output streams): a = stream.
     pub const STREAM_EMITTED_INTO: u32 = 9;
+    /// Query batches (chunks), every one: a = query.
+    pub const QUERY_BATCHES: u32 = 10;
+    /// Span records of sampled batches the engine could not keep.
+    pub const ENGINE_SPANS_DROPPED: u32 = 11;
 }
 
 /// Last-value gauges (`CounterKey::counter` in the gauge map).
@@ -166,16 +122,18 @@ pub mod gauge {
     pub const QUEUE_WAIT_NS: u32 = 5;
 }
 
-/// Stages of a query, timed as spans.
+/// Histogram stages: the ABI's `Stage` codes, and the whole batch after them.
 pub mod stage {
-    /// Hand-off from the stream junction to the query: queue wait (async) or dispatch (sync).
-    pub const INGEST: u32 = 0;
-    pub const FILTER: u32 = 1;
-    pub const WINDOW: u32 = 2;
-    pub const AGGREGATE: u32 = 3;
-    pub const EMIT: u32 = 4;
-    /// The whole query batch, children included.
+    use eventflux_abi::Stage;
+
+    pub const INGEST: u32 = Stage::Ingest.code();
+    pub const FILTER: u32 = Stage::Filter.code();
+    pub const WINDOW: u32 = Stage::Window.code();
+    pub const AGGREGATE: u32 = Stage::Aggregate.code();
+    pub const EMIT: u32 = Stage::Emit.code();
+    /// The whole query batch, children included (`batch_sample`).
     pub const BATCH: u32 = 5;
+    /// Stage labels by code; a test checks them against `Stage`.
     pub const NAMES: [&str; 6] = ["ingest", "filter", "window", "aggregate", "emit", "batch"];
 }
 
@@ -205,58 +163,23 @@ impl Default for Hist {
     }
 }
 
-/// Frames a thread's stage stack holds; deeper nesting is counted in `drop::STACK_OVERFLOW`.
-pub const MAX_DEPTH: usize = 8;
-
-/// One open stage on a thread.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Frame {
-    pub start_ns: u64,
-    /// Time spent in stages this one called, subtracted to give its self time.
-    pub child_ns: u64,
-    pub query: u32,
-    pub stage: u32,
-}
-
-/// The open stages of one thread, innermost last.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SpanStack {
-    pub frames: [Frame; MAX_DEPTH],
-    pub depth: u32,
-    pub _pad: u32,
-}
-
 /// Indexes of the drop counters: events the kernel side could not record.
 pub mod drop {
     /// A counter or gauge map was full.
     pub const COUNTERS_FULL: u32 = 0;
     /// The histogram map was full.
     pub const HISTS_FULL: u32 = 1;
-    /// The span map (one entry per thread inside a span) was full.
-    pub const SPANS_FULL: u32 = 2;
-    /// Stages nested deeper than `MAX_DEPTH`.
-    pub const STACK_OVERFLOW: u32 = 3;
-    /// An end probe without its start on the thread (e.g. attached mid-span).
-    pub const UNMATCHED_END: u32 = 4;
     /// The event ring buffer was full.
-    pub const EVENTS_FULL: u32 = 5;
+    pub const EVENTS_FULL: u32 = 2;
     /// A site fired with no spec (cookie) for it.
-    pub const NO_SPEC: u32 = 6;
+    pub const NO_SPEC: u32 = 3;
     /// An argument could not be read.
-    pub const ARG_READ: u32 = 7;
-    pub const COUNT: u32 = 8;
-    pub const NAMES: [&str; COUNT as usize] = [
-        "counters_full",
-        "hists_full",
-        "spans_full",
-        "stack_overflow",
-        "unmatched_end",
-        "events_full",
-        "no_spec",
-        "arg_read",
-    ];
+    pub const ARG_READ: u32 = 4;
+    /// A sample carried a stage code this observer does not know (a newer engine).
+    pub const UNKNOWN_STAGE: u32 = 5;
+    pub const COUNT: u32 = 6;
+    pub const NAMES: [&str; COUNT as usize] =
+        ["counters_full", "hists_full", "events_full", "no_spec", "arg_read", "unknown_stage"];
 }
 
 /// Bytes of a name carried in an [`Event`].
@@ -292,5 +215,4 @@ mod pod {
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::HistKey {}
     unsafe impl aya::Pod for super::Hist {}
-    unsafe impl aya::Pod for super::SpanStack {}
 }

@@ -2,10 +2,12 @@
 //! provider (docs/probes.md), attached to every site (note) of that probe.
 //!
 //! The data path: a program reads its arguments through the site's spec (found by the BPF
-//! cookie, decoded from the note's argument spec by user space), then adds to per-CPU counters,
-//! sets gauges, times stages on a per-thread stack, or sends a registration to user space.
-//! Nothing here handles strings except the registration probes, which fire once per stream or
-//! query.
+//! cookie, decoded from the note's argument spec by user space), by name through the ABI's
+//! generated `Args`, then adds to per-CPU counters, sets gauges, adds a sampled duration to a
+//! histogram, or sends a registration to user space. Since probe ABI v2 the engine fires these
+//! probes a bounded number of times per second (amounts accumulated per flush interval, a few
+//! sampled batches), so nothing here is on a per-event path; nothing handles strings except
+//! the registration probes.
 
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -19,8 +21,6 @@ mod args;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod programs;
-#[cfg(target_arch = "bpf")]
-mod spans;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

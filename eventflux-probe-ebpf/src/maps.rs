@@ -2,7 +2,7 @@
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
-use eventflux_probe_common::{CounterKey, Hist, HistKey, MAX_SITES, SiteSpec, SpanStack, drop};
+use eventflux_probe_common::{CounterKey, Hist, HistKey, MAX_SITES, SiteSpec, drop, hist};
 
 /// Site specs, indexed by the BPF cookie user space gave each attachment.
 #[map]
@@ -20,17 +20,10 @@ pub static GAUGES: HashMap<CounterKey, u64> = HashMap::with_max_entries(16384, 0
 #[map]
 pub static HISTS: PerCpuHashMap<HistKey, Hist> = PerCpuHashMap::with_max_entries(4096, 0);
 
-/// Open stages per thread (`pid_tgid`). An entry exists only while the thread is inside a span,
-/// so the map holds at most one entry per busy thread.
-#[map]
-pub static SPANS: HashMap<u64, SpanStack> = HashMap::with_max_entries(16384, 0);
-
-/// Zeroed templates: a histogram is larger than the 512-byte BPF stack, so new entries are
+/// Zeroed template: a histogram is larger than the 512-byte BPF stack, so new entries are
 /// inserted from here. Never written.
 #[map]
 pub static ZERO_HIST: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-pub static ZERO_STACK: PerCpuArray<SpanStack> = PerCpuArray::with_max_entries(1, 0);
 
 /// What could not be recorded, by `drop::*` index.
 #[map]
@@ -71,5 +64,36 @@ pub fn counter_add(key: &CounterKey, delta: u64) {
 pub fn gauge_set(key: &CounterKey, value: u64) {
     if GAUGES.insert(key, &value, 0 /* BPF_ANY */).is_err() {
         count_drop(drop::COUNTERS_FULL);
+    }
+}
+
+/// Adds one duration to the (process, query, stage) histogram.
+#[inline(always)]
+pub fn hist_add(pid: u32, query: u32, stage: u32, ns: u64) {
+    let key = HistKey { pid, query, stage, _pad: 0 };
+    let h = match HISTS.get_ptr_mut(&key) {
+        Some(h) => h,
+        None => {
+            let Some(zero) = ZERO_HIST.get_ptr(0) else { return };
+            // SAFETY: the template is a valid, never-written map value.
+            let _ = HISTS.insert(&key, unsafe { &*zero }, 1 /* BPF_NOEXIST */);
+            match HISTS.get_ptr_mut(&key) {
+                Some(h) => h,
+                None => {
+                    count_drop(drop::HISTS_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: this CPU's value of the entry.
+    let h = unsafe { &mut *h };
+    if let Some(b) = h.buckets.get_mut(hist::bucket(ns)) {
+        *b += 1;
+    }
+    h.count += 1;
+    h.sum_ns += ns;
+    if ns > h.max_ns {
+        h.max_ns = ns;
     }
 }

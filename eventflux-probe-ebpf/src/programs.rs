@@ -1,18 +1,20 @@
-//! One program per probe. Each reads the arguments it needs through the site's spec and
-//! updates the maps; see docs/probes.md for what each probe means and which metric it feeds.
+//! One program per probe (control probes have none: they never fire, and user space attaches
+//! the `empty` program to raise their semaphores). Each reads its arguments by name through the
+//! ABI's `Args` and updates the maps; see docs/probes.md for what each probe means and which
+//! metric it feeds.
 
 use aya_ebpf::EbpfContext;
+use aya_ebpf::helpers::bpf_probe_read_user_str_bytes;
 use aya_ebpf::helpers::generated::bpf_get_attach_cookie;
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes};
 use aya_ebpf::macros::uprobe;
 use aya_ebpf::programs::ProbeContext;
+use eventflux_probe_common::probe::*;
 use eventflux_probe_common::{
     CounterKey, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, SiteSpec, counter, drop, gauge, stage,
 };
 
 use crate::args;
-use crate::maps::{EVENTS, SPECS, count_drop, counter_add, gauge_set};
-use crate::spans;
+use crate::maps::{EVENTS, SPECS, count_drop, counter_add, gauge_set, hist_add};
 
 /// The current hit: its site's spec and the process it was attached for.
 struct Hit<'a> {
@@ -22,6 +24,7 @@ struct Hit<'a> {
 }
 
 impl Hit<'_> {
+    /// Argument `n`, widened to 64 bits; an unreadable one counts a drop and reads as 0.
     #[inline(always)]
     fn arg(&self, n: usize) -> u64 {
         match args::arg(self.ctx, self.spec, n) {
@@ -34,38 +37,17 @@ impl Hit<'_> {
     }
 
     #[inline(always)]
-    fn id(&self, n: usize) -> u32 {
-        self.arg(n) as u32
+    fn add(&self, counter: u32, a: u32, b: u32, delta: u64) {
+        counter_add(&CounterKey { pid: self.pid, counter, a, b }, delta);
     }
 
     #[inline(always)]
-    fn key(&self, counter: u32, a: u32, b: u32) -> CounterKey {
-        CounterKey { pid: self.pid, counter, a, b }
-    }
-
-    /// The firing thread, for the per-thread stage stack; only span probes need it.
-    #[inline(always)]
-    fn tid(&self) -> u64 {
-        bpf_get_current_pid_tgid()
+    fn set(&self, gauge: u32, a: u32, b: u32, value: u64) {
+        gauge_set(&CounterKey { pid: self.pid, counter: gauge, a, b }, value);
     }
 
     #[inline(always)]
-    fn start(&self, stage: u32) {
-        spans::push(self.tid(), self.id(0), stage, spans::now());
-    }
-
-    /// Closes `stage` and records its self time; returns the query (argument 0), already read.
-    #[inline(always)]
-    fn end(&self, stage: u32) -> u32 {
-        let query = self.id(0);
-        if let Some((_, own)) = spans::pop(self.tid(), query, stage, spans::now()) {
-            spans::record(self.pid, query, stage, own);
-        }
-        query
-    }
-
-    #[inline(always)]
-    fn event(&self, kind: u32, name_arg: Option<usize>, a: u32, b: u32, c: u32, d: u64) {
+    fn event(&self, kind: u32, id: u32, name: Option<u64>, a: u32, b: u32, c: u32, d: u64) {
         let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
             count_drop(drop::EVENTS_FULL);
             return;
@@ -76,18 +58,17 @@ impl Hit<'_> {
         unsafe {
             (*e).kind = kind;
             (*e).pid = self.pid;
-            (*e).id = self.id(0);
+            (*e).id = id;
             (*e).a = a;
             (*e).b = b;
             (*e).c = c;
             (*e).d = d;
             (*e).name[0] = 0;
-            if let Some(n) = name_arg {
-                let ptr = self.arg(n) as *const u8;
-                if bpf_probe_read_user_str_bytes(ptr, &mut (*e).name).is_err() {
-                    (*e).name[0] = 0;
-                    count_drop(drop::ARG_READ);
-                }
+            if let Some(ptr) = name
+                && bpf_probe_read_user_str_bytes(ptr as *const u8, &mut (*e).name).is_err()
+            {
+                (*e).name[0] = 0;
+                count_drop(drop::ARG_READ);
             }
         }
         entry.submit(0);
@@ -105,11 +86,14 @@ fn hit(ctx: &ProbeContext) -> Option<Hit<'_>> {
     Some(Hit { ctx, spec, pid: spec.pid })
 }
 
+/// `program!(probe, |h, a| body)`: the uprobe program of `probe`, with `a` its arguments read
+/// by name (`probe::Args`).
 macro_rules! program {
-    ($name:ident, |$h:ident| $body:block) => {
+    ($name:ident, |$h:ident, $a:ident| $body:block) => {
         #[uprobe]
         pub fn $name(ctx: ProbeContext) -> u32 {
             if let Some($h) = hit(&ctx) {
+                let $a = $name::Args::read(|n| $h.arg(n));
                 $body
             }
             0
@@ -117,126 +101,100 @@ macro_rules! program {
     };
 }
 
-program!(stream_register, |h| {
-    h.event(EVENT_STREAM, Some(1), h.id(2), h.id(3), 0, h.arg(4));
+program!(stream_register, |h, a| {
+    h.event(EVENT_STREAM, a.stream_id, Some(a.name), a.role, a.junction, 0, a.capacity);
 });
 
-program!(query_register, |h| {
-    h.event(EVENT_QUERY, Some(1), h.id(2), h.id(3), h.id(4), h.arg(5));
+program!(query_register, |h, a| {
+    h.event(
+        EVENT_QUERY,
+        a.query_id,
+        Some(a.name),
+        a.input_stream_id,
+        a.output_stream_id,
+        a.window_kind,
+        a.window_size,
+    );
 });
 
-program!(query_unregister, |h| {
-    h.event(EVENT_QUERY_GONE, None, 0, 0, 0, 0);
+program!(query_unregister, |h, a| {
+    h.event(EVENT_QUERY_GONE, a.query_id, None, 0, 0, 0, 0);
 });
 
-program!(ingest, |h| {
-    counter_add(&h.key(counter::STREAM_RECEIVED, h.id(0), 0), h.arg(1));
+program!(ingest, |h, a| {
+    h.add(counter::STREAM_RECEIVED, a.stream_id, 0, a.events);
 });
 
-program!(junction_send, |h| {
-    counter_add(&h.key(counter::STREAM_SENT, h.id(0), 0), h.arg(2));
-    // The hand-off to query arg1 starts now. In sync mode the query's batch starts on this
-    // thread and closes it; in async mode it never does, so a previous open hand-off is
-    // discarded first rather than left to pile up.
-    let tid = h.tid();
-    spans::discard_top(tid, stage::INGEST);
-    spans::push(tid, h.id(1), stage::INGEST, spans::now());
+program!(junction_send, |h, a| {
+    h.add(counter::STREAM_SENT, a.stream_id, 0, a.events);
 });
 
-program!(query_batch_start, |h| {
-    let query = h.id(0);
-    counter_add(&h.key(counter::QUERY_PROCESSED, query, h.id(1)), h.arg(2));
-    let (tid, now) = (h.tid(), spans::now());
-    if spans::top_is(tid, query, stage::INGEST) {
-        if let Some((total, _)) = spans::pop(tid, query, stage::INGEST, now) {
-            spans::record(h.pid, query, stage::INGEST, total);
-        }
+program!(query_events, |h, a| {
+    h.add(counter::QUERY_PROCESSED, a.query_id, a.stream_id, a.events);
+    h.add(counter::QUERY_BATCHES, a.query_id, 0, a.batches);
+});
+
+program!(emitted, |h, a| {
+    h.add(counter::QUERY_EMITTED, a.query_id, a.stream_id, a.events);
+    h.add(counter::STREAM_EMITTED_INTO, a.stream_id, 0, a.events);
+});
+
+program!(error, |h, a| {
+    h.add(counter::QUERY_ERRORS, a.query_id, a.kind, a.count);
+});
+
+program!(backpressure, |h, a| {
+    h.add(counter::BACKPRESSURE, a.stream_id, a.query_id, a.count);
+});
+
+program!(conn_open, |h, a| {
+    h.add(counter::CONN_OPENED, a.protocol, 0, a.count);
+});
+
+program!(conn_close, |h, a| {
+    h.add(counter::CONN_CLOSED, a.protocol, 0, a.count);
+});
+
+program!(conn_error, |h, a| {
+    h.add(counter::CONN_ERRORS, a.protocol, a.kind, a.count);
+});
+
+program!(spans_dropped, |h, a| {
+    h.add(counter::ENGINE_SPANS_DROPPED, 0, 0, a.count);
+});
+
+program!(window_state, |h, a| {
+    h.set(gauge::WINDOW_STATE_BYTES, a.query_id, 0, a.bytes);
+});
+
+program!(aggregate_groups, |h, a| {
+    h.set(gauge::GROUPS, a.query_id, 0, a.groups);
+});
+
+program!(queue_state, |h, a| {
+    h.set(gauge::QUEUE_DEPTH, a.stream_id, a.query_id, a.depth);
+    h.set(gauge::QUEUE_CAPACITY, a.stream_id, a.query_id, a.capacity);
+    h.set(gauge::QUEUE_BYTES, a.stream_id, a.query_id, a.bytes);
+    h.set(gauge::QUEUE_WAIT_NS, a.stream_id, a.query_id, a.wait_ns);
+});
+
+program!(stage_sample, |h, a| {
+    // Only the ABI's stage codes: an unknown one (a newer engine) must not land in the batch
+    // histogram, whose code lies just past them.
+    if a.stage < stage::BATCH {
+        hist_add(h.pid, a.query_id, a.stage, a.self_ns);
+    } else {
+        count_drop(drop::UNKNOWN_STAGE);
     }
-    spans::push(tid, query, stage::BATCH, now);
 });
 
-program!(query_batch_end, |h| {
-    let query = h.id(0);
-    // The batch reports its total: the latency of the query, children included.
-    if let Some((total, _)) = spans::pop(h.tid(), query, stage::BATCH, spans::now()) {
-        spans::record(h.pid, query, stage::BATCH, total);
-    }
+program!(batch_sample, |h, a| {
+    hist_add(h.pid, a.query_id, stage::BATCH, a.latency_ns);
 });
 
-program!(filter_start, |h| {
-    h.start(stage::FILTER);
-});
-
-program!(filter_end, |h| {
-    let _ = h.end(stage::FILTER);
-});
-
-program!(window_start, |h| {
-    h.start(stage::WINDOW);
-});
-
-program!(window_end, |h| {
-    let query = h.end(stage::WINDOW);
-    gauge_set(&h.key(gauge::WINDOW_STATE_BYTES, query, 0), h.arg(3));
-});
-
-program!(aggregate_start, |h| {
-    h.start(stage::AGGREGATE);
-});
-
-program!(aggregate_end, |h| {
-    let query = h.end(stage::AGGREGATE);
-    gauge_set(&h.key(gauge::GROUPS, query, 0), h.arg(2));
-});
-
-program!(emit_start, |h| {
-    h.start(stage::EMIT);
-});
-
-program!(emit_end, |h| {
-    let query = h.end(stage::EMIT);
-    let (stream, events) = (h.id(1), h.arg(2));
-    counter_add(&h.key(counter::QUERY_EMITTED, query, stream), events);
-    counter_add(&h.key(counter::STREAM_EMITTED_INTO, stream, 0), events);
-});
-
-program!(queue_push, |h| {
-    let (stream, query) = (h.id(0), h.id(1));
-    gauge_set(&h.key(gauge::QUEUE_DEPTH, stream, query), h.arg(2));
-    gauge_set(&h.key(gauge::QUEUE_CAPACITY, stream, query), h.arg(3));
-    gauge_set(&h.key(gauge::QUEUE_BYTES, stream, query), h.arg(4));
-});
-
-program!(queue_pop, |h| {
-    let (stream, query, wait_ns) = (h.id(0), h.id(1), h.arg(3));
-    gauge_set(&h.key(gauge::QUEUE_DEPTH, stream, query), h.arg(2));
-    gauge_set(&h.key(gauge::QUEUE_WAIT_NS, stream, query), wait_ns);
-    // In async mode the hand-off to the query is the time the chunk waited in its queue.
-    spans::record(h.pid, query, stage::INGEST, wait_ns);
-});
-
-program!(backpressure, |h| {
-    counter_add(&h.key(counter::BACKPRESSURE, h.id(0), h.id(1)), 1);
-});
-
-program!(error, |h| {
-    counter_add(&h.key(counter::QUERY_ERRORS, h.id(0), h.id(1)), h.arg(2));
-});
-
-program!(conn_open, |h| {
-    counter_add(&h.key(counter::CONN_OPENED, h.id(0), 0), 1);
-});
-
-program!(conn_close, |h| {
-    counter_add(&h.key(counter::CONN_CLOSED, h.id(0), 0), 1);
-});
-
-program!(conn_error, |h| {
-    counter_add(&h.key(counter::CONN_ERRORS, h.id(0), h.id(1)), 1);
-});
-
-/// Does nothing: the baseline the per-hit benchmark compares the real programs with (the cost
-/// of the uprobe itself).
+/// Does nothing. Attached to control probes to raise their semaphores (they never fire), and
+/// the baseline the per-hit benchmark compares the real programs with (the cost of the uprobe
+/// itself).
 #[uprobe]
 pub fn empty(_ctx: ProbeContext) -> u32 {
     0

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::UProbe;
 use aya::{Ebpf, EbpfLoader};
-use eventflux_probe_common::{CounterKey, Hist, HistKey, MAX_SITES, SiteSpec, SpanStack, drop, probe};
+use eventflux_probe_common::{Class, CounterKey, Hist, HistKey, MAX_SITES, PROBES, SiteSpec, drop, probe};
 
 use crate::attach::{self, Attachment, Site};
 use crate::usdt::{self, BinaryProbes};
@@ -103,12 +103,22 @@ impl Kernel {
         Ok(kernel)
     }
 
+    /// The program of probe `id`: its own, or `empty` for a control probe, which never fires
+    /// and is attached to only to raise its semaphore.
     fn program_name(id: u32) -> Result<&'static str> {
-        probe::NAMES.get(id as usize).copied().ok_or_else(|| anyhow!("no probe with id {id}"))
+        match PROBES.get(id as usize) {
+            Some(p) if p.class == Class::Control => Ok("empty"),
+            Some(p) => Ok(p.name),
+            None => Err(anyhow!("no probe with id {id}")),
+        }
     }
 
     fn load_program(&mut self, id: u32, name: &'static str) -> Result<()> {
         if self.loaded.contains_key(&id) {
+            return Ok(());
+        }
+        if self.loaded.values().any(|n| *n == name) {
+            self.loaded.insert(id, name);
             return Ok(());
         }
         let program: &mut UProbe = self
@@ -231,10 +241,6 @@ impl Kernel {
         PerCpuHashMap::try_from(self.map("HISTS")?).context("map HISTS")
     }
 
-    pub fn spans(&self) -> Result<HashMap<&MapData, u64, SpanStack>> {
-        HashMap::try_from(self.map("SPANS")?).context("map SPANS")
-    }
-
     /// Drop counters summed over CPUs, by `drop::*` index.
     pub fn drops(&self) -> Result<[u64; drop::COUNT as usize]> {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("DROPS")?).context("map DROPS")?;
@@ -254,7 +260,8 @@ impl Kernel {
     /// Per-program kernel statistics: (name, run count, run time), for loaded programs.
     pub fn program_stats(&self) -> Vec<(&'static str, u64, Duration)> {
         let mut out = Vec::new();
-        for &name in self.loaded.values() {
+        let names: BTreeSet<&'static str> = self.loaded.values().copied().collect();
+        for name in names {
             let Some(program) = self.ebpf.program(name) else { continue };
             if let Ok(info) = program.info() {
                 out.push((name, info.run_count(), info.run_time()));
@@ -274,9 +281,6 @@ impl Kernel {
         }
         if let Ok(m) = self.hists() {
             out.push(("histograms", m.keys().count(), capacity(self.map("HISTS").ok())));
-        }
-        if let Ok(m) = self.spans() {
-            out.push(("spans", m.keys().count(), capacity(self.map("SPANS").ok())));
         }
         out.push(("sites", self.sites.len(), MAX_SITES));
         out

@@ -1,12 +1,13 @@
 //! eventflux-probe: an eBPF observer for EventFlux, driven by the engine's USDT probes.
 //!
 //! The data path reads top to bottom: [`usdt`] finds the probes in a binary and parses their
-//! argument specs; [`bpf`] loads the kernel programs (eventflux-probe-ebpf) and [`attach`]es
+//! argument specs; [`budget`] is what the observer asks of the engine; [`bpf`] loads the kernel programs (eventflux-probe-ebpf) and [`attach`]es
 //! them to every probe site; the [`collector`] reads the kernel maps, the registrations
 //! ([`catalog`]) and `/proc` ([`procstat`]) into one snapshot; the [`export`]ers serve it.
 
 pub mod attach;
 pub mod bpf;
+pub mod budget;
 pub mod catalog;
 pub mod collector;
 pub mod export;

@@ -6,38 +6,54 @@
 //! format `sys/sdt.h` emits for C, so `bpftrace -e 'usdt:BIN:eventflux:ingest {…}'`, libbpf,
 //! SystemTap and `eventflux-probe` all attach to the same sites.
 //!
-//! Fire a probe with [`probe!`]:
+//! An attached probe costs a uprobe trap per hit, so the hot path fires none (probe ABI v2,
+//! `docs/probes.md`):
 //!
 //! ```
-//! # let (stream_id, chunk) = (0u32, [0u8; 4]);
-//! usdt_markers::probe!(ingest(stream_id, chunk.len() as u64));
+//! use usdt_markers::{ingest, query_events, span::{Batch, Span}, abi::Stage};
+//! # let (stream_id, query_id, chunk) = (0u32, 1u32, [0u8; 4]);
+//! // Once per stream or query:
+//! let received = ingest::Counter::new(stream_id);
+//! let processed = query_events::Counter::new(query_id, stream_id);
+//! // Per chunk: a load and a branch while detached, a few adds while attached.
+//! received.add(chunk.len() as u64);
+//! let batch = Batch::enter();
+//! processed.add(chunk.len() as u64, 1);
+//! let filter = Span::enter();
+//! filter.exit(query_id, Stage::Filter, chunk.len() as u64, 2);
+//! batch.exit(query_id, stream_id, chunk.len() as u64, 2);
 //! ```
 //!
-//! The macro tests the probe's semaphore first and evaluates the arguments only when somebody
-//! is attached, so a detached site costs one load and one not-taken branch. Names travel only in
-//! the cold registration calls ([`register_stream`], [`register_query`]); hot-path probes carry
-//! small integer ids.
+//! Counters ([`accum`]) add into per-thread cells that a flusher thread hands to observers once
+//! per interval; spans ([`span`]) time a few sampled batches per second in the engine and
+//! report them after the batch. Names travel only in the cold registration calls
+//! ([`register_stream`], [`register_query`]). How often observers are fed is their choice:
+//! they raise control probes' semaphores, which the engine reads as levels.
 //!
-//! The probe ABI (names, argument order, types, units) is written down in `docs/probes.md`;
-//! [`PROBES`] is the same table in code, and a test keeps the two equal.
+//! The probe table lives in `eventflux-abi` (re-exported as [`abi`]); [`PROBES`] is it as data,
+//! and a test keeps `docs/probes.md` equal to it.
 //!
 //! Build without the default `enabled` feature and every marker compiles to nothing.
 
 #![warn(missing_docs)]
 
-pub mod abi;
+pub mod accum;
 mod probes;
 mod registry;
 mod semaphore;
 #[cfg(all(feature = "enabled", target_arch = "x86_64", target_os = "linux"))]
 mod site;
+pub mod span;
 
-pub use abi::{ABI_VERSION, ArgDef, ArgKind, PROVIDER, ProbeDef};
+pub use eventflux_abi as abi;
+pub use eventflux_abi::{ABI_VERSION, ArgDef, ArgKind, Class, PROVIDER, ProbeDef};
 pub use probes::*;
 pub use registry::{QueryInfo, StreamInfo, register_query, register_stream, unregister_query};
 pub use semaphore::Semaphore;
 
-/// Fires a probe: `probe!(name(arg, …))`.
+/// Fires a probe's site now: `probe!(name(arg, …))`. Every hit traps while attached, so this
+/// is for rare events and tools; hot paths use the probe's `Counter` or `Gauge` and
+/// [`span`].
 ///
 /// The arguments are evaluated only while a tool is attached to the probe (its semaphore is
 /// non-zero); their types must match the ABI exactly (`u32` ids, `u64` counts).
@@ -46,7 +62,7 @@ pub use semaphore::Semaphore;
 macro_rules! probe {
     ($name:ident ( $($arg:expr),* $(,)? )) => {
         if $crate::$name::SEMAPHORE.is_active() {
-            $crate::$name::fire_enabled($($arg),*);
+            $crate::$name::site($($arg),*);
         }
     };
 }

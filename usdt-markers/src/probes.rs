@@ -1,7 +1,13 @@
-//! Every probe of the `eventflux` provider: one module per probe with its semaphore and its
-//! `fire` function, and [`PROBES`], the same list as data.
+//! Every probe of the `eventflux` provider, generated from the ABI table
+//! (`eventflux_abi::for_each_probe!`): one module per probe with its semaphore and its site, and
+//! the engine-facing API its class calls for — a [`Counter`](ingest::Counter) for count probes,
+//! a [`Gauge`](window_state::Gauge) for gauge probes. Sample probes are fired by
+//! [`crate::span`], registration probes by [`crate::register_stream`] and friends, and control
+//! probes never fire.
 
-use crate::abi::{ArgDef, ArgKind, ProbeDef};
+pub use eventflux_abi::PROBES;
+
+use crate::Semaphore;
 
 macro_rules! arg_type {
     (u32) => { u32 };
@@ -9,22 +15,88 @@ macro_rules! arg_type {
     (str) => { *const u8 };
 }
 
-macro_rules! arg_kind {
-    (u32) => {
-        ArgKind::U32
+/// The engine-facing API of a probe, by class.
+macro_rules! class_api {
+    (count, $name:ident; $($key:ident),*; $($val:ident),*) => {
+        /// A series of this probe (its key arguments fixed): amounts added here reach observers
+        /// summed, at most once per flush interval. Create it once (per stream, per query), not
+        /// per chunk; creating the same series again gives the same counter.
+        #[derive(Debug, Clone, Copy)]
+        pub struct Counter(crate::accum::Handle);
+
+        impl Counter {
+            /// The series with these key arguments.
+            pub fn new($($key: u32),*) -> Counter {
+                Counter(crate::accum::Handle::new(&INFO, &[$($key),*]))
+            }
+
+            /// Adds to the series. Detached: one load and a branch. Attached: a few adds into
+            /// this thread's own cells; nothing traps.
+            #[inline(always)]
+            pub fn add(&self, $($val: u64),*) {
+                if is_enabled() {
+                    self.0.add(&[$($val),*]);
+                }
+            }
+        }
+
+        class_api!(@info $name; $($key),*; $($val),*);
     };
-    (u64) => {
-        ArgKind::U64
+    (gauge, $name:ident; $($key:ident),*; $($val:ident),*) => {
+        /// A series of this probe (its key arguments fixed): the last value set here reaches
+        /// observers at most once per flush interval, when it changed. Create it once.
+        #[derive(Debug, Clone, Copy)]
+        pub struct Gauge(crate::accum::Handle);
+
+        impl Gauge {
+            /// The series with these key arguments.
+            pub fn new($($key: u32),*) -> Gauge {
+                Gauge(crate::accum::Handle::new(&INFO, &[$($key),*]))
+            }
+
+            /// Sets the series' values. Detached: one load and a branch. Attached: plain stores.
+            #[inline(always)]
+            pub fn set(&self, $($val: u64),*) {
+                if is_enabled() {
+                    self.0.set(&[$($val),*]);
+                }
+            }
+        }
+
+        class_api!(@info $name; $($key),*; $($val),*);
     };
-    (str) => {
-        ArgKind::Str
+    (@info $name:ident; $($key:ident),*; $($val:ident),*) => {
+        static INFO: crate::accum::ProbeInfo = crate::accum::ProbeInfo {
+            id: ID,
+            gauge: matches!(CLASS, eventflux_abi::Class::Gauge),
+            values: { let values: &[&str] = &[$(stringify!($val)),*]; values.len() },
+            semaphore: &SEMAPHORE,
+            fire: fire_series,
+        };
+
+        /// Fires the site for one series: keys, then amounts or values.
+        fn fire_series(__keys: &[u32; crate::accum::MAX_KEYS], __values: &[u64; crate::accum::MAX_VALUES]) {
+            let [$($key,)* ..] = *__keys;
+            let [$($val,)* ..] = *__values;
+            site($($key,)* $($val),*);
+        }
     };
+    ($class:ident, $name:ident; $($key:ident),*; $($val:ident),*) => {};
+}
+
+/// Calls a control probe's site from code that never runs, so that the linker keeps it (and
+/// its note) although the engine never fires it.
+macro_rules! keep_control {
+    (control, $name:ident) => {
+        $name::site();
+    };
+    ($class:ident, $name:ident) => {};
 }
 
 macro_rules! define_probes {
     ($(
         $(#[$doc:meta])*
-        $name:ident ( $($arg:ident : $kind:ident),+ $(,)? );
+        $class:ident $name:ident ( $($key:ident : $kty:ident),* ; $($val:ident : $vty:ident),* $(,)? );
     )*) => {
         $(
             $(#[$doc])*
@@ -33,35 +105,20 @@ macro_rules! define_probes {
                 #[allow(unused_imports)]
                 use super::*;
 
-                /// This probe's USDT semaphore.
-                #[cfg(feature = "enabled")]
-                #[unsafe(link_section = ".probes")]
-                #[unsafe(export_name = concat!("eventflux_", stringify!($name), "_semaphore"))]
-                pub static SEMAPHORE: crate::Semaphore = crate::Semaphore::new();
+                /// Index in the ABI table.
+                pub const ID: u32 = eventflux_abi::probe::$name::ID;
+                /// How this probe fires.
+                pub const CLASS: eventflux_abi::Class = eventflux_abi::probe::$name::CLASS;
+
+                /// This probe's USDT semaphore: non-zero while a tool is attached.
+                #[cfg_attr(feature = "enabled", unsafe(link_section = ".probes"))]
+                #[cfg_attr(feature = "enabled", unsafe(export_name = concat!("eventflux_", stringify!($name), "_semaphore")))]
+                pub static SEMAPHORE: Semaphore = Semaphore::new();
 
                 /// Whether a tool is attached to this probe.
                 #[inline(always)]
                 pub fn is_enabled() -> bool {
-                    #[cfg(feature = "enabled")]
-                    return SEMAPHORE.is_active();
-                    #[cfg(not(feature = "enabled"))]
-                    return false;
-                }
-
-                /// The enabled path of [`crate::probe!`]: replays registrations to new observers,
-                /// then executes the site.
-                ///
-                /// Out of line and `#[cold]` on purpose. At the call site the enabled branch is
-                /// then a few register moves and one call, marked unlikely, so a detached site
-                /// stays a load and a branch and the code around it compiles as if the marker
-                /// were absent (an inlined site perturbed the demo's loops by 1.4% more
-                /// instructions). The calls cost nanoseconds on a path that takes a uprobe trap.
-                #[doc(hidden)]
-                #[cold]
-                #[inline(never)]
-                pub fn fire_enabled($($arg: arg_type!($kind)),+) {
-                    crate::registry::sync_observers();
-                    site($($arg),+);
+                    cfg!(feature = "enabled") && SEMAPHORE.is_active()
                 }
 
                 /// The probe site itself: a `nop` and its note. One function per probe, so a
@@ -69,75 +126,25 @@ macro_rules! define_probes {
                 /// duplicates it inside this function), and the note is discarded together
                 /// with the function when a binary never fires the probe.
                 #[inline(never)]
-                pub fn site($($arg: arg_type!($kind)),+) {
+                pub fn site($($key: arg_type!($kty),)* $($val: arg_type!($vty)),*) {
                     #[cfg(all(feature = "enabled", target_arch = "x86_64", target_os = "linux"))]
-                    crate::__sdt_site!($name, $($arg : $kind),+);
+                    crate::__sdt_site!($name, $($key : $kty,)* $($val : $vty),*);
                     #[cfg(not(all(feature = "enabled", target_arch = "x86_64", target_os = "linux")))]
-                    let _ = ($($arg,)+);
+                    let _ = ($($key,)* $($val,)*);
                 }
+
+                class_api!($class, $name; $($key),*; $($val),*);
             }
         )*
 
-        /// Every probe in ABI order, with its arguments; `docs/probes.md` documents each.
-        pub const PROBES: &[ProbeDef] = &[
-            $(ProbeDef {
-                name: stringify!($name),
-                args: &[$(ArgDef { name: stringify!($arg), kind: arg_kind!($kind) }),+],
-            },)*
-        ];
+        /// Every probe's semaphore, by probe id.
+        pub(crate) static SEMAPHORES: [&Semaphore; eventflux_abi::probe::COUNT] = [$(&$name::SEMAPHORE),*];
+
+        /// See [`keep_control`].
+        pub(crate) fn keep_control_sites() {
+            $(keep_control!($class, $name);)*
+        }
     };
 }
 
-define_probes! {
-    /// A stream was defined: fired by [`crate::register_stream`] and replayed to new observers.
-    stream_register(stream_id: u32, name: str, role: u32, junction: u32, capacity: u64);
-    /// A query was started: fired by [`crate::register_query`] and replayed to new observers.
-    query_register(
-        query_id: u32,
-        name: str,
-        input_stream_id: u32,
-        output_stream_id: u32,
-        window_kind: u32,
-        window_size: u64,
-    );
-    /// A query was stopped: fired by [`crate::unregister_query`].
-    query_unregister(query_id: u32);
-    /// A chunk of events entered a stream junction from a source.
-    ingest(stream_id: u32, events: u64);
-    /// A junction handed a chunk to one subscribing query (called it, or queued it).
-    junction_send(stream_id: u32, query_id: u32, events: u64);
-    /// A query started processing one chunk (batch) of its input stream.
-    query_batch_start(query_id: u32, stream_id: u32, events: u64);
-    /// The query finished the chunk: `events_out` is what it emitted for it.
-    query_batch_end(query_id: u32, events_in: u64, events_out: u64);
-    /// The filter started on a chunk.
-    filter_start(query_id: u32, events_in: u64);
-    /// The filter finished: `events_out` passed the predicate.
-    filter_end(query_id: u32, events_in: u64, events_out: u64);
-    /// The window processor started on the filtered chunk.
-    window_start(query_id: u32, events_in: u64);
-    /// The window processor finished: `events_out` were released downstream, `state_bytes` are held.
-    window_end(query_id: u32, events_in: u64, events_out: u64, state_bytes: u64);
-    /// The aggregation started on what the window released.
-    aggregate_start(query_id: u32, events_in: u64);
-    /// The aggregation finished: `events_out` result rows, `groups` live group-by keys.
-    aggregate_end(query_id: u32, events_out: u64, groups: u64);
-    /// The query started emitting rows into its output stream.
-    emit_start(query_id: u32, stream_id: u32, events: u64);
-    /// The rows were handed to the output stream.
-    emit_end(query_id: u32, stream_id: u32, events: u64);
-    /// An async junction queued a chunk for a subscriber: queue depth after the push.
-    queue_push(stream_id: u32, query_id: u32, depth: u64, capacity: u64, bytes: u64);
-    /// A subscriber's worker took a chunk off its queue: depth after the pop, time queued.
-    queue_pop(stream_id: u32, query_id: u32, depth: u64, wait_ns: u64);
-    /// A producer found a subscriber's queue full and has to wait.
-    backpressure(stream_id: u32, query_id: u32, depth: u64, capacity: u64);
-    /// A query failed to process `count` events of a chunk.
-    error(query_id: u32, kind: u32, count: u64);
-    /// A source or sink connection was established.
-    conn_open(protocol: u32);
-    /// A connection was closed.
-    conn_close(protocol: u32);
-    /// A connection attempt or an established connection failed.
-    conn_error(protocol: u32, kind: u32);
-}
+eventflux_abi::for_each_probe!(define_probes);

@@ -3,15 +3,14 @@
 //! Streams and queries are registered once, usually before any tracer is attached. An observer
 //! that attaches to a running engine still needs the id → name table, so every registration is
 //! kept here and fired again whenever the set of tools attached to the registration probes
-//! changes. The check runs only inside an enabled probe (see [`crate::probe!`]), so it adds
-//! nothing to a detached site.
+//! changes. The flusher thread checks once per interval, off the engine's paths.
 
 use std::ffi::CString;
 use std::sync::Mutex;
 #[cfg(feature = "enabled")]
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::abi::{JunctionKind, StreamRole, WindowKind};
+use eventflux_abi::{JunctionKind, StreamRole, WindowKind};
 
 /// A stream definition, as announced by `stream_register`.
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +104,7 @@ impl Query {
 
 /// Registers a stream: fires `stream_register` now and again for every later observer.
 pub fn register_stream(info: StreamInfo<'_>) {
+    crate::accum::start_flusher();
     let mut reg = lock();
     reg.streams.retain(|s| s.id != info.id);
     reg.streams.push(Stream {
@@ -119,6 +119,7 @@ pub fn register_stream(info: StreamInfo<'_>) {
 
 /// Registers a query: fires `query_register` now and again for every later observer.
 pub fn register_query(info: QueryInfo<'_>) {
+    crate::accum::start_flusher();
     let mut reg = lock();
     reg.queries.retain(|q| q.id != info.id);
     reg.queries.push(Query {
@@ -132,8 +133,10 @@ pub fn register_query(info: QueryInfo<'_>) {
     announce(&reg, || reg.queries.last().into_iter().for_each(Query::fire));
 }
 
-/// Stops announcing a query and fires `query_unregister`.
+/// Stops announcing a query and fires `query_unregister`, after flushing every count so that
+/// observers have the query's final totals when they learn it stopped.
 pub fn unregister_query(id: u32) {
+    crate::accum::flush();
     let mut reg = lock();
     reg.queries.retain(|q| q.id != id);
     crate::query_unregister::site(id);
@@ -167,9 +170,8 @@ fn observers() -> u32 {
     u32::from(crate::stream_register::SEMAPHORE.count()) + u32::from(crate::query_register::SEMAPHORE.count())
 }
 
-/// Replays the table if the tools attached to the registration probes changed. Called from
-/// inside every enabled probe, i.e. only while someone is attached to that probe.
-#[inline(always)]
+/// Replays the table if the tools attached to the registration probes changed. Called by the
+/// flusher once per interval.
 pub(crate) fn sync_observers() {
     #[cfg(feature = "enabled")]
     if observers() != ANNOUNCED_TO.load(Ordering::Relaxed) {

@@ -114,7 +114,17 @@ macro_rules! __sdt_note {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __sdt_site {
-    ($name:ident, $first:ident : $fkind:ident $(, $arg:ident : $kind:ident)*) => {
+    ($name:ident $(,)?) => {
+        $crate::__sdt_site!(@emit $name, "",);
+    };
+    ($name:ident, $first:ident : $fkind:ident $(, $arg:ident : $kind:ident)* $(,)?) => {
+        $crate::__sdt_site!(
+            @emit $name,
+            concat!($crate::__sdt_argspec!($fkind, $first), $(" ", $crate::__sdt_argspec!($kind, $arg),)*),
+            $first $(, $arg)*
+        );
+    };
+    (@emit $name:ident, $spec:expr, $($arg:ident),*) => {
         // SAFETY: a nop between two stack-pointer moves that cancel out; it reads its operands
         // and touches no memory or flags; the note sections are restored by popsection.
         unsafe {
@@ -122,19 +132,9 @@ macro_rules! __sdt_site {
                 $crate::__sdt_guard_enter!(),
                 $crate::__sdt_nop5!(),
                 $crate::__sdt_guard_leave!(),
-                $crate::__sdt_note!(
-                    "eventflux",
-                    stringify!($name),
-                    concat!(
-                        $crate::__sdt_argspec!($fkind, $first),
-                        $(" ", $crate::__sdt_argspec!($kind, $arg),)*
-                    ),
-                    "{__semaphore}",
-                    "{__function}"
-                ),
+                $crate::__sdt_note!("eventflux", stringify!($name), $spec, "{__semaphore}", "{__function}"),
                 __semaphore = sym SEMAPHORE,
                 __function = sym site,
-                $first = in(reg) $first,
                 $($arg = in(reg) $arg,)*
                 // `readonly`: a tracer dereferences string arguments while the nop executes, so
                 // the bytes must be in memory. (The site is its own out-of-line function, so this

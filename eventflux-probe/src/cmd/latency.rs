@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use eventflux_probe::bpf::Kernel;
 use eventflux_probe::collector::{Collector, HistData, Snapshot};
+use eventflux_probe::budget::Budget;
 use eventflux_probe_common::{hist, probe, stage};
 use serde_json::json;
 
@@ -31,63 +32,46 @@ pub struct Args {
     /// Print JSON instead of histograms.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    budget: target::BudgetArgs,
 }
 
-/// The probes a stage needs: its own start and end, and those of every stage it calls (their
-/// time is subtracted from its self time).
-fn probes_for(stage_name: Option<&str>) -> Result<(Vec<u32>, Vec<u32>)> {
-    use probe::*;
-    let nested = [
-        (stage::EMIT, vec![EMIT_START, EMIT_END]),
-        (stage::AGGREGATE, vec![AGGREGATE_START, AGGREGATE_END]),
-        (stage::WINDOW, vec![WINDOW_START, WINDOW_END]),
-        (stage::FILTER, vec![FILTER_START, FILTER_END]),
-    ];
-    let batch = vec![QUERY_BATCH_START, QUERY_BATCH_END];
-    let ingest = vec![JUNCTION_SEND, QUERY_BATCH_START, QUERY_BATCH_END, QUEUE_POP];
-    let mut probes = vec![QUERY_REGISTER, STREAM_REGISTER, QUERY_UNREGISTER];
+/// The probes `latency` attaches: the registrations (for names), the two sample probes, and
+/// the control probes of its budget. The engine times the stages itself (probe ABI v2), so
+/// one stage needs no other stage's probes.
+fn probes_for(stage_name: Option<&str>, budget: &Budget) -> Result<(Vec<u32>, Vec<u32>)> {
     let stages: Vec<u32> = match stage_name {
-        None => {
-            probes.extend(ingest);
-            nested.iter().for_each(|(_, p)| probes.extend(p));
-            vec![stage::INGEST, stage::FILTER, stage::WINDOW, stage::AGGREGATE, stage::EMIT, stage::BATCH]
-        }
-        Some(name) => {
-            let Some(s) = stage::NAMES.iter().position(|n| *n == name).map(|i| i as u32) else {
-                bail!("unknown stage `{name}`: use one of {}", stage::NAMES.join(", "));
-            };
-            match s {
-                stage::BATCH => probes.extend(batch),
-                stage::INGEST => probes.extend(ingest),
-                _ => {
-                    // This stage and every stage nested inside it.
-                    for (st, p) in &nested {
-                        probes.extend(p);
-                        if *st == s {
-                            break;
-                        }
-                    }
-                }
-            }
-            vec![s]
-        }
+        None => (0..stage::NAMES.len() as u32).collect(),
+        Some(name) => match stage::NAMES.iter().position(|n| *n == name) {
+            Some(s) => vec![s as u32],
+            None => bail!("unknown stage `{name}`: use one of {}", stage::NAMES.join(", ")),
+        },
     };
-    probes.sort_unstable();
-    probes.dedup();
+    let mut probes = vec![
+        probe::stream_register::ID,
+        probe::query_register::ID,
+        probe::query_unregister::ID,
+        probe::stage_sample::ID,
+        probe::batch_sample::ID,
+    ];
+    probes.extend(budget.control_probes());
     Ok((probes, stages))
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let (probes, stages) = probes_for(args.stage.as_deref())?;
+    let budget = args.budget.budget(Some(eventflux_probe::budget::RUN_SAMPLES_PER_SEC))?;
+    let (probes, stages) = probes_for(args.stage.as_deref(), &budget)?;
     let binaries = target::eventflux_binaries(args.pid)?;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    // Kernel run statistics, for the cost line below.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
     let mut kernel = Kernel::load(&probes)?;
     let report = kernel.attach_process(args.pid, &binaries)?;
     let kernel = Arc::new(Mutex::new(kernel));
     let collector = Collector::new(Arc::clone(&kernel), Duration::ZERO)?;
     eprintln!(
-        "Attached {} probes ({} sites) to pid {}. {}",
+        "Attached {} probes ({} sites) to pid {}, asking for {budget}. {}",
         report.probes,
         report.sites,
         args.pid,
@@ -96,6 +80,7 @@ pub fn run(args: &Args) -> Result<()> {
             None => "Collecting; Ctrl-C to print.".to_owned(),
         }
     );
+    let started = std::time::Instant::now();
     runtime.block_on(async {
         let wait = async {
             match args.duration {
@@ -117,7 +102,13 @@ pub fn run(args: &Args) -> Result<()> {
         }
     });
     let snap = collector.snapshot()?;
+    let elapsed = started.elapsed().as_secs_f64().max(1e-3);
     kernel.lock().unwrap_or_else(|e| e.into_inner()).detach_all();
+    let hits: u64 = snap.daemon.programs.iter().filter(|(n, ..)| n.ends_with("_sample")).map(|(_, runs, _)| runs).sum();
+    eprintln!(
+        "Cost to the engine: {hits} sample probe hits ({:.0}/s), each a uprobe trap in the engine thread (a few hundred ns) after the batch it describes.",
+        hits as f64 / elapsed
+    );
     let rows = select(&snap, args.pid, &stages, args.query.as_deref());
     let out = if args.json { to_json(&rows) } else { to_text(&rows) };
     print!("{out}");

@@ -14,7 +14,7 @@ use axum::routing::get;
 use eventflux_probe::bpf::Kernel;
 use eventflux_probe::collector::Collector;
 use eventflux_probe::export::prometheus::{self as prom, Options};
-use eventflux_probe_common::probe;
+use eventflux_probe_common::{Class, PROBES};
 use tokio::net::TcpListener;
 
 use super::target;
@@ -35,6 +35,8 @@ pub struct Args {
     /// Label sets per metric before further ones are folded into one `overflow` series.
     #[arg(long, value_name = "N", default_value_t = 2000)]
     max_series: usize,
+    #[command(flatten)]
+    budget: target::BudgetArgs,
 }
 
 struct AppState {
@@ -49,6 +51,7 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 async fn serve(args: &Args) -> Result<()> {
+    let budget = args.budget.budget(Some(eventflux_probe::budget::RUN_SAMPLES_PER_SEC))?;
     let binaries = target::eventflux_binaries(args.pid)?;
     let listener = TcpListener::bind(args.listen).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => anyhow!(
@@ -60,8 +63,11 @@ async fn serve(args: &Args) -> Result<()> {
 
     // Keeps the kernel's BPF run-time statistics on while we run (the program metrics).
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
-    let all: Vec<u32> = (0..probe::NAMES.len() as u32).collect();
-    let mut kernel = Kernel::load(&all)?;
+    // Every probe that carries data, and the two control probes of our budget.
+    let mut probes: Vec<u32> =
+        PROBES.iter().enumerate().filter(|(_, p)| p.class != Class::Control).map(|(i, _)| i as u32).collect();
+    probes.extend(budget.control_probes());
+    let mut kernel = Kernel::load(&probes)?;
     let report = kernel.attach_process(args.pid, &binaries)?;
     for s in &report.skipped {
         tracing::warn!("not attached: {s}");
@@ -73,6 +79,7 @@ async fn serve(args: &Args) -> Result<()> {
         attach_ms = report.elapsed.as_secs_f64() * 1e3,
         "attached"
     );
+    tracing::info!("asked the engine for {budget}");
     let kernel = Arc::new(Mutex::new(kernel));
     let collector = Arc::new(Collector::new(Arc::clone(&kernel), Duration::from_millis(100))?);
     collector.add_target(args.pid, report.probes);

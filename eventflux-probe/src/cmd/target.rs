@@ -3,6 +3,7 @@
 
 use anyhow::{Result, bail};
 use eventflux_probe::bpf::PROVIDER;
+use eventflux_probe::budget::Budget;
 use eventflux_probe::usdt::{self, BinaryProbes};
 
 /// The target's files that carry eventflux probes. Fails with one clear line if the pid does
@@ -23,6 +24,31 @@ pub fn eventflux_binaries(pid: u32) -> Result<Vec<BinaryProbes>> {
     Ok(with_probes)
 }
 
+/// What this observer asks of the engine (see `eventflux_probe::budget`).
+#[derive(Debug, clap::Args)]
+pub struct BudgetArgs {
+    /// Sampled batches per second per engine thread (16, 64, 256, 1024, 4096 or 16384; other
+    /// values round down to one of these). Latency histograms come from the sampled batches.
+    #[arg(long, value_name = "N")]
+    sample_rate: Option<u32>,
+    /// Time every batch instead of sampling: a deep dive that costs the engine several probe
+    /// hits per batch while attached.
+    #[arg(long, conflicts_with = "sample_rate")]
+    every_batch: bool,
+    /// How often the engine hands over its counts (10ms to 2s; rounds down to 10, 20, 50, 100,
+    /// 250, 500 ms, 1 s or 2 s). Counters lag by at most this much.
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
+    flush_interval: std::time::Duration,
+}
+
+impl BudgetArgs {
+    /// The budget asked for, with `default_rate` when no rate was given.
+    pub fn budget(&self, default_rate: Option<u32>) -> Result<Budget> {
+        let rate = if self.every_batch { None } else { self.sample_rate.or(default_rate) };
+        Budget::new(rate, self.flush_interval)
+    }
+}
+
 /// Parses `10s`, `500ms`, `2m`, `1h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
@@ -40,5 +66,5 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     if !(secs.is_finite() && secs > 0.0) {
         return Err(format!("`{s}` is not a positive duration"));
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    std::time::Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is too long a duration"))
 }

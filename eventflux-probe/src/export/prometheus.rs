@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use eventflux_probe_common::{counter, drop as drops, gauge, hist, stage};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use usdt_markers::abi::{ConnErrorKind, ErrorKind, Protocol, WindowKind};
+use eventflux_abi::{ConnErrorKind, ErrorKind, Protocol, WindowKind};
 
 use crate::collector::{HistData, Snapshot};
 
@@ -194,6 +194,18 @@ fn engine_metrics(snap: &Snapshot, f: &mut Families) {
                 with_pid(pid, vec![("query_id", query(k.a)), ("output_stream", stream(k.b))]),
                 v,
             ),
+            counter::QUERY_BATCHES => f.counter(
+                "query_batches_total",
+                "Query batches (chunks of input), every one; query_latency_seconds_count counts the sampled ones.",
+                with_pid(pid, vec![("query_id", query(k.a))]),
+                v,
+            ),
+            counter::ENGINE_SPANS_DROPPED => f.counter(
+                "eventflux_probe_engine_spans_dropped_total",
+                "Span records of sampled batches the engine could not keep (nesting deeper than its buffer).",
+                with_pid(pid, vec![]),
+                v,
+            ),
             counter::QUERY_ERRORS => f.counter(
                 "query_execution_errors_total",
                 "Events the query failed to process.",
@@ -305,14 +317,14 @@ fn engine_metrics(snap: &Snapshot, f: &mut Families) {
         if k.stage == stage::BATCH {
             f.histogram(
                 "query_latency_seconds",
-                "Time a query takes for one batch (chunk) of events, all stages included.",
+                "Time a query takes for one batch (chunk) of events, all stages included; from sampled batches (a few per second per engine thread), so _count counts sampled batches and query_batches_total all of them.",
                 with_pid(k.pid, vec![("query_id", q)]),
                 h,
             );
         } else if let Some(name) = stage::NAMES.get(k.stage as usize) {
             f.histogram(
                 "query_stage_latency_seconds",
-                "Self time of one stage of a query per batch (stages it calls excluded); ingest is the hand-off from the stream junction.",
+                "Self time of one stage of a query per sampled batch (stages it calls excluded); ingest is the time a chunk waited in an async junction's queue.",
                 with_pid(k.pid, vec![("query_id", q), ("stage", (*name).to_owned())]),
                 h,
             );

@@ -1,0 +1,342 @@
+//! Counts and gauges accumulated in the engine, handed to observers once per flush interval.
+//!
+//! The model: a probe hit costs a uprobe trap (~0.4–0.8 µs), so nothing that happens per chunk
+//! may fire one. A series (a count or gauge probe with its key arguments fixed, e.g. `ingest`
+//! of stream 3) gets a few cells when the engine creates its handle:
+//! - count cells live in a per-thread block: the thread that adds is the only writer of its
+//!   block, so an add is a plain load, add and store (relaxed atomics, for the flusher's reads)
+//!   with no lock prefix and no sharing of cache lines between engine threads;
+//! - gauge cells are process-wide; a set is a plain store, the last writer wins.
+//!
+//! A flusher thread wakes once per interval (the shortest any observer asked for through the
+//! control probes, else [`eventflux_abi::DEFAULT_FLUSH_MS`]), sums each count series over all
+//! blocks, and fires the probe with the difference since its previous hit; gauges are fired when
+//! they changed, or when the probe's set of observers changed. It also flushes when a query stops
+//! ([`crate::unregister_query`]) and when the process exits (`atexit`), so totals are exact.
+//! Blocks are never freed: a block whose thread exited is handed to the next new thread, and its
+//! cumulative cells keep counting, so nothing a thread added before exiting is lost.
+//!
+//! While no observer is attached to a probe its handles do nothing (the semaphore test fails),
+//! and the flusher fires nothing for it; the counts an observer sees start when its attach
+//! raised the semaphore. When the last observer detaches, what was added since the last flush
+//! is dropped so that the next observer does not receive it.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::Duration;
+
+use eventflux_abi::{DEFAULT_FLUSH_MS, FLUSH_LEVELS};
+
+use crate::Semaphore;
+use crate::probes::SEMAPHORES;
+
+/// Most key arguments of a count or gauge probe (checked by a test of the ABI table).
+pub const MAX_KEYS: usize = 4;
+/// Most amounts or values of a count or gauge probe.
+pub const MAX_VALUES: usize = 4;
+
+/// Count cells per thread block (8 bytes each). Series past it fire their probe directly on
+/// every add: exact, but each add then costs a trap while attached.
+const BLOCK_CELLS: usize = 8192;
+/// Gauge cells for the whole process; series past it fire directly likewise.
+const GAUGE_CELLS: usize = 4096;
+
+/// What the flusher needs to know about a count or gauge probe; one static per probe,
+/// generated with it.
+pub struct ProbeInfo {
+    /// Probe id (ABI table index).
+    pub id: u32,
+    /// A gauge (last value) rather than a count (amounts summed).
+    pub gauge: bool,
+    /// Amounts or values per series.
+    pub values: usize,
+    /// The probe's semaphore.
+    pub semaphore: &'static Semaphore,
+    /// Fires the probe's site for one series.
+    pub fire: fn(&[u32; MAX_KEYS], &[u64; MAX_VALUES]),
+}
+
+/// A series of a count or gauge probe: its first cell (`DIRECT` when there was no room) and
+/// its index in the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct Handle {
+    base: u32,
+    series: u32,
+}
+
+const DIRECT: u32 = u32::MAX;
+
+struct Series {
+    probe: &'static ProbeInfo,
+    keys: [u32; MAX_KEYS],
+    base: u32,
+}
+
+#[derive(Default)]
+struct Registry {
+    series: Vec<Series>,
+    by_key: BTreeMap<(u32, [u32; MAX_KEYS]), u32>,
+    count_cells: usize,
+    gauge_cells: usize,
+}
+
+static REGISTRY: Mutex<Registry> =
+    Mutex::new(Registry { series: Vec::new(), by_key: BTreeMap::new(), count_cells: 0, gauge_cells: 0 });
+
+/// One engine thread's count cells. Leaked: blocks are recycled, never freed, so the flusher
+/// can read them without coordinating with thread exit.
+struct Block {
+    cells: Box<[AtomicU64]>,
+    in_use: AtomicBool,
+}
+
+static BLOCKS: Mutex<Vec<&'static Block>> = Mutex::new(Vec::new());
+
+static GAUGES: [AtomicU64; GAUGE_CELLS] = [const { AtomicU64::new(0) }; GAUGE_CELLS];
+
+thread_local! {
+    /// This thread's block, null until its first attached add. No destructor, so reading it
+    /// is a single thread-pointer-relative load.
+    static BLOCK: Cell<*const Block> = const { Cell::new(std::ptr::null()) };
+    /// Hands the block back when the thread exits (registered on first use).
+    static RELEASE: ReleaseBlock = const { ReleaseBlock };
+}
+
+struct ReleaseBlock;
+
+impl Drop for ReleaseBlock {
+    fn drop(&mut self) {
+        let _ = BLOCK.try_with(|b| {
+            let p = b.replace(std::ptr::null());
+            // SAFETY: a non-null BLOCK points at a leaked, never-freed Block.
+            if let Some(block) = unsafe { p.as_ref() } {
+                block.in_use.store(false, Ordering::Release);
+            }
+        });
+    }
+}
+
+/// Locks ignoring poison: a panic elsewhere leaves these tables consistent (every update is a
+/// single push or store), and observability must never take the engine down.
+fn lock<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Handle {
+    /// The series of `probe` with these keys: the existing one, or new cells.
+    pub fn new(probe: &'static ProbeInfo, keys: &[u32]) -> Handle {
+        let mut k = [0u32; MAX_KEYS];
+        for (slot, key) in k.iter_mut().zip(keys) {
+            *slot = *key;
+        }
+        start_flusher();
+        let mut reg = lock(&REGISTRY);
+        if let Some(&i) = reg.by_key.get(&(probe.id, k)) {
+            return Handle { base: reg.series[i as usize].base, series: i };
+        }
+        let (used, cap) = if probe.gauge { (reg.gauge_cells, GAUGE_CELLS) } else { (reg.count_cells, BLOCK_CELLS) };
+        let base = if used + probe.values <= cap {
+            if probe.gauge {
+                reg.gauge_cells += probe.values;
+            } else {
+                reg.count_cells += probe.values;
+            }
+            used as u32
+        } else {
+            DIRECT
+        };
+        let i = reg.series.len() as u32;
+        reg.series.push(Series { probe, keys: k, base });
+        reg.by_key.insert((probe.id, k), i);
+        Handle { base, series: i }
+    }
+
+    /// Adds `values` to this thread's cells of the series.
+    #[inline(always)]
+    pub fn add<const N: usize>(&self, values: &[u64; N]) {
+        let block = BLOCK.with(Cell::get);
+        // SAFETY: a non-null BLOCK points at a leaked Block owned by this thread.
+        match unsafe { block.as_ref() } {
+            Some(b) if self.base != DIRECT => {
+                for (i, v) in values.iter().enumerate() {
+                    // Only this thread writes its block: load and store, no read-modify-write.
+                    if let Some(c) = b.cells.get(self.base as usize + i) {
+                        c.store(c.load(Ordering::Relaxed).wrapping_add(*v), Ordering::Relaxed);
+                    }
+                }
+            }
+            _ => self.add_slow(values),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_slow(&self, values: &[u64]) {
+        if self.base != DIRECT
+            && let Some(b) = claim_block()
+        {
+            for (i, v) in values.iter().enumerate() {
+                if let Some(c) = b.cells.get(self.base as usize + i) {
+                    c.store(c.load(Ordering::Relaxed).wrapping_add(*v), Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+        self.fire_direct(values);
+    }
+
+    /// Sets the series' gauge cells.
+    #[inline(always)]
+    pub fn set<const N: usize>(&self, values: &[u64; N]) {
+        if self.base == DIRECT {
+            self.fire_direct(values);
+            return;
+        }
+        for (i, v) in values.iter().enumerate() {
+            if let Some(c) = GAUGES.get(self.base as usize + i) {
+                c.store(*v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// No cell for this series (or none for this thread): the probe fires now with this amount
+    /// alone, which keeps totals exact at the cost of a trap.
+    #[cold]
+    #[inline(never)]
+    fn fire_direct(&self, values: &[u64]) {
+        let reg = lock(&REGISTRY);
+        let Some(s) = reg.series.get(self.series as usize) else { return };
+        let mut v = [0u64; MAX_VALUES];
+        for (slot, value) in v.iter_mut().zip(values) {
+            *slot = *value;
+        }
+        (s.probe.fire)(&s.keys, &v);
+    }
+}
+
+/// This thread's block: a free one, or a new one.
+fn claim_block() -> Option<&'static Block> {
+    // Registering the release fails once the thread's destructors run: then no block, and the
+    // caller fires directly.
+    RELEASE.try_with(|_| ()).ok()?;
+    let mut blocks = lock(&BLOCKS);
+    let block = match blocks.iter().find(|b| !b.in_use.load(Ordering::Relaxed)) {
+        Some(b) => *b,
+        None => {
+            let cells: Box<[AtomicU64]> = (0..BLOCK_CELLS).map(|_| AtomicU64::new(0)).collect();
+            let b: &'static Block = Box::leak(Box::new(Block { cells, in_use: AtomicBool::new(false) }));
+            blocks.push(b);
+            b
+        }
+    };
+    block.in_use.store(true, Ordering::Relaxed);
+    BLOCK.with(|c| c.set(block));
+    Some(block)
+}
+
+/// The flusher's memory: what each count cell held at the last flush, what each gauge series
+/// last reported, and each probe's semaphore then.
+#[derive(Default)]
+struct Flushed {
+    counts: Vec<u64>,
+    gauges: Vec<u64>,
+    semaphores: Vec<u16>,
+}
+
+static FLUSHED: Mutex<Flushed> = Mutex::new(Flushed { counts: Vec::new(), gauges: Vec::new(), semaphores: Vec::new() });
+
+/// Fires every count series that grew and every gauge series that changed since the last flush
+/// (to the observers attached now), then replays registrations to observers that arrived.
+pub fn flush() {
+    let mut state = lock(&FLUSHED);
+    let reg = lock(&REGISTRY);
+    let blocks = lock(&BLOCKS).clone();
+    let state = &mut *state;
+    state.counts.resize(reg.count_cells, 0);
+    state.gauges.resize(reg.gauge_cells, 0);
+    state.semaphores.resize(SEMAPHORES.len(), 0);
+    for s in &reg.series {
+        let (id, n) = (s.probe.id as usize, s.probe.values);
+        let now = s.probe.semaphore.count();
+        let before = state.semaphores.get(id).copied().unwrap_or(0);
+        if s.base == DIRECT || (now == 0 && before == 0) {
+            continue;
+        }
+        let base = s.base as usize;
+        let mut values = [0u64; MAX_VALUES];
+        let mut fire = false;
+        if s.probe.gauge {
+            for (i, v) in values.iter_mut().enumerate().take(n) {
+                *v = GAUGES[base + i].load(Ordering::Relaxed);
+                fire |= state.gauges[base + i] != *v;
+                state.gauges[base + i] = *v;
+            }
+            // New observers have not seen the current values yet.
+            fire |= now != before;
+        } else {
+            for (i, v) in values.iter_mut().enumerate().take(n) {
+                let total = blocks.iter().fold(0u64, |sum, b| sum.wrapping_add(b.cells[base + i].load(Ordering::Relaxed)));
+                *v = total.wrapping_sub(state.counts[base + i]);
+                state.counts[base + i] = total;
+                fire |= *v != 0;
+            }
+        }
+        // A probe nobody observes any more only has its baseline moved: the next observer
+        // counts from its own attach.
+        if fire && now != 0 {
+            (s.probe.fire)(&s.keys, &values);
+        }
+    }
+    for (seen, sem) in state.semaphores.iter_mut().zip(SEMAPHORES.iter()) {
+        *seen = sem.count();
+    }
+    drop(reg);
+    crate::registry::sync_observers();
+}
+
+/// The flush interval observers asked for: the shortest raised level.
+pub fn flush_interval() -> Duration {
+    let ms = FLUSH_LEVELS
+        .iter()
+        .rev()
+        .find(|(id, _)| SEMAPHORES.get(*id as usize).is_some_and(|s| s.is_active()))
+        .map_or(DEFAULT_FLUSH_MS, |(_, ms)| *ms);
+    Duration::from_millis(u64::from(ms))
+}
+
+static FLUSHER: Once = Once::new();
+
+/// Starts the flusher thread and the exit flush, once per process. Called from the cold paths
+/// (handle creation, registrations): an engine that uses the markers gets one sleeping thread
+/// that wakes once per interval.
+pub fn start_flusher() {
+    if !cfg!(feature = "enabled") {
+        return;
+    }
+    FLUSHER.call_once(|| {
+        // SAFETY: registers a function with C linkage and no arguments to run at exit.
+        unsafe { atexit(flush_at_exit) };
+        let spawned = std::thread::Builder::new().name("usdt-flush".into()).spawn(|| {
+            loop {
+                std::thread::sleep(flush_interval());
+                flush();
+                if std::hint::black_box(false) {
+                    crate::probes::keep_control_sites();
+                }
+            }
+        });
+        // Without the thread, counts still reach observers when a query stops and at exit.
+        drop(spawned);
+    });
+}
+
+unsafe extern "C" {
+    fn atexit(f: extern "C" fn()) -> std::ffi::c_int;
+}
+
+extern "C" fn flush_at_exit() {
+    // A panic must not unwind into libc's exit.
+    let _ = std::panic::catch_unwind(flush);
+}

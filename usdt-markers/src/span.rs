@@ -1,0 +1,366 @@
+//! Sampled batch and stage spans: the engine times a few batches per second per thread itself
+//! and hands the timings to observers after the batch, through `stage_sample` and
+//! `batch_sample`.
+//!
+//! Why the engine times them: a probe hit costs a trap of several hundred nanoseconds, as much
+//! as a small batch's whole work. Timed in the kernel, from start and end probes, a span would
+//! measure the observer's traps. Here the span boundaries read the clock (tens of nanoseconds,
+//! and only in sampled batches), the records wait in a per-thread buffer, and the probes fire
+//! after the outermost span closed, so no trap falls inside any measured span. What the clock
+//! reads themselves add to an enclosing span is subtracted (calibrated once per process).
+//!
+//! Which batches: a per-thread countdown picks the next sampled batch at random with a mean
+//! stride chosen from the batch rate seen so far, so that a thread samples about the level's
+//! rate per second (the most demanding `ctl_samples_*` level an observer raised, else
+//! [`eventflux_abi::DEFAULT_SAMPLES_PER_SEC`]) whatever its batch rate, and batches of several
+//! queries interleaved on one thread are sampled without aliasing. An unsampled batch costs a
+//! semaphore test, a decrement and a branch; every stage inside it a semaphore test and a
+//! thread-local load.
+//!
+//! ```
+//! use usdt_markers::span::{Batch, Span};
+//! use usdt_markers::abi::Stage;
+//! # let (query, stream, chunk) = (0u32, 0u32, [1u64, 2, 3]);
+//! let batch = Batch::enter();
+//! let filter = Span::enter();
+//! let passed = chunk.iter().filter(|v| **v > 1).count() as u64;
+//! filter.exit(query, Stage::Filter, chunk.len() as u64, passed);
+//! batch.exit(query, stream, chunk.len() as u64, passed);
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::sync::OnceLock;
+
+use eventflux_abi::{DEFAULT_SAMPLES_PER_SEC, SAMPLE_LEVELS, Stage};
+
+use crate::probes::{SEMAPHORES, batch_sample, spans_dropped, stage_sample};
+
+/// Spans open at once on a thread (a batch and the stages and batches nested in it).
+const MAX_OPEN: usize = 16;
+/// Records a thread keeps until its outermost span closes.
+const MAX_RECORDS: usize = 64;
+
+/// A query batch, sampled or not. Pass it to [`Batch::exit`] when the batch is done.
+#[must_use = "a sampled batch is reported when it exits"]
+#[derive(Debug)]
+pub struct Batch {
+    /// Start on CLOCK_MONOTONIC, 0 when not sampled.
+    start: u64,
+}
+
+/// A stage inside a batch, timed only when the batch is sampled.
+#[must_use = "a sampled span is reported when it exits"]
+#[derive(Debug)]
+pub struct Span {
+    start: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Frame {
+    start: u64,
+    /// Spans opened inside this one: each added two clock reads to this span's time.
+    nested: u64,
+    /// Sum of the (corrected) totals of the direct children.
+    children_ns: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Record {
+    Stage { query: u32, stage: u32, events_in: u64, events_out: u64, self_ns: u64, total_ns: u64, start_ns: u64 },
+    Batch { query: u32, stream: u32, events_in: u64, events_out: u64, latency_ns: u64, start_ns: u64 },
+}
+
+struct Recorder {
+    open: [Frame; MAX_OPEN],
+    depth: usize,
+    records: [Option<Record>; MAX_RECORDS],
+    len: usize,
+    dropped: u64,
+}
+
+thread_local! {
+    /// Batches until the next sampled one; 1 means the next. Starts at 1: a thread's first
+    /// batch while attached is sampled.
+    static COUNTDOWN: Cell<u32> = const { Cell::new(1) };
+    /// Non-zero while this thread is inside a sampled batch (the number of open spans).
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    static PACE: Cell<Pace> = const { Cell::new(Pace { stride: 1, last_ns: 0, rng: 0 }) };
+    static RECORDER: RefCell<Recorder> = const {
+        RefCell::new(Recorder {
+            open: [Frame { start: 0, nested: 0, children_ns: 0 }; MAX_OPEN],
+            depth: 0,
+            records: [None; MAX_RECORDS],
+            len: 0,
+            dropped: 0,
+        })
+    };
+}
+
+#[derive(Clone, Copy)]
+struct Pace {
+    /// Mean batches between samples, the last countdown drawn.
+    stride: u32,
+    last_ns: u64,
+    rng: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads, so observers can place
+/// the engine's timestamps on their own timeline.
+pub fn now_ns() -> u64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    unsafe extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+    const CLOCK_MONOTONIC: i32 = 1;
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { clock_gettime(CLOCK_MONOTONIC, &mut ts) };
+    (ts.sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.nsec as u64)
+}
+
+/// What one clock read costs, measured once: the smallest gap between back-to-back reads.
+fn read_cost_ns() -> u64 {
+    static COST: OnceLock<u64> = OnceLock::new();
+    *COST.get_or_init(|| {
+        let mut best = u64::MAX;
+        for _ in 0..64 {
+            let a = now_ns();
+            let b = now_ns();
+            best = best.min(b.saturating_sub(a));
+        }
+        best
+    })
+}
+
+/// Sampled batches per second per thread that observers asked for; 0 means every batch.
+pub fn samples_per_sec() -> u32 {
+    SAMPLE_LEVELS
+        .iter()
+        .rev()
+        .find(|(id, _)| SEMAPHORES.get(*id as usize).is_some_and(|s| s.is_active()))
+        .map_or(DEFAULT_SAMPLES_PER_SEC, |(_, rate)| *rate)
+}
+
+impl Batch {
+    const OFF: Batch = Batch { start: 0 };
+
+    /// Enters a query batch; decides whether it is sampled.
+    #[inline(always)]
+    pub fn enter() -> Batch {
+        if !batch_sample::is_enabled() {
+            return Batch::OFF;
+        }
+        // Inside a sampled batch every nested batch is part of its record.
+        if DEPTH.with(Cell::get) != 0 {
+            return Batch { start: open() };
+        }
+        let left = COUNTDOWN.with(Cell::get);
+        if left > 1 {
+            COUNTDOWN.with(|c| c.set(left - 1));
+            return Batch::OFF;
+        }
+        Batch::sampled()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn sampled() -> Batch {
+        crate::accum::start_flusher();
+        let now = now_ns();
+        let rate = samples_per_sec();
+        let mut pace = PACE.with(Cell::get);
+        if rate == 0 {
+            pace.stride = 1;
+        } else {
+            // Batches since the last sample over the time they took: the batch rate. The next
+            // stride aims at `rate` samples per second, moving at most 4x per sample so that a
+            // burst or a pause does not swing it wildly.
+            let period = 1_000_000_000 / u64::from(rate);
+            let elapsed = if pace.last_ns == 0 { period } else { now.saturating_sub(pace.last_ns).max(1) };
+            let want = u64::from(pace.stride).saturating_mul(period) / elapsed;
+            let (lo, hi) = (u64::from(pace.stride / 4), u64::from(pace.stride).saturating_mul(4));
+            pace.stride = want.clamp(lo, hi).clamp(1, u64::from(u32::MAX / 2)) as u32;
+        }
+        pace.last_ns = now;
+        // xorshift, seeded per thread from the clock: the draw only has to break aliasing.
+        let mut x = if pace.rng == 0 { now | 1 } else { pace.rng };
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        pace.rng = x;
+        let next = if pace.stride <= 1 { 1 } else { 1 + (x % (2 * u64::from(pace.stride) - 1)) as u32 };
+        PACE.with(|p| p.set(pace));
+        COUNTDOWN.with(|c| c.set(next));
+        Batch { start: open_at(now) }
+    }
+
+    /// Whether this batch is sampled.
+    pub fn is_sampled(&self) -> bool {
+        self.start != 0
+    }
+
+    /// Records the batch's hand-off from its stream junction: `wait_ns` the chunk waited in an
+    /// async junction's queue. Reported as the `ingest` stage.
+    pub fn handoff(&self, query_id: u32, events: u64, wait_ns: u64) {
+        if self.start != 0 {
+            push_record(Record::Stage {
+                query: query_id,
+                stage: Stage::Ingest.code(),
+                events_in: events,
+                events_out: events,
+                self_ns: wait_ns,
+                total_ns: wait_ns,
+                start_ns: self.start.saturating_sub(wait_ns),
+            });
+        }
+    }
+
+    /// Leaves the batch. When it was sampled and is the outermost span, its records fire now.
+    #[inline(always)]
+    pub fn exit(self, query_id: u32, stream_id: u32, events_in: u64, events_out: u64) {
+        if self.start != 0 {
+            self.exit_sampled(query_id, stream_id, events_in, events_out);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn exit_sampled(self, query: u32, stream: u32, events_in: u64, events_out: u64) {
+        if let Some((total, _, start)) = close(self.start) {
+            push_record(Record::Batch { query, stream, events_in, events_out, latency_ns: total, start_ns: start });
+        }
+        finish();
+    }
+}
+
+impl Span {
+    const OFF: Span = Span { start: 0 };
+
+    /// Enters a stage; timed only inside a sampled batch.
+    #[inline(always)]
+    pub fn enter() -> Span {
+        if !stage_sample::is_enabled() || DEPTH.with(Cell::get) == 0 {
+            return Span::OFF;
+        }
+        Span { start: open() }
+    }
+
+    /// Leaves the stage: `events_in` it was given, `events_out` it passed on.
+    #[inline(always)]
+    pub fn exit(self, query_id: u32, stage: Stage, events_in: u64, events_out: u64) {
+        if self.start != 0 {
+            self.exit_sampled(query_id, stage, events_in, events_out);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn exit_sampled(self, query: u32, stage: Stage, events_in: u64, events_out: u64) {
+        if let Some((total_ns, self_ns, start_ns)) = close(self.start) {
+            push_record(Record::Stage { query, stage: stage.code(), events_in, events_out, self_ns, total_ns, start_ns });
+        }
+        finish();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn open() -> u64 {
+    open_at(now_ns())
+}
+
+/// Opens a span starting at `now`; returns its start (never 0), or 0 if too deeply nested.
+fn open_at(now: u64) -> u64 {
+    let start = now.max(1);
+    RECORDER.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.depth >= MAX_OPEN {
+            r.dropped += 1;
+            return 0;
+        }
+        let d = r.depth;
+        r.open[d] = Frame { start, nested: 0, children_ns: 0 };
+        r.depth += 1;
+        DEPTH.with(|c| c.set(r.depth as u32));
+        start
+    })
+}
+
+/// Closes the innermost span, which must be the one that started at `start`: returns its
+/// total, its self time (children's totals subtracted) and its start, corrected for the clock
+/// reads of the spans nested in it. Out of order, the thread's spans are dropped.
+fn close(start: u64) -> Option<(u64, u64, u64)> {
+    let end = now_ns();
+    RECORDER.with(|r| {
+        let mut r = r.borrow_mut();
+        let d = r.depth.checked_sub(1)?;
+        let f = r.open[d];
+        if f.start != start {
+            r.dropped += (r.depth + r.len) as u64;
+            r.depth = 0;
+            r.len = 0;
+            DEPTH.with(|c| c.set(0));
+            return None;
+        }
+        r.depth = d;
+        DEPTH.with(|c| c.set(d as u32));
+        let cost = read_cost_ns();
+        // The span's own two reads straddle its bounds (about one read inside); each nested
+        // span's two reads lie wholly inside.
+        let overhead = cost.saturating_mul(1 + 2 * f.nested);
+        let total = end.saturating_sub(f.start).saturating_sub(overhead);
+        let own = total.saturating_sub(f.children_ns);
+        if let Some(parent) = d.checked_sub(1).and_then(|p| r.open.get_mut(p)) {
+            parent.nested += f.nested + 1;
+            parent.children_ns += total;
+        }
+        Some((total, own, f.start))
+    })
+}
+
+fn push_record(rec: Record) {
+    RECORDER.with(|r| {
+        let mut r = r.borrow_mut();
+        let len = r.len;
+        match r.records.get_mut(len) {
+            Some(slot) => {
+                *slot = Some(rec);
+                r.len += 1;
+            }
+            None => r.dropped += 1,
+        }
+    });
+}
+
+/// Once the outermost span closed: fires the thread's records, children first, every clock
+/// read done.
+fn finish() {
+    let pending = RECORDER.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.depth != 0 {
+            return None;
+        }
+        let n = r.len;
+        r.len = 0;
+        let dropped = std::mem::take(&mut r.dropped);
+        Some((r.records, n, dropped))
+    });
+    let Some((records, n, dropped)) = pending else { return };
+    for rec in records.iter().take(n).flatten() {
+        match *rec {
+            Record::Stage { query, stage, events_in, events_out, self_ns, total_ns, start_ns } => {
+                stage_sample::site(query, stage, events_in, events_out, self_ns, total_ns, start_ns)
+            }
+            Record::Batch { query, stream, events_in, events_out, latency_ns, start_ns } => {
+                batch_sample::site(query, stream, events_in, events_out, latency_ns, start_ns)
+            }
+        }
+    }
+    if dropped > 0 {
+        spans_dropped::Counter::new().add(dropped);
+    }
+}
