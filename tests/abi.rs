@@ -5,10 +5,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use integration_tests::{bin, readelf_notes};
-use usdt_markers::{ArgKind, PROBES};
+use usdt_markers::{ArgKind, Class, PROBES};
 
-/// Probe name → [(arg name, type)] from the doc's table rows: "| `name` | `a: u32`, `b: u64` | …".
-fn documented() -> BTreeMap<String, Vec<(String, String)>> {
+/// One documented probe: class, arguments (name, type), and how many arguments stand before
+/// the `;` that separates a series' keys from its values.
+type Documented = (String, Vec<(String, String)>, usize);
+
+/// Probe name → what the doc's table row says:
+/// "| `name` | class | `a: u32`, `b: u32`; `c: u64` | … |".
+fn documented() -> BTreeMap<String, Documented> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/probes.md");
     let doc = std::fs::read_to_string(&path).expect("docs/probes.md");
     let mut probes = BTreeMap::new();
@@ -16,19 +21,30 @@ fn documented() -> BTreeMap<String, Vec<(String, String)>> {
     let table = table.split("\n## ").next().unwrap_or(table);
     for line in table.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        if cells.len() < 4 || !cells[1].starts_with('`') {
+        if cells.len() < 5 || !cells[1].starts_with('`') {
             continue;
         }
         let name = cells[1].trim_matches('`').to_owned();
-        let args = cells[2]
-            .split(',')
-            .map(|a| {
-                let a = a.trim().trim_matches('`');
-                let (n, t) = a.split_once(':').unwrap_or_else(|| panic!("{name}: bad argument cell {a:?}"));
-                (n.trim().to_owned(), t.trim().to_owned())
-            })
-            .collect();
-        assert!(probes.insert(name.clone(), args).is_none(), "{name} documented twice");
+        let class = cells[2].to_owned();
+        let (keys, values) = match cells[3].split_once(';') {
+            Some((k, v)) => (k, v),
+            None => (cells[3], ""),
+        };
+        let parse = |part: &str| -> Vec<(String, String)> {
+            part.split(',')
+                .map(|a| a.trim().trim_matches('`'))
+                .filter(|a| !a.is_empty() && *a != "—")
+                .map(|a| {
+                    let (n, t) = a.split_once(':').unwrap_or_else(|| panic!("{name}: bad argument cell {a:?}"));
+                    (n.trim().to_owned(), t.trim().to_owned())
+                })
+                .collect()
+        };
+        let mut args = parse(keys);
+        let split = if cells[3].contains(';') { args.len() } else { usize::MAX };
+        args.extend(parse(values));
+        let split = if split == usize::MAX { args.len() } else { split };
+        assert!(probes.insert(name.clone(), (class, args, split)).is_none(), "{name} documented twice");
     }
     probes
 }
@@ -36,11 +52,16 @@ fn documented() -> BTreeMap<String, Vec<(String, String)>> {
 #[test]
 fn doc_and_code_agree() {
     let doc = documented();
-    let code: BTreeMap<String, Vec<(String, String)>> = PROBES
+    let code: BTreeMap<String, Documented> = PROBES
         .iter()
-        .map(|p| (p.name.to_owned(), p.args.iter().map(|a| (a.name.to_owned(), a.kind.name().to_owned())).collect()))
+        .map(|p| {
+            let args = p.args.iter().map(|a| (a.name.to_owned(), a.kind.name().to_owned())).collect();
+            // Keys are separated from values only for count and gauge probes.
+            let split = if matches!(p.class, Class::Count | Class::Gauge) { p.keys } else { p.args.len() };
+            (p.name.to_owned(), (p.class.name().to_owned(), args, split))
+        })
         .collect();
-    assert_eq!(doc, code, "docs/probes.md and usdt_markers::PROBES differ");
+    assert_eq!(doc, code, "docs/probes.md and the ABI table (eventflux_abi::PROBES) differ");
 
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/probes.md")).expect("doc");
     assert!(
@@ -53,6 +74,11 @@ fn doc_and_code_agree() {
 #[test]
 fn binary_notes_follow_the_abi() {
     let notes = readelf_notes(&bin("eventflux-demo"));
+    // Every probe has a site in the engine, the control probes too (they never fire, but
+    // observers attach to them).
+    for p in PROBES {
+        assert!(notes.iter().any(|n| n.name == p.name), "{} has no note in the demo", p.name);
+    }
     for note in notes.iter().filter(|n| n.provider == usdt_markers::PROVIDER) {
         let def =
             PROBES.iter().find(|p| p.name == note.name).unwrap_or_else(|| panic!("{} is not in the ABI", note.name));

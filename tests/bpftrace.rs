@@ -1,48 +1,79 @@
 //! Interoperability with Debian's bpftrace on the real kernel: it attaches to our probes,
-//! increments their semaphores, and sees exactly what the target did.
+//! increments their semaphores, and the one-liners of docs/probes.md give exactly what the
+//! target did.
 
+use std::path::Path;
 use std::process::Command;
 
 use integration_tests::{Bpftrace, GatedDemo, Scratch, bin, map_value, run_ok};
 
-/// `bpftrace -e 'usdt:BIN:eventflux:ingest { @ = sum(arg1) }'` reports exactly the number of
-/// events the demo ingested, and one hit per chunk.
+/// The bpftrace scripts of docs/probes.md, in order, with `BIN` replaced.
+fn documented_one_liners(binary: &Path) -> Vec<String> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/probes.md")).expect("doc");
+    let scripts: Vec<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("bpftrace -p PID -e '"))
+        .map(|l| l.strip_suffix('\'').expect("a one-liner ends with '").replace("BIN", &binary.to_string_lossy()))
+        .collect();
+    assert_eq!(scripts.len(), 5, "docs/probes.md's bpftrace section changed: update this test");
+    scripts
+}
+
+/// The one-liners, each in its own bpftrace attached at once (five observers): exact totals
+/// per stream and per query, every batch sampled once the control one-liner asks for it, and
+/// the registrations replayed to a late observer exactly once.
 #[test]
-fn bpftrace_counts_exactly_what_the_demo_ingested() {
+fn documented_one_liners_give_exact_totals() {
     let demo = bin("eventflux-demo");
     // 100,003 events in chunks of 64 over 3 streams: the last chunk is short.
     let events = 100_003u64;
     let target = GatedDemo::start(&demo, &["--events", "100003", "--streams", "3", "--queries", "4", "--batch", "64"]);
-    let script = format!(
-        "usdt:{}:eventflux:ingest {{ @events = sum(arg1); @chunks = count(); }} \
-         usdt:{}:eventflux:query_batch_start {{ @batches = count(); }} \
-         usdt:{}:eventflux:query_register {{ @queries[arg0, str(arg1)] = count(); }}",
-        demo.display(),
-        demo.display(),
-        demo.display()
+    let scripts = documented_one_liners(&demo);
+    let observers: Vec<Bpftrace> = scripts.iter().map(|s| Bpftrace::attach(target.pid(), s)).collect();
+    let names = Bpftrace::attach(
+        target.pid(),
+        &format!("usdt:{}:eventflux:query_register {{ @queries[arg0, str(arg1)] = count(); }}", demo.display()),
     );
-    let bt = Bpftrace::attach(target.pid(), &script);
     let summary: serde_json::Value = serde_json::from_str(target.open_and_wait().trim()).expect("summary JSON");
-    let maps = bt.finish();
+    let mut outputs = observers.into_iter().map(Bpftrace::finish_lines);
+    let maps = |lines: Vec<String>| -> Vec<(String, String)> {
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix('@').and_then(|r| r.split_once(": ")))
+            .map(|(k, v)| (format!("@{k}"), v.trim().to_owned()))
+            .collect()
+    };
+    let ingest = maps(outputs.next().expect("ingest"));
+    let query = maps(outputs.next().expect("query_events"));
+    let latency = outputs.next().expect("batch_sample");
+    let stages = outputs.next().expect("stage_sample");
+    let every = maps(outputs.next().expect("every batch"));
 
     assert_eq!(summary["events"], events);
-    assert_eq!(map_value(&maps, "@events"), events);
-    assert_eq!(map_value(&maps, "@chunks"), events.div_ceil(64));
-    let batches: u64 = summary["queries"]
-        .as_object()
-        .expect("queries")
-        .values()
-        .map(|q| q["batches"].as_u64().expect("batches"))
-        .sum();
-    assert_eq!(map_value(&maps, "@batches"), batches);
+    for s in summary["streams"].as_object().expect("streams").values().filter(|s| s["role"] == "input") {
+        assert_eq!(map_value(&ingest, &format!("@events[{}]", s["id"])), s["received"].as_u64().expect("received"));
+    }
+    let queries = summary["queries"].as_object().expect("queries");
+    for q in queries.values() {
+        let id = &q["id"];
+        assert_eq!(map_value(&query, &format!("@events[{id}]")), q["processed"].as_u64().expect("processed"));
+        assert_eq!(map_value(&query, &format!("@batches[{id}]")), q["batches"].as_u64().expect("batches"));
+        // ctl_samples_all: every batch was sampled, and reported once.
+        assert_eq!(map_value(&every, &format!("@sampled[{id}]")), q["batches"].as_u64().expect("batches"));
+        assert!(latency.iter().any(|l| l.starts_with(&format!("@latency_ns[{id}]:"))), "{latency:?}");
+    }
+    for stage in 1..=4 {
+        assert!(stages.iter().any(|l| l.starts_with(&format!("@self_ns[{stage}]:"))), "stage {stage}: {stages:?}");
+    }
 
     // The demo registered its queries before bpftrace attached; the registrations were replayed
     // to it exactly once, with the names the summary uses.
-    for (name, q) in summary["queries"].as_object().expect("queries") {
+    let names = names.finish();
+    for (name, q) in queries {
         let key = format!("@queries[{}, {name}]", q["id"]);
-        assert_eq!(map_value(&maps, &key), 1, "{key} in {maps:?}");
+        assert_eq!(map_value(&names, &key), 1, "{key} in {names:?}");
     }
-    assert_eq!(maps.iter().filter(|(k, _)| k.starts_with("@queries[")).count(), 4);
+    assert_eq!(names.iter().filter(|(k, _)| k.starts_with("@queries[")).count(), 4);
 }
 
 /// Arguments of a semaphore-gated probe are not evaluated while nothing is attached, and are

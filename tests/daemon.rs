@@ -2,14 +2,15 @@
 //! run to the end, then compare every scraped metric with the demo's own summary, exactly.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use eventflux_probe_common::{Class, PROBES};
 use integration_tests::{
     Daemon, GatedDemo, Sample, bin, computed_summary, free_port, parse_metrics, read_semaphore, run, run_ok, value,
 };
 use serde_json::Value;
 
-const DEMO: &[&str] = &["--events", "100003", "--streams", "3", "--queries", "4", "--batch", "64"];
+const DEMO: &[&str] = &["--events", "100003", "--streams", "3", "--queries", "4"];
 
 fn summary_of(text: &str) -> Value {
     serde_json::from_str(text.trim()).expect("summary JSON")
@@ -35,12 +36,16 @@ fn quantile_le(samples: &[Sample], name: &str, query: &str, q: f64) -> f64 {
     buckets.iter().find(|(_, c)| *c >= rank).expect("quantile").0
 }
 
-/// Whether `expected_ns` lies in the bucket ending at `le` or within `n` buckets of it, in the
-/// kernel's log-linear scale (4 per power of two: neighbouring bounds at most 1.25x apart).
-fn within_buckets(expected_ns: u64, le_seconds: f64, n: i32) -> bool {
+/// Whether `expected_ns` lies within a factor of the bucket ending at `le`: above `le / (1.25
+/// factor)` (the bucket's lower bound, loosened) and at most `le * factor`.
+/// The lowest exported bound (1.024 µs) holds everything below it, so there only the upper side
+/// is checked.
+fn within_factor(expected_ns: u64, le_seconds: f64, factor: f64) -> bool {
     let le_ns = le_seconds * 1e9;
-    let (lo, hi) = (le_ns / 1.25f64.powi(n + 1), le_ns * 1.25f64.powi(n));
-    (expected_ns as f64) > lo && (expected_ns as f64) <= hi
+    if le_ns <= 1_024.0 {
+        return (expected_ns as f64) <= le_ns * factor;
+    }
+    (expected_ns as f64) > le_ns / 1.25 / factor && (expected_ns as f64) <= le_ns * factor
 }
 
 /// The tests here each run a target and a daemon; run them one at a time so that latency tails
@@ -51,10 +56,24 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn check_exact(mode_args: &[&str]) {
+/// Probes `run` attaches: every probe that carries data, and one sampling and one flush level.
+fn run_probes() -> usize {
+    PROBES.iter().filter(|p| p.class != Class::Control).count() + 2
+}
+
+/// Runs the demo with `mode_args` (after DEMO's) under `observers` `run`s attached before its
+/// first event, and checks every scraped metric of each against the demo's own summary.
+fn check_exact(mode_args: &[&str], observers: usize) {
     let _serial = serial();
     let demo = bin("eventflux-demo");
     let mut args = DEMO.to_vec();
+    if !mode_args.contains(&"--batch") {
+        args.extend(["--batch", "64"]);
+    }
+    // Paced, so that the run lasts about a second: long enough for a thousand sampled batches,
+    // which the latency check below needs (a run of a tenth of a second would be sampled
+    // mostly in its cold first batches).
+    args.extend(["--rate", "100000"]);
     args.extend_from_slice(mode_args);
 
     // Detached reference run.
@@ -62,9 +81,11 @@ fn check_exact(mode_args: &[&str]) {
 
     let target = GatedDemo::start(&demo, &args);
     let pid = target.pid();
-    let mut daemon = Daemon::start(pid);
-    let attached_line = daemon.wait_for_log("attached", Duration::from_secs(5));
-    assert!(attached_line.contains("probes=22"), "{attached_line}");
+    let mut daemons: Vec<Daemon> = (0..observers).map(|_| Daemon::start(pid)).collect();
+    for daemon in &mut daemons {
+        let attached_line = daemon.wait_for_log("attached", Duration::from_secs(5));
+        assert!(attached_line.contains(&format!("probes={}", run_probes())), "{attached_line}");
+    }
 
     // Semaphores are raised by the kernel while attached.
     let list = run_ok(Command::new(bin("eventflux-probe")).args(["list", "--json", "--binary"]).arg(&demo));
@@ -75,8 +96,19 @@ fn check_exact(mode_args: &[&str]) {
 
     let attached = summary_of(&target.open_and_wait());
     // The target computed exactly what it computes unobserved.
-    assert_eq!(computed_summary(attached.clone()), computed_summary(detached), "observing changed the target's output");
+    assert_eq!(
+        computed_summary(attached.clone()),
+        computed_summary(detached.clone()),
+        "observing changed the target's output"
+    );
+    for daemon in daemons {
+        check_daemon(daemon, &attached, &detached, mode_args.contains(&"async"));
+    }
+}
 
+/// Every scraped metric of one `run` against the demo's summary (`attached`); latency against
+/// a detached run's own (`detached`).
+fn check_daemon(mut daemon: Daemon, attached: &Value, detached: &Value, async_mode: bool) {
     // The target has exited: `run` serves its final values. Let the collector's cache expire.
     daemon.wait_for_log("target exited", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(200));
@@ -112,25 +144,28 @@ fn check_exact(mode_args: &[&str]) {
             "{name}"
         );
         let batches = q["batches"].as_u64().expect("batches");
-        assert_eq!(get(&m, "query_latency_seconds_count", &id), batches, "{name}");
-        assert_eq!(get(&m, "query_latency_seconds_bucket", &[("query_id", name), ("le", "+Inf")]), batches);
-        for stage in ["ingest", "filter", "window"] {
-            assert_eq!(
-                get(&m, "query_stage_latency_seconds_count", &[("query_id", name), ("stage", stage)]),
-                batches,
-                "{name} {stage}: every batch has an {stage} span"
-            );
+        assert_eq!(get(&m, "query_batches_total", &id), batches, "{name}: every batch is counted");
+        // Latency comes from sampled batches: some, never more than there were.
+        let sampled = get(&m, "query_latency_seconds_count", &id);
+        assert!((1..=batches).contains(&sampled), "{name}: {sampled} sampled of {batches}");
+        assert_eq!(get(&m, "query_latency_seconds_bucket", &[("query_id", name), ("le", "+Inf")]), sampled);
+        let mut stages = vec!["filter"];
+        if async_mode {
+            stages.push("ingest");
         }
-        // p50 within a bucket. p99 is the 6th-largest of ~520 batches: one preemption between
-        // the demo's clock read and the probe moves it, so it is allowed two buckets.
-        for (quantile, key, buckets) in [(0.5, "p50_ns", 1), (0.99, "p99_ns", 2)] {
-            let le = quantile_le(&m, "query_latency_seconds", name, quantile);
-            let own = q[key].as_u64().expect("percentile");
-            assert!(
-                within_buckets(own, le, buckets),
-                "{name} {key}: the demo measured {own} ns, the histogram's bucket is le={le}"
-            );
+        for stage in stages {
+            let n = get(&m, "query_stage_latency_seconds_count", &[("query_id", name), ("stage", stage)]);
+            assert!((1..=sampled).contains(&n), "{name} {stage}: {n} samples of {sampled} sampled batches");
         }
+        // The sampled latency describes the engine, not the observer: its p50 is within 2x of
+        // what a detached run measures for itself (the benchmark holds the tighter bucket
+        // bounds over 10^5 batches; a few hundred samples here must not flake).
+        let le = quantile_le(&m, "query_latency_seconds", name, 0.5);
+        let own = detached["queries"][name.as_str()]["p50_ns"].as_u64().expect("p50");
+        assert!(
+            within_factor(own, le, 2.0),
+            "{name} p50: a detached run measured {own} ns, the sampled histogram's bucket is le={le}"
+        );
     }
     for (protocol, c) in attached["connections"].as_object().expect("connections") {
         let p = protocol.as_str();
@@ -146,14 +181,18 @@ fn check_exact(mode_args: &[&str]) {
         assert_eq!(get(&m, "connections_active", &[("protocol", p)]), 0);
     }
     assert_eq!(get(&m, "query_active_count", &[]), 0, "every query was unregistered at the end");
-    assert_eq!(get(&m, "eventflux_probe_probes_attached", &[]), 22);
-    for reason in ["counters_full", "hists_full", "spans_full", "stack_overflow", "events_full", "no_spec", "arg_read"]
-    {
+    assert_eq!(get(&m, "eventflux_probe_probes_attached", &[]), run_probes() as u64);
+    for reason in eventflux_probe_common::drop::NAMES {
         assert_eq!(get(&m, "eventflux_probe_dropped_events_total", &[("reason", reason)]), 0, "{reason}");
     }
-    // The program statistics come from the kernel: ingest ran once per chunk.
-    let chunks = 100_003u64.div_ceil(64);
-    assert_eq!(get(&m, "eventflux_probe_program_runs_total", &[("program", "ingest")]), chunks);
+    // The program statistics come from the kernel: ingest fired once per flush interval
+    // (1 s) while the engine ran, plus the flushes at query stop and exit, per stream: not
+    // once per chunk.
+    let streams = attached["streams"].as_object().expect("streams").values().filter(|s| s["role"] == "input").count();
+    let elapsed = attached["elapsed_s"].as_f64().expect("elapsed");
+    let ingest_runs = get(&m, "eventflux_probe_program_runs_total", &[("program", "ingest")]);
+    let bound = (streams as f64 * (elapsed + 4.0)) as u64;
+    assert!((1..=bound).contains(&ingest_runs), "ingest ran {ingest_runs} times in {elapsed} s for {streams} streams");
 
     // promtool accepts the exposition.
     let mut check = Command::new("promtool")
@@ -175,14 +214,106 @@ fn check_exact(mode_args: &[&str]) {
     assert!(status.success(), "run exited with {status}");
 }
 
+/// Two `run`s attached at once: each sees exact counts.
 #[test]
-fn sync_mode_counts_are_exact() {
-    check_exact(&[]);
+fn sync_mode_counts_are_exact_for_two_observers() {
+    check_exact(&[], 2);
 }
 
 #[test]
 fn async_mode_counts_are_exact() {
-    check_exact(&["--mode", "async", "--queue-capacity", "2"]);
+    check_exact(&["--mode", "async", "--queue-capacity", "2"], 1);
+}
+
+/// Chunks of one event: the rate of the real engine's `send_single_event`.
+#[test]
+fn chunks_of_one_event_count_exactly() {
+    check_exact(&["--batch", "1"], 1);
+}
+
+/// An engine that went idle still hands over its counts within the flush interval: the demo
+/// stops producing and holds its queries open; the counters become exact while it idles.
+#[test]
+fn idle_engine_counts_arrive_within_the_flush_interval() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let args = ["--events", "200003", "--streams", "2", "--queries", "3", "--batch", "64"];
+    let reference = summary_of(&String::from_utf8(run_ok(Command::new(&demo).args(args)).stdout).expect("UTF-8"));
+    let mut held = args.to_vec();
+    held.extend(["--hold", "6"]);
+    let target = GatedDemo::start(&demo, &held);
+    let mut daemon = Daemon::start_with(target.pid(), &["--flush-interval", "100ms"]);
+    daemon.wait_for_log("every 100 ms", Duration::from_secs(5));
+    let mut target = target.open();
+    target.wait_for_stderr("idle for", Duration::from_secs(60));
+    let idle_since = Instant::now();
+
+    let processed = |m: &[Sample]| -> Vec<u64> {
+        reference["queries"]
+            .as_object()
+            .expect("queries")
+            .iter()
+            .map(|(name, q)| {
+                let labels = [("query_id", name.as_str()), ("stream_name", q["input_stream"].as_str().expect("input"))];
+                value(m, "query_events_processed_total", &labels).unwrap_or(0.0) as u64
+            })
+            .collect()
+    };
+    let want: Vec<u64> = reference["queries"]
+        .as_object()
+        .expect("queries")
+        .values()
+        .map(|q| q["processed"].as_u64().expect("n"))
+        .collect();
+    let mut last = Vec::new();
+    while idle_since.elapsed() < Duration::from_secs(4) {
+        let m = parse_metrics(&daemon.scrape());
+        last = processed(&m);
+        if last == want {
+            // Still idle, queries still registered: the flusher, not the stop, delivered them.
+            assert_eq!(get(&m, "query_active_count", &[]), 3);
+            assert!(target.is_running(), "the demo stopped before the counts arrived");
+            for (name, s) in reference["streams"].as_object().expect("streams") {
+                let l = [("stream_name", name.as_str())];
+                assert_eq!(get(&m, "stream_events_received_total", &l), s["received"].as_u64().expect("n"), "{name}");
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("counts never completed on the idle engine: {last:?}, want {want:?}");
+}
+
+/// At the highest event rate (chunks of one, no pacing) the engine thread samples no more
+/// batches per second than the budget asked for.
+#[test]
+fn sampling_stays_within_the_budget_at_the_highest_rate() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "3000000", "--batch", "1", "--linger", "2"]);
+    let mut daemon = Daemon::start_with(target.pid(), &["--sample-rate", "256"]);
+    daemon.wait_for_log("256 sampled batches/s", Duration::from_secs(5));
+    let summary = summary_of(&target.open_and_wait());
+    daemon.wait_for_log("target exited", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200));
+    let m = parse_metrics(&daemon.scrape());
+    let elapsed = summary["elapsed_s"].as_f64().expect("elapsed");
+    let queries = summary["queries"].as_object().expect("queries");
+    let sampled: u64 =
+        queries.keys().map(|q| get(&m, "query_latency_seconds_count", &[("query_id", q.as_str())])).sum();
+    let batches: u64 = queries.values().map(|q| q["batches"].as_u64().expect("batches")).sum();
+    // One engine thread (sync mode). The stride adapts from 1 at the first batch: allow the
+    // first few samples of the ramp.
+    let budget = 256.0 * elapsed * 1.25 + 64.0;
+    assert!(sampled > 0 && (sampled as f64) <= budget, "{sampled} sampled batches in {elapsed:.2} s, budget {budget}");
+    assert!(
+        batches > 100 * sampled,
+        "{batches} batches, {sampled} sampled: the rate was high enough to test the budget"
+    );
+    // Kernel program runs per second: a few per sampled batch, a handful of flushes.
+    let runs: u64 = m.iter().filter(|s| s.name == "eventflux_probe_program_runs_total").map(|s| s.value as u64).sum();
+    let run_budget = budget * 6.0 + 40.0 * (elapsed + 4.0);
+    assert!((runs as f64) <= run_budget, "{runs} program runs in {elapsed:.2} s, budget {run_budget}");
 }
 
 /// SIGTERM detaches: the target's semaphores drop back to zero and it goes on unharmed.
@@ -195,8 +326,18 @@ fn sigterm_detaches_and_the_target_goes_on() {
     let daemon = Daemon::start(pid);
     let list = run_ok(Command::new(bin("eventflux-probe")).args(["list", "--json", "--binary"]).arg(&demo));
     let notes: Vec<Value> = serde_json::from_slice(&list.stdout).expect("list JSON");
-    let sems: Vec<u64> = notes.iter().filter_map(|n| n["semaphore_offset"].as_u64()).collect();
+    // Every probe that carries data is attached; of the control probes only run's two levels.
+    let data = |n: &&Value| !n["name"].as_str().is_some_and(|name| name.starts_with("ctl_"));
+    let sems: Vec<u64> = notes.iter().filter(data).filter_map(|n| n["semaphore_offset"].as_u64()).collect();
     assert!(sems.iter().all(|&s| read_semaphore(pid, &demo, s) >= 1));
+    let controls: Vec<u64> = notes
+        .iter()
+        .filter(|n| !data(n))
+        .filter(|n| read_semaphore(pid, &demo, n["semaphore_offset"].as_u64().expect("semaphore")) > 0)
+        .map(|n| n["semaphore_offset"].as_u64().expect("semaphore"))
+        .collect();
+    assert_eq!(controls.len(), 2, "run raises one sampling and one flush level");
+    let sems: Vec<u64> = sems.into_iter().chain(controls).collect();
     let status = daemon.stop();
     assert!(status.success(), "{status}");
     assert!(sems.iter().all(|&s| read_semaphore(pid, &demo, s) == 0), "semaphores left raised after detach");
@@ -250,7 +391,7 @@ fn bad_targets_and_ports_are_one_clear_line() {
     drop(target);
 }
 
-/// `latency` attaches what one stage needs and reports exactly one span per batch.
+/// `latency --every-batch` times every batch: exactly one span per batch.
 #[test]
 fn latency_reports_one_span_per_batch() {
     let _serial = serial();
@@ -258,7 +399,7 @@ fn latency_reports_one_span_per_batch() {
     let target = GatedDemo::start(&demo, &["--events", "50000", "--streams", "2", "--queries", "3", "--linger", "5"]);
     let pid = target.pid().to_string();
     let mut latency = Command::new(bin("eventflux-probe"))
-        .args(["latency", "--pid", &pid, "--stage", "batch", "--duration", "3s", "--json"])
+        .args(["latency", "--pid", &pid, "--stage", "batch", "--every-batch", "--duration", "3s", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -267,7 +408,8 @@ fn latency_reports_one_span_per_batch() {
     let mut stderr = std::io::BufReader::new(latency.stderr.take().expect("stderr"));
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-    assert!(line.starts_with("Attached 5 probes"), "{line}");
+    assert!(line.starts_with("Attached 7 probes"), "{line}");
+    assert!(line.contains("every batch sampled"), "{line}");
     let summary = summary_of(&target.open_and_wait());
     let out = latency.wait_with_output().expect("latency");
     assert!(out.status.success());

@@ -68,7 +68,8 @@ fn bad_arguments_are_one_clear_line() {
     for (args, expect) in [
         (&["--streams", "0"][..], "--streams must be at least 1"),
         (&["--batch", "0"][..], "--batch must be at least 1"),
-        (&["--linger=-1"][..], "--linger must be a non-negative number"),
+        (&["--linger=-1"][..], "--linger must be a number of seconds from 0 to 86400"),
+        (&["--hold", "1e30"][..], "--hold must be a number of seconds from 0 to 86400"),
     ] {
         let out = run(Command::new(bin("eventflux-demo")).args(args));
         assert!(!out.status.success(), "{args:?} should fail");

@@ -229,10 +229,16 @@ macro_rules! for_each_probe {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __abi_arg_type {
-    (u32) => { u32 };
-    (u64) => { u64 };
+    (u32) => {
+        u32
+    };
+    (u64) => {
+        u64
+    };
     // The pointer value; only the engine's side dereferences it.
-    (str) => { u64 };
+    (str) => {
+        u64
+    };
 }
 
 #[doc(hidden)]
@@ -528,7 +534,10 @@ mod tests {
         }
         for (id, ms) in FLUSH_LEVELS {
             let name = probe::NAMES[id as usize];
-            assert_eq!(name.strip_prefix("ctl_flush_").and_then(|n| n.strip_suffix("ms")), Some(ms.to_string().as_str()));
+            assert_eq!(
+                name.strip_prefix("ctl_flush_").and_then(|n| n.strip_suffix("ms")),
+                Some(ms.to_string().as_str())
+            );
         }
         let controls = PROBES.iter().filter(|p| p.class == Class::Control).count();
         assert_eq!(controls, SAMPLE_LEVELS.len() + FLUSH_LEVELS.len(), "every control probe is a level");
@@ -539,7 +548,11 @@ mod tests {
         for p in PROBES.iter().filter(|p| matches!(p.class, Class::Count | Class::Gauge)) {
             assert!(p.args[..p.keys].iter().all(|a| a.kind == ArgKind::U32), "{}", p.name);
             assert!(p.args[p.keys..].iter().all(|a| a.kind == ArgKind::U64), "{}", p.name);
-            assert!(p.keys <= 4 && p.args.len() - p.keys <= 4, "{}: the engine's series hold 4 keys and 4 values", p.name);
+            assert!(
+                p.keys <= 4 && p.args.len() - p.keys <= 4,
+                "{}: the engine's series hold 4 keys and 4 values",
+                p.name
+            );
         }
     }
 }

@@ -106,15 +106,7 @@ program!(stream_register, |h, a| {
 });
 
 program!(query_register, |h, a| {
-    h.event(
-        EVENT_QUERY,
-        a.query_id,
-        Some(a.name),
-        a.input_stream_id,
-        a.output_stream_id,
-        a.window_kind,
-        a.window_size,
-    );
+    h.event(EVENT_QUERY, a.query_id, Some(a.name), a.input_stream_id, a.output_stream_id, a.window_kind, a.window_size);
 });
 
 program!(query_unregister, |h, a| {

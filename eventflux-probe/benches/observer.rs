@@ -93,9 +93,9 @@ fn per_hit(observer: Observer, hits: u64) -> Result<f64> {
             let mut warnings = Vec::new();
             let binaries = usdt::probes_in_process(pid, &mut warnings)?;
             let mut k = if observer == Observer::Empty {
-                Kernel::load_as(probe::INGEST, "empty")?
+                Kernel::load_as(probe::ingest::ID, "empty")?
             } else {
-                Kernel::load(&[probe::INGEST])?
+                Kernel::load(&[probe::ingest::ID])?
             };
             let report = k.attach_process(pid, &binaries)?;
             if report.sites == 0 {

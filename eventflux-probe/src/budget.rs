@@ -48,7 +48,8 @@ impl Budget {
 
     /// `run`'s default.
     pub fn run_default() -> Budget {
-        Budget::new(Some(RUN_SAMPLES_PER_SEC), RUN_FLUSH).unwrap_or(Budget { sample: SAMPLE_LEVELS[3], flush: FLUSH_LEVELS[1] })
+        Budget::new(Some(RUN_SAMPLES_PER_SEC), RUN_FLUSH)
+            .unwrap_or(Budget { sample: SAMPLE_LEVELS[3], flush: FLUSH_LEVELS[1] })
     }
 
     /// The control probes to attach to.

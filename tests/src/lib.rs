@@ -183,10 +183,20 @@ impl Bpftrace {
     }
 
     /// Stops bpftrace (SIGINT, as Ctrl-C) and returns every `@map: value` it printed.
-    pub fn finish(mut self) -> Vec<(String, String)> {
+    pub fn finish(self) -> Vec<(String, String)> {
+        let mut maps = Vec::new();
+        for line in self.finish_lines() {
+            if let Some((k, v)) = line.strip_prefix('@').and_then(|rest| rest.split_once(": ")) {
+                maps.push((format!("@{k}"), v.trim().to_owned()));
+            }
+        }
+        maps
+    }
+
+    /// Stops bpftrace (SIGINT, as Ctrl-C) and returns every line it printed.
+    pub fn finish_lines(mut self) -> Vec<String> {
         let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
         let status = self.child.wait().expect("wait bpftrace");
-        let mut maps = Vec::new();
         let mut all = self.seen.clone();
         all.extend(self.lines.try_iter());
         // The reader threads may still be draining the pipes.
@@ -194,13 +204,9 @@ impl Bpftrace {
         while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             all.push(line);
         }
-        for line in &all {
-            if let Some((k, v)) = line.strip_prefix('@').and_then(|rest| rest.split_once(": ")) {
-                maps.push((format!("@{k}"), v.trim().to_owned()));
-            }
-        }
-        assert!(status.success() || status.code().is_none() || !maps.is_empty(), "bpftrace failed ({status}): {all:?}");
-        maps
+        let printed = all.iter().any(|l| l.starts_with('@'));
+        assert!(status.success() || status.code().is_none() || printed, "bpftrace failed ({status}): {all:?}");
+        all
     }
 }
 
@@ -277,6 +283,34 @@ impl GatedDemo {
         self.finish()
     }
 
+    /// Opens the gate and lets it run.
+    pub fn open(self) -> GatedDemo {
+        std::fs::write(&self.gate, b"").expect("open gate");
+        self
+    }
+
+    /// Whether the target is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    /// Waits for a line of the target's stderr containing `what`.
+    pub fn wait_for_stderr(&mut self, what: &str, limit: Duration) -> String {
+        let mut stderr = BufReader::new(self.child.stderr.as_mut().expect("stderr"));
+        let deadline = Instant::now() + limit;
+        let mut line = String::new();
+        while Instant::now() < deadline {
+            line.clear();
+            if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            if line.contains(what) {
+                return line;
+            }
+        }
+        panic!("the target never printed {what:?} on stderr");
+    }
+
     fn finish(&mut self) -> String {
         std::fs::write(&self.gate, b"").expect("open gate");
         let status = wait_with_deadline(&mut self.child, Duration::from_secs(120));
@@ -315,9 +349,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `eventflux-probe run --pid PID` on a free port and waits until it has attached.
     pub fn start(pid: u32) -> Daemon {
+        Daemon::start_with(pid, &[])
+    }
+
+    /// Like [`Daemon::start`], with more arguments for `run`.
+    pub fn start_with(pid: u32, extra: &[&str]) -> Daemon {
         let port = free_port();
         let mut child = Command::new(bin("eventflux-probe"))
             .args(["run", "--pid", &pid.to_string(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

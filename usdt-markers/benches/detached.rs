@@ -1,17 +1,19 @@
-//! Cost of a detached probe site: a loop with markers against the same loop without, in one
-//! run. Detached, each site is a load of its semaphore and a not-taken branch.
+//! Cost of a detached marker: a loop with markers against the same loop without, in one run.
+//! Detached, each marker (a counter add, a batch or stage span) is a load of its probe's
+//! semaphore and a not-taken branch.
 //!
 //! `cargo bench -p usdt-markers --bench detached` (or `cargo xtask bench`). Target: ≤ 1 ns/site.
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use usdt_markers::probe;
+use usdt_markers::abi::Stage;
+use usdt_markers::span::{Batch, Span};
 
 const ITERATIONS: u64 = 400_000_000;
 const ROUNDS: usize = 7;
-/// Marker sites per iteration in the marked loop.
-const SITES: u64 = 4;
+/// Markers per iteration in the marked loop: a counter add, a batch and a stage span.
+const SITES: u64 = 3;
 
 #[inline(never)]
 fn empty_loop(n: u64) -> u64 {
@@ -24,13 +26,15 @@ fn empty_loop(n: u64) -> u64 {
 
 #[inline(never)]
 fn marked_loop(n: u64) -> u64 {
+    let counter = usdt_markers::ingest::Counter::new(1);
     let mut acc = 0u64;
     for i in 0..n {
+        let batch = Batch::enter();
         acc = acc.wrapping_add(black_box(i));
-        probe!(ingest(1, i));
-        probe!(query_batch_start(2, 1, i));
-        probe!(filter_end(2, i, acc));
-        probe!(emit_end(2, 3, i));
+        counter.add(i);
+        let span = Span::enter();
+        span.exit(2, Stage::Filter, i, acc);
+        batch.exit(2, 1, i, acc);
     }
     acc
 }

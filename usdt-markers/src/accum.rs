@@ -277,7 +277,8 @@ pub fn flush() {
             fire |= now != before;
         } else {
             for (i, v) in values.iter_mut().enumerate().take(n) {
-                let total = blocks.iter().fold(0u64, |sum, b| sum.wrapping_add(b.cells[base + i].load(Ordering::Relaxed)));
+                let total =
+                    blocks.iter().fold(0u64, |sum, b| sum.wrapping_add(b.cells[base + i].load(Ordering::Relaxed)));
                 *v = total.wrapping_sub(state.counts[base + i]);
                 state.counts[base + i] = total;
                 fire |= *v != 0;

@@ -24,6 +24,7 @@ macro_rules! class_api {
         #[derive(Debug, Clone, Copy)]
         pub struct Counter(crate::accum::Handle);
 
+        #[allow(clippy::new_without_default)]
         impl Counter {
             /// The series with these key arguments.
             pub fn new($($key: u32),*) -> Counter {
@@ -48,6 +49,7 @@ macro_rules! class_api {
         #[derive(Debug, Clone, Copy)]
         pub struct Gauge(crate::accum::Handle);
 
+        #[allow(clippy::new_without_default)]
         impl Gauge {
             /// The series with these key arguments.
             pub fn new($($key: u32),*) -> Gauge {

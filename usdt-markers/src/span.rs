@@ -84,7 +84,7 @@ thread_local! {
     static COUNTDOWN: Cell<u32> = const { Cell::new(1) };
     /// Non-zero while this thread is inside a sampled batch (the number of open spans).
     static DEPTH: Cell<u32> = const { Cell::new(0) };
-    static PACE: Cell<Pace> = const { Cell::new(Pace { stride: 1, last_ns: 0, rng: 0 }) };
+    static PACE: Cell<Pace> = const { Cell::new(Pace { stride: 1, drawn: 1, last_ns: 0, rng: 0 }) };
     static RECORDER: RefCell<Recorder> = const {
         RefCell::new(Recorder {
             open: [Frame { start: 0, nested: 0, children_ns: 0 }; MAX_OPEN],
@@ -98,8 +98,10 @@ thread_local! {
 
 #[derive(Clone, Copy)]
 struct Pace {
-    /// Mean batches between samples, the last countdown drawn.
+    /// Mean batches between samples.
     stride: u32,
+    /// Batches from the last sample to this one: the countdown drawn then.
+    drawn: u32,
     last_ns: u64,
     rng: u64,
 }
@@ -175,15 +177,17 @@ impl Batch {
         let mut pace = PACE.with(Cell::get);
         if rate == 0 {
             pace.stride = 1;
-        } else {
-            // Batches since the last sample over the time they took: the batch rate. The next
-            // stride aims at `rate` samples per second, moving at most 4x per sample so that a
-            // burst or a pause does not swing it wildly.
+        } else if pace.last_ns != 0 {
+            // Batches since the last sample over the time they took: the batch rate, and the
+            // stride that gives `rate` samples per second at it. Averaged over a few samples
+            // (one interval is short and noisy), but followed at once when the batch rate
+            // moved by more than 4x (a burst, or an engine that went idle).
             let period = 1_000_000_000 / u64::from(rate);
-            let elapsed = if pace.last_ns == 0 { period } else { now.saturating_sub(pace.last_ns).max(1) };
-            let want = u64::from(pace.stride).saturating_mul(period) / elapsed;
-            let (lo, hi) = (u64::from(pace.stride / 4), u64::from(pace.stride).saturating_mul(4));
-            pace.stride = want.clamp(lo, hi).clamp(1, u64::from(u32::MAX / 2)) as u32;
+            let elapsed = now.saturating_sub(pace.last_ns).max(1);
+            let want = (u64::from(pace.drawn).saturating_mul(period) / elapsed).clamp(1, u64::from(u32::MAX / 2));
+            let stride = u64::from(pace.stride);
+            let next = if want > stride * 4 || want * 4 < stride { want } else { (3 * stride + want) / 4 };
+            pace.stride = next.max(1) as u32;
         }
         pace.last_ns = now;
         // xorshift, seeded per thread from the clock: the draw only has to break aliasing.
@@ -193,6 +197,7 @@ impl Batch {
         x ^= x << 17;
         pace.rng = x;
         let next = if pace.stride <= 1 { 1 } else { 1 + (x % (2 * u64::from(pace.stride) - 1)) as u32 };
+        pace.drawn = next;
         PACE.with(|p| p.set(pace));
         COUNTDOWN.with(|c| c.set(next));
         Batch { start: open_at(now) }
@@ -261,7 +266,15 @@ impl Span {
     #[inline(never)]
     fn exit_sampled(self, query: u32, stage: Stage, events_in: u64, events_out: u64) {
         if let Some((total_ns, self_ns, start_ns)) = close(self.start) {
-            push_record(Record::Stage { query, stage: stage.code(), events_in, events_out, self_ns, total_ns, start_ns });
+            push_record(Record::Stage {
+                query,
+                stage: stage.code(),
+                events_in,
+                events_out,
+                self_ns,
+                total_ns,
+                start_ns,
+            });
         }
         finish();
     }

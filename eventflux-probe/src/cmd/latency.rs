@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use eventflux_probe::bpf::Kernel;
-use eventflux_probe::collector::{Collector, HistData, Snapshot};
 use eventflux_probe::budget::Budget;
+use eventflux_probe::collector::{Collector, HistData, Snapshot};
 use eventflux_probe_common::{hist, probe, stage};
 use serde_json::json;
 

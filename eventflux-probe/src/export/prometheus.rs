@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use eventflux_abi::{ConnErrorKind, ErrorKind, Protocol, WindowKind};
 use eventflux_probe_common::{counter, drop as drops, gauge, hist, stage};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use eventflux_abi::{ConnErrorKind, ErrorKind, Protocol, WindowKind};
 
 use crate::collector::{HistData, Snapshot};
 
