@@ -38,11 +38,11 @@ fn quantile_le(samples: &[Sample], name: &str, query: &str, q: f64) -> f64 {
 
 /// Whether `expected_ns` lies within a factor of the bucket ending at `le`: above `le / (1.25
 /// factor)` (the bucket's lower bound, loosened) and at most `le * factor`.
-/// The lowest exported bound (1.024 µs) holds everything below it, so there only the upper side
+/// The lowest exported bound (256 ns) holds everything below it, so there only the upper side
 /// is checked.
 fn within_factor(expected_ns: u64, le_seconds: f64, factor: f64) -> bool {
     let le_ns = le_seconds * 1e9;
-    if le_ns <= 1_024.0 {
+    if le_ns <= 256.0 {
         return (expected_ns as f64) <= le_ns * factor;
     }
     (expected_ns as f64) > le_ns / 1.25 / factor && (expected_ns as f64) <= le_ns * factor

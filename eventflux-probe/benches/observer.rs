@@ -2,7 +2,10 @@
 //!
 //! - per probe hit: our program vs an empty program on the same site vs bpftrace counting it;
 //! - attach time for every probe of the demo;
-//! - demo throughput attached vs detached at `--rate 0`, for several chunk sizes;
+//! - demo throughput attached (`run`'s defaults, bpftrace, `latency --every-batch`) vs
+//!   detached at `--rate 0`, for chunks of 1, 64 and 1024 events, and the kernel's program runs
+//!   per second;
+//! - sampled latency percentiles against a detached run's own, at a fixed rate;
 //! - `/metrics` encoding at 10k series vs the `prometheus` crate's own registry.
 //!
 //! Needs root and the release binaries: run it as `cargo xtask bench`.
@@ -17,7 +20,7 @@ use eventflux_probe::bpf::Kernel;
 use eventflux_probe::collector::Snapshot;
 use eventflux_probe::export::prometheus::{Options, encode};
 use eventflux_probe::usdt;
-use eventflux_probe_common::{CounterKey, counter, probe};
+use eventflux_probe_common::{Class, CounterKey, counter, probe};
 
 const ROUNDS: usize = 5;
 
@@ -178,8 +181,10 @@ fn bench_attach() -> Result<()> {
         let started = Instant::now();
         let mut warnings = Vec::new();
         let binaries = usdt::probes_in_process(child.id(), &mut warnings)?;
-        let all: Vec<u32> = (0..probe::NAMES.len() as u32).collect();
-        let mut kernel = Kernel::load(&all)?;
+        let mut probes: Vec<u32> =
+            data_probes().filter_map(|n| probe::NAMES.iter().position(|p| *p == n)).map(|i| i as u32).collect();
+        probes.extend(eventflux_probe::budget::Budget::run_default().control_probes());
+        let mut kernel = Kernel::load(&probes)?;
         let report = kernel.attach_process(child.id(), &binaries)?;
         total.push(started.elapsed().as_secs_f64() * 1e3);
         attach.push(report.elapsed.as_secs_f64() * 1e3);
@@ -194,49 +199,243 @@ fn bench_attach() -> Result<()> {
     Ok(())
 }
 
-fn demo_rate(batch: usize, events: u64, attached: bool) -> Result<f64> {
+/// Who watches the demo in a throughput round.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Watcher {
+    Detached,
+    /// `eventflux-probe run` with its defaults.
+    Run,
+    /// bpftrace counting every probe `run` attaches to, at the engine's default budget.
+    Bpftrace,
+    /// `eventflux-probe latency --every-batch`.
+    EveryBatch,
+}
+
+/// What one observed demo run gave: its events per second, its summary, and the observer's
+/// own view (run's /metrics page, or latency's closing lines).
+struct Observed {
+    rate: f64,
+    summary: serde_json::Value,
+    report: String,
+}
+
+/// Reads lines from `child`'s stderr until one contains `what`; the rest is collected later.
+fn wait_stderr(child: &mut Child, what: &str) -> Result<std::sync::mpsc::Receiver<String>> {
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.contains(what) => return Ok(rx),
+            _ => {}
+        }
+    }
+    bail!("the observer never said {what:?}")
+}
+
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+fn sigint(child: &mut Child) -> Result<()> {
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
+    child.wait()?;
+    Ok(())
+}
+
+/// The data probes (every class but control): what `run` attaches to besides its two levels.
+fn data_probes() -> impl Iterator<Item = &'static str> {
+    eventflux_probe_common::PROBES.iter().filter(|p| p.class != Class::Control).map(|p| p.name)
+}
+
+/// One demo run with `args` under `watcher`.
+fn observed(args: &[String], watcher: Watcher) -> Result<Observed> {
     let gate = gate_path("rate");
-    let args: Vec<String> = ["--events", &events.to_string(), "--batch", &batch.to_string(), "--rate", "0"]
+    let child = demo(args, &gate)?;
+    let pid = child.id().to_string();
+    let probe_bin = bin_dir().join("eventflux-probe");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut observer = match watcher {
+        Watcher::Detached => None,
+        Watcher::Run => {
+            let mut c = Command::new(&probe_bin)
+                .args(["run", "--pid", &pid, "--listen", &format!("127.0.0.1:{port}")])
+                .stderr(Stdio::piped())
+                .spawn()?;
+            let rx = wait_stderr(&mut c, "serving")?;
+            Some((c, rx))
+        }
+        Watcher::EveryBatch => {
+            let mut c = Command::new(&probe_bin)
+                .args(["latency", "--pid", &pid, "--every-batch", "--json"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            let rx = wait_stderr(&mut c, "Attached")?;
+            Some((c, rx))
+        }
+        Watcher::Bpftrace => {
+            let binary = bin_dir().join("eventflux-demo");
+            let probes: Vec<String> =
+                data_probes().map(|p| format!("usdt:{}:eventflux:{p}", binary.display())).collect();
+            let script = format!("{} {{ @[probe] = count(); }}", probes.join(","));
+            let mut c = Command::new("bpftrace")
+                .args(["-p", &pid, "-e", &script])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .context("cannot start bpftrace")?;
+            let stdout = c.stdout.take().context("bpftrace stdout")?;
+            for line in BufReader::new(stdout).lines() {
+                if line?.starts_with("Attaching") {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            let (_tx, rx) = std::sync::mpsc::channel();
+            Some((c, rx))
+        }
+    };
+    std::fs::write(&gate, b"")?;
+    let summary = wait_json(child)?;
+    let _ = std::fs::remove_file(&gate);
+    let mut report = String::new();
+    if let Some((mut c, rx)) = observer.take() {
+        if watcher == Watcher::Run {
+            std::thread::sleep(Duration::from_millis(1200));
+            report = http_get(port, "/metrics")?;
+        }
+        sigint(&mut c)?;
+        if watcher == Watcher::EveryBatch {
+            report = rx.try_iter().collect::<Vec<_>>().join("\n");
+        }
+    }
+    let rate = summary["events_per_sec"].as_f64().context("no events_per_sec")?;
+    Ok(Observed { rate, summary, report })
+}
+
+fn demo_args(events: u64, batch: usize, rate: u64) -> Vec<String> {
+    ["--events", &events.to_string(), "--batch", &batch.to_string(), "--rate", &rate.to_string()]
         .iter()
         .map(|s| s.to_string())
-        .collect();
-    let child = demo(&args, &gate)?;
-    let mut _kernel = None;
-    if attached {
-        let mut warnings = Vec::new();
-        let binaries = usdt::probes_in_process(child.id(), &mut warnings)?;
-        let all: Vec<u32> = (0..probe::NAMES.len() as u32).collect();
-        let mut k = Kernel::load(&all)?;
-        k.attach_process(child.id(), &binaries)?;
-        _kernel = Some(k);
-    }
-    std::fs::write(&gate, b"")?;
-    let v = wait_json(child)?;
-    let _ = std::fs::remove_file(&gate);
-    v["events_per_sec"].as_f64().context("no events_per_sec")
+        .collect()
+}
+
+/// Sum of a metric's samples on a /metrics page.
+fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
 }
 
 fn bench_throughput() -> Result<()> {
-    let events = 5_000_000;
+    let rounds = 11;
     println!(
-        "demo throughput attached / detached (--rate 0, --events {events}, {ROUNDS} alternating pairs, median of pair ratios):"
+        "demo throughput / detached (--rate 0, sync, 2 streams, 3 queries; {rounds} rounds alternating the four, median of per-round ratios):"
     );
-    for batch in [64usize, 1024, 8192] {
-        let mut ratios = Vec::new();
-        let mut rates = Vec::new();
-        for _ in 0..ROUNDS {
-            let off = demo_rate(batch, events, false)?;
-            let on = demo_rate(batch, events, true)?;
-            ratios.push(on / off);
-            rates.push((off, on));
+    println!(
+        "  {:<8} {:>12} {:>14} {:>14} {:>14}   {:>18}",
+        "--batch", "detached", "run defaults", "bpftrace", "--every-batch", "BPF runs/s (run)"
+    );
+    for (batch, events) in [(1usize, 1_000_000u64), (64, 5_000_000), (1024, 5_000_000)] {
+        let args = demo_args(events, batch, 0);
+        let watchers = [Watcher::Detached, Watcher::Run, Watcher::Bpftrace, Watcher::EveryBatch];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        let mut detached_rates = Vec::new();
+        let mut runs_per_sec = Vec::new();
+        let mut hits = Vec::new();
+        for _ in 0..rounds {
+            let results: Vec<Observed> = watchers.iter().map(|w| observed(&args, *w)).collect::<Result<_>>()?;
+            let base = results[0].rate;
+            detached_rates.push(base);
+            for (i, r) in results.iter().enumerate() {
+                ratios[i].push(r.rate / base);
+            }
+            let elapsed = results[1].summary["elapsed_s"].as_f64().unwrap_or(1.0);
+            runs_per_sec.push(metric_sum(&results[1].report, "eventflux_probe_program_runs_total") / elapsed);
+            hits.push(results[3].report.lines().find(|l| l.starts_with("Cost")).unwrap_or("").to_owned());
         }
-        let off = median(rates.iter().map(|r| r.0).collect());
-        let on = median(rates.iter().map(|r| r.1).collect());
+        let [_, run, bt, every] = [0, 1, 2, 3].map(|i| median(ratios[i].clone()));
         println!(
-            "  --batch {batch:<5} detached {off:>10.0} ev/s, attached {on:>10.0} ev/s, ratio {:.4} (target >= 0.99)",
-            median(ratios)
+            "  {batch:<8} {:>10.2}M/s {run:>14.4} {bt:>14.4} {every:>14.4}   {:>18.0}",
+            median(detached_rates) / 1e6,
+            median(runs_per_sec)
+        );
+        println!("           --every-batch: {}", hits.last().map(String::as_str).unwrap_or(""));
+    }
+    println!(
+        "  targets: run defaults >= 0.99 at --batch 64, >= 0.95 at --batch 1; BPF runs/s within the budget (docs/probes.md)"
+    );
+    Ok(())
+}
+
+/// Upper bound (ns) of the bucket holding the q-quantile of an exported histogram.
+fn exported_quantile_ns(page: &str, query: &str, q: f64) -> Option<f64> {
+    let mut buckets: Vec<(f64, f64)> = page
+        .lines()
+        .filter(|l| l.starts_with("query_latency_seconds_bucket{") && l.contains(&format!("query_id=\"{query}\"")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse::<f64>().ok()? * 1e9 };
+            Some((le, l.rsplit_once(' ')?.1.parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let count = buckets.last()?.1;
+    let rank = (q * count).ceil().max(1.0);
+    buckets.iter().find(|(_, c)| *c >= rank).map(|(le, _)| *le)
+}
+
+/// Buckets between a value and an exported bucket bound, in the kernel's log-linear scale
+/// (4 per power of two): 0 when the value lies in that bucket.
+fn bucket_distance(value_ns: u64, le_ns: f64) -> i64 {
+    use eventflux_probe_common::hist;
+    let mine = hist::bucket(value_ns) as i64;
+    let theirs = (0..hist::BUCKETS).find(|&i| hist::upper(i) as f64 >= le_ns).unwrap_or(hist::BUCKETS - 1) as i64;
+    theirs - mine
+}
+
+fn bench_latency() -> Result<()> {
+    // Paced: 400k events/s in chunks of 16 over two streams, 3 queries: 2 x 10^5 batches per
+    // query in 16 s.
+    let args = demo_args(6_400_000, 16, 400_000);
+    let detached = observed(&args, Watcher::Detached)?;
+    let attached = observed(&args, Watcher::Run)?;
+    println!("sampled latency vs a detached run's own, all batches (--batch 16 --rate 400000, {} events):", 6_400_000);
+    println!(
+        "  {:<16} {:>9} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
+        "query", "batches", "sampled", "p50 own", "p50 le", "buckets", "p99 own", "p99 le", "buckets"
+    );
+    for (name, q) in detached.summary["queries"].as_object().context("queries")? {
+        let sampled = attached
+            .report
+            .lines()
+            .find(|l| l.starts_with(&format!("query_latency_seconds_count{{query_id=\"{name}\"")))
+            .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let p50 = q["p50_ns"].as_u64().unwrap_or(0);
+        let p99 = q["p99_ns"].as_u64().unwrap_or(0);
+        let le50 = exported_quantile_ns(&attached.report, name, 0.5).unwrap_or(f64::NAN);
+        let le99 = exported_quantile_ns(&attached.report, name, 0.99).unwrap_or(f64::NAN);
+        println!(
+            "  {name:<16} {:>9} {sampled:>8.0} {p50:>8}ns {le50:>8.0}ns {:>8} {p99:>8}ns {le99:>8.0}ns {:>8}",
+            q["batches"],
+            bucket_distance(p50, le50),
+            bucket_distance(p99, le99)
         );
     }
+    println!("  targets: p50 within 1 bucket, p99 within 2 buckets (a bucket is 25% wide)");
     Ok(())
 }
 
@@ -281,7 +480,7 @@ fn bench_metrics() -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    // `cargo bench -p eventflux-probe --bench observer -- [hit] [attach] [throughput] [metrics]`
+    // `cargo bench -p eventflux-probe --bench observer -- [hit] [attach] [throughput] [latency] [metrics]`
     // runs the named sections only; `cargo bench` itself passes `--bench`.
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
@@ -294,6 +493,9 @@ fn main() -> Result<()> {
         }
         if run("throughput") {
             bench_throughput()?;
+        }
+        if run("latency") {
+            bench_latency()?;
         }
         if run("metrics") {
             bench_metrics()?;

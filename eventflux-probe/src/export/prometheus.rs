@@ -31,8 +31,12 @@ impl Default for Options {
     }
 }
 
-/// Smallest latency bucket exported: finer buckets are cumulated into it.
-const FIRST_EXPORTED_NS: u64 = 1_000;
+/// Smallest latency bucket exported: finer buckets are cumulated into it. 256 ns, because a
+/// batch of a few events takes a few hundred nanoseconds in a fast engine.
+const FIRST_EXPORTED_NS: u64 = 256;
+/// Largest bucket bound exported: slower samples count only in `+Inf` (and in `_sum`). No batch
+/// should take seconds, and every bound is a series in Prometheus.
+const LAST_EXPORTED_NS: u64 = 16_000_000_000;
 
 #[derive(Debug, Clone)]
 enum Value {
@@ -455,7 +459,13 @@ fn to_proto(f: Families) -> Vec<MetricFamily> {
                             let mut out = Vec::with_capacity(hist::BUCKETS - first);
                             // The last kernel bucket also holds everything beyond its bound:
                             // it is exported only as +Inf (the encoder adds it from the count).
-                            for (i, n) in buckets.iter().enumerate().take(hist::BUCKETS - 1).skip(first) {
+                            for (i, n) in buckets
+                                .iter()
+                                .enumerate()
+                                .take(hist::BUCKETS - 1)
+                                .skip(first)
+                                .take_while(|(i, _)| hist::upper(*i) <= LAST_EXPORTED_NS)
+                            {
                                 cumulative += n;
                                 let mut b = proto::Bucket::default();
                                 b.set_upper_bound(hist::upper(i) as f64 / 1e9);
