@@ -56,6 +56,8 @@ impl Window {
         }
     }
 
+    /// Kept apart from the stage that fires the probes, like [`Aggregation::apply`].
+    #[inline(never)]
     fn process(&mut self, input: &[Event], ops: &mut Vec<Op>) {
         match self {
             Window::Length { len, buf } => {

@@ -104,7 +104,6 @@ impl Query {
 
 /// Registers a stream: fires `stream_register` now and again for every later observer.
 pub fn register_stream(info: StreamInfo<'_>) {
-    crate::accum::start_flusher();
     let mut reg = lock();
     reg.streams.retain(|s| s.id != info.id);
     reg.streams.push(Stream {
@@ -119,7 +118,6 @@ pub fn register_stream(info: StreamInfo<'_>) {
 
 /// Registers a query: fires `query_register` now and again for every later observer.
 pub fn register_query(info: QueryInfo<'_>) {
-    crate::accum::start_flusher();
     let mut reg = lock();
     reg.queries.retain(|q| q.id != info.id);
     reg.queries.push(Query {

@@ -28,4 +28,11 @@ impl Semaphore {
     pub fn count(&self) -> u16 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Sets the count as a tool attaching would (unit tests only: nothing in the engine writes
+    /// a semaphore).
+    #[cfg(test)]
+    pub(crate) fn set(&self, n: u16) {
+        self.0.store(n, Ordering::Relaxed);
+    }
 }
