@@ -355,8 +355,11 @@ mod tests {
 
     use crate::{error, ingest, window_state};
 
-    /// What `flush` fired: (probe, keys, amounts or values).
-    pub static FIRED: Mutex<Vec<(u32, [u32; 4], [u64; 4])>> = Mutex::new(Vec::new());
+    /// One fire: (probe, keys, amounts or values).
+    type Fired = (u32, [u32; 4], [u64; 4]);
+
+    /// What `flush` fired.
+    pub static FIRED: Mutex<Vec<Fired>> = Mutex::new(Vec::new());
 
     /// The tests share the process-wide registry and semaphores: one at a time.
     static SERIAL: Mutex<()> = Mutex::new(());
