@@ -4,7 +4,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use eventflux_probe_common::{Class, PROBES};
 use integration_tests::{
     Daemon, GatedDemo, Sample, bin, computed_summary, free_port, parse_metrics, read_semaphore, run, run_ok, value,
 };
@@ -38,14 +37,13 @@ fn quantile_le(samples: &[Sample], name: &str, query: &str, q: f64) -> f64 {
 
 /// Whether `expected_ns` lies within a factor of the bucket ending at `le`: above `le / (1.25
 /// factor)` (the bucket's lower bound, loosened) and at most `le * factor`.
-/// The lowest exported bound (256 ns) holds everything below it, so there only the upper side
-/// is checked.
-fn within_factor(expected_ns: u64, le_seconds: f64, factor: f64) -> bool {
-    let le_ns = le_seconds * 1e9;
-    if le_ns <= 256.0 {
-        return (expected_ns as f64) <= le_ns * factor;
-    }
-    (expected_ns as f64) > le_ns / 1.25 / factor && (expected_ns as f64) <= le_ns * factor
+/// Whether the histogram bucket ending at `le` is within `factor` (and `slack_ns` above) of
+/// `expected_ns`: the bucket (`le / 1.25`, `le`] overlaps [`expected / factor`,
+/// `expected * factor + slack`]. The lowest exported bound (256 ns) holds everything below it.
+fn within(expected_ns: u64, le_seconds: f64, factor: f64, slack_ns: f64) -> bool {
+    let (le_ns, e) = (le_seconds * 1e9, expected_ns as f64);
+    let lower = if le_ns <= 256.0 { 0.0 } else { le_ns / 1.25 };
+    le_ns >= e / factor && lower <= e * factor + slack_ns
 }
 
 /// The tests here each run a target and a daemon; run them one at a time so that latency tails
@@ -56,9 +54,10 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Probes `run` attaches: every probe that carries data, and one sampling and one flush level.
+/// Probes `run` attaches: every probe the metrics are made of, and one sampling and one flush
+/// level.
 fn run_probes() -> usize {
-    PROBES.iter().filter(|p| p.class != Class::Control).count() + 2
+    eventflux_probe::bpf::metric_probes().len() + 2
 }
 
 /// Runs the demo with `mode_args` (after DEMO's) under `observers` `run`s attached before its
@@ -101,14 +100,15 @@ fn check_exact(mode_args: &[&str], observers: usize) {
         computed_summary(detached.clone()),
         "observing changed the target's output"
     );
+    let one_event_chunks = args.windows(2).any(|w| w == ["--batch", "1"]);
     for daemon in daemons {
-        check_daemon(daemon, &attached, &detached, mode_args.contains(&"async"));
+        check_daemon(daemon, &attached, &detached, mode_args.contains(&"async"), one_event_chunks);
     }
 }
 
 /// Every scraped metric of one `run` against the demo's summary (`attached`); latency against
 /// a detached run's own (`detached`).
-fn check_daemon(mut daemon: Daemon, attached: &Value, detached: &Value, async_mode: bool) {
+fn check_daemon(mut daemon: Daemon, attached: &Value, detached: &Value, async_mode: bool, one_event_chunks: bool) {
     // The target has exited: `run` serves its final values. Let the collector's cache expire.
     daemon.wait_for_log("target exited", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(200));
@@ -159,11 +159,14 @@ fn check_daemon(mut daemon: Daemon, attached: &Value, detached: &Value, async_mo
         }
         // The sampled latency describes the engine, not the observer: its p50 is within 2x of
         // what a detached run measures for itself (the benchmark holds the tighter bucket
-        // bounds over 10^5 batches; a few hundred samples here must not flake).
+        // bounds over 10^5 batches; a few hundred samples here must not flake). Batches of one
+        // event take ~200 ns, where what the stage timing leaves uncorrected (about 0.4 µs,
+        // BENCHMARKS.md) dominates: there 2x of the detached p50 plus 0.5 µs.
         let le = quantile_le(&m, "query_latency_seconds", name, 0.5);
         let own = detached["queries"][name.as_str()]["p50_ns"].as_u64().expect("p50");
+        let slack_ns = if one_event_chunks { 500.0 } else { 0.0 };
         assert!(
-            within_factor(own, le, 2.0),
+            within(own, le, 2.0, slack_ns),
             "{name} p50: a detached run measured {own} ns, the sampled histogram's bucket is le={le}"
         );
     }
@@ -326,13 +329,14 @@ fn sigterm_detaches_and_the_target_goes_on() {
     let daemon = Daemon::start(pid);
     let list = run_ok(Command::new(bin("eventflux-probe")).args(["list", "--json", "--binary"]).arg(&demo));
     let notes: Vec<Value> = serde_json::from_slice(&list.stdout).expect("list JSON");
-    // Every probe that carries data is attached; of the control probes only run's two levels.
-    let data = |n: &&Value| !n["name"].as_str().is_some_and(|name| name.starts_with("ctl_"));
+    // Every probe the metrics are made of is attached; of the control probes only run's two
+    // levels; stage_sample (span trees) not.
+    let data = |n: &&Value| !n["name"].as_str().is_some_and(|name| name.starts_with("ctl_") || name == "stage_sample");
     let sems: Vec<u64> = notes.iter().filter(data).filter_map(|n| n["semaphore_offset"].as_u64()).collect();
     assert!(sems.iter().all(|&s| read_semaphore(pid, &demo, s) >= 1));
     let controls: Vec<u64> = notes
         .iter()
-        .filter(|n| !data(n))
+        .filter(|n| n["name"].as_str().is_some_and(|name| name.starts_with("ctl_")))
         .filter(|n| read_semaphore(pid, &demo, n["semaphore_offset"].as_u64().expect("semaphore")) > 0)
         .map(|n| n["semaphore_offset"].as_u64().expect("semaphore"))
         .collect();
@@ -381,7 +385,7 @@ fn bad_targets_and_ports_are_one_clear_line() {
     let port = free_port();
     let cmd = format!("exec {} run --pid {} --listen 127.0.0.1:{port}", probe.display(), target.pid());
     let out = run(Command::new("capsh").args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c", &cmd]));
-    assert_one_line_error(&out, "not permitted to load eBPF programs");
+    assert_one_line_error(&out, "missing CAP_BPF, CAP_PERFMON");
 
     let out = run(Command::new(&probe).args(["latency", "--pid", &target.pid().to_string(), "--stage", "sort"]));
     assert_one_line_error(&out, "unknown stage `sort`");
@@ -408,7 +412,7 @@ fn latency_reports_one_span_per_batch() {
     let mut stderr = std::io::BufReader::new(latency.stderr.take().expect("stderr"));
     let mut line = String::new();
     std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-    assert!(line.starts_with("Attached 7 probes"), "{line}");
+    assert!(line.starts_with("Attached 6 probes"), "{line}");
     assert!(line.contains("every batch sampled"), "{line}");
     let summary = summary_of(&target.open_and_wait());
     let out = latency.wait_with_output().expect("latency");

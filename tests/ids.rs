@@ -1,21 +1,23 @@
-//! The kernel programs cover the ABI: the real kernel loads a program for every probe (the
-//! `empty` one for control probes), so no probe of the table lacks its reader. Argument
-//! positions need no test here: the programs read them by name through the table's `Args`.
+//! The kernel programs cover the ABI: the real kernel loads a program for every probe the
+//! metrics are made of (and the `empty` one for control probes), so no such probe lacks its
+//! reader. Argument positions need no test here: the programs read them by name through the
+//! table's `Args`.
 
-use eventflux_probe::bpf::Kernel;
-use eventflux_probe_common::PROBES;
+use eventflux_probe::bpf::{Kernel, metric_probes};
+use eventflux_probe_common::{Class, PROBES, probe};
 
 #[test]
 fn the_kernel_loads_a_program_for_every_probe() {
-    let all: Vec<u32> = (0..PROBES.len() as u32).collect();
+    let observed = metric_probes();
+    // Everything but the controls and the per-stage records, which batch_sample repeats.
+    assert_eq!(observed.len(), PROBES.iter().filter(|p| p.class != Class::Control).count() - 1);
+    assert!(!observed.contains(&probe::stage_sample::ID));
+    let mut all = observed.clone();
+    all.extend(PROBES.iter().enumerate().filter(|(_, p)| p.class == Class::Control).map(|(i, _)| i as u32));
     let kernel = Kernel::load(&all).unwrap_or_else(|e| panic!("{e:#}"));
     let mut programs: Vec<&str> = kernel.program_stats().iter().map(|(name, ..)| *name).collect();
     programs.sort_unstable();
-    let mut want: Vec<&str> = PROBES
-        .iter()
-        .map(|p| if p.class == eventflux_probe_common::Class::Control { "empty" } else { p.name })
-        .collect();
+    let mut want: Vec<&str> = observed.iter().map(|&id| PROBES[id as usize].name).chain(["empty"]).collect();
     want.sort_unstable();
-    want.dedup();
     assert_eq!(programs, want);
 }

@@ -172,6 +172,8 @@ macro_rules! for_each_probe {
             gauge queue_state(stream_id: u32, query_id: u32; depth: u64, capacity: u64, bytes: u64, wait_ns: u64);
             /// One stage of a sampled batch: `stage` is a Stage, `self_ns` its time without the
             /// stages it called, `total_ns` with them, `start_ns` its start on CLOCK_MONOTONIC.
+            /// Fired only while a tool is attached to it (for span trees); the stages' self
+            /// times are in `batch_sample` too.
             sample stage_sample(
                 query_id: u32,
                 stage: u32,
@@ -181,15 +183,22 @@ macro_rules! for_each_probe {
                 total_ns: u64,
                 start_ns: u64;
             );
-            /// A sampled query batch: the query's latency for one chunk, every stage included;
-            /// `start_ns` on CLOCK_MONOTONIC. Fired after its stages' records.
+            /// A sampled query batch, fired after its stages' records: the query's latency for
+            /// one chunk, every stage included, `start_ns` on CLOCK_MONOTONIC, and the self time
+            /// of each Stage in it (summed when a stage ran twice; 0 when it did not run). One
+            /// hit gives everything latency metrics need.
             sample batch_sample(
                 query_id: u32,
                 stream_id: u32,
                 events_in: u64,
                 events_out: u64,
                 latency_ns: u64,
-                start_ns: u64;
+                start_ns: u64,
+                ingest_ns: u64,
+                filter_ns: u64,
+                window_ns: u64,
+                aggregate_ns: u64,
+                emit_ns: u64;
             );
             /// Sample at most 16 batches per second per engine thread.
             control ctl_samples_16(;);
@@ -541,6 +550,17 @@ mod tests {
         }
         let controls = PROBES.iter().filter(|p| p.class == Class::Control).count();
         assert_eq!(controls, SAMPLE_LEVELS.len() + FLUSH_LEVELS.len(), "every control probe is a level");
+    }
+
+    /// `batch_sample` ends with one `<stage>_ns` per Stage, in code order.
+    #[test]
+    fn batch_sample_carries_every_stage() {
+        let p = PROBES[probe::batch_sample::ID as usize];
+        let first = probe::batch_sample::Arg::ingest_ns as usize;
+        assert_eq!(p.args.len() - first, Stage::ALL.len());
+        for (arg, stage) in p.args[first..].iter().zip(Stage::ALL) {
+            assert_eq!(arg.name.strip_suffix("_ns"), Some(stage.label()));
+        }
     }
 
     #[test]

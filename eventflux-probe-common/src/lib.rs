@@ -175,11 +175,8 @@ pub mod drop {
     pub const NO_SPEC: u32 = 3;
     /// An argument could not be read.
     pub const ARG_READ: u32 = 4;
-    /// A sample carried a stage code this observer does not know (a newer engine).
-    pub const UNKNOWN_STAGE: u32 = 5;
-    pub const COUNT: u32 = 6;
-    pub const NAMES: [&str; COUNT as usize] =
-        ["counters_full", "hists_full", "events_full", "no_spec", "arg_read", "unknown_stage"];
+    pub const COUNT: u32 = 5;
+    pub const NAMES: [&str; COUNT as usize] = ["counters_full", "hists_full", "events_full", "no_spec", "arg_read"];
 }
 
 /// Bytes of a name carried in an [`Event`].

@@ -1,5 +1,6 @@
-//! One program per probe (control probes have none: they never fire, and user space attaches
-//! the `empty` program to raise their semaphores). Each reads its arguments by name through the
+//! One program per probe that feeds metrics (control probes have none: they never fire, and
+//! user space attaches the `empty` program to raise their semaphores; `stage_sample` has none,
+//! see below). Each reads its arguments by name through the
 //! ABI's `Args` and updates the maps; see docs/probes.md for what each probe means and which
 //! metric it feeds.
 
@@ -170,18 +171,24 @@ program!(queue_state, |h, a| {
     h.set(gauge::QUEUE_WAIT_NS, a.stream_id, a.query_id, a.wait_ns);
 });
 
-program!(stage_sample, |h, a| {
-    // Only the ABI's stage codes: an unknown one (a newer engine) must not land in the batch
-    // histogram, whose code lies just past them.
-    if a.stage < stage::BATCH {
-        hist_add(h.pid, a.query_id, a.stage, a.self_ns);
-    } else {
-        count_drop(drop::UNKNOWN_STAGE);
-    }
-});
+// `stage_sample` has no program: it repeats, per stage, what `batch_sample` carries, with the
+// detail span trees need; metrics take the stages' self times from `batch_sample`, one hit per
+// sampled batch.
 
 program!(batch_sample, |h, a| {
     hist_add(h.pid, a.query_id, stage::BATCH, a.latency_ns);
+    // A stage that did not run in this batch reports 0.
+    for (st, ns) in [
+        (stage::INGEST, a.ingest_ns),
+        (stage::FILTER, a.filter_ns),
+        (stage::WINDOW, a.window_ns),
+        (stage::AGGREGATE, a.aggregate_ns),
+        (stage::EMIT, a.emit_ns),
+    ] {
+        if ns > 0 {
+            hist_add(h.pid, a.query_id, st, ns);
+        }
+    }
 });
 
 /// Does nothing. Attached to control probes to raise their semaphores (they never fire), and

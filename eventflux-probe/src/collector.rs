@@ -15,6 +15,7 @@ use eventflux_probe_common::{CounterKey, HistKey, drop, hist};
 use crate::bpf::Kernel;
 use crate::catalog::{self, Catalog};
 use crate::procstat::{ProcSampler, ProcStats};
+use crate::target::{State, Target};
 
 /// A latency histogram summed over CPUs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub struct SelfStats {
     /// (map, entries, capacity)
     pub maps: Vec<(&'static str, usize, u32)>,
     pub drops: [u64; drop::COUNT as usize],
+    /// Each target, and whether it still runs the program we attached to.
+    pub targets: Vec<(u32, bool)>,
 }
 
 /// Everything known at one instant.
@@ -78,7 +81,7 @@ pub struct Collector {
     kernel: Arc<Mutex<Kernel>>,
     events: Mutex<Option<RingBuf<MapData>>>,
     catalog: Mutex<Catalog>,
-    targets: Mutex<BTreeMap<u32, ProcSampler>>,
+    targets: Mutex<BTreeMap<u32, (Arc<Target>, ProcSampler)>>,
     probes_attached: Mutex<usize>,
     cache: Mutex<Option<(Instant, Arc<Snapshot>)>>,
     max_age: Duration,
@@ -103,9 +106,12 @@ impl Collector {
         })
     }
 
-    /// Starts reporting a process's `/proc` statistics.
-    pub fn add_target(&self, pid: u32, probes_attached: usize) {
-        lock(&self.targets).entry(pid).or_default();
+    /// Starts reporting a process's `/proc` statistics (while it runs; its last ones after).
+    pub fn add_target(&self, target: Arc<Target>, probes_attached: usize) {
+        // A first reading now: a target that exits before the first scrape still has one.
+        let mut sampler = ProcSampler::default();
+        sampler.sample(&target);
+        lock(&self.targets).insert(target.pid(), (target, sampler));
         *lock(&self.probes_attached) += probes_attached;
     }
 
@@ -148,16 +154,8 @@ impl Collector {
             snap.gauges.insert(key, value);
         }
         for entry in kernel.hists()?.iter() {
-            let (key, values) = entry?;
-            let mut h = HistData { buckets: vec![0; hist::BUCKETS], count: 0, sum_ns: 0, max_ns: 0 };
-            for v in values.iter() {
-                for (sum, n) in h.buckets.iter_mut().zip(v.buckets.iter()) {
-                    *sum += n;
-                }
-                h.count += v.count;
-                h.sum_ns += v.sum_ns;
-                h.max_ns = h.max_ns.max(v.max_ns);
-            }
+            let (key, v) = entry?;
+            let h = HistData { buckets: v.buckets.to_vec(), count: v.count, sum_ns: v.sum_ns, max_ns: v.max_ns };
             snap.hists.insert(key, h);
         }
         snap.daemon = SelfStats {
@@ -166,13 +164,15 @@ impl Collector {
             programs: kernel.program_stats(),
             maps: kernel.map_usage(),
             drops: kernel.drops()?,
+            targets: Vec::new(),
         };
         std::mem::drop(kernel);
         snap.catalog = lock(&self.catalog).clone();
-        for (pid, sampler) in lock(&self.targets).iter_mut() {
-            if let Some(stats) = sampler.sample(*pid) {
+        for (pid, (target, sampler)) in lock(&self.targets).iter_mut() {
+            if let Some(stats) = sampler.sample(target) {
                 snap.processes.insert(*pid, stats);
             }
+            snap.daemon.targets.push((*pid, target.state() == State::Running));
         }
         Ok(snap)
     }

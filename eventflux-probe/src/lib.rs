@@ -11,5 +11,8 @@ pub mod budget;
 pub mod catalog;
 pub mod collector;
 pub mod export;
+pub mod http;
+pub mod privileges;
 pub mod procstat;
+pub mod target;
 pub mod usdt;

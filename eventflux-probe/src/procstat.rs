@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use crate::target::Target;
+
 /// One reading of a process.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcStats {
@@ -17,7 +19,8 @@ pub struct ProcStats {
 }
 
 /// Reads `/proc/PID/stat` repeatedly, keeping what CPU-percent needs and the last reading, so
-/// a process that exited still reports its final values.
+/// a process that exited still reports its final values (and never those of a process that
+/// got its pid later: readings go through the target's pidfd).
 #[derive(Debug, Default)]
 pub struct ProcSampler {
     last: Option<(Instant, ProcStats)>,
@@ -58,12 +61,14 @@ pub fn parse(stat: &str, system_uptime: &str) -> Option<ProcStats> {
 
 impl ProcSampler {
     /// A fresh reading, or the last one if the process is gone.
-    pub fn sample(&mut self, pid: u32) -> Option<ProcStats> {
+    pub fn sample(&mut self, target: &Target) -> Option<ProcStats> {
         let now = Instant::now();
-        let fresh = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .zip(std::fs::read_to_string("/proc/uptime").ok())
-            .and_then(|(stat, up)| parse(&stat, &up));
+        let fresh = target.read_proc(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .zip(std::fs::read_to_string("/proc/uptime").ok())
+                .and_then(|(stat, up)| parse(&stat, &up))
+        });
         let Some(mut stats) = fresh else {
             return self.last.map(|(_, s)| s);
         };

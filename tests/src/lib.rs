@@ -313,10 +313,16 @@ impl GatedDemo {
 
     fn finish(&mut self) -> String {
         std::fs::write(&self.gate, b"").expect("open gate");
+        // Read while it runs: a summary larger than a pipe's buffer would block it otherwise.
+        let mut out = self.child.stdout.take().expect("stdout");
+        let reader = thread::spawn(move || {
+            let mut stdout = String::new();
+            let _ = out.read_to_string(&mut stdout);
+            stdout
+        });
         let status = wait_with_deadline(&mut self.child, Duration::from_secs(120));
-        let mut stdout = String::new();
+        let stdout = reader.join().unwrap_or_default();
         let mut stderr = String::new();
-        let _ = self.child.stdout.take().expect("stdout").read_to_string(&mut stdout);
         let _ = self.child.stderr.take().expect("stderr").read_to_string(&mut stderr);
         assert!(status.success(), "target failed ({status}): {stderr}");
         stdout

@@ -25,7 +25,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eventflux_abi::{DEFAULT_FLUSH_MS, FLUSH_LEVELS};
 
@@ -240,15 +240,48 @@ fn claim_block() -> Option<&'static Block> {
 }
 
 /// The flusher's memory: what each count cell held at the last flush, what each gauge series
-/// last reported, and each probe's semaphore then.
+/// last reported, each probe's semaphore then, and since when a probe's observers grew.
 #[derive(Default)]
 struct Flushed {
     counts: Vec<u64>,
     gauges: Vec<u64>,
     semaphores: Vec<u16>,
+    settling: Vec<Option<Instant>>,
 }
 
-static FLUSHED: Mutex<Flushed> = Mutex::new(Flushed { counts: Vec::new(), gauges: Vec::new(), semaphores: Vec::new() });
+static FLUSHED: Mutex<Flushed> =
+    Mutex::new(Flushed { counts: Vec::new(), gauges: Vec::new(), semaphores: Vec::new(), settling: Vec::new() });
+
+/// How long a probe whose observers grew is left alone before it fires again. An observer's
+/// attach raises the semaphore (the kernel does, when it registers the uprobe) before its
+/// program is linked to the site, microseconds later; a hit in between reaches nobody. Firing
+/// only once the count has been steady this long means nothing is lost in that window: amounts
+/// keep accumulating in the cells and arrive with the first hit after it.
+pub(crate) const SETTLE: Duration = Duration::from_millis(50);
+
+/// How often the flusher looks at the semaphores between flushes: a new observer is settled
+/// and has the names replayed within this much after SETTLE, whatever the flush interval.
+const LOOK: Duration = Duration::from_millis(50);
+
+/// A flush that must not leave anything behind (a query stops, the process exits): waits out
+/// a settling observer rather than skip it.
+pub fn flush_final() {
+    flush();
+    let settling = lock(&FLUSHED).settling.iter().any(Option::is_some);
+    if settling {
+        std::thread::sleep(SETTLE);
+        flush();
+    }
+}
+
+/// Whether the flusher has work before the next interval: an observer settling, or the
+/// registration probes' observers changed.
+fn pending() -> bool {
+    let state = lock(&FLUSHED);
+    state.settling.iter().any(Option::is_some)
+        || SEMAPHORES.iter().zip(&state.semaphores).any(|(sem, seen)| sem.count() > *seen)
+        || crate::registry::observers_changed()
+}
 
 /// Fires every count series that grew and every gauge series that changed since the last flush
 /// (to the observers attached now), then replays registrations to observers that arrived.
@@ -260,11 +293,27 @@ pub fn flush() {
     state.counts.resize(reg.count_cells, 0);
     state.gauges.resize(reg.gauge_cells, 0);
     state.semaphores.resize(SEMAPHORES.len(), 0);
+    state.settling.resize(SEMAPHORES.len(), None);
+    // Probes whose observers grew since the last flush settle first (see SETTLE); those that
+    // settled just now owe their gauges to the newcomers.
+    let mut settled_now = vec![false; SEMAPHORES.len()];
+    for (id, sem) in SEMAPHORES.iter().enumerate() {
+        let (now, before) = (sem.count(), state.semaphores[id]);
+        if now > before {
+            state.settling[id] = Some(Instant::now());
+        }
+        if let Some(since) = state.settling[id]
+            && (since.elapsed() >= SETTLE || now == 0)
+        {
+            state.settling[id] = None;
+            settled_now[id] = true;
+        }
+    }
     for s in &reg.series {
         let (id, n) = (s.probe.id as usize, s.probe.values);
         let now = s.probe.semaphore.count();
         let before = state.semaphores.get(id).copied().unwrap_or(0);
-        if s.base == DIRECT || (now == 0 && before == 0) {
+        if s.base == DIRECT || (now == 0 && before == 0) || state.settling[id].is_some() {
             continue;
         }
         let base = s.base as usize;
@@ -277,7 +326,7 @@ pub fn flush() {
                 state.gauges[base + i] = *v;
             }
             // New observers have not seen the current values yet.
-            fire |= now != before;
+            fire |= settled_now[id];
         } else {
             for (i, v) in values.iter_mut().enumerate().take(n) {
                 let total =
@@ -327,9 +376,14 @@ pub fn start_flusher() {
         // SAFETY: registers a function with C linkage and no arguments to run at exit.
         unsafe { atexit(flush_at_exit) };
         let spawned = std::thread::Builder::new().name("usdt-flush".into()).spawn(|| {
+            let mut last = Instant::now();
             loop {
-                std::thread::sleep(flush_interval());
-                flush();
+                let interval = flush_interval();
+                std::thread::sleep(interval.min(LOOK));
+                if last.elapsed() >= interval || pending() {
+                    flush();
+                    last = Instant::now();
+                }
                 if std::hint::black_box(false) {
                     crate::probes::keep_control_sites();
                 }
@@ -346,7 +400,7 @@ unsafe extern "C" {
 
 extern "C" fn flush_at_exit() {
     // A panic must not unwind into libc's exit.
-    let _ = std::panic::catch_unwind(flush);
+    let _ = std::panic::catch_unwind(flush_final);
 }
 
 #[cfg(all(test, feature = "enabled"))]
@@ -364,6 +418,13 @@ mod tests {
     /// The tests share the process-wide registry and semaphores: one at a time.
     static SERIAL: Mutex<()> = Mutex::new(());
 
+    /// Raises a semaphore as an attaching tool would, and lets the change settle.
+    fn attach(sem: &crate::Semaphore, n: u16) {
+        sem.set(n);
+        super::flush();
+        std::thread::sleep(super::SETTLE);
+    }
+
     fn fired(probe: u32, key: u32) -> Vec<[u64; 4]> {
         let mut f = FIRED.lock().unwrap_or_else(|e| e.into_inner());
         let out = f.iter().filter(|(p, k, _)| *p == probe && k[0] == key).map(|(_, _, v)| *v).collect();
@@ -376,8 +437,8 @@ mod tests {
     #[test]
     fn counts_from_many_threads_are_exact_across_flushes_and_thread_exits() {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        ingest::SEMAPHORE.set(1);
         let counter = ingest::Counter::new(901);
+        attach(&ingest::SEMAPHORE, 1);
         let mut total = 0u64;
         for round in 0..3u64 {
             let threads: Vec<_> = (0..4u64)
@@ -407,7 +468,7 @@ mod tests {
     fn an_observer_counts_from_its_attach() {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let counter = error::Counter::new(902, 1);
-        error::SEMAPHORE.set(1);
+        attach(&error::SEMAPHORE, 1);
         counter.add(5);
         super::flush();
         assert_eq!(fired(error::ID, 902), vec![[5, 0, 0, 0]]);
@@ -417,8 +478,13 @@ mod tests {
         counter.add(100);
         error::SEMAPHORE.set(1);
         counter.add(3);
+        // Settling: nothing fires yet, nothing is lost.
         super::flush();
-        assert_eq!(fired(error::ID, 902), vec![[3, 0, 0, 0]]);
+        assert!(fired(error::ID, 902).is_empty());
+        counter.add(4);
+        std::thread::sleep(super::SETTLE);
+        super::flush();
+        assert_eq!(fired(error::ID, 902), vec![[7, 0, 0, 0]]);
         error::SEMAPHORE.set(0);
     }
 
@@ -426,14 +492,14 @@ mod tests {
     #[test]
     fn gauges_fire_on_change_and_to_new_observers() {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        window_state::SEMAPHORE.set(1);
         let gauge = window_state::Gauge::new(903);
+        attach(&window_state::SEMAPHORE, 1);
         gauge.set(10);
         super::flush();
         gauge.set(10);
         super::flush();
         assert_eq!(fired(window_state::ID, 903), vec![[10, 0, 0, 0]]);
-        window_state::SEMAPHORE.set(2);
+        attach(&window_state::SEMAPHORE, 2);
         super::flush();
         assert_eq!(fired(window_state::ID, 903), vec![[10, 0, 0, 0]], "the second observer gets the value");
         window_state::SEMAPHORE.set(0);

@@ -128,6 +128,7 @@ macro_rules! define_probes {
                 /// duplicates it inside this function), and the note is discarded together
                 /// with the function when a binary never fires the probe.
                 #[inline(never)]
+                #[allow(clippy::too_many_arguments)]
                 pub fn site($($key: arg_type!($kty),)* $($val: arg_type!($vty)),*) {
                     #[cfg(all(feature = "enabled", target_arch = "x86_64", target_os = "linux"))]
                     crate::__sdt_site!($name, $($key : $kty,)* $($val : $vty),*);

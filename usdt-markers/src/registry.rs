@@ -134,7 +134,7 @@ pub fn register_query(info: QueryInfo<'_>) {
 /// Stops announcing a query and fires `query_unregister`, after flushing every count so that
 /// observers have the query's final totals when they learn it stopped.
 pub fn unregister_query(id: u32) {
-    crate::accum::flush();
+    crate::accum::flush_final();
     let mut reg = lock();
     reg.queries.retain(|q| q.id != id);
     crate::query_unregister::site(id);
@@ -168,22 +168,36 @@ fn observers() -> u32 {
     u32::from(crate::stream_register::SEMAPHORE.count()) + u32::from(crate::query_register::SEMAPHORE.count())
 }
 
-/// Replays the table if the tools attached to the registration probes changed. Called by the
-/// flusher once per interval.
-pub(crate) fn sync_observers() {
+/// Whether the tools attached to the registration probes changed since the last replay.
+pub(crate) fn observers_changed() -> bool {
     #[cfg(feature = "enabled")]
-    if observers() != ANNOUNCED_TO.load(Ordering::Relaxed) {
-        sync_slow();
-    }
+    return observers() != ANNOUNCED_TO.load(Ordering::Relaxed);
+    #[cfg(not(feature = "enabled"))]
+    return false;
 }
 
-#[cfg(feature = "enabled")]
-#[cold]
-#[inline(never)]
-fn sync_slow() {
-    let reg = lock();
-    let now = observers();
-    if ANNOUNCED_TO.swap(now, Ordering::Relaxed) != now {
-        replay(&reg);
+/// Replays the table if the tools attached to the registration probes changed, once the change
+/// has settled (a new tool's semaphore rises before its program is linked: see
+/// `accum::SETTLE`). Called by the flusher once per interval.
+pub(crate) fn sync_observers() {
+    #[cfg(feature = "enabled")]
+    {
+        static CHANGED: Mutex<Option<(u32, std::time::Instant)>> = Mutex::new(None);
+        let now = observers();
+        let mut changed = CHANGED.lock().unwrap_or_else(|e| e.into_inner());
+        if now == ANNOUNCED_TO.load(Ordering::Relaxed) {
+            *changed = None;
+            return;
+        }
+        match *changed {
+            Some((seen, since)) if seen == now && since.elapsed() >= crate::accum::SETTLE => {
+                *changed = None;
+                let reg = lock();
+                ANNOUNCED_TO.store(now, Ordering::Relaxed);
+                replay(&reg);
+            }
+            Some((seen, _)) if seen == now => {}
+            _ => *changed = Some((now, std::time::Instant::now())),
+        }
     }
 }

@@ -71,12 +71,34 @@ struct Frame {
     overhead: u64,
     /// Sum of the (corrected) totals of the direct children.
     children_ns: u64,
+    /// A batch (rather than a stage): the stages inside it report their self time here.
+    batch: bool,
+    /// Self time per Stage of the stages in this batch (batches only).
+    stages: [u64; STAGES],
 }
+
+const STAGES: usize = Stage::ALL.len();
 
 #[derive(Clone, Copy)]
 enum Record {
-    Stage { query: u32, stage: u32, events_in: u64, events_out: u64, self_ns: u64, total_ns: u64, start_ns: u64 },
-    Batch { query: u32, stream: u32, events_in: u64, events_out: u64, latency_ns: u64, start_ns: u64 },
+    Stage {
+        query: u32,
+        stage: u32,
+        events_in: u64,
+        events_out: u64,
+        self_ns: u64,
+        total_ns: u64,
+        start_ns: u64,
+    },
+    Batch {
+        query: u32,
+        stream: u32,
+        events_in: u64,
+        events_out: u64,
+        latency_ns: u64,
+        start_ns: u64,
+        stages: [u64; STAGES],
+    },
 }
 
 struct Recorder {
@@ -96,7 +118,7 @@ thread_local! {
     static PACE: Cell<Pace> = const { Cell::new(Pace { stride: 1, drawn: 1, last_ns: 0, rng: 0 }) };
     static RECORDER: RefCell<Recorder> = const {
         RefCell::new(Recorder {
-            open: [Frame { start: 0, before: 0, overhead: 0, children_ns: 0 }; MAX_OPEN],
+            open: [Frame { start: 0, before: 0, overhead: 0, children_ns: 0, batch: false, stages: [0; STAGES] }; MAX_OPEN],
             depth: 0,
             records: [None; MAX_RECORDS],
             len: 0,
@@ -167,7 +189,7 @@ impl Batch {
         }
         // Inside a sampled batch every nested batch is part of its record.
         if DEPTH.with(Cell::get) != 0 {
-            return Batch { start: open(now_ns()) };
+            return Batch { start: open(now_ns(), true) };
         }
         let left = COUNTDOWN.with(Cell::get);
         if left > 1 {
@@ -209,7 +231,7 @@ impl Batch {
         pace.drawn = next;
         PACE.with(|p| p.set(pace));
         COUNTDOWN.with(|c| c.set(next));
-        Batch { start: open(now_ns()) }
+        Batch { start: open(now_ns(), true) }
     }
 
     /// Whether this batch is sampled.
@@ -221,6 +243,12 @@ impl Batch {
     /// async junction's queue. Reported as the `ingest` stage.
     pub fn handoff(&self, query_id: u32, events: u64, wait_ns: u64) {
         if self.start != 0 {
+            RECORDER.with(|r| {
+                let mut r = r.borrow_mut();
+                if let Some(batch) = r.depth.checked_sub(1).and_then(|d| r.open.get_mut(d)) {
+                    batch.stages[Stage::Ingest as usize] += wait_ns;
+                }
+            });
             push_record(Record::Stage {
                 query: query_id,
                 stage: Stage::Ingest.code(),
@@ -245,13 +273,14 @@ impl Batch {
     #[inline(never)]
     fn exit_sampled(self, query: u32, stream: u32, events_in: u64, events_out: u64) {
         let end = now_ns();
-        close(self.start, end, |total, _, start| Record::Batch {
+        close(self.start, end, None, |total, _, start, stages| Record::Batch {
             query,
             stream,
             events_in,
             events_out,
             latency_ns: total,
             start_ns: start,
+            stages,
         });
         finish();
     }
@@ -263,7 +292,7 @@ impl Span {
     /// Enters a stage; timed only inside a sampled batch.
     #[inline(always)]
     pub fn enter() -> Span {
-        if !stage_sample::is_enabled() || DEPTH.with(Cell::get) == 0 {
+        if !batch_sample::is_enabled() || DEPTH.with(Cell::get) == 0 {
             return Span::OFF;
         }
         Span { start: open_now() }
@@ -281,7 +310,7 @@ impl Span {
     #[inline(never)]
     fn exit_sampled(self, query: u32, stage: Stage, events_in: u64, events_out: u64) {
         let end = now_ns();
-        close(self.start, end, |total_ns, self_ns, start_ns| Record::Stage {
+        close(self.start, end, Some(stage), |total_ns, self_ns, start_ns, _| Record::Stage {
             query,
             stage: stage.code(),
             events_in,
@@ -297,12 +326,12 @@ impl Span {
 #[cold]
 #[inline(never)]
 fn open_now() -> u64 {
-    open(now_ns())
+    open(now_ns(), false)
 }
 
-/// Opens a span; `before` is the clock read when its bookkeeping began. Returns its start
-/// (never 0), or 0 if too deeply nested.
-fn open(before: u64) -> u64 {
+/// Opens a span (a batch or a stage); `before` is the clock read when its bookkeeping began.
+/// Returns its start (never 0), or 0 if too deeply nested.
+fn open(before: u64, batch: bool) -> u64 {
     let opened = RECORDER.with(|r| {
         let mut r = r.borrow_mut();
         if r.depth >= MAX_OPEN {
@@ -310,7 +339,7 @@ fn open(before: u64) -> u64 {
             return false;
         }
         let d = r.depth;
-        r.open[d] = Frame { start: 0, before, overhead: 0, children_ns: 0 };
+        r.open[d] = Frame { start: 0, before, overhead: 0, children_ns: 0, batch, stages: [0; STAGES] };
         r.depth += 1;
         DEPTH.with(|c| c.set(r.depth as u32));
         true
@@ -328,10 +357,11 @@ fn open(before: u64) -> u64 {
 }
 
 /// Closes the innermost span, which must be the one that started at `start`, at `end`: its
-/// record, built by `record(total, self, start)` from its times with the instrumentation inside
-/// it subtracted, joins the thread's records, and its parent learns what it cost. Out of order,
-/// the thread's spans are dropped.
-fn close(start: u64, end: u64, record: impl FnOnce(u64, u64, u64) -> Record) {
+/// record, built by `record(total, self, start, stages)` from its times with the
+/// instrumentation inside it subtracted, joins the thread's records, its parent learns what it
+/// cost, and a stage's self time is added to its batch. Out of order, the thread's spans are
+/// dropped.
+fn close(start: u64, end: u64, stage: Option<Stage>, record: impl FnOnce(u64, u64, u64, [u64; STAGES]) -> Record) {
     let cost = read_cost_ns();
     let closed = RECORDER.with(|r| {
         let mut r = r.borrow_mut();
@@ -350,10 +380,15 @@ fn close(start: u64, end: u64, record: impl FnOnce(u64, u64, u64) -> Record) {
         // instrumentation.
         let total = end.saturating_sub(f.start).saturating_sub(f.overhead + cost);
         let own = total.saturating_sub(f.children_ns);
+        if let Some(stage) = stage
+            && let Some(batch) = r.open[..d].iter_mut().rev().find(|f| f.batch)
+        {
+            batch.stages[stage as usize] += own;
+        }
         let len = r.len;
         match r.records.get_mut(len) {
             Some(slot) => {
-                *slot = Some(record(total, own, f.start));
+                *slot = Some(record(total, own, f.start, f.stages));
                 r.len += 1;
             }
             None => r.dropped += 1,
@@ -401,13 +436,20 @@ fn finish() {
         Some((r.records, n, dropped))
     });
     let Some((records, n, dropped)) = pending else { return };
+    // Stage records only for a tool that wants them: the batch record carries their self times.
+    let stages = stage_sample::is_enabled();
     for rec in records.iter().take(n).flatten() {
         match *rec {
             Record::Stage { query, stage, events_in, events_out, self_ns, total_ns, start_ns } => {
-                stage_sample::site(query, stage, events_in, events_out, self_ns, total_ns, start_ns)
+                if stages {
+                    stage_sample::site(query, stage, events_in, events_out, self_ns, total_ns, start_ns)
+                }
             }
-            Record::Batch { query, stream, events_in, events_out, latency_ns, start_ns } => {
-                batch_sample::site(query, stream, events_in, events_out, latency_ns, start_ns)
+            Record::Batch { query, stream, events_in, events_out, latency_ns, start_ns, stages } => {
+                let [ingest, filter, window, aggregate, emit] = stages;
+                batch_sample::site(
+                    query, stream, events_in, events_out, latency_ns, start_ns, ingest, filter, window, aggregate, emit,
+                )
             }
         }
     }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use eventflux_probe::bpf::Kernel;
 use eventflux_probe::budget::Budget;
 use eventflux_probe::collector::{Collector, HistData, Snapshot};
+use eventflux_probe::target::State;
 use eventflux_probe_common::{hist, probe, stage};
 use serde_json::json;
 
@@ -36,9 +37,9 @@ pub struct Args {
     budget: target::BudgetArgs,
 }
 
-/// The probes `latency` attaches: the registrations (for names), the two sample probes, and
-/// the control probes of its budget. The engine times the stages itself (probe ABI v2), so
-/// one stage needs no other stage's probes.
+/// The probes `latency` attaches: the registrations (for names), `batch_sample` (which carries
+/// the stages' self times too), and the control probes of its budget. The engine times the
+/// stages itself (probe ABI v2), so one stage needs no other stage's probes.
 fn probes_for(stage_name: Option<&str>, budget: &Budget) -> Result<(Vec<u32>, Vec<u32>)> {
     let stages: Vec<u32> = match stage_name {
         None => (0..stage::NAMES.len() as u32).collect(),
@@ -51,7 +52,6 @@ fn probes_for(stage_name: Option<&str>, budget: &Budget) -> Result<(Vec<u32>, Ve
         probe::stream_register::ID,
         probe::query_register::ID,
         probe::query_unregister::ID,
-        probe::stage_sample::ID,
         probe::batch_sample::ID,
     ];
     probes.extend(budget.control_probes());
@@ -61,7 +61,7 @@ fn probes_for(stage_name: Option<&str>, budget: &Budget) -> Result<(Vec<u32>, Ve
 pub fn run(args: &Args) -> Result<()> {
     let budget = args.budget.budget(Some(eventflux_probe::budget::RUN_SAMPLES_PER_SEC))?;
     let (probes, stages) = probes_for(args.stage.as_deref(), &budget)?;
-    let binaries = target::eventflux_binaries(args.pid)?;
+    let (target, binaries) = target::eventflux_binaries(args.pid)?;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     // Kernel run statistics, for the cost line below.
@@ -81,7 +81,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     );
     let started = std::time::Instant::now();
-    runtime.block_on(async {
+    let ended = runtime.block_on(async {
         let wait = async {
             match args.duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -96,13 +96,23 @@ pub fn run(args: &Args) -> Result<()> {
             }
         };
         tokio::select! {
-            _ = wait => {}
-            _ = tokio::signal::ctrl_c() => {}
-            _ = drain => {}
+            _ = wait => None,
+            _ = tokio::signal::ctrl_c() => None,
+            _ = drain => None,
+            state = target.ended(Duration::from_millis(250)) => Some(state),
         }
     });
     let snap = collector.snapshot()?;
     let elapsed = started.elapsed().as_secs_f64().max(1e-3);
+    match ended {
+        Some(State::Execd(exe)) => eprintln!(
+            "Process {} exec'd {} after {elapsed:.1}s: printing what it recorded before.",
+            args.pid,
+            exe.display()
+        ),
+        Some(_) => eprintln!("Process {} exited after {elapsed:.1}s: printing what it recorded.", args.pid),
+        None => {}
+    }
     kernel.lock().unwrap_or_else(|e| e.into_inner()).detach_all();
     let hits: u64 = snap.daemon.programs.iter().filter(|(n, ..)| n.ends_with("_sample")).map(|(_, runs, _)| runs).sum();
     eprintln!(
@@ -110,6 +120,23 @@ pub fn run(args: &Args) -> Result<()> {
         hits as f64 / elapsed
     );
     let rows = select(&snap, args.pid, &stages, args.query.as_deref());
+    if let Some(q) = args.query.as_deref() {
+        let known: Vec<&str> = snap
+            .catalog
+            .queries
+            .iter()
+            .filter(|((pid, _), _)| *pid == args.pid)
+            .map(|(_, meta)| meta.name.as_str())
+            .collect();
+        let matches = snap
+            .catalog
+            .queries
+            .iter()
+            .any(|((pid, id), meta)| *pid == args.pid && (meta.name == q || q.parse::<u32>() == Ok(*id)));
+        if !known.is_empty() && !matches {
+            bail!("process {} has no query `{q}`: its queries are {}", args.pid, known.join(", "));
+        }
+    }
     let out = if args.json { to_json(&rows) } else { to_text(&rows) };
     print!("{out}");
     if rows.is_empty() {

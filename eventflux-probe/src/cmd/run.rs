@@ -14,7 +14,8 @@ use axum::routing::get;
 use eventflux_probe::bpf::Kernel;
 use eventflux_probe::collector::Collector;
 use eventflux_probe::export::prometheus::{self as prom, Options};
-use eventflux_probe_common::{Class, PROBES};
+use eventflux_probe::http::GuardedListener;
+use eventflux_probe::target::State as TargetState;
 use tokio::net::TcpListener;
 
 use super::target;
@@ -33,10 +34,22 @@ pub struct Args {
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// Label sets per metric before further ones are folded into one `overflow` series.
-    #[arg(long, value_name = "N", default_value_t = 2000)]
+    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = parse_max_series)]
     max_series: usize,
+    /// Close an HTTP connection after this long without traffic (a client that connects and
+    /// says nothing gives its slot back).
+    #[arg(long, value_name = "D", value_parser = target::parse_duration, default_value = "10s")]
+    http_idle_timeout: Duration,
     #[command(flatten)]
     budget: target::BudgetArgs,
+}
+
+fn parse_max_series(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (the cap on label sets per metric)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a number of series")),
+    }
 }
 
 struct AppState {
@@ -52,7 +65,8 @@ pub fn run(args: &Args) -> Result<()> {
 
 async fn serve(args: &Args) -> Result<()> {
     let budget = args.budget.budget(Some(eventflux_probe::budget::RUN_SAMPLES_PER_SEC))?;
-    let binaries = target::eventflux_binaries(args.pid)?;
+    let (target, binaries) = target::eventflux_binaries(args.pid)?;
+    let target = Arc::new(target);
     let listener = TcpListener::bind(args.listen).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => anyhow!(
             "cannot listen on {}: address already in use (another eventflux-probe or exporter?); choose another with --listen",
@@ -63,9 +77,8 @@ async fn serve(args: &Args) -> Result<()> {
 
     // Keeps the kernel's BPF run-time statistics on while we run (the program metrics).
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
-    // Every probe that carries data, and the two control probes of our budget.
-    let mut probes: Vec<u32> =
-        PROBES.iter().enumerate().filter(|(_, p)| p.class != Class::Control).map(|(i, _)| i as u32).collect();
+    // Every probe the metrics are made of, and the two control probes of our budget.
+    let mut probes = eventflux_probe::bpf::metric_probes();
     probes.extend(budget.control_probes());
     let mut kernel = Kernel::load(&probes)?;
     let report = kernel.attach_process(args.pid, &binaries)?;
@@ -82,7 +95,7 @@ async fn serve(args: &Args) -> Result<()> {
     tracing::info!("asked the engine for {budget}");
     let kernel = Arc::new(Mutex::new(kernel));
     let collector = Arc::new(Collector::new(Arc::clone(&kernel), Duration::from_millis(100))?);
-    collector.add_target(args.pid, report.probes);
+    collector.add_target(Arc::clone(&target), report.probes);
 
     // Registrations arrive through a ring buffer: drain it often so it never fills.
     let drain = Arc::clone(&collector);
@@ -94,23 +107,31 @@ async fn serve(args: &Args) -> Result<()> {
         }
     });
     let pid = args.pid;
+    let watched = Arc::clone(&kernel);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tick.tick().await;
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                tracing::info!(pid, "target exited; serving its final values until stopped");
-                break;
-            }
+        match target.ended(Duration::from_millis(250)).await {
+            TargetState::Execd(exe) => tracing::warn!(
+                pid,
+                exe = %exe.display(),
+                "target exec'd another program: the probes were in the old one; treating it as exited, serving its final values until stopped"
+            ),
+            _ => tracing::info!(pid, "target exited; serving its final values until stopped"),
         }
+        // Its probes are gone with its image; the attachments only hold kernel resources now.
+        tokio::task::spawn_blocking(move || watched.lock().unwrap_or_else(|e| e.into_inner()).detach_all());
     });
 
     let state = Arc::new(AppState { collector, options: Options { max_series: args.max_series, pid_label: false } });
     let app = Router::new().route("/metrics", get(metrics)).with_state(state);
-    tracing::info!("serving http://{}/metrics", args.listen);
+    // The address really bound: with port 0 the kernel chose one.
+    let bound = listener.local_addr().unwrap_or(args.listen);
+    let cap = eventflux_probe::http::connection_cap();
+    tracing::info!(max_connections = cap, "serving http://{bound}/metrics");
+    let listener = GuardedListener::new(listener, cap, args.http_idle_timeout);
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server failed")?;
+    let detaching = std::time::Instant::now();
     kernel.lock().unwrap_or_else(|e| e.into_inner()).detach_all();
-    tracing::info!(pid, "detached");
+    tracing::info!(pid, detach_ms = detaching.elapsed().as_secs_f64() * 1e3, "detached");
     Ok(())
 }
 

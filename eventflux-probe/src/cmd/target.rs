@@ -4,11 +4,14 @@
 use anyhow::{Result, bail};
 use eventflux_probe::bpf::PROVIDER;
 use eventflux_probe::budget::Budget;
+use eventflux_probe::target::Target;
 use eventflux_probe::usdt::{self, BinaryProbes};
 
-/// The target's files that carry eventflux probes. Fails with one clear line if the pid does
-/// not exist or carries no such probe.
-pub fn eventflux_binaries(pid: u32) -> Result<Vec<BinaryProbes>> {
+/// The target, held by identity, and its files that carry eventflux probes. Fails with one
+/// clear line if the pid does not exist, has exited, cannot be read or carries no such probe.
+pub fn eventflux_binaries(pid: u32) -> Result<(Target, Vec<BinaryProbes>)> {
+    eventflux_probe::privileges::check()?;
+    let target = Target::open(pid)?;
     let mut warnings = Vec::new();
     let binaries = usdt::probes_in_process(pid, &mut warnings)?;
     let with_probes: Vec<BinaryProbes> =
@@ -21,7 +24,7 @@ pub fn eventflux_binaries(pid: u32) -> Result<Vec<BinaryProbes>> {
     for w in warnings {
         tracing::warn!("{w}");
     }
-    Ok(with_probes)
+    Ok((target, with_probes))
 }
 
 /// What this observer asks of the engine (see `eventflux_probe::budget`).

@@ -66,7 +66,8 @@ struct Family {
     help: &'static str,
     kind: MetricType,
     series: BTreeMap<Labels, Value>,
-    folded: u64,
+    /// Label sets summed into the overflow series (each once, however often it was added).
+    folded: std::collections::BTreeSet<Labels>,
 }
 
 /// Collects series by metric name, applying the cap.
@@ -77,7 +78,12 @@ struct Families {
 
 impl Families {
     fn family(&mut self, name: &'static str, help: &'static str, kind: MetricType) -> &mut Family {
-        self.by_name.entry(name).or_insert_with(|| Family { help, kind, series: BTreeMap::new(), folded: 0 })
+        self.by_name.entry(name).or_insert_with(|| Family {
+            help,
+            kind,
+            series: BTreeMap::new(),
+            folded: Default::default(),
+        })
     }
 
     fn add(&mut self, name: &'static str, help: &'static str, kind: MetricType, labels: Labels, v: Value) {
@@ -86,8 +92,9 @@ impl Families {
         let labels = if fam.series.contains_key(&labels) || fam.series.len() < max {
             labels
         } else {
-            fam.folded += 1;
-            labels.into_iter().map(|(k, _)| (k, OVERFLOW.to_owned())).collect()
+            let overflow = labels.iter().map(|(k, _)| (*k, OVERFLOW.to_owned())).collect();
+            fam.folded.insert(labels);
+            overflow
         };
         match fam.series.get_mut(&labels) {
             Some(existing) => existing.merge(v),
@@ -366,6 +373,15 @@ fn engine_metrics(snap: &Snapshot, f: &mut Families) {
 fn daemon_metrics(snap: &Snapshot, f: &mut Families) {
     let d = &snap.daemon;
     f.gauge("eventflux_probe_probes_attached", "Distinct USDT probes attached.", vec![], d.probes_attached as f64);
+    for &(pid, running) in &d.targets {
+        let labels = if f.opts.pid_label { vec![("pid", pid.to_string())] } else { vec![] };
+        f.gauge(
+            "eventflux_probe_target_running",
+            "1 while the target runs the program the probes were attached to; 0 once it exited or exec'd another.",
+            labels,
+            if running { 1.0 } else { 0.0 },
+        );
+    }
     f.gauge("eventflux_probe_sites_attached", "USDT probe sites (notes) attached.", vec![], d.sites_attached as f64);
     for (name, runs, time) in &d.programs {
         f.counter(
@@ -403,8 +419,12 @@ fn daemon_metrics(snap: &Snapshot, f: &mut Families) {
             *n as f64,
         );
     }
-    let folded: Vec<(&'static str, u64)> =
-        f.by_name.iter().filter(|(_, fam)| fam.folded > 0).map(|(n, fam)| (*n, fam.folded)).collect();
+    let folded: Vec<(&'static str, u64)> = f
+        .by_name
+        .iter()
+        .filter(|(_, fam)| !fam.folded.is_empty())
+        .map(|(n, fam)| (*n, fam.folded.len() as u64))
+        .collect();
     for (metric, n) in folded {
         f.gauge(
             "eventflux_probe_series_folded",

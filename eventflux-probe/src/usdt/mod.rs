@@ -7,7 +7,7 @@ pub mod spec;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 pub use notes::{Notes, UsdtNote};
 
@@ -22,20 +22,61 @@ pub struct BinaryProbes {
     pub notes: Notes,
 }
 
-/// Reads the probe notes of an ELF file.
+/// Reads the probe notes of an ELF file: a regular file, read up to the size it had when
+/// opened, so that a FIFO cannot hang us and a device cannot feed us forever.
 pub fn probes_in_file(path: &Path) -> Result<Notes> {
-    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so that opening a FIFO does not wait for a writer; the type check follows.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| read_error(path, e))?;
+    let meta = file.metadata().map_err(|e| read_error(path, e))?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
+        bail!("{} is {kind}: give the ELF file itself", path.display());
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(meta.len()).read_to_end(&mut data).map_err(|e| read_error(path, e))?;
     notes::parse(&data).with_context(|| path.display().to_string())
+}
+
+/// A file we were not allowed to read.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot read {}: permission denied (reading another process's files through /proc needs root or CAP_SYS_PTRACE)",
+    path.display()
+)]
+pub struct PermissionDenied {
+    /// The file.
+    pub path: PathBuf,
+}
+
+/// Why a file could not be read, with what to do about a refusal.
+fn read_error(path: &Path, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        PermissionDenied { path: path.to_path_buf() }.into()
+    } else {
+        anyhow::anyhow!("cannot read {}: {e}", path.display())
+    }
 }
 
 /// Reads the probe notes of the executable and every shared object that process `pid` has
 /// mapped executable. Files that cannot be read as ELF are reported in `warnings` and skipped.
+///
+/// A process whose executable we may not read is an error (it would otherwise look like a
+/// process without probes).
 pub fn probes_in_process(pid: u32, warnings: &mut Vec<String>) -> Result<Vec<BinaryProbes>> {
     let files = process::mapped_executables(pid)?;
     let mut out = Vec::new();
-    for file in files {
+    for (i, file) in files.into_iter().enumerate() {
         match probes_in_file(&file.opened_at) {
             Ok(notes) => out.push(BinaryProbes { path: file.path, opened_at: file.opened_at, notes }),
+            Err(e) if i == 0 && e.is::<PermissionDenied>() => {
+                return Err(e.context(format!("process {pid}'s executable could not be read")));
+            }
             Err(e) => warnings.push(format!("skipping {}: {e:#}", file.path.display())),
         }
     }

@@ -18,6 +18,10 @@ pub struct MappedFile {
 /// The main executable first, then every other file mapped with execute permission, once each.
 pub fn mapped_executables(pid: u32) -> Result<Vec<MappedFile>> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    // A process that exited but was not reaped yet still has a /proc entry, with no mappings.
+    if matches!(crate::target::proc_state(pid), Some('Z' | 'X')) {
+        bail!("process {pid} has exited (a zombie its parent has not reaped yet): nothing left to observe");
+    }
     let maps = match std::fs::read_to_string(proc_dir.join("maps")) {
         Ok(maps) => maps,
         Err(e) if e.kind() == ErrorKind::NotFound => {

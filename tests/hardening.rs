@@ -1,0 +1,416 @@
+//! What a hostile SRE found, each reproduced on the real kernel: target identity and lifecycle
+//! (exec, pid reuse, zombies, a target dying under `latency`, hits at attach, SIGTERM),
+//! privileges, bad input, exporter correctness and misbehaving HTTP clients.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::{Daemon, GatedDemo, Sample, Scratch, bin, free_port, parse_metrics, run, run_ok, value};
+use serde_json::Value;
+
+/// The tests here each run targets and daemons: one at a time, so that two cores suffice.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn metric(m: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(m, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape"))
+}
+
+/// Scrapes until `pred` holds on the page, or fails after `limit` with the last page.
+fn poll(daemon: &Daemon, limit: Duration, what: &str, pred: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let m = parse_metrics(&daemon.scrape());
+        if pred(&m) {
+            return m;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn assert_one_line_error(out: &std::process::Output, expect: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "should fail: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(lines[0].starts_with("eventflux-probe: error: ") || lines[0].starts_with("error: "), "{err}");
+    assert!(lines[0].contains(expect), "{err:?} should say {expect:?}");
+}
+
+/// A target that execs another program stops being this target: its probes were in the old
+/// image. `run` notices, says so, detaches and reports it as no longer running.
+#[test]
+fn a_target_that_execs_is_treated_as_exited() {
+    let _serial = serial();
+    let scratch = Scratch::new("exec");
+    let gate = scratch.path().join("go");
+    let target = bin("exec-target");
+    let mut child = Command::new(&target)
+        .arg(&gate)
+        .arg(bin("eventflux-demo"))
+        .args(["--events", "1000", "--linger", "10"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start exec-target");
+    integration_tests::wait_exec(child.id(), &target);
+    let mut daemon = Daemon::start(child.id());
+    let m = parse_metrics(&daemon.scrape());
+    assert_eq!(metric(&m, "eventflux_probe_target_running", &[]), 1.0);
+    std::fs::write(&gate, b"").expect("gate");
+    let m = poll(&daemon, Duration::from_secs(5), "target_running 0 after exec", |m| {
+        value(m, "eventflux_probe_target_running", &[]) == Some(0.0)
+    });
+    // Detached from the old image's sites.
+    let m = if value(&m, "eventflux_probe_sites_attached", &[]) == Some(0.0) {
+        m
+    } else {
+        poll(&daemon, Duration::from_secs(5), "detach after exec", |m| {
+            value(m, "eventflux_probe_sites_attached", &[]) == Some(0.0)
+        })
+    };
+    assert_eq!(metric(&m, "eventflux_probe_sites_attached", &[]), 0.0);
+    daemon.wait_for_log("exec'd", Duration::from_secs(2));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Once the target exited and another process got its pid, nothing of that process is
+/// reported as the target's: the last values stay as they were.
+#[test]
+fn pid_reuse_does_not_report_another_process() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "20000"]);
+    let pid = target.pid();
+    let daemon = Daemon::start(pid);
+    assert!(value(&parse_metrics(&daemon.scrape()), "eventflux_uptime_seconds", &[]).is_some());
+    target.open_and_wait();
+    let before = poll(&daemon, Duration::from_secs(5), "target_running 0", |m| {
+        value(m, "eventflux_probe_target_running", &[]) == Some(0.0)
+    });
+    let rss = metric(&before, "eventflux_memory_usage_bytes", &[("component", "rss")]);
+    let threads = metric(&before, "eventflux_threads_active", &[]);
+    let uptime = metric(&before, "eventflux_uptime_seconds", &[]);
+
+    // Hand the pid to a new process: the kernel gives out ns_last_pid + 1 next.
+    let mut impostor = None;
+    for _ in 0..20 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).expect("ns_last_pid (needs root)");
+        let child = Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        if child.id() == pid {
+            impostor = Some(child);
+            break;
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut impostor = impostor.expect("could not hand the pid to another process");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = parse_metrics(&daemon.scrape());
+    assert_eq!(metric(&after, "eventflux_probe_target_running", &[]), 0.0);
+    assert_eq!(metric(&after, "eventflux_memory_usage_bytes", &[("component", "rss")]), rss);
+    assert_eq!(metric(&after, "eventflux_threads_active", &[]), threads);
+    assert_eq!(metric(&after, "eventflux_uptime_seconds", &[]), uptime);
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+}
+
+/// A process that exited but was not reaped is not "without probes": it has exited.
+#[test]
+fn a_zombie_is_reported_as_exited() {
+    let _serial = serial();
+    let mut child =
+        Command::new(bin("eventflux-demo")).args(["--events", "10"]).stdout(Stdio::null()).spawn().expect("spawn");
+    // Not reaped: a zombie once it exits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default().contains(") Z ") {
+        assert!(Instant::now() < deadline, "the demo never exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = child.id().to_string();
+    let probe = bin("eventflux-probe");
+    for cmd in [&["run", "--pid", &pid][..], &["latency", "--pid", &pid], &["list", "--pid", &pid]] {
+        assert_one_line_error(&run(Command::new(&probe).args(cmd)), "has exited");
+    }
+    child.wait().expect("reap");
+}
+
+/// `latency` stops when its target dies, prints what it has and says why.
+#[test]
+fn latency_stops_when_the_target_exits() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "100000", "--rate", "100000"]);
+    let started = Instant::now();
+    let latency = Command::new(bin("eventflux-probe"))
+        .args(["latency", "--pid", &target.pid().to_string(), "--duration", "60s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start latency");
+    std::thread::sleep(Duration::from_millis(500));
+    target.open_and_wait();
+    let out = latency.wait_with_output().expect("latency");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "latency waited out its duration");
+    assert!(err.contains("exited after"), "{err}");
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(!rows.is_empty(), "it printed what it recorded");
+}
+
+/// Attaching to a running engine loses nothing after the semaphore rises: the target counts
+/// the adds it made while a tool was attached, and `run` reports exactly that, flushing every
+/// 10 ms (a flush in the moment between the semaphore rising and the program being linked
+/// would otherwise be lost). Three times, attaching at a different moment each time.
+#[test]
+fn no_counts_are_lost_while_attaching() {
+    let _serial = serial();
+    for attach_after in [300u64, 450, 600] {
+        let target =
+            Command::new(bin("count-target")).arg("2.5").stdout(Stdio::piped()).spawn().expect("start count-target");
+        integration_tests::wait_exec(target.id(), &bin("count-target"));
+        std::thread::sleep(Duration::from_millis(attach_after));
+        let mut daemon = Daemon::start_with(target.id(), &["--flush-interval", "10ms"]);
+        let out = target.wait_with_output().expect("count-target");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let observed = v["observed"].as_u64().expect("observed");
+        assert!(observed > 0 && observed < v["total"].as_u64().expect("total"), "attached mid-run: {v}");
+        daemon.wait_for_log("target exited", Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(200));
+        let m = parse_metrics(&daemon.scrape());
+        let counted = metric(&m, "stream_events_received_total", &[("stream_name", "stream0")]) as u64;
+        assert_eq!(counted, observed, "attached after {attach_after} ms");
+    }
+}
+
+/// SIGTERM detaches and exits; the time it takes is the kernel's (about 0.1 s per site, see
+/// `Kernel::detach_all`), so the bound here is per site, with room for a loaded machine.
+#[test]
+fn sigterm_detaches_in_time_proportional_to_the_sites() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "1000"]);
+    let mut daemon = Daemon::start(target.pid());
+    let line = daemon.wait_for_log("attached", Duration::from_secs(5));
+    let sites: u32 =
+        line.split("sites=").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).expect("sites");
+    let started = Instant::now();
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(250) * sites + Duration::from_secs(1),
+        "SIGTERM to exit took {took:?} for {sites} sites"
+    );
+}
+
+/// The capabilities attaching needs are named when missing; CAP_SYS_ADMIN and CAP_SYS_PTRACE
+/// are enough on this kernel (CAP_SYS_ADMIN covers CAP_BPF and CAP_PERFMON).
+#[test]
+fn missing_capabilities_are_named() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "1000"]);
+    let probe = bin("eventflux-probe");
+    for (drop, missing) in [
+        ("cap_sys_admin", "CAP_SYS_ADMIN"),
+        ("cap_sys_ptrace", "CAP_SYS_PTRACE"),
+        ("cap_bpf,cap_perfmon,cap_sys_admin", "CAP_BPF, CAP_PERFMON"),
+    ] {
+        let cmd = format!("exec {} run --pid {} --listen 127.0.0.1:{}", probe.display(), target.pid(), free_port());
+        let out = run(Command::new("capsh").args([&format!("--drop={drop}"), "--", "-c", &cmd]));
+        assert_one_line_error(&out, missing);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("missing"), "{drop}");
+    }
+    // Without CAP_BPF and CAP_PERFMON, but with CAP_SYS_ADMIN and CAP_SYS_PTRACE, it attaches.
+    let port = free_port();
+    let cmd = format!("exec {} run --pid {} --listen 127.0.0.1:{port}", probe.display(), target.pid());
+    let mut child = Command::new("capsh")
+        .args(["--drop=cap_bpf,cap_perfmon", "--", "-c", &cmd])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("capsh");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Write;
+            let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            break text;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+            panic!("run without CAP_BPF and CAP_PERFMON failed ({status}): {err}");
+        }
+        assert!(Instant::now() < deadline, "run never served");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(body.contains("eventflux_probe_sites_attached"), "{body}");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+/// `list` refuses what is not a regular file, at once, instead of hanging on a FIFO or reading
+/// /dev/zero until memory runs out.
+#[test]
+fn list_refuses_what_is_not_a_regular_file() {
+    let scratch = Scratch::new("fifo");
+    let fifo = scratch.path().join("fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let probe = bin("eventflux-probe");
+    for path in [fifo.as_path(), std::path::Path::new("/dev/zero"), scratch.path()] {
+        let started = Instant::now();
+        let out = run(Command::new(&probe).arg("list").arg("--binary").arg(path));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_one_line_error(&out, if path == scratch.path() { "is a directory" } else { "not a regular file" });
+    }
+}
+
+/// Absurd arguments are one line each, never a panic.
+#[test]
+fn absurd_arguments_are_one_clear_line() {
+    let _serial = serial();
+    let probe = bin("eventflux-probe");
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "1000"]);
+    let pid = target.pid().to_string();
+    let out = run(Command::new(&probe).args(["latency", "--pid", &pid, "--duration", "99999999999999999999h"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("too long") && !err.contains("panicked"), "{err}");
+    let out = run(Command::new(&probe).args(["run", "--pid", &pid, "--max-series", "0"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("at least 1"), "{err}");
+}
+
+/// `latency --query` with a name the engine does not have is an error naming the ones it has.
+#[test]
+fn an_unknown_query_is_an_error_naming_the_known_ones() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "400000", "--rate", "200000"]);
+    let latency = Command::new(bin("eventflux-probe"))
+        .args(["latency", "--pid", &target.pid().to_string(), "--query", "nosuch", "--duration", "1500ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("latency");
+    std::thread::sleep(Duration::from_millis(300));
+    let target = target.open();
+    let out = latency.wait_with_output().expect("latency");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("no query `nosuch`") && last.contains("q0_length") && last.contains("q2_time"), "{err}");
+    drop(target);
+}
+
+/// `--listen` with port 0 logs the port the kernel chose, and it serves there.
+#[test]
+fn port_zero_logs_the_bound_port() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "1000"]);
+    let mut child = Command::new(bin("eventflux-probe"))
+        .args(["run", "--pid", &target.pid().to_string(), "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let port = loop {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).expect("read") > 0, "run ended");
+        if let Some(rest) = line.split("serving http://127.0.0.1:").nth(1) {
+            break rest.split('/').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
+        }
+    };
+    assert_ne!(port, 0, "{line}");
+    assert!(integration_tests::http_get(port, "/metrics").contains("eventflux_probe_sites_attached"));
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+/// With 200 queries and a cap of 100 series, exactly 100 label sets are folded (each query once,
+/// not once per line it appears on), and the daemon's own metrics are never folded.
+#[test]
+fn folded_series_are_counted_once() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "100000", "--queries", "200", "--streams", "4"]);
+    let daemon = Daemon::start_with(target.pid(), &["--max-series", "100"]);
+    target.open_and_wait();
+    let m = poll(&daemon, Duration::from_secs(5), "every query counted", |m| {
+        value(m, "eventflux_probe_series_folded", &[("metric", "query_events_processed_total")]).is_some()
+    });
+    assert_eq!(metric(&m, "eventflux_probe_series_folded", &[("metric", "query_events_processed_total")]), 100.0);
+    assert_eq!(metric(&m, "eventflux_probe_series_folded", &[("metric", "query_batches_total")]), 100.0);
+    assert!(
+        value(&m, "eventflux_probe_series_folded", &[("metric", "eventflux_probe_dropped_events_total")]).is_none()
+    );
+}
+
+/// A thousand queries over two hundred streams, every batch timed: every query gets its
+/// histograms and none is dropped for a full map.
+#[test]
+fn a_thousand_queries_fit_the_histogram_map() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target =
+        GatedDemo::start(&demo, &["--events", "128000", "--queries", "1000", "--streams", "200", "--batch", "64"]);
+    let daemon = Daemon::start_with(target.pid(), &["--every-batch", "--max-series", "100000"]);
+    let summary: Value = serde_json::from_str(target.open_and_wait().trim()).expect("summary");
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = parse_metrics(&daemon.scrape());
+    assert_eq!(metric(&m, "eventflux_probe_dropped_events_total", &[("reason", "hists_full")]), 0.0);
+    for (name, q) in summary["queries"].as_object().expect("queries") {
+        let batches = q["batches"].as_f64().expect("batches");
+        assert_eq!(metric(&m, "query_latency_seconds_count", &[("query_id", name)]), batches, "{name}");
+    }
+}
+
+/// Idle connections do not blind the scraper: with a descriptor limit of 256, 296 connections
+/// that never send a byte are closed after the idle timeout and a normal scrape succeeds.
+#[test]
+fn idle_connections_do_not_blind_scrapes() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "1000"]);
+    let port = free_port();
+    let mut child = Command::new("prlimit")
+        .arg("--nofile=256:256")
+        .arg(bin("eventflux-probe"))
+        .args(["run", "--pid", &target.pid().to_string(), "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--http-idle-timeout", "2s"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prlimit (util-linux)");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "run never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let idle: Vec<TcpStream> = (0..296).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    assert!(idle.len() > 256, "only {} idle connections made", idle.len());
+    let started = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    use std::io::Write;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("the scrape timed out");
+    assert!(text.starts_with("HTTP/1.1 200"), "{}", text.lines().next().unwrap_or_default());
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    drop(idle);
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
