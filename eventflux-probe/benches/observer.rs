@@ -20,7 +20,7 @@ use eventflux_probe::bpf::Kernel;
 use eventflux_probe::collector::Snapshot;
 use eventflux_probe::export::prometheus::{Options, encode};
 use eventflux_probe::usdt;
-use eventflux_probe_common::{Class, CounterKey, counter, probe};
+use eventflux_probe_common::{CounterKey, counter, probe};
 
 const ROUNDS: usize = 5;
 
@@ -253,9 +253,9 @@ fn sigint(child: &mut Child) -> Result<()> {
     Ok(())
 }
 
-/// The data probes (every class but control): what `run` attaches to besides its two levels.
+/// What `run` attaches to besides its two levels.
 fn data_probes() -> impl Iterator<Item = &'static str> {
-    eventflux_probe_common::PROBES.iter().filter(|p| p.class != Class::Control).map(|p| p.name)
+    eventflux_probe::bpf::metric_probes().into_iter().map(|id| eventflux_probe_common::PROBES[id as usize].name)
 }
 
 /// One demo run with `args` under `watcher`.
