@@ -340,7 +340,7 @@ fn metric_sum(page: &str, name: &str) -> f64 {
 }
 
 fn bench_throughput() -> Result<()> {
-    let rounds = 11;
+    let rounds = 15;
     println!(
         "demo throughput / detached (--rate 0, sync, 2 streams, 3 queries; {rounds} rounds of the four, each round in another order; median of per-round ratios):"
     );
@@ -352,6 +352,9 @@ fn bench_throughput() -> Result<()> {
         let args = demo_args(events, batch, 0);
         let watchers = [Watcher::Detached, Watcher::Run, Watcher::Bpftrace, Watcher::EveryBatch];
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        // The same in events per CPU second of the demo (every thread, user and system time):
+        // the traps are charged to it, the machine's other load is not.
+        let mut cpu_ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
         let mut detached_rates = Vec::new();
         let mut runs_per_sec = Vec::new();
         let mut hits = Vec::new();
@@ -365,19 +368,26 @@ fn bench_throughput() -> Result<()> {
             let results: Vec<Observed> = results.into_iter().flatten().collect();
             let base = results[0].rate;
             detached_rates.push(base);
+            let per_cpu = |r: &Observed| {
+                r.summary["events"].as_f64().unwrap_or(0.0) / r.summary["cpu_s"].as_f64().unwrap_or(f64::NAN)
+            };
+            let cpu_base = per_cpu(&results[0]);
             for (i, r) in results.iter().enumerate() {
                 ratios[i].push(r.rate / base);
+                cpu_ratios[i].push(per_cpu(r) / cpu_base);
             }
             let elapsed = results[1].summary["elapsed_s"].as_f64().unwrap_or(1.0);
             runs_per_sec.push(metric_sum(&results[1].report, "eventflux_probe_program_runs_total") / elapsed);
             hits.push(results[3].report.lines().find(|l| l.starts_with("Cost")).unwrap_or("").to_owned());
         }
         let [_, run, bt, every] = [0, 1, 2, 3].map(|i| median(ratios[i].clone()));
+        let [_, run_cpu, bt_cpu, every_cpu] = [0, 1, 2, 3].map(|i| median(cpu_ratios[i].clone()));
         println!(
             "  {batch:<8} {:>10.2}M/s {run:>14.4} {bt:>14.4} {every:>14.4}   {:>18.0}",
             median(detached_rates) / 1e6,
             median(runs_per_sec)
         );
+        println!("           per CPU second: {run_cpu:>10.4} {bt_cpu:>14.4} {every_cpu:>14.4}");
         println!("           --every-batch: {}", hits.last().map(String::as_str).unwrap_or(""));
     }
     println!(
@@ -426,7 +436,9 @@ fn latency_round(batch: usize, events: u64, rate: u64) -> Result<()> {
     let args = demo_args(events, batch, rate);
     let detached = observed(&args, Watcher::Detached)?;
     let attached = observed(&args, Watcher::Run)?;
-    println!("sampled latency (run's defaults) vs a detached run's own, all batches (--batch {batch} --rate {rate}, {events} events):");
+    println!(
+        "sampled latency (run's defaults) vs a detached run's own, all batches (--batch {batch} --rate {rate}, {events} events):"
+    );
     println!(
         "  {:<16} {:>9} {:>8} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
         "query", "batches", "sampled", "p50 own", "p50 le", "buckets", "p99 own", "p99 le", "buckets"
