@@ -44,8 +44,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[inline(always)]
 pub fn count_drop(which: u32) {
     if let Some(p) = DROPS.get_ptr_mut(which) {
-        // SAFETY: a per-CPU slot, written only by this CPU.
-        unsafe { *p += 1 };
+        // SAFETY: this CPU's slot. Atomic all the same: a uprobe program runs with migration,
+        // not preemption, disabled, so another task on this CPU may be in the same slot.
+        unsafe { atomic_add(p, 1) };
     }
 }
 
@@ -53,8 +54,8 @@ pub fn count_drop(which: u32) {
 #[inline(always)]
 pub fn counter_add(key: &CounterKey, delta: u64) {
     if let Some(p) = COUNTERS.get_ptr_mut(key) {
-        // SAFETY: this CPU's value of an existing entry.
-        unsafe { *p += delta };
+        // SAFETY: this CPU's value of an existing entry (atomic, as in `count_drop`).
+        unsafe { atomic_add(p, delta) };
         return;
     }
     if COUNTERS.insert(key, &delta, 1 /* BPF_NOEXIST */).is_ok() {
@@ -63,7 +64,7 @@ pub fn counter_add(key: &CounterKey, delta: u64) {
     // Another CPU may have created it meanwhile; otherwise the map is full.
     match COUNTERS.get_ptr_mut(key) {
         // SAFETY: as above.
-        Some(p) => unsafe { *p += delta },
+        Some(p) => unsafe { atomic_add(p, delta) },
         None => count_drop(drop::COUNTERS_FULL),
     }
 }

@@ -104,7 +104,12 @@ impl Target {
         if self.has_exited() {
             return State::Exited;
         }
-        match exe_identity(self.pid) {
+        let exe = exe_identity(self.pid);
+        // The pid is ours only while the pidfd says the process lives: check again after.
+        if self.has_exited() {
+            return State::Exited;
+        }
+        match exe {
             Ok(id) if id == self.exe => State::Running,
             Ok(_) => State::Execd(std::fs::read_link(format!("/proc/{}/exe", self.pid)).unwrap_or_default()),
             // Gone between the two checks.

@@ -524,6 +524,7 @@ pub fn read_semaphore(pid: u32, binary: &Path, file_offset: u64) -> u16 {
 pub fn computed_summary(mut v: serde_json::Value) -> serde_json::Value {
     let obj = v.as_object_mut().expect("summary object");
     obj.remove("elapsed_s");
+    obj.remove("cpu_s");
     obj.remove("events_per_sec");
     for q in obj["queries"].as_object_mut().expect("queries").values_mut() {
         let q = q.as_object_mut().expect("query");

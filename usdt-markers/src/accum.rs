@@ -187,14 +187,17 @@ impl Handle {
         self.fire_direct(values);
     }
 
-    /// Sets the series' gauge cells.
+    /// Sets the series' gauge cells (the caller stores whether or not anyone is attached, so
+    /// that an observer attaching later is told the current value, not a stale one).
     #[inline(always)]
-    pub fn set<const N: usize>(&self, values: &[u64; N]) {
-        if !FLUSHER.is_completed() {
+    pub fn set<const N: usize>(&self, values: &[u64; N], attached: bool) {
+        if attached && !FLUSHER.is_completed() {
             start_flusher();
         }
         if self.base == DIRECT {
-            self.fire_direct(values);
+            if attached {
+                self.fire_direct(values);
+            }
             return;
         }
         for (i, v) in values.iter().enumerate() {
@@ -225,7 +228,7 @@ fn claim_block() -> Option<&'static Block> {
     // caller fires directly.
     RELEASE.try_with(|_| ()).ok()?;
     let mut blocks = lock(&BLOCKS);
-    let block = match blocks.iter().find(|b| !b.in_use.load(Ordering::Relaxed)) {
+    let block = match blocks.iter().find(|b| !b.in_use.load(Ordering::Acquire)) {
         Some(b) => *b,
         None => {
             let cells: Box<[AtomicU64]> = (0..BLOCK_CELLS).map(|_| AtomicU64::new(0)).collect();
@@ -279,7 +282,7 @@ pub fn flush_final() {
 fn pending() -> bool {
     let state = lock(&FLUSHED);
     state.settling.iter().any(Option::is_some)
-        || SEMAPHORES.iter().zip(&state.semaphores).any(|(sem, seen)| sem.count() > *seen)
+        || SEMAPHORES.iter().zip(&state.semaphores).any(|(sem, seen)| sem.count() != *seen)
         || crate::registry::observers_changed()
 }
 
@@ -287,18 +290,27 @@ fn pending() -> bool {
 /// (to the observers attached now), then replays registrations to observers that arrived.
 pub fn flush() {
     let mut state = lock(&FLUSHED);
-    let reg = lock(&REGISTRY);
+    // The series as they are now; the registry is not held while the probes fire (each a trap
+    // while attached), so engine threads creating handles never wait for a flush.
+    let (series, count_cells, gauge_cells) = {
+        let reg = lock(&REGISTRY);
+        let series: Vec<Series> =
+            reg.series.iter().map(|s| Series { probe: s.probe, keys: s.keys, base: s.base }).collect();
+        (series, reg.count_cells, reg.gauge_cells)
+    };
     let blocks = lock(&BLOCKS).clone();
+    // Every semaphore read once: what is acted on is what is remembered as seen.
+    let sems: Vec<u16> = SEMAPHORES.iter().map(|s| s.count()).collect();
     let state = &mut *state;
-    state.counts.resize(reg.count_cells, 0);
-    state.gauges.resize(reg.gauge_cells, 0);
+    state.counts.resize(count_cells, 0);
+    state.gauges.resize(gauge_cells, 0);
     state.semaphores.resize(SEMAPHORES.len(), 0);
     state.settling.resize(SEMAPHORES.len(), None);
     // Probes whose observers grew since the last flush settle first (see SETTLE); those that
     // settled just now owe their gauges to the newcomers.
     let mut settled_now = vec![false; SEMAPHORES.len()];
-    for (id, sem) in SEMAPHORES.iter().enumerate() {
-        let (now, before) = (sem.count(), state.semaphores[id]);
+    for (id, &now) in sems.iter().enumerate() {
+        let before = state.semaphores[id];
         if now > before {
             state.settling[id] = Some(Instant::now());
         }
@@ -309,9 +321,9 @@ pub fn flush() {
             settled_now[id] = true;
         }
     }
-    for s in &reg.series {
+    for s in &series {
         let (id, n) = (s.probe.id as usize, s.probe.values);
-        let now = s.probe.semaphore.count();
+        let now = sems.get(id).copied().unwrap_or(0);
         let before = state.semaphores.get(id).copied().unwrap_or(0);
         if s.base == DIRECT || (now == 0 && before == 0) || state.settling[id].is_some() {
             continue;
@@ -344,10 +356,7 @@ pub fn flush() {
             (s.probe.fire)(&s.keys, &values);
         }
     }
-    for (seen, sem) in state.semaphores.iter_mut().zip(SEMAPHORES.iter()) {
-        *seen = sem.count();
-    }
-    drop(reg);
+    state.semaphores.copy_from_slice(&sems);
     crate::registry::sync_observers();
 }
 

@@ -56,12 +56,11 @@ macro_rules! class_api {
                 Gauge(crate::accum::Handle::new(&INFO, &[$($key),*]))
             }
 
-            /// Sets the series' values. Detached: one load and a branch. Attached: plain stores.
+            /// Sets the series' values: plain stores, attached or not (so that an observer
+            /// attaching later is told the current value), and nothing else while detached.
             #[inline(always)]
             pub fn set(&self, $($val: u64),*) {
-                if is_enabled() {
-                    self.0.set(&[$($val),*]);
-                }
+                self.0.set(&[$($val),*], is_enabled());
             }
         }
 

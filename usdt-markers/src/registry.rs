@@ -140,19 +140,10 @@ pub fn unregister_query(id: u32) {
     crate::query_unregister::site(id);
 }
 
-/// Fires the newest registration, or the whole table when observers changed since the last
-/// announcement (they have missed earlier registrations).
+/// Fires the newest registration. Observers that arrived since the last replay get the whole
+/// table from the flusher once their attach settled (`sync_observers`), this one included.
 fn announce(reg: &Registry, fire_newest: impl FnOnce()) {
-    #[cfg(not(feature = "enabled"))]
     let _ = reg;
-    #[cfg(feature = "enabled")]
-    {
-        let now = observers();
-        if ANNOUNCED_TO.swap(now, Ordering::Relaxed) != now {
-            replay(reg);
-            return;
-        }
-    }
     // Firing a detached site executes a nop, so no semaphore test is needed on this cold path.
     fire_newest();
 }

@@ -245,8 +245,9 @@ impl Batch {
         if self.start != 0 {
             RECORDER.with(|r| {
                 let mut r = r.borrow_mut();
-                if let Some(batch) = r.depth.checked_sub(1).and_then(|d| r.open.get_mut(d)) {
-                    batch.stages[Stage::Ingest as usize] += wait_ns;
+                let depth = r.depth;
+                if let Some(batch) = r.open[..depth].iter_mut().rev().find(|f| f.batch && f.start == self.start) {
+                    batch.stages[Stage::Ingest as usize] += wait_ns.max(1);
                 }
             });
             push_record(Record::Stage {
@@ -264,16 +265,19 @@ impl Batch {
     /// Leaves the batch. When it was sampled and is the outermost span, its records fire now.
     #[inline(always)]
     pub fn exit(self, query_id: u32, stream_id: u32, events_in: u64, events_out: u64) {
-        if self.start != 0 {
-            self.exit_sampled(query_id, stream_id, events_in, events_out);
+        let start = self.start;
+        // Exited: nothing for `drop` to clean up.
+        std::mem::forget(self);
+        if start != 0 {
+            Batch::exit_sampled(start, query_id, stream_id, events_in, events_out);
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn exit_sampled(self, query: u32, stream: u32, events_in: u64, events_out: u64) {
+    fn exit_sampled(start: u64, query: u32, stream: u32, events_in: u64, events_out: u64) {
         let end = now_ns();
-        close(self.start, end, None, |total, _, start, stages| Record::Batch {
+        close(start, end, None, |total, _, start, stages| Record::Batch {
             query,
             stream,
             events_in,
@@ -284,6 +288,31 @@ impl Batch {
         });
         finish();
     }
+}
+
+impl Drop for Batch {
+    /// A sampled batch left without `exit` (an early return, a panic caught above): its thread
+    /// would otherwise stay "inside a sampled batch" forever. Its open spans and records are
+    /// dropped and counted.
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.start != 0 {
+            abandon();
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn abandon() {
+    RECORDER.with(|r| {
+        let mut r = r.borrow_mut();
+        r.dropped += (r.depth + r.len) as u64;
+        r.depth = 0;
+        r.len = 0;
+    });
+    DEPTH.with(|c| c.set(0));
+    finish();
 }
 
 impl Span {
@@ -383,7 +412,8 @@ fn close(start: u64, end: u64, stage: Option<Stage>, record: impl FnOnce(u64, u6
         if let Some(stage) = stage
             && let Some(batch) = r.open[..d].iter_mut().rev().find(|f| f.batch)
         {
-            batch.stages[stage as usize] += own;
+            // At least 1: the stage ran (0 in the record means it did not).
+            batch.stages[stage as usize] += own.max(1);
         }
         let len = r.len;
         match r.records.get_mut(len) {
@@ -454,6 +484,7 @@ fn finish() {
         }
     }
     if dropped > 0 {
-        spans_dropped::Counter::new().add(dropped);
+        static DROPPED: OnceLock<spans_dropped::Counter> = OnceLock::new();
+        DROPPED.get_or_init(spans_dropped::Counter::new).add(dropped);
     }
 }
