@@ -176,7 +176,11 @@ program!(queue_state, |h, a| {
 // sampled batch.
 
 program!(batch_sample, |h, a| {
-    hist_add(h.pid, a.query_id, stage::BATCH, a.latency_ns);
+    // Latency only from batches whose stages were not timed inside them (or when every batch is
+    // sampled); stage self times from the others.
+    if a.latency_clean != 0 {
+        hist_add(h.pid, a.query_id, stage::BATCH, a.latency_ns);
+    }
     // A stage that did not run in this batch reports 0.
     for (st, ns) in [
         (stage::INGEST, a.ingest_ns),

@@ -73,6 +73,9 @@ struct Frame {
     children_ns: u64,
     /// A batch (rather than a stage): the stages inside it report their self time here.
     batch: bool,
+    /// A batch whose total is its latency, undisturbed by stage timing (or taken anyway, when
+    /// every batch is sampled).
+    clean: bool,
     /// Self time per Stage of the stages in this batch (batches only).
     stages: [u64; STAGES],
 }
@@ -98,6 +101,7 @@ enum Record {
         latency_ns: u64,
         start_ns: u64,
         stages: [u64; STAGES],
+        clean: bool,
     },
 }
 
@@ -115,10 +119,13 @@ thread_local! {
     static COUNTDOWN: Cell<u32> = const { Cell::new(1) };
     /// Non-zero while this thread is inside a sampled batch (the number of open spans).
     static DEPTH: Cell<u32> = const { Cell::new(0) };
-    static PACE: Cell<Pace> = const { Cell::new(Pace { stride: 1, drawn: 1, last_ns: 0, rng: 0 }) };
+    /// True while this thread is inside a batch sampled for its stages: only then are stages
+    /// timed.
+    static STAGES_TIMED: Cell<bool> = const { Cell::new(false) };
+    static PACE: Cell<Pace> = const { Cell::new(Pace { stride: 1, drawn: 1, last_ns: 0, rng: 0, stages_next: false }) };
     static RECORDER: RefCell<Recorder> = const {
         RefCell::new(Recorder {
-            open: [Frame { start: 0, before: 0, overhead: 0, children_ns: 0, batch: false, stages: [0; STAGES] }; MAX_OPEN],
+            open: [Frame { start: 0, before: 0, overhead: 0, children_ns: 0, batch: false, clean: false, stages: [0; STAGES] }; MAX_OPEN],
             depth: 0,
             records: [None; MAX_RECORDS],
             len: 0,
@@ -135,6 +142,8 @@ struct Pace {
     drawn: u32,
     last_ns: u64,
     rng: u64,
+    /// Whether the next sampled batch times its stages (sampled batches alternate).
+    stages_next: bool,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads, so observers can place
@@ -229,9 +238,24 @@ impl Batch {
         pace.rng = x;
         let next = if pace.stride <= 1 { 1 } else { 1 + (x % (2 * u64::from(pace.stride) - 1)) as u32 };
         pace.drawn = next;
+        // Sampled batches alternate: one timed as a whole only (two clock reads, nothing inside
+        // it disturbed: its latency is the engine's), the next with its stages timed (their
+        // self times; the bookkeeping inside it leaves its total a little high). Sampling every
+        // batch times every batch's stages.
+        let stages = rate == 0 || pace.stages_next;
+        pace.stages_next = !pace.stages_next;
         PACE.with(|p| p.set(pace));
         COUNTDOWN.with(|c| c.set(next));
-        Batch { start: open(now_ns(), true) }
+        STAGES_TIMED.with(|c| c.set(stages));
+        let start = open(now_ns(), true);
+        if start != 0 {
+            RECORDER.with(|r| {
+                let mut r = r.borrow_mut();
+                let d = r.depth - 1;
+                r.open[d].clean = !stages || rate == 0;
+            });
+        }
+        Batch { start }
     }
 
     /// Whether this batch is sampled.
@@ -277,7 +301,7 @@ impl Batch {
     #[inline(never)]
     fn exit_sampled(start: u64, query: u32, stream: u32, events_in: u64, events_out: u64) {
         let end = now_ns();
-        close(start, end, None, |total, _, start, stages| Record::Batch {
+        close(start, end, None, |total, _, start, stages, clean| Record::Batch {
             query,
             stream,
             events_in,
@@ -285,6 +309,7 @@ impl Batch {
             latency_ns: total,
             start_ns: start,
             stages,
+            clean,
         });
         finish();
     }
@@ -312,16 +337,17 @@ fn abandon() {
         r.len = 0;
     });
     DEPTH.with(|c| c.set(0));
+    STAGES_TIMED.with(|c| c.set(false));
     finish();
 }
 
 impl Span {
     const OFF: Span = Span { start: 0 };
 
-    /// Enters a stage; timed only inside a sampled batch.
+    /// Enters a stage; timed only inside a batch sampled for its stages.
     #[inline(always)]
     pub fn enter() -> Span {
-        if !batch_sample::is_enabled() || DEPTH.with(Cell::get) == 0 {
+        if !batch_sample::is_enabled() || !STAGES_TIMED.with(Cell::get) {
             return Span::OFF;
         }
         Span { start: open_now() }
@@ -339,7 +365,7 @@ impl Span {
     #[inline(never)]
     fn exit_sampled(self, query: u32, stage: Stage, events_in: u64, events_out: u64) {
         let end = now_ns();
-        close(self.start, end, Some(stage), |total_ns, self_ns, start_ns, _| Record::Stage {
+        close(self.start, end, Some(stage), |total_ns, self_ns, start_ns, _, _| Record::Stage {
             query,
             stage: stage.code(),
             events_in,
@@ -368,7 +394,7 @@ fn open(before: u64, batch: bool) -> u64 {
             return false;
         }
         let d = r.depth;
-        r.open[d] = Frame { start: 0, before, overhead: 0, children_ns: 0, batch, stages: [0; STAGES] };
+        r.open[d] = Frame { start: 0, before, overhead: 0, children_ns: 0, batch, clean: false, stages: [0; STAGES] };
         r.depth += 1;
         DEPTH.with(|c| c.set(r.depth as u32));
         true
@@ -390,7 +416,12 @@ fn open(before: u64, batch: bool) -> u64 {
 /// instrumentation inside it subtracted, joins the thread's records, its parent learns what it
 /// cost, and a stage's self time is added to its batch. Out of order, the thread's spans are
 /// dropped.
-fn close(start: u64, end: u64, stage: Option<Stage>, record: impl FnOnce(u64, u64, u64, [u64; STAGES]) -> Record) {
+fn close(
+    start: u64,
+    end: u64,
+    stage: Option<Stage>,
+    record: impl FnOnce(u64, u64, u64, [u64; STAGES], bool) -> Record,
+) {
     let cost = read_cost_ns();
     let closed = RECORDER.with(|r| {
         let mut r = r.borrow_mut();
@@ -401,10 +432,14 @@ fn close(start: u64, end: u64, stage: Option<Stage>, record: impl FnOnce(u64, u6
             r.depth = 0;
             r.len = 0;
             DEPTH.with(|c| c.set(0));
+            STAGES_TIMED.with(|c| c.set(false));
             return None;
         }
         r.depth = d;
         DEPTH.with(|c| c.set(d as u32));
+        if d == 0 {
+            STAGES_TIMED.with(|c| c.set(false));
+        }
         // Between the two reads lie half of each read (one read's cost) and the nested
         // instrumentation.
         let total = end.saturating_sub(f.start).saturating_sub(f.overhead + cost);
@@ -418,7 +453,7 @@ fn close(start: u64, end: u64, stage: Option<Stage>, record: impl FnOnce(u64, u6
         let len = r.len;
         match r.records.get_mut(len) {
             Some(slot) => {
-                *slot = Some(record(total, own, f.start, f.stages));
+                *slot = Some(record(total, own, f.start, f.stages, f.clean));
                 r.len += 1;
             }
             None => r.dropped += 1,
@@ -475,10 +510,21 @@ fn finish() {
                     stage_sample::site(query, stage, events_in, events_out, self_ns, total_ns, start_ns)
                 }
             }
-            Record::Batch { query, stream, events_in, events_out, latency_ns, start_ns, stages } => {
+            Record::Batch { query, stream, events_in, events_out, latency_ns, start_ns, stages, clean } => {
                 let [ingest, filter, window, aggregate, emit] = stages;
                 batch_sample::site(
-                    query, stream, events_in, events_out, latency_ns, start_ns, ingest, filter, window, aggregate, emit,
+                    query,
+                    stream,
+                    latency_ns,
+                    u64::from(clean),
+                    events_in,
+                    ingest,
+                    filter,
+                    window,
+                    aggregate,
+                    emit,
+                    events_out,
+                    start_ns,
                 )
             }
         }
