@@ -328,7 +328,7 @@ fn engine_metrics(snap: &Snapshot, f: &mut Families) {
         if k.stage == stage::BATCH {
             f.histogram(
                 "query_latency_seconds",
-                "Time a query takes for one batch (chunk) of events, all stages included; from sampled batches (a few per second per engine thread), so _count counts sampled batches and query_batches_total all of them.",
+                "Time a query takes for one batch (chunk) of events, all stages included; from sampled batches timed as a whole (a few per second per engine thread), so _count counts those and query_batches_total all batches.",
                 with_pid(k.pid, vec![("query_id", q)]),
                 h,
             );
