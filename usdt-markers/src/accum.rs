@@ -92,6 +92,19 @@ struct Block {
     in_use: AtomicBool,
 }
 
+impl Block {
+    /// Adds `values` to the cells from `base` on. Only the owning thread writes a block: a load
+    /// and a store, no read-modify-write.
+    #[inline(always)]
+    fn add(&self, base: u32, values: &[u64]) {
+        for (i, v) in values.iter().enumerate() {
+            if let Some(c) = self.cells.get(base as usize + i) {
+                c.store(c.load(Ordering::Relaxed).wrapping_add(*v), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 static BLOCKS: Mutex<Vec<&'static Block>> = Mutex::new(Vec::new());
 
 static GAUGES: [AtomicU64; GAUGE_CELLS] = [const { AtomicU64::new(0) }; GAUGE_CELLS];
@@ -158,14 +171,7 @@ impl Handle {
         let block = BLOCK.with(Cell::get);
         // SAFETY: a non-null BLOCK points at a leaked Block owned by this thread.
         match unsafe { block.as_ref() } {
-            Some(b) if self.base != DIRECT => {
-                for (i, v) in values.iter().enumerate() {
-                    // Only this thread writes its block: load and store, no read-modify-write.
-                    if let Some(c) = b.cells.get(self.base as usize + i) {
-                        c.store(c.load(Ordering::Relaxed).wrapping_add(*v), Ordering::Relaxed);
-                    }
-                }
-            }
+            Some(b) if self.base != DIRECT => b.add(self.base, values),
             _ => self.add_slow(values),
         }
     }
@@ -177,11 +183,7 @@ impl Handle {
         if self.base != DIRECT
             && let Some(b) = claim_block()
         {
-            for (i, v) in values.iter().enumerate() {
-                if let Some(c) = b.cells.get(self.base as usize + i) {
-                    c.store(c.load(Ordering::Relaxed).wrapping_add(*v), Ordering::Relaxed);
-                }
-            }
+            b.add(self.base, values);
             return;
         }
         self.fire_direct(values);
