@@ -84,6 +84,8 @@ fn check_exact(mode_args: &[&str], observers: usize) {
     for daemon in &mut daemons {
         let attached_line = daemon.wait_for_log("attached", Duration::from_secs(5));
         assert!(attached_line.contains(&format!("probes={}", run_probes())), "{attached_line}");
+        let m = parse_metrics(&daemon.scrape());
+        assert_eq!(get(&m, "eventflux_probe_probes_attached", &[]), run_probes() as u64);
     }
 
     // Semaphores are raised by the kernel while attached.
@@ -184,7 +186,6 @@ fn check_daemon(mut daemon: Daemon, attached: &Value, detached: &Value, async_mo
         assert_eq!(get(&m, "connections_active", &[("protocol", p)]), 0);
     }
     assert_eq!(get(&m, "query_active_count", &[]), 0, "every query was unregistered at the end");
-    assert_eq!(get(&m, "eventflux_probe_probes_attached", &[]), run_probes() as u64);
     for reason in eventflux_probe_common::drop::NAMES {
         assert_eq!(get(&m, "eventflux_probe_dropped_events_total", &[("reason", reason)]), 0, "{reason}");
     }

@@ -21,3 +21,18 @@ fn the_kernel_loads_a_program_for_every_probe() {
     want.sort_unstable();
     assert_eq!(programs, want);
 }
+
+/// The programs' diagnostics (aya-log) load and verify when asked for, and cost nothing when
+/// not: at level 0 the verifier proves the logging branches dead and removes them, so every
+/// program keeps fewer instructions than with diagnostics on.
+#[test]
+fn kernel_diagnostics_are_pruned_unless_asked_for() {
+    let probes = metric_probes();
+    let off = Kernel::load_with(&probes, false).unwrap_or_else(|e| panic!("{e:#}")).program_instructions();
+    let on = Kernel::load_with(&probes, true).unwrap_or_else(|e| panic!("{e:#}")).program_instructions();
+    assert_eq!(off.len(), probes.len());
+    assert_eq!(off.iter().map(|(n, _)| n).collect::<Vec<_>>(), on.iter().map(|(n, _)| n).collect::<Vec<_>>());
+    for ((name, without), (_, with)) in off.iter().zip(&on) {
+        assert!(without < with, "{name}: {without} instructions without diagnostics, {with} with");
+    }
+}

@@ -64,6 +64,11 @@ struct Args {
     /// idle engine).
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     hold: f64,
+    /// Trouble from second A to second B after the first event (`A..B`): half the events
+    /// malformed (expression errors), async query workers slow (backpressure). Counts stay
+    /// exact in the summary; the output is then no longer the same on every run.
+    #[arg(long, value_name = "A..B", value_parser = parse_trouble)]
+    trouble: Option<(Duration, Duration)>,
     /// Seconds to stay alive after the summary.
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     linger: f64,
@@ -105,6 +110,7 @@ fn run(args: &Args) -> Result<()> {
         queue_capacity: args.queue_capacity,
         gate: args.gate.clone(),
         hold: Duration::from_secs_f64(args.hold),
+        trouble: args.trouble,
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();
@@ -113,6 +119,16 @@ fn run(args: &Args) -> Result<()> {
     drop(out);
     std::thread::sleep(Duration::from_secs_f64(args.linger));
     Ok(())
+}
+
+fn parse_trouble(s: &str) -> Result<(Duration, Duration), String> {
+    let bad = || format!("`{s}` is not a span of seconds like 5..10");
+    let (a, b) = s.split_once("..").ok_or_else(bad)?;
+    let secs = |v: &str| v.trim().parse::<f64>().ok().filter(|x| x.is_finite() && (0.0..=86_400.0).contains(x));
+    match (secs(a), secs(b)) {
+        (Some(a), Some(b)) if a < b => Ok((Duration::from_secs_f64(a), Duration::from_secs_f64(b))),
+        _ => Err(bad()),
+    }
 }
 
 impl Args {

@@ -26,6 +26,20 @@ pub struct Config {
     pub gate: Option<PathBuf>,
     /// Idle time after the last event, before queries stop.
     pub hold: Duration,
+    /// From when to when (since the first event) the engine is in trouble: see [`TROUBLE`].
+    pub trouble: Option<(Duration, Duration)>,
+}
+
+/// Whether the engine is in trouble now (`--trouble`): half of the sources' events are
+/// malformed (an expression error each) and async query workers are slow (their queues back
+/// up, producers meet backpressure). What a health check must notice, then see recover.
+pub static TROUBLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How long a query worker stalls per chunk while in trouble.
+const TROUBLE_STALL: Duration = Duration::from_millis(10);
+
+fn in_trouble() -> bool {
+    TROUBLE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A stream's counters, in the summary.
@@ -210,6 +224,9 @@ pub fn run(config: &Config) -> Result<Outcome> {
                     .name(format!("query-{}", query.id))
                     .spawn(move || {
                         while let Some((chunk, wait_ns)) = queue.pop() {
+                            if in_trouble() {
+                                thread::sleep(TROUBLE_STALL);
+                            }
                             query.process(&chunk, Some(wait_ns));
                         }
                         query
@@ -250,6 +267,14 @@ pub fn run(config: &Config) -> Result<Outcome> {
         };
         if config.rate > 0 {
             pace(started, produced, config.rate);
+        }
+        if let Some((from, to)) = config.trouble {
+            let t = started.elapsed();
+            let now = t >= from && t < to;
+            if now != in_trouble() {
+                TROUBLE.store(now, std::sync::atomic::Ordering::Relaxed);
+                eprintln!("eventflux-demo: {} trouble", if now { "entering" } else { "leaving" });
+            }
         }
         let stream = next_stream;
         next_stream = (next_stream + 1) % sources.len();

@@ -50,47 +50,56 @@ pub fn count_drop(which: u32) {
     }
 }
 
-/// Adds to a per-CPU counter, creating it on first use.
+/// Adds to a per-CPU counter, creating it on first use; false when the map is full (a drop,
+/// counted).
 #[inline(always)]
-pub fn counter_add(key: &CounterKey, delta: u64) {
+pub fn counter_add(key: &CounterKey, delta: u64) -> bool {
     if let Some(p) = COUNTERS.get_ptr_mut(key) {
         // SAFETY: this CPU's value of an existing entry (atomic, as in `count_drop`).
         unsafe { atomic_add(p, delta) };
-        return;
+        return true;
     }
     if COUNTERS.insert(key, &delta, 1 /* BPF_NOEXIST */).is_ok() {
-        return;
+        return true;
     }
     // Another CPU may have created it meanwhile; otherwise the map is full.
     match COUNTERS.get_ptr_mut(key) {
         // SAFETY: as above.
         Some(p) => unsafe { atomic_add(p, delta) },
-        None => count_drop(drop::COUNTERS_FULL),
+        None => {
+            count_drop(drop::COUNTERS_FULL);
+            return false;
+        }
     }
+    true
 }
 
+/// False when the map is full (a drop, counted).
 #[inline(always)]
-pub fn gauge_set(key: &CounterKey, value: u64) {
+pub fn gauge_set(key: &CounterKey, value: u64) -> bool {
     if GAUGES.insert(key, &value, 0 /* BPF_ANY */).is_err() {
         count_drop(drop::COUNTERS_FULL);
+        return false;
     }
+    true
 }
 
-/// Adds one duration to the (process, query, stage) histogram.
+/// Adds one duration to the (process, query, stage) histogram; false when the map is full (a
+/// drop, counted).
 #[inline(always)]
-pub fn hist_add(pid: u32, query: u32, stage: u32, ns: u64) {
+pub fn hist_add(pid: u32, query: u32, stage: u32, ns: u64) -> bool {
     let key = HistKey { pid, query, stage, _pad: 0 };
     let h = match HISTS.get_ptr_mut(&key) {
         Some(h) => h,
         None => {
-            let Some(zero) = ZERO_HIST.get_ptr(0) else { return };
+            let Some(zero) = ZERO_HIST.get_ptr(0) else { return false };
             // SAFETY: the template is a valid, never-written map value.
             let _ = HISTS.insert(&key, unsafe { &*zero }, 1 /* BPF_NOEXIST */);
             match HISTS.get_ptr_mut(&key) {
                 Some(h) => h,
                 None => {
                     count_drop(drop::HISTS_FULL);
-                    return;
+                    return false;
                 }
             }
         }
@@ -109,6 +118,7 @@ pub fn hist_add(pid: u32, query: u32, stage: u32, ns: u64) {
             (*h).max_ns = ns;
         }
     }
+    true
 }
 
 /// `*p += v` as one BPF atomic add: the BPF target has no `AtomicU64::fetch_add`, but the

@@ -3,12 +3,18 @@
 //! see below). Each reads its arguments by name through the
 //! ABI's `Args` and updates the maps; see docs/probes.md for what each probe means and which
 //! metric it feeds.
+//!
+//! What could not be recorded is counted in `DROPS` always, and logged through aya-log at
+//! debug level when user space asks for it: it sets `AYA_LOG_LEVEL` (read-only data) before
+//! loading, and at the default level the verifier sees the logging branches as dead and prunes
+//! them, so they cost the programs nothing.
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::helpers::bpf_probe_read_user_str_bytes;
 use aya_ebpf::helpers::generated::bpf_get_attach_cookie;
 use aya_ebpf::macros::uprobe;
 use aya_ebpf::programs::ProbeContext;
+use aya_log_ebpf::debug;
 use eventflux_probe_common::probe::*;
 use eventflux_probe_common::{
     CounterKey, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, SiteSpec, counter, drop, gauge, stage,
@@ -32,6 +38,7 @@ impl Hit<'_> {
             Some(v) => v,
             None => {
                 count_drop(drop::ARG_READ);
+                debug!(self.ctx, "pid {}: probe {} argument {} could not be read", self.pid, self.spec.probe, n);
                 0
             }
         }
@@ -39,18 +46,30 @@ impl Hit<'_> {
 
     #[inline(always)]
     fn add(&self, counter: u32, a: u32, b: u32, delta: u64) {
-        counter_add(&CounterKey { pid: self.pid, counter, a, b }, delta);
+        if !counter_add(&CounterKey { pid: self.pid, counter, a, b }, delta) {
+            debug!(self.ctx, "pid {}: counter map full, counter {} ({}, {}) lost {}", self.pid, counter, a, b, delta);
+        }
     }
 
     #[inline(always)]
     fn set(&self, gauge: u32, a: u32, b: u32, value: u64) {
-        gauge_set(&CounterKey { pid: self.pid, counter: gauge, a, b }, value);
+        if !gauge_set(&CounterKey { pid: self.pid, counter: gauge, a, b }, value) {
+            debug!(self.ctx, "pid {}: gauge map full, gauge {} ({}, {}) not set", self.pid, gauge, a, b);
+        }
+    }
+
+    #[inline(always)]
+    fn hist(&self, query: u32, stage: u32, ns: u64) {
+        if !hist_add(self.pid, query, stage, ns) {
+            debug!(self.ctx, "pid {}: histogram map full, query {} stage {} lost a sample", self.pid, query, stage);
+        }
     }
 
     #[inline(always)]
     fn event(&self, kind: u32, id: u32, name: Option<u64>, a: u32, b: u32, c: u32, d: u64) {
         let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
             count_drop(drop::EVENTS_FULL);
+            debug!(self.ctx, "pid {}: registration ring buffer full, kind {} id {} lost", self.pid, kind, id);
             return;
         };
         let e = entry.as_mut_ptr();
@@ -82,6 +101,7 @@ fn hit(ctx: &ProbeContext) -> Option<Hit<'_>> {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     let Some(spec) = SPECS.get(cookie) else {
         count_drop(drop::NO_SPEC);
+        debug!(ctx, "no site spec for cookie {}", cookie);
         return None;
     };
     Some(Hit { ctx, spec, pid: spec.pid })
@@ -179,7 +199,7 @@ program!(batch_sample, |h, a| {
     // Latency only from batches whose stages were not timed inside them (or when every batch is
     // sampled); stage self times from the others.
     if a.latency_clean != 0 {
-        hist_add(h.pid, a.query_id, stage::BATCH, a.latency_ns);
+        h.hist(a.query_id, stage::BATCH, a.latency_ns);
     }
     // A stage that did not run in this batch reports 0.
     for (st, ns) in [
@@ -190,7 +210,7 @@ program!(batch_sample, |h, a| {
         (stage::EMIT, a.emit_ns),
     ] {
         if ns > 0 {
-            hist_add(h.pid, a.query_id, st, ns);
+            h.hist(a.query_id, st, ns);
         }
     }
 });

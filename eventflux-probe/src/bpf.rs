@@ -32,6 +32,15 @@ pub struct AttachReport {
     pub elapsed: Duration,
     /// Sites that could not be attached, and why.
     pub skipped: Vec<String>,
+    /// Probes with a loaded program that the binaries have sites of: what should be attached.
+    pub expected: BTreeSet<u32>,
+}
+
+impl AttachReport {
+    /// Whether every expected probe got at least one site attached.
+    pub fn complete(&self) -> bool {
+        self.probes == self.expected.len()
+    }
 }
 
 /// A site we attached to, by cookie.
@@ -42,9 +51,17 @@ pub struct AttachedSite {
     pub probe: u32,
 }
 
+/// The `tracing` target the kernel programs' diagnostics arrive under (aya-log passes on the
+/// module path of the program that logged, through the `log` crate).
+pub const KERNEL_LOG_TARGET: &str = "eventflux_probe_ebpf";
+
+/// Reads the kernel programs' diagnostics into the daemon's log; see [`Kernel::take_logger`].
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 /// Loaded programs, their attachments, and handles to their maps.
 pub struct Kernel {
     ebpf: Ebpf,
+    logger: Option<KernelLogger>,
     pmu_type: u32,
     /// Probe id → the program attached to its sites.
     loaded: BTreeMap<u32, &'static str>,
@@ -72,9 +89,6 @@ pub fn is_permission_error(e: &(dyn std::error::Error + 'static)) -> bool {
         if err.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EPERM)) {
             return true;
         }
-        if err.to_string().contains("Operation not permitted") {
-            return true;
-        }
         cur = err.source();
     }
     false
@@ -83,14 +97,25 @@ pub fn is_permission_error(e: &(dyn std::error::Error + 'static)) -> bool {
 const PERMISSION_HINT: &str = "run as root, or grant CAP_SYS_ADMIN and CAP_SYS_PTRACE (see the README's privileges)";
 
 impl Kernel {
-    /// Loads the programs of the given probes (ids from `eventflux_probe_common::probe`).
+    /// Loads the programs of the given probes (ids from `eventflux_probe_common::probe`), with
+    /// their diagnostics on when the log asks for debug output of [`KERNEL_LOG_TARGET`].
     pub fn load(probes: &[u32]) -> Result<Kernel> {
+        Kernel::load_with(probes, tracing::enabled!(target: KERNEL_LOG_TARGET, tracing::Level::DEBUG))
+    }
+
+    /// Like [`Kernel::load`], with the programs' diagnostics on or off.
+    pub fn load_with(probes: &[u32], kernel_log: bool) -> Result<Kernel> {
         let mut loader = EbpfLoader::new();
         // EVENTFLUX_PROBE_VERIFIER_LOG=1 puts the verifier's whole reasoning in load errors.
         if std::env::var_os("EVENTFLUX_PROBE_VERIFIER_LOG").is_some_and(|v| v == "1") {
             loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
         }
-        let ebpf = loader.load(OBJECT).map_err(|e| {
+        // The programs' diagnostics (a drop, and why) only when the log asks for debug output
+        // of their target: otherwise level 0, which the verifier sees in read-only data, so it
+        // prunes every logging branch and the programs pay nothing for them.
+        let level: u8 = if kernel_log { aya_log::Level::Debug as u8 } else { 0 };
+        loader.override_global(aya_log::LEVEL, &level, false);
+        let mut ebpf = loader.load(OBJECT).map_err(|e| {
             if is_permission_error(&e) {
                 anyhow!("not permitted to load eBPF programs: {PERMISSION_HINT}")
             } else {
@@ -99,7 +124,19 @@ impl Kernel {
         })?;
         let pmu_type = attach::uprobe_pmu_type()
             .context("this kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe/type)")?;
-        let mut kernel = Kernel { ebpf, pmu_type, loaded: BTreeMap::new(), sites: Vec::new(), attachments: Vec::new() };
+        let logger = if kernel_log {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(logger) => Some(logger),
+                Err(e) => {
+                    tracing::warn!("kernel diagnostics unavailable: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut kernel =
+            Kernel { ebpf, logger, pmu_type, loaded: BTreeMap::new(), sites: Vec::new(), attachments: Vec::new() };
         for &id in probes {
             kernel.load_program(id, Self::program_name(id)?)?;
         }
@@ -167,6 +204,7 @@ impl Kernel {
                     continue;
                 };
                 let Some(&name) = self.loaded.get(&id) else { continue };
+                report.expected.insert(id);
                 let what = format!("{}:{} at {:#x}", binary.path.display(), note.name, note.offset);
                 let spec = match note
                     .arg_specs
@@ -230,6 +268,12 @@ impl Kernel {
         self.attachments.clear();
     }
 
+    /// The attachments, handed over for the caller to drop (to detach) without holding
+    /// whatever lock guards this `Kernel` for the seconds that takes.
+    pub fn take_attachments(&mut self) -> Vec<Attachment> {
+        std::mem::take(&mut self.attachments)
+    }
+
     /// Sites attached, by cookie.
     pub fn sites(&self) -> &[AttachedSite] {
         &self.sites
@@ -266,9 +310,43 @@ impl Kernel {
         let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map("DROPS")?).context("map DROPS")?;
         let mut out = [0; drop::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            *slot = map.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+            *slot = map.get(&(i as u32), 0).with_context(|| format!("cannot read map DROPS[{i}]"))?.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Removes every map entry of process `pid` (a target that is gone): its series disappear
+    /// and a later process that gets the same pid starts from zero. Returns how many.
+    pub fn forget_pid(&mut self, pid: u32) -> Result<usize> {
+        let mut removed = 0;
+        let map = self.ebpf.map_mut("COUNTERS").ok_or_else(|| anyhow!("no map COUNTERS"))?;
+        let mut counters: PerCpuHashMap<&mut MapData, CounterKey, u64> =
+            PerCpuHashMap::try_from(map).context("map COUNTERS")?;
+        let keys: Vec<CounterKey> = counters.keys().filter_map(|k| k.ok()).filter(|k| k.pid == pid).collect();
+        for k in &keys {
+            counters.remove(k).context("cannot remove from map COUNTERS")?;
+        }
+        removed += keys.len();
+        let map = self.ebpf.map_mut("GAUGES").ok_or_else(|| anyhow!("no map GAUGES"))?;
+        let mut gauges: HashMap<&mut MapData, CounterKey, u64> = HashMap::try_from(map).context("map GAUGES")?;
+        let keys: Vec<CounterKey> = gauges.keys().filter_map(|k| k.ok()).filter(|k| k.pid == pid).collect();
+        for k in &keys {
+            gauges.remove(k).context("cannot remove from map GAUGES")?;
+        }
+        removed += keys.len();
+        let map = self.ebpf.map_mut("HISTS").ok_or_else(|| anyhow!("no map HISTS"))?;
+        let mut hists: HashMap<&mut MapData, HistKey, Hist> = HashMap::try_from(map).context("map HISTS")?;
+        let keys: Vec<HistKey> = hists.keys().filter_map(|k| k.ok()).filter(|k| k.pid == pid).collect();
+        for k in &keys {
+            hists.remove(k).context("cannot remove from map HISTS")?;
+        }
+        Ok(removed + keys.len())
+    }
+
+    /// Takes the reader of the programs' diagnostics (once; `None` unless the log asked for
+    /// them at load): `flush` it regularly.
+    pub fn take_logger(&mut self) -> Option<KernelLogger> {
+        self.logger.take()
     }
 
     /// Takes the registration ring buffer (once) for the events task.
@@ -290,27 +368,33 @@ impl Kernel {
         out
     }
 
+    /// Instructions the kernel kept of each loaded program after verifying it (xlated).
+    pub fn program_instructions(&self) -> Vec<(&'static str, u32)> {
+        let names: BTreeSet<&'static str> = self.loaded.values().copied().collect();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some((name, info.size_translated()? / 8))
+            })
+            .collect()
+    }
+
     /// (map name, entries, capacity) of the bounded maps.
-    pub fn map_usage(&self) -> Vec<(&'static str, usize, u32)> {
-        let mut out = Vec::new();
-        if let Ok(m) = self.counters() {
-            out.push(("counters", m.keys().count(), capacity(self.map("COUNTERS").ok())));
-        }
-        if let Ok(m) = self.gauges() {
-            out.push(("gauges", m.keys().count(), capacity(self.map("GAUGES").ok())));
-        }
-        if let Ok(m) = self.hists() {
-            out.push(("histograms", m.keys().count(), capacity(self.map("HISTS").ok())));
-        }
-        out.push(("sites", self.sites.len(), MAX_SITES));
-        out
+    pub fn map_usage(&self) -> Result<Vec<(&'static str, usize, u32)>> {
+        Ok(vec![
+            ("counters", self.counters()?.keys().count(), capacity(self.map("COUNTERS")?)?),
+            ("gauges", self.gauges()?.keys().count(), capacity(self.map("GAUGES")?)?),
+            ("histograms", self.hists()?.keys().count(), capacity(self.map("HISTS")?)?),
+            ("sites", self.sites.len(), MAX_SITES),
+        ])
     }
 }
 
-fn capacity(map: Option<&aya::maps::Map>) -> u32 {
+fn capacity(map: &aya::maps::Map) -> Result<u32> {
     let data = match map {
-        Some(aya::maps::Map::PerCpuHashMap(d)) | Some(aya::maps::Map::HashMap(d)) => d,
-        _ => return 0,
+        aya::maps::Map::PerCpuHashMap(d) | aya::maps::Map::HashMap(d) => d,
+        _ => bail!("not a hash map"),
     };
-    data.info().map(|i| i.max_entries()).unwrap_or(0)
+    Ok(data.info().context("cannot read a map's info")?.max_entries())
 }

@@ -76,13 +76,19 @@ impl Snapshot {
     }
 }
 
+/// A target, its `/proc` sampler and the probes attached for it.
+struct Watched {
+    target: Arc<Target>,
+    sampler: ProcSampler,
+    probes: usize,
+}
+
 /// Reads the kernel side for the exporters.
 pub struct Collector {
     kernel: Arc<Mutex<Kernel>>,
     events: Mutex<Option<RingBuf<MapData>>>,
     catalog: Mutex<Catalog>,
-    targets: Mutex<BTreeMap<u32, (Arc<Target>, ProcSampler)>>,
-    probes_attached: Mutex<usize>,
+    targets: Mutex<BTreeMap<u32, Watched>>,
     cache: Mutex<Option<(Instant, Arc<Snapshot>)>>,
     max_age: Duration,
 }
@@ -100,7 +106,6 @@ impl Collector {
             events: Mutex::new(Some(events)),
             catalog: Mutex::new(Catalog::default()),
             targets: Mutex::new(BTreeMap::new()),
-            probes_attached: Mutex::new(0),
             cache: Mutex::new(None),
             max_age,
         })
@@ -111,8 +116,32 @@ impl Collector {
         // A first reading now: a target that exits before the first scrape still has one.
         let mut sampler = ProcSampler::default();
         sampler.sample(&target);
-        lock(&self.targets).insert(target.pid(), (target, sampler));
-        *lock(&self.probes_attached) += probes_attached;
+        lock(&self.targets).insert(target.pid(), Watched { target, sampler, probes: probes_attached });
+        self.invalidate();
+    }
+
+    /// Records that a target's probes were detached (it stays reported, as not running).
+    pub fn detached(&self, pid: u32) {
+        if let Some(t) = lock(&self.targets).get_mut(&pid) {
+            t.probes = 0;
+        }
+        self.invalidate();
+    }
+
+    /// Forgets a target: its registrations and `/proc` readings (its map entries are the
+    /// kernel's, see `Kernel::forget_pid`).
+    pub fn remove_target(&self, pid: u32) {
+        lock(&self.targets).remove(&pid);
+        let mut catalog = lock(&self.catalog);
+        catalog.streams.retain(|(p, _), _| *p != pid);
+        catalog.queries.retain(|(p, _), _| *p != pid);
+        std::mem::drop(catalog);
+        self.invalidate();
+    }
+
+    /// The next reader reads afresh.
+    pub fn invalidate(&self) {
+        *lock(&self.cache) = None;
     }
 
     /// Applies pending registrations; returns how many.
@@ -160,19 +189,19 @@ impl Collector {
         }
         snap.daemon = SelfStats {
             sites_attached: kernel.attached(),
-            probes_attached: *lock(&self.probes_attached),
+            probes_attached: lock(&self.targets).values().map(|t| t.probes).sum(),
             programs: kernel.program_stats(),
-            maps: kernel.map_usage(),
+            maps: kernel.map_usage()?,
             drops: kernel.drops()?,
             targets: Vec::new(),
         };
         std::mem::drop(kernel);
         snap.catalog = lock(&self.catalog).clone();
-        for (pid, (target, sampler)) in lock(&self.targets).iter_mut() {
-            if let Some(stats) = sampler.sample(target) {
+        for (pid, w) in lock(&self.targets).iter_mut() {
+            if let Some(stats) = w.sampler.sample(&w.target) {
                 snap.processes.insert(*pid, stats);
             }
-            snap.daemon.targets.push((*pid, target.state() == State::Running));
+            snap.daemon.targets.push((*pid, w.target.state() == State::Running));
         }
         Ok(snap)
     }

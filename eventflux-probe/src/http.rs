@@ -129,3 +129,70 @@ impl AsyncWrite for IdleTimeout {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+/// The daemon's one router: `/metrics`, `/health`, `/ready`, `/live`.
+///
+/// `/ready` and `/live` read two words of state and answer at once (Kubernetes probes call
+/// them every few seconds and must not wait behind a map walk); `/metrics` and `/health` read
+/// a snapshot off the async thread. None of them changes anything.
+pub fn router(shared: std::sync::Arc<crate::daemon::Shared>) -> axum::Router {
+    use axum::extract::State;
+    use axum::http::{StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::get;
+
+    type Shared = State<std::sync::Arc<crate::daemon::Shared>>;
+
+    fn plain(code: StatusCode, body: String) -> Response {
+        (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    }
+
+    async fn blocking<T: Send + 'static>(
+        shared: std::sync::Arc<crate::daemon::Shared>,
+        f: fn(&crate::daemon::Shared) -> anyhow::Result<T>,
+    ) -> Result<T, Response> {
+        match tokio::task::spawn_blocking(move || f(&shared)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(plain(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the BPF maps: {e:#}\n"))),
+            Err(e) => Err(plain(StatusCode::INTERNAL_SERVER_ERROR, format!("collector failed: {e}\n"))),
+        }
+    }
+
+    async fn metrics(State(shared): Shared) -> Response {
+        match blocking(shared, crate::daemon::Shared::metrics).await {
+            Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+            Err(r) => r,
+        }
+    }
+
+    async fn health(State(shared): Shared) -> Response {
+        match blocking(shared, crate::daemon::Shared::health).await {
+            Ok(report) => {
+                let code = StatusCode::from_u16(report.status.http_code()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                (code, axum::Json(report)).into_response()
+            }
+            Err(r) => r,
+        }
+    }
+
+    async fn ready(State(shared): Shared) -> Response {
+        match shared.ready() {
+            Ok(()) => plain(StatusCode::OK, "ready\n".into()),
+            Err(why) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        }
+    }
+
+    async fn live(State(shared): Shared) -> Response {
+        match shared.live() {
+            Ok(()) => plain(StatusCode::OK, "live\n".into()),
+            Err(why) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("not live: {why}\n")),
+        }
+    }
+
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/live", get(live))
+        .with_state(shared)
+}

@@ -27,19 +27,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Logs go to stderr; RUST_LOG=debug for more. Errors are printed once, below, not logged.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let result = match cli.command {
-        Command::List(args) => cmd::list::run(&args),
-        Command::Run(args) => cmd::run::run(&args),
-        Command::Latency(args) => cmd::latency::run(&args),
+        Command::List(args) => default_logging().and_then(|()| cmd::list::run(&args)),
+        Command::Run(args) => cmd::run::settings(&args).and_then(|settings| {
+            eventflux_probe::logging::init(&settings.logging)?;
+            cmd::run::run(&args, settings)
+        }),
+        Command::Latency(args) => default_logging().and_then(|()| cmd::latency::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,6 +44,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, pretty; RUST_LOG=debug for more. Errors are printed once, by `main`, not
+/// logged.
+fn default_logging() -> anyhow::Result<()> {
+    Ok(eventflux_probe::logging::init(&eventflux_probe::config::Settings::default().logging)?)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

@@ -1,4 +1,4 @@
-//! The target's system metrics from `/proc/PID`: uptime, memory, CPU, threads. Probes do not
+//! The target's system metrics from `/proc/PID`: uptime, memory, CPU, threads, descriptors. Probes do not
 //! see these; the design document's system metrics come from here.
 
 use std::time::Instant;
@@ -16,6 +16,8 @@ pub struct ProcStats {
     pub cpu_percent: f64,
     /// Total user + system CPU seconds.
     pub cpu_seconds: f64,
+    /// Open file descriptors (`None` where `/proc/PID/fd` cannot be listed).
+    pub open_fds: Option<u64>,
 }
 
 /// Reads `/proc/PID/stat` repeatedly, keeping what CPU-percent needs and the last reading, so
@@ -56,6 +58,7 @@ pub fn parse(stat: &str, system_uptime: &str) -> Option<ProcStats> {
         threads: num(20)?,
         cpu_percent: 0.0,
         cpu_seconds: (utime + stime) as f64 / ticks,
+        open_fds: None,
     })
 }
 
@@ -68,6 +71,10 @@ impl ProcSampler {
                 .ok()
                 .zip(std::fs::read_to_string("/proc/uptime").ok())
                 .and_then(|(stat, up)| parse(&stat, &up))
+                .map(|stats| ProcStats {
+                    open_fds: std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count() as u64),
+                    ..stats
+                })
         });
         let Some(mut stats) = fresh else {
             return self.last.map(|(_, s)| s);

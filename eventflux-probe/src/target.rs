@@ -13,7 +13,20 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+/// Why a process cannot be observed.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("no process with pid {0} (check the pid, or that it is visible in this pid namespace)")]
+    NoSuchProcess(u32),
+    #[error("process {0} has exited (a zombie its parent has not reaped yet): nothing left to observe")]
+    Exited(u32),
+    #[error(
+        "cannot read process {0}'s executable (/proc/{0}/exe): permission denied: missing CAP_SYS_PTRACE (observing another process needs it, or root)"
+    )]
+    NotPermitted(u32),
+    #[error("cannot take hold of process {pid}: {error}")]
+    Io { pid: u32, error: std::io::Error },
+}
 
 /// What became of a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +46,8 @@ pub struct Target {
     pidfd: OwnedFd,
     /// `(st_dev, st_ino)` of the executable when we attached.
     exe: (u64, u64),
+    /// Its path then (what `--follow` looks for in a new process).
+    exe_path: PathBuf,
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
@@ -58,37 +73,34 @@ fn exe_identity(pid: u32) -> std::io::Result<(u64, u64)> {
 
 impl Target {
     /// Takes hold of process `pid`, or says in one line why it cannot be observed.
-    pub fn open(pid: u32) -> Result<Target> {
+    pub fn open(pid: u32) -> Result<Target, TargetError> {
         let pidfd = match pidfd_open(pid) {
             Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                bail!("no process with pid {pid} (check the pid, or that it is visible in this pid namespace)")
-            }
-            Err(e) => bail!("cannot take hold of process {pid}: {e}"),
-        };
-        let target_exited = || {
-            anyhow::anyhow!(
-                "process {pid} has exited (a zombie its parent has not reaped yet): nothing left to observe"
-            )
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(TargetError::NoSuchProcess(pid)),
+            Err(error) => return Err(TargetError::Io { pid, error }),
         };
         if matches!(proc_state(pid), Some('Z' | 'X')) {
-            return Err(target_exited());
+            return Err(TargetError::Exited(pid));
         }
         let exe = match exe_identity(pid) {
             Ok(id) => id,
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-                "cannot read process {pid}'s executable (/proc/{pid}/exe): permission denied: missing CAP_SYS_PTRACE (observing another process needs it, or root)"
-            ),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(TargetError::NotPermitted(pid)),
             // A zombie's exe link is gone.
-            Err(_) if matches!(proc_state(pid), Some('Z' | 'X') | None) => return Err(target_exited()),
-            Err(e) => bail!("cannot read process {pid}'s executable: {e}"),
+            Err(_) if matches!(proc_state(pid), Some('Z' | 'X') | None) => return Err(TargetError::Exited(pid)),
+            Err(error) => return Err(TargetError::Io { pid, error }),
         };
-        Ok(Target { pid, pidfd, exe })
+        let exe_path = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        Ok(Target { pid, pidfd, exe, exe_path })
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The executable's path when we took hold of the process.
+    pub fn exe_path(&self) -> &std::path::Path {
+        &self.exe_path
     }
 
     /// Whether the process has exited: its pidfd is readable.
@@ -176,8 +188,8 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert_eq!(target.state(), State::Exited);
         assert!(target.read_proc(|_| Some(1)).is_none());
-        let err = Target::open(child.id()).expect_err("a zombie cannot be observed").to_string();
-        assert!(err.contains("has exited"), "{err}");
+        let err = Target::open(child.id()).expect_err("a zombie cannot be observed");
+        assert!(matches!(err, TargetError::Exited(_)), "{err}");
         child.wait().expect("reap");
     }
 }

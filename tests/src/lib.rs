@@ -358,11 +358,14 @@ impl Daemon {
         Daemon::start_with(pid, &[])
     }
 
-    /// Like [`Daemon::start`], with more arguments for `run`.
+    /// Like [`Daemon::start`], with more arguments for `run`. Without a `--drain` among them,
+    /// SIGTERM stops it at once (`--drain 0`), as the tests that do not test draining want.
     pub fn start_with(pid: u32, extra: &[&str]) -> Daemon {
         let port = free_port();
+        let drain: &[&str] = if extra.contains(&"--drain") { &[] } else { &["--drain", "0"] };
         let mut child = Command::new(bin("eventflux-probe"))
             .args(["run", "--pid", &pid.to_string(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(drain)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -402,11 +405,19 @@ impl Daemon {
     }
 
     /// SIGTERM, then the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.stop_with_log().0
+    }
+
+    /// SIGTERM, then the exit status and every line the daemon logged.
+    pub fn stop_with_log(mut self) -> (std::process::ExitStatus, Vec<String>) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let status = wait_with_deadline(&mut self.child, Duration::from_secs(30));
-        self.log.extend(self.stderr.try_iter());
-        status
+        // The reader thread ends with the daemon's stderr.
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.log.push(line);
+        }
+        (status, std::mem::take(&mut self.log))
     }
 }
 
@@ -419,18 +430,51 @@ impl Drop for Daemon {
 
 /// A plain HTTP/1.1 GET on loopback; returns the body, failing the test on a non-200 status.
 pub fn http_get(port: u16, path: &str) -> String {
+    let (status, body) = http_status(port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
+}
+
+/// A plain HTTP/1.1 GET on loopback: the status code and the body, or why there is none
+/// (nothing listening, connection reset).
+pub fn http_status(port: u16, path: &str) -> Result<(u16, String), String> {
     use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("send");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let text = String::from_utf8(raw).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return dechunk(body);
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8(raw).map_err(|_| "response is not UTF-8".to_owned())?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("not an HTTP response: {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status code in {head:?}"))?;
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_owned() };
+    Ok((status, body))
+}
+
+/// Polls `GET path` every 20 ms until `pred(status, body)` holds; returns that answer, or
+/// fails the test with the last one after `limit`.
+pub fn poll_http(
+    port: u16,
+    path: &str,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(u16, &str) -> bool,
+) -> (u16, String) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let answer = http_status(port, path);
+        if let Ok((status, body)) = &answer
+            && pred(*status, body)
+        {
+            return (*status, body.clone());
+        }
+        assert!(Instant::now() < deadline, "GET {path}: never {what} within {limit:?}; last answer {answer:?}");
+        thread::sleep(Duration::from_millis(20));
     }
-    body.to_owned()
 }
 
 fn dechunk(mut body: &str) -> String {

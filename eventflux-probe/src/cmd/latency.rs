@@ -3,13 +3,13 @@
 //! histogram per query and stage in bpftrace's layout, with count, p50, p90, p99 and max.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use eventflux_probe::bpf::Kernel;
 use eventflux_probe::budget::Budget;
-use eventflux_probe::collector::{Collector, HistData, Snapshot};
+use eventflux_probe::collector::HistData;
+use eventflux_probe::daemon::attach_once;
+use eventflux_probe::model::Engine;
 use eventflux_probe::target::State;
 use eventflux_probe_common::{hist, probe, stage};
 use serde_json::json;
@@ -61,15 +61,10 @@ fn probes_for(stage_name: Option<&str>, budget: &Budget) -> Result<(Vec<u32>, Ve
 pub fn run(args: &Args) -> Result<()> {
     let budget = args.budget.budget(Some(eventflux_probe::budget::RUN_SAMPLES_PER_SEC))?;
     let (probes, stages) = probes_for(args.stage.as_deref(), &budget)?;
-    let (target, binaries) = target::eventflux_binaries(args.pid)?;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    // Kernel run statistics, for the cost line below.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
-    let mut kernel = Kernel::load(&probes)?;
-    let report = kernel.attach_process(args.pid, &binaries)?;
-    let kernel = Arc::new(Mutex::new(kernel));
-    let collector = Collector::new(Arc::clone(&kernel), Duration::ZERO)?;
+    let (daemon, attached) = attach_once(args.pid, &probes)?;
+    let report = &attached.report;
     eprintln!(
         "Attached {} probes ({} sites) to pid {}, asking for {budget}. {}",
         report.probes,
@@ -92,17 +87,17 @@ pub fn run(args: &Args) -> Result<()> {
         let drain = async {
             loop {
                 tick.tick().await;
-                collector.drain_events();
+                daemon.drain();
             }
         };
         tokio::select! {
             _ = wait => None,
             _ = tokio::signal::ctrl_c() => None,
             _ = drain => None,
-            state = target.ended(Duration::from_millis(250)) => Some(state),
+            state = attached.target.ended(Duration::from_millis(250)) => Some(state),
         }
     });
-    let snap = collector.snapshot()?;
+    let model = daemon.model()?;
     let elapsed = started.elapsed().as_secs_f64().max(1e-3);
     match ended {
         Some(State::Execd(exe)) => eprintln!(
@@ -113,30 +108,22 @@ pub fn run(args: &Args) -> Result<()> {
         Some(_) => eprintln!("Process {} exited after {elapsed:.1}s: printing what it recorded.", args.pid),
         None => {}
     }
-    kernel.lock().unwrap_or_else(|e| e.into_inner()).detach_all();
-    let hits: u64 = snap.daemon.programs.iter().filter(|(n, ..)| n.ends_with("_sample")).map(|(_, runs, _)| runs).sum();
+    daemon.detach_all();
+    let hits: u64 =
+        model.observer.programs.iter().filter(|(n, ..)| n.ends_with("_sample")).map(|(_, runs, _)| runs).sum();
     eprintln!(
         "Cost to the engine: {hits} sample probe hits ({:.0}/s), each a uprobe trap in the engine thread (a few hundred ns) after the batch it describes.",
         hits as f64 / elapsed
     );
-    let rows = select(&snap, args.pid, &stages, args.query.as_deref());
-    if let Some(q) = args.query.as_deref() {
-        let known: Vec<&str> = snap
-            .catalog
-            .queries
-            .iter()
-            .filter(|((pid, _), _)| *pid == args.pid)
-            .map(|(_, meta)| meta.name.as_str())
-            .collect();
-        let matches = snap
-            .catalog
-            .queries
-            .iter()
-            .any(|((pid, id), meta)| *pid == args.pid && (meta.name == q || q.parse::<u32>() == Ok(*id)));
+    let engine = model.engines.get(&args.pid);
+    if let (Some(q), Some(engine)) = (args.query.as_deref(), engine) {
+        let known: Vec<&str> = engine.queries.values().filter(|m| m.registered).map(|m| m.name.as_str()).collect();
+        let matches = engine.queries.values().any(|m| m.registered && (m.name == q || q.parse::<u32>() == Ok(m.id)));
         if !known.is_empty() && !matches {
             bail!("process {} has no query `{q}`: its queries are {}", args.pid, known.join(", "));
         }
     }
+    let rows = engine.map(|e| select(e, &stages, args.query.as_deref())).unwrap_or_default();
     let out = if args.json { to_json(&rows) } else { to_text(&rows) };
     print!("{out}");
     if rows.is_empty() {
@@ -151,19 +138,21 @@ struct Row<'a> {
     hist: &'a HistData,
 }
 
-fn select<'a>(snap: &'a Snapshot, pid: u32, stages: &[u32], query: Option<&str>) -> Vec<Row<'a>> {
-    snap.hists
-        .iter()
-        .filter(|(k, h)| k.pid == pid && stages.contains(&k.stage) && h.count > 0)
-        .filter(|(k, _)| {
-            query.is_none_or(|q| snap.catalog.query_name(pid, k.query) == q || q.parse::<u32>() == Ok(k.query))
-        })
-        .map(|(k, h)| Row {
-            query: snap.catalog.query_name(pid, k.query),
-            stage: stage::NAMES.get(k.stage as usize).copied().unwrap_or("?"),
-            hist: h,
-        })
-        .collect()
+fn select<'a>(engine: &'a Engine, stages: &[u32], query: Option<&str>) -> Vec<Row<'a>> {
+    let mut rows = Vec::new();
+    for q in engine.queries.values() {
+        if query.is_some_and(|want| q.name != want && want.parse::<u32>() != Ok(q.id)) {
+            continue;
+        }
+        let hists = q.stages.iter().map(|(s, h)| (*s, h)).chain(q.latency.iter().map(|h| (stage::BATCH, h)));
+        for (st, h) in hists {
+            if stages.contains(&st) && h.count > 0 {
+                let stage = stage::NAMES.get(st as usize).copied().unwrap_or("?");
+                rows.push(Row { query: q.name.clone(), stage, hist: h });
+            }
+        }
+    }
+    rows
 }
 
 /// A bucket bound as bpftrace writes it: 512, 4K, 6M, 1G.

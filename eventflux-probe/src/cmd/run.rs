@@ -1,47 +1,60 @@
-//! `eventflux-probe run --pid PID`: attach to every eventflux probe of a running engine and
-//! serve its metrics at `GET /metrics` until SIGINT or SIGTERM, which detach everything.
+//! `eventflux-probe run --pid PID`: the daemon for one engine. Settings come from defaults, a
+//! config file, `EVENTFLUX_PROBE_*` variables and these flags, in rising precedence
+//! (docs/configuration.md); the service itself is `eventflux_probe::daemon::serve`.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use eventflux_probe::bpf::Kernel;
-use eventflux_probe::collector::Collector;
-use eventflux_probe::export::prometheus::{self as prom, Options};
-use eventflux_probe::http::GuardedListener;
-use eventflux_probe::target::State as TargetState;
-use tokio::net::TcpListener;
+use anyhow::{Context, Result};
+use eventflux_probe::budget::Budget;
+use eventflux_probe::config::{self, LogFormat, Settings};
+use eventflux_probe::daemon::ServeOptions;
+use eventflux_probe::health::Thresholds;
 
-use super::target;
-
-/// Default listen address. Port 9469: not Prometheus's own 9090, nor node_exporter's 9100, nor
-/// the 9464 the OpenTelemetry Prometheus exporter uses, so it runs beside all three.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9469";
+use super::target::parse_duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The engine process to observe.
     #[arg(long, value_name = "PID")]
     pid: u32,
-    /// Address for the HTTP endpoints (/metrics). Loopback by default; use 0.0.0.0:9469 to be
-    /// scraped from elsewhere.
-    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
-    listen: SocketAddr,
-    /// Label sets per metric before further ones are folded into one `overflow` series.
-    #[arg(long, value_name = "N", default_value_t = 2000, value_parser = parse_max_series)]
-    max_series: usize,
-    /// Close an HTTP connection after this long without traffic (a client that connects and
-    /// says nothing gives its slot back).
-    #[arg(long, value_name = "D", value_parser = target::parse_duration, default_value = "10s")]
-    http_idle_timeout: Duration,
+    /// Configuration file (TOML; docs/configuration.md). Also EVENTFLUX_PROBE_CONFIG.
+    #[arg(long, value_name = "FILE", env = "EVENTFLUX_PROBE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address for the HTTP endpoints (/metrics, /health, /ready, /live); default
+    /// 127.0.0.1:9469. Use 0.0.0.0:9469 to be scraped from elsewhere.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Label sets per metric before further ones are folded into one `overflow` series
+    /// (default 2000).
+    #[arg(long, value_name = "N", value_parser = parse_max_series)]
+    max_series: Option<usize>,
+    /// Close an HTTP connection after this long without traffic (default 10s).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    http_idle_timeout: Option<Duration>,
+    /// After the target exits, serve its last values this long, then exit (default 60s).
+    #[arg(long, value_name = "D", value_parser = config::parse_duration)]
+    grace_period: Option<Duration>,
+    /// After the target exits, wait for a new process of the same executable and attach to it.
+    #[arg(long)]
+    follow: bool,
+    /// On SIGTERM, answer /ready with 503 this long before detaching and exiting (default 5s).
+    #[arg(long, value_name = "D", value_parser = config::parse_duration)]
+    drain: Option<Duration>,
+    /// Log level: a tracing filter such as `info` or `eventflux_probe=debug` (default info;
+    /// RUST_LOG overrides).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log format: pretty (default) or json (one object per line).
+    #[arg(long, value_name = "FORMAT", value_parser = LogFormat::from_str)]
+    log_format: Option<LogFormat>,
+    /// Where logs go: stderr (default), stdout or a file path (appended to).
+    #[arg(long, value_name = "WHERE")]
+    log_output: Option<String>,
     #[command(flatten)]
-    budget: target::BudgetArgs,
+    budget: super::target::BudgetArgs,
 }
 
 fn parse_max_series(s: &str) -> Result<usize, String> {
@@ -52,115 +65,54 @@ fn parse_max_series(s: &str) -> Result<usize, String> {
     }
 }
 
-struct AppState {
-    collector: Arc<Collector>,
-    options: Options,
+impl Args {
+    /// The flags as the highest configuration layer.
+    fn layer(&self) -> config::Layer {
+        let mut l = config::Layer::default();
+        l.http.listen = self.listen;
+        l.http.idle_timeout = self.http_idle_timeout;
+        l.limits.max_series = self.max_series;
+        l.lifecycle.grace_period = self.grace_period;
+        l.lifecycle.follow = self.follow.then_some(true);
+        l.lifecycle.drain = self.drain;
+        l.logging.level = self.log_level.clone();
+        l.logging.format = self.log_format;
+        l.logging.output = self.log_output.as_deref().map(config::LogOutput::from);
+        l.sampling.rate = self.budget.sample_rate;
+        l.sampling.every_batch = self.budget.every_batch.then_some(true);
+        l.sampling.flush_interval = self.budget.flush_interval;
+        l
+    }
 }
 
-pub fn run(args: &Args) -> Result<()> {
+/// The settings of this invocation, from every layer.
+pub fn settings(args: &Args) -> Result<Settings> {
+    Ok(config::load(args.config.as_deref(), |k| std::env::var(k).ok(), args.layer())?)
+}
+
+pub fn run(args: &Args, settings: Settings) -> Result<()> {
+    let s = &settings.sampling;
+    let budget = Budget::new(if s.every_batch { None } else { Some(s.rate) }, s.flush_interval)?;
+    let h = &settings.health;
+    let options = ServeOptions {
+        pid: args.pid,
+        budget,
+        listen: settings.http.listen,
+        http_idle_timeout: settings.http.idle_timeout,
+        max_series: settings.limits.max_series,
+        grace_period: settings.lifecycle.grace_period,
+        follow: settings.lifecycle.follow,
+        drain: settings.lifecycle.drain,
+        health: Thresholds {
+            window: h.window,
+            max_error_ratio: h.max_error_ratio,
+            max_backpressure_per_second: h.max_backpressure_per_second,
+            stall_after: h.stall_after,
+            max_window_state_bytes: h.max_window_state_bytes,
+            window_state_growth: h.window_state_growth,
+        },
+    };
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(serve(args))
-}
-
-async fn serve(args: &Args) -> Result<()> {
-    let budget = args.budget.budget(Some(eventflux_probe::budget::RUN_SAMPLES_PER_SEC))?;
-    let (target, binaries) = target::eventflux_binaries(args.pid)?;
-    let target = Arc::new(target);
-    let listener = TcpListener::bind(args.listen).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => anyhow!(
-            "cannot listen on {}: address already in use (another eventflux-probe or exporter?); choose another with --listen",
-            args.listen
-        ),
-        _ => anyhow!("cannot listen on {}: {e}", args.listen),
-    })?;
-
-    // Keeps the kernel's BPF run-time statistics on while we run (the program metrics).
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
-    // Every probe the metrics are made of, and the two control probes of our budget.
-    let mut probes = eventflux_probe::bpf::metric_probes();
-    probes.extend(budget.control_probes());
-    let mut kernel = Kernel::load(&probes)?;
-    let report = kernel.attach_process(args.pid, &binaries)?;
-    for s in &report.skipped {
-        tracing::warn!("not attached: {s}");
-    }
-    tracing::info!(
-        pid = args.pid,
-        probes = report.probes,
-        sites = report.sites,
-        attach_ms = report.elapsed.as_secs_f64() * 1e3,
-        "attached"
-    );
-    tracing::info!("asked the engine for {budget}");
-    let kernel = Arc::new(Mutex::new(kernel));
-    let collector = Arc::new(Collector::new(Arc::clone(&kernel), Duration::from_millis(100))?);
-    collector.add_target(Arc::clone(&target), report.probes);
-
-    // Registrations arrive through a ring buffer: drain it often so it never fills.
-    let drain = Arc::clone(&collector);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tick.tick().await;
-            drain.drain_events();
-        }
-    });
-    let pid = args.pid;
-    let watched = Arc::clone(&kernel);
-    tokio::spawn(async move {
-        match target.ended(Duration::from_millis(250)).await {
-            TargetState::Execd(exe) => tracing::warn!(
-                pid,
-                exe = %exe.display(),
-                "target exec'd another program: the probes were in the old one; treating it as exited, serving its final values until stopped"
-            ),
-            _ => tracing::info!(pid, "target exited; serving its final values until stopped"),
-        }
-        // Its probes are gone with its image; the attachments only hold kernel resources now.
-        tokio::task::spawn_blocking(move || watched.lock().unwrap_or_else(|e| e.into_inner()).detach_all());
-    });
-
-    let state = Arc::new(AppState { collector, options: Options { max_series: args.max_series, pid_label: false } });
-    let app = Router::new().route("/metrics", get(metrics)).with_state(state);
-    // The address really bound: with port 0 the kernel chose one.
-    let bound = listener.local_addr().unwrap_or(args.listen);
-    let cap = eventflux_probe::http::connection_cap();
-    tracing::info!(max_connections = cap, "serving http://{bound}/metrics");
-    let listener = GuardedListener::new(listener, cap, args.http_idle_timeout);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("HTTP server failed")?;
-    let detaching = std::time::Instant::now();
-    kernel.lock().unwrap_or_else(|e| e.into_inner()).detach_all();
-    tracing::info!(pid, detach_ms = detaching.elapsed().as_secs_f64() * 1e3, "detached");
-    Ok(())
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let collector = Arc::clone(&state.collector);
-    let snap = match tokio::task::spawn_blocking(move || collector.snapshot()).await {
-        Ok(Ok(snap)) => snap,
-        Ok(Err(e)) => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the BPF maps: {e:#}\n")).into_response();
-        }
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("collector failed: {e}\n")).into_response(),
-    };
-    let body = prom::encode(&snap, &state.options);
-    ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response()
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
-    tracing::info!("stopping");
+    runtime.block_on(eventflux_probe::daemon::serve(options))
 }

@@ -1,4 +1,4 @@
-//! The Prometheus text exposition of a snapshot: the design document's metric names and
+//! The Prometheus text exposition of the [`Model`]: the design document's metric names and
 //! labels, latency histograms with `le` buckets taken from the kernel's buckets, and the
 //! daemon's own `eventflux_probe_*` metrics.
 //!
@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 
 use eventflux_abi::{ConnErrorKind, ErrorKind, Protocol, WindowKind};
-use eventflux_probe_common::{counter, drop as drops, gauge, hist, stage};
+use eventflux_probe_common::{drop as drops, hist, stage};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
-use crate::collector::{HistData, Snapshot};
+use crate::collector::HistData;
+use crate::model::{Engine, Model};
 
 /// Value of every label of a folded series.
 pub const OVERFLOW: &str = "overflow";
@@ -122,11 +123,13 @@ fn label_name(code: u32, label: Option<&'static str>) -> String {
     label.map_or_else(|| format!("unknown_{code}"), str::to_owned)
 }
 
-/// Encodes a snapshot in the Prometheus text format.
-pub fn encode(snap: &Snapshot, opts: &Options) -> String {
+/// Encodes a model in the Prometheus text format.
+pub fn encode(model: &Model, opts: &Options) -> String {
     let mut f = Families { opts: opts.clone(), by_name: BTreeMap::new() };
-    engine_metrics(snap, &mut f);
-    daemon_metrics(snap, &mut f);
+    for engine in model.engines.values() {
+        engine_metrics(engine, &mut f);
+    }
+    observer_metrics(model, &mut f);
     let families = to_proto(f);
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
@@ -136,254 +139,215 @@ pub fn encode(snap: &Snapshot, opts: &Options) -> String {
     out
 }
 
-fn engine_metrics(snap: &Snapshot, f: &mut Families) {
-    let cat = &snap.catalog;
+const PROCESSED_HELP: &str = "Events that entered the query.";
+const CONNECTIONS_HELP: &str = "Connection attempts by result.";
+const MEMORY_HELP: &str = "Memory of the engine by component: rss (resident), window_state and queues (from probes).";
+
+fn engine_metrics(e: &Engine, f: &mut Families) {
     let pid_label = f.opts.pid_label;
-    let with_pid = |pid: u32, mut labels: Labels| -> Labels {
+    let labels = |mut labels: Labels| -> Labels {
         if pid_label {
-            labels.insert(0, ("pid", pid.to_string()));
+            labels.insert(0, ("pid", e.pid.to_string()));
         }
         labels
     };
 
-    // Series that exist from registration on, before any event.
-    let mut active: BTreeMap<u32, f64> = BTreeMap::new();
-    let mut subscribers: BTreeMap<(u32, u32), f64> = BTreeMap::new();
-    for &(pid, id) in cat.streams.keys() {
-        active.entry(pid).or_insert(0.0);
-        subscribers.entry((pid, id)).or_insert(0.0);
+    if e.has_registrations() {
+        f.gauge("query_active_count", "Queries running.", labels(vec![]), e.queries_running() as f64);
     }
-    for (&(pid, _), q) in &cat.queries {
-        let l =
-            with_pid(pid, vec![("query_id", q.name.clone()), ("stream_name", cat.stream_name(pid, q.input_stream))]);
-        f.counter("query_events_processed_total", "Events that entered the query.", l, 0.0);
-        if q.active {
-            *active.entry(pid).or_insert(0.0) += 1.0;
-            *subscribers.entry((pid, q.input_stream)).or_insert(0.0) += 1.0;
+    for s in e.streams.values() {
+        let l = || labels(vec![("stream_name", s.name.clone())]);
+        if s.registered {
+            f.gauge("stream_subscribers_active", "Queries subscribed to the stream.", l(), f64::from(s.subscribers));
         }
-    }
-    for (pid, n) in active {
-        f.gauge("query_active_count", "Queries running.", with_pid(pid, vec![]), n);
-    }
-    for ((pid, stream), n) in subscribers {
-        let l = with_pid(pid, vec![("stream_name", cat.stream_name(pid, stream))]);
-        f.gauge("stream_subscribers_active", "Queries subscribed to the stream.", l, n);
-    }
-
-    for (k, &v) in &snap.counters {
-        let (pid, v) = (k.pid, v as f64);
-        let stream = |id| cat.stream_name(pid, id);
-        let query = |id| cat.query_name(pid, id);
-        match k.counter {
-            counter::STREAM_RECEIVED | counter::STREAM_EMITTED_INTO => f.counter(
+        if s.received() > 0 {
+            f.counter(
                 "stream_events_received_total",
                 "Events that entered the stream (from sources, or inserted by queries).",
-                with_pid(pid, vec![("stream_name", stream(k.a))]),
-                v,
-            ),
-            counter::STREAM_SENT => f.counter(
-                "stream_events_sent_total",
-                "Events the stream handed to its subscribers.",
-                with_pid(pid, vec![("stream_name", stream(k.a))]),
-                v,
-            ),
-            counter::BACKPRESSURE => f.counter(
+                l(),
+                s.received() as f64,
+            );
+        }
+        if s.sent > 0 {
+            f.counter("stream_events_sent_total", "Events the stream handed to its subscribers.", l(), s.sent as f64);
+        }
+        if s.backpressure > 0 {
+            f.counter(
                 "stream_backpressure_events_total",
                 "Times a producer found a subscriber's queue full.",
-                with_pid(pid, vec![("stream_name", stream(k.a))]),
-                v,
-            ),
-            counter::QUERY_PROCESSED => f.counter(
-                "query_events_processed_total",
-                "Events that entered the query.",
-                with_pid(pid, vec![("query_id", query(k.a)), ("stream_name", stream(k.b))]),
-                v,
-            ),
-            counter::QUERY_EMITTED => f.counter(
+                l(),
+                s.backpressure as f64,
+            );
+        }
+        if let Some(bytes) = s.buffer_bytes {
+            f.gauge("stream_buffer_size_bytes", "Bytes queued for the stream's subscribers.", l(), bytes as f64);
+        }
+        if let Some(age) = s.oldest_event_age_seconds {
+            f.gauge(
+                "stream_oldest_event_age_seconds",
+                "How long the most recently dequeued chunk of the stream waited in its queue.",
+                l(),
+                age,
+            );
+        }
+    }
+
+    for q in e.queries.values() {
+        let query = || ("query_id", q.name.clone());
+        for (&stream, &n) in &q.processed {
+            let l = labels(vec![query(), ("stream_name", e.stream_name(stream))]);
+            f.counter("query_events_processed_total", PROCESSED_HELP, l, n as f64);
+        }
+        for (&stream, &n) in &q.emitted {
+            f.counter(
                 "query_events_emitted_total",
                 "Rows the query inserted into its output stream.",
-                with_pid(pid, vec![("query_id", query(k.a)), ("output_stream", stream(k.b))]),
-                v,
-            ),
-            counter::QUERY_BATCHES => f.counter(
+                labels(vec![query(), ("output_stream", e.stream_name(stream))]),
+                n as f64,
+            );
+        }
+        if q.batches > 0 {
+            f.counter(
                 "query_batches_total",
                 "Query batches (chunks of input), every one; query_latency_seconds_count counts the sampled ones.",
-                with_pid(pid, vec![("query_id", query(k.a))]),
-                v,
-            ),
-            counter::ENGINE_SPANS_DROPPED => f.counter(
-                "eventflux_probe_engine_spans_dropped_total",
-                "Span records of sampled batches the engine could not keep (nesting deeper than its buffer).",
-                with_pid(pid, vec![]),
-                v,
-            ),
-            counter::QUERY_ERRORS => f.counter(
+                labels(vec![query()]),
+                q.batches as f64,
+            );
+        }
+        for (&kind, &n) in &q.errors {
+            f.counter(
                 "query_execution_errors_total",
                 "Events the query failed to process.",
-                with_pid(
-                    pid,
-                    vec![
-                        ("query_id", query(k.a)),
-                        ("error_type", label_name(k.b, ErrorKind::from_code(k.b).map(ErrorKind::label))),
-                    ],
-                ),
-                v,
-            ),
-            counter::CONN_OPENED => {
-                let p = label_name(k.a, Protocol::from_code(k.a).map(Protocol::label));
-                f.counter(
-                    "connections_total",
-                    "Connection attempts by result.",
-                    with_pid(pid, vec![("protocol", p.clone()), ("result", "success".into())]),
-                    v,
-                );
-                let closed = snap.counter(pid, counter::CONN_CLOSED, k.a, 0) as f64;
-                f.gauge(
-                    "connections_active",
-                    "Open connections.",
-                    with_pid(pid, vec![("protocol", p)]),
-                    (v - closed).max(0.0),
-                );
-            }
-            counter::CONN_ERRORS => {
-                let p = label_name(k.a, Protocol::from_code(k.a).map(Protocol::label));
-                f.counter(
-                    "connections_total",
-                    "Connection attempts by result.",
-                    with_pid(pid, vec![("protocol", p.clone()), ("result", "failure".into())]),
-                    v,
-                );
-                let kind = label_name(k.b, ConnErrorKind::from_code(k.b).map(ConnErrorKind::label));
-                f.counter(
-                    "connection_errors_total",
-                    "Connection failures by kind.",
-                    with_pid(pid, vec![("protocol", p), ("error_type", kind)]),
-                    v,
-                );
-            }
-            _ => {}
+                labels(vec![
+                    query(),
+                    ("error_type", label_name(kind, ErrorKind::from_code(kind).map(ErrorKind::label))),
+                ]),
+                n as f64,
+            );
         }
-    }
-
-    let mut window_bytes: BTreeMap<u32, f64> = BTreeMap::new();
-    let mut queue_bytes: BTreeMap<u32, f64> = BTreeMap::new();
-    let mut stream_bytes: BTreeMap<(u32, u32), f64> = BTreeMap::new();
-    let mut stream_age: BTreeMap<(u32, u32), f64> = BTreeMap::new();
-    for (k, &v) in &snap.gauges {
-        let pid = k.pid;
-        match k.counter {
-            gauge::WINDOW_STATE_BYTES => {
-                let window = cat
-                    .queries
-                    .get(&(pid, k.a))
-                    .and_then(|q| WindowKind::from_code(q.window))
-                    .map_or("unknown", WindowKind::label);
-                let l = with_pid(pid, vec![("query_id", cat.query_name(pid, k.a)), ("window_type", window.to_owned())]);
-                f.gauge("query_window_size_bytes", "Bytes the query's window holds.", l, v as f64);
-                *window_bytes.entry(pid).or_default() += v as f64;
-            }
-            gauge::GROUPS => {
-                let l = with_pid(pid, vec![("query_id", cat.query_name(pid, k.a))]);
-                f.gauge("query_aggregation_groups", "Live group-by keys of the query's aggregation.", l, v as f64);
-            }
-            gauge::QUEUE_DEPTH => {
-                let cap = snap.gauges.get(&eventflux_probe_common::CounterKey { counter: gauge::QUEUE_CAPACITY, ..*k });
-                if let Some(&cap) = cap.filter(|c| **c > 0) {
-                    let l = with_pid(pid, vec![("query_id", cat.query_name(pid, k.b))]);
-                    f.gauge(
-                        "query_buffer_utilization",
-                        "Fill of the query's input queue, 0 to 1.",
-                        l,
-                        v as f64 / cap as f64,
-                    );
-                }
-            }
-            gauge::QUEUE_BYTES => {
-                *stream_bytes.entry((pid, k.a)).or_default() += v as f64;
-                *queue_bytes.entry(pid).or_default() += v as f64;
-            }
-            gauge::QUEUE_WAIT_NS => {
-                let age = stream_age.entry((pid, k.a)).or_default();
-                *age = age.max(v as f64 / 1e9);
-            }
-            _ => {}
+        if let Some(bytes) = q.window_bytes {
+            let window = q.window.map_or("unknown", WindowKind::label);
+            f.gauge(
+                "query_window_size_bytes",
+                "Bytes the query's window holds.",
+                labels(vec![query(), ("window_type", window.to_owned())]),
+                bytes as f64,
+            );
         }
-    }
-    for ((pid, s), v) in stream_bytes {
-        let l = with_pid(pid, vec![("stream_name", cat.stream_name(pid, s))]);
-        f.gauge("stream_buffer_size_bytes", "Bytes queued for the stream's subscribers.", l, v);
-    }
-    for ((pid, s), v) in stream_age {
-        let l = with_pid(pid, vec![("stream_name", cat.stream_name(pid, s))]);
-        f.gauge(
-            "stream_oldest_event_age_seconds",
-            "How long the most recently dequeued chunk of the stream waited in its queue.",
-            l,
-            v,
-        );
-    }
-
-    for (k, h) in &snap.hists {
-        let q = cat.query_name(k.pid, k.query);
-        if k.stage == stage::BATCH {
+        if let Some(groups) = q.groups {
+            f.gauge(
+                "query_aggregation_groups",
+                "Live group-by keys of the query's aggregation.",
+                labels(vec![query()]),
+                groups as f64,
+            );
+        }
+        if let Some(u) = q.buffer_utilization {
+            f.gauge("query_buffer_utilization", "Fill of the query's input queue, 0 to 1.", labels(vec![query()]), u);
+        }
+        if let Some(h) = &q.latency {
             f.histogram(
                 "query_latency_seconds",
                 "Time a query takes for one batch (chunk) of events, all stages included; from sampled batches timed as a whole (a few per second per engine thread), so _count counts those and query_batches_total all batches.",
-                with_pid(k.pid, vec![("query_id", q)]),
+                labels(vec![query()]),
                 h,
             );
-        } else if let Some(name) = stage::NAMES.get(k.stage as usize) {
+        }
+        for (&st, h) in &q.stages {
+            let Some(name) = stage::NAMES.get(st as usize) else { continue };
             f.histogram(
                 "query_stage_latency_seconds",
                 "Self time of one stage of a query per sampled batch (stages it calls excluded); ingest is the time a chunk waited in an async junction's queue.",
-                with_pid(k.pid, vec![("query_id", q), ("stage", (*name).to_owned())]),
+                labels(vec![query(), ("stage", (*name).to_owned())]),
                 h,
             );
         }
     }
 
-    for (&pid, p) in &snap.processes {
+    for (&code, c) in &e.connections {
+        let p = label_name(code, Protocol::from_code(code).map(Protocol::label));
+        if c.opened > 0 {
+            let l = labels(vec![("protocol", p.clone()), ("result", "success".into())]);
+            f.counter("connections_total", CONNECTIONS_HELP, l, c.opened as f64);
+            f.gauge(
+                "connections_active",
+                "Open connections.",
+                labels(vec![("protocol", p.clone())]),
+                c.active() as f64,
+            );
+        }
+        for (&kind, &n) in &c.failures {
+            let l = labels(vec![("protocol", p.clone()), ("result", "failure".into())]);
+            f.counter("connections_total", CONNECTIONS_HELP, l, n as f64);
+            let kind = label_name(kind, ConnErrorKind::from_code(kind).map(ConnErrorKind::label));
+            f.counter(
+                "connection_errors_total",
+                "Connection failures by kind.",
+                labels(vec![("protocol", p.clone()), ("error_type", kind)]),
+                n as f64,
+            );
+        }
+    }
+    if e.spans_dropped > 0 {
+        f.counter(
+            "eventflux_probe_engine_spans_dropped_total",
+            "Span records of sampled batches the engine could not keep (nesting deeper than its buffer).",
+            labels(vec![]),
+            e.spans_dropped as f64,
+        );
+    }
+
+    if let Some(p) = &e.process {
         f.counter(
             "eventflux_uptime_seconds",
             "Seconds since the engine process started.",
-            with_pid(pid, vec![]),
+            labels(vec![]),
             p.uptime_seconds,
         );
-        let mem = "Memory of the engine by component: rss (resident), window_state and queues (from probes).";
-        f.gauge(
-            "eventflux_memory_usage_bytes",
-            mem,
-            with_pid(pid, vec![("component", "rss".into())]),
-            p.rss_bytes as f64,
-        );
-        let w = window_bytes.get(&pid).copied().unwrap_or(0.0);
-        f.gauge("eventflux_memory_usage_bytes", mem, with_pid(pid, vec![("component", "window_state".into())]), w);
-        let qb = queue_bytes.get(&pid).copied().unwrap_or(0.0);
-        f.gauge("eventflux_memory_usage_bytes", mem, with_pid(pid, vec![("component", "queues".into())]), qb);
+        let mem = e.memory();
+        for (component, bytes) in [("rss", mem.rss), ("window_state", mem.window_state), ("queues", mem.queues)] {
+            f.gauge(
+                "eventflux_memory_usage_bytes",
+                MEMORY_HELP,
+                labels(vec![("component", component.into())]),
+                bytes as f64,
+            );
+        }
         f.gauge(
             "eventflux_cpu_usage_percent",
             "CPU use of the engine, percent of one core.",
-            with_pid(pid, vec![]),
+            labels(vec![]),
             p.cpu_percent,
         );
-        f.gauge("eventflux_threads_active", "Threads of the engine process.", with_pid(pid, vec![]), p.threads as f64);
+        f.gauge("eventflux_threads_active", "Threads of the engine process.", labels(vec![]), p.threads as f64);
+        if let Some(fds) = p.open_fds {
+            f.gauge("eventflux_open_fds", "Open file descriptors of the engine process.", labels(vec![]), fds as f64);
+        }
     }
-}
-
-fn daemon_metrics(snap: &Snapshot, f: &mut Families) {
-    let d = &snap.daemon;
-    f.gauge("eventflux_probe_probes_attached", "Distinct USDT probes attached.", vec![], d.probes_attached as f64);
-    for &(pid, running) in &d.targets {
-        let labels = if f.opts.pid_label { vec![("pid", pid.to_string())] } else { vec![] };
+    if let Some(running) = e.running {
+        let l = if pid_label { vec![("pid", e.pid.to_string())] } else { vec![] };
         f.gauge(
             "eventflux_probe_target_running",
             "1 while the target runs the program the probes were attached to; 0 once it exited or exec'd another.",
-            labels,
+            l,
             if running { 1.0 } else { 0.0 },
         );
     }
+}
+
+fn observer_metrics(model: &Model, f: &mut Families) {
+    let d = &model.observer;
+    f.gauge("eventflux_probe_probes_attached", "Distinct USDT probes attached.", vec![], d.probes_attached as f64);
     f.gauge("eventflux_probe_sites_attached", "USDT probe sites (notes) attached.", vec![], d.sites_attached as f64);
-    for (name, runs, time) in &d.programs {
+    if let Some(ready) = d.ready {
+        f.gauge(
+            "eventflux_probe_ready",
+            "1 while /ready answers 200: every selected probe attached and the target alive.",
+            vec![],
+            if ready { 1.0 } else { 0.0 },
+        );
+    }
+    for (name, runs, seconds) in &d.programs {
         f.counter(
             "eventflux_probe_program_runs_total",
             "Runs of each eBPF program (kernel BPF statistics).",
@@ -394,7 +358,7 @@ fn daemon_metrics(snap: &Snapshot, f: &mut Families) {
             "eventflux_probe_program_run_seconds_total",
             "Time spent in each eBPF program (kernel BPF statistics).",
             vec![("program", (*name).to_owned())],
-            time.as_secs_f64(),
+            *seconds,
         );
     }
     for (name, entries, capacity) in &d.maps {
@@ -417,6 +381,14 @@ fn daemon_metrics(snap: &Snapshot, f: &mut Families) {
             "Probe hits the kernel side could not record, by reason.",
             vec![("reason", drops::NAMES[i].to_owned())],
             *n as f64,
+        );
+    }
+    if d.unknown_series > 0 {
+        f.gauge(
+            "eventflux_probe_unknown_series",
+            "Map entries of kinds this build of the observer does not know (kernel side newer than user space?).",
+            vec![],
+            d.unknown_series as f64,
         );
     }
     let folded: Vec<(&'static str, u64)> = f

@@ -1,0 +1,1183 @@
+//! The daemon's settings: one model read from four layers, lowest precedence first: the
+//! built-in defaults, the TOML config file (`--config FILE`), the environment
+//! (`EVENTFLUX_PROBE_<SECTION>_<KEY>`) and the command-line flags.
+//!
+//! Every key is declared once, in the [`define_settings!`] table below; the table generates the
+//! partial [`Layer`] each source is read into, the resolved [`Settings`], the [`KEYS`] reference
+//! (docs/configuration.md is checked against it), the merge and the per-key checks. Errors are
+//! one line naming where the value came from (file and line, or variable) and the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Prefix of every environment variable that sets a key.
+pub const ENV_PREFIX: &str = "EVENTFLUX_PROBE_";
+
+/// Variables with [`ENV_PREFIX`] that are read elsewhere, so not taken for misspelt keys.
+pub const RESERVED_ENV: &[&str] = &["EVENTFLUX_PROBE_VERIFIER_LOG", "EVENTFLUX_PROBE_CONFIG"];
+
+/// One key of the reference: where it lives, how the environment names it, its default (as
+/// written in a config file or a variable) and what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyDoc {
+    pub section: &'static str,
+    pub key: &'static str,
+    pub env: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// The variable names are derived from the table rather than written in it, so a key cannot be
+/// renamed without its variable; `macro_rules!` cannot change case, hence this in const.
+const fn ascii_upper<const N: usize>(s: &str) -> [u8; N] {
+    let bytes = s.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = bytes[i].to_ascii_uppercase();
+        i += 1;
+    }
+    out
+}
+
+macro_rules! env_name {
+    ($section:ident, $key:ident) => {{
+        const LOWER: &str = concat!("EVENTFLUX_PROBE_", stringify!($section), "_", stringify!($key));
+        const UPPER: [u8; LOWER.len()] = ascii_upper(LOWER);
+        match std::str::from_utf8(&UPPER) {
+            Ok(name) => name,
+            Err(_) => panic!("identifiers are ASCII"),
+        }
+    }};
+}
+
+macro_rules! define_settings {
+    ($(
+        $(#[doc = $sdoc:literal])*
+        [$section:ident] $Section:ident / $SectionLayer:ident {
+            $( $key:ident : $ty:ty = $default:literal, $help:literal $(, check $check:ident)? ; )*
+        }
+    )*) => {
+        /// The resolved settings: every key has a value.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Settings {
+            $( $(#[doc = $sdoc])* pub $section: $Section, )*
+        }
+
+        $(
+            $(#[doc = $sdoc])*
+            #[derive(Debug, Clone, PartialEq)]
+            pub struct $Section {
+                $( #[doc = $help] pub $key: $ty, )*
+            }
+
+            $(#[doc = $sdoc])*
+            /// `None`: not set by this layer.
+            #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub struct $SectionLayer {
+                $(
+                    #[doc = $help]
+                    #[serde(default, deserialize_with = "de_value")]
+                    pub $key: Option<$ty>,
+                )*
+            }
+        )*
+
+        /// The keys one source sets; a source that does not set a key leaves it `None`.
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Layer {
+            $( #[serde(default)] pub $section: $SectionLayer, )*
+        }
+
+        /// The sections, in the order of the reference.
+        pub const SECTIONS: &[&str] = &[$(stringify!($section)),*];
+
+        /// Every key, in the order of the reference.
+        pub const KEYS: &[KeyDoc] = &[$($(
+            KeyDoc {
+                section: stringify!($section),
+                key: stringify!($key),
+                env: env_name!($section, $key),
+                default: $default,
+                help: $help,
+            },
+        )*)*];
+
+        impl Layer {
+            /// This layer with the keys `higher` sets replaced by its values.
+            pub fn merge(self, higher: Layer) -> Layer {
+                Layer {
+                    $( $section: $SectionLayer {
+                        $( $key: higher.$section.$key.or(self.$section.$key), )*
+                    }, )*
+                }
+            }
+
+            /// Sets one key from text as the environment gives it (see [`from_text`]).
+            fn set_text(&mut self, section: &str, key: &str, raw: &str) -> Result<(), String> {
+                $($(
+                    if section == stringify!($section) && key == stringify!($key) {
+                        self.$section.$key = Some(from_text::<$ty>(raw)?);
+                        return Ok(());
+                    }
+                )*)*
+                Err(format!("unknown key `{section}.{key}`"))
+            }
+
+            /// The first key set to a value out of its range: section, key and why.
+            fn check(&self) -> Result<(), (&'static str, &'static str, String)> {
+                $($($(
+                    if let Some(value) = &self.$section.$key {
+                        $check(value).map_err(|m| (stringify!($section), stringify!($key), m))?;
+                    }
+                )?)*)*
+                Ok(())
+            }
+
+            fn into_settings(self) -> Result<Settings, ConfigError> {
+                Ok(Settings {
+                    $( $section: $Section {
+                        $( $key: self.$section.$key.ok_or_else(|| ConfigError::Invalid {
+                            key: concat!(stringify!($section), ".", stringify!($key)).into(),
+                            message: "has no value".into(),
+                        })?, )*
+                    }, )*
+                })
+            }
+        }
+    };
+}
+
+define_settings! {
+    /// How the daemon logs.
+    [logging] Logging / LoggingLayer {
+        level: String = "info",
+            "Which logs to write: a tracing EnvFilter directive such as `info` or `eventflux_probe=debug` (`RUST_LOG`, if set, overrides it)",
+            check filter_directive;
+        format: LogFormat = "pretty",
+            "`pretty` (human-readable lines) or `json` (one JSON object per line)";
+        output: LogOutput = "stderr",
+            "Where logs go: `stderr`, `stdout`, or the path of a file to append to (created if missing)",
+            check log_output;
+    }
+    /// The HTTP endpoints (/metrics, /health, /ready).
+    [http] Http / HttpLayer {
+        listen: SocketAddr = "127.0.0.1:9469",
+            "Address of the HTTP endpoints; loopback by default, `0.0.0.0:9469` to be scraped from elsewhere";
+        idle_timeout: Duration = "10s",
+            "Close an HTTP connection after this long without traffic",
+            check positive;
+    }
+    /// What the observer asks of the engine.
+    [sampling] Sampling / SamplingLayer {
+        rate: u32 = "1024",
+            "Sampled batches per second per engine thread (rounds down to 16, 64, 256, 1024, 4096 or 16384)",
+            check at_least_one;
+        every_batch: bool = "false",
+            "Time every batch instead of sampling `rate` per second: exact, but costs the engine more";
+        flush_interval: Duration = "1s",
+            "How often the engine hands over its counts (10ms to 2s); counters lag by at most this much",
+            check positive;
+    }
+    /// What happens when the target exits or the daemon is told to stop.
+    [lifecycle] Lifecycle / LifecycleLayer {
+        grace_period: Duration = "60s",
+            "How long the last values stay served after the target exited, before exiting (or, with `follow`, while waiting); 0 exits at once";
+        follow: bool = "false",
+            "After the target exited, wait for a new process of the same executable and attach to it";
+        drain: Duration = "5s",
+            "After SIGTERM, /ready answers 503 for this long before the daemon detaches and exits";
+    }
+    /// When /health reports degraded (docs/health.md defines the checks).
+    [health] Health / HealthLayer {
+        window: Duration = "30s",
+            "Rates are computed over this span",
+            check positive;
+        max_error_ratio: f64 = "0.05",
+            "Errors per event processed above which the event pipeline is degraded (0 to 1)",
+            check ratio;
+        max_backpressure_per_second: f64 = "1.0",
+            "Backpressure events per second above which the event pipeline is degraded",
+            check non_negative;
+        stall_after: Duration = "10s",
+            "Sources connected or events arriving but nothing processed for this long is degraded",
+            check positive;
+        max_window_state_bytes: u64 = "0",
+            "Window state above this many bytes is degraded; 0: no cap";
+        window_state_growth: f64 = "2.0",
+            "Window state that grew at every health sample through the whole window to this many times its size at the window's start is degraded (at least 1)",
+            check growth_factor;
+    }
+    /// Bounds on what the daemon keeps.
+    [limits] Limits / LimitsLayer {
+        max_series: usize = "2000",
+            "Label sets per metric before further ones are folded into one `overflow` series (at least 1)",
+            check at_least_one;
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        // The defaults are literals of the table above and a unit test resolves them, so this
+        // fails only on a bug in the table, never on input.
+        Layer::default().resolve().expect("the built-in defaults are valid")
+    }
+}
+
+/// `pretty` or `json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("`{s}` is not a log format (expected pretty or json)")),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// Where logs go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    Stderr,
+    Stdout,
+    /// Appended to, created if missing.
+    File(PathBuf),
+}
+
+/// Every text names an output; an empty path is left to the `logging.output` check, so that a
+/// flag's value is held to it as well as the file's.
+impl From<&str> for LogOutput {
+    fn from(s: &str) -> Self {
+        match s {
+            "stderr" => LogOutput::Stderr,
+            "stdout" => LogOutput::Stdout,
+            path => LogOutput::File(PathBuf::from(path)),
+        }
+    }
+}
+
+impl FromStr for LogOutput {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let output = LogOutput::from(s);
+        log_output(&output)?;
+        Ok(output)
+    }
+}
+
+impl fmt::Display for LogOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogOutput::Stderr => f.write_str("stderr"),
+            LogOutput::Stdout => f.write_str("stdout"),
+            LogOutput::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// A configuration that cannot be used. Its Display is one line naming the source (file and
+/// line, or variable), the key as `section.key`, and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {}", .path.display(), io_message(.error))]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("config file {origin}{}: {}{message}", line_part(.line), key_part(.key))]
+    File { origin: String, line: Option<usize>, key: Option<String>, message: String },
+    #[error("environment variable {var}: {}{message}", key_part(.key))]
+    Env { var: String, key: Option<String>, message: String },
+    /// A value of no file or variable (a flag, or code) out of range.
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The OS's words without the `(os error 2)` that only repeats them.
+fn io_message(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+fn line_part(line: &Option<usize>) -> String {
+    line.map(|l| format!(", line {l}")).unwrap_or_default()
+}
+
+fn key_part(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default()
+}
+
+impl Layer {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
+        Layer::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses a TOML config; `origin` names it in errors (the file's path).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Layer, ConfigError> {
+        let error = |line: Option<usize>, key: Option<String>, message: String| ConfigError::File {
+            origin: origin.to_owned(),
+            line,
+            key,
+            message: one_line(&message),
+        };
+        // Syntax first, on its own: its errors carry no key, and the typed pass below would
+        // report them in the same words, indistinguishable from the errors that do.
+        if let Err(e) = toml::from_str::<toml::Table>(text) {
+            let line = e.span().map(|s| line_of(text, s.start));
+            return Err(error(line, None, format!("invalid TOML: {}", e.message())));
+        }
+        let layer: Layer = toml::from_str(text).map_err(|e| {
+            let span = e.span();
+            let line = span.as_ref().map(|s| line_of(text, s.start));
+            match unknown_field(e.message()) {
+                Some((name, expected)) => error(line, None, unknown_key_message(text, span, name, &expected)),
+                None => error(line, span.and_then(|s| key_at(text, s.start)), humanize(e.message())),
+            }
+        })?;
+        layer.check().map_err(|(section, key, message)| {
+            error(find_key_line(text, section, key), Some(format!("{section}.{key}")), message)
+        })?;
+        Ok(layer)
+    }
+
+    /// Reads the keys' variables through `vars` (e.g. `|name| std::env::var(name).ok()`). An
+    /// empty value counts as unset, so `EVENTFLUX_PROBE_HTTP_LISTEN= cmd` falls back to the
+    /// file. Misspelt names are caught by [`check_env_names`], which needs the names listed.
+    pub fn from_env(vars: impl Fn(&str) -> Option<String>) -> Result<Layer, ConfigError> {
+        let mut layer = Layer::default();
+        for k in KEYS {
+            let Some(raw) = vars(k.env).filter(|v| !v.is_empty()) else { continue };
+            layer.set_text(k.section, k.key, &raw).map_err(|message| ConfigError::Env {
+                var: k.env.to_owned(),
+                key: Some(format!("{}.{}", k.section, k.key)),
+                message: one_line(&message),
+            })?;
+        }
+        layer.check().map_err(|(section, key, message)| ConfigError::Env {
+            var: KEYS.iter().find(|k| k.section == section && k.key == key).map_or_else(String::new, |k| k.env.into()),
+            key: Some(format!("{section}.{key}")),
+            message,
+        })?;
+        Ok(layer)
+    }
+
+    /// The settings: this layer over the built-in defaults, every value checked.
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let layer = Layer::builtin()?.merge(self);
+        layer
+            .check()
+            .map_err(|(section, key, message)| ConfigError::Invalid { key: format!("{section}.{key}"), message })?;
+        layer.into_settings()
+    }
+
+    /// Every key at its default.
+    fn builtin() -> Result<Layer, ConfigError> {
+        let mut layer = Layer::default();
+        for k in KEYS {
+            layer.set_text(k.section, k.key, k.default).map_err(|message| ConfigError::Invalid {
+                key: format!("{}.{}", k.section, k.key),
+                message: format!("built-in default `{}`: {message}", k.default),
+            })?;
+        }
+        Ok(layer)
+    }
+}
+
+/// The settings from the defaults, then the file (if any), then the environment read through
+/// `env`, then `flags`.
+///
+/// A lookup cannot list names, so misspelt variables are looked for among the process
+/// environment's names that `env` also knows: in production `env` reads the process
+/// environment and every name is checked; a test's own `env` is not disturbed by the
+/// variables of the process running it.
+pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>, flags: Layer) -> Result<Settings, ConfigError> {
+    let file_layer = match file {
+        Some(path) => Layer::from_file(path)?,
+        None => Layer::default(),
+    };
+    let names: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| env(name).is_some())
+        .collect();
+    check_env_names(&names)?;
+    let env_layer = Layer::from_env(&env)?;
+    file_layer.merge(env_layer).merge(flags).resolve()
+}
+
+/// Fails on the first name with [`ENV_PREFIX`] that is no key's variable nor reserved
+/// ([`RESERVED_ENV`]): a misspelt variable would otherwise be ignored without a word.
+pub fn check_env_names<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Result<(), ConfigError> {
+    for name in names {
+        let name = name.as_ref();
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        if RESERVED_ENV.contains(&name) || KEYS.iter().any(|k| k.env == name) {
+            continue;
+        }
+        // A known section narrows the list to its own keys.
+        let in_section: Vec<&str> = KEYS
+            .iter()
+            .filter(|k| rest.strip_prefix(k.section.to_ascii_uppercase().as_str()).is_some_and(|r| r.starts_with('_')))
+            .map(|k| k.env)
+            .collect();
+        let known = if in_section.is_empty() { KEYS.iter().map(|k| k.env).collect() } else { in_section };
+        return Err(ConfigError::Env {
+            var: name.to_owned(),
+            key: None,
+            message: format!("not a setting (known: {})", known.join(", ")),
+        });
+    }
+    Ok(())
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, or a plain number of seconds; fractions such as `1.5s`
+/// too. Zero is a duration (whether a key accepts it is that key's check).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let not_a_duration = || format!("`{s}` is not a duration (try 10s, 500ms, 2m)");
+    let trimmed = s.trim();
+    let split = trimmed.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(trimmed.len());
+    let (num, unit) = trimmed.split_at(split);
+    let num = num.trim_end();
+    // Digits and one point only: f64's parser would also take `inf`, `NaN`, `1e3` and signs.
+    if num.is_empty()
+        || num == "."
+        || !num.chars().all(|c| c.is_ascii_digit() || c == '.')
+        || num.matches('.').count() > 1
+    {
+        return Err(not_a_duration());
+    }
+    let (millis, secs) = match unit {
+        "ms" => (1, 0),
+        "" | "s" => (0, 1),
+        "m" => (0, 60),
+        "h" => (0, 3600),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    let too_long = || format!("`{s}` is too long a duration");
+    // Whole numbers exactly; a fraction through f64.
+    if let Ok(n) = num.parse::<u64>() {
+        return if millis == 1 {
+            Ok(Duration::from_millis(n))
+        } else {
+            n.checked_mul(secs).map(Duration::from_secs).ok_or_else(too_long)
+        };
+    }
+    let v: f64 = num.parse().map_err(|_| not_a_duration())?;
+    let secs = if millis == 1 { v / 1000.0 } else { v * secs as f64 };
+    Duration::try_from_secs_f64(secs).map_err(|_| too_long())
+}
+
+/// How a key's value is read from TOML; the messages are the user's, so they say what was
+/// expected in the config's own terms rather than Rust's.
+trait ConfigValue: Sized {
+    fn from_toml(value: toml::Value) -> Result<Self, String>;
+}
+
+/// Used by every key of the [`Layer`]s, so that both the file and the environment go through
+/// [`ConfigValue`]'s wording.
+fn de_value<'de, D: Deserializer<'de>, T: ConfigValue>(d: D) -> Result<Option<T>, D::Error> {
+    let value = toml::Value::deserialize(d)?;
+    T::from_toml(value).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// A value written as the environment gives it: a TOML value when it is one (`64`, `true`,
+/// `0.5`, `"quoted"`), a string otherwise (`0.0.0.0:9469`, `info`). A string key whose text
+/// happens to read as another type (`level = 1`) gets the text.
+fn from_text<T: ConfigValue>(raw: &str) -> Result<T, String> {
+    let as_string = || T::from_toml(toml::Value::String(raw.to_owned()));
+    match raw.parse::<toml::Value>() {
+        Ok(value) => T::from_toml(value).or_else(|e| as_string().map_err(|_| e)),
+        Err(_) => as_string(),
+    }
+}
+
+fn kind(value: &toml::Value) -> &'static str {
+    match value {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a date-time",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+impl ConfigValue for String {
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::String(s) => Ok(s),
+            other => Err(format!("expected a string, found {}", kind(&other))),
+        }
+    }
+}
+
+impl ConfigValue for bool {
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::Boolean(b) => Ok(b),
+            other => Err(format!("expected true or false, found {}", kind(&other))),
+        }
+    }
+}
+
+macro_rules! unsigned_value {
+    ($($t:ty),*) => {$(
+        impl ConfigValue for $t {
+            fn from_toml(value: toml::Value) -> Result<Self, String> {
+                match value {
+                    toml::Value::Integer(i) if i < 0 => Err(format!("expected a non-negative integer, found {i}")),
+                    toml::Value::Integer(i) => {
+                        <$t>::try_from(i).map_err(|_| format!("{i} is too large (at most {})", <$t>::MAX))
+                    }
+                    other => Err(format!("expected an integer, found {}", kind(&other))),
+                }
+            }
+        }
+    )*};
+}
+unsigned_value!(u32, u64, usize);
+
+impl ConfigValue for f64 {
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::Float(f) => Ok(f),
+            // Precision only suffers beyond 2^53, far past any threshold.
+            toml::Value::Integer(i) => Ok(i as f64),
+            other => Err(format!("expected a number, found {}", kind(&other))),
+        }
+    }
+}
+
+impl ConfigValue for Duration {
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::String(s) => parse_duration(&s),
+            toml::Value::Integer(i) => u64::try_from(i)
+                .map(Duration::from_secs)
+                .map_err(|_| format!("`{i}` is not a duration (a duration cannot be negative)")),
+            toml::Value::Float(f) => {
+                Duration::try_from_secs_f64(f).map_err(|_| format!("`{f}` is not a duration (try 10s, 500ms, 2m)"))
+            }
+            other => Err(format!("expected a duration such as \"10s\", found {}", kind(&other))),
+        }
+    }
+}
+
+impl ConfigValue for SocketAddr {
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::String(s) => s
+                .parse()
+                .map_err(|_| format!("`{s}` is not a socket address (expected e.g. 127.0.0.1:9469 or 0.0.0.0:9469)")),
+            other => Err(format!("expected a socket address such as \"127.0.0.1:9469\", found {}", kind(&other))),
+        }
+    }
+}
+
+impl ConfigValue for LogFormat {
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::String(s) => s.parse(),
+            other => Err(format!("expected \"pretty\" or \"json\", found {}", kind(&other))),
+        }
+    }
+}
+
+impl ConfigValue for LogOutput {
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::String(s) => s.parse(),
+            other => Err(format!("expected \"stderr\", \"stdout\" or a file path, found {}", kind(&other))),
+        }
+    }
+}
+
+// The checks of the table's `check` column.
+
+fn filter_directive(level: &str) -> Result<(), String> {
+    if level.trim().is_empty() {
+        return Err("is empty (expected e.g. info or eventflux_probe=debug)".into());
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(drop)
+        .map_err(|e| format!("`{level}` is not a log filter ({e}); expected e.g. info or eventflux_probe=debug"))
+}
+
+fn log_output(output: &LogOutput) -> Result<(), String> {
+    match output {
+        LogOutput::File(path) if path.as_os_str().is_empty() => {
+            Err("is an empty path (expected stderr, stdout or a file path)".into())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn positive(d: &Duration) -> Result<(), String> {
+    if d.is_zero() { Err("must be longer than zero".into()) } else { Ok(()) }
+}
+
+fn at_least_one<T: PartialOrd + From<u8>>(n: &T) -> Result<(), String> {
+    if *n < T::from(1) { Err("must be at least 1".into()) } else { Ok(()) }
+}
+
+fn ratio(r: &f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(r) { Ok(()) } else { Err(format!("must be between 0 and 1, found {r}")) }
+}
+
+fn non_negative(r: &f64) -> Result<(), String> {
+    if r.is_finite() && *r >= 0.0 { Ok(()) } else { Err(format!("must be a finite number of at least 0, found {r}")) }
+}
+
+fn growth_factor(r: &f64) -> Result<(), String> {
+    // Below 1, a state that merely kept its size would count as grown.
+    if r.is_finite() && *r >= 1.0 { Ok(()) } else { Err(format!("must be a finite factor of at least 1, found {r}")) }
+}
+
+// Locating an error in the source text: toml's errors give a byte span but not the key (its
+// Display has both, over several lines with a caret).
+
+/// A message kept to one line whatever it quotes.
+fn one_line(message: &str) -> String {
+    message.split(['\n', '\r']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+/// 1-based line of byte `pos`.
+fn line_of(text: &str, pos: usize) -> usize {
+    let pos = pos.min(text.len());
+    text.as_bytes()[..pos].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// `a . "b"` as `a.b`.
+fn clean_key(raw: &str) -> String {
+    raw.split('.').map(|part| part.trim().trim_matches(['"', '\''])).collect::<Vec<_>>().join(".")
+}
+
+/// The table a `[table]` (or `[[table]]`) header line opens.
+fn header_name(line: &str) -> Option<String> {
+    let inner = line.trim_start().strip_prefix('[')?;
+    let inner = inner.strip_prefix('[').unwrap_or(inner);
+    let end = inner.find(']')?;
+    Some(clean_key(&inner[..end]))
+}
+
+/// The table of the nearest header above `line_start`.
+fn header_above(text: &str, line_start: usize) -> Option<String> {
+    text.get(..line_start)?.lines().rev().find_map(header_name)
+}
+
+/// The full key (`section.key`) whose value starts at byte `pos`: the key left of the `=`
+/// before it on its line, inside the table of the header above, or of the inline table
+/// (`http = { listen = ... }`) the value is in.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let before = text.get(..pos)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let on_line = &before[line_start..];
+    let Some(eq) = on_line.rfind('=') else {
+        // A header whose table has the wrong type (`[http.listen]`) is its own key.
+        let line = text[line_start..].lines().next()?;
+        return header_name(line);
+    };
+    let lhs = &on_line[..eq];
+    let start = lhs.rfind(['{', ',']).map_or(0, |i| i + 1);
+    let key = clean_key(&lhs[start..]);
+    if key.is_empty() {
+        return None;
+    }
+    let mut parts: Vec<String> = header_above(text, line_start).into_iter().collect();
+    if let Some(brace) = lhs[..start].rfind('{') {
+        let outer = &lhs[..brace];
+        let eq = outer.rfind('=')?;
+        let outer_start = outer[..eq].rfind(['{', ',']).map_or(0, |i| i + 1);
+        parts.push(clean_key(&outer[outer_start..eq]));
+    }
+    parts.push(key);
+    Some(parts.join("."))
+}
+
+/// The line that sets `section.key`, for errors found after parsing (out-of-range values).
+fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let target = format!("{section}.{key}");
+    let mut header: Option<String> = None;
+    for (i, line) in text.lines().enumerate() {
+        if let Some(h) = header_name(line) {
+            header = Some(h);
+            continue;
+        }
+        let Some((lhs, rhs)) = line.split_once('=') else { continue };
+        let lhs = clean_key(lhs);
+        let full = match &header {
+            Some(h) => format!("{h}.{lhs}"),
+            None => lhs,
+        };
+        let inline = || rhs.split(['{', ',']).any(|seg| seg.split_once('=').is_some_and(|(k, _)| clean_key(k) == key));
+        if full == target || (full == section && inline()) {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+/// serde's `unknown field `x`, expected one of `a`, `b``: the field and the expected ones.
+fn unknown_field(message: &str) -> Option<(&str, Vec<&str>)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (name, rest) = rest.split_once('`')?;
+    Some((name, rest.split('`').skip(1).step_by(2).collect()))
+}
+
+fn unknown_key_message(text: &str, span: Option<std::ops::Range<usize>>, name: &str, expected: &[&str]) -> String {
+    let same = |keys: &[&str]| keys.len() == expected.len() && keys.iter().all(|k| expected.contains(k));
+    if same(SECTIONS) {
+        return format!("unknown key `{name}` (known sections: {})", SECTIONS.join(", "));
+    }
+    // serde names the expected fields, which tell the section; the text is the fallback.
+    let section = SECTIONS
+        .iter()
+        .find(|s| same(&KEYS.iter().filter(|k| k.section == **s).map(|k| k.key).collect::<Vec<_>>()))
+        .map(|s| (*s).to_owned())
+        .or_else(|| {
+            let pos = span?.start;
+            let line_start = text.get(..pos)?.rfind('\n').map_or(0, |i| i + 1);
+            header_above(text, line_start)
+        });
+    match section {
+        Some(section) => {
+            let keys: Vec<&str> = KEYS.iter().filter(|k| k.section == section).map(|k| k.key).collect();
+            format!("unknown key `{section}.{name}` (known keys in [{section}]: {})", keys.join(", "))
+        }
+        None => format!("unknown key `{name}`"),
+    }
+}
+
+/// serde's `invalid type: integer `5`, expected struct HttpLayer` (a section written as a
+/// value) in the config's terms.
+fn humanize(message: &str) -> String {
+    let Some((found, expected)) = message.strip_prefix("invalid type: ").and_then(|r| r.split_once(", expected "))
+    else {
+        return message.to_owned();
+    };
+    let found = match found.split([' ', '`']).next().unwrap_or(found) {
+        "string" => "a string",
+        "integer" => "an integer",
+        "floating" => "a float",
+        "boolean" => "a boolean",
+        "map" => "a table",
+        "sequence" => "an array",
+        other => other,
+    };
+    let expected = if expected.starts_with("struct ") { "a table" } else { expected };
+    format!("expected {expected}, found {found}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        move |name| map.get(name).cloned()
+    }
+
+    fn file_err(text: &str) -> String {
+        match Layer::from_toml(text, "x.toml") {
+            Ok(layer) => panic!("expected an error for {text:?}, got {layer:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn env_err(pairs: &[(&str, &str)]) -> String {
+        match Layer::from_env(env_of(pairs)) {
+            Ok(layer) => panic!("expected an error for {pairs:?}, got {layer:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn assert_one_line(message: &str) {
+        assert!(!message.contains('\n') && !message.contains('\r'), "not one line: {message:?}");
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::default();
+        assert_eq!(s.logging.level, "info");
+        assert_eq!(s.logging.format, LogFormat::Pretty);
+        assert_eq!(s.logging.output, LogOutput::Stderr);
+        assert_eq!(s.http.listen, "127.0.0.1:9469".parse::<SocketAddr>().unwrap());
+        assert_eq!(s.http.idle_timeout, Duration::from_secs(10));
+        assert_eq!(s.sampling.rate, 1024);
+        assert!(!s.sampling.every_batch);
+        assert_eq!(s.sampling.flush_interval, Duration::from_secs(1));
+        assert_eq!(s.lifecycle.grace_period, Duration::from_secs(60));
+        assert!(!s.lifecycle.follow);
+        assert_eq!(s.lifecycle.drain, Duration::from_secs(5));
+        assert_eq!(s.health.window, Duration::from_secs(30));
+        assert_eq!(s.health.max_error_ratio, 0.05);
+        assert_eq!(s.health.max_backpressure_per_second, 1.0);
+        assert_eq!(s.health.stall_after, Duration::from_secs(10));
+        assert_eq!(s.health.max_window_state_bytes, 0);
+        assert_eq!(s.health.window_state_growth, 2.0);
+        assert_eq!(s.limits.max_series, 2000);
+        assert_eq!(load(None, no_env, Layer::default()).unwrap(), s);
+        assert_eq!(Layer::from_toml("", "empty.toml").unwrap(), Layer::default());
+    }
+
+    #[test]
+    fn env_names_are_derived_from_the_keys() {
+        let listen = KEYS.iter().find(|k| k.section == "http" && k.key == "listen").unwrap();
+        assert_eq!(listen.env, "EVENTFLUX_PROBE_HTTP_LISTEN");
+        for k in KEYS {
+            assert_eq!(k.env, format!("{ENV_PREFIX}{}_{}", k.section, k.key).to_ascii_uppercase());
+        }
+        let ratio = KEYS.iter().find(|k| k.key == "max_error_ratio").unwrap();
+        assert_eq!(ratio.env, "EVENTFLUX_PROBE_HEALTH_MAX_ERROR_RATIO");
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = std::env::temp_dir().join(format!("eventflux-probe-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("eventflux-probe.toml");
+        std::fs::write(&path, "[http]\nlisten = \"0.0.0.0:1000\"\n[sampling]\nrate = 16\n[limits]\nmax_series = 5\n")
+            .unwrap();
+        let env = env_of(&[("EVENTFLUX_PROBE_SAMPLING_RATE", "64"), ("EVENTFLUX_PROBE_LIMITS_MAX_SERIES", "6")]);
+        let mut flags = Layer::default();
+        flags.limits.max_series = Some(7);
+
+        let s = load(Some(&path), &env, flags.clone()).unwrap();
+        assert_eq!(s.http.listen, "0.0.0.0:1000".parse::<SocketAddr>().unwrap(), "file over default");
+        assert_eq!(s.sampling.rate, 64, "env over file");
+        assert_eq!(s.limits.max_series, 7, "flag over env");
+        assert_eq!(s.http.idle_timeout, Duration::from_secs(10), "default where nothing is set");
+
+        let s = load(Some(&path), &env, Layer::default()).unwrap();
+        assert_eq!(s.limits.max_series, 6);
+        let s = load(Some(&path), no_env, Layer::default()).unwrap();
+        assert_eq!((s.sampling.rate, s.limits.max_series), (16, 5));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn env_values_read_as_toml_or_text() {
+        let layer = Layer::from_env(env_of(&[
+            ("EVENTFLUX_PROBE_HTTP_LISTEN", "0.0.0.0:9469"),
+            ("EVENTFLUX_PROBE_SAMPLING_RATE", "64"),
+            ("EVENTFLUX_PROBE_SAMPLING_EVERY_BATCH", "true"),
+            ("EVENTFLUX_PROBE_HTTP_IDLE_TIMEOUT", "500ms"),
+            ("EVENTFLUX_PROBE_LIFECYCLE_DRAIN", "3"),
+            ("EVENTFLUX_PROBE_HEALTH_MAX_ERROR_RATIO", "0.5"),
+            ("EVENTFLUX_PROBE_LOGGING_FORMAT", "json"),
+            ("EVENTFLUX_PROBE_LOGGING_LEVEL", "eventflux_probe=debug"),
+            ("EVENTFLUX_PROBE_LOGGING_OUTPUT", "/var/log/probe.log"),
+            ("EVENTFLUX_PROBE_LIMITS_MAX_SERIES", ""),
+        ]))
+        .unwrap();
+        let s = layer.resolve().unwrap();
+        assert_eq!(s.http.listen, "0.0.0.0:9469".parse::<SocketAddr>().unwrap());
+        assert_eq!(s.sampling.rate, 64);
+        assert!(s.sampling.every_batch);
+        assert_eq!(s.http.idle_timeout, Duration::from_millis(500));
+        assert_eq!(s.lifecycle.drain, Duration::from_secs(3));
+        assert_eq!(s.health.max_error_ratio, 0.5);
+        assert_eq!(s.logging.format, LogFormat::Json);
+        assert_eq!(s.logging.level, "eventflux_probe=debug");
+        assert_eq!(s.logging.output, LogOutput::File(PathBuf::from("/var/log/probe.log")));
+        assert_eq!(s.limits.max_series, 2000, "an empty variable is unset");
+    }
+
+    #[test]
+    fn a_whole_file() {
+        let text = r#"
+# comments are fine; dotted keys and inline tables before the first header
+health.window = "2m"
+limits = { max_series = 10 }
+
+[logging]
+level = "warn,eventflux_probe=debug"
+format = "json"
+output = "stdout"
+
+[http]
+listen = "[::1]:9000"
+idle_timeout = 2.5
+
+[lifecycle]
+grace_period = "0s"
+follow = true
+"#;
+        let s = Layer::from_toml(text, "x.toml").unwrap().resolve().unwrap();
+        assert_eq!(s.logging.format, LogFormat::Json);
+        assert_eq!(s.logging.output, LogOutput::Stdout);
+        assert_eq!(s.http.listen, "[::1]:9000".parse::<SocketAddr>().unwrap());
+        assert_eq!(s.http.idle_timeout, Duration::from_millis(2500));
+        assert_eq!(s.lifecycle.grace_period, Duration::ZERO);
+        assert!(s.lifecycle.follow);
+        assert_eq!(s.health.window, Duration::from_secs(120));
+        assert_eq!(s.limits.max_series, 10);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_line() {
+        let m = file_err("[http]\nlisten = \"127.0.0.1:1\"\n\n\n\n\n[helth]\nwindow = \"1s\"\n");
+        assert_one_line(&m);
+        assert_eq!(
+            m,
+            "config file x.toml, line 7: unknown key `helth` (known sections: logging, http, sampling, lifecycle, health, limits)"
+        );
+        let m = file_err("[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        assert_one_line(&m);
+        assert_eq!(
+            m,
+            "config file x.toml, line 3: unknown key `http.lisen` (known keys in [http]: listen, idle_timeout)"
+        );
+        let m = file_err("[limits]\nmax_seris = 3\n");
+        assert_eq!(
+            m,
+            "config file x.toml, line 2: unknown key `limits.max_seris` (known keys in [limits]: max_series)"
+        );
+        let m = file_err("http.lisen = 3\n");
+        assert!(m.starts_with("config file x.toml, line 1: unknown key `http.lisen`"), "{m}");
+    }
+
+    #[test]
+    fn wrong_types_name_key_and_line() {
+        let m = file_err("# limits\n[limits]\nmax_series = \"many\"\n");
+        assert_eq!(m, "config file x.toml, line 3: limits.max_series: expected an integer, found a string");
+        let m = file_err("[sampling]\nevery_batch = \"yes\"\n");
+        assert_eq!(m, "config file x.toml, line 2: sampling.every_batch: expected true or false, found a string");
+        let m = file_err("[sampling]\nrate = -5\n");
+        assert_eq!(m, "config file x.toml, line 2: sampling.rate: expected a non-negative integer, found -5");
+        let m = file_err("[logging]\nformat = \"xml\"\n");
+        assert_eq!(
+            m,
+            "config file x.toml, line 2: logging.format: `xml` is not a log format (expected pretty or json)"
+        );
+        let m = file_err("http = 5\n");
+        assert_eq!(m, "config file x.toml, line 1: http: expected a table, found an integer");
+        let m = file_err("[http.listen]\n");
+        assert_eq!(
+            m,
+            "config file x.toml, line 1: http.listen: expected a socket address such as \"127.0.0.1:9469\", found a table"
+        );
+        let m = file_err("limits = { max_series = true }\n");
+        assert_eq!(m, "config file x.toml, line 1: limits.max_series: expected an integer, found a boolean");
+        for m in [m, file_err("[health]\nmax_error_ratio = \"high\"\n")] {
+            assert_one_line(&m);
+        }
+    }
+
+    #[test]
+    fn bad_addresses_and_durations() {
+        let m = file_err("\n\n[http]\nlisten = \"127.0.0.1:99999\"\n");
+        assert_one_line(&m);
+        assert_eq!(
+            m,
+            "config file x.toml, line 4: http.listen: `127.0.0.1:99999` is not a socket address (expected e.g. 127.0.0.1:9469 or 0.0.0.0:9469)"
+        );
+        let m = file_err("[lifecycle]\ndrain = \"5 parsecs\"\n");
+        assert_eq!(
+            m,
+            "config file x.toml, line 2: lifecycle.drain: `5 parsecs`: unknown unit `parsecs` (use ms, s, m or h)"
+        );
+        let m = file_err("[lifecycle]\ndrain = \"soon\"\n");
+        assert_eq!(m, "config file x.toml, line 2: lifecycle.drain: `soon` is not a duration (try 10s, 500ms, 2m)");
+        let m = file_err("[lifecycle]\ndrain = -1\n");
+        assert!(m.starts_with("config file x.toml, line 2: lifecycle.drain: `-1` is not a duration"), "{m}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_and_line() {
+        let m = file_err("[limits]\n\nmax_series = 0\n");
+        assert_eq!(m, "config file x.toml, line 3: limits.max_series: must be at least 1");
+        let m = file_err("[health]\nmax_error_ratio = 1.5\n");
+        assert_eq!(m, "config file x.toml, line 2: health.max_error_ratio: must be between 0 and 1, found 1.5");
+        let m = file_err("[health]\nmax_backpressure_per_second = nan\n");
+        assert!(
+            m.starts_with("config file x.toml, line 2: health.max_backpressure_per_second: must be a finite"),
+            "{m}"
+        );
+        let m = file_err("[sampling]\nrate = 0\n");
+        assert_eq!(m, "config file x.toml, line 2: sampling.rate: must be at least 1");
+        let m = file_err("[http]\nidle_timeout = \"0s\"\n");
+        assert_eq!(m, "config file x.toml, line 2: http.idle_timeout: must be longer than zero");
+        let m = file_err("limits = { max_series = 0 }\n");
+        assert_eq!(m, "config file x.toml, line 1: limits.max_series: must be at least 1");
+        let m = file_err("[logging]\nlevel = \"info,eventflux_probe=loud\"\n");
+        assert_one_line(&m);
+        assert!(
+            m.starts_with("config file x.toml, line 2: logging.level: `info,eventflux_probe=loud` is not a log filter"),
+            "{m}"
+        );
+
+        let mut flags = Layer::default();
+        flags.logging.output = Some(LogOutput::from(""));
+        let e = flags.resolve().unwrap_err();
+        assert_eq!(e.to_string(), "logging.output: is an empty path (expected stderr, stdout or a file path)");
+        let m = file_err("[logging]\noutput = \"\"\n");
+        assert_eq!(
+            m,
+            "config file x.toml, line 2: logging.output: is an empty path (expected stderr, stdout or a file path)"
+        );
+
+        let mut flags = Layer::default();
+        flags.limits.max_series = Some(0);
+        let e = load(None, no_env, flags).unwrap_err();
+        assert_eq!(e.to_string(), "limits.max_series: must be at least 1");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let m = file_err("[http]\nlisten = \"127.0.0.1:1\"\nidle_timeout = \n");
+        assert_one_line(&m);
+        assert!(m.starts_with("config file x.toml, line 3: invalid TOML: "), "{m}");
+        let m = file_err("[http\n");
+        assert_one_line(&m);
+        assert!(m.starts_with("config file x.toml, line 1: invalid TOML: "), "{m}");
+        let m = file_err("[http]\nlisten = \"a\"\nlisten = \"b\"\n");
+        assert_one_line(&m);
+        assert!(m.starts_with("config file x.toml, line 3: invalid TOML: "), "{m}");
+    }
+
+    #[test]
+    fn missing_file() {
+        let e = Layer::from_file(Path::new("/nonexistent/eventflux-probe.toml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cannot read config file /nonexistent/eventflux-probe.toml: No such file or directory"
+        );
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let m = env_err(&[("EVENTFLUX_PROBE_HTTP_LISTEN", "localhost")]);
+        assert_one_line(&m);
+        assert_eq!(
+            m,
+            "environment variable EVENTFLUX_PROBE_HTTP_LISTEN: http.listen: `localhost` is not a socket address (expected e.g. 127.0.0.1:9469 or 0.0.0.0:9469)"
+        );
+        let m = env_err(&[("EVENTFLUX_PROBE_SAMPLING_RATE", "fast")]);
+        assert_eq!(
+            m,
+            "environment variable EVENTFLUX_PROBE_SAMPLING_RATE: sampling.rate: expected an integer, found a string"
+        );
+        let m = env_err(&[("EVENTFLUX_PROBE_SAMPLING_RATE", "1.5")]);
+        assert_eq!(
+            m,
+            "environment variable EVENTFLUX_PROBE_SAMPLING_RATE: sampling.rate: expected an integer, found a float"
+        );
+        let m = env_err(&[("EVENTFLUX_PROBE_LIMITS_MAX_SERIES", "0")]);
+        assert_eq!(m, "environment variable EVENTFLUX_PROBE_LIMITS_MAX_SERIES: limits.max_series: must be at least 1");
+
+        let e = check_env_names([
+            "PATH",
+            "EVENTFLUX_PROBE_VERIFIER_LOG",
+            "EVENTFLUX_PROBE_CONFIG",
+            "EVENTFLUX_PROBE_HTTP_LISTN",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert_one_line(&e);
+        assert_eq!(
+            e,
+            "environment variable EVENTFLUX_PROBE_HTTP_LISTN: not a setting (known: EVENTFLUX_PROBE_HTTP_LISTEN, EVENTFLUX_PROBE_HTTP_IDLE_TIMEOUT)"
+        );
+        let e = check_env_names(["EVENTFLUX_PROBE_LISTEN"]).unwrap_err().to_string();
+        assert!(e.starts_with(
+            "environment variable EVENTFLUX_PROBE_LISTEN: not a setting (known: EVENTFLUX_PROBE_LOGGING_LEVEL, "
+        ));
+        assert!(e.contains("EVENTFLUX_PROBE_LIMITS_MAX_SERIES"), "{e}");
+        check_env_names(KEYS.iter().map(|k| k.env)).unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration(" 3 s "), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "-1s", "inf", "NaN", "1e3s", "1.2.3s", ".s", "+5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_duration("x"), Err("`x` is not a duration (try 10s, 500ms, 2m)".into()));
+        assert!(parse_duration("99999999999999999999h").unwrap_err().contains("too long"));
+        assert!(parse_duration("9999999999999999999h").unwrap_err().contains("too long"));
+    }
+
+    /// A file written from [`KEYS`] with every default must parse (so every key is one serde
+    /// accepts, under its section) and resolve to the built-in defaults.
+    #[test]
+    fn keys_match_what_the_file_accepts() {
+        let mut text = String::new();
+        for section in SECTIONS {
+            text.push_str(&format!("[{section}]\n"));
+            for k in KEYS.iter().filter(|k| k.section == *section) {
+                let value = match k.default.parse::<toml::Value>() {
+                    Ok(_) => k.default.to_owned(),
+                    Err(_) => format!("{:?}", k.default),
+                };
+                text.push_str(&format!("{} = {value}\n", k.key));
+            }
+        }
+        let layer = Layer::from_toml(&text, "generated.toml").unwrap();
+        let all_set = Layer::builtin().unwrap();
+        assert_eq!(layer, all_set, "every key set, to its default:\n{text}");
+        assert_eq!(layer.resolve().unwrap(), Settings::default());
+        assert_eq!(KEYS.iter().map(|k| k.section).collect::<std::collections::BTreeSet<_>>().len(), SECTIONS.len());
+    }
+
+    /// docs/configuration.md has a row per key with its variable and default, and its example
+    /// file is one the daemon accepts.
+    #[test]
+    fn the_reference_documents_every_key() {
+        let doc = include_str!("../../docs/configuration.md");
+        for k in KEYS {
+            let row = format!("| `{}` | `{}` | `{}` | `{}` |", k.section, k.key, k.env, k.default);
+            assert!(doc.contains(&row), "docs/configuration.md lacks the row starting {row}");
+        }
+        let example = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("docs/configuration.md has an example file");
+        let layer = Layer::from_toml(example, "docs/configuration.md").unwrap();
+        assert_eq!(layer, Layer::builtin().unwrap(), "the example sets every key, to its default");
+        layer.resolve().unwrap();
+    }
+}

@@ -1,0 +1,63 @@
+//! Finding what to observe: a process's files that carry eventflux probes, and (for
+//! `--follow`) the next process running the executable a finished target ran.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::bpf::PROVIDER;
+use crate::target::Target;
+use crate::usdt::{self, BinaryProbes};
+
+/// A process that runs but carries no eventflux probe.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "process {pid} has no {PROVIDER} USDT probes (is it an EventFlux engine built with usdt-markers? `eventflux-probe list --pid {pid}` shows what it has)"
+)]
+pub struct NoProbes {
+    pub pid: u32,
+}
+
+/// The target, held by identity, and its files that carry eventflux probes. Fails with one
+/// clear line if the pid does not exist, has exited, cannot be read or carries no such probe
+/// (the errors are `TargetError` and [`NoProbes`] underneath, for callers that tell them apart).
+pub fn eventflux_binaries(pid: u32) -> Result<(Target, Vec<BinaryProbes>)> {
+    crate::privileges::check()?;
+    let target = Target::open(pid)?;
+    let mut warnings = Vec::new();
+    let binaries = usdt::probes_in_process(pid, &mut warnings)?;
+    let with_probes: Vec<BinaryProbes> =
+        binaries.into_iter().filter(|b| b.notes.notes.iter().any(|n| n.provider == PROVIDER)).collect();
+    if with_probes.is_empty() {
+        return Err(NoProbes { pid }.into());
+    }
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    Ok((target, with_probes))
+}
+
+/// Live processes (not zombies) whose executable is `exe`, except `skip` and this process;
+/// newest first (highest start time), since a restarted engine is the newest.
+pub fn processes_running(exe: &Path, skip: &BTreeSet<u32>) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut found: Vec<(u64, u32)> = dir
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me && !skip.contains(pid))
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe))
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // Field 3 (state) is fields[0]; field 22 (start time) is fields[19].
+            if matches!(fields.first(), Some(&"Z" | &"X")) {
+                return None;
+            }
+            Some((fields.get(19)?.parse().ok()?, pid))
+        })
+        .collect();
+    found.sort_unstable_by(|a, b| b.cmp(a));
+    found.into_iter().map(|(_, pid)| pid).collect()
+}

@@ -1,0 +1,502 @@
+//! `/health`: the design document's health JSON, computed from what the probes observe.
+//!
+//! The checks compare the engine's counts now with their values a while ago (the health
+//! window), so they speak of rates, not totals: a daemon sampling the [`Model`] once a second
+//! keeps a short [`History`] of [`Totals`]; a request evaluates the current model against it
+//! and changes nothing (a Kubernetes probe may call it as often as it likes).
+//!
+//! Each check is `ok`, `degraded` or `failed`, with a reason per finding (docs/health.md
+//! defines them and their thresholds):
+//! - `event_pipeline`: the error ratio and the backpressure rate over the window are under
+//!   their thresholds, and events flow while sources are connected;
+//! - `state_backend`: window state is under its cap and did not grow at every sample through
+//!   the whole window to `window_state_growth` times its size;
+//! - `query_runtime`: queries are registered, and events handed to queries are processed.
+//!
+//! The status is `unhealthy` (HTTP 503) when the target is gone or a check failed, `degraded`
+//! (200, with the reasons) when a check is degraded, `healthy` (200) otherwise.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::model::Engine;
+
+/// What makes a check degrade; from the `[health]` configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// Rates are computed over this span.
+    pub window: Duration,
+    /// Errors per event processed above which the pipeline is degraded.
+    pub max_error_ratio: f64,
+    /// Backpressure events per second above which the pipeline is degraded.
+    pub max_backpressure_per_second: f64,
+    /// Events arriving (or sources connected) with nothing processed (or ingested) this long.
+    pub stall_after: Duration,
+    /// Window state above this many bytes is degraded; 0: no cap.
+    pub max_window_state_bytes: u64,
+    /// Window state that grew at every sample through the window to this factor is degraded.
+    pub window_state_growth: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            window: Duration::from_secs(30),
+            max_error_ratio: 0.05,
+            max_backpressure_per_second: 1.0,
+            stall_after: Duration::from_secs(10),
+            max_window_state_bytes: 0,
+            window_state_growth: 2.0,
+        }
+    }
+}
+
+/// The counts the checks compare over time, of one engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub ingested: u64,
+    pub sent: u64,
+    pub processed: u64,
+    pub errors: u64,
+    pub backpressure: u64,
+    pub window_state_bytes: u64,
+    pub connections_active: u64,
+}
+
+impl Totals {
+    pub fn of(e: &Engine) -> Totals {
+        Totals {
+            ingested: e.ingested_total(),
+            sent: e.sent_total(),
+            processed: e.processed_total(),
+            errors: e.errors_total(),
+            backpressure: e.backpressure_total(),
+            window_state_bytes: e.memory().window_state,
+            connections_active: e.connections_active(),
+        }
+    }
+}
+
+/// Samples of one engine's [`Totals`], oldest first, kept as long as the checks look back.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    samples: VecDeque<(Instant, Totals)>,
+}
+
+impl History {
+    /// Records a sample, forgetting those older than `keep` before it.
+    pub fn push(&mut self, at: Instant, totals: Totals, keep: Duration) {
+        self.samples.push_back((at, totals));
+        while self.samples.front().is_some_and(|(t, _)| at.duration_since(*t) > keep) {
+            self.samples.pop_front();
+        }
+    }
+
+    /// The newest sample at least `span` before `now` (a rate then covers the whole span), or
+    /// the oldest there is while the history is shorter than that.
+    fn at_least(&self, now: Instant, span: Duration) -> Option<&(Instant, Totals)> {
+        self.samples.iter().rev().find(|(t, _)| now.duration_since(*t) >= span).or_else(|| self.samples.front())
+    }
+
+    /// Samples within `span` before `now`, oldest first.
+    fn within(&self, now: Instant, span: Duration) -> impl Iterator<Item = &(Instant, Totals)> {
+        self.samples.iter().filter(move |(t, _)| now.duration_since(*t) <= span)
+    }
+
+    pub fn clear(&mut self) {
+        self.samples.clear();
+    }
+}
+
+/// One check's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    Ok,
+    Degraded,
+    Failed,
+}
+
+/// The overall status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl Status {
+    /// 503 only when unhealthy: a degraded engine still serves.
+    pub fn http_code(self) -> u16 {
+        if self == Status::Unhealthy { 503 } else { 200 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Checks {
+    pub event_pipeline: Check,
+    pub state_backend: Check,
+    pub query_runtime: Check,
+}
+
+/// The target as the daemon holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    /// `running`, `exited`, `execd`, or `none` (waiting for one with `--follow`).
+    pub state: &'static str,
+    pub executable: String,
+}
+
+/// The observer's own part of the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObserverInfo {
+    /// The daemon's phase: `attached`, `target_gone`, `following`, `draining`.
+    pub phase: &'static str,
+    pub ready: bool,
+    pub probes_attached: usize,
+    pub probes_expected: usize,
+    pub sites_attached: usize,
+    /// Seconds since an eBPF program last ran (a probe hit); `null` before the first.
+    pub last_probe_hit_seconds_ago: Option<f64>,
+    pub dropped_events: u64,
+    pub uptime_seconds: f64,
+}
+
+/// The `/health` body: the design document's fields first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub status: Status,
+    pub uptime_seconds: u64,
+    pub queries_running: usize,
+    pub streams_active: usize,
+    pub memory_usage_mb: u64,
+    pub checks: Checks,
+    /// Why the status is not healthy, one line per finding, prefixed by its check.
+    pub reasons: Vec<String>,
+    pub target: TargetInfo,
+    pub observer: ObserverInfo,
+}
+
+/// What the daemon knows beyond the model.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub now: Instant,
+    pub target: TargetInfo,
+    /// Why the target is not observed any more, if it is not.
+    pub gone: Option<String>,
+    pub observer: ObserverInfo,
+}
+
+struct Finding {
+    check: Check,
+    reasons: Vec<String>,
+}
+
+impl Finding {
+    fn new() -> Finding {
+        Finding { check: Check::Ok, reasons: Vec::new() }
+    }
+
+    fn raise(&mut self, to: Check, name: &str, reason: String) {
+        self.check = self.check.max(to);
+        self.reasons.push(format!("{name}: {reason}"));
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// Evaluates the checks of `engine` (`None`: nothing observed yet) against its history.
+pub fn evaluate(engine: Option<&Engine>, history: &History, t: &Thresholds, ctx: Context) -> Report {
+    let now = ctx.now;
+    let empty = Engine::default();
+    let e = engine.unwrap_or(&empty);
+    let cur = Totals::of(e);
+
+    let mut pipeline = Finding::new();
+    if let Some((then, old)) = history.at_least(now, t.window) {
+        let span = now.duration_since(*then).as_secs_f64();
+        let processed = cur.processed.saturating_sub(old.processed);
+        let errors = cur.errors.saturating_sub(old.errors);
+        if processed > 0 && errors as f64 / processed as f64 > t.max_error_ratio {
+            pipeline.raise(
+                Check::Degraded,
+                "event_pipeline",
+                format!(
+                    "error ratio {:.1}% over the last {span:.0}s exceeds {:.1}% ({errors} errors in {processed} events)",
+                    errors as f64 / processed as f64 * 100.0,
+                    t.max_error_ratio * 100.0
+                ),
+            );
+        }
+        let bp = cur.backpressure.saturating_sub(old.backpressure);
+        if span > 0.0 && bp as f64 / span > t.max_backpressure_per_second {
+            pipeline.raise(
+                Check::Degraded,
+                "event_pipeline",
+                format!(
+                    "backpressure {:.1}/s over the last {span:.0}s exceeds {}/s",
+                    bp as f64 / span,
+                    t.max_backpressure_per_second
+                ),
+            );
+        }
+    }
+    // Stalls need a sample that is really `stall_after` old: not in the first seconds.
+    let stalled = history.samples.iter().rev().find(|(at, _)| now.duration_since(*at) >= t.stall_after);
+    if let Some((_, old)) = stalled {
+        let sources_connected =
+            cur.connections_active > 0 && history.within(now, t.stall_after).all(|(_, s)| s.connections_active > 0);
+        if sources_connected && cur.ingested == old.ingested {
+            pipeline.raise(
+                Check::Degraded,
+                "event_pipeline",
+                format!(
+                    "{} sources connected but no event ingested for {}",
+                    cur.connections_active,
+                    secs(t.stall_after)
+                ),
+            );
+        }
+    }
+
+    let mut state = Finding::new();
+    if t.max_window_state_bytes > 0 && cur.window_state_bytes > t.max_window_state_bytes {
+        state.raise(
+            Check::Degraded,
+            "state_backend",
+            format!("window state {} bytes exceeds the cap of {}", cur.window_state_bytes, t.max_window_state_bytes),
+        );
+    }
+    let window: Vec<u64> = history.within(now, t.window).map(|(_, s)| s.window_state_bytes).collect();
+    let covers = history.samples.front().is_some_and(|(at, _)| now.duration_since(*at) >= t.window);
+    if covers && window.len() >= 3 {
+        let mut series = window.clone();
+        series.push(cur.window_state_bytes);
+        let always_grew = series.windows(2).all(|w| w[1] > w[0]);
+        let first = series[0].max(1) as f64;
+        if always_grew && cur.window_state_bytes as f64 >= first * t.window_state_growth {
+            state.raise(
+                Check::Degraded,
+                "state_backend",
+                format!(
+                    "window state grew at every sample for {}, from {} to {} bytes",
+                    secs(t.window),
+                    series[0],
+                    cur.window_state_bytes
+                ),
+            );
+        }
+    }
+
+    let mut runtime = Finding::new();
+    if engine.is_some_and(|e| e.queries_running() == 0) {
+        runtime.raise(Check::Degraded, "query_runtime", "no query is registered".into());
+    }
+    if let Some((_, old)) = stalled {
+        let sent = cur.sent.saturating_sub(old.sent);
+        if sent > 0 && cur.processed == old.processed {
+            runtime.raise(
+                Check::Failed,
+                "query_runtime",
+                format!("{sent} events handed to queries in the last {} but none processed", secs(t.stall_after)),
+            );
+        }
+    }
+
+    let mut reasons = Vec::new();
+    let mut status = Status::Healthy;
+    if let Some(gone) = &ctx.gone {
+        reasons.push(format!("target: {gone}"));
+        status = Status::Unhealthy;
+    }
+    let checks = Checks { event_pipeline: pipeline.check, state_backend: state.check, query_runtime: runtime.check };
+    for f in [pipeline, state, runtime] {
+        status = match (status, f.check) {
+            (Status::Unhealthy, _) | (_, Check::Failed) => Status::Unhealthy,
+            (_, Check::Degraded) => Status::Degraded,
+            (s, Check::Ok) => s,
+        };
+        reasons.extend(f.reasons);
+    }
+    let process = e.process;
+    Report {
+        status,
+        uptime_seconds: process.map_or(0, |p| p.uptime_seconds as u64),
+        queries_running: e.queries_running(),
+        streams_active: e.streams_registered(),
+        memory_usage_mb: e.memory().rss / (1024 * 1024),
+        checks,
+        reasons,
+        target: ctx.target,
+        observer: ctx.observer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Query, Stream};
+
+    fn engine(t: Totals, queries: bool) -> Engine {
+        let mut e = Engine { pid: 1, ..Engine::default() };
+        let mut s = Stream { id: 0, name: "In".into(), registered: true, ..Stream::default() };
+        s.received_from_sources = t.ingested;
+        s.sent = t.sent;
+        s.backpressure = t.backpressure;
+        e.streams.insert(0, s);
+        let mut q = Query { id: 0, name: "q".into(), registered: queries, active: queries, ..Query::default() };
+        q.processed.insert(0, t.processed);
+        q.errors.insert(1, t.errors);
+        q.window_bytes = Some(t.window_state_bytes);
+        e.queries.insert(0, q);
+        if t.connections_active > 0 {
+            e.connections.insert(1, crate::model::Connections { opened: t.connections_active, ..Default::default() });
+        }
+        e
+    }
+
+    fn ctx(now: Instant) -> Context {
+        Context {
+            now,
+            target: TargetInfo { pid: 1, state: "running", executable: "x".into() },
+            gone: None,
+            observer: ObserverInfo {
+                phase: "attached",
+                ready: true,
+                probes_attached: 1,
+                probes_expected: 1,
+                sites_attached: 1,
+                last_probe_hit_seconds_ago: None,
+                dropped_events: 0,
+                uptime_seconds: 1.0,
+            },
+        }
+    }
+
+    /// History of one sample per second for `n` seconds, each from `f(i)`.
+    fn history(start: Instant, n: u64, f: impl Fn(u64) -> Totals) -> History {
+        let mut h = History::default();
+        for i in 0..n {
+            h.push(start + Duration::from_secs(i), f(i), Duration::from_secs(120));
+        }
+        h
+    }
+
+    fn flowing(i: u64) -> Totals {
+        Totals { ingested: i * 1000, sent: i * 1000, processed: i * 1000, errors: i * 10, ..Totals::default() }
+    }
+
+    #[test]
+    fn a_flowing_engine_is_healthy() {
+        let start = Instant::now();
+        let t = Thresholds::default();
+        let h = history(start, 40, flowing);
+        let now = start + Duration::from_secs(40);
+        let r = evaluate(Some(&engine(flowing(40), true)), &h, &t, ctx(now));
+        assert_eq!(r.status, Status::Healthy, "{:?}", r.reasons);
+        assert!(r.reasons.is_empty());
+        assert_eq!(r.status.http_code(), 200);
+    }
+
+    #[test]
+    fn errors_above_the_ratio_degrade_the_pipeline() {
+        let start = Instant::now();
+        let t = Thresholds { window: Duration::from_secs(5), ..Thresholds::default() };
+        let errors = |i: u64| Totals { errors: if i < 30 { i * 10 } else { 300 + (i - 30) * 200 }, ..flowing(i) };
+        let h = history(start, 40, errors);
+        let now = start + Duration::from_secs(40);
+        let r = evaluate(Some(&engine(errors(40), true)), &h, &t, ctx(now));
+        assert_eq!((r.status, r.checks.event_pipeline), (Status::Degraded, Check::Degraded));
+        assert!(r.reasons[0].starts_with("event_pipeline: error ratio 20.0%"), "{:?}", r.reasons);
+        // The window moves past the burst: healthy again.
+        let later = |i: u64| {
+            if i < 40 { errors(i) } else { Totals { errors: errors(40).errors + (i - 40) * 10, ..flowing(i) } }
+        };
+        let h = history(start, 50, later);
+        let r = evaluate(Some(&engine(later(50), true)), &h, &t, ctx(start + Duration::from_secs(50)));
+        assert_eq!(r.status, Status::Healthy, "{:?}", r.reasons);
+    }
+
+    #[test]
+    fn backpressure_above_the_rate_degrades_the_pipeline() {
+        let start = Instant::now();
+        let t = Thresholds { window: Duration::from_secs(10), ..Thresholds::default() };
+        let bp = |i: u64| Totals { backpressure: i * 5, ..flowing(i) };
+        let h = history(start, 20, bp);
+        let r = evaluate(Some(&engine(bp(20), true)), &h, &t, ctx(start + Duration::from_secs(20)));
+        assert_eq!(r.checks.event_pipeline, Check::Degraded);
+        assert!(r.reasons[0].contains("backpressure 5.0/s"), "{:?}", r.reasons);
+    }
+
+    #[test]
+    fn connected_sources_without_events_degrade_after_the_stall_time() {
+        let start = Instant::now();
+        let t = Thresholds::default();
+        let idle = |i: u64| Totals { connections_active: 2, ..flowing(i.min(5)) };
+        let h = history(start, 30, idle);
+        let r = evaluate(Some(&engine(idle(30), true)), &h, &t, ctx(start + Duration::from_secs(30)));
+        assert_eq!(r.checks.event_pipeline, Check::Degraded);
+        assert!(r.reasons[0].contains("2 sources connected but no event ingested for 10s"), "{:?}", r.reasons);
+        // Not connected: quiet is fine.
+        let quiet = |i: u64| flowing(i.min(5));
+        let h = history(start, 30, quiet);
+        let r = evaluate(Some(&engine(quiet(30), true)), &h, &t, ctx(start + Duration::from_secs(30)));
+        assert_eq!(r.status, Status::Healthy, "{:?}", r.reasons);
+    }
+
+    #[test]
+    fn window_state_growing_without_bound_degrades_the_state_backend() {
+        let start = Instant::now();
+        let t = Thresholds { window: Duration::from_secs(10), ..Thresholds::default() };
+        let growing = |i: u64| Totals { window_state_bytes: 1000 + i * i * 100, ..flowing(i) };
+        let h = history(start, 20, growing);
+        let r = evaluate(Some(&engine(growing(20), true)), &h, &t, ctx(start + Duration::from_secs(20)));
+        assert_eq!(r.checks.state_backend, Check::Degraded, "{:?}", r.reasons);
+        // Growing but plateauing once: fine.
+        let saw = |i: u64| Totals { window_state_bytes: 1000 + (i % 5) * 500, ..flowing(i) };
+        let h = history(start, 20, saw);
+        let r = evaluate(Some(&engine(saw(20), true)), &h, &t, ctx(start + Duration::from_secs(20)));
+        assert_eq!(r.checks.state_backend, Check::Ok);
+        // Over the cap.
+        let t = Thresholds { max_window_state_bytes: 100, ..t };
+        let r = evaluate(Some(&engine(saw(20), true)), &h, &t, ctx(start + Duration::from_secs(20)));
+        assert!(r.reasons.iter().any(|r| r.contains("exceeds the cap of 100")), "{:?}", r.reasons);
+    }
+
+    #[test]
+    fn a_stuck_runtime_fails_and_no_queries_degrades() {
+        let start = Instant::now();
+        let t = Thresholds::default();
+        let stuck = |i: u64| Totals { processed: 5000, ..flowing(i) };
+        let h = history(start, 30, stuck);
+        let r = evaluate(Some(&engine(stuck(30), true)), &h, &t, ctx(start + Duration::from_secs(30)));
+        assert_eq!((r.status, r.checks.query_runtime), (Status::Unhealthy, Check::Failed));
+        assert_eq!(r.status.http_code(), 503);
+        let h = history(start, 30, flowing);
+        let r = evaluate(Some(&engine(flowing(30), false)), &h, &t, ctx(start + Duration::from_secs(30)));
+        assert_eq!(r.checks.query_runtime, Check::Degraded);
+        assert!(r.reasons.contains(&"query_runtime: no query is registered".to_owned()));
+    }
+
+    #[test]
+    fn a_gone_target_is_unhealthy_with_the_reason() {
+        let now = Instant::now();
+        let mut c = ctx(now);
+        c.gone = Some("process 1 exited".into());
+        let r = evaluate(None, &History::default(), &Thresholds::default(), c);
+        assert_eq!(r.status, Status::Unhealthy);
+        assert_eq!(r.reasons, vec!["target: process 1 exited".to_owned()]);
+        let json = serde_json::to_value(&r).expect("serialize");
+        assert_eq!(json["status"], "unhealthy");
+        assert_eq!(json["checks"]["event_pipeline"], "ok");
+        for key in ["uptime_seconds", "queries_running", "streams_active", "memory_usage_mb", "observer", "target"] {
+            assert!(json.get(key).is_some(), "{key} missing in {json}");
+        }
+    }
+}
