@@ -6,7 +6,9 @@
 //!   detached at `--rate 0`, for chunks of 1, 64 and 1024 events, and the kernel's program runs
 //!   per second;
 //! - sampled latency percentiles against a detached run's own, at a fixed rate;
-//! - `/metrics` encoding at 10k series vs the `prometheus` crate's own registry.
+//! - `/metrics` encoding at 10k series vs the `prometheus` crate's own registry;
+//! - `/live`, `/ready`, `/health` and `/metrics` answer times of `run` attached to a busy demo,
+//!   against a 404 of the same server (the HTTP round trip alone).
 //!
 //! Needs root and the release binaries: run it as `cargo xtask bench`.
 
@@ -508,8 +510,56 @@ fn bench_metrics() -> Result<()> {
     Ok(())
 }
 
+/// Answer times of the daemon's endpoints while it observes a busy demo (3 queries, 200k
+/// events/s), each against the same server's 404 for an unknown path: what a Kubernetes probe
+/// or a scrape waits for beyond the HTTP round trip.
+fn bench_endpoints() -> Result<()> {
+    const REQUESTS: usize = 400;
+    let gate = gate_path("endpoints");
+    let mut target = demo(&["--rate".into(), "200000".into()], &gate)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut daemon = Command::new(bin_dir().join("eventflux-probe"))
+        .args(["run", "--pid", &target.id().to_string(), "--listen", &format!("127.0.0.1:{port}"), "--drain", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start eventflux-probe run")?;
+    let _log = wait_stderr(&mut daemon, "serving")?;
+    std::fs::write(&gate, b"")?;
+    // A few health samples first, so /health has a window to evaluate.
+    std::thread::sleep(Duration::from_secs(3));
+    let time = |path: &str| -> Result<Vec<f64>> {
+        let mut v = Vec::with_capacity(REQUESTS);
+        for _ in 0..REQUESTS {
+            let t = Instant::now();
+            std::hint::black_box(http_get(port, path)?);
+            v.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok(v)
+    };
+    let p99 = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[(v.len() * 99 / 100).min(v.len() - 1)]
+    };
+    let base = time("/nonexistent")?;
+    let (base50, base99) = (median(base.clone()), p99(base));
+    println!("endpoints, `run` on a demo at 200k events/s ({REQUESTS} sequential GETs each, µs):");
+    println!("  {:<14} {:>8} {:>8} {:>9}", "path", "p50", "p99", "p50/404");
+    println!("  {:<14} {base50:>8.0} {base99:>8.0} {:>9.2}", "404 (baseline)", 1.0);
+    for path in ["/live", "/ready", "/health", "/metrics"] {
+        let v = time(path)?;
+        let (p50, hi) = (median(v.clone()), p99(v));
+        println!("  {path:<14} {p50:>8.0} {hi:>8.0} {:>9.2}", p50 / base50);
+    }
+    sigint(&mut daemon)?;
+    target.kill()?;
+    target.wait()?;
+    let _ = std::fs::remove_file(&gate);
+    Ok(())
+}
+
 fn main() -> Result<()> {
-    // `cargo bench -p eventflux-probe --bench observer -- [hit] [attach] [throughput] [latency] [metrics]`
+    // `cargo bench -p eventflux-probe --bench observer -- [hit] [attach] [throughput] [latency] [metrics] [endpoints]`
     // runs the named sections only; `cargo bench` itself passes `--bench`.
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
@@ -528,6 +578,9 @@ fn main() -> Result<()> {
         }
         if run("metrics") {
             bench_metrics()?;
+        }
+        if run("endpoints") {
+            bench_endpoints()?;
         }
         Ok(())
     })();
