@@ -140,6 +140,7 @@ fn the_daemon_exits_after_the_grace_period() {
     let target = GatedDemo::start(&demo, &["--events", "1000"]);
     let mut daemon = Daemon::start_with(target.pid(), &["--grace-period", "2s"]);
     target.open_and_wait();
+    let exited = Instant::now();
     let port = daemon.port;
     poll_http(port, "/ready", Duration::from_secs(1), "503 after exit", |s, _| s == 503);
     // Still serving within the grace period.
@@ -147,6 +148,11 @@ fn the_daemon_exits_after_the_grace_period() {
     assert_eq!(code, 200);
     let status = wait_with_deadline(&mut daemon.child, Duration::from_secs(15));
     assert!(status.success(), "{status}");
+    assert!(
+        exited.elapsed() >= Duration::from_secs(2),
+        "exited {:?} after the target, before its grace period",
+        exited.elapsed()
+    );
 }
 
 /// Driven into backpressure and errors, the engine is `degraded` with both reasons; once the
@@ -167,8 +173,9 @@ fn health_degrades_under_trouble_and_recovers() {
     let port = daemon.port;
     let mut target = target.open();
     let status_of = |body: &str| json(body)["status"].as_str().unwrap_or("").to_owned();
+    // Healthy with a full window of history behind it (the observer up for more than 3 s).
     let (_, body) = poll_http(port, "/health", Duration::from_secs(6), "healthy before the trouble", |s, b| {
-        s == 200 && status_of(b) == "healthy"
+        s == 200 && status_of(b) == "healthy" && json(b)["observer"]["uptime_seconds"].as_f64().is_some_and(|u| u > 4.0)
     });
     let h = json(&body);
     assert_eq!(h["checks"]["event_pipeline"], "ok", "{h}");
@@ -307,9 +314,9 @@ fn kernel_diagnostics_reach_the_log_at_debug_level() {
     for debug in [true, false] {
         let target = GatedDemo::start(&demo, &["--queries", "5000", "--events", "2000"]);
         let level = if debug { "info,eventflux_probe_ebpf=debug" } else { "info" };
-        let mut daemon = Daemon::start_with(target.pid(), &["--log-format", "json", "--log-level", level]);
+        let daemon = Daemon::start_with(target.pid(), &["--log-format", "json", "--log-level", level]);
         target.open_and_wait();
-        daemon.wait_for_log("target exited", Duration::from_secs(20));
+        poll_http(daemon.port, "/ready", Duration::from_secs(5), "503 after exit", |s, _| s == 503);
         let m = parse_metrics(&integration_tests::http_get(daemon.port, "/metrics"));
         let dropped = value(&m, "eventflux_probe_dropped_events_total", &[("reason", "counters_full")]).unwrap_or(0.0);
         assert!(dropped > 0.0, "5,000 queries should overflow the counter map");

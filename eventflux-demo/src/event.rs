@@ -56,10 +56,11 @@ impl Source {
     pub fn chunk(&mut self, len: usize) -> Chunk {
         let trouble = crate::runtime::TROUBLE.load(std::sync::atomic::Ordering::Relaxed);
         (0..len)
-            .map(|i| {
+            .map(|_| {
                 let e = self.next_event();
-                // In trouble, every other event is malformed: a zero volume fails the filter.
-                if trouble && i % 2 == 0 { Event { volume: 0, ..e } } else { e }
+                // In trouble, every other event of the source is malformed (whatever the chunk
+                // size): a zero volume fails the filter.
+                if trouble && e.ts_ms.is_multiple_of(2) { Event { volume: 0, ..e } } else { e }
             })
             .collect()
     }

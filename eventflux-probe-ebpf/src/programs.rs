@@ -89,6 +89,10 @@ impl Hit<'_> {
             {
                 (*e).name[0] = 0;
                 count_drop(drop::ARG_READ);
+                debug!(
+                    self.ctx,
+                    "pid {}: the name of registration kind {} id {} could not be read", self.pid, kind, id
+                );
             }
         }
         entry.submit(0);

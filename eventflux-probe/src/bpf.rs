@@ -65,8 +65,9 @@ pub struct Kernel {
     pmu_type: u32,
     /// Probe id → the program attached to its sites.
     loaded: BTreeMap<u32, &'static str>,
-    sites: Vec<AttachedSite>,
-    attachments: Vec<Attachment>,
+    /// By cookie (the index into `SPECS`): the site attached there, or `None` for a free slot,
+    /// reused by the next attach (a daemon that follows restarts attaches all day).
+    slots: Vec<Option<(AttachedSite, Attachment)>>,
 }
 
 /// The probes whose data the metrics are made of: every probe but the control probes and
@@ -135,8 +136,7 @@ impl Kernel {
         } else {
             None
         };
-        let mut kernel =
-            Kernel { ebpf, logger, pmu_type, loaded: BTreeMap::new(), sites: Vec::new(), attachments: Vec::new() };
+        let mut kernel = Kernel { ebpf, logger, pmu_type, loaded: BTreeMap::new(), slots: Vec::new() };
         for &id in probes {
             kernel.load_program(id, Self::program_name(id)?)?;
         }
@@ -193,9 +193,29 @@ impl Kernel {
 
     /// Attaches the loaded programs to every site of their probes in `binaries` (the files of
     /// process `pid`), with a pid filter. Sites of probes whose program is not loaded are left.
+    /// All or nothing: if one site fails, those attached before it are detached again and
+    /// their slots freed.
     pub fn attach_process(&mut self, pid: u32, binaries: &[BinaryProbes]) -> Result<AttachReport> {
         let started = Instant::now();
         let mut report = AttachReport::default();
+        let mut cookies = Vec::new();
+        if let Err(e) = self.attach_sites(pid, binaries, &mut report, &mut cookies) {
+            for c in cookies {
+                self.slots[c as usize] = None;
+            }
+            return Err(e);
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    fn attach_sites(
+        &mut self,
+        pid: u32,
+        binaries: &[BinaryProbes],
+        report: &mut AttachReport,
+        cookies: &mut Vec<u32>,
+    ) -> Result<()> {
         let mut probes = BTreeSet::new();
         for binary in binaries {
             for note in binary.notes.notes.iter().filter(|n| n.provider == PROVIDER) {
@@ -218,10 +238,14 @@ impl Kernel {
                         continue;
                     }
                 };
-                let cookie = self.sites.len() as u32;
-                if cookie >= MAX_SITES {
-                    bail!("more than {MAX_SITES} probe sites: not supported");
-                }
+                let cookie = match self.slots.iter().position(Option::is_none) {
+                    Some(free) => free as u32,
+                    None if (self.slots.len() as u32) < MAX_SITES => {
+                        self.slots.push(None);
+                        self.slots.len() as u32 - 1
+                    }
+                    None => bail!("more than {MAX_SITES} probe sites attached at once: not supported"),
+                };
                 self.spec_map()?.set(cookie, spec, 0).context("cannot write the site spec map")?;
                 let program: &UProbe = self
                     .ebpf
@@ -245,15 +269,15 @@ impl Kernel {
                         anyhow!("cannot attach to {what}: {e}")
                     }
                 })?;
-                self.attachments.push(attachment);
-                self.sites.push(AttachedSite { pid, binary: binary.path.clone(), probe: id });
+                let attached = AttachedSite { pid, binary: binary.path.clone(), probe: id };
+                self.slots[cookie as usize] = Some((attached, attachment));
+                cookies.push(cookie);
                 probes.insert(id);
                 report.sites += 1;
             }
         }
         report.probes = probes.len();
-        report.elapsed = started.elapsed();
-        Ok(report)
+        Ok(())
     }
 
     /// Detaches everything (also done on drop).
@@ -265,23 +289,23 @@ impl Kernel {
     /// `uprobe_multi` link would unregister all sites of a binary with one wait; aya 0.14
     /// cannot load programs for it.
     pub fn detach_all(&mut self) {
-        self.attachments.clear();
+        std::mem::drop(self.take_attachments());
     }
 
     /// The attachments, handed over for the caller to drop (to detach) without holding
-    /// whatever lock guards this `Kernel` for the seconds that takes.
+    /// whatever lock guards this `Kernel` for the seconds that takes; their slots are free.
     pub fn take_attachments(&mut self) -> Vec<Attachment> {
-        std::mem::take(&mut self.attachments)
+        self.slots.iter_mut().filter_map(Option::take).map(|(_, a)| a).collect()
     }
 
-    /// Sites attached, by cookie.
-    pub fn sites(&self) -> &[AttachedSite] {
-        &self.sites
+    /// The sites attached now.
+    pub fn sites(&self) -> impl Iterator<Item = &AttachedSite> {
+        self.slots.iter().flatten().map(|(site, _)| site)
     }
 
     /// Attachments currently open.
     pub fn attached(&self) -> usize {
-        self.attachments.len()
+        self.slots.iter().flatten().count()
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
@@ -322,21 +346,24 @@ impl Kernel {
         let map = self.ebpf.map_mut("COUNTERS").ok_or_else(|| anyhow!("no map COUNTERS"))?;
         let mut counters: PerCpuHashMap<&mut MapData, CounterKey, u64> =
             PerCpuHashMap::try_from(map).context("map COUNTERS")?;
-        let keys: Vec<CounterKey> = counters.keys().filter_map(|k| k.ok()).filter(|k| k.pid == pid).collect();
+        let keys: Vec<CounterKey> =
+            counters.keys().filter(|k| k.as_ref().map_or(true, |k| k.pid == pid)).collect::<Result<_, _>>()?;
         for k in &keys {
             counters.remove(k).context("cannot remove from map COUNTERS")?;
         }
         removed += keys.len();
         let map = self.ebpf.map_mut("GAUGES").ok_or_else(|| anyhow!("no map GAUGES"))?;
         let mut gauges: HashMap<&mut MapData, CounterKey, u64> = HashMap::try_from(map).context("map GAUGES")?;
-        let keys: Vec<CounterKey> = gauges.keys().filter_map(|k| k.ok()).filter(|k| k.pid == pid).collect();
+        let keys: Vec<CounterKey> =
+            gauges.keys().filter(|k| k.as_ref().map_or(true, |k| k.pid == pid)).collect::<Result<_, _>>()?;
         for k in &keys {
             gauges.remove(k).context("cannot remove from map GAUGES")?;
         }
         removed += keys.len();
         let map = self.ebpf.map_mut("HISTS").ok_or_else(|| anyhow!("no map HISTS"))?;
         let mut hists: HashMap<&mut MapData, HistKey, Hist> = HashMap::try_from(map).context("map HISTS")?;
-        let keys: Vec<HistKey> = hists.keys().filter_map(|k| k.ok()).filter(|k| k.pid == pid).collect();
+        let keys: Vec<HistKey> =
+            hists.keys().filter(|k| k.as_ref().map_or(true, |k| k.pid == pid)).collect::<Result<_, _>>()?;
         for k in &keys {
             hists.remove(k).context("cannot remove from map HISTS")?;
         }
@@ -386,7 +413,7 @@ impl Kernel {
             ("counters", self.counters()?.keys().count(), capacity(self.map("COUNTERS")?)?),
             ("gauges", self.gauges()?.keys().count(), capacity(self.map("GAUGES")?)?),
             ("histograms", self.hists()?.keys().count(), capacity(self.map("HISTS")?)?),
-            ("sites", self.sites.len(), MAX_SITES),
+            ("sites", self.attached(), MAX_SITES),
         ])
     }
 }

@@ -89,7 +89,10 @@ pub struct Collector {
     events: Mutex<Option<RingBuf<MapData>>>,
     catalog: Mutex<Catalog>,
     targets: Mutex<BTreeMap<u32, Watched>>,
-    cache: Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    /// The last snapshot, when it was read, and the generation it was read in.
+    cache: Mutex<Option<(Instant, u64, Arc<Snapshot>)>>,
+    /// Bumped by [`Collector::invalidate`] without taking `cache` (held for a whole read).
+    generation: std::sync::atomic::AtomicU64,
     max_age: Duration,
 }
 
@@ -107,6 +110,7 @@ impl Collector {
             catalog: Mutex::new(Catalog::default()),
             targets: Mutex::new(BTreeMap::new()),
             cache: Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
             max_age,
         })
     }
@@ -141,7 +145,7 @@ impl Collector {
 
     /// The next reader reads afresh.
     pub fn invalidate(&self) {
-        *lock(&self.cache) = None;
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Applies pending registrations; returns how many.
@@ -162,11 +166,13 @@ impl Collector {
     /// A snapshot no older than `max_age`.
     pub fn snapshot(&self) -> Result<Arc<Snapshot>> {
         let mut cache = lock(&self.cache);
-        if let Some((_, snap)) = cache.as_ref().filter(|(at, _)| at.elapsed() < self.max_age) {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some((_, _, snap)) = cache.as_ref().filter(|(at, g, _)| *g == generation && at.elapsed() < self.max_age)
+        {
             return Ok(Arc::clone(snap));
         }
         let snap = Arc::new(self.read()?);
-        *cache = Some((Instant::now(), Arc::clone(&snap)));
+        *cache = Some((Instant::now(), generation, Arc::clone(&snap)));
         Ok(snap)
     }
 

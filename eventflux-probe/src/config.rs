@@ -6,14 +6,23 @@
 //! partial [`Layer`] each source is read into, the resolved [`Settings`], the [`KEYS`] reference
 //! (docs/configuration.md is checked against it), the merge and the per-key checks. Errors are
 //! one line naming where the value came from (file and line, or variable) and the key.
+//!
+//! A file is parsed into a spanned TOML document and walked against [`SECTIONS`] and [`KEYS`]
+//! here, each value read on its own: every message is this module's, written from the type the
+//! key expects and the type the TOML value has, never derived from another library's wording.
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use eventflux_abi::{FLUSH_LEVELS, SAMPLE_LEVELS};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// Prefix of every environment variable that sets a key.
 pub const ENV_PREFIX: &str = "EVENTFLUX_PROBE_";
@@ -78,22 +87,16 @@ macro_rules! define_settings {
 
             $(#[doc = $sdoc])*
             /// `None`: not set by this layer.
-            #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-            #[serde(deny_unknown_fields)]
+            #[derive(Debug, Clone, Default, PartialEq)]
             pub struct $SectionLayer {
-                $(
-                    #[doc = $help]
-                    #[serde(default, deserialize_with = "de_value")]
-                    pub $key: Option<$ty>,
-                )*
+                $( #[doc = $help] pub $key: Option<$ty>, )*
             }
         )*
 
         /// The keys one source sets; a source that does not set a key leaves it `None`.
-        #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-        #[serde(deny_unknown_fields)]
+        #[derive(Debug, Clone, Default, PartialEq)]
         pub struct Layer {
-            $( #[serde(default)] pub $section: $SectionLayer, )*
+            $( pub $section: $SectionLayer, )*
         }
 
         /// The sections, in the order of the reference.
@@ -120,11 +123,14 @@ macro_rules! define_settings {
                 }
             }
 
-            /// Sets one key from text as the environment gives it (see [`from_text`]).
-            fn set_text(&mut self, section: &str, key: &str, raw: &str) -> Result<(), String> {
+            /// Sets one key, read as its type and held to its check, so that a source's errors
+            /// point at the value that caused them.
+            fn set(&mut self, section: &str, key: &str, raw: Raw) -> Result<(), String> {
                 $($(
                     if section == stringify!($section) && key == stringify!($key) {
-                        self.$section.$key = Some(from_text::<$ty>(raw)?);
+                        let value: $ty = raw.read()?;
+                        $( $check(&value)?; )?
+                        self.$section.$key = Some(value);
                         return Ok(());
                     }
                 )*)*
@@ -159,7 +165,7 @@ define_settings! {
     /// How the daemon logs.
     [logging] Logging / LoggingLayer {
         level: String = "info",
-            "Which logs to write: a tracing EnvFilter directive such as `info` or `eventflux_probe=debug` (`RUST_LOG`, if set, overrides it)",
+            "Which logs to write: a tracing EnvFilter directive such as `info` or `eventflux_probe=debug` (`RUST_LOG`, if set, overrides it, and a `--log-level` flag overrides `RUST_LOG`)",
             check filter_directive;
         format: LogFormat = "pretty",
             "`pretty` (human-readable lines) or `json` (one JSON object per line)";
@@ -178,13 +184,13 @@ define_settings! {
     /// What the observer asks of the engine.
     [sampling] Sampling / SamplingLayer {
         rate: u32 = "1024",
-            "Sampled batches per second per engine thread (rounds down to 16, 64, 256, 1024, 4096 or 16384)",
-            check at_least_one;
+            "Sampled batches per second per engine thread, at least 16; rounds down to a level: 16, 64, 256, 1024, 4096 or 16384",
+            check sample_rate;
         every_batch: bool = "false",
             "Time every batch instead of sampling `rate` per second: exact, but costs the engine more";
         flush_interval: Duration = "1s",
-            "How often the engine hands over its counts (10ms to 2s); counters lag by at most this much",
-            check positive;
+            "How often the engine hands over its counts, at least 10ms; rounds down to a level: 10ms, 20ms, 50ms, 100ms, 250ms, 500ms, 1s or 2s (so anything longer is 2s); counters lag by at most this much",
+            check flush_interval;
     }
     /// What happens when the target exits or the daemon is told to stop.
     [lifecycle] Lifecycle / LifecycleLayer {
@@ -195,24 +201,24 @@ define_settings! {
         drain: Duration = "5s",
             "After SIGTERM, /ready answers 503 for this long before the daemon detaches and exits";
     }
-    /// When /health reports degraded (docs/health.md defines the checks).
+    /// When /health reports a check degraded or failed (docs/health.md defines the checks).
     [health] Health / HealthLayer {
         window: Duration = "30s",
-            "Rates are computed over this span",
+            "The span over which the health checks compute rates and watch the window state",
             check positive;
         max_error_ratio: f64 = "0.05",
-            "Errors per event processed above which the event pipeline is degraded (0 to 1)",
+            "Errors per event processed, over the window (judged over at least 100 events), above which `event_pipeline` is degraded (0 to 1)",
             check ratio;
         max_backpressure_per_second: f64 = "1.0",
-            "Backpressure events per second above which the event pipeline is degraded",
+            "Backpressure events per second, over the window, above which `event_pipeline` is degraded (at least 0)",
             check non_negative;
         stall_after: Duration = "10s",
-            "Sources connected or events arriving but nothing processed for this long is degraded",
+            "Events handed to queries but none processed for this long makes `query_runtime` failed (status unhealthy, HTTP 503); sources connected but no event ingested for this long makes `event_pipeline` degraded",
             check positive;
         max_window_state_bytes: u64 = "0",
-            "Window state above this many bytes is degraded; 0: no cap";
+            "Window state of all queries above this many bytes makes `state_backend` degraded; 0: no cap";
         window_state_growth: f64 = "2.0",
-            "Window state that grew at every health sample through the whole window to this many times its size at the window's start is degraded (at least 1)",
+            "Window state that never shrank through the whole window (at least three growths, from a non-empty start) and ended at least this many times its size at the window's start makes `state_backend` degraded (at least 1)",
             check growth_factor;
     }
     /// Bounds on what the daemon keeps.
@@ -305,8 +311,8 @@ impl fmt::Display for LogOutput {
 /// line, or variable), the key as `section.key`, and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {}: {}", .path.display(), io_message(.error))]
-    Read { path: PathBuf, error: std::io::Error },
+    #[error("cannot read config file {}: {}", .path.display(), io_reason(.error))]
+    Read { path: PathBuf, error: io::Error },
     #[error("config file {origin}{}: {}{message}", line_part(.line), key_part(.key))]
     File { origin: String, line: Option<usize>, key: Option<String>, message: String },
     #[error("environment variable {var}: {}{message}", key_part(.key))]
@@ -316,12 +322,14 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-/// The OS's words without the `(os error 2)` that only repeats them.
-fn io_message(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    match text.find(" (os error ") {
-        Some(i) => text[..i].to_owned(),
-        None => text,
+/// Why a file could not be read or opened, in a few words chosen by the error's kind; a kind
+/// without words of ours keeps the error's own Display, unedited.
+pub(crate) fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such file".into(),
+        io::ErrorKind::PermissionDenied => "permission denied".into(),
+        io::ErrorKind::IsADirectory => "is a directory".into(),
+        _ => e.to_string(),
     }
 }
 
@@ -336,35 +344,67 @@ fn key_part(key: &Option<String>) -> String {
 impl Layer {
     /// Reads a TOML config file.
     pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
-        Layer::from_toml(&text, &path.display().to_string())
+        let bytes = std::fs::read(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
+        let origin = path.display().to_string();
+        // Read as bytes so that text which is not UTF-8 is reported at its line, which the
+        // conversion's typed error gives, rather than as an I/O error of no line.
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let valid = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count() + 1;
+            ConfigError::File { origin: origin.clone(), line: Some(line), key: None, message: "not UTF-8 text".into() }
+        })?;
+        Layer::from_toml(&text, &origin)
     }
 
     /// Parses a TOML config; `origin` names it in errors (the file's path).
+    ///
+    /// The text is parsed into a document whose keys and values carry their spans, then walked
+    /// here: an unknown section or key is reported at the key, a value of the wrong type or out
+    /// of range at the value, each with this module's words.
     pub fn from_toml(text: &str, origin: &str) -> Result<Layer, ConfigError> {
-        let error = |line: Option<usize>, key: Option<String>, message: String| ConfigError::File {
+        let error = |at: &Range<usize>, key: Option<String>, message: String| ConfigError::File {
             origin: origin.to_owned(),
-            line,
+            line: Some(line_of(text, at.start)),
             key,
             message: one_line(&message),
         };
-        // Syntax first, on its own: its errors carry no key, and the typed pass below would
-        // report them in the same words, indistinguishable from the errors that do.
-        if let Err(e) = toml::from_str::<toml::Table>(text) {
-            let line = e.span().map(|s| line_of(text, s.start));
-            return Err(error(line, None, format!("invalid TOML: {}", e.message())));
-        }
-        let layer: Layer = toml::from_str(text).map_err(|e| {
-            let span = e.span();
-            let line = span.as_ref().map(|s| line_of(text, s.start));
-            match unknown_field(e.message()) {
-                Some((name, expected)) => error(line, None, unknown_key_message(text, span, name, &expected)),
-                None => error(line, span.and_then(|s| key_at(text, s.start)), humanize(e.message())),
+        // A syntax error has no key of ours to name: toml's own message is shown, kept to one line.
+        let document = DeTable::parse(text).map_err(|e| ConfigError::File {
+            origin: origin.to_owned(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            key: None,
+            message: one_line(&format!("invalid TOML: {}", e.message())),
+        })?;
+        let mut layer = Layer::default();
+        for (name, value) in in_source_order(document.into_inner()) {
+            let Some(&section) = SECTIONS.iter().find(|s| **s == name.get_ref().as_ref()) else {
+                let message = format!("unknown key `{}` (known sections: {})", name.get_ref(), SECTIONS.join(", "));
+                return Err(error(&name.span(), None, message));
+            };
+            let at = value.span();
+            let table = match value.into_inner() {
+                DeValue::Table(table) => table,
+                other => {
+                    let message = format!("expected a table, found {}", de_kind(&other));
+                    return Err(error(&at, Some(section.to_owned()), message));
+                }
+            };
+            for (name, value) in in_source_order(table) {
+                let Some(k) = KEYS.iter().find(|k| k.section == section && k.key == name.get_ref().as_ref()) else {
+                    let known: Vec<&str> = KEYS.iter().filter(|k| k.section == section).map(|k| k.key).collect();
+                    let message = format!(
+                        "unknown key `{section}.{}` (known keys in [{section}]: {})",
+                        name.get_ref(),
+                        known.join(", ")
+                    );
+                    return Err(error(&name.span(), None, message));
+                };
+                let at = value.span();
+                plain(value.get_ref())
+                    .and_then(|value| layer.set(section, k.key, Raw::Value(value)))
+                    .map_err(|message| error(&at, Some(format!("{section}.{}", k.key)), message))?;
             }
-        })?;
-        layer.check().map_err(|(section, key, message)| {
-            error(find_key_line(text, section, key), Some(format!("{section}.{key}")), message)
-        })?;
+        }
         Ok(layer)
     }
 
@@ -375,17 +415,12 @@ impl Layer {
         let mut layer = Layer::default();
         for k in KEYS {
             let Some(raw) = vars(k.env).filter(|v| !v.is_empty()) else { continue };
-            layer.set_text(k.section, k.key, &raw).map_err(|message| ConfigError::Env {
+            layer.set(k.section, k.key, Raw::Text(&raw)).map_err(|message| ConfigError::Env {
                 var: k.env.to_owned(),
                 key: Some(format!("{}.{}", k.section, k.key)),
                 message: one_line(&message),
             })?;
         }
-        layer.check().map_err(|(section, key, message)| ConfigError::Env {
-            var: KEYS.iter().find(|k| k.section == section && k.key == key).map_or_else(String::new, |k| k.env.into()),
-            key: Some(format!("{section}.{key}")),
-            message,
-        })?;
         Ok(layer)
     }
 
@@ -402,7 +437,7 @@ impl Layer {
     fn builtin() -> Result<Layer, ConfigError> {
         let mut layer = Layer::default();
         for k in KEYS {
-            layer.set_text(k.section, k.key, k.default).map_err(|message| ConfigError::Invalid {
+            layer.set(k.section, k.key, Raw::Text(k.default)).map_err(|message| ConfigError::Invalid {
                 key: format!("{}.{}", k.section, k.key),
                 message: format!("built-in default `{}`: {message}", k.default),
             })?;
@@ -500,11 +535,21 @@ trait ConfigValue: Sized {
     fn from_toml(value: toml::Value) -> Result<Self, String>;
 }
 
-/// Used by every key of the [`Layer`]s, so that both the file and the environment go through
-/// [`ConfigValue`]'s wording.
-fn de_value<'de, D: Deserializer<'de>, T: ConfigValue>(d: D) -> Result<Option<T>, D::Error> {
-    let value = toml::Value::deserialize(d)?;
-    T::from_toml(value).map(Some).map_err(serde::de::Error::custom)
+/// A key's value as a source gives it, before it is read as the key's type.
+enum Raw<'a> {
+    /// From a config file.
+    Value(toml::Value),
+    /// From the environment (or a built-in default): see [`from_text`].
+    Text(&'a str),
+}
+
+impl Raw<'_> {
+    fn read<T: ConfigValue>(self) -> Result<T, String> {
+        match self {
+            Raw::Value(value) => T::from_toml(value),
+            Raw::Text(text) => from_text(text),
+        }
+    }
 }
 
 /// A value written as the environment gives it: a TOML value when it is one (`64`, `true`,
@@ -515,6 +560,61 @@ fn from_text<T: ConfigValue>(raw: &str) -> Result<T, String> {
     match raw.parse::<toml::Value>() {
         Ok(value) => T::from_toml(value).or_else(|e| as_string().map_err(|_| e)),
         Err(_) => as_string(),
+    }
+}
+
+/// A parsed document's value as a plain [`toml::Value`], the type every key is read from. The
+/// parser has checked the syntax; what is left to fail is a number too large for its type.
+fn plain(value: &DeValue<'_>) -> Result<toml::Value, String> {
+    Ok(match value {
+        DeValue::String(s) => toml::Value::String(s.to_string()),
+        DeValue::Integer(i) => {
+            let n = i64::from_str_radix(i.as_str(), i.radix()).map_err(|e| match e.kind() {
+                std::num::IntErrorKind::NegOverflow => format!("{i} is too small (at least {})", i64::MIN),
+                _ => format!("{i} is too large (at most {})", i64::MAX),
+            })?;
+            toml::Value::Integer(n)
+        }
+        DeValue::Float(f) => {
+            let x: f64 = f.as_str().parse().map_err(|_| format!("{f} is not a number"))?;
+            // An infinity written as `inf` is a value (which the keys' checks reject); one that
+            // came out of a finite literal such as `1e999` is an overflow.
+            if x.is_infinite() && !f.as_str().contains("inf") {
+                return Err(format!("{f} is too large a number"));
+            }
+            toml::Value::Float(x)
+        }
+        DeValue::Boolean(b) => toml::Value::Boolean(*b),
+        DeValue::Datetime(d) => toml::Value::Datetime(*d),
+        DeValue::Array(items) => {
+            toml::Value::Array(items.iter().map(|v| plain(v.get_ref())).collect::<Result<_, _>>()?)
+        }
+        DeValue::Table(table) => toml::Value::Table(
+            table
+                .iter()
+                .map(|(k, v)| plain(v.get_ref()).map(|v| (k.get_ref().to_string(), v)))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// A table's entries in the order they are written, so that of several errors the first in the
+/// file is reported (the parser's map keeps them sorted by name).
+fn in_source_order<'i>(table: DeTable<'i>) -> Vec<(Spanned<std::borrow::Cow<'i, str>>, Spanned<DeValue<'i>>)> {
+    let mut entries: Vec<_> = table.into_iter().collect();
+    entries.sort_by_key(|(key, _)| key.span().start);
+    entries
+}
+
+fn de_kind(value: &DeValue<'_>) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
     }
 }
 
@@ -649,6 +749,34 @@ fn at_least_one<T: PartialOrd + From<u8>>(n: &T) -> Result<(), String> {
     if *n < T::from(1) { Err("must be at least 1".into()) } else { Ok(()) }
 }
 
+/// The engine's lowest sampling level (batches per second; 0 is the every-batch level).
+fn lowest_sample_level() -> u32 {
+    SAMPLE_LEVELS.iter().map(|&(_, rate)| rate).filter(|&rate| rate != 0).min().unwrap_or(1)
+}
+
+/// The engine's shortest flush level, in milliseconds.
+fn shortest_flush_level() -> u32 {
+    FLUSH_LEVELS.iter().map(|&(_, ms)| ms).min().unwrap_or(1)
+}
+
+/// A rate below every level is one `Budget::new` refuses; higher ones round down to a level.
+fn sample_rate(rate: &u32) -> Result<(), String> {
+    let lowest = lowest_sample_level();
+    if *rate < lowest { Err(format!("{rate} is below the lowest level, {lowest}")) } else { Ok(()) }
+}
+
+/// An interval shorter than every level is one `Budget::new` refuses (it compares whole
+/// milliseconds); longer ones round down to a level, the longest being 2s.
+fn flush_interval(d: &Duration) -> Result<(), String> {
+    let shortest = shortest_flush_level();
+    if d.as_millis() >= u128::from(shortest) {
+        return Ok(());
+    }
+    // Duration's Debug writes zero as `0ns`, an odd way to write what the user wrote as `0s`.
+    let written = if d.is_zero() { "0s".to_owned() } else { format!("{d:?}") };
+    Err(format!("{written} is below the shortest level, {shortest}ms"))
+}
+
 fn ratio(r: &f64) -> Result<(), String> {
     if (0.0..=1.0).contains(r) { Ok(()) } else { Err(format!("must be between 0 and 1, found {r}")) }
 }
@@ -658,12 +786,10 @@ fn non_negative(r: &f64) -> Result<(), String> {
 }
 
 fn growth_factor(r: &f64) -> Result<(), String> {
-    // Below 1, a state that merely kept its size would count as grown.
+    // A state that never shrank ends at least at its starting size: below 1, every such state,
+    // however steady, would count as grown.
     if r.is_finite() && *r >= 1.0 { Ok(()) } else { Err(format!("must be a finite factor of at least 1, found {r}")) }
 }
-
-// Locating an error in the source text: toml's errors give a byte span but not the key (its
-// Display has both, over several lines with a caret).
 
 /// A message kept to one line whatever it quotes.
 fn one_line(message: &str) -> String {
@@ -674,127 +800,6 @@ fn one_line(message: &str) -> String {
 fn line_of(text: &str, pos: usize) -> usize {
     let pos = pos.min(text.len());
     text.as_bytes()[..pos].iter().filter(|&&b| b == b'\n').count() + 1
-}
-
-/// `a . "b"` as `a.b`.
-fn clean_key(raw: &str) -> String {
-    raw.split('.').map(|part| part.trim().trim_matches(['"', '\''])).collect::<Vec<_>>().join(".")
-}
-
-/// The table a `[table]` (or `[[table]]`) header line opens.
-fn header_name(line: &str) -> Option<String> {
-    let inner = line.trim_start().strip_prefix('[')?;
-    let inner = inner.strip_prefix('[').unwrap_or(inner);
-    let end = inner.find(']')?;
-    Some(clean_key(&inner[..end]))
-}
-
-/// The table of the nearest header above `line_start`.
-fn header_above(text: &str, line_start: usize) -> Option<String> {
-    text.get(..line_start)?.lines().rev().find_map(header_name)
-}
-
-/// The full key (`section.key`) whose value starts at byte `pos`: the key left of the `=`
-/// before it on its line, inside the table of the header above, or of the inline table
-/// (`http = { listen = ... }`) the value is in.
-fn key_at(text: &str, pos: usize) -> Option<String> {
-    let before = text.get(..pos)?;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let on_line = &before[line_start..];
-    let Some(eq) = on_line.rfind('=') else {
-        // A header whose table has the wrong type (`[http.listen]`) is its own key.
-        let line = text[line_start..].lines().next()?;
-        return header_name(line);
-    };
-    let lhs = &on_line[..eq];
-    let start = lhs.rfind(['{', ',']).map_or(0, |i| i + 1);
-    let key = clean_key(&lhs[start..]);
-    if key.is_empty() {
-        return None;
-    }
-    let mut parts: Vec<String> = header_above(text, line_start).into_iter().collect();
-    if let Some(brace) = lhs[..start].rfind('{') {
-        let outer = &lhs[..brace];
-        let eq = outer.rfind('=')?;
-        let outer_start = outer[..eq].rfind(['{', ',']).map_or(0, |i| i + 1);
-        parts.push(clean_key(&outer[outer_start..eq]));
-    }
-    parts.push(key);
-    Some(parts.join("."))
-}
-
-/// The line that sets `section.key`, for errors found after parsing (out-of-range values).
-fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
-    let target = format!("{section}.{key}");
-    let mut header: Option<String> = None;
-    for (i, line) in text.lines().enumerate() {
-        if let Some(h) = header_name(line) {
-            header = Some(h);
-            continue;
-        }
-        let Some((lhs, rhs)) = line.split_once('=') else { continue };
-        let lhs = clean_key(lhs);
-        let full = match &header {
-            Some(h) => format!("{h}.{lhs}"),
-            None => lhs,
-        };
-        let inline = || rhs.split(['{', ',']).any(|seg| seg.split_once('=').is_some_and(|(k, _)| clean_key(k) == key));
-        if full == target || (full == section && inline()) {
-            return Some(i + 1);
-        }
-    }
-    None
-}
-
-/// serde's `unknown field `x`, expected one of `a`, `b``: the field and the expected ones.
-fn unknown_field(message: &str) -> Option<(&str, Vec<&str>)> {
-    let rest = message.strip_prefix("unknown field `")?;
-    let (name, rest) = rest.split_once('`')?;
-    Some((name, rest.split('`').skip(1).step_by(2).collect()))
-}
-
-fn unknown_key_message(text: &str, span: Option<std::ops::Range<usize>>, name: &str, expected: &[&str]) -> String {
-    let same = |keys: &[&str]| keys.len() == expected.len() && keys.iter().all(|k| expected.contains(k));
-    if same(SECTIONS) {
-        return format!("unknown key `{name}` (known sections: {})", SECTIONS.join(", "));
-    }
-    // serde names the expected fields, which tell the section; the text is the fallback.
-    let section = SECTIONS
-        .iter()
-        .find(|s| same(&KEYS.iter().filter(|k| k.section == **s).map(|k| k.key).collect::<Vec<_>>()))
-        .map(|s| (*s).to_owned())
-        .or_else(|| {
-            let pos = span?.start;
-            let line_start = text.get(..pos)?.rfind('\n').map_or(0, |i| i + 1);
-            header_above(text, line_start)
-        });
-    match section {
-        Some(section) => {
-            let keys: Vec<&str> = KEYS.iter().filter(|k| k.section == section).map(|k| k.key).collect();
-            format!("unknown key `{section}.{name}` (known keys in [{section}]: {})", keys.join(", "))
-        }
-        None => format!("unknown key `{name}`"),
-    }
-}
-
-/// serde's `invalid type: integer `5`, expected struct HttpLayer` (a section written as a
-/// value) in the config's terms.
-fn humanize(message: &str) -> String {
-    let Some((found, expected)) = message.strip_prefix("invalid type: ").and_then(|r| r.split_once(", expected "))
-    else {
-        return message.to_owned();
-    };
-    let found = match found.split([' ', '`']).next().unwrap_or(found) {
-        "string" => "a string",
-        "integer" => "an integer",
-        "floating" => "a float",
-        "boolean" => "a boolean",
-        "map" => "a table",
-        "sequence" => "an array",
-        other => other,
-    };
-    let expected = if expected.starts_with("struct ") { "a table" } else { expected };
-    format!("expected {expected}, found {found}")
 }
 
 #[cfg(test)]
@@ -1030,7 +1035,7 @@ follow = true
             "{m}"
         );
         let m = file_err("[sampling]\nrate = 0\n");
-        assert_eq!(m, "config file x.toml, line 2: sampling.rate: must be at least 1");
+        assert_eq!(m, "config file x.toml, line 2: sampling.rate: 0 is below the lowest level, 16");
         let m = file_err("[http]\nidle_timeout = \"0s\"\n");
         assert_eq!(m, "config file x.toml, line 2: http.idle_timeout: must be longer than zero");
         let m = file_err("limits = { max_series = 0 }\n");
@@ -1074,10 +1079,87 @@ follow = true
     #[test]
     fn missing_file() {
         let e = Layer::from_file(Path::new("/nonexistent/eventflux-probe.toml")).unwrap_err();
+        assert_eq!(e.to_string(), "cannot read config file /nonexistent/eventflux-probe.toml: no such file");
+        let dir = std::env::temp_dir().join(format!("eventflux-probe-config-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = Layer::from_file(&dir).unwrap_err().to_string();
+        assert_eq!(e, format!("cannot read config file {}: is a directory", dir.display()));
+        let path = dir.join("latin1.toml");
+        std::fs::write(&path, b"[http]\n# caf\xe9\n").unwrap();
+        let e = Layer::from_file(&path).unwrap_err().to_string();
+        assert_eq!(e, format!("config file {}, line 2: not UTF-8 text", path.display()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sampling_holds_to_the_engines_levels() {
+        let m = file_err("[sampling]\nrate = 8\n");
+        assert_eq!(m, "config file x.toml, line 2: sampling.rate: 8 is below the lowest level, 16");
+        let m = file_err("[sampling]\n\nflush_interval = \"5ms\"\n");
+        assert_eq!(m, "config file x.toml, line 3: sampling.flush_interval: 5ms is below the shortest level, 10ms");
+        let m = file_err("[sampling]\nflush_interval = 0\n");
+        assert_eq!(m, "config file x.toml, line 2: sampling.flush_interval: 0s is below the shortest level, 10ms");
+        let m = env_err(&[("EVENTFLUX_PROBE_SAMPLING_RATE", "15")]);
         assert_eq!(
-            e.to_string(),
-            "cannot read config file /nonexistent/eventflux-probe.toml: No such file or directory"
+            m,
+            "environment variable EVENTFLUX_PROBE_SAMPLING_RATE: sampling.rate: 15 is below the lowest level, 16"
         );
+        let mut flags = Layer::default();
+        flags.sampling.flush_interval = Some(Duration::from_micros(9_999));
+        let e = load(None, no_env, flags).unwrap_err().to_string();
+        assert_eq!(e, "sampling.flush_interval: 9.999ms is below the shortest level, 10ms");
+
+        let s = Layer::from_toml("[sampling]\nrate = 16\nflush_interval = \"10ms\"\n", "x.toml").unwrap();
+        let s = s.resolve().unwrap();
+        assert_eq!((s.sampling.rate, s.sampling.flush_interval), (16, Duration::from_millis(10)));
+        let s = Layer::from_toml("[sampling]\nrate = 100000\nflush_interval = \"1h\"\n", "x.toml").unwrap();
+        s.resolve().unwrap();
+
+        // Exactly what the budget built from these settings accepts.
+        let flush = Duration::from_secs(1);
+        for rate in (0..=20_000).chain([u32::MAX]) {
+            let budget = crate::budget::Budget::new(Some(rate), flush).is_ok();
+            assert_eq!(sample_rate(&rate).is_ok(), budget, "rate {rate}");
+        }
+        for micros in (0..=3_000_000).step_by(250) {
+            let d = Duration::from_micros(micros);
+            let budget = crate::budget::Budget::new(Some(1024), d).is_ok();
+            assert_eq!(flush_interval(&d).is_ok(), budget, "flush interval {d:?}");
+        }
+    }
+
+    #[test]
+    fn odd_but_valid_documents() {
+        // Several errors: the first in the file is reported, whatever the order of the names.
+        let m = file_err("[http]\nzz = 1\naa = 2\n");
+        assert!(m.starts_with("config file x.toml, line 2: unknown key `http.zz`"), "{m}");
+        let m = file_err("[sampling]\nrate = 99999999999999999999\n");
+        assert_eq!(
+            m,
+            "config file x.toml, line 2: sampling.rate: 99999999999999999999 is too large (at most 9223372036854775807)"
+        );
+        let m = file_err("[health]\nmax_error_ratio = 1e999\n");
+        assert_eq!(m, "config file x.toml, line 2: health.max_error_ratio: 1e999 is too large a number");
+        let m = file_err("[[http]]\nlisten = \"127.0.0.1:1\"\n");
+        assert_eq!(m, "config file x.toml, line 1: http: expected a table, found an array");
+        let m = file_err("[http]\nlisten = [\"127.0.0.1:1\"]\n");
+        assert_eq!(
+            m,
+            "config file x.toml, line 2: http.listen: expected a socket address such as \"127.0.0.1:9469\", found an array"
+        );
+        let m = file_err("[lifecycle]\ndrain = 1979-05-27\n");
+        assert_eq!(
+            m,
+            "config file x.toml, line 2: lifecycle.drain: expected a duration such as \"10s\", found a date-time"
+        );
+        let m = file_err("[logging]\nformat = \"x\\ny\"\n");
+        assert_one_line(&m);
+
+        let text = "\"http\".'listen' = \"127.0.0.1:1\"\n[sampling]\nrate = 0x40\n[health]\nmax_error_ratio = 5e-2\n";
+        let s = Layer::from_toml(text, "x.toml").unwrap().resolve().unwrap();
+        assert_eq!(s.http.listen, "127.0.0.1:1".parse::<SocketAddr>().unwrap());
+        assert_eq!(s.sampling.rate, 64);
+        assert_eq!(s.health.max_error_ratio, 0.05);
     }
 
     #[test]
@@ -1140,7 +1222,7 @@ follow = true
         assert!(parse_duration("9999999999999999999h").unwrap_err().contains("too long"));
     }
 
-    /// A file written from [`KEYS`] with every default must parse (so every key is one serde
+    /// A file written from [`KEYS`] with every default must parse (so every key is one the file
     /// accepts, under its section) and resolve to the built-in defaults.
     #[test]
     fn keys_match_what_the_file_accepts() {

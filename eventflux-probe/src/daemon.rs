@@ -56,8 +56,17 @@ impl Daemon {
     /// Loads the programs of `probes` (see `bpf::metric_probes` and `Budget::control_probes`).
     /// `max_age`: how long a snapshot is shared by concurrent readers.
     pub fn load(probes: &[u32], max_age: Duration) -> Result<Daemon> {
-        // Keeps the kernel's BPF run-time statistics on while we run (the program metrics).
-        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+        // Keeps the kernel's BPF run-time statistics on while we run (the program metrics, and
+        // the health report's last probe hit).
+        let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot turn on BPF run-time statistics ({e}): program run counts stay 0 and /health cannot tell the last probe hit"
+                );
+                None
+            }
+        };
         let mut kernel = Kernel::load(probes)?;
         let kernel_log = Mutex::new(kernel.take_logger());
         let kernel = Arc::new(Mutex::new(kernel));
@@ -97,7 +106,7 @@ impl Daemon {
     pub fn detach_all(&self) {
         let (pids, attachments): (BTreeSet<u32>, _) = {
             let mut kernel = lock(&self.kernel);
-            (kernel.sites().iter().map(|s| s.pid).collect(), kernel.take_attachments())
+            (kernel.sites().map(|s| s.pid).collect(), kernel.take_attachments())
         };
         std::mem::drop(attachments);
         for pid in pids {
@@ -105,11 +114,12 @@ impl Daemon {
         }
     }
 
-    /// Forgets a finished target: its map entries, registrations and `/proc` readings.
+    /// Forgets a finished target: its registrations and `/proc` readings, and its map entries
+    /// (the error says if some could not be removed; the rest is forgotten all the same).
     pub fn forget(&self, pid: u32) -> Result<usize> {
-        let removed = lock(&self.kernel).forget_pid(pid)?;
+        let removed = lock(&self.kernel).forget_pid(pid);
         self.collector.remove_target(pid);
-        Ok(removed)
+        removed
     }
 
     pub fn collector(&self) -> &Arc<Collector> {
@@ -149,13 +159,11 @@ pub enum Phase {
     TargetGone {
         pid: u32,
         exe: PathBuf,
-        reason: String,
-        since: Instant,
+        state: State,
     },
-    /// SIGTERM: not ready, detaching soon.
+    /// SIGTERM: not ready, detaching soon; what the target was before.
     Draining {
-        pid: u32,
-        exe: PathBuf,
+        previous: Box<Phase>,
     },
 }
 
@@ -167,6 +175,18 @@ impl Phase {
             Phase::Draining { .. } => "draining",
         }
     }
+
+    /// Why the target is not observed any more, if it is not.
+    fn gone(&self) -> Option<String> {
+        match self {
+            Phase::Attached { .. } => None,
+            Phase::TargetGone { pid, state: State::Execd(new), .. } => {
+                Some(format!("process {pid} exec'd {} (the probes were in the program it left)", new.display()))
+            }
+            Phase::TargetGone { pid, .. } => Some(format!("process {pid} exited")),
+            Phase::Draining { previous } => previous.gone(),
+        }
+    }
 }
 
 /// What the HTTP handlers read: shared with the lifecycle task.
@@ -175,6 +195,9 @@ pub struct Shared {
     pub options: ServeOptions,
     phase: Mutex<Phase>,
     target: Mutex<Option<Arc<Target>>>,
+    /// Set by the first SIGTERM or SIGINT: `/ready` answers 503 from then on, whatever the
+    /// lifecycle task is busy with.
+    stopping: std::sync::atomic::AtomicBool,
     started: Instant,
     /// Milliseconds since `started` of the background loop's last turn (`/live`).
     heartbeat_ms: AtomicU64,
@@ -204,21 +227,30 @@ impl Shared {
         self.daemon.collector().invalidate();
     }
 
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
     /// `/ready`: every selected probe attached and the target alive. `Err` says why not.
     pub fn ready(&self) -> Result<(), String> {
-        match self.phase() {
-            Phase::Attached { pid, expected, attached, .. } => {
-                if lock(&self.target).as_ref().is_some_and(|t| t.has_exited()) {
-                    return Err(format!("target {pid} exited"));
-                }
-                if attached < expected {
-                    return Err(format!("{attached} of {expected} probes attached to process {pid}"));
-                }
-                Ok(())
-            }
-            Phase::TargetGone { reason, .. } => Err(reason),
-            Phase::Draining { .. } => Err("shutting down".into()),
+        if self.stopping() {
+            return Err("shutting down".into());
         }
+        let phase = self.phase();
+        if let Some(gone) = phase.gone() {
+            return Err(gone);
+        }
+        let Phase::Attached { pid, expected, attached, .. } = phase else {
+            return Err("shutting down".into());
+        };
+        // Faster than the lifecycle task: the pidfd says so the moment the process exits.
+        if lock(&self.target).as_ref().is_some_and(|t| t.has_exited()) {
+            return Err(format!("process {pid} exited"));
+        }
+        if attached < expected {
+            return Err(format!("{attached} of {expected} probes attached to process {pid}"));
+        }
+        Ok(())
     }
 
     /// `/live`: the background loop turns.
@@ -242,21 +274,22 @@ impl Shared {
     pub fn health(&self) -> Result<health::Report> {
         let model = self.model()?;
         let phase = self.phase();
-        let (pid, exe, state, gone) = match &phase {
-            Phase::Attached { pid, exe, .. } => {
-                let exited = lock(&self.target).as_ref().is_some_and(|t| t.has_exited());
-                let gone = exited.then(|| format!("process {pid} exited"));
-                (*pid, exe.clone(), if exited { "exited" } else { "running" }, gone)
-            }
-            Phase::TargetGone { pid, exe, reason, .. } => {
-                let state = if reason.contains("exec") { "execd" } else { "exited" };
-                (*pid, exe.clone(), state, Some(reason.clone()))
-            }
-            Phase::Draining { pid, exe } => (*pid, exe.clone(), "running", None),
+        let current = match &phase {
+            Phase::Draining { previous } => previous.as_ref(),
+            p => p,
         };
-        let (expected, attached) = match &phase {
-            Phase::Attached { expected, attached, .. } => (*expected, *attached),
-            _ => (0, 0),
+        let (pid, exe, expected, attached) = match current {
+            Phase::Attached { pid, exe, expected, attached } => (*pid, exe.clone(), *expected, *attached),
+            Phase::TargetGone { pid, exe, .. } => (*pid, exe.clone(), 0, 0),
+            Phase::Draining { .. } => (0, PathBuf::new(), 0, 0),
+        };
+        let exited_now =
+            matches!(current, Phase::Attached { .. }) && lock(&self.target).as_ref().is_some_and(|t| t.has_exited());
+        let gone = phase.gone().or_else(|| exited_now.then(|| format!("process {pid} exited")));
+        let state = match current {
+            Phase::TargetGone { state: State::Execd(_), .. } => "execd",
+            _ if gone.is_some() => "exited",
+            _ => "running",
         };
         let last_hit = lock(&self.hits).1.map(|at| at.elapsed().as_secs_f64());
         let ctx = health::Context {
@@ -346,27 +379,77 @@ fn log_attached(a: &Attached, budget: &Budget) {
     tracing::info!(pid = a.target.pid(), "asked the engine for {budget}");
 }
 
+/// SIGINT and SIGTERM, counted: the first asks for a drained stop, a second for haste.
+struct Signals {
+    count: tokio::sync::watch::Receiver<u32>,
+}
+
+impl Signals {
+    /// Installs the handlers now, before anything slow: a signal during loading or attaching
+    /// is then a stop like any other, not the default action (death by the signal).
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| anyhow!("cannot handle SIGTERM: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| anyhow!("cannot handle SIGINT: {e}"))?;
+        let (tx, count) = tokio::sync::watch::channel(0u32);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tx.send_modify(|n| *n += 1);
+            }
+        });
+        Ok(Signals { count })
+    }
+
+    fn received(&self) -> u32 {
+        *self.count.borrow()
+    }
+
+    /// Resolves once `n` signals have arrived in all.
+    async fn at_least(&self, n: u32) {
+        let mut rx = self.count.clone();
+        let _ = rx.wait_for(|c| *c >= n).await;
+    }
+}
+
 /// Runs the service until the target is gone for good or a signal stops it.
 pub async fn serve(options: ServeOptions) -> Result<()> {
+    let signals = Signals::install()?;
     // Check the target and the port before loading anything: the common mistakes fail fast.
     let (target, binaries) = crate::discover::eventflux_binaries(options.pid)?;
     let listener = bind(options.listen).await?;
 
     let mut probes = crate::bpf::metric_probes();
     probes.extend(options.budget.control_probes());
-    let daemon = Daemon::load(&probes, Duration::from_millis(100))?;
-    let first = daemon.attach_found(target, &binaries)?;
+    let (daemon, first) = tokio::task::spawn_blocking(move || -> Result<(Daemon, Attached)> {
+        let daemon = Daemon::load(&probes, Duration::from_millis(100))?;
+        let first = daemon.attach_found(target, &binaries)?;
+        Ok((daemon, first))
+    })
+    .await
+    .map_err(|e| anyhow!("attach task failed: {e}"))??;
     log_attached(&first, &options.budget);
     let shared = Arc::new(Shared {
         daemon,
         phase: Mutex::new(attached_phase(&first)),
         target: Mutex::new(Some(Arc::clone(&first.target))),
         options,
+        stopping: std::sync::atomic::AtomicBool::new(false),
         started: Instant::now(),
         heartbeat_ms: AtomicU64::new(0),
         history: Mutex::new(History::default()),
         hits: Mutex::new((0, None)),
     });
+    if signals.received() > 0 {
+        // Stopped while attaching: nobody saw it ready.
+        shared.stopping.store(true, Ordering::Relaxed);
+        tracing::info!("stopping before serving");
+        detach(&shared).await;
+        return Ok(());
+    }
 
     let background = tokio::spawn(background(Arc::clone(&shared)));
     let bound = listener.local_addr().unwrap_or(shared.options.listen);
@@ -383,7 +466,17 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
             .await
     });
 
-    let outcome = lifecycle(&shared, first.target).await;
+    let outcome = {
+        let stop = async {
+            signals.at_least(1).await;
+            // Not ready from this instant, whatever the lifecycle is in the middle of.
+            shared.stopping.store(true, Ordering::Relaxed);
+        };
+        tokio::select! {
+            outcome = lifecycle(&shared, first.target) => outcome,
+            () = stop => drain(&shared, &signals).await,
+        }
+    };
     background.abort();
     let _ = stop_http.send(());
     match tokio::time::timeout(Duration::from_secs(5), server).await {
@@ -394,36 +487,20 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     outcome
 }
 
-/// Drains registrations, beats for `/live`, samples health.
+/// Drains registrations and kernel diagnostics, beats for `/live`, samples health.
 async fn background(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(TICK);
-    let mut last_sample = Instant::now() - HEALTH_SAMPLE;
+    let mut last_sample: Option<Instant> = None;
     loop {
         tick.tick().await;
         shared.daemon.drain();
-        if last_sample.elapsed() >= HEALTH_SAMPLE {
-            last_sample = Instant::now();
+        if last_sample.is_none_or(|at| at.elapsed() >= HEALTH_SAMPLE) {
+            last_sample = Some(Instant::now());
             let s = Arc::clone(&shared);
             // Reading maps is a few syscalls per entry: off the async thread.
             let _ = tokio::task::spawn_blocking(move || s.sample()).await;
         }
         shared.beat();
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
     }
 }
 
@@ -434,100 +511,106 @@ async fn detach(shared: &Arc<Shared>) {
     tracing::info!(detach_ms = started.elapsed().as_secs_f64() * 1e3, "detached");
 }
 
+/// Follows the target (and its successors with `--follow`) until the grace period after the
+/// last one is over. Cancelled by the caller at a signal, at any await.
 async fn lifecycle(shared: &Arc<Shared>, mut target: Arc<Target>) -> Result<()> {
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
     loop {
         let pid = target.pid();
         let exe = target.exe_path().to_path_buf();
-        let ended = tokio::select! {
-            state = target.ended(Duration::from_millis(250)) => state,
-            _ = &mut signal => return drain(shared, pid, exe).await,
-        };
-        let reason = match &ended {
-            State::Execd(new) => {
-                tracing::warn!(
-                    pid,
-                    exe = %new.display(),
-                    "target exec'd another program: the probes were in the old one; treating it as exited"
-                );
-                format!("process {pid} exec'd {} (the probes were in the program it left)", new.display())
-            }
-            _ => {
-                tracing::info!(pid, "target exited");
-                format!("process {pid} exited")
-            }
-        };
-        shared.set_phase(Phase::TargetGone { pid, exe: exe.clone(), reason, since: Instant::now() });
-        // Its probes are gone with its image; the attachments only hold kernel resources now.
-        detach(shared).await;
+        let span = tracing::info_span!("target", pid, exe = %exe.display());
+        let next = tracing::Instrument::instrument(watch(shared, &target), span).await;
+        match next {
+            Some(next) => target = next,
+            None => return Ok(()),
+        }
+    }
+}
 
-        let grace = tokio::time::sleep(shared.options.grace_period);
-        tokio::pin!(grace);
-        let mut grace_over = false;
-        let mut rejected = BTreeSet::from([pid]);
-        if !shared.options.follow {
-            tracing::info!(
-                pid,
-                grace_s = shared.options.grace_period.as_secs_f64(),
-                "serving the final values for the grace period"
-            );
-        } else {
-            tracing::info!(pid, exe = %exe.display(), "waiting for a new process of the same executable (--follow)");
-        }
-        let next = loop {
-            tokio::select! {
-                _ = &mut signal => return drain(shared, pid, exe).await,
-                _ = &mut grace, if !grace_over => {
-                    grace_over = true;
-                    if !shared.options.follow {
-                        tracing::info!(pid, "grace period over; exiting");
-                        return Ok(());
-                    }
-                    tracing::info!(pid, "grace period over; forgetting the finished target's values");
-                    forget(shared, pid).await;
+/// One target, from attached to gone; its successor with `--follow`, or `None` once the
+/// grace period is over.
+async fn watch(shared: &Arc<Shared>, target: &Arc<Target>) -> Option<Arc<Target>> {
+    let pid = target.pid();
+    let exe = target.exe_path().to_path_buf();
+    let state = target.ended(Duration::from_millis(250)).await;
+    match &state {
+        State::Execd(new) => tracing::warn!(
+            exe = %new.display(),
+            "target exec'd another program: the probes were in the old one; treating it as exited"
+        ),
+        _ => tracing::info!("target exited"),
+    }
+    shared.set_phase(Phase::TargetGone { pid, exe: exe.clone(), state });
+    // Its probes are gone with its image; the attachments only hold kernel resources now.
+    detach(shared).await;
+
+    let grace = tokio::time::sleep(shared.options.grace_period);
+    tokio::pin!(grace);
+    let mut forgotten = false;
+    let mut rejected = BTreeSet::from([pid]);
+    if shared.options.follow {
+        tracing::info!("waiting for a new process of the same executable (--follow)");
+    } else {
+        tracing::info!(
+            grace_s = shared.options.grace_period.as_secs_f64(),
+            "serving the final values for the grace period"
+        );
+    }
+    loop {
+        tokio::select! {
+            () = &mut grace, if !forgotten => {
+                if !shared.options.follow {
+                    tracing::info!("grace period over; exiting");
+                    return None;
                 }
-                _ = tokio::time::sleep(FOLLOW_POLL), if shared.options.follow => {
-                    if let Some(next) = successor(shared, &exe, &mut rejected).await {
-                        break next;
-                    }
+                tracing::info!("grace period over; forgetting the finished target's values");
+                forget(shared, pid).await;
+                forgotten = true;
+            }
+            () = tokio::time::sleep(FOLLOW_POLL), if shared.options.follow => {
+                let candidates = crate::discover::processes_running(&exe, target.start_ticks(), &rejected);
+                if candidates.is_empty() {
+                    continue;
+                }
+                // Forget first: from the moment the new process is attached, every count
+                // served is its own.
+                if !forgotten {
+                    forget(shared, pid).await;
+                    forgotten = true;
+                }
+                lock(&shared.history).clear();
+                if let Some(next) = successor(shared, candidates, &mut rejected).await {
+                    log_attached(&next, &shared.options.budget);
+                    *lock(&shared.target) = Some(Arc::clone(&next.target));
+                    shared.set_phase(attached_phase(&next));
+                    return Some(next.target);
                 }
             }
-        };
-        if !grace_over {
-            forget(shared, pid).await;
         }
-        lock(&shared.history).clear();
-        log_attached(&next, &shared.options.budget);
-        shared.set_phase(attached_phase(&next));
-        *lock(&shared.target) = Some(Arc::clone(&next.target));
-        target = next.target;
     }
 }
 
 async fn forget(shared: &Arc<Shared>, pid: u32) {
     let s = Arc::clone(shared);
     match tokio::task::spawn_blocking(move || s.daemon.forget(pid)).await {
-        Ok(Ok(n)) => tracing::info!(pid, map_entries = n, "forgot the finished target"),
-        Ok(Err(e)) => tracing::warn!(pid, "cannot forget the finished target's map entries: {e:#}"),
-        Err(e) => tracing::warn!(pid, "cannot forget the finished target: {e}"),
+        Ok(Ok(n)) => tracing::info!(map_entries = n, "forgot the finished target"),
+        Ok(Err(e)) => tracing::warn!("cannot forget all of the finished target's map entries: {e:#}"),
+        Err(e) => tracing::warn!("cannot forget the finished target: {e}"),
     }
 }
 
-/// A new process running `exe` with probes, attached; `rejected` remembers processes that
-/// could not be (no probes, gone while attaching), so they are not tried every poll.
-async fn successor(shared: &Arc<Shared>, exe: &std::path::Path, rejected: &mut BTreeSet<u32>) -> Option<Attached> {
-    let candidates = crate::discover::processes_running(exe, rejected);
+/// The first of `candidates` that attaches; `rejected` remembers those that could not be (no
+/// probes, gone while attaching), so they are not tried every poll.
+async fn successor(shared: &Arc<Shared>, candidates: Vec<u32>, rejected: &mut BTreeSet<u32>) -> Option<Attached> {
     for pid in candidates {
         let s = Arc::clone(shared);
         match tokio::task::spawn_blocking(move || s.daemon.attach(pid)).await {
             Ok(Ok(attached)) => return Some(attached),
             Ok(Err(e)) => {
-                tracing::info!(pid, "not following process {pid}: {e:#}");
+                tracing::info!(candidate = pid, "not following process {pid}: {e:#}");
                 rejected.insert(pid);
             }
             Err(e) => {
-                tracing::warn!(pid, "attach task failed: {e}");
+                tracing::warn!(candidate = pid, "attach task failed: {e}");
                 rejected.insert(pid);
             }
         }
@@ -535,11 +618,20 @@ async fn successor(shared: &Arc<Shared>, exe: &std::path::Path, rejected: &mut B
     None
 }
 
-/// SIGTERM: not ready at once, serve for the drain period, detach, exit 0.
-async fn drain(shared: &Arc<Shared>, pid: u32, exe: PathBuf) -> Result<()> {
-    shared.set_phase(Phase::Draining { pid, exe });
+/// SIGTERM: not ready at once (`stopping` is set), serve for the drain period (a second signal
+/// cuts it short), detach, exit 0.
+async fn drain(shared: &Arc<Shared>, signals: &Signals) -> Result<()> {
+    let previous = shared.phase();
+    let previous = match previous {
+        Phase::Draining { previous } => previous,
+        p => Box::new(p),
+    };
+    shared.set_phase(Phase::Draining { previous });
     tracing::info!(drain_s = shared.options.drain.as_secs_f64(), "stopping: not ready, draining");
-    tokio::time::sleep(shared.options.drain).await;
+    tokio::select! {
+        () = tokio::time::sleep(shared.options.drain) => {}
+        () = signals.at_least(2) => tracing::info!("second signal: cutting the drain short"),
+    }
     detach(shared).await;
     Ok(())
 }

@@ -38,9 +38,10 @@ pub fn eventflux_binaries(pid: u32) -> Result<(Target, Vec<BinaryProbes>)> {
     Ok((target, with_probes))
 }
 
-/// Live processes (not zombies) whose executable is `exe`, except `skip` and this process;
-/// newest first (highest start time), since a restarted engine is the newest.
-pub fn processes_running(exe: &Path, skip: &BTreeSet<u32>) -> Vec<u32> {
+/// Live processes (not zombies) whose executable is `exe`, started after `started_after`
+/// (clock ticks after boot: a successor, not a process that ran alongside the old one),
+/// except `skip` and this process; newest first.
+pub fn processes_running(exe: &Path, started_after: u64, skip: &BTreeSet<u32>) -> Vec<u32> {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
     let mut found: Vec<(u64, u32)> = dir
@@ -55,7 +56,8 @@ pub fn processes_running(exe: &Path, skip: &BTreeSet<u32>) -> Vec<u32> {
             if matches!(fields.first(), Some(&"Z" | &"X")) {
                 return None;
             }
-            Some((fields.get(19)?.parse().ok()?, pid))
+            let start: u64 = fields.get(19)?.parse().ok()?;
+            (start > started_after).then_some((start, pid))
         })
         .collect();
     found.sort_unstable_by(|a, b| b.cmp(a));

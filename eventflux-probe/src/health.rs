@@ -9,8 +9,8 @@
 //! defines them and their thresholds):
 //! - `event_pipeline`: the error ratio and the backpressure rate over the window are under
 //!   their thresholds, and events flow while sources are connected;
-//! - `state_backend`: window state is under its cap and did not grow at every sample through
-//!   the whole window to `window_state_growth` times its size;
+//! - `state_backend`: window state is under its cap and did not only grow through the whole
+//!   window to `window_state_growth` times its size;
 //! - `query_runtime`: queries are registered, and events handed to queries are processed.
 //!
 //! The status is `unhealthy` (HTTP 503) when the target is gone or a check failed, `degraded`
@@ -69,7 +69,9 @@ impl Totals {
     pub fn of(e: &Engine) -> Totals {
         Totals {
             ingested: e.ingested_total(),
-            sent: e.sent_total(),
+            // Only what streams hand to running queries: a stream whose subscribers are gone
+            // cannot stall the runtime.
+            sent: e.streams.values().filter(|s| s.subscribers > 0).map(|s| s.sent).sum(),
             processed: e.processed_total(),
             errors: e.errors_total(),
             backpressure: e.backpressure_total(),
@@ -110,6 +112,13 @@ impl History {
     }
 }
 
+/// Rates are judged only over at least this much history (or the whole window, if shorter):
+/// counts arrive once per flush interval (1 s by default), so a rate over a shorter span is
+/// mostly the luck of where the flushes fell.
+const MIN_SPAN: Duration = Duration::from_secs(5);
+/// The error ratio is judged only over at least this many events processed.
+const MIN_EVENTS: u64 = 100;
+
 /// One check's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -146,7 +155,7 @@ pub struct Checks {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TargetInfo {
     pub pid: u32,
-    /// `running`, `exited`, `execd`, or `none` (waiting for one with `--follow`).
+    /// `running`, `exited` or `execd`.
     pub state: &'static str,
     pub executable: String,
 }
@@ -154,7 +163,8 @@ pub struct TargetInfo {
 /// The observer's own part of the report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ObserverInfo {
-    /// The daemon's phase: `attached`, `target_gone`, `following`, `draining`.
+    /// The daemon's phase: `attached`, `target_gone` (grace period, or waiting for a successor
+    /// with `--follow`), `draining`.
     pub phase: &'static str,
     pub ready: bool,
     pub probes_attached: usize,
@@ -219,11 +229,13 @@ pub fn evaluate(engine: Option<&Engine>, history: &History, t: &Thresholds, ctx:
     let cur = Totals::of(e);
 
     let mut pipeline = Finding::new();
-    if let Some((then, old)) = history.at_least(now, t.window) {
+    let judged =
+        history.at_least(now, t.window).filter(|(then, _)| now.duration_since(*then) >= t.window.min(MIN_SPAN));
+    if let Some((then, old)) = judged {
         let span = now.duration_since(*then).as_secs_f64();
         let processed = cur.processed.saturating_sub(old.processed);
         let errors = cur.errors.saturating_sub(old.errors);
-        if processed > 0 && errors as f64 / processed as f64 > t.max_error_ratio {
+        if processed >= MIN_EVENTS && errors as f64 / processed as f64 > t.max_error_ratio {
             pipeline.raise(
                 Check::Degraded,
                 "event_pipeline",
@@ -273,21 +285,23 @@ pub fn evaluate(engine: Option<&Engine>, history: &History, t: &Thresholds, ctx:
             format!("window state {} bytes exceeds the cap of {}", cur.window_state_bytes, t.max_window_state_bytes),
         );
     }
-    let window: Vec<u64> = history.within(now, t.window).map(|(_, s)| s.window_state_bytes).collect();
     let covers = history.samples.front().is_some_and(|(at, _)| now.duration_since(*at) >= t.window);
-    if covers && window.len() >= 3 {
-        let mut series = window.clone();
-        series.push(cur.window_state_bytes);
-        let always_grew = series.windows(2).all(|w| w[1] > w[0]);
-        let first = series[0].max(1) as f64;
-        if always_grew && cur.window_state_bytes as f64 >= first * t.window_state_growth {
+    if covers {
+        // Gauges change only when the engine flushes, so repeated samples say nothing: the
+        // state grew without bound if every change through the window was a growth (three at
+        // least), from a non-empty start (a window filling up from empty is not that).
+        let mut changes: Vec<u64> = history.within(now, t.window).map(|(_, s)| s.window_state_bytes).collect();
+        changes.push(cur.window_state_bytes);
+        changes.dedup();
+        let start = changes[0];
+        let always_grew = changes.len() >= 3 && changes.windows(2).all(|w| w[1] > w[0]);
+        if always_grew && start > 0 && cur.window_state_bytes as f64 >= start as f64 * t.window_state_growth {
             state.raise(
                 Check::Degraded,
                 "state_backend",
                 format!(
-                    "window state grew at every sample for {}, from {} to {} bytes",
+                    "window state only grew for {}, from {start} to {} bytes",
                     secs(t.window),
-                    series[0],
                     cur.window_state_bytes
                 ),
             );
@@ -349,6 +363,7 @@ mod tests {
         s.received_from_sources = t.ingested;
         s.sent = t.sent;
         s.backpressure = t.backpressure;
+        s.subscribers = 1;
         e.streams.insert(0, s);
         let mut q = Query { id: 0, name: "q".into(), registered: queries, active: queries, ..Query::default() };
         q.processed.insert(0, t.processed);
@@ -458,7 +473,17 @@ mod tests {
         let h = history(start, 20, growing);
         let r = evaluate(Some(&engine(growing(20), true)), &h, &t, ctx(start + Duration::from_secs(20)));
         assert_eq!(r.checks.state_backend, Check::Degraded, "{:?}", r.reasons);
-        // Growing but plateauing once: fine.
+        // Repeated samples between flushes do not hide growth.
+        let stepped = |i: u64| Totals { window_state_bytes: 1000 + (i / 2) * (i / 2) * 400, ..flowing(i) };
+        let h = history(start, 20, stepped);
+        let r = evaluate(Some(&engine(stepped(20), true)), &h, &t, ctx(start + Duration::from_secs(20)));
+        assert_eq!(r.checks.state_backend, Check::Degraded, "{:?}", r.reasons);
+        // Filling up from empty is not growth without bound.
+        let filling = |i: u64| Totals { window_state_bytes: i * i * 100, ..flowing(i) };
+        let h = history(start, 10, filling);
+        let r = evaluate(Some(&engine(filling(10), true)), &h, &t, ctx(start + Duration::from_secs(10)));
+        assert_eq!(r.checks.state_backend, Check::Ok, "{:?}", r.reasons);
+        // Growing, then shrinking: fine.
         let saw = |i: u64| Totals { window_state_bytes: 1000 + (i % 5) * 500, ..flowing(i) };
         let h = history(start, 20, saw);
         let r = evaluate(Some(&engine(saw(20), true)), &h, &t, ctx(start + Duration::from_secs(20)));
@@ -467,6 +492,25 @@ mod tests {
         let t = Thresholds { max_window_state_bytes: 100, ..t };
         let r = evaluate(Some(&engine(saw(20), true)), &h, &t, ctx(start + Duration::from_secs(20)));
         assert!(r.reasons.iter().any(|r| r.contains("exceeds the cap of 100")), "{:?}", r.reasons);
+    }
+
+    #[test]
+    fn rates_wait_for_enough_history() {
+        let start = Instant::now();
+        let t = Thresholds::default();
+        // Two seconds of heavy errors and backpressure: not judged yet.
+        let bad = |i: u64| Totals { errors: i * 900, backpressure: i * 50, ..flowing(i) };
+        let h = history(start, 2, bad);
+        let r = evaluate(Some(&engine(bad(2), true)), &h, &t, ctx(start + Duration::from_secs(2)));
+        assert_eq!(r.status, Status::Healthy, "{:?}", r.reasons);
+        let h = history(start, 6, bad);
+        let r = evaluate(Some(&engine(bad(6), true)), &h, &t, ctx(start + Duration::from_secs(6)));
+        assert_eq!(r.checks.event_pipeline, Check::Degraded);
+        // Too few events for a ratio.
+        let few = |i: u64| Totals { processed: i * 2, errors: i * 2, ..Totals::default() };
+        let h = history(start, 40, few);
+        let r = evaluate(Some(&engine(few(40), true)), &h, &t, ctx(start + Duration::from_secs(40)));
+        assert_eq!(r.checks.event_pipeline, Check::Ok, "{:?}", r.reasons);
     }
 
     #[test]

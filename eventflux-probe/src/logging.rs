@@ -36,17 +36,36 @@ pub enum LogError {
     /// `origin` is `RUST_LOG` or `logging.level`, whichever gave the directive.
     #[error("{origin}: `{directive}` is not a log filter: {message}")]
     Filter { origin: &'static str, directive: String, message: String },
-    #[error("cannot open log file {}: {error}", .path.display())]
+    #[error("cannot open log file {}: {}", .path.display(), open_reason(.error))]
     Open { path: PathBuf, error: io::Error },
     /// A global subscriber was installed already.
     #[error("cannot install the logger: {0}")]
     Install(String),
 }
 
-/// Installs the global subscriber for the process: `settings.format` to `settings.output`,
-/// filtered by `RUST_LOG` when it is set, else by `settings.level`.
+/// [`init_with`] the process's `RUST_LOG`: for callers whose `settings.level` came from no
+/// flag, so that `RUST_LOG` overrides it.
 pub fn init(settings: &config::Logging) -> Result<(), LogError> {
-    let filter = filter(std::env::var("RUST_LOG").ok(), &settings.level)?;
+    init_with(settings, std::env::var("RUST_LOG").ok())
+}
+
+/// The file is created if missing, so not finding it means not finding its directory.
+fn open_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such directory".into(),
+        _ => config::io_reason(e),
+    }
+}
+
+/// Installs the global subscriber for the process: `settings.format` to `settings.output`,
+/// filtered by `rust_log` when it is given and not blank, else by `settings.level`.
+///
+/// The caller passes `None` when `--log-level` was given on the command line, and the
+/// process's `RUST_LOG` otherwise: flags are the highest layer, so a `--log-level` flag
+/// overrides `RUST_LOG`, which overrides the level of the file and of
+/// `EVENTFLUX_PROBE_LOGGING_LEVEL`.
+pub fn init_with(settings: &config::Logging, rust_log: Option<String>) -> Result<(), LogError> {
+    let filter = filter(rust_log, &settings.level)?;
     let (writer, ansi) = writer(&settings.output)?;
     let (pretty, json) = match settings.format {
         LogFormat::Pretty => (Some(tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi)), None),
@@ -60,14 +79,19 @@ pub fn init(settings: &config::Logging) -> Result<(), LogError> {
         .map_err(|e| LogError::Install(e.to_string()))
 }
 
-/// `RUST_LOG` wins so that a one-off `RUST_LOG=debug` needs no edit of the config; an empty
-/// one is taken for unset, as `RUST_LOG= cmd` is how a shell unsets it for one command.
 fn filter(rust_log: Option<String>, level: &str) -> Result<EnvFilter, LogError> {
-    let (origin, directive) = match rust_log {
+    let (origin, directive) = directive(rust_log, level);
+    EnvFilter::builder().parse(&directive).map_err(|e| LogError::Filter { origin, directive, message: e.to_string() })
+}
+
+/// Which directive filters, and where it came from. `RUST_LOG` wins over the configured level
+/// so that a one-off `RUST_LOG=debug` needs no edit of the config; an empty one is taken for
+/// unset, as `RUST_LOG= cmd` is how a shell unsets it for one command.
+fn directive(rust_log: Option<String>, level: &str) -> (&'static str, String) {
+    match rust_log {
         Some(v) if !v.trim().is_empty() => ("RUST_LOG", v),
         _ => ("logging.level", level.to_owned()),
-    };
-    EnvFilter::builder().parse(&directive).map_err(|e| LogError::Filter { origin, directive, message: e.to_string() })
+    }
 }
 
 /// The writer for `output`, and whether it is a terminal (colours only then).
@@ -472,6 +496,17 @@ mod tests {
     }
 
     #[test]
+    fn rust_log_overrides_the_level_unless_the_caller_withholds_it() {
+        assert_eq!(directive(Some("debug".into()), "info"), ("RUST_LOG", "debug".into()));
+        // What `init_with` gets when `--log-level` was given: the flag's level, whatever the
+        // environment holds.
+        assert_eq!(directive(None, "warn"), ("logging.level", "warn".into()));
+        assert_eq!(directive(Some(" ".into()), "info"), ("logging.level", "info".into()));
+        // A RUST_LOG in effect replaces the level entirely: a bad level is not even parsed.
+        assert!(filter(Some("debug".into()), "x=loud").is_ok());
+    }
+
+    #[test]
     fn filters() {
         assert!(filter(None, "eventflux_probe=debug").is_ok());
         assert!(filter(Some(String::new()), "info").is_ok());
@@ -494,7 +529,9 @@ mod tests {
 
         let missing = dir.join("no-such-dir").join("probe.log");
         let e = writer(&LogOutput::File(missing.clone())).err().unwrap().to_string();
-        assert!(e.starts_with(&format!("cannot open log file {}: ", missing.display())), "{e}");
+        assert_eq!(e, format!("cannot open log file {}: no such directory", missing.display()));
+        let e = writer(&LogOutput::File(dir.clone())).err().unwrap().to_string();
+        assert_eq!(e, format!("cannot open log file {}: is a directory", dir.display()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

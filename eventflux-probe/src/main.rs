@@ -30,7 +30,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::List(args) => default_logging().and_then(|()| cmd::list::run(&args)),
         Command::Run(args) => cmd::run::settings(&args).and_then(|settings| {
-            eventflux_probe::logging::init(&settings.logging)?;
+            let rust_log = if cmd::run::log_level_flag(&args) { None } else { std::env::var("RUST_LOG").ok() };
+            eventflux_probe::logging::init_with(&settings.logging, rust_log)?;
             cmd::run::run(&args, settings)
         }),
         Command::Latency(args) => default_logging().and_then(|()| cmd::latency::run(&args)),

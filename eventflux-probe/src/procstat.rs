@@ -26,7 +26,14 @@ pub struct ProcStats {
 #[derive(Debug, Default)]
 pub struct ProcSampler {
     last: Option<(Instant, ProcStats)>,
+    /// The CPU-time reading the percentage is measured from: moved on once a second, so the
+    /// figure covers about a second whoever reads and how often (a scrape does not change
+    /// what the next one sees).
+    reference: Option<(Instant, f64)>,
 }
+
+/// Span the CPU percentage is measured over, at least.
+const CPU_SPAN: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no memory arguments.
@@ -79,11 +86,16 @@ impl ProcSampler {
         let Some(mut stats) = fresh else {
             return self.last.map(|(_, s)| s);
         };
-        if let Some((then, prev)) = self.last {
-            let wall = now.duration_since(then).as_secs_f64();
-            if wall > 0.0 {
-                stats.cpu_percent = ((stats.cpu_seconds - prev.cpu_seconds) / wall * 100.0).max(0.0);
-            }
+        let (then, cpu_then) = *self.reference.get_or_insert((now, stats.cpu_seconds));
+        let wall = now.duration_since(then).as_secs_f64();
+        stats.cpu_percent = match self.last {
+            // Too soon after the reference for a meaningful figure: the previous one stands.
+            Some((_, prev)) if wall < CPU_SPAN.as_secs_f64() => prev.cpu_percent,
+            _ if wall > 0.0 => ((stats.cpu_seconds - cpu_then) / wall * 100.0).max(0.0),
+            _ => 0.0,
+        };
+        if wall >= CPU_SPAN.as_secs_f64() {
+            self.reference = Some((now, stats.cpu_seconds));
         }
         self.last = Some((now, stats));
         Some(stats)

@@ -48,6 +48,9 @@ pub struct Target {
     exe: (u64, u64),
     /// Its path then (what `--follow` looks for in a new process).
     exe_path: PathBuf,
+    /// Start time, clock ticks after boot (`/proc/PID/stat` field 22): tells a process that
+    /// started after this one from one that ran alongside it.
+    start_ticks: u64,
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
@@ -64,6 +67,13 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
 pub(crate) fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).and_then(|s| s.chars().next())
+}
+
+/// Start time of process `pid` in clock ticks after boot (`/proc/PID/stat` field 22).
+pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 3 (state) is the first after the parenthesised name; field 22 is 19 after it.
+    stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(19)).and_then(|v| v.parse().ok())
 }
 
 fn exe_identity(pid: u32) -> std::io::Result<(u64, u64)> {
@@ -89,8 +99,16 @@ impl Target {
             Err(_) if matches!(proc_state(pid), Some('Z' | 'X') | None) => return Err(TargetError::Exited(pid)),
             Err(error) => return Err(TargetError::Io { pid, error }),
         };
-        let exe_path = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-        Ok(Target { pid, pidfd, exe, exe_path })
+        let exe_path =
+            std::fs::read_link(format!("/proc/{pid}/exe")).map_err(|error| TargetError::Io { pid, error })?;
+        // A binary replaced on disk since the process started reads "PATH (deleted)"; its
+        // successor runs PATH.
+        let exe_path = match exe_path.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+            Some(p) => PathBuf::from(p),
+            None => exe_path,
+        };
+        let start_ticks = start_ticks(pid).ok_or(TargetError::Exited(pid))?;
+        Ok(Target { pid, pidfd, exe, exe_path, start_ticks })
     }
 
     /// The process id.
@@ -101,6 +119,11 @@ impl Target {
     /// The executable's path when we took hold of the process.
     pub fn exe_path(&self) -> &std::path::Path {
         &self.exe_path
+    }
+
+    /// When the process started, in clock ticks after boot.
+    pub fn start_ticks(&self) -> u64 {
+        self.start_ticks
     }
 
     /// Whether the process has exited: its pidfd is readable.

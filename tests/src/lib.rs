@@ -379,8 +379,26 @@ impl Daemon {
             }
         });
         let mut d = Daemon { child, port, stderr: rx, log: Vec::new() };
-        d.wait_for_log("serving", Duration::from_secs(60));
+        d.wait_until_live(Duration::from_secs(60));
         d
+    }
+
+    /// Polls `/live` until it answers 200 (attached and serving); fails the test with the log
+    /// if the daemon exits first or the limit passes.
+    pub fn wait_until_live(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if matches!(http_status(self.port, "/live"), Ok((200, _))) {
+                return;
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = self.child.kill();
+                self.log.extend(self.stderr.try_iter());
+                panic!("eventflux-probe run never served /live ({exited:?}): {:#?}", self.log);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits for a log line containing `what`; fails the test with the log so far.

@@ -38,8 +38,11 @@ pub struct Args {
     #[arg(long, value_name = "D", value_parser = config::parse_duration)]
     grace_period: Option<Duration>,
     /// After the target exits, wait for a new process of the same executable and attach to it.
-    #[arg(long)]
+    #[arg(long, overrides_with = "no_follow")]
     follow: bool,
+    /// Do not follow (overrides `follow = true` from the config file or the environment).
+    #[arg(long, overrides_with = "follow")]
+    no_follow: bool,
     /// On SIGTERM, answer /ready with 503 this long before detaching and exiting (default 5s).
     #[arg(long, value_name = "D", value_parser = config::parse_duration)]
     drain: Option<Duration>,
@@ -73,16 +76,34 @@ impl Args {
         l.http.idle_timeout = self.http_idle_timeout;
         l.limits.max_series = self.max_series;
         l.lifecycle.grace_period = self.grace_period;
-        l.lifecycle.follow = self.follow.then_some(true);
+        l.lifecycle.follow = if self.follow {
+            Some(true)
+        } else if self.no_follow {
+            Some(false)
+        } else {
+            None
+        };
         l.lifecycle.drain = self.drain;
         l.logging.level = self.log_level.clone();
         l.logging.format = self.log_format;
         l.logging.output = self.log_output.as_deref().map(config::LogOutput::from);
         l.sampling.rate = self.budget.sample_rate;
-        l.sampling.every_batch = self.budget.every_batch.then_some(true);
+        // A rate on the command line beats `every_batch = true` from below, as flags do.
+        l.sampling.every_batch = if self.budget.every_batch {
+            Some(true)
+        } else if self.budget.sample_rate.is_some() {
+            Some(false)
+        } else {
+            None
+        };
         l.sampling.flush_interval = self.budget.flush_interval;
         l
     }
+}
+
+/// Whether `--log-level` was given: then it beats `RUST_LOG`, as flags beat the environment.
+pub fn log_level_flag(args: &Args) -> bool {
+    args.log_level.is_some()
 }
 
 /// The settings of this invocation, from every layer.

@@ -157,7 +157,7 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
     }
     for s in e.streams.values() {
         let l = || labels(vec![("stream_name", s.name.clone())]);
-        if s.registered {
+        if s.registered || s.subscribers > 0 {
             f.gauge("stream_subscribers_active", "Queries subscribed to the stream.", l(), f64::from(s.subscribers));
         }
         if s.received() > 0 {
