@@ -79,6 +79,9 @@ fn the_whole_lifecycle() {
     assert_eq!(h["observer"]["ready"], true);
     assert!(h["queries_running"].as_u64() == Some(3), "{h}");
 
+    // Another instance of the same executable, running alongside the first: not a successor.
+    let alongside = GatedDemo::start(&demo, &["--events", "10"]);
+
     // Killed: both endpoints say so within a second, with the reason.
     let mut first = first;
     let killed = Instant::now();
@@ -98,6 +101,12 @@ fn the_whole_lifecycle() {
     });
     let m = parse_metrics(&body);
     assert!(value(&m, "query_batches_total", &[("query_id", "q0_length")]).is_some_and(|v| v > 0.0));
+
+    // The instance that ran alongside is not followed (several follow polls pass).
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, h) = health(port);
+    assert_eq!((code, h["target"]["pid"].as_u64()), (503, Some(u64::from(first_pid))), "{h}");
+    drop(alongside);
 
     // A new process of the same executable: followed, and only its counts are served.
     let second = GatedDemo::start(&demo, &["--events", "50000"]);
