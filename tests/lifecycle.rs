@@ -229,6 +229,12 @@ fn json_logs_parse_and_carry_fields() {
     assert_eq!(attached["level"], "INFO");
     assert_eq!(attached["fields"]["pid"], pid);
     assert!(attached["fields"]["probes"].as_u64().is_some_and(|n| n > 10), "{attached}");
+    // Lifecycle events of a target are logged in its span, whose fields they carry.
+    let exited = lines.iter().map(|l| json(l)).find(|v| v["message"] == "target exited").expect("target exited line");
+    assert_eq!(exited["level"], "INFO");
+    assert_eq!(exited["span"]["name"], "target", "{exited}");
+    assert!(exited["span"]["id"].is_string(), "{exited}");
+    assert_eq!(exited["fields"]["pid"], pid, "{exited}");
     // The environment is never logged.
     assert!(!lines.iter().any(|l| l.contains("PATH=")), "{lines:#?}");
 }

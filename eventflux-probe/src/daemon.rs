@@ -43,7 +43,8 @@ pub struct Daemon {
     kernel: Arc<Mutex<Kernel>>,
     collector: Arc<Collector>,
     kernel_log: Mutex<Option<crate::bpf::KernelLogger>>,
-    _stats: Option<std::os::fd::OwnedFd>,
+    /// Holding the descriptor keeps the statistics on.
+    stats: Result<std::os::fd::OwnedFd, String>,
 }
 
 /// One attached target.
@@ -57,21 +58,19 @@ impl Daemon {
     /// `max_age`: how long a snapshot is shared by concurrent readers.
     pub fn load(probes: &[u32], max_age: Duration) -> Result<Daemon> {
         // Keeps the kernel's BPF run-time statistics on while we run (the program metrics, and
-        // the health report's last probe hit).
-        let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                tracing::warn!(
-                    "cannot turn on BPF run-time statistics ({e}): program run counts stay 0 and /health cannot tell the last probe hit"
-                );
-                None
-            }
-        };
+        // the health report's last probe hit). Without them, said once attached (see
+        // `stats_unavailable`): a warning before a failed attach would make its error two lines.
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.to_string());
         let mut kernel = Kernel::load(probes)?;
         let kernel_log = Mutex::new(kernel.take_logger());
         let kernel = Arc::new(Mutex::new(kernel));
         let collector = Arc::new(Collector::new(Arc::clone(&kernel), max_age)?);
-        Ok(Daemon { kernel, collector, kernel_log, _stats: stats })
+        Ok(Daemon { kernel, collector, kernel_log, stats })
+    }
+
+    /// Why the kernel's BPF run-time statistics are off, if they are.
+    pub fn stats_unavailable(&self) -> Option<&str> {
+        self.stats.as_ref().err().map(String::as_str)
     }
 
     /// Applies pending registrations and passes the kernel programs' diagnostics (if the log
@@ -432,6 +431,11 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     .await
     .map_err(|e| anyhow!("attach task failed: {e}"))??;
     log_attached(&first, &options.budget);
+    if let Some(why) = daemon.stats_unavailable() {
+        tracing::warn!(
+            "cannot turn on BPF run-time statistics ({why}): program run counts stay 0 and /health cannot tell the last probe hit"
+        );
+    }
     let shared = Arc::new(Shared {
         daemon,
         phase: Mutex::new(attached_phase(&first)),
