@@ -1,5 +1,5 @@
-//! The kernel programs cover the ABI: the real kernel loads a program for every probe the
-//! metrics are made of (and the `empty` one for control probes), so no such probe lacks its
+//! The kernel programs cover the ABI: the real kernel loads a program for every probe (the
+//! `empty` one for control probes), so no probe lacks its
 //! reader. Argument positions need no test here: the programs read them by name through the
 //! table's `Args`.
 
@@ -8,10 +8,12 @@ use eventflux_probe_common::{Class, PROBES, probe};
 
 #[test]
 fn the_kernel_loads_a_program_for_every_probe() {
-    let observed = metric_probes();
-    // Everything but the controls and the per-stage records, which batch_sample repeats.
+    let mut observed = metric_probes();
+    // Metrics: everything but the controls and the per-stage records, which batch_sample
+    // repeats; those are for span trees (`trace`), and have a program too.
     assert_eq!(observed.len(), PROBES.iter().filter(|p| p.class != Class::Control).count() - 1);
     assert!(!observed.contains(&probe::stage_sample::ID));
+    observed.push(probe::stage_sample::ID);
     let mut all = observed.clone();
     all.extend(PROBES.iter().enumerate().filter(|(_, p)| p.class == Class::Control).map(|(i, _)| i as u32));
     let kernel = Kernel::load(&all).unwrap_or_else(|e| panic!("{e:#}"));

@@ -175,8 +175,42 @@ pub mod drop {
     pub const NO_SPEC: u32 = 3;
     /// An argument could not be read.
     pub const ARG_READ: u32 = 4;
-    pub const COUNT: u32 = 5;
-    pub const NAMES: [&str; COUNT as usize] = ["counters_full", "hists_full", "events_full", "no_spec", "arg_read"];
+    /// The span ring buffer was full (user space reads it too slowly).
+    pub const SPANS_FULL: u32 = 5;
+    pub const COUNT: u32 = 6;
+    pub const NAMES: [&str; COUNT as usize] =
+        ["counters_full", "hists_full", "events_full", "no_spec", "arg_read", "spans_full"];
+}
+
+/// [`SpanRecord::kind`]: one stage of a sampled batch (`stage_sample`).
+pub const SPAN_STAGE: u32 = 0;
+/// [`SpanRecord::kind`]: a sampled batch as a whole (`batch_sample`), after its stages.
+pub const SPAN_BATCH: u32 = 1;
+
+/// One span of a sampled batch, sent to user space through the `SPANS` ring buffer while
+/// spans are traced. The thread tells the records of concurrent batches apart: an engine
+/// thread fires a batch's stage records, then its batch record, after the batch.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpanRecord {
+    /// [`SPAN_STAGE`] or [`SPAN_BATCH`].
+    pub kind: u32,
+    pub pid: u32,
+    /// The engine thread (kernel tid).
+    pub tid: u32,
+    pub query: u32,
+    /// Stage: its `Stage` code; batch: the input stream id.
+    pub stage_or_stream: u32,
+    /// Batch: `latency_clean` (1: timed as a whole only, no stage records).
+    pub clean: u32,
+    pub events_in: u64,
+    pub events_out: u64,
+    /// CLOCK_MONOTONIC.
+    pub start_ns: u64,
+    /// Stage: with the stages it called; batch: the latency.
+    pub total_ns: u64,
+    /// Stage: without the stages it called; batch: 0.
+    pub self_ns: u64,
 }
 
 /// Bytes of a name carried in an [`Event`].

@@ -2,7 +2,7 @@
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
-use eventflux_probe_common::{CounterKey, Hist, HistKey, MAX_SITES, SiteSpec, drop, hist};
+use eventflux_probe_common::{CounterKey, Hist, HistKey, MAX_SITES, SiteSpec, SpanRecord, drop, hist};
 
 /// Site specs, indexed by the BPF cookie user space gave each attachment.
 #[map]
@@ -40,6 +40,32 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::COUNT, 
 /// Registrations (names) for user space.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Span records of sampled batches for user space, while tracing (see [`TRACE_SPANS`]): 16k
+/// records of 64 bytes, a second of the highest sampling level on 16 threads.
+#[map]
+pub static SPANS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Nonzero when user space traces spans, set before loading (read-only data): at 0 the
+/// verifier sees the span-writing branches dead and removes them, so `batch_sample` costs
+/// nothing more for metrics, and nothing fills a ring buffer nobody reads.
+#[unsafe(no_mangle)]
+pub static TRACE_SPANS: aya_ebpf::Global<u8> = aya_ebpf::Global::new(0);
+
+/// Writes one span record; a full ring buffer is a counted drop (the engine never waits).
+#[inline(always)]
+pub fn span_output(record: &SpanRecord) -> bool {
+    if TRACE_SPANS.load() == 0 {
+        return true;
+    }
+    match SPANS.output::<SpanRecord>(record, 0) {
+        Ok(()) => true,
+        Err(_) => {
+            count_drop(drop::SPANS_FULL);
+            false
+        }
+    }
+}
 
 #[inline(always)]
 pub fn count_drop(which: u32) {

@@ -1,6 +1,5 @@
-//! One program per probe that feeds metrics (control probes have none: they never fire, and
-//! user space attaches the `empty` program to raise their semaphores; `stage_sample` has none,
-//! see below). Each reads its arguments by name through the
+//! One program per probe (control probes have none: they never fire, and user space attaches
+//! the `empty` program to raise their semaphores). Each reads its arguments by name through the
 //! ABI's `Args` and updates the maps; see docs/probes.md for what each probe means and which
 //! metric it feeds.
 //!
@@ -17,11 +16,12 @@ use aya_ebpf::programs::ProbeContext;
 use aya_log_ebpf::debug;
 use eventflux_probe_common::probe::*;
 use eventflux_probe_common::{
-    CounterKey, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, SiteSpec, counter, drop, gauge, stage,
+    CounterKey, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, SPAN_BATCH, SPAN_STAGE, SiteSpec, SpanRecord,
+    counter, drop, gauge, stage,
 };
 
 use crate::args;
-use crate::maps::{EVENTS, SPECS, count_drop, counter_add, gauge_set, hist_add};
+use crate::maps::{EVENTS, SPECS, count_drop, counter_add, gauge_set, hist_add, span_output};
 
 /// The current hit: its site's spec and the process it was attached for.
 struct Hit<'a> {
@@ -55,6 +55,19 @@ impl Hit<'_> {
     fn set(&self, gauge: u32, a: u32, b: u32, value: u64) {
         if !gauge_set(&CounterKey { pid: self.pid, counter: gauge, a, b }, value) {
             debug!(self.ctx, "pid {}: gauge map full, gauge {} ({}, {}) not set", self.pid, gauge, a, b);
+        }
+    }
+
+    /// The engine thread that hit the probe (the pid is the site's).
+    #[inline(always)]
+    fn tid(&self) -> u32 {
+        aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32
+    }
+
+    #[inline(always)]
+    fn span(&self, record: &SpanRecord) {
+        if !span_output(record) {
+            debug!(self.ctx, "pid {}: span ring buffer full, a span of query {} lost", self.pid, record.query);
         }
     }
 
@@ -195,11 +208,38 @@ program!(queue_state, |h, a| {
     h.set(gauge::QUEUE_WAIT_NS, a.stream_id, a.query_id, a.wait_ns);
 });
 
-// `stage_sample` has no program: it repeats, per stage, what `batch_sample` carries, with the
-// detail span trees need; metrics take the stages' self times from `batch_sample`, one hit per
-// sampled batch.
+// `stage_sample` feeds only span trees (metrics take the stages' self times from
+// `batch_sample`, one hit per sampled batch): user space attaches it when it traces.
+program!(stage_sample, |h, a| {
+    h.span(&SpanRecord {
+        kind: SPAN_STAGE,
+        pid: h.pid,
+        tid: h.tid(),
+        query: a.query_id,
+        stage_or_stream: a.stage,
+        clean: 0,
+        events_in: a.events_in,
+        events_out: a.events_out,
+        start_ns: a.start_ns,
+        total_ns: a.total_ns,
+        self_ns: a.self_ns,
+    });
+});
 
 program!(batch_sample, |h, a| {
+    h.span(&SpanRecord {
+        kind: SPAN_BATCH,
+        pid: h.pid,
+        tid: h.tid(),
+        query: a.query_id,
+        stage_or_stream: a.stream_id,
+        clean: a.latency_clean as u32,
+        events_in: a.events_in,
+        events_out: a.events_out,
+        start_ns: a.start_ns,
+        total_ns: a.latency_ns,
+        self_ns: 0,
+    });
     // Latency only from batches whose stages were not timed inside them (or when every batch is
     // sampled); stage self times from the others.
     if a.latency_clean != 0 {

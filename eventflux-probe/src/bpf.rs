@@ -116,6 +116,9 @@ impl Kernel {
         // prunes every logging branch and the programs pay nothing for them.
         let level: u8 = if kernel_log { aya_log::Level::Debug as u8 } else { 0 };
         loader.override_global(aya_log::LEVEL, &level, false);
+        // Span records only for a tracer (who attaches `stage_sample` and reads `SPANS`).
+        let trace: u8 = probes.contains(&probe::stage_sample::ID).into();
+        loader.override_global("TRACE_SPANS", &trace, true);
         let mut ebpf = loader.load(OBJECT).map_err(|e| {
             if is_permission_error(&e) {
                 anyhow!("not permitted to load eBPF programs: {PERMISSION_HINT}")
@@ -156,8 +159,7 @@ impl Kernel {
     fn program_name(id: u32) -> Result<&'static str> {
         match PROBES.get(id as usize) {
             Some(p) if p.class == Class::Control => Ok("empty"),
-            Some(p) if metric_probes().contains(&id) => Ok(p.name),
-            Some(p) => Err(anyhow!("probe {} has no program in this version of eventflux-probe", p.name)),
+            Some(p) => Ok(p.name),
             None => Err(anyhow!("no probe with id {id}")),
         }
     }
@@ -374,6 +376,12 @@ impl Kernel {
     /// them at load): `flush` it regularly.
     pub fn take_logger(&mut self) -> Option<KernelLogger> {
         self.logger.take()
+    }
+
+    /// Takes the span ring buffer (once), for a tracer.
+    pub fn take_spans(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("SPANS").ok_or_else(|| anyhow!("map SPANS already taken"))?;
+        RingBuf::try_from(map).context("map SPANS")
     }
 
     /// Takes the registration ring buffer (once) for the events task.

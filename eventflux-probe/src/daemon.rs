@@ -43,6 +43,8 @@ pub struct Daemon {
     kernel: Arc<Mutex<Kernel>>,
     collector: Arc<Collector>,
     kernel_log: Mutex<Option<crate::bpf::KernelLogger>>,
+    /// Span records, when loaded to trace (`stage_sample` among the probes).
+    spans: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
     /// Holding the descriptor keeps the statistics on.
     stats: Result<std::os::fd::OwnedFd, String>,
 }
@@ -63,9 +65,26 @@ impl Daemon {
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.to_string());
         let mut kernel = Kernel::load(probes)?;
         let kernel_log = Mutex::new(kernel.take_logger());
+        let tracing = probes.contains(&eventflux_probe_common::probe::stage_sample::ID);
+        let spans = Mutex::new(if tracing { Some(kernel.take_spans()?) } else { None });
         let kernel = Arc::new(Mutex::new(kernel));
         let collector = Arc::new(Collector::new(Arc::clone(&kernel), max_age)?);
-        Ok(Daemon { kernel, collector, kernel_log, stats })
+        Ok(Daemon { kernel, collector, kernel_log, spans, stats })
+    }
+
+    /// Hands every span record waiting in the ring buffer to `f` (nothing unless loaded to
+    /// trace); returns how many.
+    pub fn drain_spans(&self, mut f: impl FnMut(eventflux_probe_common::SpanRecord)) -> usize {
+        let mut spans = lock(&self.spans);
+        let Some(ring) = spans.as_mut() else { return 0 };
+        let mut n = 0;
+        while let Some(item) = ring.next() {
+            if let Some(r) = crate::trace::decode(&item) {
+                f(r);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Why the kernel's BPF run-time statistics are off, if they are.

@@ -21,4 +21,5 @@ pub mod model;
 pub mod privileges;
 pub mod procstat;
 pub mod target;
+pub mod trace;
 pub mod usdt;

@@ -23,6 +23,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Attach for a while and print latency histograms per query and stage.
     Latency(cmd::latency::Args),
+    /// Print the next sampled batches as span trees (durations, event counts).
+    Trace(cmd::trace::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
             cmd::run::run(&args, settings)
         }),
         Command::Latency(args) => default_logging().and_then(|()| cmd::latency::run(&args)),
+        Command::Trace(args) => default_logging().and_then(|()| cmd::trace::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,339 @@
+//! Span trees of sampled batches, from the span records the kernel programs write to the
+//! `SPANS` ring buffer while tracing (`stage_sample` and `batch_sample` attached, see
+//! docs/probes.md).
+//!
+//! An engine thread fires a sampled batch's records after the batch: one per stage span
+//! (`stage_sample`, in the order the spans closed), then the batch's (`batch_sample`). So the
+//! [`Assembler`] keeps each thread's stage records until that thread's batch record arrives and
+//! then builds the tree: the batch is the root (query execution); stage spans nest by time, a
+//! span inside the innermost span that contains it, as they ran. The ingest stage (the time
+//! the chunk waited in an async junction's queue) begins before the query starts on it: the
+//! root then begins with the ingest span, so that children always lie inside their parent.
+//! Times are CLOCK_MONOTONIC, the clock of the engine's markers; [`Clock`] turns them into
+//! wall-clock time.
+
+use std::collections::BTreeMap;
+
+use eventflux_probe_common::{SPAN_BATCH, SPAN_STAGE, SpanRecord, stage};
+
+/// Stage records kept per thread while waiting for the batch record: more means the batch
+/// record was lost (a full ring buffer), and the oldest are dropped.
+const MAX_PENDING: usize = 64;
+
+/// Decodes a ring-buffer record; `None` if it is too short to be a [`SpanRecord`].
+pub fn decode(bytes: &[u8]) -> Option<SpanRecord> {
+    if bytes.len() < size_of::<SpanRecord>() {
+        return None;
+    }
+    // SAFETY: the record holds at least size_of::<SpanRecord>() bytes written by the kernel
+    // program as a SpanRecord (plain integers, valid for any bit pattern).
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SpanRecord>()) })
+}
+
+/// One span of a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    /// The stage code (`stage::*`), or `stage::BATCH` for the root.
+    pub stage: u32,
+    /// CLOCK_MONOTONIC.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// Time without the spans it called (the root: its latency less its children's).
+    pub self_ns: u64,
+    pub events_in: u64,
+    pub events_out: u64,
+    pub children: Vec<Span>,
+}
+
+impl Span {
+    /// `ingest`, `filter`, ... or `query` for the root.
+    pub fn name(&self) -> &'static str {
+        if self.stage == stage::BATCH { "query" } else { stage::NAMES.get(self.stage as usize).copied().unwrap_or("?") }
+    }
+
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+
+    /// Whether `other` lies within this span's time.
+    pub fn contains(&self, other: &Span) -> bool {
+        self.start_ns <= other.start_ns && other.end_ns <= self.end_ns
+    }
+
+    /// Every span of the tree, depth first, with its depth.
+    pub fn walk(&self) -> Vec<(usize, &Span)> {
+        let mut out = Vec::new();
+        fn go<'a>(s: &'a Span, depth: usize, out: &mut Vec<(usize, &'a Span)>) {
+            out.push((depth, s));
+            for c in &s.children {
+                go(c, depth + 1, out);
+            }
+        }
+        go(self, 0, &mut out);
+        out
+    }
+}
+
+/// One sampled batch as a tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    pub pid: u32,
+    pub tid: u32,
+    pub query: u32,
+    pub stream: u32,
+    /// The batch's latency was measured without stage timing inside it (`latency_clean`): a
+    /// latency-only sample, or every batch when every batch is sampled.
+    pub clean: bool,
+    /// The batch's latency as the engine measured it (the root may start earlier, with ingest).
+    pub latency_ns: u64,
+    pub root: Span,
+}
+
+/// Builds trees from span records as they arrive.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    pending: BTreeMap<(u32, u32), Vec<SpanRecord>>,
+    /// Stage records dropped because their batch never came.
+    pub orphaned: u64,
+}
+
+impl Assembler {
+    /// Takes one record; a batch record completes its thread's tree.
+    pub fn push(&mut self, r: SpanRecord) -> Option<Trace> {
+        match r.kind {
+            SPAN_STAGE => {
+                let pending = self.pending.entry((r.pid, r.tid)).or_default();
+                if pending.len() == MAX_PENDING {
+                    pending.remove(0);
+                    self.orphaned += 1;
+                }
+                pending.push(r);
+                None
+            }
+            SPAN_BATCH => {
+                let pending = self.pending.remove(&(r.pid, r.tid)).unwrap_or_default();
+                // A nested batch (a query called from another's emit) fires before the outer
+                // one: its stages are those of its query within its time.
+                let end = r.start_ns.saturating_add(r.total_ns);
+                // (Stage spans are timed with their own bookkeeping, which the batch's latency
+                // may leave out: a stage may end a little after the batch. Its start decides.)
+                let (mine, rest): (Vec<SpanRecord>, Vec<SpanRecord>) = pending.into_iter().partition(|s| {
+                    s.query == r.query
+                        && s.start_ns <= end
+                        && (s.start_ns >= r.start_ns || s.stage_or_stream == stage::INGEST)
+                });
+                if !rest.is_empty() {
+                    self.pending.insert((r.pid, r.tid), rest);
+                }
+                Some(tree(&r, &mine))
+            }
+            _ => None,
+        }
+    }
+
+    /// Forgets a process's pending records (it exited).
+    pub fn forget(&mut self, pid: u32) {
+        self.pending.retain(|(p, _), _| *p != pid);
+    }
+}
+
+fn tree(batch: &SpanRecord, stages: &[SpanRecord]) -> Trace {
+    // Spans on one thread nest properly and the engine fires a span's record when it closes,
+    // so the records arrive innermost first: a record's children are the subtrees closed
+    // before it that started within it. (Not by comparing intervals alone: a span's reported
+    // total leaves out its children's bookkeeping, so a parent may appear to end a few
+    // nanoseconds before its last child; it is stretched to cover its children.)
+    let mut top: Vec<Span> = Vec::new();
+    for s in stages {
+        let mut span = Span {
+            stage: s.stage_or_stream,
+            start_ns: s.start_ns,
+            end_ns: s.start_ns.saturating_add(s.total_ns),
+            self_ns: s.self_ns,
+            events_in: s.events_in,
+            events_out: s.events_out,
+            children: Vec::new(),
+        };
+        let mut children = Vec::new();
+        while let Some(last) = top.last()
+            && last.start_ns >= span.start_ns
+            && last.start_ns <= span.end_ns
+        {
+            children.extend(top.pop());
+        }
+        children.reverse();
+        span.end_ns = children.iter().map(|c| c.end_ns).fold(span.end_ns, u64::max);
+        span.children = children;
+        top.push(span);
+    }
+    top.sort_by_key(|s| s.start_ns);
+    // The root covers the batch and every span in it: the ingest wait before it, and stage
+    // bookkeeping the latency left out after.
+    let start = top.iter().map(|s| s.start_ns).fold(batch.start_ns, u64::min);
+    let end = top.iter().map(|s| s.end_ns).fold(batch.start_ns.saturating_add(batch.total_ns), u64::max);
+    let children: u64 = top.iter().map(Span::duration_ns).sum();
+    let root = Span {
+        stage: stage::BATCH,
+        start_ns: start,
+        end_ns: end,
+        self_ns: end.saturating_sub(start).saturating_sub(children),
+        events_in: batch.events_in,
+        events_out: batch.events_out,
+        children: top,
+    };
+    Trace {
+        pid: batch.pid,
+        tid: batch.tid,
+        query: batch.query,
+        stream: batch.stage_or_stream,
+        clean: batch.clean != 0,
+        latency_ns: batch.total_ns,
+        root,
+    }
+}
+
+/// CLOCK_MONOTONIC to wall-clock time: the offset between the two clocks, read together.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Realtime minus monotonic, nanoseconds.
+    offset_ns: i128,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid, writable timespec; both clocks exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+impl Clock {
+    /// Reads the offset now. The monotonic clock does not jump; the wall clock may be stepped
+    /// later, so a long-running tracer reads it again now and then.
+    pub fn now() -> Clock {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        let mono2 = clock_ns(libc::CLOCK_MONOTONIC);
+        Clock { offset_ns: real - (mono + mono2) / 2 }
+    }
+
+    /// CLOCK_MONOTONIC now.
+    pub fn monotonic_now(&self) -> u64 {
+        u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+    }
+
+    /// Nanoseconds since the Unix epoch of a CLOCK_MONOTONIC instant.
+    pub fn unix_ns(&self, monotonic_ns: u64) -> u64 {
+        u64::try_from(i128::from(monotonic_ns) + self.offset_ns).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage_rec(tid: u32, query: u32, st: u32, start: u64, total: u64, self_ns: u64) -> SpanRecord {
+        SpanRecord {
+            kind: SPAN_STAGE,
+            pid: 1,
+            tid,
+            query,
+            stage_or_stream: st,
+            clean: 0,
+            events_in: 64,
+            events_out: 60,
+            start_ns: start,
+            total_ns: total,
+            self_ns,
+        }
+    }
+
+    fn batch_rec(tid: u32, query: u32, start: u64, latency: u64) -> SpanRecord {
+        SpanRecord {
+            kind: SPAN_BATCH,
+            pid: 1,
+            tid,
+            query,
+            stage_or_stream: 0,
+            clean: 0,
+            events_in: 64,
+            events_out: 10,
+            start_ns: start,
+            total_ns: latency,
+            self_ns: 0,
+        }
+    }
+
+    #[test]
+    fn nested_stages_become_a_tree_in_the_order_they_ran() {
+        let mut a = Assembler::default();
+        // As the engine fires them: the hand-off (ingest) first, then the stage spans as they
+        // closed, innermost first; the aggregate's total leaves out the emit's bookkeeping, so
+        // it seems to end 5 ns before the emit does.
+        for r in [
+            stage_rec(7, 3, stage::INGEST, 900, 100, 100),
+            stage_rec(7, 3, stage::EMIT, 1400, 100, 100),
+            stage_rec(7, 3, stage::AGGREGATE, 1300, 195, 200),
+            stage_rec(7, 3, stage::WINDOW, 1200, 500, 200),
+            stage_rec(7, 3, stage::FILTER, 1100, 700, 200),
+        ] {
+            assert!(a.push(r).is_none());
+        }
+        let t = a.push(batch_rec(7, 3, 1000, 900)).expect("a trace");
+        let names: Vec<(usize, &str)> = t.root.walk().iter().map(|(d, s)| (*d, s.name())).collect();
+        assert_eq!(
+            names,
+            vec![(0, "query"), (1, "ingest"), (1, "filter"), (2, "window"), (3, "aggregate"), (4, "emit")]
+        );
+        // The root begins with the ingest wait and ends with the batch.
+        assert_eq!((t.root.start_ns, t.root.end_ns), (900, 1900));
+        for (_, s) in t.root.walk() {
+            for c in &s.children {
+                assert!(s.contains(c), "{} outside {}", c.name(), s.name());
+            }
+        }
+        assert_eq!(t.root.self_ns, 1000 - 100 - 700);
+        assert!(a.pending.is_empty());
+    }
+
+    #[test]
+    fn threads_and_nested_batches_do_not_mix() {
+        let mut a = Assembler::default();
+        a.push(stage_rec(1, 3, stage::FILTER, 100, 50, 50));
+        a.push(stage_rec(2, 4, stage::FILTER, 110, 50, 50));
+        // An inner batch of query 5 inside query 3's emit, on thread 1, fires first.
+        a.push(stage_rec(1, 5, stage::FILTER, 160, 10, 10));
+        let inner = a.push(batch_rec(1, 5, 155, 20)).expect("inner");
+        assert_eq!(inner.root.children.len(), 1);
+        let outer = a.push(batch_rec(1, 3, 90, 100)).expect("outer");
+        assert_eq!((outer.query, outer.root.children.len()), (3, 1));
+        let other = a.push(batch_rec(2, 4, 105, 60)).expect("other thread");
+        assert_eq!((other.tid, other.root.children[0].start_ns), (2, 110));
+    }
+
+    #[test]
+    fn a_lost_batch_record_does_not_grow_without_bound() {
+        let mut a = Assembler::default();
+        for i in 0..(MAX_PENDING as u64 + 10) {
+            a.push(stage_rec(1, 3, stage::FILTER, i * 10, 5, 5));
+        }
+        assert_eq!(a.orphaned, 10);
+        assert_eq!(a.pending[&(1, 1)].len(), MAX_PENDING);
+    }
+
+    #[test]
+    fn the_clock_offset_maps_now_to_now() {
+        let c = Clock::now();
+        let mono = u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).expect("positive");
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        assert!((i128::from(c.unix_ns(mono)) - real).abs() < 5_000_000);
+    }
+
+    #[test]
+    fn short_records_are_refused() {
+        assert!(decode(&[0u8; 8]).is_none());
+        let r = batch_rec(1, 2, 3, 4);
+        // SAFETY: SpanRecord is plain data; viewing it as bytes is sound.
+        let bytes = unsafe { std::slice::from_raw_parts((&raw const r).cast::<u8>(), size_of::<SpanRecord>()) };
+        assert_eq!(decode(bytes), Some(r));
+    }
+}

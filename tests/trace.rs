@@ -1,0 +1,133 @@
+//! `eventflux-probe trace` on the real kernel: span trees of sampled batches, from the
+//! `stage_sample` and `batch_sample` records the kernel programs put in the `SPANS` ring buffer.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use integration_tests::{GatedDemo, bin, wait_with_deadline};
+use serde_json::Value;
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Starts `trace` on `pid` and waits until it has attached (and the markers' settle time has
+/// passed), so that every batch after the gate opens is traced.
+fn start_trace(pid: u32, extra: &[&str]) -> std::process::Child {
+    let mut child = Command::new(bin("eventflux-probe"))
+        .args(["trace", "--pid", &pid.to_string(), "--json"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start trace");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("read trace's stderr");
+    assert!(line.starts_with("Attached"), "trace did not attach: {line}");
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    std::thread::sleep(Duration::from_millis(300));
+    child
+}
+
+fn traces(child: std::process::Child) -> Vec<Value> {
+    let mut child = child;
+    // Read while it runs: a hundred trees are more than a pipe holds.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        out
+    });
+    let status = wait_with_deadline(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "trace failed: {status}");
+    let out = reader.join().expect("reader");
+    out.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+}
+
+/// With every batch sampled, every batch of a `--events N` run is exactly one tree: per query
+/// as many trees as the demo's own count of batches; each a query span whose children are the
+/// stages nested as the sync junction ran them (filter ⊃ window ⊃ aggregate ⊃ emit), children
+/// inside their parents, event counts as the demo chunks them, wall-clock times of this run.
+#[test]
+fn every_batch_is_one_tree_of_its_stage_spans() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "6400", "--batch", "64", "--queries", "3", "--streams", "2"]);
+    let before = unix_ns();
+    let trace = start_trace(target.pid(), &["--every-batch", "--count", "150"]);
+    let summary: Value = serde_json::from_str(target.open_and_wait().trim()).expect("summary");
+    let after = unix_ns();
+    let traces = traces(trace);
+    assert_eq!(traces.len(), 150, "one tree per batch (100 chunks, two queries on one stream)");
+    for (name, q) in summary["queries"].as_object().expect("queries") {
+        let n = traces.iter().filter(|t| t["query"] == name.as_str()).count() as u64;
+        assert_eq!(Some(n), q["batches"].as_u64(), "trees of {name}");
+    }
+    for t in &traces {
+        let spans = t["spans"].as_array().expect("spans");
+        assert_eq!(spans[0]["name"], "query", "{t}");
+        assert_eq!(spans[0]["events_in"], 64, "{t}");
+        assert_eq!(t["stages_timed"], true, "{t}");
+        // Depth first: names at their depths follow the sync pipeline.
+        let shape: Vec<(u64, &str)> =
+            spans.iter().map(|s| (s["depth"].as_u64().expect("depth"), s["name"].as_str().expect("name"))).collect();
+        let pipeline = [(0, "query"), (1, "filter"), (2, "window"), (3, "aggregate"), (4, "emit")];
+        assert!(shape.len() >= 2 && shape[..] == pipeline[..shape.len()], "{shape:?}");
+        assert_eq!(spans[1]["events_in"], 64, "{t}");
+        // Each child inside its parent (the previous span one level up).
+        for (i, s) in spans.iter().enumerate().skip(1) {
+            let depth = s["depth"].as_u64().expect("depth");
+            let parent = spans[..i].iter().rev().find(|p| p["depth"].as_u64() == Some(depth - 1)).expect("parent");
+            let (ps, pd) =
+                (parent["start_monotonic_ns"].as_u64().expect("start"), parent["duration_ns"].as_u64().expect("d"));
+            let (cs, cd) = (s["start_monotonic_ns"].as_u64().expect("start"), s["duration_ns"].as_u64().expect("d"));
+            assert!(ps <= cs && cs + cd <= ps + pd, "{} outside {} in {t}", s["name"], parent["name"]);
+        }
+        let start = spans[0]["start_unix_ns"].as_u64().expect("start");
+        assert!(before <= start && start <= after, "{start} outside this run ({before}..{after})");
+    }
+}
+
+/// `--query` keeps one query's batches; under the default budget (16 sampled batches per
+/// second per thread) sampled batches alternate between timed as a whole and stage-timed.
+#[test]
+fn one_query_at_the_default_budget() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--rate", "100000"]).open();
+    let trace = start_trace(target.pid(), &["--query", "q1_length_batch", "--count", "6"]);
+    let traces = traces(trace);
+    assert_eq!(traces.len(), 6);
+    assert!(traces.iter().all(|t| t["query"] == "q1_length_batch"), "{traces:?}");
+    let timed = traces.iter().filter(|t| t["stages_timed"] == true).count();
+    assert!((2..=4).contains(&timed), "alternating: {timed} of 6 stage-timed");
+    drop(target);
+}
+
+/// Bad input is one line.
+#[test]
+fn unknown_query_and_bad_count_are_one_line() {
+    let out = Command::new(bin("eventflux-probe")).args(["trace", "--pid", "1", "--count", "0"]).output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--count"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--rate", "20000"]).open();
+    let out = Command::new(bin("eventflux-probe"))
+        .args(["trace", "--pid", &target.pid().to_string(), "--query", "nope", "--duration", "1s"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.starts_with("eventflux-probe: error: ") && last.contains("q0_length"), "{err}");
+    drop(target);
+}
