@@ -38,3 +38,19 @@ fn kernel_diagnostics_are_pruned_unless_asked_for() {
         assert!(without < with, "{name}: {without} instructions without diagnostics, {with} with");
     }
 }
+
+/// Span records cost the metrics nothing: loaded without `stage_sample` (as `run` and
+/// `latency` load), `batch_sample` keeps fewer instructions than loaded to trace, because the
+/// verifier removes the span-writing branch.
+#[test]
+fn span_records_are_pruned_unless_tracing() {
+    let metrics = metric_probes();
+    let mut tracing = metrics.clone();
+    tracing.push(probe::stage_sample::ID);
+    let count = |probes: &[u32]| {
+        let kernel = Kernel::load_with(probes, false).unwrap_or_else(|e| panic!("{e:#}"));
+        kernel.program_instructions().into_iter().find(|(n, _)| *n == "batch_sample").expect("batch_sample").1
+    };
+    let (without, with) = (count(&metrics), count(&tracing));
+    assert!(without < with, "batch_sample: {without} instructions without tracing, {with} with");
+}
