@@ -344,32 +344,23 @@ impl Kernel {
     /// Removes every map entry of process `pid` (a target that is gone): its series disappear
     /// and a later process that gets the same pid starts from zero. Returns how many.
     pub fn forget_pid(&mut self, pid: u32) -> Result<usize> {
-        let mut removed = 0;
-        let map = self.ebpf.map_mut("COUNTERS").ok_or_else(|| anyhow!("no map COUNTERS"))?;
-        let mut counters: PerCpuHashMap<&mut MapData, CounterKey, u64> =
-            PerCpuHashMap::try_from(map).context("map COUNTERS")?;
-        let keys: Vec<CounterKey> =
-            counters.keys().filter(|k| k.as_ref().map_or(true, |k| k.pid == pid)).collect::<Result<_, _>>()?;
-        for k in &keys {
-            counters.remove(k).context("cannot remove from map COUNTERS")?;
+        // The three maps differ in kind and value type but are pruned alike: collect the
+        // process's keys (a failed read is an error, not a skipped key), then remove them.
+        macro_rules! prune {
+            ($name:literal, $map:ident, $key:ty, $value:ty) => {{
+                let map = self.ebpf.map_mut($name).ok_or_else(|| anyhow!(concat!("no map ", $name)))?;
+                let mut map: $map<&mut MapData, $key, $value> = $map::try_from(map).context(concat!("map ", $name))?;
+                let keys: Vec<$key> =
+                    map.keys().filter(|k| k.as_ref().map_or(true, |k| k.pid == pid)).collect::<Result<_, _>>()?;
+                for k in &keys {
+                    map.remove(k).context(concat!("cannot remove from map ", $name))?;
+                }
+                keys.len()
+            }};
         }
-        removed += keys.len();
-        let map = self.ebpf.map_mut("GAUGES").ok_or_else(|| anyhow!("no map GAUGES"))?;
-        let mut gauges: HashMap<&mut MapData, CounterKey, u64> = HashMap::try_from(map).context("map GAUGES")?;
-        let keys: Vec<CounterKey> =
-            gauges.keys().filter(|k| k.as_ref().map_or(true, |k| k.pid == pid)).collect::<Result<_, _>>()?;
-        for k in &keys {
-            gauges.remove(k).context("cannot remove from map GAUGES")?;
-        }
-        removed += keys.len();
-        let map = self.ebpf.map_mut("HISTS").ok_or_else(|| anyhow!("no map HISTS"))?;
-        let mut hists: HashMap<&mut MapData, HistKey, Hist> = HashMap::try_from(map).context("map HISTS")?;
-        let keys: Vec<HistKey> =
-            hists.keys().filter(|k| k.as_ref().map_or(true, |k| k.pid == pid)).collect::<Result<_, _>>()?;
-        for k in &keys {
-            hists.remove(k).context("cannot remove from map HISTS")?;
-        }
-        Ok(removed + keys.len())
+        Ok(prune!("COUNTERS", PerCpuHashMap, CounterKey, u64)
+            + prune!("GAUGES", HashMap, CounterKey, u64)
+            + prune!("HISTS", HashMap, HistKey, Hist))
     }
 
     /// Takes the reader of the programs' diagnostics (once; `None` unless the log asked for

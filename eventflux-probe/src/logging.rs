@@ -301,16 +301,15 @@ impl Visit for JsonVisitor<'_> {
 /// `2025-10-11T10:30:45.123Z`: UTC, milliseconds.
 fn rfc3339_millis(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
+    rfc3339(since.as_secs(), &format!("{:03}", since.subsec_millis()))
+}
+
+/// RFC 3339 in UTC of `secs` since the Unix epoch, with `fraction` (its digits) after the
+/// seconds: the logs' and the span trees' timestamps.
+pub fn rfc3339(secs: u64, fraction: &str) -> String {
     let (year, month, day) = civil_from_days(secs / 86_400);
     let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{fraction}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// Year, month and day of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`,
