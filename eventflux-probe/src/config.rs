@@ -227,6 +227,40 @@ define_settings! {
             "Label sets per metric before further ones are folded into one `overflow` series (at least 1)",
             check at_least_one;
     }
+    /// OTLP export of the span trees of sampled batches (docs/tracing.md). Off unless an
+    /// endpoint is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT` / `..._TRACES_ENDPOINT`.
+    [otlp] Otlp / OtlpLayer {
+        endpoint: String = "",
+            "The collector, e.g. http://127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318 (HTTP; /v1/traces is added); empty: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else no export";
+        protocol: String = "",
+            "grpc or http/protobuf; empty: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc",
+            check otlp_protocol;
+        service_name: String = "",
+            "The resource's service.name; empty: OTEL_SERVICE_NAME, else eventflux";
+        service_version: String = "",
+            "The resource's service.version (the engine's version, as the deployment knows it)";
+        environment: String = "",
+            "The resource's deployment.environment (production, staging, dev)";
+        queue_spans: usize = "8192",
+            "Spans waiting for export at most; beyond, whole traces are dropped and counted (at least 1)",
+            check at_least_one;
+        batch_spans: usize = "512",
+            "Spans per export request at most (at least 1)",
+            check at_least_one;
+        interval: Duration = "1s",
+            "How often the queue is exported. More than zero",
+            check positive;
+        timeout: Duration = "5s",
+            "An export without an answer this long fails; its spans are dropped and counted. More than zero",
+            check positive;
+    }
+}
+
+fn otlp_protocol(p: &str) -> Result<(), String> {
+    match p {
+        "" | "grpc" | "http/protobuf" => Ok(()),
+        other => Err(format!("`{other}` is not an OTLP protocol (expected grpc or http/protobuf)")),
+    }
 }
 
 impl Default for Settings {
@@ -960,7 +994,7 @@ follow = true
         assert_one_line(&m);
         assert_eq!(
             m,
-            "config file x.toml, line 7: unknown key `helth` (known sections: logging, http, sampling, lifecycle, health, limits)"
+            "config file x.toml, line 7: unknown key `helth` (known sections: logging, http, sampling, lifecycle, health, limits, otlp)"
         );
         let m = file_err("[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
         assert_one_line(&m);

@@ -162,6 +162,8 @@ pub struct ServeOptions {
     pub follow: bool,
     pub drain: Duration,
     pub health: Thresholds,
+    /// Export the span trees of sampled batches over OTLP.
+    pub otlp: Option<crate::export::otlp::Options>,
 }
 
 /// Where the service is in its lifecycle.
@@ -222,6 +224,7 @@ pub struct Shared {
     history: Mutex<History>,
     /// (program runs seen, when they last changed): the last probe hit.
     hits: Mutex<(u64, Option<Instant>)>,
+    exporter: Option<Arc<crate::export::otlp::Exporter>>,
 }
 
 /// `/live` fails when the background loop has not turned for this long.
@@ -285,6 +288,7 @@ impl Shared {
     pub fn model(&self) -> Result<Model> {
         let mut model = self.daemon.model()?;
         model.observer.ready = Some(self.ready().is_ok());
+        model.observer.otlp = self.exporter.as_ref().map(|e| e.state());
         Ok(model)
     }
 
@@ -323,6 +327,7 @@ impl Shared {
                 last_probe_hit_seconds_ago: last_hit,
                 dropped_events: model.observer.drops_total(),
                 uptime_seconds: self.started.elapsed().as_secs_f64(),
+                otlp: model.observer.otlp.clone(),
             },
         };
         let engine = model.engines.get(&pid);
@@ -442,6 +447,10 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
 
     let mut probes = crate::bpf::metric_probes();
     probes.extend(options.budget.control_probes());
+    if options.otlp.is_some() {
+        // The stage spans of sampled batches, for the trees (docs/probes.md: span records).
+        probes.push(eventflux_probe_common::probe::stage_sample::ID);
+    }
     let (daemon, first) = tokio::task::spawn_blocking(move || -> Result<(Daemon, Attached)> {
         let daemon = Daemon::load(&probes, Duration::from_millis(100))?;
         let first = daemon.attach_found(target, &binaries)?;
@@ -455,7 +464,22 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
             "cannot turn on BPF run-time statistics ({why}): program run counts stay 0 and /health cannot tell the last probe hit"
         );
     }
+    let exporter = match &options.otlp {
+        Some(o) => {
+            let exe = first.target.exe_path().display().to_string();
+            let (exporter, worker) = crate::export::otlp::Exporter::start(o.clone(), first.target.pid(), &exe)?;
+            tokio::spawn(worker.run());
+            tracing::info!(
+                endpoint = exporter.state().endpoint,
+                protocol = exporter.state().protocol,
+                "exporting traces over OTLP"
+            );
+            Some(exporter)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        exporter,
         daemon,
         phase: Mutex::new(attached_phase(&first)),
         target: Mutex::new(Some(Arc::clone(&first.target))),
@@ -510,13 +534,29 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     outcome
 }
 
-/// Drains registrations and kernel diagnostics, beats for `/live`, samples health.
+/// Drains registrations, kernel diagnostics and span records, beats for `/live`, samples
+/// health.
 async fn background(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(TICK);
     let mut last_sample: Option<Instant> = None;
+    let mut assembler = crate::trace::Assembler::default();
+    let clock = crate::trace::Clock::now();
+    // Batches that began before the markers settled may lack stages (docs/probes.md).
+    let settled = clock.monotonic_now() + 100_000_000;
     loop {
         tick.tick().await;
         shared.daemon.drain();
+        if let Some(exporter) = &shared.exporter {
+            let mut traces = Vec::new();
+            shared.daemon.drain_spans(|r| traces.extend(assembler.push(r)));
+            traces.retain(|t| t.root.start_ns >= settled);
+            if !traces.is_empty() {
+                match shared.daemon.model() {
+                    Ok(model) => traces.iter().for_each(|t| exporter.offer(t, &model, &clock)),
+                    Err(e) => tracing::warn!("cannot read the BPF maps for span names: {e:#}"),
+                }
+            }
+        }
         if last_sample.is_none_or(|at| at.elapsed() >= HEALTH_SAMPLE) {
             last_sample = Some(Instant::now());
             let s = Arc::clone(&shared);

@@ -174,6 +174,10 @@ pub struct ObserverInfo {
     pub last_probe_hit_seconds_ago: Option<f64>,
     pub dropped_events: u64,
     pub uptime_seconds: f64,
+    /// The OTLP exporter, when traces are exported: its endpoint, spans exported and dropped,
+    /// the last error. Its trouble does not make the engine unhealthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<crate::export::otlp::State>,
 }
 
 /// The `/health` body: the design document's fields first.
@@ -390,6 +394,7 @@ mod tests {
                 last_probe_hit_seconds_ago: None,
                 dropped_events: 0,
                 uptime_seconds: 1.0,
+                otlp: None,
             },
         }
     }

@@ -143,6 +143,8 @@ pub struct Observer {
     pub unknown_series: u64,
     /// Whether the daemon is ready (`/ready`); set by the daemon, `None` outside one.
     pub ready: Option<bool>,
+    /// The OTLP exporter's state, when the daemon exports traces.
+    pub otlp: Option<crate::export::otlp::State>,
 }
 
 impl Observer {

@@ -361,12 +361,18 @@ impl Daemon {
     /// Like [`Daemon::start`], with more arguments for `run`. Without a `--drain` among them,
     /// SIGTERM stops it at once (`--drain 0`), as the tests that do not test draining want.
     pub fn start_with(pid: u32, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(pid, extra, &[])
+    }
+
+    /// Like [`Daemon::start_with`], with environment variables.
+    pub fn start_with_env(pid: u32, extra: &[&str], env: &[(&str, String)]) -> Daemon {
         let port = free_port();
         let drain: &[&str] = if extra.contains(&"--drain") { &[] } else { &["--drain", "0"] };
         let mut child = Command::new(bin("eventflux-probe"))
             .args(["run", "--pid", &pid.to_string(), "--listen", &format!("127.0.0.1:{port}")])
             .args(drain)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -611,4 +617,139 @@ pub fn gated_iterations(usage: &str) -> u64 {
         thread::sleep(Duration::from_millis(5));
     }
     n
+}
+
+/// A real OTLP trace receiver for the tests: gRPC (the collector's `TraceService`) or
+/// HTTP/protobuf (`POST /v1/traces`), decoding `opentelemetry-proto`'s messages and keeping
+/// every span with its resource. Runs on its own runtime thread until dropped with the test.
+pub mod otlp {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
+
+    /// A received span and its resource's attributes.
+    #[derive(Debug, Clone)]
+    pub struct Received {
+        pub span: Span,
+        pub resource: Vec<KeyValue>,
+    }
+
+    type Store = Arc<Mutex<Vec<Received>>>;
+
+    fn keep(store: &Store, req: ExportTraceServiceRequest) {
+        let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
+        for rs in req.resource_spans {
+            let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    s.push(Received { span, resource: resource.clone() });
+                }
+            }
+        }
+    }
+
+    struct Grpc(Store);
+
+    #[tonic::async_trait]
+    impl TraceService for Grpc {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            keep(&self.0, request.into_inner());
+            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        }
+    }
+
+    /// A running receiver.
+    pub struct Receiver {
+        pub port: u16,
+        store: Store,
+    }
+
+    impl Receiver {
+        /// A gRPC receiver (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`) on a free loopback port.
+        pub fn grpc() -> Receiver {
+            let port = crate::free_port();
+            let store = Store::default();
+            let s = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Runtime::new().expect("runtime");
+                rt.block_on(async move {
+                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                    tonic::transport::Server::builder()
+                        .add_service(TraceServiceServer::new(Grpc(s)))
+                        .serve(addr)
+                        .await
+                        .expect("OTLP gRPC receiver");
+                });
+            });
+            crate::wait_for_port(port);
+            Receiver { port, store }
+        }
+
+        /// An HTTP/protobuf receiver (`POST /v1/traces`) on a free loopback port.
+        pub fn http() -> Receiver {
+            let port = crate::free_port();
+            let store = Store::default();
+            let s = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Runtime::new().expect("runtime");
+                rt.block_on(async move {
+                    let app = axum::Router::new().route(
+                        "/v1/traces",
+                        axum::routing::post(move |body: axum::body::Bytes| {
+                            let s = Arc::clone(&s);
+                            async move {
+                                match ExportTraceServiceRequest::decode(body) {
+                                    Ok(req) => {
+                                        keep(&s, req);
+                                        let resp = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+                                        (axum::http::StatusCode::OK, [("content-type", "application/x-protobuf")], resp)
+                                    }
+                                    Err(_) => (
+                                        axum::http::StatusCode::BAD_REQUEST,
+                                        [("content-type", "text/plain")],
+                                        b"not an ExportTraceServiceRequest".to_vec(),
+                                    ),
+                                }
+                            }
+                        }),
+                    );
+                    let listener =
+                        tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind OTLP HTTP receiver");
+                    axum::serve(listener, app).await.expect("OTLP HTTP receiver");
+                });
+            });
+            crate::wait_for_port(port);
+            Receiver { port, store }
+        }
+
+        pub fn spans(&self) -> Vec<Received> {
+            self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+    }
+
+    /// The string or integer value of attribute `key`, as text.
+    pub fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+        let v = attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?;
+        match v {
+            AnyValue { value: Some(any_value::Value::StringValue(s)) } => Some(s.clone()),
+            AnyValue { value: Some(any_value::Value::IntValue(i)) } => Some(i.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Waits until something listens on loopback `port`.
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        thread::sleep(Duration::from_millis(20));
+    }
 }

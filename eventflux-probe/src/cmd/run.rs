@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use eventflux_probe::budget::Budget;
 use eventflux_probe::config::{self, LogFormat, Settings};
 use eventflux_probe::daemon::ServeOptions;
+use eventflux_probe::export::otlp;
 use eventflux_probe::health::Thresholds;
 
 use super::target::parse_duration;
@@ -132,8 +133,42 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
             max_window_state_bytes: h.max_window_state_bytes,
             window_state_growth: h.window_state_growth,
         },
+        otlp: otlp_options(&settings.otlp)?,
     };
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(eventflux_probe::daemon::serve(options))
+}
+
+/// The OTLP export `[otlp]` and the standard `OTEL_*` variables ask for, if any: the
+/// configuration's values first, then the variables, then the defaults.
+fn otlp_options(o: &config::Otlp) -> Result<Option<otlp::Options>> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let endpoint = Some(o.endpoint.clone()).filter(|e| !e.is_empty());
+    if endpoint.is_none()
+        && var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
+        && var("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+    {
+        return Ok(None);
+    }
+    let protocol = Some(o.protocol.clone())
+        .filter(|p| !p.is_empty())
+        .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
+        .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .unwrap_or_else(|| "grpc".into());
+    let wire = otlp::parse_wire(&protocol)?;
+    Ok(Some(otlp::Options {
+        endpoint,
+        wire,
+        service_name: Some(o.service_name.clone())
+            .filter(|n| !n.is_empty())
+            .or_else(|| var("OTEL_SERVICE_NAME"))
+            .unwrap_or_else(|| "eventflux".into()),
+        service_version: o.service_version.clone(),
+        environment: o.environment.clone(),
+        queue_spans: o.queue_spans,
+        batch_spans: o.batch_spans,
+        interval: o.interval,
+        timeout: o.timeout,
+    }))
 }

@@ -1,3 +1,4 @@
 //! Exporters: each turns a collector [`Snapshot`](crate::collector::Snapshot) into one format.
 
+pub mod otlp;
 pub mod prometheus;

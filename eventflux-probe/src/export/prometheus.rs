@@ -383,6 +383,22 @@ fn observer_metrics(model: &Model, f: &mut Families) {
             *n as f64,
         );
     }
+    if let Some(o) = &d.otlp {
+        f.counter(
+            "eventflux_probe_spans_exported_total",
+            "Spans of sampled batches exported over OTLP.",
+            vec![],
+            o.exported_spans as f64,
+        );
+        for (reason, n) in crate::export::otlp::DROP_REASONS.iter().zip(o.dropped_spans) {
+            f.counter(
+                "eventflux_probe_spans_dropped_total",
+                "Spans not exported, by reason: queue_full (the collector is slower than the engine samples), export_failed (the collector refused or did not answer).",
+                vec![("reason", (*reason).to_owned())],
+                n as f64,
+            );
+        }
+    }
     if d.unknown_series > 0 {
         f.gauge(
             "eventflux_probe_unknown_series",

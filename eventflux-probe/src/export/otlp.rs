@@ -1,0 +1,326 @@
+//! OTLP export of the span trees of sampled batches (`trace::Trace`), with `opentelemetry-otlp`
+//! over gRPC or HTTP/protobuf.
+//!
+//! The engine never waits for this: span records reach us through a ring buffer the kernel
+//! programs fill without blocking; here a bounded queue of spans sits between the tree
+//! assembly and a worker that exports batches. A full queue or a failed export drops spans and
+//! counts them (`eventflux_probe_spans_dropped_total{reason}`); the daemon stays healthy and
+//! says so in `/health` (`observer.otlp`).
+//!
+//! Each sampled batch is one trace: a root span "Query Execution" with a child per stage span
+//! ("Event Ingestion", "Filter Processing", "Window Processing", "Aggregation Processing",
+//! "Output Emission"), nested as they ran, times converted from CLOCK_MONOTONIC to wall-clock
+//! time by [`Clock`].
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow};
+use eventflux_probe_common::stage;
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+
+use crate::model::Model;
+use crate::trace::{Clock, Span, Trace};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The wire protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// What `[otlp]` configures.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The collector; `None`: the `OTEL_EXPORTER_OTLP_*` variables decide.
+    pub endpoint: Option<String>,
+    pub wire: Wire,
+    pub service_name: String,
+    pub service_version: String,
+    pub environment: String,
+    /// Spans queued at most; beyond, new spans are dropped (counted).
+    pub queue_spans: usize,
+    /// Spans per export request at most.
+    pub batch_spans: usize,
+    /// How often the queue is exported.
+    pub interval: Duration,
+    /// An export taking longer fails (its spans are dropped, counted).
+    pub timeout: Duration,
+}
+
+/// Why spans were dropped, by `DROP_REASONS` index.
+pub const DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
+
+/// The exporter's state, for `/metrics` and `/health`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct State {
+    pub endpoint: String,
+    pub protocol: &'static str,
+    pub exported_spans: u64,
+    /// By [`DROP_REASONS`].
+    pub dropped_spans: [u64; 2],
+    pub queued_spans: usize,
+    /// The last export's error, cleared by a successful one.
+    pub last_error: Option<String>,
+    /// Seconds since the last successful export.
+    pub last_success_seconds_ago: Option<f64>,
+}
+
+/// The queue between tree assembly and the export worker.
+pub struct Exporter {
+    options: Options,
+    queue: Mutex<VecDeque<SpanData>>,
+    exported: AtomicU64,
+    dropped: [AtomicU64; 2],
+    last: Mutex<(Option<String>, Option<Instant>)>,
+    ids: Mutex<IdSource>,
+    scope: InstrumentationScope,
+}
+
+/// Random trace and span ids: xorshift seeded from the kernel's random source.
+struct IdSource(u64);
+
+impl IdSource {
+    fn new() -> IdSource {
+        let mut seed = [0u8; 8];
+        let random =
+            std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed)).is_ok();
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        IdSource(if random { u64::from_le_bytes(seed) | 1 } else { nanos | 1 })
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// The span names of the design document's hierarchy.
+fn span_name(span: &Span) -> &'static str {
+    match span.stage {
+        stage::BATCH => "Query Execution",
+        stage::INGEST => "Event Ingestion",
+        stage::FILTER => "Filter Processing",
+        stage::WINDOW => "Window Processing",
+        stage::AGGREGATE => "Aggregation Processing",
+        stage::EMIT => "Output Emission",
+        _ => "Stage",
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
+impl Exporter {
+    /// The exporter for `options`, and the worker future that exports its queue (spawn it on
+    /// the daemon's runtime). `target_exe`: the engine's executable, a resource attribute.
+    pub fn start(options: Options, pid: u32, target_exe: &str) -> Result<(std::sync::Arc<Exporter>, Worker)> {
+        let mut inner = match options.wire {
+            Wire::Grpc => {
+                let b = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_timeout(options.timeout);
+                let b = match &options.endpoint {
+                    Some(e) => b.with_endpoint(e.clone()),
+                    None => b,
+                };
+                b.build()
+            }
+            Wire::HttpProtobuf => {
+                let b = opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .with_timeout(options.timeout);
+                let b = match &options.endpoint {
+                    // The HTTP exporter takes the whole URL of the traces endpoint.
+                    Some(e) => b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/'))),
+                    None => b,
+                };
+                b.build()
+            }
+        }
+        .map_err(|e| anyhow!("cannot set up the OTLP exporter: {e}"))?;
+        let resource = Resource::builder_empty()
+            .with_attributes([
+                KeyValue::new("service.name", options.service_name.clone()),
+                KeyValue::new("service.version", options.service_version.clone()),
+                KeyValue::new("deployment.environment", options.environment.clone()),
+                KeyValue::new("host.name", host_name()),
+                KeyValue::new("process.pid", i64::from(pid)),
+                KeyValue::new("process.executable.path", target_exe.to_owned()),
+                KeyValue::new("telemetry.sdk.name", "eventflux-probe"),
+                KeyValue::new("telemetry.sdk.language", "rust"),
+            ])
+            .build();
+        inner.set_resource(&resource);
+        let exporter = std::sync::Arc::new(Exporter {
+            scope: InstrumentationScope::builder("eventflux-probe").with_version(env!("CARGO_PKG_VERSION")).build(),
+            options,
+            queue: Mutex::new(VecDeque::new()),
+            exported: AtomicU64::new(0),
+            dropped: [AtomicU64::new(0), AtomicU64::new(0)],
+            last: Mutex::new((None, None)),
+            ids: Mutex::new(IdSource::new()),
+        });
+        let worker = Worker { exporter: std::sync::Arc::clone(&exporter), inner };
+        Ok((exporter, worker))
+    }
+
+    /// Queues one trace's spans; what does not fit is dropped and counted.
+    pub fn offer(&self, trace: &Trace, model: &Model, clock: &Clock) {
+        let spans = self.spans(trace, model, clock);
+        let mut queue = lock(&self.queue);
+        let room = self.options.queue_spans.saturating_sub(queue.len());
+        if spans.len() > room {
+            // A trace is all or nothing: half a tree is worse than none.
+            self.dropped[0].fetch_add(spans.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        queue.extend(spans);
+    }
+
+    fn spans(&self, t: &Trace, model: &Model, clock: &Clock) -> Vec<SpanData> {
+        let engine = model.engines.get(&t.pid);
+        let query = engine.and_then(|e| e.queries.get(&t.query));
+        let query_name = query.map_or_else(|| format!("query{}", t.query), |q| q.name.clone());
+        let stream = engine.map_or_else(|| format!("stream{}", t.stream), |e| e.stream_name(t.stream));
+        let window = query.and_then(|q| q.window).map(eventflux_abi::WindowKind::label);
+        let (trace_id, mut span_ids) = {
+            let mut ids = lock(&self.ids);
+            let hi = ids.next();
+            let lo = ids.next();
+            let trace_id = TraceId::from_bytes(((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes());
+            let span_ids: Vec<u64> = (0..t.root.walk().len()).map(|_| ids.next()).collect();
+            (trace_id, span_ids.into_iter())
+        };
+        let time = |ns: u64| UNIX_EPOCH + Duration::from_nanos(clock.unix_ns(ns));
+        let mut out = Vec::new();
+        let mut stack: Vec<(usize, SpanId)> = Vec::new();
+        for (depth, span) in t.root.walk() {
+            let id = SpanId::from_bytes(span_ids.next().unwrap_or(1).to_be_bytes());
+            while stack.last().is_some_and(|(d, _)| *d >= depth) {
+                stack.pop();
+            }
+            let parent = stack.last().map_or(SpanId::INVALID, |(_, id)| *id);
+            stack.push((depth, id));
+            let mut attributes = vec![
+                KeyValue::new("query.id", query_name.clone()),
+                KeyValue::new("stream.name", stream.clone()),
+                KeyValue::new("event.count", span.events_in as i64),
+                KeyValue::new("eventflux.events_out", span.events_out as i64),
+                KeyValue::new("eventflux.self_ns", span.self_ns as i64),
+                KeyValue::new("thread.id", i64::from(t.tid)),
+            ];
+            if span.stage != stage::BATCH {
+                attributes.push(KeyValue::new("processor.type", span.name()));
+            }
+            if let (Some(w), true) = (window, span.stage == stage::WINDOW || span.stage == stage::BATCH) {
+                attributes.push(KeyValue::new("window.type", w));
+            }
+            out.push(SpanData {
+                span_context: SpanContext::new(trace_id, id, TraceFlags::SAMPLED, false, TraceState::default()),
+                parent_span_id: parent,
+                parent_span_is_remote: false,
+                span_kind: SpanKind::Internal,
+                name: Cow::Borrowed(span_name(span)),
+                start_time: time(span.start_ns),
+                end_time: time(span.end_ns),
+                attributes,
+                dropped_attributes_count: 0,
+                events: SpanEvents::default(),
+                links: SpanLinks::default(),
+                status: Status::Unset,
+                instrumentation_scope: self.scope.clone(),
+            });
+        }
+        out
+    }
+
+    pub fn state(&self) -> State {
+        let last = lock(&self.last);
+        State {
+            endpoint: self.options.endpoint.clone().unwrap_or_else(|| "(OTEL_EXPORTER_OTLP_* or default)".into()),
+            protocol: match self.options.wire {
+                Wire::Grpc => "grpc",
+                Wire::HttpProtobuf => "http/protobuf",
+            },
+            exported_spans: self.exported.load(Ordering::Relaxed),
+            dropped_spans: [self.dropped[0].load(Ordering::Relaxed), self.dropped[1].load(Ordering::Relaxed)],
+            queued_spans: lock(&self.queue).len(),
+            last_error: last.0.clone(),
+            last_success_seconds_ago: last.1.map(|at| at.elapsed().as_secs_f64()),
+        }
+    }
+}
+
+/// Exports the queue in batches until dropped.
+pub struct Worker {
+    exporter: std::sync::Arc<Exporter>,
+    inner: opentelemetry_otlp::SpanExporter,
+}
+
+impl Worker {
+    pub async fn run(self) {
+        let e = &self.exporter;
+        let mut tick = tokio::time::interval(e.options.interval);
+        loop {
+            tick.tick().await;
+            loop {
+                let batch: Vec<SpanData> = {
+                    let mut q = lock(&e.queue);
+                    let n = q.len().min(e.options.batch_spans);
+                    q.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let n = batch.len() as u64;
+                let result = tokio::time::timeout(e.options.timeout, self.inner.export(batch)).await;
+                let error = match result {
+                    Ok(Ok(())) => None,
+                    Ok(Err(err)) => Some(err.to_string()),
+                    Err(_) => Some(format!("no answer within {:?}", e.options.timeout)),
+                };
+                let mut last = lock(&e.last);
+                match error {
+                    None => {
+                        e.exported.fetch_add(n, Ordering::Relaxed);
+                        *last = (None, Some(Instant::now()));
+                    }
+                    Some(err) => {
+                        e.dropped[1].fetch_add(n, Ordering::Relaxed);
+                        if last.0.is_none() {
+                            tracing::warn!("OTLP export failed, spans dropped until it recovers: {err}");
+                        }
+                        last.0 = Some(err);
+                        // The collector is down: try again next tick, not in a tight loop.
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses `grpc` or `http/protobuf` (the values of `OTEL_EXPORTER_OTLP_PROTOCOL`).
+pub fn parse_wire(s: &str) -> Result<Wire> {
+    match s {
+        "grpc" => Ok(Wire::Grpc),
+        "http/protobuf" => Ok(Wire::HttpProtobuf),
+        other => Err(anyhow!("`{other}` is not an OTLP protocol: use grpc or http/protobuf")).context("otlp.protocol"),
+    }
+}
