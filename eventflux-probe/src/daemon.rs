@@ -540,6 +540,8 @@ async fn background(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(TICK);
     let mut last_sample: Option<Instant> = None;
     let mut assembler = crate::trace::Assembler::default();
+    // Traces wait up to 2 s for their query's name (registrations are replayed after attach).
+    let mut held = crate::trace::Held::new(Duration::from_secs(2));
     let clock = crate::trace::Clock::now();
     // Batches that began before the markers settled may lack stages (docs/probes.md).
     let settled = clock.monotonic_now() + 100_000_000;
@@ -547,12 +549,20 @@ async fn background(shared: Arc<Shared>) {
         tick.tick().await;
         shared.daemon.drain();
         if let Some(exporter) = &shared.exporter {
-            let mut traces = Vec::new();
-            shared.daemon.drain_spans(|r| traces.extend(assembler.push(r)));
-            traces.retain(|t| t.root.start_ns >= settled);
-            if !traces.is_empty() {
+            shared.daemon.drain_spans(|r| {
+                if let Some(t) = assembler.push(r)
+                    && t.root.start_ns >= settled
+                {
+                    held.push(t);
+                }
+            });
+            if held.waiting(|_| false) {
                 match shared.daemon.model() {
-                    Ok(model) => traces.iter().for_each(|t| exporter.offer(t, &model, &clock)),
+                    Ok(model) => {
+                        for t in held.ready(|t| crate::trace::named(&model, t), false) {
+                            exporter.offer(&t, &model, &clock);
+                        }
+                    }
                     Err(e) => tracing::warn!("cannot read the BPF maps for span names: {e:#}"),
                 }
             }

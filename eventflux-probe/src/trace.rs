@@ -192,6 +192,47 @@ fn tree(batch: &SpanRecord, stages: &[SpanRecord]) -> Trace {
     }
 }
 
+/// Traces waiting, in order, for their query's name: the engine replays its registrations to
+/// a new observer shortly after attaching, and a fast engine has run batches by then. A trace
+/// leaves when its query is known, or after `wait` with the id for a name.
+#[derive(Debug)]
+pub struct Held {
+    queue: std::collections::VecDeque<(std::time::Instant, Trace)>,
+    wait: std::time::Duration,
+}
+
+impl Held {
+    pub fn new(wait: std::time::Duration) -> Held {
+        Held { queue: Default::default(), wait }
+    }
+
+    pub fn push(&mut self, t: Trace) {
+        self.queue.push_back((std::time::Instant::now(), t));
+    }
+
+    /// Whether the oldest trace waits for a name (the caller then reads the names again).
+    pub fn waiting(&self, known: impl Fn(&Trace) -> bool) -> bool {
+        self.queue.front().is_some_and(|(_, t)| !known(t))
+    }
+
+    /// The traces that may leave now, in order; all of them when `all`.
+    pub fn ready(&mut self, known: impl Fn(&Trace) -> bool, all: bool) -> Vec<Trace> {
+        let mut out = Vec::new();
+        while let Some((at, t)) = self.queue.front() {
+            if !(all || known(t) || at.elapsed() >= self.wait) {
+                break;
+            }
+            out.extend(self.queue.pop_front().map(|(_, t)| t));
+        }
+        out
+    }
+}
+
+/// Whether `t`'s query has registered (its name is known).
+pub fn named(model: &crate::model::Model, t: &Trace) -> bool {
+    model.engines.get(&t.pid).is_some_and(|e| e.queries.get(&t.query).is_some_and(|q| q.registered))
+}
+
 /// CLOCK_MONOTONIC to wall-clock time: the offset between the two clocks, read together.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use eventflux_probe::daemon::attach_once;
 use eventflux_probe::model::Model;
 use eventflux_probe::target::State;
-use eventflux_probe::trace::{Assembler, Clock, Span, Trace};
+use eventflux_probe::trace::{Assembler, Clock, Span, Trace, named};
 use eventflux_probe_common::probe;
 use serde_json::json;
 
@@ -75,10 +75,7 @@ pub fn run(args: &Args) -> Result<()> {
     let settled = clock.monotonic_now() + SETTLE.as_nanos() as u64;
     let mut assembler = Assembler::default();
     let mut printed = 0u64;
-    // Traces wait here, in order, until their query's name has arrived (the engine replays
-    // its registrations to a new observer shortly after attaching, and a fast engine has run
-    // batches by then), or NAME_WAIT has passed.
-    let mut held: std::collections::VecDeque<(std::time::Instant, Trace)> = Default::default();
+    let mut held = eventflux_probe::trace::Held::new(NAME_WAIT);
     let mut model = daemon.model()?;
     let mut out = std::io::stdout().lock();
     let mut emit = |model: &Model, t: &Trace| -> Result<bool> {
@@ -115,20 +112,16 @@ pub fn run(args: &Args) -> Result<()> {
                 if let Some(t) = assembler.push(r)
                     && t.root.start_ns >= settled
                 {
-                    held.push_back((std::time::Instant::now(), t));
+                    held.push(t);
                 }
             });
-            if held.front().is_some_and(|(_, t)| !known(&model, t)) {
+            if held.waiting(|t| named(&model, t)) {
                 model = daemon.model()?;
             }
-            while let Some((at, t)) = held.front() {
-                if !(known(&model, t) || at.elapsed() >= NAME_WAIT || last.is_some()) {
-                    break;
-                }
-                if emit(&model, t)? {
+            for t in held.ready(|t| named(&model, t), last.is_some()) {
+                if emit(&model, &t)? {
                     return Ok::<_, anyhow::Error>(None);
                 }
-                held.pop_front();
             }
             if let Some(last) = last {
                 return Ok(last);
@@ -158,10 +151,6 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn known(model: &Model, t: &Trace) -> bool {
-    model.engines.get(&t.pid).is_some_and(|e| e.queries.get(&t.query).is_some_and(|q| q.registered))
 }
 
 fn query_name(model: &Model, t: &Trace) -> String {
