@@ -101,11 +101,68 @@ fn every_batch_is_one_trace_over_grpc_and_http() {
             assert_eq!(per_query.get(name).copied(), q["batches"].as_u64(), "{protocol}: traces of {name}");
         }
         let m = parse_metrics(&integration_tests::http_get(daemon.port, "/metrics"));
+        // Span durations agree with the stage histograms: per query and stage, as many spans
+        // as histogram samples, and their self times sum to the histogram's sum.
+        let mut stage_spans: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        for s in &spans {
+            let Some(stage) = attr(&s.span.attributes, "processor.type") else { continue };
+            let query = attr(&s.span.attributes, "query.id").expect("query.id");
+            let self_ns: u64 =
+                attr(&s.span.attributes, "eventflux.self_ns").and_then(|v| v.parse().ok()).expect("self_ns");
+            let e = stage_spans.entry((query, stage)).or_default();
+            e.0 += 1;
+            e.1 += self_ns;
+        }
+        assert!(!stage_spans.is_empty());
+        for ((query, stage), (n, self_ns)) in &stage_spans {
+            let labels = [("query_id", query.as_str()), ("stage", stage.as_str())];
+            let count = value(&m, "query_stage_latency_seconds_count", &labels);
+            let sum = value(&m, "query_stage_latency_seconds_sum", &labels).expect("histogram sum");
+            assert_eq!(count, Some(*n as f64), "{protocol}: {query} {stage} spans vs histogram count");
+            let want = *self_ns as f64 / 1e9;
+            assert!(
+                (sum - want).abs() <= want * 1e-9 + 1e-12,
+                "{protocol}: {query} {stage}: histogram {sum} s, spans {want} s"
+            );
+        }
         assert_eq!(value(&m, "eventflux_probe_spans_exported_total", &[]), Some(spans.len() as f64));
         assert_eq!(value(&m, "eventflux_probe_spans_dropped_total", &[("reason", "export_failed")]), Some(0.0));
         let status = daemon.stop();
         assert!(status.success(), "{status}");
     }
+}
+
+/// Under `run`'s default budget (1024 sampled batches per second per engine thread) the traced
+/// batches stay within the budget however many batches the engine runs: a one-thread demo at
+/// full speed in chunks of 8 events.
+#[test]
+fn traced_batches_stay_within_the_default_budget() {
+    let _serial = serial();
+    let receiver = Receiver::http();
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, &["--events", "2000000", "--batch", "8"]);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", receiver.port)),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+        ("EVENTFLUX_PROBE_OTLP_INTERVAL", "200ms".to_owned()),
+    ];
+    let daemon = Daemon::start_with_env(target.pid(), &[], &env);
+    std::thread::sleep(Duration::from_millis(300));
+    let summary: Value = serde_json::from_str(target.open_and_wait().trim()).expect("summary");
+    let batches: u64 =
+        summary["queries"].as_object().expect("queries").values().filter_map(|q| q["batches"].as_u64()).sum();
+    let elapsed = summary["elapsed_s"].as_f64().expect("elapsed_s");
+    // Everything queued has been sent after two export intervals.
+    std::thread::sleep(Duration::from_secs(1));
+    let traces = spans_by_trace(&receiver.spans()).len() as f64;
+    let m = parse_metrics(&integration_tests::http_get(daemon.port, "/metrics"));
+    assert_eq!(value(&m, "eventflux_probe_spans_dropped_total", &[("reason", "queue_full")]), Some(0.0));
+    let budget = 1024.0 * elapsed;
+    assert!(traces <= budget * 1.25 + 64.0, "{traces} traces in {elapsed:.2} s: over the budget of {budget:.0}");
+    assert!(traces >= budget * 0.25, "{traces} traces in {elapsed:.2} s of {batches} batches: sampling too sparse");
+    assert!((batches as f64) > traces * 20.0, "the engine ran {batches} batches: the budget must matter");
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
 }
 
 /// With the collector down, spans are dropped and counted, the observer stays up and healthy,
