@@ -7,6 +7,8 @@
 //!   per second;
 //! - sampled latency percentiles against a detached run's own, at a fixed rate;
 //! - `/metrics` encoding at 10k series vs the `prometheus` crate's own registry;
+//! - OTLP tracing: demo throughput with `run` exporting traces at its default budget vs with
+//!   `run` without export vs detached, spans per second exported, the daemon's memory;
 //! - `/live`, `/ready`, `/health` and `/metrics` answer times of `run` attached to a busy demo,
 //!   against a 404 of the same server (the HTTP round trip alone).
 //!
@@ -513,6 +515,106 @@ fn bench_metrics() -> Result<()> {
 /// Answer times of the daemon's endpoints while it observes a busy demo (3 queries, 200k
 /// events/s), each against the same server's 404 for an unknown path: what a Kubernetes probe
 /// or a scrape waits for beyond the HTTP round trip.
+/// An OTLP/HTTP sink: answers 200 to every `POST /v1/traces` and counts the requests (the
+/// spans exported are the daemon's own counter). What a collector costs is not ours to measure.
+fn otlp_sink() -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&requests);
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std({
+                let _ = listener.set_nonblocking(true);
+                listener
+            }) else {
+                return;
+            };
+            let app = axum::Router::new().route(
+                "/v1/traces",
+                axum::routing::post(move |_body: axum::body::Bytes| {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    async { ([("content-type", "application/x-protobuf")], Vec::<u8>::new()) }
+                }),
+            );
+            let _ = axum::serve(listener, app).await;
+        });
+    });
+    Ok((port, requests))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").to_owned()))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Demo throughput (chunks of 64, as fast as it goes) detached, under `run`, and under `run`
+/// exporting traces over OTLP at its default budget; spans exported per second and the
+/// daemon's resident memory at the end.
+fn bench_tracing() -> Result<()> {
+    let (port, requests) = otlp_sink()?;
+    let args = demo_args(16_000_000, 64, 0);
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut exported = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..ROUNDS {
+        for (i, mode) in ["detached", "run", "run+otlp"].iter().enumerate() {
+            let gate = gate_path("tracing");
+            let child = demo(&args, &gate)?;
+            let pid = child.id().to_string();
+            let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let daemon = if *mode == "detached" {
+                None
+            } else {
+                let mut c = Command::new(bin_dir().join("eventflux-probe"));
+                c.args(["run", "--pid", &pid, "--listen", &format!("127.0.0.1:{listen}"), "--drain", "0"]);
+                if *mode == "run+otlp" {
+                    c.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}"))
+                        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+                }
+                let mut c = c.stderr(Stdio::piped()).spawn()?;
+                let _log = wait_stderr(&mut c, "serving")?;
+                std::thread::sleep(Duration::from_millis(300));
+                Some(c)
+            };
+            std::fs::write(&gate, b"")?;
+            let summary = wait_json(child)?;
+            let _ = std::fs::remove_file(&gate);
+            rates[i].push(summary["events_per_sec"].as_f64().context("no events_per_sec")?);
+            if let Some(mut c) = daemon {
+                if *mode == "run+otlp" {
+                    std::thread::sleep(Duration::from_millis(1500));
+                    let page = http_get(listen, "/metrics")?;
+                    let secs = summary["elapsed_s"].as_f64().unwrap_or(1.0).max(1e-3);
+                    exported.push(metric_sum(&page, "eventflux_probe_spans_exported_total") / secs);
+                    rss.push(rss_kib(c.id()) as f64);
+                }
+                sigint(&mut c)?;
+            }
+        }
+    }
+    let detached = median(rates[0].clone());
+    println!("tracing, demo 16M events in chunks of 64 at full speed ({ROUNDS} rounds, median events/s):");
+    println!("  detached            {detached:>12.0}");
+    for (i, name) in [(1, "run (metrics)"), (2, "run + OTLP export")] {
+        let r = median(rates[i].clone());
+        println!("  {name:<19} {r:>12.0}   ratio {:.3}", r / detached);
+    }
+    println!(
+        "  spans exported {:.0}/s, {} export requests, daemon RSS {:.0} KiB at the end",
+        median(exported),
+        requests.load(std::sync::atomic::Ordering::Relaxed),
+        median(rss)
+    );
+    Ok(())
+}
+
 fn bench_endpoints() -> Result<()> {
     const REQUESTS: usize = 400;
     let gate = gate_path("endpoints");
@@ -581,6 +683,9 @@ fn main() -> Result<()> {
         }
         if run("endpoints") {
             bench_endpoints()?;
+        }
+        if run("tracing") {
+            bench_tracing()?;
         }
         Ok(())
     })();
