@@ -331,8 +331,11 @@ fn sigterm_detaches_and_the_target_goes_on() {
     let list = run_ok(Command::new(bin("eventflux-probe")).args(["list", "--json", "--binary"]).arg(&demo));
     let notes: Vec<Value> = serde_json::from_slice(&list.stdout).expect("list JSON");
     // Every probe the metrics are made of is attached; of the control probes only run's two
-    // levels; stage_sample (span trees) not.
-    let data = |n: &&Value| !n["name"].as_str().is_some_and(|name| name.starts_with("ctl_") || name == "stage_sample");
+    // levels; the trace probes (span trees, only with OTLP export) not.
+    let trace_only: Vec<&str> =
+        eventflux_probe::bpf::TRACE_PROBES.iter().map(|&p| eventflux_probe_common::PROBES[p as usize].name).collect();
+    let data =
+        |n: &&Value| !n["name"].as_str().is_some_and(|name| name.starts_with("ctl_") || trace_only.contains(&name));
     let sems: Vec<u64> = notes.iter().filter(data).filter_map(|n| n["semaphore_offset"].as_u64()).collect();
     assert!(sems.iter().all(|&s| read_semaphore(pid, &demo, s) >= 1));
     let controls: Vec<u64> = notes

@@ -3,17 +3,18 @@
 //! reader. Argument positions need no test here: the programs read them by name through the
 //! table's `Args`.
 
-use eventflux_probe::bpf::{Kernel, metric_probes};
+use eventflux_probe::bpf::{Kernel, TRACE_PROBES, metric_probes};
 use eventflux_probe_common::{Class, PROBES, probe};
 
 #[test]
 fn the_kernel_loads_a_program_for_every_probe() {
     let mut observed = metric_probes();
-    // Metrics: everything but the controls and the per-stage records, which batch_sample
-    // repeats; those are for span trees (`trace`), and have a program too.
-    assert_eq!(observed.len(), PROBES.iter().filter(|p| p.class != Class::Control).count() - 1);
-    assert!(!observed.contains(&probe::stage_sample::ID));
-    observed.push(probe::stage_sample::ID);
+    // Metrics: everything but the controls and the trace probes (per-stage records, which
+    // batch_sample repeats, and trace contexts); those are for span trees, and have programs too.
+    assert_eq!(observed.len(), PROBES.iter().filter(|p| p.class != Class::Control).count() - TRACE_PROBES.len());
+    assert!(TRACE_PROBES.iter().all(|p| !observed.contains(p)));
+    assert!(TRACE_PROBES.contains(&probe::stage_sample::ID) && TRACE_PROBES.contains(&probe::trace_context::ID));
+    observed.extend(TRACE_PROBES);
     let mut all = observed.clone();
     all.extend(PROBES.iter().enumerate().filter(|(_, p)| p.class == Class::Control).map(|(i, _)| i as u32));
     let kernel = Kernel::load(&all).unwrap_or_else(|e| panic!("{e:#}"));
@@ -39,14 +40,14 @@ fn kernel_diagnostics_are_pruned_unless_asked_for() {
     }
 }
 
-/// Span records cost the metrics nothing: loaded without `stage_sample` (as `run` and
+/// Span records cost the metrics nothing: loaded without the trace probes (as `run` and
 /// `latency` load), `batch_sample` keeps fewer instructions than loaded to trace, because the
 /// verifier removes the span-writing branch.
 #[test]
 fn span_records_are_pruned_unless_tracing() {
     let metrics = metric_probes();
     let mut tracing = metrics.clone();
-    tracing.push(probe::stage_sample::ID);
+    tracing.extend(TRACE_PROBES);
     let count = |probes: &[u32]| {
         let kernel = Kernel::load_with(probes, false).unwrap_or_else(|e| panic!("{e:#}"));
         kernel.program_instructions().into_iter().find(|(n, _)| *n == "batch_sample").expect("batch_sample").1

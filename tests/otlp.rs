@@ -198,3 +198,152 @@ fn a_collector_that_is_down_costs_counted_drops_only() {
     let status = daemon.stop();
     assert!(status.success(), "{status}");
 }
+
+/// The OTLP section of a probe configuration: export to `receiver` every 200 ms.
+fn otlp_config(scratch: &integration_tests::Scratch, receiver: &Receiver, protocol: &str) -> String {
+    let config = scratch.path().join("probe.toml");
+    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
+    std::fs::write(
+        &config,
+        format!("[otlp]\nendpoint = \"{endpoint}\"\nprotocol = \"{protocol}\"\ninterval = \"200ms\"\n"),
+    )
+    .expect("config");
+    config.to_str().expect("utf-8").to_owned()
+}
+
+fn roots(spans: &[Received]) -> Vec<&Received> {
+    spans.iter().filter(|s| s.span.name == "Query Execution").collect()
+}
+
+fn pid_of(s: &Received) -> Option<u32> {
+    attr(&s.resource, "process.pid").and_then(|p| p.parse().ok())
+}
+
+fn batches(summary: &Value) -> u64 {
+    summary["queries"].as_object().expect("queries").values().filter_map(|q| q["batches"].as_u64()).sum()
+}
+
+/// Two engine nodes: A forwards its queries' output to B over TCP on loopback with each
+/// chunk's W3C trace context; one `run` observes each node, both export to one receiver. A
+/// traces every batch (`--every-batch`); B runs at the default budget, yet traces every batch,
+/// because A's context says sampled (parent-based sampling). Every B trace continues an A
+/// trace: same trace id, B's root a child (remote parent, `Consumer`) of the "Output Emission"
+/// span of the A batch that sent the chunk (a `Producer`), and it starts after that span did.
+/// Exact counts: A's traces = A's batches, B's = B's, and B's input = A's output.
+#[test]
+fn two_nodes_yield_connected_traces() {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let _serial = serial();
+    let receiver = Receiver::grpc();
+    let demo = bin("eventflux-demo");
+    let mut node_b = GatedDemo::start(&demo, &["--listen", "127.0.0.1:0", "--streams", "1", "--queries", "2"]);
+    let line = node_b.wait_for_stderr("listening on", Duration::from_secs(10));
+    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+    let node_a = GatedDemo::start(
+        &demo,
+        &["--forward", &addr, "--events", "12800", "--batch", "64", "--queries", "2", "--streams", "2"],
+    );
+    let (pid_a, pid_b) = (node_a.pid(), node_b.pid());
+    let scratch = integration_tests::Scratch::new("two-nodes");
+    let config = otlp_config(&scratch, &receiver, "grpc");
+    let observer_a = Daemon::start_with(pid_a, &["--every-batch", "--config", &config]);
+    let observer_b = Daemon::start_with(pid_b, &["--config", &config]);
+    std::thread::sleep(Duration::from_millis(300));
+    let node_b = node_b.open();
+    let summary_a: Value = serde_json::from_str(node_a.open_and_wait().trim()).expect("A's summary");
+    let summary_b: Value = serde_json::from_str(node_b.open_and_wait().trim()).expect("B's summary");
+    let emitted_a: u64 =
+        summary_a["queries"].as_object().expect("queries").values().filter_map(|q| q["emitted"].as_u64()).sum();
+    assert_eq!(summary_b["events"].as_u64(), Some(emitted_a), "B's input is A's output");
+    let (want_a, want_b) = (batches(&summary_a), batches(&summary_b));
+    assert!(want_b > 0, "{summary_b}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let count = |pid: u32, spans: &[Received]| roots(spans).iter().filter(|s| pid_of(s) == Some(pid)).count() as u64;
+    while Instant::now() < deadline {
+        let spans = receiver.spans();
+        if count(pid_a, &spans) >= want_a && count(pid_b, &spans) >= want_b {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spans = receiver.spans();
+    assert_eq!(count(pid_a, &spans), want_a, "one trace per batch of node A");
+    assert_eq!(count(pid_b, &spans), want_b, "one trace per batch of node B");
+    let by_id: BTreeMap<&[u8], &Received> = spans.iter().map(|s| (s.span.span_id.as_slice(), s)).collect();
+    for root in roots(&spans) {
+        let span = &root.span;
+        if pid_of(root) == Some(pid_a) {
+            assert!(span.parent_span_id.is_empty(), "A's batches start their traces");
+            continue;
+        }
+        let parent = by_id.get(span.parent_span_id.as_slice()).unwrap_or_else(|| {
+            panic!("B's root has parent {:02x?}, not a span A's observer exported", span.parent_span_id)
+        });
+        assert_eq!(pid_of(parent), Some(pid_a));
+        assert_eq!(parent.span.name, "Output Emission");
+        assert_eq!(parent.span.trace_id, span.trace_id, "B continues A's trace");
+        assert_eq!(parent.span.kind, SpanKind::Producer as i32);
+        assert_eq!(span.kind, SpanKind::Consumer as i32);
+        assert!(span.start_time_unix_nano >= parent.span.start_time_unix_nano, "B's batch before A sent it");
+        // Within B's trace, B's stages hang under B's root.
+        let children = spans.iter().filter(|s| s.span.parent_span_id == span.span_id).count();
+        assert!(children >= 1, "B's root has its stage spans");
+    }
+    for observer in [observer_a, observer_b] {
+        let m = parse_metrics(&integration_tests::http_get(observer.port, "/metrics"));
+        for reason in ["queue_full", "export_failed"] {
+            assert_eq!(value(&m, "eventflux_probe_spans_dropped_total", &[("reason", reason)]), Some(0.0));
+        }
+        let status = observer.stop();
+        assert!(status.success(), "{status}");
+    }
+}
+
+/// Traces of a successor followed after a restart (`--follow`) are exported under its own
+/// resource: `process.pid` is the new process's, and each process's traces are its batches.
+#[test]
+fn a_followed_process_exports_under_its_own_pid() {
+    let _serial = serial();
+    let receiver = Receiver::http();
+    let demo = bin("eventflux-demo");
+    let args = ["--events", "3200", "--queries", "2"];
+    let first = GatedDemo::start(&demo, &args);
+    let pid_1 = first.pid();
+    let scratch = integration_tests::Scratch::new("otlp-follow");
+    let config = otlp_config(&scratch, &receiver, "http/protobuf");
+    let daemon = Daemon::start_with(pid_1, &["--every-batch", "--follow", "--config", &config]);
+    std::thread::sleep(Duration::from_millis(300));
+    let summary_1: Value = serde_json::from_str(first.open_and_wait().trim()).expect("summary");
+    poll_http(daemon.port, "/ready", Duration::from_secs(10), "not ready once the target exited", |s, _| s == 503);
+    let second = GatedDemo::start(&demo, &args);
+    let pid_2 = second.pid();
+    poll_http(daemon.port, "/ready", Duration::from_secs(10), "ready for the new process", |s, _| s == 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let summary_2: Value = serde_json::from_str(second.open_and_wait().trim()).expect("summary");
+    let count = |pid: u32| roots(&receiver.spans()).iter().filter(|s| pid_of(s) == Some(pid)).count() as u64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(pid_2) < batches(&summary_2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(count(pid_1), batches(&summary_1), "traces of the first process");
+    assert_eq!(count(pid_2), batches(&summary_2), "traces of its successor, under its pid");
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+}
+
+/// A bad protocol in the standard variable is reported under the variable's name, in one
+/// line, before anything is attached.
+#[test]
+fn a_bad_otlp_protocol_names_its_variable() {
+    let out = Command::new(bin("eventflux-probe"))
+        .args(["run", "--pid", &std::process::id().to_string(), "--listen", "127.0.0.1:0"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && stderr.contains("`thrift`"), "{stderr}");
+}

@@ -173,7 +173,8 @@ macro_rules! for_each_probe {
             /// One stage of a sampled batch: `stage` is a Stage, `self_ns` its time without the
             /// stages it called, `total_ns` with them, `start_ns` its start on CLOCK_MONOTONIC.
             /// Fired only while a tool is attached to it (for span trees); the stages' self
-            /// times are in `batch_sample` too.
+            /// times are in `batch_sample` too. `span_id` is the id the engine gave the span
+            /// when it forwarded a trace context from inside it (`trace_context`), else 0.
             sample stage_sample(
                 query_id: u32,
                 stage: u32,
@@ -181,7 +182,21 @@ macro_rules! for_each_probe {
                 events_out: u64,
                 self_ns: u64,
                 total_ns: u64,
-                start_ns: u64;
+                start_ns: u64,
+                span_id: u64;
+            );
+            /// The W3C trace context of a traced batch (one sampled for its stages while a tool
+            /// is attached to this probe), fired after its stage records and just before its
+            /// `batch_sample`: the 128-bit trace id in two halves, the id of the batch's root
+            /// span, the parent span id (the span of the upstream node that forwarded the
+            /// events, 0 when the batch starts a trace) and the trace flags.
+            sample trace_context(
+                query_id: u32,
+                trace_id_high: u64,
+                trace_id_low: u64,
+                span_id: u64,
+                parent_span_id: u64,
+                flags: u32;
             );
             /// A sampled query batch, fired after its stages' records: the query's latency for
             /// one chunk, every stage included, `start_ns` on CLOCK_MONOTONIC, and the self time

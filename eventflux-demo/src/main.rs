@@ -4,6 +4,7 @@
 //! output digest, attached or not.
 
 mod event;
+mod net;
 mod query;
 mod queue;
 mod runtime;
@@ -69,6 +70,14 @@ struct Args {
     /// exact in the summary; the output is then no longer the same on every run.
     #[arg(long, value_name = "A..B", value_parser = parse_trouble)]
     trouble: Option<(Duration, Duration)>,
+    /// Two-node mode, node A: send every query's output rows to node B at ADDR (over TCP,
+    /// with the W3C trace context of each chunk).
+    #[arg(long, value_name = "ADDR")]
+    forward: Option<std::net::SocketAddr>,
+    /// Two-node mode, node B: take the input stream(s) from node A's connection at ADDR
+    /// (port 0: any, printed on stderr) instead of the sources; stop when node A ends.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["events", "rate", "trouble"])]
+    listen: Option<std::net::SocketAddr>,
     /// Seconds to stay alive after the summary.
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     linger: f64,
@@ -111,6 +120,8 @@ fn run(args: &Args) -> Result<()> {
         gate: args.gate.clone(),
         hold: Duration::from_secs_f64(args.hold),
         trouble: args.trouble,
+        forward: args.forward,
+        listen: args.listen,
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();

@@ -3,13 +3,16 @@
 //! one thread: the window's span contains the aggregation and emit it calls.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use usdt_markers::abi::{ErrorKind, Stage, WindowKind};
 use usdt_markers::span::{Batch, Span};
+use usdt_markers::trace::TraceContext;
 use usdt_markers::{aggregate_groups, emitted, error, query_events, window_state};
 
 use crate::event::Event;
+use crate::net::Forward;
 
 /// What a query has done, reported in the demo's summary.
 #[derive(Debug, Default, Clone)]
@@ -172,11 +175,20 @@ pub struct Query {
     window: Window,
     aggregation: Aggregation,
     probes: Probes,
+    /// Node A of two: where the output rows go (`--forward`).
+    forward: Option<Arc<Forward>>,
     pub stats: QueryStats,
 }
 
 impl Query {
-    pub fn new(id: u32, input_stream: u32, output_stream: u32, window: WindowKind, window_size: u64) -> Self {
+    pub fn new(
+        id: u32,
+        input_stream: u32,
+        output_stream: u32,
+        window: WindowKind,
+        window_size: u64,
+        forward: Option<Arc<Forward>>,
+    ) -> Self {
         Query {
             id,
             input_stream,
@@ -193,18 +205,20 @@ impl Query {
                 window_state: window_state::Gauge::new(id),
                 groups: aggregate_groups::Gauge::new(id),
             },
+            forward,
             stats: QueryStats { digest: FNV_OFFSET, ..QueryStats::default() },
         }
     }
 
     /// Processes one chunk of the input stream: one query batch. `waited_ns`: how long the
-    /// chunk sat in an async junction's queue.
-    pub fn process(&mut self, chunk: &[Event], waited_ns: Option<u64>) {
+    /// chunk sat in an async junction's queue; `context`: the trace context the chunk came
+    /// with from another node.
+    pub fn process(&mut self, chunk: &[Event], waited_ns: Option<u64>, context: Option<TraceContext>) {
         let n = chunk.len() as u64;
         // The clock reads enclose the batch span, so the span an observer is given lies inside
         // the one measured here.
         let started = Instant::now();
-        let batch = Batch::enter();
+        let batch = Batch::enter_in(context);
         if let Some(wait) = waited_ns {
             batch.handoff(self.id, n, wait);
         }
@@ -277,6 +291,11 @@ impl Query {
             for word in [u64::from(row.symbol), row.sum as u64, row.count as u64] {
                 self.stats.digest = fnv1a(self.stats.digest, word);
             }
+        }
+        if let Some(forward) = &self.forward {
+            // Sent from inside the emit span: downstream, its batch continues this trace
+            // under "Output Emission".
+            forward.send(rows.iter().map(|r| (r.symbol, r.sum, r.count)), usdt_markers::trace::current());
         }
         span.exit(self.id, Stage::Emit, n, n);
         n

@@ -5,12 +5,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
+use usdt_markers::trace::TraceContext;
 use usdt_markers::{backpressure, queue_state};
 
 use crate::event::{Chunk, Event};
 
 struct Item {
     chunk: Arc<Chunk>,
+    context: Option<TraceContext>,
     queued_at: Instant,
 }
 
@@ -48,7 +50,7 @@ impl Queue {
     }
 
     /// Queues a chunk, waiting while the queue is full. Returns whether it had to wait.
-    pub fn push(&self, chunk: Arc<Chunk>) -> bool {
+    pub fn push(&self, chunk: Arc<Chunk>, context: Option<TraceContext>) -> bool {
         let bytes = (chunk.len() * size_of::<Event>()) as u64;
         let mut state = self.lock();
         let waited = state.items.len() >= self.capacity;
@@ -58,7 +60,7 @@ impl Queue {
                 state = self.not_full.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         }
-        state.items.push_back(Item { chunk, queued_at: Instant::now() });
+        state.items.push_back(Item { chunk, context, queued_at: Instant::now() });
         state.bytes += bytes;
         self.gauge.set(state.items.len() as u64, self.capacity as u64, state.bytes, state.last_wait_ns);
         drop(state);
@@ -66,9 +68,9 @@ impl Queue {
         waited
     }
 
-    /// Takes the oldest chunk and how long it waited; `None` once the queue is closed and
-    /// drained.
-    pub fn pop(&self) -> Option<(Arc<Chunk>, u64)> {
+    /// Takes the oldest chunk, its trace context and how long it waited; `None` once the queue
+    /// is closed and drained.
+    pub fn pop(&self) -> Option<(Arc<Chunk>, Option<TraceContext>, u64)> {
         let mut state = self.lock();
         loop {
             if let Some(item) = state.items.pop_front() {
@@ -78,7 +80,7 @@ impl Queue {
                 self.gauge.set(state.items.len() as u64, self.capacity as u64, state.bytes, wait_ns);
                 drop(state);
                 self.not_full.notify_one();
-                return Some((item.chunk, wait_ns));
+                return Some((item.chunk, item.context, wait_ns));
             }
             if state.closed {
                 return None;

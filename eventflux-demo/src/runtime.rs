@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use usdt_markers::abi::{ConnErrorKind, JunctionKind, Protocol, StreamRole, WindowKind};
+use usdt_markers::trace::TraceContext;
 use usdt_markers::{QueryInfo, StreamInfo, conn_close, conn_error, conn_open, ingest, junction_send};
 
-use crate::event::Source;
+use crate::event::{Chunk, Source};
+use crate::net::{Forward, Inbound};
 use crate::query::{Query, QueryStats};
 use crate::queue::Queue;
 
@@ -28,6 +30,10 @@ pub struct Config {
     pub hold: Duration,
     /// From when to when (since the first event) the engine is in trouble: see [`TROUBLE`].
     pub trouble: Option<(Duration, Duration)>,
+    /// Node A of two: send every query's output to node B there.
+    pub forward: Option<std::net::SocketAddr>,
+    /// Node B of two: take the input from node A's connection here instead of the sources.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Whether the engine is in trouble now (`--trouble`): half of the sources' events are
@@ -127,13 +133,13 @@ enum Delivery {
 
 impl Delivery {
     /// Hands a chunk to query `q`; returns whether that hit backpressure.
-    fn deliver(&mut self, q: usize, chunk: &Arc<Vec<crate::event::Event>>) -> bool {
+    fn deliver(&mut self, q: usize, chunk: &Arc<Chunk>, context: Option<TraceContext>) -> bool {
         match self {
             Delivery::Sync(queries) => {
-                queries[q].process(chunk, None);
+                queries[q].process(chunk, None, context);
                 false
             }
-            Delivery::Async { queues, .. } => queues[q].push(Arc::clone(chunk)),
+            Delivery::Async { queues, .. } => queues[q].push(Arc::clone(chunk), context),
         }
     }
 
@@ -206,12 +212,27 @@ fn wait_for_gate(gate: &std::path::Path) {
     }
 }
 
+/// Where input chunks come from.
+enum Input {
+    /// The deterministic sources, round-robin over the input streams.
+    Sources(Vec<Source>),
+    /// Node A's connection (two-node mode).
+    Node(Inbound),
+}
+
 pub fn run(config: &Config) -> Result<Outcome> {
     let (mut streams, defs) = plan(config);
     register(config, &streams, &defs);
 
-    let queries: Vec<Query> =
-        defs.iter().map(|d| Query::new(d.id, d.input_stream, d.output_stream, d.window, d.window_size)).collect();
+    let forward = config.forward.map(Forward::connect).transpose()?.map(Arc::new);
+    let mut input = match config.listen {
+        Some(addr) => Input::Node(Inbound::accept(addr)?),
+        None => Input::Sources((0..config.streams).map(Source::new).collect()),
+    };
+    let queries: Vec<Query> = defs
+        .iter()
+        .map(|d| Query::new(d.id, d.input_stream, d.output_stream, d.window, d.window_size, forward.clone()))
+        .collect();
     let mut delivery = match config.mode {
         JunctionKind::Sync => Delivery::Sync(queries),
         JunctionKind::Async => {
@@ -223,11 +244,11 @@ pub fn run(config: &Config) -> Result<Outcome> {
                 let worker = thread::Builder::new()
                     .name(format!("query-{}", query.id))
                     .spawn(move || {
-                        while let Some((chunk, wait_ns)) = queue.pop() {
+                        while let Some((chunk, context, wait_ns)) = queue.pop() {
                             if in_trouble() {
                                 thread::sleep(TROUBLE_STALL);
                             }
-                            query.process(&chunk, Some(wait_ns));
+                            query.process(&chunk, Some(wait_ns), context);
                         }
                         query
                     })
@@ -256,43 +277,57 @@ pub fn run(config: &Config) -> Result<Outcome> {
     let mut connections = Vec::new();
     connect_sources(&streams, &mut connections);
 
-    let mut sources: Vec<Source> = (0..config.streams).map(Source::new).collect();
     let started = Instant::now();
     let mut produced = 0u64;
     let mut next_stream = 0usize;
-    while config.events.is_none_or(|n| produced < n) {
-        let len = match config.events {
-            Some(n) => (n - produced).min(config.batch as u64) as usize,
-            None => config.batch,
-        };
-        if config.rate > 0 {
-            pace(started, produced, config.rate);
-        }
-        if let Some((from, to)) = config.trouble {
-            let t = started.elapsed();
-            let now = t >= from && t < to;
-            if now != in_trouble() {
-                TROUBLE.store(now, std::sync::atomic::Ordering::Relaxed);
-                eprintln!("eventflux-demo: {} trouble", if now { "entering" } else { "leaving" });
+    loop {
+        let (chunk, context) = match &mut input {
+            Input::Sources(sources) => {
+                if config.events.is_some_and(|n| produced >= n) {
+                    break;
+                }
+                let len = match config.events {
+                    Some(n) => (n - produced).min(config.batch as u64) as usize,
+                    None => config.batch,
+                };
+                if config.rate > 0 {
+                    pace(started, produced, config.rate);
+                }
+                if let Some((from, to)) = config.trouble {
+                    let t = started.elapsed();
+                    let now = t >= from && t < to;
+                    if now != in_trouble() {
+                        TROUBLE.store(now, std::sync::atomic::Ordering::Relaxed);
+                        eprintln!("eventflux-demo: {} trouble", if now { "entering" } else { "leaving" });
+                    }
+                }
+                (sources[next_stream].chunk(len), None)
             }
-        }
+            Input::Node(inbound) => match inbound.next()? {
+                Some(next) => next,
+                None => break,
+            },
+        };
         let stream = next_stream;
-        next_stream = (next_stream + 1) % sources.len();
-        let chunk = Arc::new(sources[stream].chunk(len));
-        let n = len as u64;
+        next_stream = (next_stream + 1) % config.streams as usize;
+        let n = chunk.len() as u64;
+        let chunk = Arc::new(chunk);
         received[stream].add(n);
         streams[stream].stats.received += n;
         for (q, sent) in &subscribers[stream] {
             let q = *q;
             sent.add(n);
             streams[stream].stats.sent += n;
-            if delivery.deliver(q, &chunk) {
+            if delivery.deliver(q, &chunk, context) {
                 streams[stream].stats.backpressure += 1;
             }
         }
         produced += n;
     }
     let queries = delivery.finish()?;
+    if let Some(forward) = &forward {
+        forward.finish();
+    }
     let elapsed = started.elapsed();
     if !config.hold.is_zero() {
         eprintln!("eventflux-demo: produced {produced} events; idle for {:?} before stopping", config.hold);

@@ -186,6 +186,9 @@ pub mod drop {
 pub const SPAN_STAGE: u32 = 0;
 /// [`SpanRecord::kind`]: a sampled batch as a whole (`batch_sample`), after its stages.
 pub const SPAN_BATCH: u32 = 1;
+/// [`ContextRecord::kind`]: a traced batch's trace context (`trace_context`), just before its
+/// batch record.
+pub const SPAN_CONTEXT: u32 = 2;
 
 /// One span of a sampled batch, sent to user space through the `SPANS` ring buffer while
 /// spans are traced. The thread tells the records of concurrent batches apart: an engine
@@ -211,6 +214,30 @@ pub struct SpanRecord {
     pub total_ns: u64,
     /// Stage: without the stages it called; batch: 0.
     pub self_ns: u64,
+    /// Stage: the id the engine gave the span when it forwarded a trace context from inside
+    /// it, 0 if none; batch: 0.
+    pub span_id: u64,
+}
+
+/// A traced batch's W3C trace context, in the `SPANS` ring buffer just before the batch's
+/// [`SpanRecord`] (same thread). Records in that ring buffer start with their `kind`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContextRecord {
+    /// [`SPAN_CONTEXT`].
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub query: u32,
+    /// W3C trace flags (bit 0: sampled).
+    pub flags: u32,
+    pub _pad: u32,
+    pub trace_id_high: u64,
+    pub trace_id_low: u64,
+    /// The batch's root span.
+    pub span_id: u64,
+    /// The upstream span the batch continues, 0 when it starts a trace.
+    pub parent_span_id: u64,
 }
 
 /// Bytes of a name carried in an [`Event`].

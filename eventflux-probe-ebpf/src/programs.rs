@@ -16,12 +16,12 @@ use aya_ebpf::programs::ProbeContext;
 use aya_log_ebpf::debug;
 use eventflux_probe_common::probe::*;
 use eventflux_probe_common::{
-    CounterKey, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, SPAN_BATCH, SPAN_STAGE, SiteSpec, SpanRecord,
-    counter, drop, gauge, stage,
+    ContextRecord, CounterKey, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, SPAN_BATCH, SPAN_CONTEXT,
+    SPAN_STAGE, SiteSpec, SpanRecord, counter, drop, gauge, stage,
 };
 
 use crate::args;
-use crate::maps::{EVENTS, SPECS, count_drop, counter_add, gauge_set, hist_add, span_output};
+use crate::maps::{EVENTS, SPECS, context_output, count_drop, counter_add, gauge_set, hist_add, span_output};
 
 /// The current hit: its site's spec and the process it was attached for.
 struct Hit<'a> {
@@ -223,7 +223,27 @@ program!(stage_sample, |h, a| {
         start_ns: a.start_ns,
         total_ns: a.total_ns,
         self_ns: a.self_ns,
+        span_id: a.span_id,
     });
+});
+
+// Only for span trees, like `stage_sample`: the trace a traced batch belongs to.
+program!(trace_context, |h, a| {
+    let record = ContextRecord {
+        kind: SPAN_CONTEXT,
+        pid: h.pid,
+        tid: h.tid(),
+        query: a.query_id,
+        flags: a.flags,
+        _pad: 0,
+        trace_id_high: a.trace_id_high,
+        trace_id_low: a.trace_id_low,
+        span_id: a.span_id,
+        parent_span_id: a.parent_span_id,
+    };
+    if !context_output(&record) {
+        debug!(h.ctx, "pid {}: span ring buffer full, the trace context of query {} lost", h.pid, a.query_id);
+    }
 });
 
 program!(batch_sample, |h, a| {
@@ -239,6 +259,7 @@ program!(batch_sample, |h, a| {
         start_ns: a.start_ns,
         total_ns: a.latency_ns,
         self_ns: 0,
+        span_id: 0,
     });
     // Latency only from batches whose stages were not timed inside them (or when every batch is
     // sampled); stage self times from the others.

@@ -554,15 +554,33 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds a process used so far (user and system, all threads), from `/proc/PID/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces) start at state, field 3.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // utime and stime are fields 14 and 15: indices 11 and 12 after the command.
+    (ticks(11) + ticks(12)) / hz
+}
+
 /// Demo throughput (chunks of 64, as fast as it goes) detached, under `run`, and under `run`
-/// exporting traces over OTLP at its default budget; spans exported per second and the
-/// daemon's resident memory at the end.
+/// exporting traces over OTLP at its default budget; spans exported per second, the daemon's
+/// CPU time per exported span (its CPU with export less without, over the spans) and its
+/// resident memory at the end.
 fn bench_tracing() -> Result<()> {
     let (port, requests) = otlp_sink()?;
     let args = demo_args(16_000_000, 64, 0);
     let mut rates: [Vec<f64>; 3] = Default::default();
     let mut exported = Vec::new();
     let mut rss = Vec::new();
+    // Per round: the daemon's CPU seconds per second of the demo's run, without and with export,
+    // and spans exported.
+    let mut cpu: [Vec<f64>; 3] = Default::default();
+    let mut per_span = Vec::new();
     for _ in 0..ROUNDS {
         for (i, mode) in ["detached", "run", "run+otlp"].iter().enumerate() {
             let gate = gate_path("tracing");
@@ -583,17 +601,26 @@ fn bench_tracing() -> Result<()> {
                 std::thread::sleep(Duration::from_millis(300));
                 Some(c)
             };
+            let cpu_before = daemon.as_ref().map_or(0.0, |c| cpu_seconds(c.id()));
+            let started = Instant::now();
             std::fs::write(&gate, b"")?;
             let summary = wait_json(child)?;
             let _ = std::fs::remove_file(&gate);
             rates[i].push(summary["events_per_sec"].as_f64().context("no events_per_sec")?);
             if let Some(mut c) = daemon {
+                // Long enough for the last export (1 s interval), the same for both modes.
+                std::thread::sleep(Duration::from_millis(1500));
+                let used = cpu_seconds(c.id()) - cpu_before;
+                cpu[i].push(used / started.elapsed().as_secs_f64());
                 if *mode == "run+otlp" {
-                    std::thread::sleep(Duration::from_millis(1500));
                     let page = http_get(listen, "/metrics")?;
                     let secs = summary["elapsed_s"].as_f64().unwrap_or(1.0).max(1e-3);
-                    exported.push(metric_sum(&page, "eventflux_probe_spans_exported_total") / secs);
+                    let spans = metric_sum(&page, "eventflux_probe_spans_exported_total");
+                    exported.push(spans / secs);
                     rss.push(rss_kib(c.id()) as f64);
+                    // The same window without export, from this round's `run`.
+                    let without = cpu[1].last().copied().unwrap_or(0.0) * started.elapsed().as_secs_f64();
+                    per_span.push((used - without).max(0.0) / spans.max(1.0));
                 }
                 sigint(&mut c)?;
             }
@@ -611,6 +638,70 @@ fn bench_tracing() -> Result<()> {
         median(exported),
         requests.load(std::sync::atomic::Ordering::Relaxed),
         median(rss)
+    );
+    println!(
+        "  daemon CPU (% of one core, demo run + 1.5 s): run {:.2}%, run + OTLP {:.2}%; per exported span {:.1} µs (target < 100 µs)",
+        median(cpu[1].clone()) * 100.0,
+        median(cpu[2].clone()) * 100.0,
+        median(per_span) * 1e6
+    );
+    tracing_cost_per_span(port)
+}
+
+/// The daemon's CPU time per exported span where spans are many (the default budget's few
+/// thousand per second leave the difference within the kernel's 10 ms CPU-time ticks): every
+/// batch traced, the demo at 200k events/s in chunks of 64 (about 47k spans/s), `run
+/// --every-batch` with and without export, export every 100 ms.
+fn tracing_cost_per_span(port: u16) -> Result<()> {
+    const ROUNDS_HEAVY: usize = 3;
+    let args = demo_args(1_000_000, 64, 200_000);
+    let mut per_span = Vec::new();
+    let mut spans_per_sec = Vec::new();
+    let mut cpu_with = Vec::new();
+    let mut dropped = 0.0;
+    for _ in 0..ROUNDS_HEAVY {
+        let mut used = [0.0f64; 2];
+        let mut spans = 0.0;
+        let mut secs = 1.0;
+        for (i, export) in [false, true].into_iter().enumerate() {
+            let gate = gate_path("tracing-heavy");
+            let child = demo(&args, &gate)?;
+            let pid = child.id().to_string();
+            let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let mut c = Command::new(bin_dir().join("eventflux-probe"));
+            c.args(["run", "--pid", &pid, "--listen", &format!("127.0.0.1:{listen}"), "--drain", "0", "--every-batch"]);
+            if export {
+                c.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}"))
+                    .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+                    .env("EVENTFLUX_PROBE_OTLP_INTERVAL", "100ms");
+            }
+            let mut c = c.stderr(Stdio::piped()).spawn()?;
+            let _log = wait_stderr(&mut c, "serving")?;
+            std::thread::sleep(Duration::from_millis(300));
+            let before = cpu_seconds(c.id());
+            let started = Instant::now();
+            std::fs::write(&gate, b"")?;
+            let _summary = wait_json(child)?;
+            let _ = std::fs::remove_file(&gate);
+            std::thread::sleep(Duration::from_millis(500));
+            used[i] = cpu_seconds(c.id()) - before;
+            if export {
+                secs = started.elapsed().as_secs_f64();
+                let page = http_get(listen, "/metrics")?;
+                spans = metric_sum(&page, "eventflux_probe_spans_exported_total");
+                dropped += metric_sum(&page, "eventflux_probe_spans_dropped_total");
+            }
+            sigint(&mut c)?;
+        }
+        per_span.push((used[1] - used[0]).max(0.0) / spans.max(1.0));
+        spans_per_sec.push(spans / secs);
+        cpu_with.push(used[1] / secs);
+    }
+    println!(
+        "  every batch traced, 200k events/s ({ROUNDS_HEAVY} rounds): {:.0} spans/s exported, {dropped:.0} dropped, daemon CPU {:.1}% of a core; per exported span {:.2} µs (target < 100 µs)",
+        median(spans_per_sec),
+        median(cpu_with) * 100.0,
+        median(per_span) * 1e6
     );
     Ok(())
 }

@@ -70,14 +70,18 @@ pub struct Kernel {
     slots: Vec<Option<(AttachedSite, Attachment)>>,
 }
 
+/// The probes only span trees need: `stage_sample` (its per-stage records repeat what
+/// `batch_sample` carries for metrics) and `trace_context`. Loading either turns span records
+/// on (`TRACE_SPANS`).
+pub const TRACE_PROBES: [u32; 2] = [probe::stage_sample::ID, probe::trace_context::ID];
+
 /// The probes whose data the metrics are made of: every probe but the control probes and
-/// `stage_sample` (whose per-stage records repeat what `batch_sample` carries; they are for
-/// span trees).
+/// [`TRACE_PROBES`].
 pub fn metric_probes() -> Vec<u32> {
     PROBES
         .iter()
         .enumerate()
-        .filter(|(i, p)| p.class != Class::Control && *i as u32 != probe::stage_sample::ID)
+        .filter(|(i, p)| p.class != Class::Control && !TRACE_PROBES.contains(&(*i as u32)))
         .map(|(i, _)| i as u32)
         .collect()
 }
@@ -116,8 +120,8 @@ impl Kernel {
         // prunes every logging branch and the programs pay nothing for them.
         let level: u8 = if kernel_log { aya_log::Level::Debug as u8 } else { 0 };
         loader.override_global(aya_log::LEVEL, &level, false);
-        // Span records only for a tracer (who attaches `stage_sample` and reads `SPANS`).
-        let trace: u8 = probes.contains(&probe::stage_sample::ID).into();
+        // Span records only for a tracer (who attaches the trace probes and reads `SPANS`).
+        let trace: u8 = TRACE_PROBES.iter().any(|p| probes.contains(p)).into();
         loader.override_global("TRACE_SPANS", &trace, true);
         let mut ebpf = loader.load(OBJECT).map_err(|e| {
             if is_permission_error(&e) {

@@ -65,7 +65,7 @@ impl Daemon {
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.to_string());
         let mut kernel = Kernel::load(probes)?;
         let kernel_log = Mutex::new(kernel.take_logger());
-        let tracing = probes.contains(&eventflux_probe_common::probe::stage_sample::ID);
+        let tracing = crate::bpf::TRACE_PROBES.iter().any(|p| probes.contains(p));
         let spans = Mutex::new(if tracing { Some(kernel.take_spans()?) } else { None });
         let kernel = Arc::new(Mutex::new(kernel));
         let collector = Arc::new(Collector::new(Arc::clone(&kernel), max_age)?);
@@ -74,7 +74,7 @@ impl Daemon {
 
     /// Hands every span record waiting in the ring buffer to `f` (nothing unless loaded to
     /// trace); returns how many.
-    pub fn drain_spans(&self, mut f: impl FnMut(eventflux_probe_common::SpanRecord)) -> usize {
+    pub fn drain_spans(&self, mut f: impl FnMut(crate::trace::Record)) -> usize {
         let mut spans = lock(&self.spans);
         let Some(ring) = spans.as_mut() else { return 0 };
         let mut n = 0;
@@ -448,8 +448,8 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let mut probes = crate::bpf::metric_probes();
     probes.extend(options.budget.control_probes());
     if options.otlp.is_some() {
-        // The stage spans of sampled batches, for the trees (docs/probes.md: span records).
-        probes.push(eventflux_probe_common::probe::stage_sample::ID);
+        // The stage spans and trace contexts of traced batches, for the trees (docs/probes.md).
+        probes.extend(crate::bpf::TRACE_PROBES);
     }
     let (daemon, first) = tokio::task::spawn_blocking(move || -> Result<(Daemon, Attached)> {
         let daemon = Daemon::load(&probes, Duration::from_millis(100))?;
@@ -653,6 +653,9 @@ async fn watch(shared: &Arc<Shared>, target: &Arc<Target>) -> Option<Arc<Target>
                 lock(&shared.history).clear();
                 if let Some(next) = successor(shared, candidates, &mut rejected).await {
                     log_attached(&next, &shared.options.budget);
+                    if let Some(exporter) = &shared.exporter {
+                        exporter.add_target(next.target.pid(), &next.target.exe_path().display().to_string());
+                    }
                     *lock(&shared.target) = Some(Arc::clone(&next.target));
                     shared.set_phase(attached_phase(&next));
                     return Some(next.target);

@@ -11,23 +11,68 @@
 //! root then begins with the ingest span, so that children always lie inside their parent.
 //! Times are CLOCK_MONOTONIC, the clock of the engine's markers; [`Clock`] turns them into
 //! wall-clock time.
+//!
+//! A traced batch (one timed with its stages while `trace_context` is attached) also fires its
+//! W3C trace context just before its batch record: the trace it belongs to (the upstream
+//! node's, when its events came with one), its root span's id and its parent span upstream.
+//! Stage records carry the id the engine gave a span when it forwarded the context from
+//! inside it, so the downstream node's root hangs under exactly that span.
 
 use std::collections::BTreeMap;
 
-use eventflux_probe_common::{SPAN_BATCH, SPAN_STAGE, SpanRecord, stage};
+use eventflux_probe_common::{ContextRecord, SPAN_BATCH, SPAN_CONTEXT, SPAN_STAGE, SpanRecord, stage};
 
 /// Stage records kept per thread while waiting for the batch record: more means the batch
 /// record was lost (a full ring buffer), and the oldest are dropped.
 const MAX_PENDING: usize = 64;
 
-/// Decodes a ring-buffer record; `None` if it is too short to be a [`SpanRecord`].
-pub fn decode(bytes: &[u8]) -> Option<SpanRecord> {
-    if bytes.len() < size_of::<SpanRecord>() {
+/// A record of the `SPANS` ring buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    Span(SpanRecord),
+    Context(ContextRecord),
+}
+
+/// Decodes a ring-buffer record by its leading `kind`; `None` if it is of no known kind or
+/// too short for its kind.
+pub fn decode(bytes: &[u8]) -> Option<Record> {
+    let kind = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+    match kind {
+        SPAN_STAGE | SPAN_BATCH => read::<SpanRecord>(bytes).map(Record::Span),
+        SPAN_CONTEXT => read::<ContextRecord>(bytes).map(Record::Context),
+        _ => None,
+    }
+}
+
+/// Types the kernel programs write to `SPANS`: plain integers, valid for any bit pattern.
+trait Plain: Copy {}
+impl Plain for SpanRecord {}
+impl Plain for ContextRecord {}
+
+fn read<T: Plain>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < size_of::<T>() {
         return None;
     }
-    // SAFETY: the record holds at least size_of::<SpanRecord>() bytes written by the kernel
-    // program as a SpanRecord (plain integers, valid for any bit pattern).
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SpanRecord>()) })
+    // SAFETY: at least size_of::<T>() bytes, and T is plain integers (any bit pattern valid).
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// A traced batch's W3C trace context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    pub trace_id: u128,
+    /// The root span's id (the engine's).
+    pub span_id: u64,
+    /// The upstream span this batch continues; 0 when it starts the trace.
+    pub parent_span_id: u64,
+    pub flags: u8,
+}
+
+impl Context {
+    /// The trace id as the W3C header writes it.
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
 }
 
 /// One span of a tree.
@@ -42,6 +87,8 @@ pub struct Span {
     pub self_ns: u64,
     pub events_in: u64,
     pub events_out: u64,
+    /// The id the engine gave this span (it forwarded the trace from inside it), 0 if none.
+    pub span_id: u64,
     pub children: Vec<Span>,
 }
 
@@ -86,6 +133,8 @@ pub struct Trace {
     pub clean: bool,
     /// The batch's latency as the engine measured it (the root may start earlier, with ingest).
     pub latency_ns: u64,
+    /// Its trace context, when the engine traced it (else the observer makes up ids).
+    pub context: Option<Context>,
     pub root: Span,
 }
 
@@ -93,13 +142,22 @@ pub struct Trace {
 #[derive(Debug, Default)]
 pub struct Assembler {
     pending: BTreeMap<(u32, u32), Vec<SpanRecord>>,
+    /// A thread's trace context record, waiting for the batch record right after it.
+    contexts: BTreeMap<(u32, u32), ContextRecord>,
     /// Stage records dropped because their batch never came.
     pub orphaned: u64,
 }
 
 impl Assembler {
     /// Takes one record; a batch record completes its thread's tree.
-    pub fn push(&mut self, r: SpanRecord) -> Option<Trace> {
+    pub fn push(&mut self, r: Record) -> Option<Trace> {
+        let r = match r {
+            Record::Span(r) => r,
+            Record::Context(c) => {
+                self.contexts.insert((c.pid, c.tid), c);
+                return None;
+            }
+        };
         match r.kind {
             SPAN_STAGE => {
                 let pending = self.pending.entry((r.pid, r.tid)).or_default();
@@ -125,7 +183,15 @@ impl Assembler {
                 if !rest.is_empty() {
                     self.pending.insert((r.pid, r.tid), rest);
                 }
-                Some(tree(&r, &mine))
+                let context = self.contexts.remove(&(r.pid, r.tid)).filter(|c| c.query == r.query).map(|c| Context {
+                    trace_id: (u128::from(c.trace_id_high) << 64) | u128::from(c.trace_id_low),
+                    span_id: c.span_id,
+                    parent_span_id: c.parent_span_id,
+                    flags: c.flags as u8,
+                });
+                let mut trace = tree(&r, &mine);
+                trace.context = context;
+                Some(trace)
             }
             _ => None,
         }
@@ -134,6 +200,7 @@ impl Assembler {
     /// Forgets a process's pending records (it exited).
     pub fn forget(&mut self, pid: u32) {
         self.pending.retain(|(p, _), _| *p != pid);
+        self.contexts.retain(|(p, _), _| *p != pid);
     }
 }
 
@@ -152,6 +219,7 @@ fn tree(batch: &SpanRecord, stages: &[SpanRecord]) -> Trace {
             self_ns: s.self_ns,
             events_in: s.events_in,
             events_out: s.events_out,
+            span_id: s.span_id,
             children: Vec::new(),
         };
         let mut children = Vec::new();
@@ -179,6 +247,7 @@ fn tree(batch: &SpanRecord, stages: &[SpanRecord]) -> Trace {
         self_ns: end.saturating_sub(start).saturating_sub(children),
         events_in: batch.events_in,
         events_out: batch.events_out,
+        span_id: 0,
         children: top,
     };
     Trace {
@@ -188,6 +257,7 @@ fn tree(batch: &SpanRecord, stages: &[SpanRecord]) -> Trace {
         stream: batch.stage_or_stream,
         clean: batch.clean != 0,
         latency_ns: batch.total_ns,
+        context: None,
         root,
     }
 }
@@ -272,8 +342,8 @@ impl Clock {
 mod tests {
     use super::*;
 
-    fn stage_rec(tid: u32, query: u32, st: u32, start: u64, total: u64, self_ns: u64) -> SpanRecord {
-        SpanRecord {
+    fn stage_rec(tid: u32, query: u32, st: u32, start: u64, total: u64, self_ns: u64) -> Record {
+        Record::Span(SpanRecord {
             kind: SPAN_STAGE,
             pid: 1,
             tid,
@@ -285,11 +355,12 @@ mod tests {
             start_ns: start,
             total_ns: total,
             self_ns,
-        }
+            span_id: 0,
+        })
     }
 
-    fn batch_rec(tid: u32, query: u32, start: u64, latency: u64) -> SpanRecord {
-        SpanRecord {
+    fn batch_rec(tid: u32, query: u32, start: u64, latency: u64) -> Record {
+        Record::Span(SpanRecord {
             kind: SPAN_BATCH,
             pid: 1,
             tid,
@@ -301,7 +372,38 @@ mod tests {
             start_ns: start,
             total_ns: latency,
             self_ns: 0,
+            span_id: 0,
+        })
+    }
+
+    fn context_rec(tid: u32, query: u32) -> ContextRecord {
+        ContextRecord {
+            kind: SPAN_CONTEXT,
+            pid: 1,
+            tid,
+            query,
+            flags: 1,
+            _pad: 0,
+            trace_id_high: 0xaa,
+            trace_id_low: 0xbb,
+            span_id: 0x77,
+            parent_span_id: 0x55,
         }
+    }
+
+    #[test]
+    fn a_context_record_belongs_to_the_batch_record_after_it() {
+        let mut a = Assembler::default();
+        a.push(stage_rec(1, 3, stage::FILTER, 100, 50, 50));
+        a.push(Record::Context(context_rec(1, 3)));
+        let t = a.push(batch_rec(1, 3, 90, 100)).expect("trace");
+        let c = t.context.expect("context");
+        assert_eq!((c.trace_id, c.span_id, c.parent_span_id, c.flags), ((0xaa << 64) | 0xbb, 0x77, 0x55, 1));
+        assert_eq!(c.trace_id_hex(), "00000000000000aa00000000000000bb");
+        // The next batch of the thread has none; a context of another query is not taken.
+        assert_eq!(a.push(batch_rec(1, 3, 300, 10)).and_then(|t| t.context), None);
+        a.push(Record::Context(context_rec(1, 4)));
+        assert_eq!(a.push(batch_rec(1, 3, 400, 10)).and_then(|t| t.context), None);
     }
 
     #[test]
@@ -372,9 +474,15 @@ mod tests {
     #[test]
     fn short_records_are_refused() {
         assert!(decode(&[0u8; 8]).is_none());
-        let r = batch_rec(1, 2, 3, 4);
+        assert!(decode(&[9u8; 80]).is_none(), "unknown kind");
+        let Record::Span(r) = batch_rec(1, 2, 3, 4) else { unreachable!() };
         // SAFETY: SpanRecord is plain data; viewing it as bytes is sound.
         let bytes = unsafe { std::slice::from_raw_parts((&raw const r).cast::<u8>(), size_of::<SpanRecord>()) };
-        assert_eq!(decode(bytes), Some(r));
+        assert_eq!(decode(bytes), Some(Record::Span(r)));
+        let c = context_rec(1, 2);
+        // SAFETY: as above.
+        let bytes = unsafe { std::slice::from_raw_parts((&raw const c).cast::<u8>(), size_of::<ContextRecord>()) };
+        assert_eq!(decode(bytes), Some(Record::Context(c)));
+        assert_eq!(decode(&bytes[..40]), None, "too short for its kind");
     }
 }

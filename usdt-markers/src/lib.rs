@@ -44,6 +44,7 @@ mod semaphore;
 #[cfg(all(feature = "enabled", target_arch = "x86_64", target_os = "linux"))]
 mod site;
 pub mod span;
+pub mod trace;
 
 pub use eventflux_abi as abi;
 pub use eventflux_abi::{ABI_VERSION, ArgDef, ArgKind, Class, PROVIDER, ProbeDef};

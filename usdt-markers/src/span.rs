@@ -39,7 +39,8 @@ use std::sync::OnceLock;
 
 use eventflux_abi::{DEFAULT_SAMPLES_PER_SEC, SAMPLE_LEVELS, Stage};
 
-use crate::probes::{SEMAPHORES, batch_sample, spans_dropped, stage_sample};
+use crate::probes::{SEMAPHORES, batch_sample, spans_dropped, stage_sample, trace_context};
+use crate::trace::TraceContext;
 
 /// Spans open at once on a thread (a batch and the stages and batches nested in it).
 const MAX_OPEN: usize = 16;
@@ -52,6 +53,8 @@ const MAX_RECORDS: usize = 64;
 pub struct Batch {
     /// Start on CLOCK_MONOTONIC, 0 when not sampled.
     start: u64,
+    /// This batch set the thread's incoming trace context (and clears it when it ends).
+    incoming: bool,
 }
 
 /// A stage inside a batch, timed only when the batch is sampled.
@@ -78,6 +81,9 @@ struct Frame {
     clean: bool,
     /// Self time per Stage of the stages in this batch (batches only).
     stages: [u64; STAGES],
+    /// The id the engine gave this span when it forwarded a trace context from inside it
+    /// ([`crate::trace::current`]), 0 if it did not.
+    span_id: u64,
 }
 
 const STAGES: usize = Stage::ALL.len();
@@ -92,6 +98,7 @@ enum Record {
         self_ns: u64,
         total_ns: u64,
         start_ns: u64,
+        span_id: u64,
     },
     Batch {
         query: u32,
@@ -111,6 +118,17 @@ struct Recorder {
     records: [Option<Record>; MAX_RECORDS],
     len: usize,
     dropped: u64,
+    /// The trace of the outermost batch, when it is traced.
+    trace: Option<Traced>,
+}
+
+/// A traced batch's context: its trace, its root span and where it continues from.
+#[derive(Clone, Copy)]
+struct Traced {
+    trace_id: u128,
+    span_id: u64,
+    parent_span_id: u64,
+    flags: u8,
 }
 
 thread_local! {
@@ -122,14 +140,17 @@ thread_local! {
     /// True while this thread is inside a batch sampled for its stages: only then are stages
     /// timed.
     static STAGES_TIMED: Cell<bool> = const { Cell::new(false) };
+    /// The trace context the current outermost batch arrived with ([`Batch::enter_in`]).
+    static INCOMING: Cell<Option<TraceContext>> = const { Cell::new(None) };
     static PACE: Cell<Pace> = const { Cell::new(Pace { stride: 1, drawn: 1, last_ns: 0, rng: 0, stages_next: false }) };
     static RECORDER: RefCell<Recorder> = const {
         RefCell::new(Recorder {
-            open: [Frame { start: 0, before: 0, overhead: 0, children_ns: 0, batch: false, clean: false, stages: [0; STAGES] }; MAX_OPEN],
+            open: [Frame { start: 0, before: 0, overhead: 0, children_ns: 0, batch: false, clean: false, stages: [0; STAGES], span_id: 0 }; MAX_OPEN],
             depth: 0,
             records: [None; MAX_RECORDS],
             len: 0,
             dropped: 0,
+            trace: None,
         })
     };
 }
@@ -188,7 +209,7 @@ pub fn samples_per_sec() -> u32 {
 }
 
 impl Batch {
-    const OFF: Batch = Batch { start: 0 };
+    const OFF: Batch = Batch { start: 0, incoming: false };
 
     /// Enters a query batch; decides whether it is sampled.
     #[inline(always)]
@@ -198,7 +219,7 @@ impl Batch {
         }
         // Inside a sampled batch every nested batch is part of its record.
         if DEPTH.with(Cell::get) != 0 {
-            return Batch { start: open(now_ns(), true) };
+            return Batch { start: open(now_ns(), true), incoming: false };
         }
         let left = COUNTDOWN.with(Cell::get);
         if left > 1 {
@@ -206,6 +227,49 @@ impl Batch {
             return Batch::OFF;
         }
         Batch::sampled()
+    }
+
+    /// Enters a query batch whose events arrived with a trace `context` from an upstream node
+    /// (W3C `traceparent`, see [`TraceContext`]), or with none. When a tool traces
+    /// (`trace_context` attached) and the upstream sampled the trace, the batch is traced
+    /// whatever the thread's countdown (parent-based sampling: the upstream's rate bounds it),
+    /// and its spans continue that trace; a batch the engine samples itself continues it too.
+    /// Untraced, [`crate::trace::current`] still hands the context on unchanged.
+    #[inline(always)]
+    pub fn enter_in(context: Option<TraceContext>) -> Batch {
+        match context {
+            None => Batch::enter(),
+            Some(c) => Batch::enter_with_context(c),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn enter_with_context(c: TraceContext) -> Batch {
+        // The outermost batch's context is the thread's until that batch ends.
+        let set = INCOMING.with(|i| {
+            let free = i.get().is_none();
+            if free {
+                i.set(Some(c));
+            }
+            free
+        });
+        let forced = set
+            && c.sampled()
+            && DEPTH.with(Cell::get) == 0
+            && batch_sample::is_enabled()
+            && trace_context::is_enabled();
+        let mut batch = if forced { Batch::traced_by_parent() } else { Batch::enter() };
+        batch.incoming = set;
+        batch
+    }
+
+    /// A batch the upstream sampled: timed with its stages, outside the thread's own pace.
+    #[cold]
+    #[inline(never)]
+    fn traced_by_parent() -> Batch {
+        crate::accum::start_flusher();
+        Batch::open_sampled(true, samples_per_sec() == 0)
     }
 
     #[cold]
@@ -246,16 +310,31 @@ impl Batch {
         pace.stages_next = !pace.stages_next;
         PACE.with(|p| p.set(pace));
         COUNTDOWN.with(|c| c.set(next));
+        Batch::open_sampled(stages, !stages || rate == 0)
+    }
+
+    /// Opens a sampled outermost batch; a batch timed with its stages is traced while a tool
+    /// takes `trace_context`.
+    fn open_sampled(stages: bool, clean: bool) -> Batch {
         STAGES_TIMED.with(|c| c.set(stages));
+        // Ids drawn before the batch's clock starts: not part of its time.
+        let trace = (stages && trace_context::is_enabled()).then(|| {
+            let (trace_id, parent_span_id, flags) = match INCOMING.with(Cell::get) {
+                Some(c) => (c.trace_id, c.span_id, c.flags | crate::trace::SAMPLED),
+                None => (crate::trace::new_trace_id(), 0, crate::trace::SAMPLED),
+            };
+            Traced { trace_id, span_id: crate::trace::new_span_id(), parent_span_id, flags }
+        });
         let start = open(now_ns(), true);
         if start != 0 {
             RECORDER.with(|r| {
                 let mut r = r.borrow_mut();
                 let d = r.depth - 1;
-                r.open[d].clean = !stages || rate == 0;
+                r.open[d].clean = clean;
+                r.trace = trace;
             });
         }
-        Batch { start }
+        Batch { start, incoming: false }
     }
 
     /// Whether this batch is sampled.
@@ -282,6 +361,7 @@ impl Batch {
                 self_ns: wait_ns,
                 total_ns: wait_ns,
                 start_ns: self.start.saturating_sub(wait_ns),
+                span_id: 0,
             });
         }
     }
@@ -289,11 +369,14 @@ impl Batch {
     /// Leaves the batch. When it was sampled and is the outermost span, its records fire now.
     #[inline(always)]
     pub fn exit(self, query_id: u32, stream_id: u32, events_in: u64, events_out: u64) {
-        let start = self.start;
+        let Batch { start, incoming } = self;
         // Exited: nothing for `drop` to clean up.
         std::mem::forget(self);
         if start != 0 {
             Batch::exit_sampled(start, query_id, stream_id, events_in, events_out);
+        }
+        if incoming {
+            INCOMING.with(|i| i.set(None));
         }
     }
 
@@ -301,15 +384,15 @@ impl Batch {
     #[inline(never)]
     fn exit_sampled(start: u64, query: u32, stream: u32, events_in: u64, events_out: u64) {
         let end = now_ns();
-        close(start, end, None, |total, _, start, stages, clean| Record::Batch {
+        close(start, end, None, |total, _, f| Record::Batch {
             query,
             stream,
             events_in,
             events_out,
             latency_ns: total,
-            start_ns: start,
-            stages,
-            clean,
+            start_ns: f.start,
+            stages: f.stages,
+            clean: f.clean,
         });
         finish();
     }
@@ -324,6 +407,9 @@ impl Drop for Batch {
         if self.start != 0 {
             abandon();
         }
+        if self.incoming {
+            INCOMING.with(|i| i.set(None));
+        }
     }
 }
 
@@ -335,6 +421,7 @@ fn abandon() {
         r.dropped += (r.depth + r.len) as u64;
         r.depth = 0;
         r.len = 0;
+        r.trace = None;
     });
     DEPTH.with(|c| c.set(0));
     STAGES_TIMED.with(|c| c.set(false));
@@ -365,14 +452,15 @@ impl Span {
     #[inline(never)]
     fn exit_sampled(self, query: u32, stage: Stage, events_in: u64, events_out: u64) {
         let end = now_ns();
-        close(self.start, end, Some(stage), |total_ns, self_ns, start_ns, _, _| Record::Stage {
+        close(self.start, end, Some(stage), |total_ns, self_ns, f| Record::Stage {
             query,
             stage: stage.code(),
             events_in,
             events_out,
             self_ns,
             total_ns,
-            start_ns,
+            start_ns: f.start,
+            span_id: f.span_id,
         });
         finish();
     }
@@ -394,7 +482,16 @@ fn open(before: u64, batch: bool) -> u64 {
             return false;
         }
         let d = r.depth;
-        r.open[d] = Frame { start: 0, before, overhead: 0, children_ns: 0, batch, clean: false, stages: [0; STAGES] };
+        r.open[d] = Frame {
+            start: 0,
+            before,
+            overhead: 0,
+            children_ns: 0,
+            batch,
+            clean: false,
+            stages: [0; STAGES],
+            span_id: 0,
+        };
         r.depth += 1;
         DEPTH.with(|c| c.set(r.depth as u32));
         true
@@ -412,16 +509,11 @@ fn open(before: u64, batch: bool) -> u64 {
 }
 
 /// Closes the innermost span, which must be the one that started at `start`, at `end`: its
-/// record, built by `record(total, self, start, stages)` from its times with the
+/// record, built by `record(total, self, frame)` from its times with the
 /// instrumentation inside it subtracted, joins the thread's records, its parent learns what it
 /// cost, and a stage's self time is added to its batch. Out of order, the thread's spans are
 /// dropped.
-fn close(
-    start: u64,
-    end: u64,
-    stage: Option<Stage>,
-    record: impl FnOnce(u64, u64, u64, [u64; STAGES], bool) -> Record,
-) {
+fn close(start: u64, end: u64, stage: Option<Stage>, record: impl FnOnce(u64, u64, &Frame) -> Record) {
     let cost = read_cost_ns();
     let closed = RECORDER.with(|r| {
         let mut r = r.borrow_mut();
@@ -431,6 +523,7 @@ fn close(
             r.dropped += (r.depth + r.len) as u64;
             r.depth = 0;
             r.len = 0;
+            r.trace = None;
             DEPTH.with(|c| c.set(0));
             STAGES_TIMED.with(|c| c.set(false));
             return None;
@@ -453,7 +546,7 @@ fn close(
         let len = r.len;
         match r.records.get_mut(len) {
             Some(slot) => {
-                *slot = Some(record(total, own, f.start, f.stages, f.clean));
+                *slot = Some(record(total, own, &f));
                 r.len += 1;
             }
             None => r.dropped += 1,
@@ -498,19 +591,33 @@ fn finish() {
         let n = r.len;
         r.len = 0;
         let dropped = std::mem::take(&mut r.dropped);
-        Some((r.records, n, dropped))
+        Some((r.records, n, dropped, r.trace.take()))
     });
-    let Some((records, n, dropped)) = pending else { return };
+    let Some((records, n, dropped, trace)) = pending else { return };
     // Stage records only for a tool that wants them: the batch record carries their self times.
     let stages = stage_sample::is_enabled();
-    for rec in records.iter().take(n).flatten() {
-        match *rec {
-            Record::Stage { query, stage, events_in, events_out, self_ns, total_ns, start_ns } => {
+    for (i, rec) in records.iter().take(n).enumerate() {
+        let Some(rec) = *rec else { continue };
+        match rec {
+            Record::Stage { query, stage, events_in, events_out, self_ns, total_ns, start_ns, span_id } => {
                 if stages {
-                    stage_sample::site(query, stage, events_in, events_out, self_ns, total_ns, start_ns)
+                    stage_sample::site(query, stage, events_in, events_out, self_ns, total_ns, start_ns, span_id)
                 }
             }
             Record::Batch { query, stream, events_in, events_out, latency_ns, start_ns, stages, clean } => {
+                // The outermost batch closes last: the trace is its.
+                if i + 1 == n
+                    && let Some(t) = trace
+                {
+                    trace_context::site(
+                        query,
+                        (t.trace_id >> 64) as u64,
+                        t.trace_id as u64,
+                        t.span_id,
+                        t.parent_span_id,
+                        u32::from(t.flags),
+                    );
+                }
                 let [ingest, filter, window, aggregate, emit] = stages;
                 batch_sample::site(
                     query,
@@ -533,4 +640,35 @@ fn finish() {
         static DROPPED: OnceLock<spans_dropped::Counter> = OnceLock::new();
         DROPPED.get_or_init(spans_dropped::Counter::new).add(dropped);
     }
+}
+
+/// The context a traced batch hands downstream from inside its innermost open span, which gets
+/// an id now if it had none (its record carries it); `None` when the thread is not inside a
+/// traced batch.
+pub(crate) fn traced_context() -> Option<TraceContext> {
+    if DEPTH.with(Cell::get) == 0 {
+        return None;
+    }
+    RECORDER.with(|r| {
+        let mut r = r.borrow_mut();
+        let t = r.trace?;
+        let d = r.depth.checked_sub(1)?;
+        let frame = r.open.get_mut(d)?;
+        // A batch frame (the root, or a batch nested in it, which is part of the root's
+        // record) is represented by the root span.
+        let span_id = if frame.batch {
+            t.span_id
+        } else {
+            if frame.span_id == 0 {
+                frame.span_id = crate::trace::new_span_id();
+            }
+            frame.span_id
+        };
+        Some(TraceContext { trace_id: t.trace_id, span_id, flags: t.flags })
+    })
+}
+
+/// The context the current outermost batch arrived with.
+pub(crate) fn incoming_context() -> Option<TraceContext> {
+    INCOMING.with(Cell::get)
 }

@@ -151,12 +151,14 @@ fn otlp_options(o: &config::Otlp) -> Result<Option<otlp::Options>> {
     {
         return Ok(None);
     }
-    let protocol = Some(o.protocol.clone())
+    // Where the protocol came from, so that a bad value is reported under its own name.
+    let (protocol, from) = Some(o.protocol.clone())
         .filter(|p| !p.is_empty())
-        .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"))
-        .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
-        .unwrap_or_else(|| "grpc".into());
-    let wire = otlp::parse_wire(&protocol)?;
+        .map(|p| (p, "otlp.protocol"))
+        .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").map(|p| (p, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")))
+        .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL").map(|p| (p, "OTEL_EXPORTER_OTLP_PROTOCOL")))
+        .unwrap_or_else(|| ("grpc".into(), "default"));
+    let wire = otlp::parse_wire(&protocol).map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
     Ok(Some(otlp::Options {
         endpoint,
         wire,

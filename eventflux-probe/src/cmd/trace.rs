@@ -1,6 +1,7 @@
 //! `eventflux-probe trace --pid PID [--count N] [--query ID]`: the next N sampled batches as
 //! span trees in the terminal (durations, event counts), for an SRE without a tracing backend.
-//! Attaches the registrations, `stage_sample`, `batch_sample` and its budget's control levels;
+//! Attaches the registrations, `batch_sample`, the trace probes (`stage_sample`,
+//! `trace_context`) and its budget's control levels;
 //! stops after N trees, `--duration`, Ctrl-C or the target's exit.
 
 use std::fmt::Write as _;
@@ -54,9 +55,9 @@ pub fn run(args: &Args) -> Result<()> {
         probe::stream_register::ID,
         probe::query_register::ID,
         probe::query_unregister::ID,
-        probe::stage_sample::ID,
         probe::batch_sample::ID,
     ];
+    probes.extend(eventflux_probe::bpf::TRACE_PROBES);
     probes.extend(budget.control_probes());
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
@@ -196,6 +197,14 @@ fn to_text(model: &Model, t: &Trace, clock: &Clock) -> String {
         timestamp(clock.unix_ns(t.root.start_ns)),
         if t.root.children.is_empty() { ", timed as a whole (stages not timed in this batch)" } else { "" }
     );
+    if let Some(c) = &t.context {
+        let parent = if c.parent_span_id == 0 {
+            "starts the trace".to_owned()
+        } else {
+            format!("continues span {:016x} of an upstream node", c.parent_span_id)
+        };
+        let _ = writeln!(s, "  trace {} span {:016x}, {parent}", c.trace_id_hex(), c.span_id);
+    }
     fn line(s: &mut String, span: &Span, prefix: &str, last: bool, root: bool) {
         let branch = if root {
             ""
@@ -238,6 +247,7 @@ fn to_json(model: &Model, t: &Trace, clock: &Clock) -> String {
                 "self_ns": span.self_ns,
                 "events_in": span.events_in,
                 "events_out": span.events_out,
+                "engine_span_id": (span.span_id != 0).then(|| format!("{:016x}", span.span_id)),
             })
         })
         .collect();
@@ -249,6 +259,9 @@ fn to_json(model: &Model, t: &Trace, clock: &Clock) -> String {
         "tid": t.tid,
         "latency_ns": t.latency_ns,
         "stages_timed": !t.root.children.is_empty(),
+        "trace_id": t.context.map(|c| c.trace_id_hex()),
+        "span_id": t.context.map(|c| format!("{:016x}", c.span_id)),
+        "parent_span_id": t.context.filter(|c| c.parent_span_id != 0).map(|c| format!("{:016x}", c.parent_span_id)),
         "spans": spans,
     });
     format!("{v}\n")

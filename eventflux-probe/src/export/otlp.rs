@@ -10,15 +10,22 @@
 //! Each sampled batch is one trace: a root span "Query Execution" with a child per stage span
 //! ("Event Ingestion", "Filter Processing", "Window Processing", "Aggregation Processing",
 //! "Output Emission"), nested as they ran, times converted from CLOCK_MONOTONIC to wall-clock
-//! time by [`Clock`].
+//! time by [`Clock`]. A batch the engine traced carries its W3C context: its trace id, its root
+//! span's id and its upstream parent (a span another node's observer exported), and the ids
+//! the engine gave spans it forwarded the context from; other ids are drawn here. The root of
+//! a batch that continues an upstream trace is a `Consumer` span with a remote parent, a span
+//! whose context went downstream a `Producer`.
+//!
+//! The resource is the process the spans come from (`process.pid`, its executable): one per
+//! target, so spans of a successor followed after a restart carry its own pid.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use eventflux_probe_common::stage;
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::{InstrumentationScope, KeyValue};
@@ -80,7 +87,11 @@ pub struct State {
 /// The queue between tree assembly and the export worker.
 pub struct Exporter {
     options: Options,
-    queue: Mutex<VecDeque<SpanData>>,
+    /// Spans with the pid of the process they come from (whose resource they are exported
+    /// under).
+    queue: Mutex<VecDeque<(u32, SpanData)>>,
+    /// Resource per target process.
+    resources: Mutex<BTreeMap<u32, Resource>>,
     exported: AtomicU64,
     dropped: [AtomicU64; 2],
     last: Mutex<(Option<String>, Option<Instant>)>,
@@ -131,7 +142,7 @@ impl Exporter {
     /// The exporter for `options`, and the worker future that exports its queue (spawn it on
     /// the daemon's runtime). `target_exe`: the engine's executable, a resource attribute.
     pub fn start(options: Options, pid: u32, target_exe: &str) -> Result<(std::sync::Arc<Exporter>, Worker)> {
-        let mut inner = match options.wire {
+        let inner = match options.wire {
             Wire::Grpc => {
                 let b = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_timeout(options.timeout);
                 let b = match &options.endpoint {
@@ -154,30 +165,43 @@ impl Exporter {
             }
         }
         .map_err(|e| anyhow!("cannot set up the OTLP exporter: {e}"))?;
-        let resource = Resource::builder_empty()
-            .with_attributes([
-                KeyValue::new("service.name", options.service_name.clone()),
-                KeyValue::new("service.version", options.service_version.clone()),
-                KeyValue::new("deployment.environment", options.environment.clone()),
-                KeyValue::new("host.name", host_name()),
-                KeyValue::new("process.pid", i64::from(pid)),
-                KeyValue::new("process.executable.path", target_exe.to_owned()),
-                KeyValue::new("telemetry.sdk.name", "eventflux-probe"),
-                KeyValue::new("telemetry.sdk.language", "rust"),
-            ])
-            .build();
-        inner.set_resource(&resource);
         let exporter = std::sync::Arc::new(Exporter {
             scope: InstrumentationScope::builder("eventflux-probe").with_version(env!("CARGO_PKG_VERSION")).build(),
             options,
             queue: Mutex::new(VecDeque::new()),
+            resources: Mutex::new(BTreeMap::new()),
             exported: AtomicU64::new(0),
             dropped: [AtomicU64::new(0), AtomicU64::new(0)],
             last: Mutex::new((None, None)),
             ids: Mutex::new(IdSource::new()),
         });
-        let worker = Worker { exporter: std::sync::Arc::clone(&exporter), inner };
+        exporter.add_target(pid, target_exe);
+        let worker = Worker { exporter: std::sync::Arc::clone(&exporter), inner, resource_of: None };
         Ok((exporter, worker))
+    }
+
+    /// A process whose spans will be exported (the first target, a successor after a
+    /// restart): its resource.
+    pub fn add_target(&self, pid: u32, exe: &str) {
+        let o = &self.options;
+        let resource = Resource::builder_empty()
+            .with_attributes([
+                KeyValue::new("service.name", o.service_name.clone()),
+                KeyValue::new("service.version", o.service_version.clone()),
+                KeyValue::new("deployment.environment", o.environment.clone()),
+                KeyValue::new("host.name", host_name()),
+                KeyValue::new("process.pid", i64::from(pid)),
+                KeyValue::new("process.executable.path", exe.to_owned()),
+                KeyValue::new("telemetry.sdk.name", "eventflux-probe"),
+                KeyValue::new("telemetry.sdk.language", "rust"),
+            ])
+            .build();
+        let mut resources = lock(&self.resources);
+        // Two targets at most are live here (the one exporting its last spans, its successor).
+        while resources.len() >= 8 {
+            resources.pop_first();
+        }
+        resources.insert(pid, resource);
     }
 
     /// Queues one trace's spans; what does not fit is dropped and counted.
@@ -190,7 +214,7 @@ impl Exporter {
             self.dropped[0].fetch_add(spans.len() as u64, Ordering::Relaxed);
             return;
         }
-        queue.extend(spans);
+        queue.extend(spans.into_iter().map(|s| (trace.pid, s)));
     }
 
     fn spans(&self, t: &Trace, model: &Model, clock: &Clock) -> Vec<SpanData> {
@@ -199,24 +223,46 @@ impl Exporter {
         let query_name = query.map_or_else(|| format!("query{}", t.query), |q| q.name.clone());
         let stream = engine.map_or_else(|| format!("stream{}", t.stream), |e| e.stream_name(t.stream));
         let window = query.and_then(|q| q.window).map(eventflux_abi::WindowKind::label);
-        let (trace_id, mut span_ids) = {
+        // The engine's ids where it gave some (a traced batch), ours for the rest.
+        let walk = t.root.walk();
+        let (trace_id, span_ids) = {
             let mut ids = lock(&self.ids);
-            let hi = ids.next();
-            let lo = ids.next();
-            let trace_id = TraceId::from_bytes(((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes());
-            let span_ids: Vec<u64> = (0..t.root.walk().len()).map(|_| ids.next()).collect();
-            (trace_id, span_ids.into_iter())
+            let trace_id = match t.context {
+                Some(c) => c.trace_id,
+                None => (u128::from(ids.next()) << 64) | u128::from(ids.next()),
+            };
+            let span_ids: Vec<u64> = walk
+                .iter()
+                .map(|(depth, s)| match (depth, t.context) {
+                    (0, Some(c)) => c.span_id,
+                    _ if s.span_id != 0 => s.span_id,
+                    _ => ids.next(),
+                })
+                .collect();
+            (TraceId::from_bytes(trace_id.to_be_bytes()), span_ids)
         };
+        let remote_parent = t.context.map_or(0, |c| c.parent_span_id);
         let time = |ns: u64| UNIX_EPOCH + Duration::from_nanos(clock.unix_ns(ns));
         let mut out = Vec::new();
         let mut stack: Vec<(usize, SpanId)> = Vec::new();
-        for (depth, span) in t.root.walk() {
-            let id = SpanId::from_bytes(span_ids.next().unwrap_or(1).to_be_bytes());
+        for ((depth, span), raw_id) in walk.into_iter().zip(span_ids) {
+            let id = SpanId::from_bytes(raw_id.to_be_bytes());
             while stack.last().is_some_and(|(d, _)| *d >= depth) {
                 stack.pop();
             }
-            let parent = stack.last().map_or(SpanId::INVALID, |(_, id)| *id);
+            let (parent, remote) = match stack.last() {
+                Some((_, id)) => (*id, false),
+                None if remote_parent != 0 => (SpanId::from_bytes(remote_parent.to_be_bytes()), true),
+                None => (SpanId::INVALID, false),
+            };
             stack.push((depth, id));
+            let kind = if remote {
+                SpanKind::Consumer
+            } else if depth > 0 && span.span_id != 0 {
+                SpanKind::Producer
+            } else {
+                SpanKind::Internal
+            };
             let mut attributes = vec![
                 KeyValue::new("query.id", query_name.clone()),
                 KeyValue::new("stream.name", stream.clone()),
@@ -234,8 +280,8 @@ impl Exporter {
             out.push(SpanData {
                 span_context: SpanContext::new(trace_id, id, TraceFlags::SAMPLED, false, TraceState::default()),
                 parent_span_id: parent,
-                parent_span_is_remote: false,
-                span_kind: SpanKind::Internal,
+                parent_span_is_remote: remote,
+                span_kind: kind,
                 name: Cow::Borrowed(span_name(span)),
                 start_time: time(span.start_ns),
                 end_time: time(span.end_ns),
@@ -271,22 +317,29 @@ impl Exporter {
 pub struct Worker {
     exporter: std::sync::Arc<Exporter>,
     inner: opentelemetry_otlp::SpanExporter,
+    /// The process whose resource `inner` has now.
+    resource_of: Option<u32>,
 }
 
 impl Worker {
-    pub async fn run(self) {
-        let e = &self.exporter;
+    pub async fn run(mut self) {
+        let e = std::sync::Arc::clone(&self.exporter);
         let mut tick = tokio::time::interval(e.options.interval);
         loop {
             tick.tick().await;
             loop {
-                let batch: Vec<SpanData> = {
+                // One request carries one resource: the spans of one process.
+                let (pid, batch): (u32, Vec<SpanData>) = {
                     let mut q = lock(&e.queue);
-                    let n = q.len().min(e.options.batch_spans);
-                    q.drain(..n).collect()
+                    let Some(pid) = q.front().map(|(pid, _)| *pid) else { break };
+                    let n = q.iter().take(e.options.batch_spans).take_while(|(p, _)| *p == pid).count();
+                    (pid, q.drain(..n).map(|(_, s)| s).collect())
                 };
-                if batch.is_empty() {
-                    break;
+                if self.resource_of != Some(pid)
+                    && let Some(resource) = lock(&e.resources).get(&pid)
+                {
+                    self.inner.set_resource(resource);
+                    self.resource_of = Some(pid);
                 }
                 let n = batch.len() as u64;
                 let result = tokio::time::timeout(e.options.timeout, self.inner.export(batch)).await;
@@ -321,6 +374,6 @@ pub fn parse_wire(s: &str) -> Result<Wire> {
     match s {
         "grpc" => Ok(Wire::Grpc),
         "http/protobuf" => Ok(Wire::HttpProtobuf),
-        other => Err(anyhow!("`{other}` is not an OTLP protocol: use grpc or http/protobuf")).context("otlp.protocol"),
+        other => Err(anyhow!("`{other}` is not an OTLP protocol: use grpc or http/protobuf")),
     }
 }

@@ -1,0 +1,140 @@
+//! Two engine nodes over TCP: node A (`--forward ADDR`) sends every query's output rows to
+//! node B (`--listen ADDR`), which takes them in as its input stream, as events forwarded
+//! between EventFlux nodes. Each chunk carries the W3C trace context the engine hands on
+//! (`usdt_markers::trace::current()` where A emits, `Batch::enter_in` where B processes), so
+//! observers of both nodes export one connected trace.
+//!
+//! Wire format, per chunk (little-endian): event count `u32`, context length `u8` (0 or 55),
+//! the `traceparent` text, then per event `ts_ms u64, symbol u32, 0u32, price i64, volume i64`.
+
+use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use usdt_markers::trace::TraceContext;
+
+use crate::event::{Chunk, Event};
+
+const EVENT_BYTES: usize = 32;
+/// A chunk larger than this is a corrupt stream, not a chunk.
+const MAX_CHUNK: u32 = 1 << 20;
+
+/// Node A's side: the connection its queries' output goes to.
+pub struct Forward {
+    out: Mutex<(BufWriter<TcpStream>, u64)>,
+    broken: AtomicBool,
+}
+
+impl Forward {
+    /// Connects to node B, retrying for up to 10 s (B may be starting too).
+    pub fn connect(addr: SocketAddr) -> Result<Forward> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => bail!("cannot connect to node B at {addr}: {e} (start it with --listen {addr})"),
+            }
+        };
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        Ok(Forward { out: Mutex::new((BufWriter::new(stream), 0)), broken: AtomicBool::new(false) })
+    }
+
+    /// Sends one query's output rows `(symbol, sum, count)` as events, with `context`. A
+    /// failed send stops forwarding (reported once); what the node computes is unchanged.
+    pub fn send(&self, rows: impl ExactSizeIterator<Item = (u32, i64, i64)>, context: Option<TraceContext>) {
+        if self.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let (out, ts) = &mut *guard;
+        let result = (|| -> std::io::Result<()> {
+            out.write_all(&(rows.len() as u32).to_le_bytes())?;
+            match context {
+                Some(c) => {
+                    let text = c.to_string();
+                    out.write_all(&[text.len() as u8])?;
+                    out.write_all(text.as_bytes())?;
+                }
+                None => out.write_all(&[0])?,
+            }
+            for (symbol, sum, count) in rows {
+                let price = if count > 0 { sum / count } else { 0 };
+                out.write_all(&ts.to_le_bytes())?;
+                *ts += 1;
+                out.write_all(&symbol.to_le_bytes())?;
+                out.write_all(&0u32.to_le_bytes())?;
+                out.write_all(&price.to_le_bytes())?;
+                out.write_all(&count.to_le_bytes())?;
+            }
+            out.flush()
+        })();
+        if let Err(e) = result {
+            self.broken.store(true, Ordering::Relaxed);
+            eprintln!("eventflux-demo: forwarding to node B failed, no longer forwarding: {e}");
+        }
+    }
+
+    /// Ends the stream: node B sees the end and finishes.
+    pub fn finish(&self) {
+        let mut guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = guard.0.flush();
+        let _ = guard.0.get_ref().shutdown(Shutdown::Write);
+    }
+}
+
+/// Node B's side: one connection from node A.
+pub struct Inbound {
+    input: BufReader<TcpStream>,
+}
+
+impl Inbound {
+    /// Listens on `addr` (port 0: any; the address is printed on stderr) and accepts one
+    /// connection.
+    pub fn accept(addr: SocketAddr) -> Result<Inbound> {
+        let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr().context("listening address")?;
+        eprintln!("eventflux-demo: listening on {local}");
+        let (stream, _) = listener.accept().context("accepting node A's connection")?;
+        Ok(Inbound { input: BufReader::new(stream) })
+    }
+
+    /// The next chunk and its trace context (a malformed one is ignored: a new trace); `None`
+    /// when node A ended the stream.
+    pub fn next(&mut self) -> Result<Option<(Chunk, Option<TraceContext>)>> {
+        let mut len = [0u8; 4];
+        match self.input.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e).context("reading from node A"),
+        }
+        let n = u32::from_le_bytes(len);
+        if n > MAX_CHUNK {
+            bail!("node A sent a chunk of {n} events: not an eventflux-demo stream");
+        }
+        let mut ctx_len = [0u8; 1];
+        self.input.read_exact(&mut ctx_len).context("reading from node A")?;
+        let mut ctx = vec![0u8; usize::from(ctx_len[0])];
+        self.input.read_exact(&mut ctx).context("reading from node A")?;
+        let context = std::str::from_utf8(&ctx).ok().and_then(TraceContext::parse);
+        let mut buf = vec![0u8; n as usize * EVENT_BYTES];
+        self.input.read_exact(&mut buf).context("reading from node A")?;
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+        let chunk = buf
+            .chunks_exact(EVENT_BYTES)
+            .map(|e| Event {
+                ts_ms: word(&e[0..8]),
+                symbol: u32::from_le_bytes(e[8..12].try_into().unwrap_or([0; 4])),
+                price: word(&e[16..24]) as i64,
+                volume: word(&e[24..32]) as i64,
+            })
+            .collect();
+        Ok(Some((chunk, context)))
+    }
+}
