@@ -17,6 +17,7 @@ pub mod export;
 pub mod health;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod privileges;
 pub mod procstat;

@@ -452,6 +452,7 @@ mod tests {
                 cpu_percent: 0.0,
                 cpu_seconds: 0.0,
                 open_fds: Some(5),
+                io: None,
             },
         );
         let m = Model::build(&snap);

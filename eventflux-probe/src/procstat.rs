@@ -18,6 +18,30 @@ pub struct ProcStats {
     pub cpu_seconds: f64,
     /// Open file descriptors (`None` where `/proc/PID/fd` cannot be listed).
     pub open_fds: Option<u64>,
+    /// I/O counters (`None` where `/proc/PID/io` cannot be read).
+    pub io: Option<Io>,
+}
+
+/// `/proc/PID/io`: bytes through read/write system calls (sockets, pipes, files) and bytes
+/// the storage layer read or wrote for the process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Io {
+    pub rchar: u64,
+    pub wchar: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+/// Parses `/proc/PID/io` text; `None` if a field is missing.
+pub fn parse_io(text: &str) -> Option<Io> {
+    let field =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse::<u64>().ok());
+    Some(Io {
+        rchar: field("rchar")?,
+        wchar: field("wchar")?,
+        read_bytes: field("read_bytes")?,
+        write_bytes: field("write_bytes")?,
+    })
 }
 
 /// Reads `/proc/PID/stat` repeatedly, keeping what CPU-percent needs and the last reading, so
@@ -66,6 +90,7 @@ pub fn parse(stat: &str, system_uptime: &str) -> Option<ProcStats> {
         cpu_percent: 0.0,
         cpu_seconds: (utime + stime) as f64 / ticks,
         open_fds: None,
+        io: None,
     })
 }
 
@@ -80,6 +105,7 @@ impl ProcSampler {
                 .and_then(|(stat, up)| parse(&stat, &up))
                 .map(|stats| ProcStats {
                     open_fds: std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count() as u64),
+                    io: std::fs::read_to_string(format!("/proc/{pid}/io")).ok().as_deref().and_then(parse_io),
                     ..stats
                 })
         });
@@ -116,5 +142,15 @@ mod tests {
         assert_eq!(s.rss_bytes, 300 * page_size());
         assert!((s.cpu_seconds - 300.0 / clock_ticks()).abs() < 1e-9);
         assert!((s.uptime_seconds - (100.5 - 1000.0 / clock_ticks())).abs() < 1e-9);
+    }
+
+    #[test]
+    fn parses_io() {
+        let text =
+            "rchar: 10\nwchar: 20\nsyscr: 1\nsyscw: 2\nread_bytes: 4096\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n";
+        assert_eq!(parse_io(text), Some(Io { rchar: 10, wchar: 20, read_bytes: 4096, write_bytes: 8192 }));
+        assert_eq!(parse_io("rchar: 10\n"), None);
+        let own = std::fs::read_to_string("/proc/self/io").expect("/proc/self/io");
+        assert!(parse_io(&own).is_some_and(|io| io.rchar > 0), "{own}");
     }
 }

@@ -5,9 +5,13 @@
 //! - `test`: builds the workspace binaries, then runs every test against the real kernel.
 //! - `bench`: prints the benchmark figures (ratios against a baseline measured in the same run).
 //! - `demo`: the demo runtime with probes attached, and what they saw.
+//! - `dashboards`: writes (or checks) the Grafana dashboards from their specification.
+//! - `overview-png`: redraws the README's picture of the Overview dashboard from a real run.
 
 mod bench;
+mod dashboards;
 mod demo;
+mod overview;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +57,15 @@ enum Task {
         #[arg(long, default_value_t = 250_000)]
         rate: u64,
     },
+    /// Write dashboards/grafana/*.json from xtask/src/dashboards.rs.
+    Dashboards {
+        /// Only check that the committed files are what the specification gives.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Redraw docs/img/overview.png: the Overview dashboard's panels plotted from the
+    /// end-to-end test's Prometheus (needs root, Debian's prometheus, python3 with matplotlib).
+    OverviewPng,
 }
 
 fn main() -> Result<()> {
@@ -61,6 +74,8 @@ fn main() -> Result<()> {
         Task::Test { no_lint, cargo_args } => test(!no_lint, &cargo_args),
         Task::Bench { events, rounds } => bench::run(events, rounds),
         Task::Demo { events, rate } => demo::run(events, rate),
+        Task::Dashboards { check } => dashboards::run(check),
+        Task::OverviewPng => overview::run(),
     }
 }
 
@@ -105,6 +120,7 @@ fn test(lint: bool, extra: &[String]) -> Result<()> {
             "-D",
             "warnings",
         ]))?;
+        dashboards::run(true)?;
     }
     build_release()?;
     sh(Command::new("cargo").args(["test", "--release", "--workspace"]).args(extra))

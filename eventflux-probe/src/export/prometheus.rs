@@ -12,6 +12,7 @@ use eventflux_probe_common::{drop as drops, hist, stage};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
 use crate::collector::HistData;
+use crate::metrics::{self as m, Kind, Metric};
 use crate::model::{Engine, Model};
 
 /// Value of every label of a folded series.
@@ -78,18 +79,23 @@ struct Families {
 }
 
 impl Families {
-    fn family(&mut self, name: &'static str, help: &'static str, kind: MetricType) -> &mut Family {
-        self.by_name.entry(name).or_insert_with(|| Family {
-            help,
+    fn family(&mut self, metric: &'static Metric) -> &mut Family {
+        let kind = match metric.kind {
+            Kind::Counter => MetricType::COUNTER,
+            Kind::Gauge => MetricType::GAUGE,
+            Kind::Histogram => MetricType::HISTOGRAM,
+        };
+        self.by_name.entry(metric.name).or_insert_with(|| Family {
+            help: metric.help,
             kind,
             series: BTreeMap::new(),
             folded: Default::default(),
         })
     }
 
-    fn add(&mut self, name: &'static str, help: &'static str, kind: MetricType, labels: Labels, v: Value) {
+    fn add(&mut self, metric: &'static Metric, labels: Labels, v: Value) {
         let max = self.opts.max_series;
-        let fam = self.family(name, help, kind);
+        let fam = self.family(metric);
         let labels = if fam.series.contains_key(&labels) || fam.series.len() < max {
             labels
         } else {
@@ -105,17 +111,17 @@ impl Families {
         }
     }
 
-    fn counter(&mut self, name: &'static str, help: &'static str, labels: Labels, v: f64) {
-        self.add(name, help, MetricType::COUNTER, labels, Value::Scalar(v));
+    fn counter(&mut self, metric: &'static Metric, labels: Labels, v: f64) {
+        self.add(metric, labels, Value::Scalar(v));
     }
 
-    fn gauge(&mut self, name: &'static str, help: &'static str, labels: Labels, v: f64) {
-        self.add(name, help, MetricType::GAUGE, labels, Value::Scalar(v));
+    fn gauge(&mut self, metric: &'static Metric, labels: Labels, v: f64) {
+        self.add(metric, labels, Value::Scalar(v));
     }
 
-    fn histogram(&mut self, name: &'static str, help: &'static str, labels: Labels, h: &HistData) {
+    fn histogram(&mut self, metric: &'static Metric, labels: Labels, h: &HistData) {
         let v = Value::Hist { buckets: h.buckets.clone(), count: h.count, sum_ns: h.sum_ns };
-        self.add(name, help, MetricType::HISTOGRAM, labels, v);
+        self.add(metric, labels, v);
     }
 }
 
@@ -139,10 +145,6 @@ pub fn encode(model: &Model, opts: &Options) -> String {
     out
 }
 
-const PROCESSED_HELP: &str = "Events that entered the query.";
-const CONNECTIONS_HELP: &str = "Connection attempts by result.";
-const MEMORY_HELP: &str = "Memory of the engine by component: rss (resident), window_state and queues (from probes).";
-
 fn engine_metrics(e: &Engine, f: &mut Families) {
     let pid_label = f.opts.pid_label;
     let labels = |mut labels: Labels| -> Labels {
@@ -153,42 +155,27 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
     };
 
     if e.has_registrations() {
-        f.gauge("query_active_count", "Queries running.", labels(vec![]), e.queries_running() as f64);
+        f.gauge(&m::QUERY_ACTIVE, labels(vec![]), e.queries_running() as f64);
     }
     for s in e.streams.values() {
         let l = || labels(vec![("stream_name", s.name.clone())]);
         if s.registered || s.subscribers > 0 {
-            f.gauge("stream_subscribers_active", "Queries subscribed to the stream.", l(), f64::from(s.subscribers));
+            f.gauge(&m::STREAM_SUBSCRIBERS, l(), f64::from(s.subscribers));
         }
         if s.received() > 0 {
-            f.counter(
-                "stream_events_received_total",
-                "Events that entered the stream (from sources, or inserted by queries).",
-                l(),
-                s.received() as f64,
-            );
+            f.counter(&m::STREAM_RECEIVED, l(), s.received() as f64);
         }
         if s.sent > 0 {
-            f.counter("stream_events_sent_total", "Events the stream handed to its subscribers.", l(), s.sent as f64);
+            f.counter(&m::STREAM_SENT, l(), s.sent as f64);
         }
         if s.backpressure > 0 {
-            f.counter(
-                "stream_backpressure_events_total",
-                "Times a producer found a subscriber's queue full.",
-                l(),
-                s.backpressure as f64,
-            );
+            f.counter(&m::STREAM_BACKPRESSURE, l(), s.backpressure as f64);
         }
         if let Some(bytes) = s.buffer_bytes {
-            f.gauge("stream_buffer_size_bytes", "Bytes queued for the stream's subscribers.", l(), bytes as f64);
+            f.gauge(&m::STREAM_BUFFER_BYTES, l(), bytes as f64);
         }
         if let Some(age) = s.oldest_event_age_seconds {
-            f.gauge(
-                "stream_oldest_event_age_seconds",
-                "How long the most recently dequeued chunk of the stream waited in its queue.",
-                l(),
-                age,
-            );
+            f.gauge(&m::STREAM_OLDEST_AGE, l(), age);
         }
     }
 
@@ -196,28 +183,17 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
         let query = || ("query_id", q.name.clone());
         for (&stream, &n) in &q.processed {
             let l = labels(vec![query(), ("stream_name", e.stream_name(stream))]);
-            f.counter("query_events_processed_total", PROCESSED_HELP, l, n as f64);
+            f.counter(&m::QUERY_PROCESSED, l, n as f64);
         }
         for (&stream, &n) in &q.emitted {
-            f.counter(
-                "query_events_emitted_total",
-                "Rows the query inserted into its output stream.",
-                labels(vec![query(), ("output_stream", e.stream_name(stream))]),
-                n as f64,
-            );
+            f.counter(&m::QUERY_EMITTED, labels(vec![query(), ("output_stream", e.stream_name(stream))]), n as f64);
         }
         if q.batches > 0 {
-            f.counter(
-                "query_batches_total",
-                "Query batches (chunks of input), every one; query_latency_seconds_count counts the sampled ones.",
-                labels(vec![query()]),
-                q.batches as f64,
-            );
+            f.counter(&m::QUERY_BATCHES, labels(vec![query()]), q.batches as f64);
         }
         for (&kind, &n) in &q.errors {
             f.counter(
-                "query_execution_errors_total",
-                "Events the query failed to process.",
+                &m::QUERY_ERRORS,
                 labels(vec![
                     query(),
                     ("error_type", label_name(kind, ErrorKind::from_code(kind).map(ErrorKind::label))),
@@ -227,40 +203,20 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
         }
         if let Some(bytes) = q.window_bytes {
             let window = q.window.map_or("unknown", WindowKind::label);
-            f.gauge(
-                "query_window_size_bytes",
-                "Bytes the query's window holds.",
-                labels(vec![query(), ("window_type", window.to_owned())]),
-                bytes as f64,
-            );
+            f.gauge(&m::QUERY_WINDOW_BYTES, labels(vec![query(), ("window_type", window.to_owned())]), bytes as f64);
         }
         if let Some(groups) = q.groups {
-            f.gauge(
-                "query_aggregation_groups",
-                "Live group-by keys of the query's aggregation.",
-                labels(vec![query()]),
-                groups as f64,
-            );
+            f.gauge(&m::QUERY_GROUPS, labels(vec![query()]), groups as f64);
         }
         if let Some(u) = q.buffer_utilization {
-            f.gauge("query_buffer_utilization", "Fill of the query's input queue, 0 to 1.", labels(vec![query()]), u);
+            f.gauge(&m::QUERY_BUFFER_UTILIZATION, labels(vec![query()]), u);
         }
         if let Some(h) = &q.latency {
-            f.histogram(
-                "query_latency_seconds",
-                "Time a query takes for one batch (chunk) of events, all stages included; from sampled batches timed as a whole (a few per second per engine thread), so _count counts those and query_batches_total all batches.",
-                labels(vec![query()]),
-                h,
-            );
+            f.histogram(&m::QUERY_LATENCY, labels(vec![query()]), h);
         }
         for (&st, h) in &q.stages {
             let Some(name) = stage::NAMES.get(st as usize) else { continue };
-            f.histogram(
-                "query_stage_latency_seconds",
-                "Self time of one stage of a query per sampled batch (stages it calls excluded); ingest is the time a chunk waited in an async junction's queue.",
-                labels(vec![query(), ("stage", (*name).to_owned())]),
-                h,
-            );
+            f.histogram(&m::QUERY_STAGE_LATENCY, labels(vec![query(), ("stage", (*name).to_owned())]), h);
         }
     }
 
@@ -268,144 +224,81 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
         let p = label_name(code, Protocol::from_code(code).map(Protocol::label));
         if c.opened > 0 {
             let l = labels(vec![("protocol", p.clone()), ("result", "success".into())]);
-            f.counter("connections_total", CONNECTIONS_HELP, l, c.opened as f64);
-            f.gauge(
-                "connections_active",
-                "Open connections.",
-                labels(vec![("protocol", p.clone())]),
-                c.active() as f64,
-            );
+            f.counter(&m::CONNECTIONS, l, c.opened as f64);
+            f.gauge(&m::CONNECTIONS_ACTIVE, labels(vec![("protocol", p.clone())]), c.active() as f64);
         }
         for (&kind, &n) in &c.failures {
             let l = labels(vec![("protocol", p.clone()), ("result", "failure".into())]);
-            f.counter("connections_total", CONNECTIONS_HELP, l, n as f64);
+            f.counter(&m::CONNECTIONS, l, n as f64);
             let kind = label_name(kind, ConnErrorKind::from_code(kind).map(ConnErrorKind::label));
-            f.counter(
-                "connection_errors_total",
-                "Connection failures by kind.",
-                labels(vec![("protocol", p.clone()), ("error_type", kind)]),
-                n as f64,
-            );
+            f.counter(&m::CONNECTION_ERRORS, labels(vec![("protocol", p.clone()), ("error_type", kind)]), n as f64);
         }
     }
     if e.spans_dropped > 0 {
-        f.counter(
-            "eventflux_probe_engine_spans_dropped_total",
-            "Span records of sampled batches the engine could not keep (nesting deeper than its buffer).",
-            labels(vec![]),
-            e.spans_dropped as f64,
-        );
+        f.counter(&m::ENGINE_SPANS_DROPPED, labels(vec![]), e.spans_dropped as f64);
     }
 
     if let Some(p) = &e.process {
-        f.counter(
-            "eventflux_uptime_seconds",
-            "Seconds since the engine process started.",
-            labels(vec![]),
-            p.uptime_seconds,
-        );
+        f.counter(&m::UPTIME, labels(vec![]), p.uptime_seconds);
         let mem = e.memory();
         for (component, bytes) in [("rss", mem.rss), ("window_state", mem.window_state), ("queues", mem.queues)] {
-            f.gauge(
-                "eventflux_memory_usage_bytes",
-                MEMORY_HELP,
-                labels(vec![("component", component.into())]),
-                bytes as f64,
-            );
+            f.gauge(&m::MEMORY, labels(vec![("component", component.into())]), bytes as f64);
         }
-        f.gauge(
-            "eventflux_cpu_usage_percent",
-            "CPU use of the engine, percent of one core.",
-            labels(vec![]),
-            p.cpu_percent,
-        );
-        f.gauge("eventflux_threads_active", "Threads of the engine process.", labels(vec![]), p.threads as f64);
+        f.gauge(&m::CPU_PERCENT, labels(vec![]), p.cpu_percent);
+        f.counter(&m::CPU_SECONDS, labels(vec![]), p.cpu_seconds);
+        f.gauge(&m::THREADS, labels(vec![]), p.threads as f64);
+        if let Some(io) = p.io {
+            for (direction, syscalls, storage) in
+                [("read", io.rchar, io.read_bytes), ("write", io.wchar, io.write_bytes)]
+            {
+                f.counter(&m::IO_BYTES, labels(vec![("direction", direction.into())]), syscalls as f64);
+                f.counter(&m::DISK_IO_BYTES, labels(vec![("direction", direction.into())]), storage as f64);
+            }
+        }
         if let Some(fds) = p.open_fds {
-            f.gauge("eventflux_open_fds", "Open file descriptors of the engine process.", labels(vec![]), fds as f64);
+            f.gauge(&m::OPEN_FDS, labels(vec![]), fds as f64);
         }
     }
     if let Some(running) = e.running {
         let l = if pid_label { vec![("pid", e.pid.to_string())] } else { vec![] };
-        f.gauge(
-            "eventflux_probe_target_running",
-            "1 while the target runs the program the probes were attached to; 0 once it exited or exec'd another.",
-            l,
-            if running { 1.0 } else { 0.0 },
-        );
+        f.gauge(&m::TARGET_RUNNING, l, if running { 1.0 } else { 0.0 });
     }
 }
 
 fn observer_metrics(model: &Model, f: &mut Families) {
     let d = &model.observer;
-    f.gauge("eventflux_probe_probes_attached", "Distinct USDT probes attached.", vec![], d.probes_attached as f64);
-    f.gauge("eventflux_probe_sites_attached", "USDT probe sites (notes) attached.", vec![], d.sites_attached as f64);
+    f.gauge(
+        &m::BUILD_INFO,
+        vec![
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("abi_version", eventflux_abi::ABI_VERSION.to_string()),
+        ],
+        1.0,
+    );
+    f.gauge(&m::PROBES_ATTACHED, vec![], d.probes_attached as f64);
+    f.gauge(&m::SITES_ATTACHED, vec![], d.sites_attached as f64);
     if let Some(ready) = d.ready {
-        f.gauge(
-            "eventflux_probe_ready",
-            "1 while /ready answers 200: every selected probe attached and the target alive.",
-            vec![],
-            if ready { 1.0 } else { 0.0 },
-        );
+        f.gauge(&m::READY, vec![], if ready { 1.0 } else { 0.0 });
     }
     for (name, runs, seconds) in &d.programs {
-        f.counter(
-            "eventflux_probe_program_runs_total",
-            "Runs of each eBPF program (kernel BPF statistics).",
-            vec![("program", (*name).to_owned())],
-            *runs as f64,
-        );
-        f.counter(
-            "eventflux_probe_program_run_seconds_total",
-            "Time spent in each eBPF program (kernel BPF statistics).",
-            vec![("program", (*name).to_owned())],
-            *seconds,
-        );
+        f.counter(&m::PROGRAM_RUNS, vec![("program", (*name).to_owned())], *runs as f64);
+        f.counter(&m::PROGRAM_SECONDS, vec![("program", (*name).to_owned())], *seconds);
     }
     for (name, entries, capacity) in &d.maps {
-        f.gauge(
-            "eventflux_probe_map_entries",
-            "Entries in each bounded BPF map.",
-            vec![("map", (*name).to_owned())],
-            *entries as f64,
-        );
-        f.gauge(
-            "eventflux_probe_map_capacity",
-            "Capacity of each bounded BPF map.",
-            vec![("map", (*name).to_owned())],
-            *capacity as f64,
-        );
+        f.gauge(&m::MAP_ENTRIES, vec![("map", (*name).to_owned())], *entries as f64);
+        f.gauge(&m::MAP_CAPACITY, vec![("map", (*name).to_owned())], *capacity as f64);
     }
     for (i, n) in d.drops.iter().enumerate() {
-        f.counter(
-            "eventflux_probe_dropped_events_total",
-            "Probe hits the kernel side could not record, by reason.",
-            vec![("reason", drops::NAMES[i].to_owned())],
-            *n as f64,
-        );
+        f.counter(&m::KERNEL_DROPS, vec![("reason", drops::NAMES[i].to_owned())], *n as f64);
     }
     if let Some(o) = &d.otlp {
-        f.counter(
-            "eventflux_probe_spans_exported_total",
-            "Spans of sampled batches exported over OTLP.",
-            vec![],
-            o.exported_spans as f64,
-        );
+        f.counter(&m::SPANS_EXPORTED, vec![], o.exported_spans as f64);
         for (reason, n) in crate::export::otlp::DROP_REASONS.iter().zip(o.dropped_spans) {
-            f.counter(
-                "eventflux_probe_spans_dropped_total",
-                "Spans not exported, by reason: queue_full (the collector is slower than the engine samples), export_failed (the collector refused or did not answer).",
-                vec![("reason", (*reason).to_owned())],
-                n as f64,
-            );
+            f.counter(&m::SPANS_DROPPED, vec![("reason", (*reason).to_owned())], n as f64);
         }
     }
     if d.unknown_series > 0 {
-        f.gauge(
-            "eventflux_probe_unknown_series",
-            "Map entries of kinds this build of the observer does not know (kernel side newer than user space?).",
-            vec![],
-            d.unknown_series as f64,
-        );
+        f.gauge(&m::UNKNOWN_SERIES, vec![], d.unknown_series as f64);
     }
     let folded: Vec<(&'static str, u64)> = f
         .by_name
@@ -414,12 +307,7 @@ fn observer_metrics(model: &Model, f: &mut Families) {
         .map(|(n, fam)| (*n, fam.folded.len() as u64))
         .collect();
     for (metric, n) in folded {
-        f.gauge(
-            "eventflux_probe_series_folded",
-            "Label sets folded into the overflow series by the per-metric cap, in this scrape.",
-            vec![("metric", metric.to_owned())],
-            n as f64,
-        );
+        f.gauge(&m::SERIES_FOLDED, vec![("metric", metric.to_owned())], n as f64);
     }
 }
 
@@ -491,4 +379,131 @@ fn to_proto(f: Families) -> Vec<MetricFamily> {
             mf
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::model::{Connections, Query, Stream};
+    use crate::procstat::{Io, ProcStats};
+
+    fn hist_data() -> HistData {
+        let mut buckets = vec![0; hist::BUCKETS];
+        buckets[40] = 3;
+        HistData { buckets, count: 3, sum_ns: 3000, max_ns: 1000 }
+    }
+
+    /// A model in which every metric has something to say.
+    fn rich() -> Model {
+        let mut e = Engine { pid: 42, running: Some(true), spans_dropped: 2, ..Default::default() };
+        e.process = Some(ProcStats {
+            uptime_seconds: 10.0,
+            rss_bytes: 1 << 20,
+            virtual_bytes: 1 << 22,
+            threads: 4,
+            cpu_percent: 50.0,
+            cpu_seconds: 5.0,
+            open_fds: Some(9),
+            io: Some(Io { rchar: 1, wchar: 2, read_bytes: 3, write_bytes: 4 }),
+        });
+        e.streams.insert(
+            0,
+            Stream {
+                id: 0,
+                name: "S0".into(),
+                registered: true,
+                received_from_sources: 10,
+                sent: 10,
+                backpressure: 1,
+                subscribers: 5,
+                buffer_bytes: Some(64),
+                oldest_event_age_seconds: Some(0.5),
+                ..Default::default()
+            },
+        );
+        // More queries than the cap below: some are folded.
+        for id in 0..5 {
+            e.queries.insert(
+                id,
+                Query {
+                    id,
+                    name: format!("q{id}"),
+                    registered: true,
+                    active: true,
+                    input_stream: Some(0),
+                    output_stream: Some(1),
+                    window: Some(eventflux_abi::WindowKind::Length),
+                    processed: BTreeMap::from([(0, 10)]),
+                    emitted: BTreeMap::from([(1, 5)]),
+                    batches: 2,
+                    errors: BTreeMap::from([(1, 1)]),
+                    backpressure: 0,
+                    window_bytes: Some(100),
+                    groups: Some(3),
+                    buffer_utilization: Some(0.5),
+                    latency: Some(hist_data()),
+                    stages: BTreeMap::from([(stage::FILTER, hist_data())]),
+                },
+            );
+        }
+        e.connections.insert(0, Connections { opened: 2, closed: 1, failures: BTreeMap::from([(0, 1)]) });
+        let mut model = Model::default();
+        model.engines.insert(42, e);
+        let o = &mut model.observer;
+        o.sites_attached = 3;
+        o.probes_attached = 3;
+        o.programs = vec![("ingest", 5, 0.001)];
+        o.maps = vec![("COUNTERS", 10, 16384)];
+        o.unknown_series = 1;
+        o.ready = Some(true);
+        o.otlp = Some(crate::export::otlp::State::default());
+        model
+    }
+
+    /// Every family the exporter writes is in `metrics::ALL` with its type, every series has
+    /// exactly the catalog's labels (plus `pid` for engine metrics when asked, `le` for
+    /// buckets), and every catalogued metric appears: the catalog is the exporter's truth.
+    #[test]
+    fn every_series_matches_the_catalog_and_every_metric_is_exported() {
+        for pid_label in [false, true] {
+            let text = encode(&rich(), &Options { max_series: 3, pid_label });
+            let mut seen = BTreeSet::new();
+            for line in text.lines() {
+                if let Some(rest) = line.strip_prefix("# TYPE ") {
+                    let (name, kind) = rest.split_once(' ').expect("TYPE line");
+                    let metric = crate::metrics::by_name(name).unwrap_or_else(|| panic!("{name} not in the catalog"));
+                    assert_eq!(metric.kind.name(), kind, "{name}");
+                    seen.insert(name.to_owned());
+                    continue;
+                }
+                if line.starts_with('#') || line.is_empty() {
+                    continue;
+                }
+                let series = line.split(['{', ' ']).next().expect("name");
+                let metric = crate::metrics::by_name(series)
+                    .or_else(|| crate::metrics::by_series_name(series))
+                    .unwrap_or_else(|| panic!("{series} not in the catalog"));
+                let labels: Vec<&str> = match line.split_once('{') {
+                    Some((_, rest)) => rest
+                        .split_once('}')
+                        .expect("closing brace")
+                        .0
+                        .split(',')
+                        .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+                        .filter(|k| *k != "le")
+                        .collect(),
+                    None => vec![],
+                };
+                let mut want: Vec<&str> = metric.labels.to_vec();
+                if pid_label && metric.scope == crate::metrics::Scope::Engine {
+                    want.insert(0, "pid");
+                }
+                assert_eq!(labels, want, "{line}");
+            }
+            let all: BTreeSet<String> = crate::metrics::ALL.iter().map(|m| m.name.to_owned()).collect();
+            assert_eq!(seen, all, "catalogued metrics the exporter did not write (or the reverse)");
+        }
+    }
 }

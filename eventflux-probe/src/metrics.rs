@@ -1,0 +1,209 @@
+//! Every metric the observer exports, written once: name, type, labels, help.
+//!
+//! The Prometheus exporter takes name, type and help from here (it cannot emit a metric that
+//! is not listed, nor with other labels: `export::prometheus` checks each series against its
+//! entry); `docs/metrics.md`, the Grafana dashboards and the alert rules in `dashboards/` are
+//! checked against [`ALL`] by tests, so a renamed metric or label fails a test instead of
+//! leaving an empty panel or an alert that never fires.
+//!
+//! Engine metrics describe an observed engine process: when one observer exports several
+//! processes they also carry a `pid` label ([`ENGINE_EXTRA_LABELS`]). Observer metrics describe
+//! the observer itself.
+
+/// Prometheus metric type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    /// As in the exposition format's `# TYPE` line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// What a metric describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// An observed engine process.
+    Engine,
+    /// The observer.
+    Observer,
+}
+
+/// One exported metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub scope: Scope,
+    /// Label names, in the order the exporter writes them (`le` of histograms not included).
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+impl Metric {
+    /// The series names Prometheus stores for it: the name, or a histogram's `_bucket`, `_sum`
+    /// and `_count`.
+    pub fn series_names(&self) -> Vec<String> {
+        match self.kind {
+            Kind::Histogram => ["_bucket", "_sum", "_count"].iter().map(|s| format!("{}{s}", self.name)).collect(),
+            _ => vec![self.name.to_owned()],
+        }
+    }
+}
+
+/// Labels an engine metric may carry beyond its own: `pid` when an observer exports several
+/// processes.
+pub const ENGINE_EXTRA_LABELS: &[&str] = &["pid"];
+
+macro_rules! define_metrics {
+    ($(
+        $scope:ident {
+            $( $(#[$doc:meta])* $id:ident: $kind:ident $name:literal [$($label:ident),*] $help:literal; )*
+        }
+    )*) => {
+        $($(
+            $(#[$doc])*
+            pub const $id: Metric = Metric {
+                name: $name,
+                kind: Kind::$kind,
+                scope: Scope::$scope,
+                labels: &[$(stringify!($label)),*],
+                help: $help,
+            };
+        )*)*
+
+        /// Every exported metric.
+        pub const ALL: &[&Metric] = &[$($(&$id),*),*];
+    };
+}
+
+define_metrics! {
+    Engine {
+        QUERY_ACTIVE: Gauge "query_active_count" [] "Queries running.";
+        STREAM_SUBSCRIBERS: Gauge "stream_subscribers_active" [stream_name] "Queries subscribed to the stream.";
+        STREAM_RECEIVED: Counter "stream_events_received_total" [stream_name]
+            "Events that entered the stream (from sources, or inserted by queries).";
+        STREAM_SENT: Counter "stream_events_sent_total" [stream_name] "Events the stream handed to its subscribers.";
+        STREAM_BACKPRESSURE: Counter "stream_backpressure_events_total" [stream_name]
+            "Times a producer found a subscriber's queue full.";
+        STREAM_BUFFER_BYTES: Gauge "stream_buffer_size_bytes" [stream_name] "Bytes queued for the stream's subscribers.";
+        STREAM_OLDEST_AGE: Gauge "stream_oldest_event_age_seconds" [stream_name]
+            "How long the most recently dequeued chunk of the stream waited in its queue.";
+        QUERY_PROCESSED: Counter "query_events_processed_total" [query_id, stream_name] "Events that entered the query.";
+        QUERY_EMITTED: Counter "query_events_emitted_total" [query_id, output_stream]
+            "Rows the query inserted into its output stream.";
+        QUERY_BATCHES: Counter "query_batches_total" [query_id]
+            "Query batches (chunks of input), every one; query_latency_seconds_count counts the sampled ones.";
+        QUERY_ERRORS: Counter "query_execution_errors_total" [query_id, error_type] "Events the query failed to process.";
+        QUERY_WINDOW_BYTES: Gauge "query_window_size_bytes" [query_id, window_type] "Bytes the query's window holds.";
+        QUERY_GROUPS: Gauge "query_aggregation_groups" [query_id] "Live group-by keys of the query's aggregation.";
+        QUERY_BUFFER_UTILIZATION: Gauge "query_buffer_utilization" [query_id] "Fill of the query's input queue, 0 to 1.";
+        QUERY_LATENCY: Histogram "query_latency_seconds" [query_id]
+            "Time a query takes for one batch (chunk) of events, all stages included; from sampled batches timed as a whole (a few per second per engine thread), so _count counts those and query_batches_total all batches.";
+        QUERY_STAGE_LATENCY: Histogram "query_stage_latency_seconds" [query_id, stage]
+            "Self time of one stage of a query per sampled batch (stages it calls excluded); ingest is the time a chunk waited in an async junction's queue.";
+        CONNECTIONS: Counter "connections_total" [protocol, result] "Connection attempts by result.";
+        CONNECTIONS_ACTIVE: Gauge "connections_active" [protocol] "Open connections.";
+        CONNECTION_ERRORS: Counter "connection_errors_total" [protocol, error_type] "Connection failures by kind.";
+        ENGINE_SPANS_DROPPED: Counter "eventflux_probe_engine_spans_dropped_total" []
+            "Span records of sampled batches the engine could not keep (nesting deeper than its buffer).";
+        UPTIME: Counter "eventflux_uptime_seconds" [] "Seconds since the engine process started.";
+        MEMORY: Gauge "eventflux_memory_usage_bytes" [component]
+            "Memory of the engine by component: rss (resident), window_state and queues (from probes).";
+        CPU_PERCENT: Gauge "eventflux_cpu_usage_percent" [] "CPU use of the engine, percent of one core.";
+        CPU_SECONDS: Counter "eventflux_cpu_seconds_total" [] "CPU time the engine process used, user and system.";
+        THREADS: Gauge "eventflux_threads_active" [] "Threads of the engine process.";
+        OPEN_FDS: Gauge "eventflux_open_fds" [] "Open file descriptors of the engine process.";
+        IO_BYTES: Counter "eventflux_io_bytes_total" [direction]
+            "Bytes the engine read or wrote through system calls (sockets, pipes and files; /proc/PID/io rchar, wchar).";
+        DISK_IO_BYTES: Counter "eventflux_disk_io_bytes_total" [direction]
+            "Bytes the engine caused to be read from or written to storage (/proc/PID/io read_bytes, write_bytes).";
+        TARGET_RUNNING: Gauge "eventflux_probe_target_running" []
+            "1 while the target runs the program the probes were attached to; 0 once it exited or exec'd another.";
+    }
+    Observer {
+        BUILD_INFO: Gauge "eventflux_probe_build_info" [version, abi_version]
+            "The observer's version and the probe ABI version it reads; always 1.";
+        PROBES_ATTACHED: Gauge "eventflux_probe_probes_attached" [] "Distinct USDT probes attached.";
+        SITES_ATTACHED: Gauge "eventflux_probe_sites_attached" [] "USDT probe sites (notes) attached.";
+        READY: Gauge "eventflux_probe_ready" []
+            "1 while /ready answers 200: every selected probe attached and the target alive.";
+        PROGRAM_RUNS: Counter "eventflux_probe_program_runs_total" [program]
+            "Runs of each eBPF program (kernel BPF statistics).";
+        PROGRAM_SECONDS: Counter "eventflux_probe_program_run_seconds_total" [program]
+            "Time spent in each eBPF program (kernel BPF statistics).";
+        MAP_ENTRIES: Gauge "eventflux_probe_map_entries" [map] "Entries in each bounded BPF map.";
+        MAP_CAPACITY: Gauge "eventflux_probe_map_capacity" [map] "Capacity of each bounded BPF map.";
+        KERNEL_DROPS: Counter "eventflux_probe_dropped_events_total" [reason]
+            "Probe hits the kernel side could not record, by reason.";
+        SPANS_EXPORTED: Counter "eventflux_probe_spans_exported_total" [] "Spans of sampled batches exported over OTLP.";
+        SPANS_DROPPED: Counter "eventflux_probe_spans_dropped_total" [reason]
+            "Spans not exported, by reason: queue_full (the collector is slower than the engine samples), export_failed (the collector refused or did not answer).";
+        UNKNOWN_SERIES: Gauge "eventflux_probe_unknown_series" []
+            "Map entries of kinds this build of the observer does not know (kernel side newer than user space?).";
+        SERIES_FOLDED: Gauge "eventflux_probe_series_folded" [metric]
+            "Label sets folded into the overflow series by the per-metric cap, in this scrape.";
+    }
+}
+
+/// The metric of this name.
+pub fn by_name(name: &str) -> Option<&'static Metric> {
+    ALL.iter().copied().find(|m| m.name == name)
+}
+
+/// The metric a stored series name belongs to (`query_latency_seconds_bucket` →
+/// `query_latency_seconds`).
+pub fn by_series_name(series: &str) -> Option<&'static Metric> {
+    ALL.iter().copied().find(|m| m.series_names().iter().any(|s| s == series))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_valid() {
+        let mut seen = std::collections::BTreeSet::new();
+        for m in ALL {
+            for s in m.series_names() {
+                assert!(seen.insert(s.clone()), "{s} twice");
+            }
+            assert!(m.name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'), "{}", m.name);
+            assert_eq!(m.kind == Kind::Counter, m.name.ends_with("_total") || m.name == "eventflux_uptime_seconds");
+            assert!(!m.labels.contains(&"le") && !m.labels.contains(&"pid"), "{}", m.name);
+            assert!(m.help.ends_with('.'), "{}", m.name);
+        }
+        assert_eq!(by_series_name("query_latency_seconds_bucket"), Some(&QUERY_LATENCY));
+        assert_eq!(by_series_name("query_latency_seconds"), None);
+    }
+
+    /// docs/metrics.md lists exactly these metrics, with these types and labels.
+    #[test]
+    fn the_docs_list_every_metric() {
+        let doc = include_str!("../../docs/metrics.md");
+        let mut documented = Vec::new();
+        for line in doc.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells[1].trim_matches('`');
+            let kind = cells[2];
+            let labels: Vec<&str> = cells[3]
+                .split(',')
+                .map(|l| l.trim().trim_matches('`'))
+                .filter(|l| !l.is_empty() && *l != "—")
+                .collect();
+            documented.push((name.to_owned(), kind.to_owned(), labels.join(",")));
+        }
+        let code: Vec<(String, String, String)> =
+            ALL.iter().map(|m| (m.name.to_owned(), m.kind.name().to_owned(), m.labels.join(","))).collect();
+        assert_eq!(documented, code, "docs/metrics.md and metrics::ALL differ");
+    }
+}
