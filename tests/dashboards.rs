@@ -106,7 +106,8 @@ const FUNCTIONS: &[&str] = &[
 const KEYWORDS: &[&str] =
     &["by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"];
 /// Labels every series has from the scrape or may have beyond the catalog's.
-const TARGET_LABELS: &[&str] = &["instance", "job", "pid", "namespace", "pod", "node"];
+const TARGET_LABELS: &[&str] =
+    &["instance", "job", "pid", "exe", "container_id", "pod_uid", "namespace", "pod", "node"];
 
 /// The metric names and label names a PromQL expression uses. Strings, durations and numbers
 /// are skipped; an identifier is a label inside `{…}` before a matcher or inside

@@ -21,6 +21,28 @@ const DEMO: &[&str] = &["--events", "6400", "--batch", "64", "--queries", "3", "
 /// Batches of DEMO: 100 chunks, two queries on one of the two streams.
 const BATCHES: usize = 150;
 
+/// Waits until the receiver holds every span the observers on `ports` exported and none has
+/// spans queued: a trace's spans may be split over two export requests, so a trace seen is not
+/// yet a trace whole.
+fn settle(receiver: &Receiver, ports: &[u16]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (mut exported, mut queued) = (0.0, 0);
+        for &port in ports {
+            let m = parse_metrics(&integration_tests::http_get(port, "/metrics"));
+            exported += value(&m, "eventflux_probe_spans_exported_total", &[]).unwrap_or(-1.0);
+            let (_, h) = http_status(port, "/health").expect("health");
+            let h: Value = serde_json::from_str(&h).expect("health JSON");
+            queued += h["observer"]["otlp"]["queued_spans"].as_u64().unwrap_or(1);
+        }
+        if queued == 0 && receiver.spans().len() as f64 == exported {
+            return;
+        }
+        assert!(Instant::now() < deadline, "spans still on their way: {exported} exported, {queued} queued");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn spans_by_trace(spans: &[Received]) -> BTreeMap<Vec<u8>, Vec<&Received>> {
     let mut by: BTreeMap<Vec<u8>, Vec<&Received>> = BTreeMap::new();
     for s in spans {
@@ -59,6 +81,7 @@ fn every_batch_is_one_trace_over_grpc_and_http() {
         while spans_by_trace(&receiver.spans()).len() < BATCHES && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
+        settle(&receiver, &[daemon.port]);
         let spans = receiver.spans();
         let traces = spans_by_trace(&spans);
         assert_eq!(traces.len(), BATCHES, "{protocol}: one trace per batch");
@@ -267,6 +290,7 @@ fn two_nodes_yield_connected_traces() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    settle(&receiver, &[observer_a.port, observer_b.port]);
     let spans = receiver.spans();
     assert_eq!(count(pid_a, &spans), want_a, "one trace per batch of node A");
     assert_eq!(count(pid_b, &spans), want_b, "one trace per batch of node B");
@@ -326,6 +350,7 @@ fn a_followed_process_exports_under_its_own_pid() {
     while count(pid_2) < batches(&summary_2) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
+    settle(&receiver, &[daemon.port]);
     assert_eq!(count(pid_1), batches(&summary_1), "traces of the first process");
     assert_eq!(count(pid_2), batches(&summary_2), "traces of its successor, under its pid");
     let status = daemon.stop();

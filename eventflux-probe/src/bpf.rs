@@ -304,6 +304,17 @@ impl Kernel {
         self.slots.iter_mut().filter_map(Option::take).map(|(_, a)| a).collect()
     }
 
+    /// Process `pid`'s attachments, handed over like [`Kernel::take_attachments`]: the other
+    /// targets stay attached, and the slots are free for the next attach.
+    pub fn take_attachments_of(&mut self, pid: u32) -> Vec<Attachment> {
+        self.slots
+            .iter_mut()
+            .filter(|slot| slot.as_ref().is_some_and(|(site, _)| site.pid == pid))
+            .filter_map(Option::take)
+            .map(|(_, a)| a)
+            .collect()
+    }
+
     /// The sites attached now.
     pub fn sites(&self) -> impl Iterator<Item = &AttachedSite> {
         self.slots.iter().flatten().map(|(site, _)| site)
@@ -312,6 +323,11 @@ impl Kernel {
     /// Attachments currently open.
     pub fn attached(&self) -> usize {
         self.slots.iter().flatten().count()
+    }
+
+    /// Site slots in use or free for reuse (grows only when every slot is taken).
+    pub fn slots(&self) -> usize {
+        self.slots.len()
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {

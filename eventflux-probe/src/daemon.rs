@@ -132,6 +132,23 @@ impl Daemon {
         }
     }
 
+    /// Detaches process `pid`'s sites only (node mode: the other targets stay attached); slow
+    /// like [`Daemon::detach_all`], and like it holds the kernel's lock only to take them.
+    pub fn detach(&self, pid: u32) -> usize {
+        let attachments = lock(&self.kernel).take_attachments_of(pid);
+        let n = attachments.len();
+        std::mem::drop(attachments);
+        self.collector.detached(pid);
+        n
+    }
+
+    /// Sites attached now, over all targets, and the slots the kernel side has (attached or
+    /// free): a node observer that attaches and detaches all day must not grow them.
+    pub fn sites(&self) -> (usize, usize) {
+        let kernel = lock(&self.kernel);
+        (kernel.attached(), kernel.slots())
+    }
+
     /// Forgets a finished target: its registrations and `/proc` readings, and its map entries
     /// (the error says if some could not be removed; the rest is forgotten all the same).
     pub fn forget(&self, pid: u32) -> Result<usize> {
@@ -336,7 +353,7 @@ impl Shared {
 
     /// The Prometheus exposition.
     pub fn metrics(&self) -> Result<String> {
-        let opts = PromOptions { max_series: self.options.max_series, pid_label: false };
+        let opts = PromOptions { max_series: self.options.max_series, ..PromOptions::default() };
         Ok(crate::export::prometheus::encode(&self.model()?, &opts))
     }
 
@@ -365,6 +382,25 @@ impl Shared {
             let keep = self.options.health.window.max(self.options.health.stall_after) + HEALTH_SAMPLE * 2;
             lock(&self.history).push(Instant::now(), Totals::of(engine), keep);
         }
+    }
+}
+
+impl crate::http::Service for Shared {
+    fn metrics(&self) -> Result<String> {
+        Shared::metrics(self)
+    }
+
+    fn health(&self) -> Result<(u16, serde_json::Value)> {
+        let report = Shared::health(self)?;
+        Ok((report.status.http_code(), serde_json::to_value(&report)?))
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        Shared::ready(self)
+    }
+
+    fn live(&self) -> Result<(), String> {
+        Shared::live(self)
     }
 }
 
@@ -403,14 +439,14 @@ fn log_attached(a: &Attached, budget: &Budget) {
 }
 
 /// SIGINT and SIGTERM, counted: the first asks for a drained stop, a second for haste.
-struct Signals {
+pub(crate) struct Signals {
     count: tokio::sync::watch::Receiver<u32>,
 }
 
 impl Signals {
     /// Installs the handlers now, before anything slow: a signal during loading or attaching
     /// is then a stop like any other, not the default action (death by the signal).
-    fn install() -> Result<Signals> {
+    pub(crate) fn install() -> Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).map_err(|e| anyhow!("cannot handle SIGTERM: {e}"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| anyhow!("cannot handle SIGINT: {e}"))?;
@@ -427,12 +463,12 @@ impl Signals {
         Ok(Signals { count })
     }
 
-    fn received(&self) -> u32 {
+    pub(crate) fn received(&self) -> u32 {
         *self.count.borrow()
     }
 
     /// Resolves once `n` signals have arrived in all.
-    async fn at_least(&self, n: u32) {
+    pub(crate) async fn at_least(&self, n: u32) {
         let mut rx = self.count.clone();
         let _ = rx.wait_for(|c| *c >= n).await;
     }

@@ -130,26 +130,32 @@ impl AsyncWrite for IdleTimeout {
     }
 }
 
-/// The daemon's one router: `/metrics`, `/health`, `/ready`, `/live`.
-///
-/// `/ready` and `/live` read two words of state and answer at once (Kubernetes probes call
-/// them every few seconds and must not wait behind a map walk); `/metrics` and `/health` read
-/// a snapshot off the async thread. None of them changes anything.
-pub fn router(shared: std::sync::Arc<crate::daemon::Shared>) -> axum::Router {
+/// What the endpoints serve: `run`'s one-target service and node mode's many-target one.
+pub trait Service: Send + Sync + 'static {
+    /// The Prometheus exposition.
+    fn metrics(&self) -> anyhow::Result<String>;
+    /// The health report and its HTTP status.
+    fn health(&self) -> anyhow::Result<(u16, serde_json::Value)>;
+    /// `Err` says why not ready.
+    fn ready(&self) -> Result<(), String>;
+    /// `Err` says why not live.
+    fn live(&self) -> Result<(), String>;
+}
+
+/// `/metrics`, `/health`, `/ready`, `/live` of a service.
+pub fn router<S: Service>(shared: std::sync::Arc<S>) -> axum::Router {
     use axum::extract::State;
     use axum::http::{StatusCode, header};
     use axum::response::{IntoResponse, Response};
     use axum::routing::get;
 
-    type Shared = State<std::sync::Arc<crate::daemon::Shared>>;
-
     fn plain(code: StatusCode, body: String) -> Response {
         (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
     }
 
-    async fn blocking<T: Send + 'static>(
-        shared: std::sync::Arc<crate::daemon::Shared>,
-        f: fn(&crate::daemon::Shared) -> anyhow::Result<T>,
+    async fn blocking<S: Service, T: Send + 'static>(
+        shared: std::sync::Arc<S>,
+        f: fn(&S) -> anyhow::Result<T>,
     ) -> Result<T, Response> {
         match tokio::task::spawn_blocking(move || f(&shared)).await {
             Ok(Ok(v)) => Ok(v),
@@ -158,31 +164,31 @@ pub fn router(shared: std::sync::Arc<crate::daemon::Shared>) -> axum::Router {
         }
     }
 
-    async fn metrics(State(shared): Shared) -> Response {
-        match blocking(shared, crate::daemon::Shared::metrics).await {
+    async fn metrics<S: Service>(State(shared): State<std::sync::Arc<S>>) -> Response {
+        match blocking(shared, S::metrics).await {
             Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
             Err(r) => r,
         }
     }
 
-    async fn health(State(shared): Shared) -> Response {
-        match blocking(shared, crate::daemon::Shared::health).await {
-            Ok(report) => {
-                let code = StatusCode::from_u16(report.status.http_code()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    async fn health<S: Service>(State(shared): State<std::sync::Arc<S>>) -> Response {
+        match blocking(shared, S::health).await {
+            Ok((code, report)) => {
+                let code = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                 (code, axum::Json(report)).into_response()
             }
             Err(r) => r,
         }
     }
 
-    async fn ready(State(shared): Shared) -> Response {
+    async fn ready<S: Service>(State(shared): State<std::sync::Arc<S>>) -> Response {
         match shared.ready() {
             Ok(()) => plain(StatusCode::OK, "ready\n".into()),
             Err(why) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
         }
     }
 
-    async fn live(State(shared): Shared) -> Response {
+    async fn live<S: Service>(State(shared): State<std::sync::Arc<S>>) -> Response {
         match shared.live() {
             Ok(()) => plain(StatusCode::OK, "live\n".into()),
             Err(why) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("not live: {why}\n")),
@@ -190,9 +196,9 @@ pub fn router(shared: std::sync::Arc<crate::daemon::Shared>) -> axum::Router {
     }
 
     axum::Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/live", get(live))
+        .route("/metrics", get(metrics::<S>))
+        .route("/health", get(health::<S>))
+        .route("/ready", get(ready::<S>))
+        .route("/live", get(live::<S>))
         .with_state(shared)
 }

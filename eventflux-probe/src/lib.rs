@@ -19,6 +19,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod node;
 pub mod privileges;
 pub mod procstat;
 pub mod target;

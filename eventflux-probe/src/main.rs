@@ -25,6 +25,8 @@ enum Command {
     Latency(cmd::latency::Args),
     /// Print the next sampled batches as span trees (durations, event counts).
     Trace(cmd::trace::Args),
+    /// Observe every EventFlux process of this host, as they come and go (a DaemonSet).
+    Node(cmd::node::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +40,11 @@ fn main() -> ExitCode {
         }),
         Command::Latency(args) => default_logging().and_then(|()| cmd::latency::run(&args)),
         Command::Trace(args) => default_logging().and_then(|()| cmd::trace::run(&args)),
+        Command::Node(args) => cmd::node::settings(&args).and_then(|settings| {
+            let rust_log = if cmd::node::log_level_flag(&args) { None } else { std::env::var("RUST_LOG").ok() };
+            eventflux_probe::logging::init_with(&settings.logging, rust_log)?;
+            cmd::node::run(&args, settings)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -60,9 +60,11 @@ impl Metric {
     }
 }
 
-/// Labels an engine metric may carry beyond its own: `pid` when an observer exports several
-/// processes.
-pub const ENGINE_EXTRA_LABELS: &[&str] = &["pid"];
+/// Labels an engine metric may carry beyond its own when one observer exports several
+/// processes (node mode): `pid` (the host's), `exe`, and for a process in a container
+/// `container_id` and `pod_uid` (from its cgroup path; namespace and pod names come from a
+/// join with kube-state-metrics, docs/kubernetes.md).
+pub const ENGINE_EXTRA_LABELS: &[&str] = &["pid", "exe", "container_id", "pod_uid"];
 
 macro_rules! define_metrics {
     ($(

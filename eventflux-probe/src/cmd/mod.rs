@@ -1,5 +1,6 @@
 pub mod latency;
 pub mod list;
+pub mod node;
 pub mod run;
 mod target;
 pub mod trace;

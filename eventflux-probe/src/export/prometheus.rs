@@ -3,7 +3,10 @@
 //! daemon's own `eventflux_probe_*` metrics.
 //!
 //! Series are capped per metric: past `max_series` label sets, further ones are folded into a
-//! single series whose labels read `overflow`, so a runaway id cannot explode cardinality.
+//! single series whose labels read `overflow`, so a runaway id cannot explode cardinality. In
+//! node mode a process's series are also capped per metric and process
+//! (`max_series_per_process`): one runaway engine folds its own series, keeping the labels that
+//! say which process it is, and leaves the others' room.
 
 use std::collections::BTreeMap;
 
@@ -25,13 +28,21 @@ pub struct Options {
     pub max_series: usize,
     /// Add a `pid` label to the engine's metrics (several targets in one daemon).
     pub pid_label: bool,
+    /// Label sets per metric and process (node mode; 0: no such cap).
+    pub max_series_per_process: usize,
+    /// Labels identifying each engine process beyond `pid` (`exe`, `container_id`, …), by pid;
+    /// never folded.
+    pub process_labels: BTreeMap<u32, Vec<(&'static str, String)>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_series: 2000, pid_label: false }
+        Options { max_series: 2000, pid_label: false, max_series_per_process: 0, process_labels: BTreeMap::new() }
     }
 }
+
+/// Labels that identify the process a series belongs to: kept when its other labels fold.
+const PROCESS_LABELS: &[&str] = crate::metrics::ENGINE_EXTRA_LABELS;
 
 /// Smallest latency bucket exported: finer buckets are cumulated into it. 256 ns, because a
 /// batch of a few events takes a few hundred nanoseconds in a fast engine.
@@ -70,6 +81,8 @@ struct Family {
     series: BTreeMap<Labels, Value>,
     /// Label sets summed into the overflow series (each once, however often it was added).
     folded: std::collections::BTreeSet<Labels>,
+    /// Label sets per process (by its `pid` label), for the per-process cap.
+    per_process: BTreeMap<String, usize>,
 }
 
 /// Collects series by metric name, applying the cap.
@@ -90,16 +103,30 @@ impl Families {
             kind,
             series: BTreeMap::new(),
             folded: Default::default(),
+            per_process: BTreeMap::new(),
         })
     }
 
     fn add(&mut self, metric: &'static Metric, labels: Labels, v: Value) {
-        let max = self.opts.max_series;
+        let (max, per_process) = (self.opts.max_series, self.opts.max_series_per_process);
         let fam = self.family(metric);
-        let labels = if fam.series.contains_key(&labels) || fam.series.len() < max {
+        let process = labels.iter().find(|(k, _)| *k == "pid").map(|(_, v)| v.clone());
+        let known = fam.series.contains_key(&labels);
+        let process_full = per_process > 0
+            && process.as_ref().is_some_and(|p| fam.per_process.get(p).copied().unwrap_or(0) >= per_process);
+        let labels = if known || (fam.series.len() < max && !process_full) {
+            if !known && let Some(p) = &process {
+                *fam.per_process.entry(p.clone()).or_default() += 1;
+            }
             labels
         } else {
-            let overflow = labels.iter().map(|(k, _)| (*k, OVERFLOW.to_owned())).collect();
+            // A process over its own cap keeps what says which process it is; over the global
+            // cap everything folds.
+            let keep = process_full && fam.series.len() < max;
+            let overflow = labels
+                .iter()
+                .map(|(k, v)| (*k, if keep && PROCESS_LABELS.contains(k) { v.clone() } else { OVERFLOW.to_owned() }))
+                .collect();
             fam.folded.insert(labels);
             overflow
         };
@@ -147,9 +174,12 @@ pub fn encode(model: &Model, opts: &Options) -> String {
 
 fn engine_metrics(e: &Engine, f: &mut Families) {
     let pid_label = f.opts.pid_label;
+    let process: Labels = f.opts.process_labels.get(&e.pid).cloned().unwrap_or_default();
     let labels = |mut labels: Labels| -> Labels {
         if pid_label {
-            labels.insert(0, ("pid", e.pid.to_string()));
+            let mut front = vec![("pid", e.pid.to_string())];
+            front.extend(process.iter().cloned());
+            labels.splice(0..0, front);
         }
         labels
     };
@@ -260,8 +290,7 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
         }
     }
     if let Some(running) = e.running {
-        let l = if pid_label { vec![("pid", e.pid.to_string())] } else { vec![] };
-        f.gauge(&m::TARGET_RUNNING, l, if running { 1.0 } else { 0.0 });
+        f.gauge(&m::TARGET_RUNNING, labels(vec![]), if running { 1.0 } else { 0.0 });
     }
 }
 
@@ -468,7 +497,9 @@ mod tests {
     #[test]
     fn every_series_matches_the_catalog_and_every_metric_is_exported() {
         for pid_label in [false, true] {
-            let text = encode(&rich(), &Options { max_series: 3, pid_label });
+            let process_labels = BTreeMap::from([(42, vec![("exe", "/bin/engine".to_owned())])]);
+            let opts = Options { max_series: 3, pid_label, process_labels, ..Options::default() };
+            let text = encode(&rich(), &opts);
             let mut seen = BTreeSet::new();
             for line in text.lines() {
                 if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -498,7 +529,7 @@ mod tests {
                 };
                 let mut want: Vec<&str> = metric.labels.to_vec();
                 if pid_label && metric.scope == crate::metrics::Scope::Engine {
-                    want.insert(0, "pid");
+                    want.splice(0..0, ["pid", "exe"]);
                 }
                 assert_eq!(labels, want, "{line}");
             }

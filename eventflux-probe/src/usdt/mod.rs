@@ -69,10 +69,71 @@ fn read_error(path: &Path, e: std::io::Error) -> anyhow::Error {
 /// A process whose executable we may not read is an error (it would otherwise look like a
 /// process without probes).
 pub fn probes_in_process(pid: u32, warnings: &mut Vec<String>) -> Result<Vec<BinaryProbes>> {
+    probes_in_process_cached(pid, warnings, None)
+}
+
+/// Notes of files already parsed, by device and inode, checked against the file's size and
+/// modification time: a node observer sees the same executable in many processes (every
+/// container of one image, every restart) and parses it once.
+#[derive(Debug, Default)]
+pub struct NotesCache {
+    files: std::sync::Mutex<std::collections::HashMap<FileId, Stamped>>,
+    /// Files parsed, and files found in the cache.
+    pub parsed: std::sync::atomic::AtomicU64,
+    pub hits: std::sync::atomic::AtomicU64,
+}
+
+/// A file as `/proc/PID/maps` names it: device and inode.
+type FileId = (String, u64);
+/// Notes with the size and modification time (ns) of the file they were read from.
+type Stamped = (u64, i64, Notes);
+
+/// Entries kept at most; past it the cache starts over (a host runs far fewer distinct
+/// executables than this).
+const CACHE_FILES: usize = 4096;
+
+impl NotesCache {
+    fn notes(&self, file: &process::MappedFile) -> Result<Notes> {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::atomic::Ordering;
+        let stamp =
+            std::fs::metadata(&file.opened_at).ok().map(|m| (m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000));
+        if let (Some(id), Some((size, mtime))) = (&file.file_id, stamp) {
+            let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((s, m, notes)) = files.get(id)
+                && (*s, *m) == (size, mtime)
+            {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(notes.clone());
+            }
+        }
+        let notes = probes_in_file(&file.opened_at)?;
+        self.parsed.fetch_add(1, Ordering::Relaxed);
+        if let (Some(id), Some((size, mtime))) = (&file.file_id, stamp) {
+            let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            if files.len() >= CACHE_FILES {
+                files.clear();
+            }
+            files.insert(id.clone(), (size, mtime, notes.clone()));
+        }
+        Ok(notes)
+    }
+}
+
+/// [`probes_in_process`], parsing each file once per `cache`.
+pub fn probes_in_process_cached(
+    pid: u32,
+    warnings: &mut Vec<String>,
+    cache: Option<&NotesCache>,
+) -> Result<Vec<BinaryProbes>> {
     let files = process::mapped_executables(pid)?;
     let mut out = Vec::new();
     for (i, file) in files.into_iter().enumerate() {
-        match probes_in_file(&file.opened_at) {
+        let notes = match cache {
+            Some(c) => c.notes(&file),
+            None => probes_in_file(&file.opened_at),
+        };
+        match notes {
             Ok(notes) => out.push(BinaryProbes { path: file.path, opened_at: file.opened_at, notes }),
             Err(e) if i == 0 && e.is::<PermissionDenied>() => {
                 return Err(e.context(format!("process {pid}'s executable could not be read")));

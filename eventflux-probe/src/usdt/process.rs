@@ -13,6 +13,9 @@ pub struct MappedFile {
     pub path: PathBuf,
     /// The same file reached from here.
     pub opened_at: PathBuf,
+    /// Device and inode as the maps show them: the same file in many processes (containers of
+    /// one image) has the same, so its notes are parsed once (`usdt::NotesCache`).
+    pub file_id: Option<(String, u64)>,
 }
 
 /// The main executable first, then every other file mapped with execute permission, once each.
@@ -34,12 +37,19 @@ pub fn mapped_executables(pid: u32) -> Result<Vec<MappedFile>> {
     };
     let exe = std::fs::read_link(proc_dir.join("exe")).ok();
     let mut paths: Vec<String> = Vec::new();
+    let mut ids: std::collections::BTreeMap<String, (String, u64)> = Default::default();
     for line in maps.lines() {
+        // address perms offset dev inode path
         let mut fields = line.splitn(6, ' ');
         let perms = fields.nth(1).unwrap_or("");
-        let path = fields.nth(3).map(str::trim_start).unwrap_or("");
+        let dev = fields.nth(1).unwrap_or("");
+        let inode = fields.next().and_then(|i| i.parse::<u64>().ok());
+        let path = fields.next().map(str::trim_start).unwrap_or("");
         if perms.contains('x') && path.starts_with('/') && !paths.iter().any(|p| p == path) {
             paths.push(path.to_owned());
+            if let Some(inode) = inode.filter(|i| *i != 0) {
+                ids.insert(path.to_owned(), (dev.to_owned(), inode));
+            }
         }
     }
     if let Some(at) = exe.as_ref().and_then(|e| e.to_str()).and_then(|exe| paths.iter().position(|p| p == exe)) {
@@ -55,7 +65,8 @@ pub fn mapped_executables(pid: u32) -> Result<Vec<MappedFile>> {
             // since it started (maps then shows "path (deleted)").
             let opened_at =
                 if Some(p.as_str()) == exe { proc_dir.join("exe") } else { root.join(p.trim_start_matches('/')) };
-            MappedFile { path: PathBuf::from(p), opened_at }
+            let file_id = ids.remove(&p);
+            MappedFile { path: PathBuf::from(p), opened_at, file_id }
         })
         .collect())
 }

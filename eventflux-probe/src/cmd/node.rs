@@ -1,0 +1,121 @@
+//! `eventflux-probe node`: every EventFlux process of the host (a Kubernetes DaemonSet's
+//! mode). Settings come from the same layers as `run` (docs/configuration.md: the config file,
+//! `EVENTFLUX_PROBE_*` variables, these flags); the service is `eventflux_probe::node::serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use eventflux_probe::budget::Budget;
+use eventflux_probe::config::{self, LogFormat, Settings};
+use eventflux_probe::health::Thresholds;
+use eventflux_probe::node::{NodeOptions, Selection};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Configuration file (TOML; docs/configuration.md). Also EVENTFLUX_PROBE_CONFIG.
+    #[arg(long, value_name = "FILE", env = "EVENTFLUX_PROBE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address for the HTTP endpoints; default 127.0.0.1:9469 (a DaemonSet: 0.0.0.0:9469).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Only processes whose executable path (as the process sees it) matches this glob
+    /// (`*` matches `/` too); repeat for several. Default: every process with eventflux probes.
+    #[arg(long = "exe", value_name = "GLOB")]
+    exe: Vec<String>,
+    /// Only these processes (host pids); repeat for several.
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// Only processes in a container whose id or cgroup path matches this glob; repeat.
+    #[arg(long = "container", value_name = "GLOB")]
+    containers: Vec<String>,
+    /// Label sets per metric over all processes (default 2000).
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    max_series: Option<usize>,
+    /// Label sets per metric and process (default 500).
+    #[arg(long, value_name = "N", value_parser = parse_count, default_value_t = 500)]
+    max_series_per_process: usize,
+    /// How long a finished process's series stay before they are removed (default 60s).
+    #[arg(long, value_name = "D", value_parser = config::parse_duration)]
+    grace_period: Option<Duration>,
+    /// How often /proc is scanned for new processes (default 500ms).
+    #[arg(long, value_name = "D", value_parser = config::parse_duration, default_value = "500ms")]
+    scan_interval: Duration,
+    /// On SIGTERM, answer /ready with 503 this long before detaching and exiting (default 5s).
+    #[arg(long, value_name = "D", value_parser = config::parse_duration)]
+    drain: Option<Duration>,
+    /// Log level: a tracing filter such as `info` (default; RUST_LOG overrides).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Log format: pretty (default) or json.
+    #[arg(long, value_name = "FORMAT", value_parser = LogFormat::from_str)]
+    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    budget: super::target::BudgetArgs,
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a number of series")),
+    }
+}
+
+impl Args {
+    fn layer(&self) -> config::Layer {
+        let mut l = config::Layer::default();
+        l.http.listen = self.listen;
+        l.limits.max_series = self.max_series;
+        l.lifecycle.grace_period = self.grace_period;
+        l.lifecycle.drain = self.drain;
+        l.logging.level = self.log_level.clone();
+        l.logging.format = self.log_format;
+        l.sampling.rate = self.budget.sample_rate;
+        l.sampling.every_batch = self.budget.every_batch.then_some(true);
+        l.sampling.flush_interval = self.budget.flush_interval;
+        l
+    }
+}
+
+/// Whether `--log-level` was given (it then beats `RUST_LOG`).
+pub fn log_level_flag(args: &Args) -> bool {
+    args.log_level.is_some()
+}
+
+pub fn settings(args: &Args) -> Result<Settings> {
+    Ok(config::load(args.config.as_deref(), |k| std::env::var(k).ok(), args.layer())?)
+}
+
+pub fn run(args: &Args, settings: Settings) -> Result<()> {
+    if args.scan_interval < Duration::from_millis(50) {
+        anyhow::bail!("--scan-interval must be at least 50ms");
+    }
+    let s = &settings.sampling;
+    let budget = Budget::new(if s.every_batch { None } else { Some(s.rate) }, s.flush_interval)?;
+    let h = &settings.health;
+    let options = NodeOptions {
+        listen: settings.http.listen,
+        http_idle_timeout: settings.http.idle_timeout,
+        budget,
+        max_series: settings.limits.max_series,
+        max_series_per_process: args.max_series_per_process,
+        grace_period: settings.lifecycle.grace_period,
+        drain: settings.lifecycle.drain,
+        scan_interval: args.scan_interval,
+        health: Thresholds {
+            window: h.window,
+            max_error_ratio: h.max_error_ratio,
+            max_backpressure_per_second: h.max_backpressure_per_second,
+            stall_after: h.stall_after,
+            max_window_state_bytes: h.max_window_state_bytes,
+            window_state_growth: h.window_state_growth,
+        },
+        select: Selection { exe: args.exe.clone(), pids: args.pids.clone(), containers: args.containers.clone() },
+    };
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(eventflux_probe::node::serve(options))
+}

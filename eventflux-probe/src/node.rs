@@ -1,0 +1,542 @@
+//! Node mode: one observer for every EventFlux process of the host (a Kubernetes DaemonSet).
+//!
+//! The model: a [`Daemon`] loaded once holds many targets. A scan of `/proc` every
+//! `scan_interval` (500 ms by default) looks only at processes it has not examined yet (a pid
+//! with its start time is one process: a reused pid is a new one), checks the selection
+//! (executable globs, pids, container patterns; never this process) and whether the process's
+//! executable or mapped shared objects carry `eventflux` notes, read through `/proc/PID/root`
+//! so container paths resolve, and each distinct file (device and inode) parsed once. A process
+//! with probes is attached to (all or nothing, slots reused), watched through its pidfd, and
+//! when it exits its sites are detached at once and its series kept for `grace_period`, then
+//! forgotten (map entries, names, `/proc` readings).
+//!
+//! Why a rescan and not an exec event: a rescan of a host's `/proc` costs about a millisecond
+//! per few hundred processes (BENCHMARKS.md), needs no further privilege or kernel program, and
+//! also finds processes that started before the observer and those that load the engine as a
+//! shared object after exec; 500 ms keeps discovery within the 2 s the DaemonSet promises.
+//!
+//! Every engine series carries `pid` (the host's pid: a process in its own pid namespace is
+//! known by its pid on the host), `exe` (its executable as the process sees it), and inside a
+//! container `container_id` and `pod_uid` (from its cgroup path).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use serde::Serialize;
+
+use crate::budget::Budget;
+use crate::daemon::{Daemon, Signals, bind};
+use crate::discover::{self, Container};
+use crate::export::prometheus::Options as PromOptions;
+use crate::health::{self, History, Status, Thresholds, Totals};
+use crate::model::Model;
+use crate::target::{State, Target};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Which processes node mode observes. Empty lists select everything with probes.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Globs over the executable's path as the process sees it (`*` matches `/` too).
+    pub exe: Vec<String>,
+    pub pids: Vec<u32>,
+    /// Globs over the container id or the cgroup path; a process outside any container does
+    /// not match them.
+    pub containers: Vec<String>,
+}
+
+impl Selection {
+    fn wants_pid(&self, pid: u32) -> bool {
+        self.pids.is_empty() || self.pids.contains(&pid)
+    }
+
+    fn wants(&self, exe: &str, container: Option<&Container>) -> bool {
+        let exe_ok = self.exe.is_empty() || self.exe.iter().any(|g| discover::glob_match(g, exe));
+        let container_ok = self.containers.is_empty()
+            || container.is_some_and(|c| {
+                self.containers.iter().any(|g| discover::glob_match(g, &c.id) || discover::glob_match(g, &c.cgroup))
+            });
+        exe_ok && container_ok
+    }
+}
+
+/// What `node` configures.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub listen: SocketAddr,
+    pub http_idle_timeout: Duration,
+    pub budget: Budget,
+    /// Label sets per metric over all processes.
+    pub max_series: usize,
+    /// Label sets per metric and process.
+    pub max_series_per_process: usize,
+    /// How long a finished process's series stay.
+    pub grace_period: Duration,
+    pub drain: Duration,
+    pub scan_interval: Duration,
+    pub health: Thresholds,
+    pub select: Selection,
+}
+
+/// One observed process.
+struct Tracked {
+    target: Arc<Target>,
+    exe: PathBuf,
+    container: Option<Container>,
+    expected: usize,
+    attached: usize,
+    /// When it exited (or exec'd), and how.
+    gone: Option<(Instant, &'static str)>,
+    history: History,
+}
+
+/// Discovery's own figures, in `/health`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Discovery {
+    pub scans: u64,
+    pub last_scan_ms: f64,
+    pub processes_seen: usize,
+    pub attaches: u64,
+    pub attach_failures: u64,
+    pub detaches: u64,
+    pub files_parsed: u64,
+    pub files_from_cache: u64,
+}
+
+/// The node service: what the HTTP handlers read, shared with the scanner.
+pub struct Node {
+    daemon: Daemon,
+    options: NodeOptions,
+    targets: Mutex<BTreeMap<u32, Tracked>>,
+    /// Processes examined, by pid: their start time (a process is examined once).
+    examined: Mutex<HashMap<u32, u64>>,
+    cache: crate::usdt::NotesCache,
+    discovery: Mutex<Discovery>,
+    scanned_once: AtomicBool,
+    stopping: AtomicBool,
+    started: Instant,
+    heartbeat_ms: AtomicU64,
+}
+
+/// `/live` fails when the background loop has not turned for this long.
+const LIVE_WITHIN: Duration = Duration::from_secs(5);
+const TICK: Duration = Duration::from_millis(100);
+const HEALTH_SAMPLE: Duration = Duration::from_secs(1);
+
+/// One target in the node's `/health`.
+#[derive(Debug, Serialize)]
+struct TargetHealth {
+    pid: u32,
+    exe: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pod_uid: Option<String>,
+    /// `running`, `exited`, `execd`.
+    state: &'static str,
+    /// Seconds until its series are forgotten, once it is gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forgotten_in_seconds: Option<f64>,
+    probes_attached: usize,
+    probes_expected: usize,
+    health: health::Report,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeHealth {
+    /// The worst status of the running targets (healthy with none).
+    status: Status,
+    targets: Vec<TargetHealth>,
+    observer: NodeObserver,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeObserver {
+    ready: bool,
+    uptime_seconds: f64,
+    targets_running: usize,
+    sites_attached: usize,
+    site_slots: usize,
+    dropped_events: u64,
+    discovery: Discovery,
+}
+
+impl Node {
+    fn beat(&self) {
+        self.heartbeat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The model with the observer's readiness filled in.
+    pub fn model(&self) -> Result<Model> {
+        let mut model = self.daemon.model()?;
+        model.observer.ready = Some(crate::http::Service::ready(self).is_ok());
+        Ok(model)
+    }
+
+    /// Labels identifying each process, for the exporter.
+    fn process_labels(&self) -> BTreeMap<u32, Vec<(&'static str, String)>> {
+        lock(&self.targets)
+            .iter()
+            .map(|(pid, t)| {
+                let mut labels = vec![("exe", t.exe.display().to_string())];
+                if let Some(c) = &t.container {
+                    labels.push(("container_id", c.id.clone()));
+                    if let Some(uid) = &c.pod_uid {
+                        labels.push(("pod_uid", uid.clone()));
+                    }
+                }
+                (*pid, labels)
+            })
+            .collect()
+    }
+
+    /// Pids of the processes observed now or within their grace period.
+    pub fn targets(&self) -> Vec<u32> {
+        lock(&self.targets).keys().copied().collect()
+    }
+
+    /// Looks at every process not examined yet; attaches to those selected with probes.
+    /// Blocking (reads `/proc`, parses ELF files, attaches).
+    fn scan(&self) {
+        let started = Instant::now();
+        let processes = discover::processes();
+        let fresh: Vec<discover::Process> = {
+            let mut examined = lock(&self.examined);
+            examined.retain(|pid, _| processes.iter().any(|p| p.pid == *pid));
+            processes.iter().filter(|p| examined.insert(p.pid, p.start_ticks) != Some(p.start_ticks)).cloned().collect()
+        };
+        for p in fresh {
+            if !self.options.select.wants_pid(p.pid) || lock(&self.targets).contains_key(&p.pid) {
+                continue;
+            }
+            self.examine(p.pid);
+        }
+        let mut d = lock(&self.discovery);
+        d.scans += 1;
+        d.last_scan_ms = started.elapsed().as_secs_f64() * 1e3;
+        d.processes_seen = processes.len();
+        d.files_parsed = self.cache.parsed.load(Ordering::Relaxed);
+        d.files_from_cache = self.cache.hits.load(Ordering::Relaxed);
+    }
+
+    fn examine(&self, pid: u32) {
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return };
+        let exe_text = exe.display().to_string();
+        let container = discover::container_of(pid);
+        if !self.options.select.wants(&exe_text, container.as_ref()) {
+            return;
+        }
+        let found = match discover::eventflux_binaries_cached(pid, &self.cache) {
+            Ok(Some(found)) => found,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(pid, "not observing process {pid}: {e:#}");
+                return;
+            }
+        };
+        let (target, binaries) = found;
+        match self.daemon.attach_found(target, &binaries) {
+            Ok(a) => {
+                tracing::info!(
+                    pid,
+                    exe = %exe.display(),
+                    container_id = container.as_ref().map(|c| c.id.as_str()),
+                    probes = a.report.probes,
+                    sites = a.report.sites,
+                    attach_ms = a.report.elapsed.as_secs_f64() * 1e3,
+                    "attached"
+                );
+                lock(&self.discovery).attaches += 1;
+                lock(&self.targets).insert(
+                    pid,
+                    Tracked {
+                        target: a.target,
+                        exe: exe.strip_suffix_deleted(),
+                        container,
+                        expected: a.report.expected.len(),
+                        attached: a.report.probes,
+                        gone: None,
+                        history: History::default(),
+                    },
+                );
+            }
+            Err(e) => {
+                lock(&self.discovery).attach_failures += 1;
+                tracing::warn!(pid, "cannot attach to process {pid}: {e:#}");
+            }
+        }
+    }
+
+    /// Processes that exited (or exec'd) since the last look: their pids, to detach.
+    fn newly_gone(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (pid, t) in lock(&self.targets).iter_mut().filter(|(_, t)| t.gone.is_none()) {
+            let how = match t.target.state() {
+                State::Running => continue,
+                State::Execd(_) => "execd",
+                _ => "exited",
+            };
+            tracing::info!(pid, exe = %t.exe.display(), "target {how}; its series stay for the grace period");
+            t.gone = Some((Instant::now(), how));
+            t.attached = 0;
+            out.push(*pid);
+        }
+        out
+    }
+
+    /// Processes whose grace period is over.
+    fn expired(&self) -> Vec<u32> {
+        let grace = self.options.grace_period;
+        lock(&self.targets)
+            .iter()
+            .filter(|(_, t)| t.gone.is_some_and(|(at, _)| at.elapsed() >= grace))
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    fn forget(&self, pid: u32) {
+        lock(&self.targets).remove(&pid);
+        match self.daemon.forget(pid) {
+            Ok(n) => tracing::info!(pid, map_entries = n, "forgot the finished target"),
+            Err(e) => tracing::warn!(pid, "cannot forget all of the finished target's map entries: {e:#}"),
+        }
+    }
+
+    /// One health sample per running target.
+    fn sample(&self) {
+        let model = match self.daemon.model() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("cannot read the BPF maps for a health sample: {e:#}");
+                return;
+            }
+        };
+        let keep = self.options.health.window.max(self.options.health.stall_after) + HEALTH_SAMPLE * 2;
+        for (pid, t) in lock(&self.targets).iter_mut().filter(|(_, t)| t.gone.is_none()) {
+            if let Some(engine) = model.engines.get(pid) {
+                t.history.push(Instant::now(), Totals::of(engine), keep);
+            }
+        }
+    }
+}
+
+trait StripDeleted {
+    fn strip_suffix_deleted(&self) -> PathBuf;
+}
+
+impl StripDeleted for PathBuf {
+    /// The path without the " (deleted)" the kernel appends when the file was replaced.
+    fn strip_suffix_deleted(&self) -> PathBuf {
+        let s = self.display().to_string();
+        PathBuf::from(s.strip_suffix(" (deleted)").unwrap_or(&s))
+    }
+}
+
+impl crate::http::Service for Node {
+    fn metrics(&self) -> Result<String> {
+        let opts = PromOptions {
+            max_series: self.options.max_series,
+            pid_label: true,
+            max_series_per_process: self.options.max_series_per_process,
+            process_labels: self.process_labels(),
+        };
+        Ok(crate::export::prometheus::encode(&self.model()?, &opts))
+    }
+
+    fn health(&self) -> Result<(u16, serde_json::Value)> {
+        let model = self.model()?;
+        let ready = crate::http::Service::ready(self).is_ok();
+        let (sites, slots) = self.daemon.sites();
+        let observer = health::ObserverInfo {
+            phase: if self.stopping.load(Ordering::Relaxed) { "draining" } else { "attached" },
+            ready,
+            probes_attached: 0,
+            probes_expected: 0,
+            sites_attached: sites,
+            last_probe_hit_seconds_ago: None,
+            dropped_events: model.observer.drops_total(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            otlp: None,
+        };
+        let grace = self.options.grace_period;
+        let targets: Vec<TargetHealth> = lock(&self.targets)
+            .iter()
+            .map(|(pid, t)| {
+                let state = t.gone.map_or("running", |(_, how)| how);
+                let ctx = health::Context {
+                    now: Instant::now(),
+                    target: health::TargetInfo { pid: *pid, state, executable: t.exe.display().to_string() },
+                    gone: t.gone.map(|(_, how)| format!("process {pid} {how}")),
+                    observer: health::ObserverInfo {
+                        probes_attached: t.attached,
+                        probes_expected: t.expected,
+                        ..observer.clone()
+                    },
+                };
+                let report = health::evaluate(model.engines.get(pid), &t.history, &self.options.health, ctx);
+                TargetHealth {
+                    pid: *pid,
+                    exe: t.exe.display().to_string(),
+                    container_id: t.container.as_ref().map(|c| c.id.clone()),
+                    pod_uid: t.container.as_ref().and_then(|c| c.pod_uid.clone()),
+                    state,
+                    forgotten_in_seconds: t.gone.map(|(at, _)| grace.saturating_sub(at.elapsed()).as_secs_f64()),
+                    probes_attached: t.attached,
+                    probes_expected: t.expected,
+                    health: report,
+                }
+            })
+            .collect();
+        let status = targets.iter().filter(|t| t.state == "running").map(|t| t.health.status).fold(
+            Status::Healthy,
+            |worst, s| match (worst, s) {
+                (Status::Unhealthy, _) | (_, Status::Unhealthy) => Status::Unhealthy,
+                (Status::Degraded, _) | (_, Status::Degraded) => Status::Degraded,
+                _ => Status::Healthy,
+            },
+        );
+        let report = NodeHealth {
+            status,
+            observer: NodeObserver {
+                ready,
+                uptime_seconds: self.started.elapsed().as_secs_f64(),
+                targets_running: targets.iter().filter(|t| t.state == "running").count(),
+                sites_attached: sites,
+                site_slots: slots,
+                dropped_events: model.observer.drops_total(),
+                discovery: lock(&self.discovery).clone(),
+            },
+            targets,
+        };
+        Ok((status.http_code(), serde_json::to_value(&report)?))
+    }
+
+    /// Ready once the first scan is done (a node without EventFlux processes is ready: there
+    /// is nothing to miss), until a signal stops it.
+    fn ready(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err("shutting down".into());
+        }
+        if !self.scanned_once.load(Ordering::Relaxed) {
+            return Err("the first scan of the node's processes is not done".into());
+        }
+        Ok(())
+    }
+
+    fn live(&self) -> Result<(), String> {
+        let beat = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
+        let since = self.started.elapsed().saturating_sub(beat);
+        if since > LIVE_WITHIN {
+            return Err(format!("the collection loop has not run for {:.1}s", since.as_secs_f64()));
+        }
+        Ok(())
+    }
+}
+
+/// Runs node mode until a signal stops it.
+pub async fn serve(options: NodeOptions) -> Result<()> {
+    let signals = Signals::install()?;
+    crate::privileges::check()?;
+    let listener = bind(options.listen).await?;
+    let mut probes = crate::bpf::metric_probes();
+    probes.extend(options.budget.control_probes());
+    let daemon = tokio::task::spawn_blocking(move || Daemon::load(&probes, Duration::from_millis(100)))
+        .await
+        .map_err(|e| anyhow!("load task failed: {e}"))??;
+    let node = Arc::new(Node {
+        daemon,
+        options,
+        targets: Mutex::new(BTreeMap::new()),
+        examined: Mutex::new(HashMap::new()),
+        cache: Default::default(),
+        discovery: Mutex::new(Discovery::default()),
+        scanned_once: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+        started: Instant::now(),
+        heartbeat_ms: AtomicU64::new(0),
+    });
+    node.beat();
+    let bound = listener.local_addr().unwrap_or(node.options.listen);
+    let cap = crate::http::connection_cap();
+    tracing::info!(max_connections = cap, "node mode: serving http://{bound}/metrics, /health, /ready, /live");
+    let listener = crate::http::GuardedListener::new(listener, cap, node.options.http_idle_timeout);
+    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = crate::http::router(Arc::clone(&node));
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let background = tokio::spawn(background(Arc::clone(&node)));
+
+    signals.at_least(1).await;
+    node.stopping.store(true, Ordering::Relaxed);
+    tracing::info!(drain_s = node.options.drain.as_secs_f64(), "stopping: not ready, draining");
+    tokio::select! {
+        () = tokio::time::sleep(node.options.drain) => {}
+        () = signals.at_least(2) => tracing::info!("second signal: cutting the drain short"),
+    }
+    background.abort();
+    let n = Arc::clone(&node);
+    let _ = tokio::task::spawn_blocking(move || n.daemon.detach_all()).await;
+    let _ = stop_http.send(());
+    match server.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow!("http server failed: {e}")),
+        Err(e) => Err(anyhow!("http server task failed: {e}")),
+    }
+}
+
+async fn background(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_scan: Option<Instant> = None;
+    let mut last_sample = Instant::now();
+    let scanning = Arc::new(AtomicBool::new(false));
+    loop {
+        tick.tick().await;
+        node.beat();
+        let n = Arc::clone(&node);
+        let _ = tokio::task::spawn_blocking(move || n.daemon.drain()).await;
+        // A scan can take a while (attaching): it runs beside the loop, one at a time.
+        if last_scan.is_none_or(|at| at.elapsed() >= node.options.scan_interval)
+            && !scanning.swap(true, Ordering::Relaxed)
+        {
+            last_scan = Some(Instant::now());
+            let (n, flag) = (Arc::clone(&node), Arc::clone(&scanning));
+            tokio::task::spawn_blocking(move || {
+                n.scan();
+                n.scanned_once.store(true, Ordering::Relaxed);
+                flag.store(false, Ordering::Relaxed);
+            });
+        }
+        for pid in node.newly_gone() {
+            // Detaching takes about 0.1 s per site (the kernel's uprobe unregistration): in the
+            // background, one task per target.
+            let n = Arc::clone(&node);
+            tokio::task::spawn_blocking(move || {
+                let sites = n.daemon.detach(pid);
+                lock(&n.discovery).detaches += 1;
+                tracing::debug!(pid, sites, "detached");
+            });
+        }
+        for pid in node.expired() {
+            let n = Arc::clone(&node);
+            let _ = tokio::task::spawn_blocking(move || n.forget(pid)).await;
+        }
+        if last_sample.elapsed() >= HEALTH_SAMPLE {
+            last_sample = Instant::now();
+            let n = Arc::clone(&node);
+            let _ = tokio::task::spawn_blocking(move || n.sample()).await;
+        }
+    }
+}
