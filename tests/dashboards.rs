@@ -182,8 +182,8 @@ fn promql_names(expr: &str) -> (BTreeSet<String>, BTreeSet<String>) {
                         }))
                 {
                     // a function or keyword
-                } else if word.starts_with('$') {
-                    // a Grafana variable
+                } else if i > start && start > 0 && b[start - 1] == b'$' {
+                    // a Grafana variable ($__rate_interval outside a range is one)
                 } else {
                     metrics.insert(word.to_owned());
                 }
@@ -204,7 +204,9 @@ fn lint_names(expr: &str) -> Vec<String> {
         if name == "up" {
             continue;
         }
-        match metrics::by_name(name).or_else(|| metrics::by_series_name(name)) {
+        // A histogram is stored as its `_bucket`, `_sum` and `_count` series, never by its name.
+        let plain = metrics::by_name(name).filter(|m| m.kind != metrics::Kind::Histogram);
+        match plain.or_else(|| metrics::by_series_name(name)) {
             Some(m) => {
                 known_labels.extend(m.labels.iter().copied());
                 if name.ends_with("_bucket") {
@@ -231,6 +233,7 @@ fn the_promql_scanner_finds_metrics_and_labels() {
     assert_eq!(l, ["instance", "le", "query_id"].iter().map(|s| s.to_string()).collect());
     assert!(lint_names("rate(query_batches_total{stage=\"x\"}[1m])").iter().any(|p| p.contains("`stage`")));
     assert!(lint_names("query_batchez_total").iter().any(|p| p.contains("query_batchez_total")));
+    assert!(!lint_names("rate(query_latency_seconds[5m])").is_empty(), "a histogram's name has no series");
     assert!(lint_names("eventflux_probe_map_entries / on(instance, map) eventflux_probe_map_capacity").is_empty());
 }
 

@@ -194,7 +194,6 @@ fn node_mode_finds_counts_labels_and_forgets_processes() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
     let node = Node::start(&["--grace-period", "3s", "--exe", "*/eventflux-demo"]);
-    let node_pid = node.child.id();
 
     let started = Instant::now();
     let a = GatedDemo::start(&demo, &["--events", "30000", "--queries", "2"]);
@@ -251,7 +250,6 @@ fn node_mode_finds_counts_labels_and_forgets_processes() {
     assert!(node.target_pids().is_empty(), "{}", node.health());
     let h = node.health();
     assert_eq!(h["observer"]["discovery"]["attaches"], 3, "{h}");
-    assert!(!node.target_pids().contains(&u64::from(node_pid)));
     let status = node.stop();
     assert!(status.success(), "{status}");
 }

@@ -108,11 +108,17 @@ impl Inbound {
     /// The next chunk and its trace context (a malformed one is ignored: a new trace); `None`
     /// when node A ended the stream.
     pub fn next(&mut self) -> Result<Option<(Chunk, Option<TraceContext>)>> {
+        // The end of the stream is a clean end only between chunks.
         let mut len = [0u8; 4];
-        match self.input.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(e).context("reading from node A"),
+        let mut got = 0;
+        while got < len.len() {
+            match self.input.read(&mut len[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => bail!("node A's stream ended inside a chunk header"),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("reading from node A"),
+            }
         }
         let n = u32::from_le_bytes(len);
         if n > MAX_CHUNK {

@@ -535,19 +535,8 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     }
 
     let background = tokio::spawn(background(Arc::clone(&shared)));
-    let bound = listener.local_addr().unwrap_or(shared.options.listen);
-    let cap = crate::http::connection_cap();
-    tracing::info!(max_connections = cap, "serving http://{bound}/metrics, /health, /ready, /live");
-    let listener = crate::http::GuardedListener::new(listener, cap, shared.options.http_idle_timeout);
-    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = crate::http::router(Arc::clone(&shared));
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (stop_http, server) =
+        crate::http::spawn_server(listener, Arc::clone(&shared), shared.options.http_idle_timeout, "");
 
     let outcome = {
         let stop = async {

@@ -79,11 +79,14 @@ pub struct Container {
 
 /// Parses `/proc/PID/cgroup` text; `None` outside a container.
 pub fn container_from_cgroup(text: &str) -> Option<Container> {
-    let path = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .or_else(|| text.lines().find_map(|l| l.splitn(3, ':').nth(2)))?
-        .trim();
+    // The unified hierarchy first, then every v1 line: on hybrid hosts the runtime may manage
+    // only the v1 controllers, and a v1 host's first line may be a controller it leaves alone.
+    let mut paths: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("0::")).collect();
+    paths.extend(text.lines().filter(|l| !l.starts_with("0::")).filter_map(|l| l.splitn(3, ':').nth(2)));
+    paths.into_iter().find_map(|p| container_in(p.trim()))
+}
+
+fn container_in(path: &str) -> Option<Container> {
     let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
     let id = path.split('/').rev().find_map(|component| {
         let c = component.strip_suffix(".scope").unwrap_or(component);
@@ -196,6 +199,9 @@ mod tests {
         let c = container_from_cgroup(&cgroupfs).expect("cgroupfs");
         assert_eq!((c.id.as_str(), c.pod_uid.as_deref()), (id, Some("0c8e5f7a-1b2c-4d3e-8f9a-0b1c2d3e4f5a")));
         assert_eq!(container_from_cgroup("0::/user.slice/user-0.slice/session-1.scope\n"), None);
+        // Hybrid: the unified line says nothing, a v1 line names the container.
+        let hybrid = format!("12:rdma:/\n4:memory:/docker/{id}\n0::/\n");
+        assert_eq!(container_from_cgroup(&hybrid).map(|c| c.id), Some(id.to_owned()));
     }
 
     #[test]

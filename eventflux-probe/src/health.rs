@@ -40,6 +40,19 @@ pub struct Thresholds {
     pub window_state_growth: f64,
 }
 
+impl From<&crate::config::Health> for Thresholds {
+    fn from(h: &crate::config::Health) -> Thresholds {
+        Thresholds {
+            window: h.window,
+            max_error_ratio: h.max_error_ratio,
+            max_backpressure_per_second: h.max_backpressure_per_second,
+            stall_after: h.stall_after,
+            max_window_state_bytes: h.max_window_state_bytes,
+            window_state_growth: h.window_state_growth,
+        }
+    }
+}
+
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {

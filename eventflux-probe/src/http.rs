@@ -130,6 +130,30 @@ impl AsyncWrite for IdleTimeout {
     }
 }
 
+/// Serves `service`'s endpoints on `listener` (guarded: connection cap, idle timeout) until
+/// the returned sender is used or dropped; the handle yields the server's outcome.
+pub fn spawn_server<S: Service>(
+    listener: TcpListener,
+    service: std::sync::Arc<S>,
+    idle: Duration,
+    what: &str,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<io::Result<()>>) {
+    let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let cap = connection_cap();
+    tracing::info!(max_connections = cap, "{what}serving http://{bound}/metrics, /health, /ready, /live");
+    let listener = GuardedListener::new(listener, cap, idle);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = router(service);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (stop, server)
+}
+
 /// What the endpoints serve: `run`'s one-target service and node mode's many-target one.
 pub trait Service: Send + Sync + 'static {
     /// The Prometheus exposition.

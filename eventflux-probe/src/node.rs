@@ -2,7 +2,9 @@
 //!
 //! The model: a [`Daemon`] loaded once holds many targets. A scan of `/proc` every
 //! `scan_interval` (500 ms by default) looks only at processes it has not examined yet (a pid
-//! with its start time is one process: a reused pid is a new one), checks the selection
+//! with its start time and the executable it runs: a reused pid is a new process, an exec a new
+//! program, as a container's first process does when `runc init` becomes the entrypoint; a gone
+//! target whose pid a new process took is forgotten at once), checks the selection
 //! (executable globs, pids, container patterns; never this process) and whether the process's
 //! executable or mapped shared objects carry `eventflux` notes, read through `/proc/PID/root`
 //! so container paths resolve, and each distinct file (device and inode) parsed once. A process
@@ -12,8 +14,9 @@
 //!
 //! Why a rescan and not an exec event: a rescan of a host's `/proc` costs about a millisecond
 //! per few hundred processes (BENCHMARKS.md), needs no further privilege or kernel program, and
-//! also finds processes that started before the observer and those that load the engine as a
-//! shared object after exec; 500 ms keeps discovery within the 2 s the DaemonSet promises.
+//! also finds processes that started before the observer; 500 ms keeps discovery within the
+//! 2 s the DaemonSet promises. (A process that loads the engine as a shared object with
+//! `dlopen` after it was examined is not seen: the executable it runs did not change.)
 //!
 //! Every engine series carries `pid` (the host's pid: a process in its own pid namespace is
 //! known by its pid on the host), `exe` (its executable as the process sees it), and inside a
@@ -115,14 +118,24 @@ pub struct Node {
     daemon: Daemon,
     options: NodeOptions,
     targets: Mutex<BTreeMap<u32, Tracked>>,
-    /// Processes examined, by pid: their start time (a process is examined once).
-    examined: Mutex<HashMap<u32, u64>>,
+    /// Processes examined, by pid: who they were then (a process is examined once per program).
+    examined: Mutex<HashMap<u32, Identity>>,
     cache: crate::usdt::NotesCache,
     discovery: Mutex<Discovery>,
     scanned_once: AtomicBool,
     stopping: AtomicBool,
     started: Instant,
     heartbeat_ms: AtomicU64,
+}
+
+/// A process as a scan saw it: its start time (clock ticks after boot) and the executable it
+/// ran (device, inode). A reused pid changes the first, an exec the second.
+type Identity = (u64, Option<(u64, u64)>);
+
+fn exe_id(pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 /// `/live` fails when the background loop has not turned for this long.
@@ -207,16 +220,33 @@ impl Node {
     fn scan(&self) {
         let started = Instant::now();
         let processes = discover::processes();
-        let fresh: Vec<discover::Process> = {
+        let now: HashMap<u32, u64> = processes.iter().map(|p| (p.pid, p.start_ticks)).collect();
+        // A finished target whose pid another process took: its series go now (the kernel
+        // maps are keyed by pid), and the new process is examined.
+        let reused: Vec<u32> = lock(&self.targets)
+            .iter()
+            .filter(|(pid, t)| t.gone.is_some() && now.get(pid).is_some_and(|s| *s != t.target.start_ticks()))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in reused {
+            self.forget(pid);
+        }
+        let tracked: Vec<u32> = lock(&self.targets).keys().copied().collect();
+        let fresh: Vec<u32> = {
             let mut examined = lock(&self.examined);
-            examined.retain(|pid, _| processes.iter().any(|p| p.pid == *pid));
-            processes.iter().filter(|p| examined.insert(p.pid, p.start_ticks) != Some(p.start_ticks)).cloned().collect()
+            examined.retain(|pid, _| now.contains_key(pid));
+            processes
+                .iter()
+                .filter(|p| !tracked.contains(&p.pid) && self.options.select.wants_pid(p.pid))
+                .filter(|p| {
+                    let who = (p.start_ticks, exe_id(p.pid));
+                    examined.insert(p.pid, who) != Some(who)
+                })
+                .map(|p| p.pid)
+                .collect()
         };
-        for p in fresh {
-            if !self.options.select.wants_pid(p.pid) || lock(&self.targets).contains_key(&p.pid) {
-                continue;
-            }
-            self.examine(p.pid);
+        for pid in fresh {
+            self.examine(pid);
         }
         let mut d = lock(&self.discovery);
         d.scans += 1;
@@ -302,11 +332,14 @@ impl Node {
     }
 
     fn forget(&self, pid: u32) {
-        lock(&self.targets).remove(&pid);
+        // The daemon first: until the target leaves `targets`, its series keep their labels.
         match self.daemon.forget(pid) {
             Ok(n) => tracing::info!(pid, map_entries = n, "forgot the finished target"),
             Err(e) => tracing::warn!(pid, "cannot forget all of the finished target's map entries: {e:#}"),
         }
+        lock(&self.targets).remove(&pid);
+        // Examined again if it still runs (it exec'd another program).
+        lock(&self.examined).remove(&pid);
     }
 
     /// One health sample per running target.
@@ -463,19 +496,8 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
         heartbeat_ms: AtomicU64::new(0),
     });
     node.beat();
-    let bound = listener.local_addr().unwrap_or(node.options.listen);
-    let cap = crate::http::connection_cap();
-    tracing::info!(max_connections = cap, "node mode: serving http://{bound}/metrics, /health, /ready, /live");
-    let listener = crate::http::GuardedListener::new(listener, cap, node.options.http_idle_timeout);
-    let (stop_http, stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = crate::http::router(Arc::clone(&node));
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let (stop_http, server) =
+        crate::http::spawn_server(listener, Arc::clone(&node), node.options.http_idle_timeout, "node mode: ");
     let background = tokio::spawn(background(Arc::clone(&node)));
 
     signals.at_least(1).await;

@@ -55,13 +55,20 @@ pub struct Batch {
     start: u64,
     /// This batch set the thread's incoming trace context (and clears it when it ends).
     incoming: bool,
+    _thread: ThreadBound,
 }
+
+/// Spans live in the thread's own state: they must end on the thread they began on (not sent
+/// across an `.await` to another worker), so they are neither `Send` nor `Sync`.
+type ThreadBound = std::marker::PhantomData<*const ()>;
+const THREAD_BOUND: ThreadBound = std::marker::PhantomData;
 
 /// A stage inside a batch, timed only when the batch is sampled.
 #[must_use = "a sampled span is reported when it exits"]
 #[derive(Debug)]
 pub struct Span {
     start: u64,
+    _thread: ThreadBound,
 }
 
 #[derive(Clone, Copy)]
@@ -209,7 +216,7 @@ pub fn samples_per_sec() -> u32 {
 }
 
 impl Batch {
-    const OFF: Batch = Batch { start: 0, incoming: false };
+    const OFF: Batch = Batch { start: 0, incoming: false, _thread: THREAD_BOUND };
 
     /// Enters a query batch; decides whether it is sampled.
     #[inline(always)]
@@ -219,7 +226,7 @@ impl Batch {
         }
         // Inside a sampled batch every nested batch is part of its record.
         if DEPTH.with(Cell::get) != 0 {
-            return Batch { start: open(now_ns(), true), incoming: false };
+            return Batch { start: open(now_ns(), true), incoming: false, _thread: THREAD_BOUND };
         }
         let left = COUNTDOWN.with(Cell::get);
         if left > 1 {
@@ -320,7 +327,8 @@ impl Batch {
         // Ids drawn before the batch's clock starts: not part of its time.
         let trace = (stages && trace_context::is_enabled()).then(|| {
             let (trace_id, parent_span_id, flags) = match INCOMING.with(Cell::get) {
-                Some(c) => (c.trace_id, c.span_id, c.flags | crate::trace::SAMPLED),
+                // Version 00 knows one flag; this node records the trace, so: sampled.
+                Some(c) => (c.trace_id, c.span_id, crate::trace::SAMPLED),
                 None => (crate::trace::new_trace_id(), 0, crate::trace::SAMPLED),
             };
             Traced { trace_id, span_id: crate::trace::new_span_id(), parent_span_id, flags }
@@ -334,7 +342,7 @@ impl Batch {
                 r.trace = trace;
             });
         }
-        Batch { start, incoming: false }
+        Batch { start, incoming: false, _thread: THREAD_BOUND }
     }
 
     /// Whether this batch is sampled.
@@ -369,7 +377,7 @@ impl Batch {
     /// Leaves the batch. When it was sampled and is the outermost span, its records fire now.
     #[inline(always)]
     pub fn exit(self, query_id: u32, stream_id: u32, events_in: u64, events_out: u64) {
-        let Batch { start, incoming } = self;
+        let Batch { start, incoming, .. } = self;
         // Exited: nothing for `drop` to clean up.
         std::mem::forget(self);
         if start != 0 {
@@ -429,7 +437,7 @@ fn abandon() {
 }
 
 impl Span {
-    const OFF: Span = Span { start: 0 };
+    const OFF: Span = Span { start: 0, _thread: THREAD_BOUND };
 
     /// Enters a stage; timed only inside a batch sampled for its stages.
     #[inline(always)]
@@ -437,7 +445,7 @@ impl Span {
         if !batch_sample::is_enabled() || !STAGES_TIMED.with(Cell::get) {
             return Span::OFF;
         }
-        Span { start: open_now() }
+        Span { start: open_now(), _thread: THREAD_BOUND }
     }
 
     /// Leaves the stage: `events_in` it was given, `events_out` it passed on.
@@ -655,8 +663,9 @@ pub(crate) fn traced_context() -> Option<TraceContext> {
         let d = r.depth.checked_sub(1)?;
         let frame = r.open.get_mut(d)?;
         // A batch frame (the root, or a batch nested in it, which is part of the root's
-        // record) is represented by the root span.
-        let span_id = if frame.batch {
+        // record) is represented by the root span; so is a stage whose record nobody takes
+        // (no tool on `stage_sample`: a parent id that is never exported would dangle).
+        let span_id = if frame.batch || !stage_sample::is_enabled() {
             t.span_id
         } else {
             if frame.span_id == 0 {

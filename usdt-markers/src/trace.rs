@@ -169,6 +169,33 @@ mod tests {
         assert_ne!(new_trace_id(), new_trace_id());
     }
 
+    /// Nothing attached (unit tests raise no semaphore): the context a batch arrived with is
+    /// handed on while it runs, the outermost batch's wins over a nested one's, and nothing is
+    /// left on the thread after the batch, whether it exits or is dropped.
+    #[test]
+    fn an_incoming_context_is_handed_on_for_the_batch_only() {
+        use crate::span::Batch;
+        let a = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let b = TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00");
+        assert_eq!(current(), None);
+        let outer = Batch::enter_in(a);
+        assert_eq!(current(), a);
+        let inner = Batch::enter_in(b);
+        assert_eq!(current(), a, "the outermost batch's context");
+        inner.exit(1, 0, 1, 1);
+        assert_eq!(current(), a, "a nested batch does not clear it");
+        outer.exit(0, 0, 1, 1);
+        assert_eq!(current(), None);
+        {
+            let _dropped = Batch::enter_in(b);
+            assert_eq!(current(), b);
+        }
+        assert_eq!(current(), None, "a batch dropped without exit (early return, panic) clears it");
+        let plain = Batch::enter_in(None);
+        assert_eq!(current(), None);
+        plain.exit(0, 0, 1, 1);
+    }
+
     proptest! {
         #[test]
         fn display_parses_back(trace_id in 1u128.., span_id in 1u64.., flags: u8) {

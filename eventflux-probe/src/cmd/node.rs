@@ -32,10 +32,10 @@ pub struct Args {
     #[arg(long = "container", value_name = "GLOB")]
     containers: Vec<String>,
     /// Label sets per metric over all processes (default 2000).
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", value_parser = super::run::parse_max_series)]
     max_series: Option<usize>,
     /// Label sets per metric and process (default 500).
-    #[arg(long, value_name = "N", value_parser = parse_count, default_value_t = 500)]
+    #[arg(long, value_name = "N", value_parser = super::run::parse_max_series, default_value_t = 500)]
     max_series_per_process: usize,
     /// How long a finished process's series stay before they are removed (default 60s).
     #[arg(long, value_name = "D", value_parser = config::parse_duration)]
@@ -54,14 +54,6 @@ pub struct Args {
     log_format: Option<LogFormat>,
     #[command(flatten)]
     budget: super::target::BudgetArgs,
-}
-
-fn parse_count(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("`{s}` is not a number of series")),
-    }
 }
 
 impl Args {
@@ -95,7 +87,6 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
     }
     let s = &settings.sampling;
     let budget = Budget::new(if s.every_batch { None } else { Some(s.rate) }, s.flush_interval)?;
-    let h = &settings.health;
     let options = NodeOptions {
         listen: settings.http.listen,
         http_idle_timeout: settings.http.idle_timeout,
@@ -105,14 +96,7 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
         grace_period: settings.lifecycle.grace_period,
         drain: settings.lifecycle.drain,
         scan_interval: args.scan_interval,
-        health: Thresholds {
-            window: h.window,
-            max_error_ratio: h.max_error_ratio,
-            max_backpressure_per_second: h.max_backpressure_per_second,
-            stall_after: h.stall_after,
-            max_window_state_bytes: h.max_window_state_bytes,
-            window_state_growth: h.window_state_growth,
-        },
+        health: Thresholds::from(&settings.health),
         select: Selection { exe: args.exe.clone(), pids: args.pids.clone(), containers: args.containers.clone() },
     };
     let runtime =

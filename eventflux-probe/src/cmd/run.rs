@@ -61,7 +61,8 @@ pub struct Args {
     budget: super::target::BudgetArgs,
 }
 
-fn parse_max_series(s: &str) -> Result<usize, String> {
+/// A cap on label sets: at least 1.
+pub(super) fn parse_max_series(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1 (the cap on label sets per metric)".into()),
         Ok(n) => Ok(n),
@@ -115,7 +116,6 @@ pub fn settings(args: &Args) -> Result<Settings> {
 pub fn run(args: &Args, settings: Settings) -> Result<()> {
     let s = &settings.sampling;
     let budget = Budget::new(if s.every_batch { None } else { Some(s.rate) }, s.flush_interval)?;
-    let h = &settings.health;
     let options = ServeOptions {
         pid: args.pid,
         budget,
@@ -125,14 +125,7 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
         grace_period: settings.lifecycle.grace_period,
         follow: settings.lifecycle.follow,
         drain: settings.lifecycle.drain,
-        health: Thresholds {
-            window: h.window,
-            max_error_ratio: h.max_error_ratio,
-            max_backpressure_per_second: h.max_backpressure_per_second,
-            stall_after: h.stall_after,
-            max_window_state_bytes: h.max_window_state_bytes,
-            window_state_growth: h.window_state_growth,
-        },
+        health: Thresholds::from(&settings.health),
         otlp: otlp_options(&settings.otlp)?,
     };
     let runtime =

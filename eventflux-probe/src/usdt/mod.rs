@@ -85,8 +85,8 @@ pub struct NotesCache {
 
 /// A file as `/proc/PID/maps` names it: device and inode.
 type FileId = (String, u64);
-/// Notes with the size and modification time (ns) of the file they were read from.
-type Stamped = (u64, i64, Notes);
+/// Notes with the size, modification and change times (ns) of the file they were read from.
+type Stamped = (u64, i64, i64, Notes);
 
 /// Entries kept at most; past it the cache starts over (a host runs far fewer distinct
 /// executables than this).
@@ -96,12 +96,15 @@ impl NotesCache {
     fn notes(&self, file: &process::MappedFile) -> Result<Notes> {
         use std::os::unix::fs::MetadataExt;
         use std::sync::atomic::Ordering;
-        let stamp =
-            std::fs::metadata(&file.opened_at).ok().map(|m| (m.size(), m.mtime_nsec() + m.mtime() * 1_000_000_000));
-        if let (Some(id), Some((size, mtime))) = (&file.file_id, stamp) {
+        // The change time too: mtime is often preserved (image layers, `cp -p`, reproducible
+        // builds) and an inode number is reused after a delete; nobody can set ctime.
+        let stamp = std::fs::metadata(&file.opened_at).ok().map(|m| {
+            (m.size(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ctime() * 1_000_000_000 + m.ctime_nsec())
+        });
+        if let (Some(id), Some(stamp)) = (&file.file_id, stamp) {
             let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((s, m, notes)) = files.get(id)
-                && (*s, *m) == (size, mtime)
+            if let Some((s, m, c, notes)) = files.get(id)
+                && (*s, *m, *c) == stamp
             {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(notes.clone());
@@ -109,12 +112,12 @@ impl NotesCache {
         }
         let notes = probes_in_file(&file.opened_at)?;
         self.parsed.fetch_add(1, Ordering::Relaxed);
-        if let (Some(id), Some((size, mtime))) = (&file.file_id, stamp) {
+        if let (Some(id), Some((size, mtime, ctime))) = (&file.file_id, stamp) {
             let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
             if files.len() >= CACHE_FILES {
                 files.clear();
             }
-            files.insert(id.clone(), (size, mtime, notes.clone()));
+            files.insert(id.clone(), (size, mtime, ctime, notes.clone()));
         }
         Ok(notes)
     }
