@@ -8,7 +8,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use eventflux_probe::budget::Budget;
 use eventflux_probe::config::{self, LogFormat, Settings};
 use eventflux_probe::health::Thresholds;
 use eventflux_probe::node::{NodeOptions, Selection};
@@ -78,15 +77,14 @@ pub fn log_level_flag(args: &Args) -> bool {
 }
 
 pub fn settings(args: &Args) -> Result<Settings> {
-    Ok(config::load(args.config.as_deref(), |k| std::env::var(k).ok(), args.layer())?)
+    super::target::load_settings(args.config.as_deref(), args.layer())
 }
 
 pub fn run(args: &Args, settings: Settings) -> Result<()> {
     if args.scan_interval < Duration::from_millis(50) {
         anyhow::bail!("--scan-interval must be at least 50ms");
     }
-    let s = &settings.sampling;
-    let budget = Budget::new(if s.every_batch { None } else { Some(s.rate) }, s.flush_interval)?;
+    let budget = super::target::settings_budget(&settings)?;
     let options = NodeOptions {
         listen: settings.http.listen,
         http_idle_timeout: settings.http.idle_timeout,

@@ -8,7 +8,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use eventflux_probe::budget::Budget;
 use eventflux_probe::config::{self, LogFormat, Settings};
 use eventflux_probe::daemon::ServeOptions;
 use eventflux_probe::export::otlp;
@@ -110,12 +109,11 @@ pub fn log_level_flag(args: &Args) -> bool {
 
 /// The settings of this invocation, from every layer.
 pub fn settings(args: &Args) -> Result<Settings> {
-    Ok(config::load(args.config.as_deref(), |k| std::env::var(k).ok(), args.layer())?)
+    super::target::load_settings(args.config.as_deref(), args.layer())
 }
 
 pub fn run(args: &Args, settings: Settings) -> Result<()> {
-    let s = &settings.sampling;
-    let budget = Budget::new(if s.every_batch { None } else { Some(s.rate) }, s.flush_interval)?;
+    let budget = super::target::settings_budget(&settings)?;
     let options = ServeOptions {
         pid: args.pid,
         budget,

@@ -20,6 +20,21 @@ pub struct BudgetArgs {
     pub flush_interval: Option<std::time::Duration>,
 }
 
+/// The settings from every layer: defaults, the config file, `EVENTFLUX_PROBE_*` variables,
+/// then `flags` (docs/configuration.md).
+pub fn load_settings(
+    config_file: Option<&std::path::Path>,
+    flags: eventflux_probe::config::Layer,
+) -> Result<eventflux_probe::config::Settings> {
+    Ok(eventflux_probe::config::load(config_file, |k| std::env::var(k).ok(), flags)?)
+}
+
+/// The budget the settings ask for.
+pub fn settings_budget(settings: &eventflux_probe::config::Settings) -> Result<Budget> {
+    let s = &settings.sampling;
+    Budget::new(if s.every_batch { None } else { Some(s.rate) }, s.flush_interval)
+}
+
 impl BudgetArgs {
     /// The budget asked for, with `default_rate` when no rate was given.
     pub fn budget(&self, default_rate: Option<u32>) -> Result<Budget> {
