@@ -20,7 +20,7 @@
 //! target, so spans of a successor followed after a restart carry its own pid.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -91,7 +91,8 @@ pub struct Exporter {
     /// under).
     queue: Mutex<VecDeque<(u32, SpanData)>>,
     /// Resource per target process.
-    resources: Mutex<BTreeMap<u32, Resource>>,
+    /// In the order the targets came, newest last.
+    resources: Mutex<VecDeque<(u32, Resource)>>,
     exported: AtomicU64,
     dropped: [AtomicU64; 2],
     last: Mutex<(Option<String>, Option<Instant>)>,
@@ -169,7 +170,7 @@ impl Exporter {
             scope: InstrumentationScope::builder("eventflux-probe").with_version(env!("CARGO_PKG_VERSION")).build(),
             options,
             queue: Mutex::new(VecDeque::new()),
-            resources: Mutex::new(BTreeMap::new()),
+            resources: Mutex::new(VecDeque::new()),
             exported: AtomicU64::new(0),
             dropped: [AtomicU64::new(0), AtomicU64::new(0)],
             last: Mutex::new((None, None)),
@@ -197,11 +198,13 @@ impl Exporter {
             ])
             .build();
         let mut resources = lock(&self.resources);
-        // Two targets at most are live here (the one exporting its last spans, its successor).
+        resources.retain(|(p, _)| *p != pid);
+        // Two targets at most are live here (the one exporting its last spans, its successor):
+        // the oldest go first.
         while resources.len() >= 8 {
-            resources.pop_first();
+            resources.pop_front();
         }
-        resources.insert(pid, resource);
+        resources.push_back((pid, resource));
     }
 
     /// Queues one trace's spans; what does not fit is dropped and counted.
@@ -336,7 +339,7 @@ impl Worker {
                     (pid, q.drain(..n).map(|(_, s)| s).collect())
                 };
                 if self.resource_of != Some(pid)
-                    && let Some(resource) = lock(&e.resources).get(&pid)
+                    && let Some((_, resource)) = lock(&e.resources).iter().find(|(p, _)| *p == pid)
                 {
                     self.inner.set_resource(resource);
                     self.resource_of = Some(pid);

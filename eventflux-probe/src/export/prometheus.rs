@@ -120,13 +120,24 @@ impl Families {
             }
             labels
         } else {
-            // A process over its own cap keeps what says which process it is; over the global
-            // cap everything folds.
-            let keep = process_full && fam.series.len() < max;
-            let overflow = labels
-                .iter()
-                .map(|(k, v)| (*k, if keep && PROCESS_LABELS.contains(k) { v.clone() } else { OVERFLOW.to_owned() }))
-                .collect();
+            // A process over its own cap keeps what says which process it is (in one series per
+            // process, once it exists, whatever the global count: a label set must not move
+            // between overflow series from scrape to scrape); over the global cap everything
+            // folds.
+            let fold = |keep: bool| -> Labels {
+                labels
+                    .iter()
+                    .map(|(k, v)| {
+                        (*k, if keep && PROCESS_LABELS.contains(k) { v.clone() } else { OVERFLOW.to_owned() })
+                    })
+                    .collect()
+            };
+            let own = fold(true);
+            let overflow = if process_full && (fam.series.len() < max || fam.series.contains_key(&own)) {
+                own
+            } else {
+                fold(false)
+            };
             fam.folded.insert(labels);
             overflow
         };
@@ -489,6 +500,45 @@ mod tests {
         o.ready = Some(true);
         o.otlp = Some(crate::export::otlp::State::default());
         model
+    }
+
+    /// The per-process cap (node mode): each process keeps its first label sets and sums the
+    /// rest into one overflow series that still says which process it is; the sums are exact;
+    /// the global cap still folds everything past it.
+    #[test]
+    fn the_per_process_cap_folds_each_process_on_its_own() {
+        let mut model = Model::default();
+        for pid in [1, 2] {
+            let mut e = rich().engines.remove(&42).expect("engine");
+            e.pid = pid;
+            model.engines.insert(pid, e);
+        }
+        let process_labels = BTreeMap::from([(1, vec![("exe", "/a".to_owned())]), (2, vec![("exe", "/b".to_owned())])]);
+        let opts = Options { max_series: 100, pid_label: true, max_series_per_process: 2, process_labels };
+        let text = encode(&model, &opts);
+        let processed: Vec<&str> = text.lines().filter(|l| l.starts_with("query_batches_total{")).collect();
+        assert_eq!(
+            processed,
+            [
+                r#"query_batches_total{pid="1",exe="/a",query_id="overflow"} 6"#,
+                r#"query_batches_total{pid="1",exe="/a",query_id="q0"} 2"#,
+                r#"query_batches_total{pid="1",exe="/a",query_id="q1"} 2"#,
+                r#"query_batches_total{pid="2",exe="/b",query_id="overflow"} 6"#,
+                r#"query_batches_total{pid="2",exe="/b",query_id="q0"} 2"#,
+                r#"query_batches_total{pid="2",exe="/b",query_id="q1"} 2"#,
+            ],
+            "{text}"
+        );
+        assert!(text.contains(r#"eventflux_probe_series_folded{metric="query_batches_total"} 6"#), "{text}");
+        // Globally capped at 3: the first process's two, then everything folds, pid included.
+        let opts = Options { max_series: 3, ..opts };
+        let text = encode(&model, &opts);
+        let total: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("query_batches_total{"))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum();
+        assert_eq!(total, 20.0, "folding loses nothing: {text}");
     }
 
     /// Every family the exporter writes is in `metrics::ALL` with its type, every series has
