@@ -165,6 +165,11 @@ impl Daemon {
     pub fn model(&self) -> Result<Model> {
         Ok(Model::build(self.collector.snapshot()?.as_ref()))
     }
+
+    /// The model for a health sample; a failed read is logged and the sample skipped.
+    pub fn sample_model(&self) -> Option<Model> {
+        self.model().map_err(|e| tracing::warn!("cannot read the BPF maps for a health sample: {e:#}")).ok()
+    }
 }
 
 /// What `run` configures.
@@ -248,8 +253,6 @@ pub struct Shared {
 const LIVE_WITHIN: Duration = Duration::from_secs(5);
 /// How often the background loop drains registrations (their ring buffer must not fill).
 const TICK: Duration = Duration::from_millis(100);
-/// How often health samples are taken.
-const HEALTH_SAMPLE: Duration = Duration::from_secs(1);
 /// How often `--follow` looks for a successor.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
@@ -363,13 +366,7 @@ impl Shared {
 
     /// One health sample of the current target, and the last-hit bookkeeping.
     fn sample(&self) {
-        let model = match self.daemon.model() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("cannot read the BPF maps for a health sample: {e:#}");
-                return;
-            }
-        };
+        let Some(model) = self.daemon.sample_model() else { return };
         let hits = model.observer.probe_hits();
         {
             let mut h = lock(&self.hits);
@@ -379,8 +376,7 @@ impl Shared {
         }
         let Phase::Attached { pid, .. } = self.phase() else { return };
         if let Some(engine) = model.engines.get(&pid) {
-            let keep = self.options.health.window.max(self.options.health.stall_after) + HEALTH_SAMPLE * 2;
-            lock(&self.history).push(Instant::now(), Totals::of(engine), keep);
+            lock(&self.history).push(Instant::now(), Totals::of(engine), self.options.health.history_span());
         }
     }
 }
@@ -592,7 +588,7 @@ async fn background(shared: Arc<Shared>) {
                 }
             }
         }
-        if last_sample.is_none_or(|at| at.elapsed() >= HEALTH_SAMPLE) {
+        if last_sample.is_none_or(|at| at.elapsed() >= health::SAMPLE_EVERY) {
             last_sample = Some(Instant::now());
             let s = Arc::clone(&shared);
             // Reading maps is a few syscalls per entry: off the async thread.

@@ -40,6 +40,17 @@ pub struct Thresholds {
     pub window_state_growth: f64,
 }
 
+/// How often the daemons take a health sample of each target.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+impl Thresholds {
+    /// How much history the checks need: the longer of the rate window and the stall
+    /// threshold, and two samples more.
+    pub fn history_span(&self) -> Duration {
+        self.window.max(self.stall_after) + SAMPLE_EVERY * 2
+    }
+}
+
 impl From<&crate::config::Health> for Thresholds {
     fn from(h: &crate::config::Health) -> Thresholds {
         Thresholds {

@@ -141,7 +141,6 @@ fn exe_id(pid: u32) -> Option<(u64, u64)> {
 /// `/live` fails when the background loop has not turned for this long.
 const LIVE_WITHIN: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(100);
-const HEALTH_SAMPLE: Duration = Duration::from_secs(1);
 
 /// One target in the node's `/health`.
 #[derive(Debug, Serialize)]
@@ -344,14 +343,8 @@ impl Node {
 
     /// One health sample per running target.
     fn sample(&self) {
-        let model = match self.daemon.model() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("cannot read the BPF maps for a health sample: {e:#}");
-                return;
-            }
-        };
-        let keep = self.options.health.window.max(self.options.health.stall_after) + HEALTH_SAMPLE * 2;
+        let Some(model) = self.daemon.sample_model() else { return };
+        let keep = self.options.health.history_span();
         for (pid, t) in lock(&self.targets).iter_mut().filter(|(_, t)| t.gone.is_none()) {
             if let Some(engine) = model.engines.get(pid) {
                 t.history.push(Instant::now(), Totals::of(engine), keep);
@@ -555,7 +548,7 @@ async fn background(node: Arc<Node>) {
             let n = Arc::clone(&node);
             let _ = tokio::task::spawn_blocking(move || n.forget(pid)).await;
         }
-        if last_sample.elapsed() >= HEALTH_SAMPLE {
+        if last_sample.elapsed() >= health::SAMPLE_EVERY {
             last_sample = Instant::now();
             let n = Arc::clone(&node);
             let _ = tokio::task::spawn_blocking(move || n.sample()).await;

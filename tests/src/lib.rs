@@ -674,19 +674,27 @@ pub mod otlp {
     impl Receiver {
         /// A gRPC receiver (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`) on a free loopback port.
         pub fn grpc() -> Receiver {
+            Receiver::serve(|port, s| async move {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                tonic::transport::Server::builder()
+                    .add_service(TraceServiceServer::new(Grpc(s)))
+                    .serve(addr)
+                    .await
+                    .expect("OTLP gRPC receiver");
+            })
+        }
+
+        /// Runs `server(port, store)` on its own runtime thread, on a free loopback port, and
+        /// returns once the port accepts connections.
+        fn serve<F: std::future::Future<Output = ()> + 'static>(
+            server: impl FnOnce(u16, Store) -> F + Send + 'static,
+        ) -> Receiver {
             let port = crate::free_port();
             let store = Store::default();
             let s = Arc::clone(&store);
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Runtime::new().expect("runtime");
-                rt.block_on(async move {
-                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                    tonic::transport::Server::builder()
-                        .add_service(TraceServiceServer::new(Grpc(s)))
-                        .serve(addr)
-                        .await
-                        .expect("OTLP gRPC receiver");
-                });
+                rt.block_on(server(port, s));
             });
             crate::wait_for_port(port);
             Receiver { port, store }
@@ -694,39 +702,31 @@ pub mod otlp {
 
         /// An HTTP/protobuf receiver (`POST /v1/traces`) on a free loopback port.
         pub fn http() -> Receiver {
-            let port = crate::free_port();
-            let store = Store::default();
-            let s = Arc::clone(&store);
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Runtime::new().expect("runtime");
-                rt.block_on(async move {
-                    let app = axum::Router::new().route(
-                        "/v1/traces",
-                        axum::routing::post(move |body: axum::body::Bytes| {
-                            let s = Arc::clone(&s);
-                            async move {
-                                match ExportTraceServiceRequest::decode(body) {
-                                    Ok(req) => {
-                                        keep(&s, req);
-                                        let resp = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
-                                        (axum::http::StatusCode::OK, [("content-type", "application/x-protobuf")], resp)
-                                    }
-                                    Err(_) => (
-                                        axum::http::StatusCode::BAD_REQUEST,
-                                        [("content-type", "text/plain")],
-                                        b"not an ExportTraceServiceRequest".to_vec(),
-                                    ),
+            Receiver::serve(|port, s| async move {
+                let app = axum::Router::new().route(
+                    "/v1/traces",
+                    axum::routing::post(move |body: axum::body::Bytes| {
+                        let s = Arc::clone(&s);
+                        async move {
+                            match ExportTraceServiceRequest::decode(body) {
+                                Ok(req) => {
+                                    keep(&s, req);
+                                    let resp = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+                                    (axum::http::StatusCode::OK, [("content-type", "application/x-protobuf")], resp)
                                 }
+                                Err(_) => (
+                                    axum::http::StatusCode::BAD_REQUEST,
+                                    [("content-type", "text/plain")],
+                                    b"not an ExportTraceServiceRequest".to_vec(),
+                                ),
                             }
-                        }),
-                    );
-                    let listener =
-                        tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind OTLP HTTP receiver");
-                    axum::serve(listener, app).await.expect("OTLP HTTP receiver");
-                });
-            });
-            crate::wait_for_port(port);
-            Receiver { port, store }
+                        }
+                    }),
+                );
+                let listener =
+                    tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind OTLP HTTP receiver");
+                axum::serve(listener, app).await.expect("OTLP HTTP receiver");
+            })
         }
 
         pub fn spans(&self) -> Vec<Received> {
