@@ -54,10 +54,10 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Probes `run` attaches: every probe the metrics are made of, and one sampling and one flush
-/// level.
+/// Probes `run` attaches: every probe the metrics are made of, one sampling and one flush
+/// level, and (CPU attribution is on by default) the CPU slot probe.
 fn run_probes() -> usize {
-    eventflux_probe::bpf::metric_probes().len() + 2
+    eventflux_probe::bpf::metric_probes().len() + 2 + eventflux_probe::bpf::CPU_PROBES.len()
 }
 
 /// Runs the demo with `mode_args` (after DEMO's) under `observers` `run`s attached before its

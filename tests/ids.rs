@@ -3,24 +3,33 @@
 //! reader. Argument positions need no test here: the programs read them by name through the
 //! table's `Args`.
 
-use eventflux_probe::bpf::{Kernel, TRACE_PROBES, metric_probes};
+use eventflux_probe::bpf::{CPU_PROBES, Kernel, TRACE_PROBES, metric_probes};
 use eventflux_probe_common::{Class, PROBES, probe};
 
 #[test]
 fn the_kernel_loads_a_program_for_every_probe() {
     let mut observed = metric_probes();
-    // Metrics: everything but the controls and the trace probes (per-stage records, which
-    // batch_sample repeats, and trace contexts); those are for span trees, and have programs too.
-    assert_eq!(observed.len(), PROBES.iter().filter(|p| p.class != Class::Control).count() - TRACE_PROBES.len());
-    assert!(TRACE_PROBES.iter().all(|p| !observed.contains(p)));
+    // Metrics: everything but the controls, the trace probes (per-stage records, which
+    // batch_sample repeats, and trace contexts; for span trees) and the CPU slot probe (for CPU
+    // attribution, attached only when CPU samples are taken); those have programs too.
+    assert_eq!(
+        observed.len(),
+        PROBES.iter().filter(|p| p.class != Class::Control).count() - TRACE_PROBES.len() - CPU_PROBES.len()
+    );
+    assert!(TRACE_PROBES.iter().chain(&CPU_PROBES).all(|p| !observed.contains(p)));
     assert!(TRACE_PROBES.contains(&probe::stage_sample::ID) && TRACE_PROBES.contains(&probe::trace_context::ID));
+    assert_eq!(CPU_PROBES, [probe::cpu_slot::ID]);
     observed.extend(TRACE_PROBES);
+    observed.extend(CPU_PROBES);
     let mut all = observed.clone();
     all.extend(PROBES.iter().enumerate().filter(|(_, p)| p.class == Class::Control).map(|(i, _)| i as u32));
-    let kernel = Kernel::load(&all).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut kernel = Kernel::load(&all).unwrap_or_else(|e| panic!("{e:#}"));
+    // The perf-event program of CPU attribution loads (and attaches to every CPU) too.
+    kernel.sample_cpu(std::time::Duration::from_millis(10)).unwrap_or_else(|e| panic!("{e:#}"));
     let mut programs: Vec<&str> = kernel.program_stats().iter().map(|(name, ..)| *name).collect();
     programs.sort_unstable();
-    let mut want: Vec<&str> = observed.iter().map(|&id| PROBES[id as usize].name).chain(["empty"]).collect();
+    let mut want: Vec<&str> =
+        observed.iter().map(|&id| PROBES[id as usize].name).chain(["empty", "cpu_sample"]).collect();
     want.sort_unstable();
     assert_eq!(programs, want);
 }

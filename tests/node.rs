@@ -193,10 +193,12 @@ impl Drop for Contained {
 fn node_mode_finds_counts_labels_and_forgets_processes() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
-    let node = Node::start(&["--grace-period", "3s", "--exe", "*/eventflux-demo"]);
+    let node = Node::start(&["--grace-period", "3s", "--exe", "*/eventflux-demo", "--cpu-hz", "999"]);
 
     let started = Instant::now();
-    let a = GatedDemo::start(&demo, &["--events", "30000", "--queries", "2"]);
+    // A's query 0 evaluates an expensive filter (~0.7 s of CPU in all): CPU attribution per
+    // process.
+    let a = GatedDemo::start(&demo, &["--events", "150000", "--queries", "2", "--filter-cost", "3000"]);
     let pid_a = a.pid();
     let found_a = node.found(pid_a, started);
 
@@ -227,6 +229,19 @@ fn node_mode_finds_counts_labels_and_forgets_processes() {
     poll_http(node.port, "/metrics", Duration::from_secs(10), "exact counts of A and B", |_, body| {
         counts_of(body, pid_a, &summary_a).is_ok() && counts_of(body, pid_b, &summary_b).is_ok()
     });
+    let filter_cpu = |pid: u32| {
+        let m = parse_metrics(&node.metrics());
+        let l = [("pid", pid.to_string()), ("query_id", "q0_length".into()), ("stage", "filter".into())];
+        let l: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        value(&m, "query_cpu_seconds_total", &l).unwrap_or(0.0)
+    };
+    let demo_cpu = summary_a["queries"]["q0_length"]["cpu_s"].as_f64().expect("A's query 0 CPU");
+    assert!(
+        filter_cpu(pid_a) > demo_cpu * 0.5,
+        "A's expensive filter: {} s attributed, {demo_cpu} s measured",
+        filter_cpu(pid_a)
+    );
+    assert!(filter_cpu(pid_b) < demo_cpu * 0.5, "B's filter is cheap: {} s attributed", filter_cpu(pid_b));
 
     // A third one while the first two are in their grace period.
     let started = Instant::now();

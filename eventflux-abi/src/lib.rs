@@ -142,6 +142,13 @@ macro_rules! for_each_probe {
             );
             /// A query was stopped, after its last counts were flushed.
             register query_unregister(query_id: u32;);
+            /// While a tool is attached here, every engine thread keeps what it is executing in
+            /// a thread-local 8-byte slot (see [`slot`](crate::slot): query and stage, 0
+            /// outside any query) and announces the slot's `address` through this probe, from
+            /// the thread itself: at its first batch once the tool's attach settled, again for
+            /// each change of the attached tools, and with address 0 when the thread exits. A
+            /// sampling profiler reads the slot of the thread it interrupted (CPU attribution).
+            register cpu_slot(address: u64;);
             /// Events sources delivered to an input stream's junction.
             count ingest(stream_id: u32; events: u64);
             /// Events a junction handed to one subscribing query (called it, or queued it).
@@ -398,6 +405,58 @@ pub const FLUSH_LEVELS: [(u32, u32); 8] = [
     (probe::ctl_flush_10ms::ID, 10),
 ];
 
+/// The value of an engine thread's CPU slot (probe `cpu_slot`): which query and stage the thread
+/// is executing, written by the engine at every batch and stage boundary while a tool is attached
+/// to `cpu_slot`, read by a sampling profiler from the interrupted thread. The query id is in
+/// the high 32 bits; the low 32 bits are the state: [`slot::NONE`], [`slot::QUERY`] or
+/// `slot::STAGE_BASE + Stage code`.
+pub mod slot {
+    use crate::Stage;
+
+    /// Outside any query (the whole slot is 0): engine overhead, sources, idle spinning, I/O.
+    pub const NONE: u32 = 0;
+    /// Inside a query batch, outside its named stages.
+    pub const QUERY: u32 = 1;
+    /// Inside a stage: this plus the stage's code.
+    pub const STAGE_BASE: u32 = 2;
+
+    /// The slot value for `query` in `stage` (`None`: the query's own code).
+    #[inline(always)]
+    pub const fn encode(query: u32, stage: Option<Stage>) -> u64 {
+        let state = match stage {
+            None => QUERY,
+            Some(s) => STAGE_BASE + s.code(),
+        };
+        ((query as u64) << 32) | state as u64
+    }
+
+    /// What a slot value says.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum Where {
+        /// Outside any query.
+        None,
+        /// In a query's own code, outside its stages.
+        Query(u32),
+        /// In a stage of a query.
+        Stage(u32, Stage),
+        /// A state this build does not know (a newer engine): query and raw state.
+        Unknown(u32, u32),
+    }
+
+    /// Decodes a slot value.
+    pub fn decode(value: u64) -> Where {
+        let (query, state) = ((value >> 32) as u32, value as u32);
+        match state {
+            NONE => Where::None,
+            QUERY => Where::Query(query),
+            s => match Stage::from_code(s - STAGE_BASE) {
+                Some(stage) => Where::Stage(query, stage),
+                None => Where::Unknown(query, s),
+            },
+        }
+    }
+}
+
 /// Sampled batches per second per engine thread when no observer raised a sampling level
 /// (e.g. a bare bpftrace one-liner on the sample probes).
 pub const DEFAULT_SAMPLES_PER_SEC: u32 = 256;
@@ -408,7 +467,7 @@ pub const DEFAULT_FLUSH_MS: u32 = 1000;
 macro_rules! code_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $code:literal => $label:literal,)* }) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u32)]
         pub enum $name {
             $($(#[$vdoc])* $variant = $code,)*
@@ -586,6 +645,18 @@ mod tests {
             assert!((needed as usize) <= 9, "{needed:?}");
         }
         assert!(PROBES.iter().all(|p| p.args.len() <= 12), "x86-64 USDT carries at most 12 arguments");
+    }
+
+    #[test]
+    fn slot_values_decode_back() {
+        use slot::{Where, decode, encode};
+        assert_eq!(decode(0), Where::None);
+        assert_eq!(decode(encode(7, None)), Where::Query(7));
+        for &s in Stage::ALL {
+            assert_eq!(decode(encode(u32::MAX, Some(s))), Where::Stage(u32::MAX, s));
+        }
+        assert_eq!(decode((3 << 32) | 99), Where::Unknown(3, 99));
+        assert_ne!(encode(0, None), 0, "query 0 is not 'outside any query'");
     }
 
     #[test]

@@ -78,6 +78,11 @@ struct Args {
     /// (port 0: any, printed on stderr) instead of the sources; stop when node A ends.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["events", "rate", "trouble"])]
     listen: Option<std::net::SocketAddr>,
+    /// Make the queries' filters expensive: rounds of a hash function (`risk_score`) per
+    /// event, for query 0, 1, … (`3000,1000`; missing ones 0). Each query's CPU time is then
+    /// measured and printed in the summary (`cpu_s`): the test of CPU attribution.
+    #[arg(long, value_name = "R,R,…", value_delimiter = ',')]
+    filter_cost: Vec<u32>,
     /// Seconds to stay alive after the summary.
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     linger: f64,
@@ -122,6 +127,7 @@ fn run(args: &Args) -> Result<()> {
         trouble: args.trouble,
         forward: args.forward,
         listen: args.listen,
+        filter_cost: args.filter_cost.clone(),
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();
@@ -205,6 +211,10 @@ fn summary(config: &Config, outcome: &Outcome) -> Value {
                 "p99_ns": percentile(&lat, 0.99),
                 "digest": format!("{:016x}", stats.digest),
             });
+            let mut v = v;
+            if let Some(ns) = stats.cpu_ns {
+                v["cpu_s"] = json!(ns as f64 / 1e9);
+            }
             (def.name.as_str(), v)
         })
         .collect();

@@ -24,6 +24,11 @@ pub struct QueryStats {
     pub latencies_ns: Vec<u64>,
     /// FNV-1a over every emitted row: equal digests mean equal computed output.
     pub digest: u64,
+    /// CPU time of this query's batches (thread CPU clock around each), when measured
+    /// (`--filter-cost`): the truth CPU attribution is checked against.
+    pub cpu_ns: Option<u64>,
+    /// Sum of the expensive filter expression's results: it is computed, not optimised away.
+    pub score: u64,
 }
 
 /// One aggregated output row: running sum and count of `price` for a symbol.
@@ -177,6 +182,8 @@ pub struct Query {
     probes: Probes,
     /// Node A of two: where the output rows go (`--forward`).
     forward: Option<Arc<Forward>>,
+    /// Rounds of [`risk_score`] per event in the filter (0: not evaluated).
+    filter_cost: u32,
     pub stats: QueryStats,
 }
 
@@ -206,7 +213,17 @@ impl Query {
                 groups: aggregate_groups::Gauge::new(id),
             },
             forward,
+            filter_cost: 0,
             stats: QueryStats { digest: FNV_OFFSET, ..QueryStats::default() },
+        }
+    }
+
+    /// Makes the filter evaluate [`risk_score`] with `rounds` per event; `measure`: time each
+    /// batch on the thread's CPU clock for the summary.
+    pub fn set_filter_cost(&mut self, rounds: u32, measure: bool) {
+        self.filter_cost = rounds;
+        if measure {
+            self.stats.cpu_ns = Some(0);
         }
     }
 
@@ -217,14 +234,18 @@ impl Query {
         let n = chunk.len() as u64;
         // The clock reads enclose the batch span, so the span an observer is given lies inside
         // the one measured here.
+        let cpu_started = self.stats.cpu_ns.map(|_| thread_cpu_ns());
         let started = Instant::now();
-        let batch = Batch::enter_in(context);
+        let batch = Batch::enter_in(self.id, context);
         if let Some(wait) = waited_ns {
-            batch.handoff(self.id, n, wait);
+            batch.handoff(n, wait);
         }
         let emitted = self.filter(chunk);
-        batch.exit(self.id, self.input_stream, n, emitted);
+        batch.exit(self.input_stream, n, emitted);
         let elapsed = started.elapsed();
+        if let (Some(total), Some(from)) = (self.stats.cpu_ns.as_mut(), cpu_started) {
+            *total += thread_cpu_ns().saturating_sub(from);
+        }
         self.probes.events.add(n, 1);
         if emitted > 0 {
             self.probes.emitted.add(emitted);
@@ -239,8 +260,15 @@ impl Query {
     #[inline(never)]
     fn filter(&mut self, chunk: &[Event]) -> u64 {
         let n = chunk.len() as u64;
-        let span = Span::enter();
+        let span = Span::enter(self.id, Stage::Filter);
         let mut errors = 0u64;
+        if self.filter_cost > 0 {
+            // The expression's result does not decide anything: what the query computes stays
+            // the same whatever its cost.
+            for e in chunk {
+                self.stats.score = self.stats.score.wrapping_add(risk_score(e, self.filter_cost));
+            }
+        }
         let passed: Vec<Event> = chunk
             .iter()
             .filter(|e| match e.price.checked_div(e.volume) {
@@ -257,28 +285,28 @@ impl Query {
             self.stats.errors += errors;
         }
         let emitted = if passed.is_empty() { 0 } else { self.window(&passed) };
-        span.exit(self.id, Stage::Filter, n, passed.len() as u64);
+        span.exit(n, passed.len() as u64);
         emitted
     }
 
     #[inline(never)]
     fn window(&mut self, input: &[Event]) -> u64 {
         let n = input.len() as u64;
-        let span = Span::enter();
+        let span = Span::enter(self.id, Stage::Window);
         let mut ops = Vec::with_capacity(input.len() * 2);
         self.window.process(input, &mut ops);
         let emitted = if ops.is_empty() { 0 } else { self.aggregate(&ops) };
-        span.exit(self.id, Stage::Window, n, ops.len() as u64);
+        span.exit(n, ops.len() as u64);
         self.probes.window_state.set(self.window.state_bytes());
         emitted
     }
 
     #[inline(never)]
     fn aggregate(&mut self, ops: &[Op]) -> u64 {
-        let span = Span::enter();
+        let span = Span::enter(self.id, Stage::Aggregate);
         let rows = self.aggregation.apply(ops);
         let emitted = if rows.is_empty() { 0 } else { self.emit(&rows) };
-        span.exit(self.id, Stage::Aggregate, ops.len() as u64, rows.len() as u64);
+        span.exit(ops.len() as u64, rows.len() as u64);
         self.probes.groups.set(self.aggregation.groups());
         emitted
     }
@@ -286,7 +314,7 @@ impl Query {
     #[inline(never)]
     fn emit(&mut self, rows: &[Row]) -> u64 {
         let n = rows.len() as u64;
-        let span = Span::enter();
+        let span = Span::enter(self.id, Stage::Emit);
         for row in rows {
             for word in [u64::from(row.symbol), row.sum as u64, row.count as u64] {
                 self.stats.digest = fnv1a(self.stats.digest, word);
@@ -297,9 +325,32 @@ impl Query {
             // under "Output Emission".
             forward.send(rows.iter().map(|r| (r.symbol, r.sum, r.count)), usdt_markers::trace::current());
         }
-        span.exit(self.id, Stage::Emit, n, n);
+        span.exit(n, n);
         n
     }
+}
+
+/// The expensive filter expression (`--filter-cost`): `rounds` of a multiply-xorshift hash over
+/// the event, each depending on the last. Its cost is linear in `rounds` and it calls nothing,
+/// so in a profile of a query that evaluates it, it is the hot leaf: the function CPU
+/// attribution tests look for.
+#[inline(never)]
+pub fn risk_score(e: &Event, rounds: u32) -> u64 {
+    let mut h = (u64::from(e.symbol) << 32) ^ (e.price as u64) ^ ((e.volume as u64) << 16) ^ 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..rounds {
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 29;
+        h = std::hint::black_box(h);
+    }
+    h
+}
+
+/// CPU time of the calling thread, in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill; the clock exists on every Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

@@ -34,6 +34,8 @@ pub struct Config {
     pub forward: Option<std::net::SocketAddr>,
     /// Node B of two: take the input from node A's connection here instead of the sources.
     pub listen: Option<std::net::SocketAddr>,
+    /// Rounds of the expensive filter expression per event, by query index (missing: 0).
+    pub filter_cost: Vec<u32>,
 }
 
 /// Whether the engine is in trouble now (`--trouble`): half of the sources' events are
@@ -231,7 +233,14 @@ pub fn run(config: &Config) -> Result<Outcome> {
     };
     let queries: Vec<Query> = defs
         .iter()
-        .map(|d| Query::new(d.id, d.input_stream, d.output_stream, d.window, d.window_size, forward.clone()))
+        .map(|d| {
+            let mut q = Query::new(d.id, d.input_stream, d.output_stream, d.window, d.window_size, forward.clone());
+            q.set_filter_cost(
+                config.filter_cost.get(d.id as usize).copied().unwrap_or(0),
+                !config.filter_cost.is_empty(),
+            );
+            q
+        })
         .collect();
     let mut delivery = match config.mode {
         JunctionKind::Sync => Delivery::Sync(queries),

@@ -177,9 +177,64 @@ pub mod drop {
     pub const ARG_READ: u32 = 4;
     /// The span ring buffer was full (user space reads it too slowly).
     pub const SPANS_FULL: u32 = 5;
-    pub const COUNT: u32 = 6;
-    pub const NAMES: [&str; COUNT as usize] =
-        ["counters_full", "hists_full", "events_full", "no_spec", "arg_read", "spans_full"];
+    /// The CPU slot map was full (more engine threads than it holds).
+    pub const SLOTS_FULL: u32 = 6;
+    /// A thread's CPU slot could not be read (its page not resident at the sample): the sample
+    /// counts as outside any query.
+    pub const SLOT_READ: u32 = 7;
+    /// The CPU sample map was full.
+    pub const CPU_FULL: u32 = 8;
+    /// A sample's stack could not be stored (stack map full or its bucket taken): the sample
+    /// counts without that stack.
+    pub const STACK_LOST: u32 = 9;
+    pub const COUNT: u32 = 10;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "counters_full",
+        "hists_full",
+        "events_full",
+        "no_spec",
+        "arg_read",
+        "spans_full",
+        "slots_full",
+        "slot_read",
+        "cpu_samples_full",
+        "stacks_lost",
+    ];
+}
+
+/// Where an engine thread's CPU slot is (`cpu_slot`), by thread id in `SLOTS`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SlotRef {
+    /// The process of the thread: a tid reused by another process is not read.
+    pub pid: u32,
+    pub _pad: u32,
+    /// The slot's address in that process.
+    pub address: u64,
+}
+
+/// A stack id that is not there (not collected, or not available: a sample in user mode has
+/// no kernel stack).
+pub const NO_STACK: i32 = -1;
+
+/// Key of the CPU sample counts: the sampled process, what its interrupted thread was
+/// executing (its CPU slot, `eventflux_abi::slot`: `query` the high half, `state` the low),
+/// and when profiling its stacks (ids in `STACKS`, else [`NO_STACK`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct CpuKey {
+    pub pid: u32,
+    pub query: u32,
+    pub state: u32,
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+    pub _pad: u32,
+}
+
+/// Values of `CPU_TARGETS`: how to sample a process.
+pub mod cpu_target {
+    /// Count its samples.
+    pub const COUNT: u32 = 1;
 }
 
 /// [`SpanRecord::kind`]: one stage of a sampled batch (`stage_sample`).
@@ -273,4 +328,6 @@ mod pod {
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::HistKey {}
     unsafe impl aya::Pod for super::Hist {}
+    unsafe impl aya::Pod for super::SlotRef {}
+    unsafe impl aya::Pod for super::CpuKey {}
 }

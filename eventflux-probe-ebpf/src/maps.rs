@@ -1,8 +1,10 @@
 //! The maps, bounded; a full map costs a drop count, never a silent loss.
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf};
-use eventflux_probe_common::{ContextRecord, CounterKey, Hist, HistKey, MAX_SITES, SiteSpec, SpanRecord, drop, hist};
+use aya_ebpf::maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace};
+use eventflux_probe_common::{
+    ContextRecord, CounterKey, CpuKey, Hist, HistKey, MAX_SITES, SiteSpec, SlotRef, SpanRecord, drop, hist,
+};
 
 /// Site specs, indexed by the BPF cookie user space gave each attachment.
 #[map]
@@ -53,6 +55,52 @@ pub static SPANS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 /// nothing more for metrics, and nothing fills a ring buffer nobody reads.
 #[unsafe(no_mangle)]
 pub static TRACE_SPANS: aya_ebpf::Global<u8> = aya_ebpf::Global::new(0);
+
+/// Engine threads' CPU slots by thread id (global, as `bpf_get_current_pid_tgid` gives it),
+/// from `cpu_slot`. 65,536 threads over every observed process.
+#[map]
+pub static SLOTS: HashMap<u32, SlotRef> = HashMap::with_max_entries(65536, 0);
+
+/// Processes whose CPU samples are counted (pid → `cpu_target` flags), set by user space at
+/// attach: the sampling program runs on every CPU for every task and keeps only these.
+#[map]
+pub static CPU_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// CPU samples by (process, query, state, stacks). One value for all CPUs, updated with atomic
+/// adds: a sample arrives every 10 ms per CPU at the default rate (0.1 ms at the highest), so
+/// contention is slight, and without
+/// per-CPU values the capacity costs the same on a large node. Without stacks a process has an
+/// entry per query and stage; with them, one per distinct stack pair as well.
+#[map]
+pub static CPU_SAMPLES: HashMap<CpuKey, u64> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+
+/// Stacks of CPU samples (instruction pointers, innermost first), when profiling
+/// ([`PROFILE_STACKS`]). User space sizes it at load: one entry unless profiling.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// Nonzero when user space profiles (read-only data): the sampling program then records the
+/// user and kernel stacks of each sample; at 0 the verifier removes that branch.
+#[unsafe(no_mangle)]
+pub static PROFILE_STACKS: aya_ebpf::Global<u8> = aya_ebpf::Global::new(0);
+
+/// Adds one sample; false when the map is full (a drop, counted).
+#[inline(always)]
+pub fn cpu_add(key: &CpuKey) -> bool {
+    for _ in 0..2 {
+        if let Some(p) = CPU_SAMPLES.get_ptr_mut(key) {
+            // SAFETY: a live map value shared by all CPUs: the add is atomic.
+            unsafe { atomic_add(p, 1) };
+            return true;
+        }
+        // Inserted with 0 and then added to, so that two CPUs creating it at once both count.
+        if CPU_SAMPLES.insert(key, &0, 1 /* BPF_NOEXIST */).is_err() && CPU_SAMPLES.get_ptr_mut(key).is_none() {
+            break;
+        }
+    }
+    count_drop(drop::CPU_FULL);
+    false
+}
 
 /// Writes one span record; a full ring buffer is a counted drop (the engine never waits).
 #[inline(always)]

@@ -9,19 +9,23 @@
 //! them, so they cost the programs nothing.
 
 use aya_ebpf::EbpfContext;
-use aya_ebpf::helpers::bpf_probe_read_user_str_bytes;
 use aya_ebpf::helpers::generated::bpf_get_attach_cookie;
-use aya_ebpf::macros::uprobe;
-use aya_ebpf::programs::ProbeContext;
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_str_bytes};
+use aya_ebpf::macros::{perf_event, uprobe};
+use aya_ebpf::programs::tracing::StackIdContext;
+use aya_ebpf::programs::{PerfEventContext, ProbeContext};
 use aya_log_ebpf::debug;
 use eventflux_probe_common::probe::*;
 use eventflux_probe_common::{
-    ContextRecord, CounterKey, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, SPAN_BATCH, SPAN_CONTEXT,
-    SPAN_STAGE, SiteSpec, SpanRecord, counter, drop, gauge, stage,
+    ContextRecord, CounterKey, CpuKey, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, NO_STACK, SPAN_BATCH,
+    SPAN_CONTEXT, SPAN_STAGE, SiteSpec, SlotRef, SpanRecord, counter, drop, gauge, stage,
 };
 
 use crate::args;
-use crate::maps::{EVENTS, SPECS, context_output, count_drop, counter_add, gauge_set, hist_add, span_output};
+use crate::maps::{
+    CPU_TARGETS, EVENTS, PROFILE_STACKS, SLOTS, SPECS, STACKS, context_output, count_drop, counter_add, cpu_add,
+    gauge_set, hist_add, span_output,
+};
 
 /// The current hit: its site's spec and the process it was attached for.
 struct Hit<'a> {
@@ -149,6 +153,17 @@ program!(query_register, |h, a| {
 
 program!(query_unregister, |h, a| {
     h.event(EVENT_QUERY_GONE, a.query_id, None, 0, 0, 0, 0);
+});
+
+// The slot's owner fires this itself, so the current thread is the one whose slot it is.
+program!(cpu_slot, |h, a| {
+    let tid = h.tid();
+    if a.address == 0 {
+        let _ = SLOTS.remove(&tid);
+    } else if SLOTS.insert(&tid, &SlotRef { pid: h.pid, _pad: 0, address: a.address }, 0).is_err() {
+        count_drop(drop::SLOTS_FULL);
+        debug!(h.ctx, "pid {}: slot map full, thread {} not attributed", h.pid, tid);
+    }
 });
 
 program!(ingest, |h, a| {
@@ -279,6 +294,64 @@ program!(batch_sample, |h, a| {
         }
     }
 });
+
+/// `bpf_get_stackid` flag: the user-space stack (frame pointers) instead of the kernel's.
+const BPF_F_USER_STACK: u64 = 1 << 8;
+/// `bpf_get_stackid` error when the stack's bucket holds another stack (or the map is full).
+const EEXIST: i32 = 17;
+
+/// A stack id, [`NO_STACK`] when there is none (a user-mode sample has no kernel stack); a
+/// stack that could not be stored is a counted drop.
+#[inline(always)]
+fn stack_id(ctx: &PerfEventContext, flags: u64) -> i32 {
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            if e == -EEXIST {
+                count_drop(drop::STACK_LOST);
+            }
+            NO_STACK
+        }
+    }
+}
+
+/// One CPU sample (a perf event on every CPU, `eventflux-probe` sets its rate): counted under
+/// what the interrupted thread of an observed process was executing, read from the thread's
+/// CPU slot; every other task is left alone after one map lookup.
+#[perf_event]
+pub fn cpu_sample(ctx: PerfEventContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (pid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // SAFETY: a lookup; the value is not kept.
+    if unsafe { CPU_TARGETS.get(&pid) }.is_none() {
+        return 0;
+    }
+    let mut slot = 0u64;
+    // SAFETY: a lookup; the value is copied before anything else touches the map.
+    if let Some(r) = unsafe { SLOTS.get(&tid) }.copied()
+        && r.pid == pid
+    {
+        // SAFETY: reads 8 bytes of the interrupted task's memory (it is `current`); a fault
+        // (page not resident) is an error, not a crash.
+        match unsafe { bpf_probe_read_user(r.address as *const u64) } {
+            Ok(v) => slot = v,
+            Err(_) => {
+                count_drop(drop::SLOT_READ);
+                debug!(&ctx, "pid {}: thread {}'s CPU slot could not be read", pid, tid);
+            }
+        }
+    }
+    let (user_stack, kernel_stack) = if PROFILE_STACKS.load() != 0 {
+        (stack_id(&ctx, BPF_F_USER_STACK), stack_id(&ctx, 0))
+    } else {
+        (NO_STACK, NO_STACK)
+    };
+    let key = CpuKey { pid, query: (slot >> 32) as u32, state: slot as u32, user_stack, kernel_stack, _pad: 0 };
+    if !cpu_add(&key) {
+        debug!(&ctx, "pid {}: CPU sample map full, a sample lost", pid);
+    }
+    0
+}
 
 /// Does nothing. Attached to control probes to raise their semaphores (they never fire), and
 /// the baseline the per-hit benchmark compares the real programs with (the cost of the uprobe

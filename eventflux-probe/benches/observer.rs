@@ -6,6 +6,8 @@
 //!   detached at `--rate 0`, for chunks of 1, 64 and 1024 events, and the kernel's program runs
 //!   per second;
 //! - sampled latency percentiles against a detached run's own, at a fixed rate;
+//! - CPU attribution: demo throughput with `run` sampling CPU at 99 and 999 Hz vs `run --cpu-hz
+//!   0` vs detached, and the sampling program's cost per run;
 //! - `/metrics` encoding at 10k series vs the `prometheus` crate's own registry;
 //! - OTLP tracing: demo throughput with `run` exporting traces at its default budget vs with
 //!   `run` without export vs detached, spans per second exported, the daemon's memory;
@@ -208,8 +210,8 @@ fn bench_attach() -> Result<()> {
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Watcher {
     Detached,
-    /// `eventflux-probe run` with its defaults.
-    Run,
+    /// `eventflux-probe run` with its defaults, and these arguments.
+    Run(&'static [&'static str]),
     /// bpftrace counting every probe `run` attaches to, at the engine's default budget.
     Bpftrace,
     /// `eventflux-probe latency --every-batch`.
@@ -272,9 +274,10 @@ fn observed(args: &[String], watcher: Watcher) -> Result<Observed> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut observer = match watcher {
         Watcher::Detached => None,
-        Watcher::Run => {
+        Watcher::Run(extra) => {
             let mut c = Command::new(&probe_bin)
                 .args(["run", "--pid", &pid, "--listen", &format!("127.0.0.1:{port}")])
+                .args(extra)
                 .stderr(Stdio::piped())
                 .spawn()?;
             let rx = wait_stderr(&mut c, "serving")?;
@@ -316,7 +319,7 @@ fn observed(args: &[String], watcher: Watcher) -> Result<Observed> {
     let _ = std::fs::remove_file(&gate);
     let mut report = String::new();
     if let Some((mut c, rx)) = observer.take() {
-        if watcher == Watcher::Run {
+        if matches!(watcher, Watcher::Run(_)) {
             std::thread::sleep(Duration::from_millis(1200));
             report = http_get(port, "/metrics")?;
         }
@@ -355,7 +358,7 @@ fn bench_throughput() -> Result<()> {
     );
     for (batch, events) in [(1usize, 1_000_000u64), (64, 10_000_000), (1024, 20_000_000)] {
         let args = demo_args(events, batch, 0);
-        let watchers = [Watcher::Detached, Watcher::Run, Watcher::Bpftrace, Watcher::EveryBatch];
+        let watchers = [Watcher::Detached, Watcher::Run(&[]), Watcher::Bpftrace, Watcher::EveryBatch];
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
         // The same in events per CPU second of the demo (every thread, user and system time):
         // the traps are charged to it, the machine's other load is not.
@@ -401,6 +404,81 @@ fn bench_throughput() -> Result<()> {
     Ok(())
 }
 
+/// CPU attribution: demo throughput detached, under `run --cpu-hz 0` (no CPU slots, no
+/// sampling), `run` (its default 99 Hz) and `run --cpu-hz 999`; ratios of per-round medians
+/// against detached and, the figure the issue asks for, on (99 Hz) against off; and what the
+/// sampling program costs per run (kernel BPF statistics).
+fn bench_cpu() -> Result<()> {
+    let rounds = 9;
+    let watchers =
+        [Watcher::Detached, Watcher::Run(&["--cpu-hz", "0"]), Watcher::Run(&[]), Watcher::Run(&["--cpu-hz", "999"])];
+    println!(
+        "CPU attribution, demo throughput (--rate 0, sync, 2 streams, 3 queries; {rounds} rounds of the four, rotated; medians of per-round ratios):"
+    );
+    println!(
+        "  {:<8} {:>12} {:>12} {:>12} {:>14}   {:>14} {:>16}",
+        "--batch", "detached", "run, off", "run, 99 Hz", "run, 999 Hz", "99 Hz / off", "cpu_sample run"
+    );
+    // EVENTFLUX_BENCH_BATCH=N: only chunks of N (a quick look at one size).
+    let only: Option<usize> = std::env::var("EVENTFLUX_BENCH_BATCH").ok().and_then(|v| v.parse().ok());
+    for (batch, events) in [(1usize, 1_000_000u64), (64, 10_000_000)] {
+        if only.is_some_and(|b| b != batch) {
+            continue;
+        }
+        let args = demo_args(events, batch, 0);
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); watchers.len()];
+        let mut on_off = Vec::new();
+        let mut on_off_cpu = Vec::new();
+        let mut detached_rates = Vec::new();
+        let mut per_run_ns = Vec::new();
+        for round in 0..rounds {
+            let mut results: Vec<Option<Observed>> = (0..watchers.len()).map(|_| None).collect();
+            for k in 0..watchers.len() {
+                let i = (round + k) % watchers.len();
+                results[i] = Some(observed(&args, watchers[i])?);
+            }
+            let results: Vec<Observed> = results.into_iter().flatten().collect();
+            let base = results[0].rate;
+            detached_rates.push(base);
+            for (i, r) in results.iter().enumerate() {
+                ratios[i].push(r.rate / base);
+            }
+            on_off.push(results[2].rate / results[1].rate);
+            let per_cpu = |r: &Observed| {
+                r.summary["events"].as_f64().unwrap_or(0.0) / r.summary["cpu_s"].as_f64().unwrap_or(f64::NAN)
+            };
+            on_off_cpu.push(per_cpu(&results[2]) / per_cpu(&results[1]));
+            let page = &results[3].report;
+            let runs: f64 = page
+                .lines()
+                .find(|l| l.starts_with("eventflux_probe_program_runs_total{program=\"cpu_sample\"}"))
+                .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+                .unwrap_or(0.0);
+            let secs: f64 = page
+                .lines()
+                .find(|l| l.starts_with("eventflux_probe_program_run_seconds_total{program=\"cpu_sample\"}"))
+                .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+                .unwrap_or(0.0);
+            if runs > 0.0 {
+                per_run_ns.push(secs / runs * 1e9);
+            }
+        }
+        let r: Vec<f64> = ratios.iter().map(|v| median(v.clone())).collect();
+        println!(
+            "  {batch:<8} {:>10.2}M/s {:>12.4} {:>12.4} {:>14.4}   {:>14.4} {:>13.0} ns",
+            median(detached_rates) / 1e6,
+            r[1],
+            r[2],
+            r[3],
+            median(on_off),
+            median(per_run_ns)
+        );
+        println!("           99 Hz / off per CPU second of the demo: {:.4}", median(on_off_cpu));
+    }
+    println!("  target: 99 Hz / off >= 0.99 (the design's budget: a bounded cost per second, not per event)");
+    Ok(())
+}
+
 /// Upper bound (ns) of the bucket holding the q-quantile of an exported histogram.
 fn exported_quantile_ns(page: &str, query: &str, q: f64) -> Option<f64> {
     let mut buckets: Vec<(f64, f64)> = page
@@ -442,7 +520,7 @@ fn bench_latency() -> Result<()> {
 fn latency_round(batch: usize, events: u64, rate: u64) -> Result<()> {
     let args = demo_args(events, batch, rate);
     let detached = observed(&args, Watcher::Detached)?;
-    let attached = observed(&args, Watcher::Run)?;
+    let attached = observed(&args, Watcher::Run(&[]))?;
     println!(
         "sampled latency (run's defaults) vs a detached run's own, all batches (--batch {batch} --rate {rate}, {events} events):"
     );
@@ -834,7 +912,7 @@ fn bench_endpoints() -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    // `cargo bench -p eventflux-probe --bench observer -- [hit] [attach] [throughput] [latency] [metrics] [endpoints]`
+    // `cargo bench -p eventflux-probe --bench observer -- [hit] [attach] [throughput] [latency] [cpu] [metrics] [endpoints] [tracing] [node]`
     // runs the named sections only; `cargo bench` itself passes `--bench`.
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
@@ -850,6 +928,9 @@ fn main() -> Result<()> {
         }
         if run("latency") {
             bench_latency()?;
+        }
+        if run("cpu") {
+            bench_cpu()?;
         }
         if run("metrics") {
             bench_metrics()?;

@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap};
 use aya::programs::UProbe;
+use aya::programs::perf_event::{PerfEvent, PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
 use aya::{Ebpf, EbpfLoader};
-use eventflux_probe_common::{Class, CounterKey, Hist, HistKey, MAX_SITES, PROBES, SiteSpec, drop, probe};
+use eventflux_probe_common::{
+    Class, CounterKey, CpuKey, Hist, HistKey, MAX_SITES, PROBES, SiteSpec, SlotRef, cpu_target, drop, probe,
+};
 
 use crate::attach::{self, Attachment, Site};
 use crate::usdt::{self, BinaryProbes};
@@ -68,7 +71,17 @@ pub struct Kernel {
     /// By cookie (the index into `SPECS`): the site attached there, or `None` for a free slot,
     /// reused by the next attach (a daemon that follows restarts attaches all day).
     slots: Vec<Option<(AttachedSite, Attachment)>>,
+    /// CPU time one CPU sample stands for, once sampling started ([`Kernel::sample_cpu`]).
+    cpu_period: Option<Duration>,
 }
+
+/// The probe CPU attribution needs: engine threads announce their CPU slots through it, and
+/// keep them only while it is attached (`usdt_markers::cpu`). Not among the metric probes:
+/// attached only when CPU samples are taken.
+pub const CPU_PROBES: [u32; 1] = [probe::cpu_slot::ID];
+
+/// Entries of `STACKS` when profiling (each holds up to 127 frames).
+pub const STACK_CAPACITY: u32 = 16384;
 
 /// The probes only span trees need: `stage_sample` (its per-stage records repeat what
 /// `batch_sample` carries for metrics) and `trace_context`. Loading either turns span records
@@ -81,7 +94,9 @@ pub fn metric_probes() -> Vec<u32> {
     PROBES
         .iter()
         .enumerate()
-        .filter(|(i, p)| p.class != Class::Control && !TRACE_PROBES.contains(&(*i as u32)))
+        .filter(|(i, p)| {
+            p.class != Class::Control && !TRACE_PROBES.contains(&(*i as u32)) && !CPU_PROBES.contains(&(*i as u32))
+        })
         .map(|(i, _)| i as u32)
         .collect()
 }
@@ -110,7 +125,21 @@ impl Kernel {
 
     /// Like [`Kernel::load`], with the programs' diagnostics on or off.
     pub fn load_with(probes: &[u32], kernel_log: bool) -> Result<Kernel> {
+        Kernel::load_full(probes, kernel_log, false)
+    }
+
+    /// Like [`Kernel::load`], for a profiler: CPU samples also record their user and kernel
+    /// stacks (`STACKS`).
+    pub fn load_profiling(probes: &[u32]) -> Result<Kernel> {
+        Kernel::load_full(probes, tracing::enabled!(target: KERNEL_LOG_TARGET, tracing::Level::DEBUG), true)
+    }
+
+    fn load_full(probes: &[u32], kernel_log: bool, stacks: bool) -> Result<Kernel> {
         let mut loader = EbpfLoader::new();
+        // Stacks only for a profiler; the map cannot have 0 entries.
+        let profile = u8::from(stacks);
+        loader.override_global("PROFILE_STACKS", &profile, true);
+        loader.map_max_entries("STACKS", if stacks { STACK_CAPACITY } else { 1 });
         // EVENTFLUX_PROBE_VERIFIER_LOG=1 puts the verifier's whole reasoning in load errors.
         if std::env::var_os("EVENTFLUX_PROBE_VERIFIER_LOG").is_some_and(|v| v == "1") {
             loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
@@ -143,7 +172,8 @@ impl Kernel {
         } else {
             None
         };
-        let mut kernel = Kernel { ebpf, logger, pmu_type, loaded: BTreeMap::new(), slots: Vec::new() };
+        let mut kernel =
+            Kernel { ebpf, logger, pmu_type, loaded: BTreeMap::new(), slots: Vec::new(), cpu_period: None };
         for &id in probes {
             kernel.load_program(id, Self::program_name(id)?)?;
         }
@@ -182,17 +212,7 @@ impl Kernel {
             .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
             .try_into()
             .with_context(|| format!("program {name} is not a uprobe"))?;
-        program.load().map_err(|e| {
-            if is_permission_error(&e) {
-                anyhow!("not permitted to load eBPF program {name}: {PERMISSION_HINT}")
-            } else {
-                let log = match &e {
-                    aya::programs::ProgramError::LoadError { verifier_log, .. } => format!("\n{verifier_log}"),
-                    _ => String::new(),
-                };
-                anyhow!("the kernel rejected eBPF program {name}: {e}{log}")
-            }
-        })?;
+        program.load().map_err(|e| load_error(name, e))?;
         self.loaded.insert(id, name);
         Ok(())
     }
@@ -284,6 +304,77 @@ impl Kernel {
         }
         report.probes = probes.len();
         Ok(())
+    }
+
+    /// Starts CPU sampling: the `cpu_sample` program on a CPU-clock perf event of every online
+    /// CPU, one sample per `period` of CPU time, whoever runs. Only the processes given to
+    /// [`Kernel::sample_cpu_of`] are counted. Runs until the `Kernel` is dropped.
+    pub fn sample_cpu(&mut self, period: Duration) -> Result<()> {
+        if self.cpu_period.is_some() {
+            return Ok(());
+        }
+        let cpus =
+            aya::util::online_cpus().map_err(|(what, e)| anyhow!("cannot list the online CPUs ({what}): {e}"))?;
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut("cpu_sample")
+            .ok_or_else(|| anyhow!("the eBPF object has no program cpu_sample"))?
+            .try_into()
+            .context("program cpu_sample is not a perf event program")?;
+        // Loaded already when an earlier start failed on some CPU.
+        if program.fd().is_err() {
+            program.load().map_err(|e| load_error("cpu_sample", e))?;
+        }
+        let ns = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX).max(1);
+        for cpu in cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(ns),
+                    false,
+                )
+                .map_err(|e| {
+                    if is_permission_error(&e) {
+                        anyhow!("not permitted to sample CPUs: {PERMISSION_HINT} (CAP_PERFMON for perf events)")
+                    } else {
+                        anyhow!("cannot start CPU sampling on CPU {cpu}: {e}")
+                    }
+                })?;
+        }
+        self.cpu_period = Some(period);
+        Ok(())
+    }
+
+    /// CPU time one sample stands for, when sampling.
+    pub fn cpu_period(&self) -> Option<Duration> {
+        self.cpu_period
+    }
+
+    /// Counts process `pid`'s CPU samples from now on (`on`), or no longer.
+    pub fn sample_cpu_of(&mut self, pid: u32, on: bool) -> Result<()> {
+        let map = self.ebpf.map_mut("CPU_TARGETS").ok_or_else(|| anyhow!("no map CPU_TARGETS"))?;
+        let mut map: HashMap<&mut MapData, u32, u32> = HashMap::try_from(map).context("map CPU_TARGETS")?;
+        if on {
+            map.insert(pid, cpu_target::COUNT, 0).context("cannot write map CPU_TARGETS")?;
+        } else {
+            match map.remove(&pid) {
+                Ok(()) => {}
+                // Not sampled (never attached, or forgotten already): nothing to remove.
+                Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(anyhow::Error::new(e).context("cannot remove from map CPU_TARGETS")),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn cpu_samples(&self) -> Result<HashMap<&MapData, CpuKey, u64>> {
+        HashMap::try_from(self.map("CPU_SAMPLES")?).context("map CPU_SAMPLES")
+    }
+
+    /// The sample stacks (instruction pointers, innermost first), by id.
+    pub fn stacks(&self) -> Result<StackTraceMap<&MapData>> {
+        StackTraceMap::try_from(self.map("STACKS")?).context("map STACKS")
     }
 
     /// Detaches everything (also done on drop).
@@ -378,9 +469,25 @@ impl Kernel {
                 keys.len()
             }};
         }
+        let slots = {
+            let map = self.ebpf.map_mut("SLOTS").ok_or_else(|| anyhow!("no map SLOTS"))?;
+            let mut map: HashMap<&mut MapData, u32, SlotRef> = HashMap::try_from(map).context("map SLOTS")?;
+            let tids: Vec<u32> = map
+                .iter()
+                .filter(|e| e.as_ref().map_or(true, |(_, r)| r.pid == pid))
+                .map(|e| e.map(|(tid, _)| tid))
+                .collect::<Result<_, _>>()?;
+            for tid in &tids {
+                map.remove(tid).context("cannot remove from map SLOTS")?;
+            }
+            tids.len()
+        };
+        self.sample_cpu_of(pid, false)?;
         Ok(prune!("COUNTERS", PerCpuHashMap, CounterKey, u64)
             + prune!("GAUGES", HashMap, CounterKey, u64)
-            + prune!("HISTS", HashMap, HistKey, Hist))
+            + prune!("HISTS", HashMap, HistKey, Hist)
+            + prune!("CPU_SAMPLES", HashMap, CpuKey, u64)
+            + slots)
     }
 
     /// Takes the reader of the programs' diagnostics (once; `None` unless the log asked for
@@ -401,10 +508,19 @@ impl Kernel {
         RingBuf::try_from(map).context("map EVENTS")
     }
 
+    /// The loaded programs' names.
+    fn program_names(&self) -> BTreeSet<&'static str> {
+        let mut names: BTreeSet<&'static str> = self.loaded.values().copied().collect();
+        if self.cpu_period.is_some() {
+            names.insert("cpu_sample");
+        }
+        names
+    }
+
     /// Per-program kernel statistics: (name, run count, run time), for loaded programs.
     pub fn program_stats(&self) -> Vec<(&'static str, u64, Duration)> {
         let mut out = Vec::new();
-        let names: BTreeSet<&'static str> = self.loaded.values().copied().collect();
+        let names = self.program_names();
         for name in names {
             let Some(program) = self.ebpf.program(name) else { continue };
             if let Ok(info) = program.info() {
@@ -416,8 +532,7 @@ impl Kernel {
 
     /// Instructions the kernel kept of each loaded program after verifying it (xlated).
     pub fn program_instructions(&self) -> Vec<(&'static str, u32)> {
-        let names: BTreeSet<&'static str> = self.loaded.values().copied().collect();
-        names
+        self.program_names()
             .into_iter()
             .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
@@ -432,8 +547,26 @@ impl Kernel {
             ("counters", self.counters()?.keys().count(), capacity(self.map("COUNTERS")?)?),
             ("gauges", self.gauges()?.keys().count(), capacity(self.map("GAUGES")?)?),
             ("histograms", self.hists()?.keys().count(), capacity(self.map("HISTS")?)?),
+            ("cpu_samples", self.cpu_samples()?.keys().count(), capacity(self.map("CPU_SAMPLES")?)?),
+            (
+                "cpu_slots",
+                HashMap::<_, u32, SlotRef>::try_from(self.map("SLOTS")?)?.keys().count(),
+                capacity(self.map("SLOTS")?)?,
+            ),
             ("sites", self.attached(), MAX_SITES),
         ])
+    }
+}
+
+fn load_error(name: &str, e: aya::programs::ProgramError) -> anyhow::Error {
+    if is_permission_error(&e) {
+        anyhow!("not permitted to load eBPF program {name}: {PERMISSION_HINT}")
+    } else {
+        let log = match &e {
+            aya::programs::ProgramError::LoadError { verifier_log, .. } => format!("\n{verifier_log}"),
+            _ => String::new(),
+        };
+        anyhow!("the kernel rejected eBPF program {name}: {e}{log}")
     }
 }
 

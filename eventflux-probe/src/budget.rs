@@ -14,6 +14,12 @@ use eventflux_abi::{FLUSH_LEVELS, SAMPLE_LEVELS};
 pub const RUN_SAMPLES_PER_SEC: u32 = 1024;
 /// Flush interval `run` asks for by default.
 pub const RUN_FLUSH: Duration = Duration::from_secs(1);
+/// CPU samples per second per CPU `run` and node mode take by default: as `perf` and most
+/// continuous profilers, a prime near 100, so the timer does not beat with the engine's own
+/// periodic work.
+pub const DEFAULT_CPU_HZ: u32 = 99;
+/// The most CPU samples per second per CPU one may ask for.
+pub const MAX_CPU_HZ: u32 = 10_000;
 
 /// An observer's request: one sampling level and one flush level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +28,8 @@ pub struct Budget {
     sample: (u32, u32),
     /// Control probe and flush interval in milliseconds.
     flush: (u32, u32),
+    /// CPU samples per second per CPU; 0: no CPU attribution.
+    cpu_hz: u32,
 }
 
 impl Budget {
@@ -43,13 +51,39 @@ impl Budget {
             let shortest = FLUSH_LEVELS[FLUSH_LEVELS.len() - 1].1;
             bail!("--flush-interval {flush:?} is shorter than the shortest level: use at least {shortest}ms");
         };
-        Ok(Budget { sample, flush })
+        Ok(Budget { sample, flush, cpu_hz: 0 })
+    }
+
+    /// This budget with CPU attribution at `hz` samples per second per CPU (0: off).
+    pub fn with_cpu_hz(self, hz: u32) -> Result<Budget> {
+        if hz > MAX_CPU_HZ {
+            bail!("--cpu-hz {hz} is above {MAX_CPU_HZ} samples per second");
+        }
+        Ok(Budget { cpu_hz: hz, ..self })
+    }
+
+    /// CPU time one CPU sample stands for; `None` without CPU attribution.
+    pub fn cpu_period(&self) -> Option<Duration> {
+        (self.cpu_hz != 0).then(|| Duration::from_nanos(1_000_000_000 / u64::from(self.cpu_hz)))
+    }
+
+    /// Every probe this budget needs beyond the metric probes: its control probes, and the CPU
+    /// slot probe when it attributes CPU.
+    pub fn probes(&self) -> Vec<u32> {
+        let mut probes = self.control_probes().to_vec();
+        if self.cpu_hz != 0 {
+            probes.extend(crate::bpf::CPU_PROBES);
+        }
+        probes
     }
 
     /// `run`'s default.
     pub fn run_default() -> Budget {
-        Budget::new(Some(RUN_SAMPLES_PER_SEC), RUN_FLUSH)
-            .unwrap_or(Budget { sample: SAMPLE_LEVELS[3], flush: FLUSH_LEVELS[1] })
+        Budget::new(Some(RUN_SAMPLES_PER_SEC), RUN_FLUSH).unwrap_or(Budget {
+            sample: SAMPLE_LEVELS[3],
+            flush: FLUSH_LEVELS[1],
+            cpu_hz: 0,
+        })
     }
 
     /// The control probes to attach to.
@@ -74,7 +108,11 @@ impl fmt::Display for Budget {
             Some(r) => write!(f, "{r} sampled batches/s per engine thread")?,
             None => write!(f, "every batch sampled")?,
         }
-        write!(f, ", counts flushed every {} ms", self.flush.1)
+        write!(f, ", counts flushed every {} ms", self.flush.1)?;
+        if self.cpu_hz != 0 {
+            write!(f, ", CPU slots for {} Hz CPU samples", self.cpu_hz)?;
+        }
+        Ok(())
     }
 }
 
@@ -94,5 +132,11 @@ mod tests {
         assert!(Budget::new(Some(64), Duration::from_millis(5)).is_err());
         assert_eq!(Budget::run_default().samples_per_sec(), Some(RUN_SAMPLES_PER_SEC));
         assert_eq!(Budget::run_default().flush_interval(), RUN_FLUSH);
+        let cpu = b.with_cpu_hz(100).expect("budget");
+        assert_eq!(cpu.cpu_period(), Some(Duration::from_millis(10)));
+        assert!(cpu.probes().contains(&crate::bpf::CPU_PROBES[0]));
+        assert_eq!(b.cpu_period(), None);
+        assert!(!b.probes().contains(&crate::bpf::CPU_PROBES[0]));
+        assert!(b.with_cpu_hz(MAX_CPU_HZ + 1).is_err());
     }
 }

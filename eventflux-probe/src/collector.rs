@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use eventflux_probe_common::{CounterKey, HistKey, drop, hist};
+use eventflux_probe_common::{CounterKey, CpuKey, HistKey, NO_STACK, drop, hist};
 
 use crate::bpf::Kernel;
 use crate::catalog::{self, Catalog};
@@ -65,6 +65,10 @@ pub struct Snapshot {
     pub counters: BTreeMap<CounterKey, u64>,
     pub gauges: BTreeMap<CounterKey, u64>,
     pub hists: BTreeMap<HistKey, HistData>,
+    /// CPU samples by process and slot (stacks summed: both stack ids [`NO_STACK`]).
+    pub cpu: BTreeMap<CpuKey, u64>,
+    /// CPU time one sample stands for; `None` when CPU samples are not taken.
+    pub cpu_period: Option<Duration>,
     pub catalog: Catalog,
     pub processes: BTreeMap<u32, ProcStats>,
     pub daemon: SelfStats,
@@ -163,6 +167,11 @@ impl Collector {
         n
     }
 
+    /// The registrations applied so far.
+    pub fn catalog(&self) -> Catalog {
+        lock(&self.catalog).clone()
+    }
+
     /// A snapshot no older than `max_age`.
     pub fn snapshot(&self) -> Result<Arc<Snapshot>> {
         let mut cache = lock(&self.cache);
@@ -192,6 +201,14 @@ impl Collector {
             let (key, v) = entry?;
             let h = HistData { buckets: v.buckets.to_vec(), count: v.count, sum_ns: v.sum_ns, max_ns: v.max_ns };
             snap.hists.insert(key, h);
+        }
+        snap.cpu_period = kernel.cpu_period();
+        if snap.cpu_period.is_some() {
+            for entry in kernel.cpu_samples()?.iter() {
+                let (key, n) = entry?;
+                let key = CpuKey { user_stack: NO_STACK, kernel_stack: NO_STACK, ..key };
+                *snap.cpu.entry(key).or_insert(0) += n;
+            }
         }
         snap.daemon = SelfStats {
             sites_attached: kernel.attached(),

@@ -191,6 +191,9 @@ define_settings! {
         flush_interval: Duration = "1s",
             "How often the engine hands over its counts, at least 10ms; rounds down to a level: 10ms, 20ms, 50ms, 100ms, 250ms, 500ms, 1s or 2s (so anything longer is 2s); counters lag by at most this much",
             check flush_interval;
+        cpu_hz: u32 = "99",
+            "CPU samples per second on each CPU for CPU attribution (`query_cpu_seconds_total`); 0 turns it off (the engine then keeps no CPU slots). At most 10000",
+            check cpu_hz;
     }
     /// What happens when the target exits or the daemon is told to stop.
     [lifecycle] Lifecycle / LifecycleLayer {
@@ -809,6 +812,14 @@ fn flush_interval(d: &Duration) -> Result<(), String> {
     // Duration's Debug writes zero as `0ns`, an odd way to write what the user wrote as `0s`.
     let written = if d.is_zero() { "0s".to_owned() } else { format!("{d:?}") };
     Err(format!("{written} is below the shortest level, {shortest}ms"))
+}
+
+fn cpu_hz(hz: &u32) -> Result<(), String> {
+    if *hz <= crate::budget::MAX_CPU_HZ {
+        Ok(())
+    } else {
+        Err(format!("{hz} is above {} samples per second", crate::budget::MAX_CPU_HZ))
+    }
 }
 
 fn ratio(r: &f64) -> Result<(), String> {

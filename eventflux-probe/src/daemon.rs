@@ -59,11 +59,19 @@ impl Daemon {
     /// Loads the programs of `probes` (see `bpf::metric_probes` and `Budget::control_probes`).
     /// `max_age`: how long a snapshot is shared by concurrent readers.
     pub fn load(probes: &[u32], max_age: Duration) -> Result<Daemon> {
+        Daemon::with_kernel(Kernel::load(probes)?, probes, max_age)
+    }
+
+    /// Like [`Daemon::load`], for a profiler: CPU samples also record their stacks.
+    pub fn load_profiling(probes: &[u32]) -> Result<Daemon> {
+        Daemon::with_kernel(Kernel::load_profiling(probes)?, probes, Duration::ZERO)
+    }
+
+    fn with_kernel(mut kernel: Kernel, probes: &[u32], max_age: Duration) -> Result<Daemon> {
         // Keeps the kernel's BPF run-time statistics on while we run (the program metrics, and
         // the health report's last probe hit). Without them, said once attached (see
         // `stats_unavailable`): a warning before a failed attach would make its error two lines.
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| e.to_string());
-        let mut kernel = Kernel::load(probes)?;
         let kernel_log = Mutex::new(kernel.take_logger());
         let tracing = crate::bpf::TRACE_PROBES.iter().any(|p| probes.contains(p));
         let spans = Mutex::new(if tracing { Some(kernel.take_spans()?) } else { None });
@@ -110,13 +118,49 @@ impl Daemon {
     /// Attaches to probes already found (`discover::eventflux_binaries`).
     pub fn attach_found(&self, target: Target, binaries: &[crate::usdt::BinaryProbes]) -> Result<Attached> {
         let pid = target.pid();
-        let report = lock(&self.kernel).attach_process(pid, binaries)?;
+        let report = {
+            let mut kernel = lock(&self.kernel);
+            let report = kernel.attach_process(pid, binaries)?;
+            if kernel.cpu_period().is_some() {
+                kernel.sample_cpu_of(pid, true)?;
+            }
+            report
+        };
         for s in &report.skipped {
             tracing::warn!(pid, "not attached: {s}");
         }
         let target = Arc::new(target);
         self.collector.add_target(Arc::clone(&target), report.probes);
         Ok(Attached { target, report })
+    }
+
+    /// Process `pid`'s CPU samples so far by query and stage, without stacks.
+    pub fn cpu_places(&self, pid: u32) -> Result<std::collections::BTreeMap<crate::profile::Place, u64>> {
+        self.collector.drain_events();
+        let catalog = self.collector.catalog();
+        crate::profile::Profile::places(&lock(&self.kernel), &catalog, pid)
+    }
+
+    /// Process `pid`'s CPU profile so far (see [`crate::profile`]); the process must still run.
+    pub fn profile(&self, pid: u32, filter: &crate::profile::Filter) -> Result<crate::profile::Profile> {
+        self.collector.drain_events();
+        let catalog = self.collector.catalog();
+        crate::profile::Profile::read(&lock(&self.kernel), &catalog, pid, filter)
+    }
+
+    /// Starts CPU sampling (see `Kernel::sample_cpu`): every target attached from now on has its
+    /// CPU samples counted by query and stage.
+    pub fn sample_cpu(&self, period: Duration) -> Result<()> {
+        lock(&self.kernel).sample_cpu(period)
+    }
+
+    /// Like [`Daemon::sample_cpu`] for a service whose other metrics do not depend on it: a
+    /// failure (no CAP_PERFMON in a container, perf events disabled) is a warning, and the
+    /// service runs without `query_cpu_seconds_total`.
+    pub fn sample_cpu_or_warn(&self, period: Duration) {
+        if let Err(e) = self.sample_cpu(period) {
+            tracing::warn!("CPU attribution off (query_cpu_seconds_total will be missing): {e:#}");
+        }
     }
 
     /// Detaches every site (slow: see `Kernel::detach_all`); blocks, but scrapes do not wait:
@@ -478,13 +522,17 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let listener = bind(options.listen).await?;
 
     let mut probes = crate::bpf::metric_probes();
-    probes.extend(options.budget.control_probes());
+    probes.extend(options.budget.probes());
+    let cpu_period = options.budget.cpu_period();
     if options.otlp.is_some() {
         // The stage spans and trace contexts of traced batches, for the trees (docs/probes.md).
         probes.extend(crate::bpf::TRACE_PROBES);
     }
     let (daemon, first) = tokio::task::spawn_blocking(move || -> Result<(Daemon, Attached)> {
         let daemon = Daemon::load(&probes, Duration::from_millis(100))?;
+        if let Some(period) = cpu_period {
+            daemon.sample_cpu_or_warn(period);
+        }
         let first = daemon.attach_found(target, &binaries)?;
         Ok((daemon, first))
     })

@@ -4,6 +4,8 @@
 //! argument specs; [`budget`] is what the observer asks of the engine; [`bpf`] loads the kernel programs (eventflux-probe-ebpf) and [`attach`]es
 //! them to every probe site; the [`collector`] reads the kernel maps, the registrations
 //! ([`catalog`]) and `/proc` ([`procstat`]) into one snapshot; the [`export`]ers serve it.
+//! CPU samples take the same path into `query_cpu_seconds_total`; with stacks, [`profile`]
+//! symbolizes them into per-query flame graphs and pprof profiles.
 
 pub mod attach;
 pub mod bpf;
@@ -22,6 +24,7 @@ pub mod model;
 pub mod node;
 pub mod privileges;
 pub mod procstat;
+pub mod profile;
 pub mod target;
 pub mod trace;
 pub mod usdt;

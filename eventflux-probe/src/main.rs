@@ -27,6 +27,9 @@ enum Command {
     Trace(cmd::trace::Args),
     /// Observe every EventFlux process of this host, as they come and go (a DaemonSet).
     Node(cmd::node::Args),
+    /// Sample the engine's CPU and write a profile split by query and stage (flame graph,
+    /// pprof, folded stacks).
+    Profile(cmd::profile::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         }),
         Command::Latency(args) => default_logging().and_then(|()| cmd::latency::run(&args)),
         Command::Trace(args) => default_logging().and_then(|()| cmd::trace::run(&args)),
+        Command::Profile(args) => default_logging().and_then(|()| cmd::profile::run(&args)),
         Command::Node(args) => cmd::node::settings(&args).and_then(|settings| {
             let rust_log = if cmd::node::log_level_flag(&args) { None } else { std::env::var("RUST_LOG").ok() };
             eventflux_probe::logging::init_with(&settings.logging, rust_log)?;

@@ -12,7 +12,8 @@
 
 use std::collections::BTreeMap;
 
-use eventflux_abi::WindowKind;
+use eventflux_abi::slot::{self, Where};
+use eventflux_abi::{Stage, WindowKind};
 use eventflux_probe_common::{counter, drop, gauge, stage};
 
 use crate::collector::{HistData, Snapshot};
@@ -41,6 +42,9 @@ pub struct Engine {
     pub connections: BTreeMap<u32, Connections>,
     /// Span records of sampled batches the engine could not keep.
     pub spans_dropped: u64,
+    /// CPU seconds sampled outside any query (engine overhead, sources, idle spinning, I/O);
+    /// `None` when CPU samples are not taken. A query's own are in [`Query::cpu_seconds`].
+    pub cpu_outside_queries: Option<f64>,
 }
 
 /// A stream (junction).
@@ -100,6 +104,31 @@ pub struct Query {
     pub latency: Option<HistData>,
     /// Self time per stage (`stage::*` codes below `BATCH`) of sampled batches.
     pub stages: BTreeMap<u32, HistData>,
+    /// CPU seconds sampled while the query's batches ran, by where in the query: every batch,
+    /// its nested queries' batches excluded (they count as theirs).
+    pub cpu_seconds: BTreeMap<CpuStage, f64>,
+}
+
+/// Where in a query a CPU sample fell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CpuStage {
+    /// In one of its stages.
+    Stage(Stage),
+    /// In the query's own code, outside its stages (set-up, hand-offs between stages).
+    Other,
+    /// A slot state this build does not know (a newer engine).
+    Unknown(u32),
+}
+
+impl CpuStage {
+    /// The `stage` label.
+    pub fn label(self) -> String {
+        match self {
+            CpuStage::Stage(s) => s.label().to_owned(),
+            CpuStage::Other => "other".to_owned(),
+            CpuStage::Unknown(state) => format!("unknown_{state}"),
+        }
+    }
 }
 
 impl Query {
@@ -292,6 +321,23 @@ impl Model {
             }
         }
 
+        if let Some(period) = snap.cpu_period {
+            for (k, &n) in &snap.cpu {
+                let secs = n as f64 * period.as_secs_f64();
+                let e = engine(&mut model, k.pid);
+                let (query, stage) = match slot::decode((u64::from(k.query) << 32) | u64::from(k.state)) {
+                    Where::None => {
+                        *e.cpu_outside_queries.get_or_insert(0.0) += secs;
+                        continue;
+                    }
+                    Where::Query(q) => (q, CpuStage::Other),
+                    Where::Stage(q, s) => (q, CpuStage::Stage(s)),
+                    Where::Unknown(q, state) => (q, CpuStage::Unknown(state)),
+                };
+                *e.query(query).cpu_seconds.entry(stage).or_insert(0.0) += secs;
+            }
+        }
+
         for (k, &v) in &snap.gauges {
             let e = engine(&mut model, k.pid);
             match k.counter {
@@ -342,6 +388,12 @@ impl Model {
         model.observer.programs = d.programs.iter().map(|(n, runs, t)| (*n, *runs, t.as_secs_f64())).collect();
         model.observer.maps = d.maps.clone();
         model.observer.drops = d.drops;
+        if snap.cpu_period.is_some() {
+            // Sampled: an engine without a sample outside its queries has 0 there, not nothing.
+            for e in model.engines.values_mut() {
+                e.cpu_outside_queries.get_or_insert(0.0);
+            }
+        }
         model
     }
 }
@@ -374,6 +426,38 @@ mod tests {
             },
         );
         snap
+    }
+
+    #[test]
+    fn cpu_samples_become_seconds_by_query_and_stage() {
+        use eventflux_probe_common::{CpuKey, NO_STACK};
+        let mut snap = registered();
+        let at = |query: u32, stage: Option<Stage>| {
+            let v = slot::encode(query, stage);
+            CpuKey {
+                pid: 7,
+                query: (v >> 32) as u32,
+                state: v as u32,
+                user_stack: NO_STACK,
+                kernel_stack: NO_STACK,
+                _pad: 0,
+            }
+        };
+        snap.cpu.insert(at(3, Some(Stage::Filter)), 30);
+        snap.cpu.insert(at(3, None), 2);
+        snap.cpu.insert(CpuKey { pid: 7, ..CpuKey::default() }, 5);
+        snap.cpu.insert(CpuKey { pid: 7, query: 3, state: 77, ..CpuKey::default() }, 1);
+        let m = Model::build(&snap);
+        assert_eq!(m.engines[&7].cpu_outside_queries, None, "not sampled: no attribution at all");
+        snap.cpu_period = Some(std::time::Duration::from_millis(10));
+        let m = Model::build(&snap);
+        let e = &m.engines[&7];
+        let q = &e.queries[&3];
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(q.cpu_seconds[&CpuStage::Stage(Stage::Filter)], 0.30));
+        assert!(close(q.cpu_seconds[&CpuStage::Other], 0.02));
+        assert_eq!(CpuStage::Unknown(77).label(), "unknown_77");
+        assert!(close(e.cpu_outside_queries.unwrap_or(-1.0), 0.05));
     }
 
     #[test]

@@ -472,10 +472,17 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
     crate::privileges::check()?;
     let listener = bind(options.listen).await?;
     let mut probes = crate::bpf::metric_probes();
-    probes.extend(options.budget.control_probes());
-    let daemon = tokio::task::spawn_blocking(move || Daemon::load(&probes, Duration::from_millis(100)))
-        .await
-        .map_err(|e| anyhow!("load task failed: {e}"))??;
+    probes.extend(options.budget.probes());
+    let cpu_period = options.budget.cpu_period();
+    let daemon = tokio::task::spawn_blocking(move || {
+        let daemon = Daemon::load(&probes, Duration::from_millis(100))?;
+        if let Some(period) = cpu_period {
+            daemon.sample_cpu_or_warn(period);
+        }
+        Ok::<_, anyhow::Error>(daemon)
+    })
+    .await
+    .map_err(|e| anyhow!("load task failed: {e}"))??;
     let node = Arc::new(Node {
         daemon,
         options,

@@ -29,12 +29,12 @@ fn marked_loop(n: u64) -> u64 {
     let counter = usdt_markers::ingest::Counter::new(1);
     let mut acc = 0u64;
     for i in 0..n {
-        let batch = Batch::enter();
+        let batch = Batch::enter(2);
         acc = acc.wrapping_add(black_box(i));
         counter.add(i);
-        let span = Span::enter();
-        span.exit(2, Stage::Filter, i, acc);
-        batch.exit(2, 1, i, acc);
+        let span = Span::enter(2, Stage::Filter);
+        span.exit(i, acc);
+        batch.exit(1, i, acc);
     }
     acc
 }

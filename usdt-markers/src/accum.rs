@@ -286,6 +286,7 @@ fn pending() -> bool {
     state.settling.iter().any(Option::is_some)
         || SEMAPHORES.iter().zip(&state.semaphores).any(|(sem, seen)| sem.count() != *seen)
         || crate::registry::observers_changed()
+        || crate::cpu::pending()
 }
 
 /// Fires every count series that grew and every gauge series that changed since the last flush
@@ -360,6 +361,7 @@ pub fn flush() {
     }
     state.semaphores.copy_from_slice(&sems);
     crate::registry::sync_observers();
+    crate::cpu::sync_observers();
 }
 
 /// The flush interval observers asked for: the shortest raised level.

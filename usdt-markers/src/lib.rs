@@ -17,16 +17,17 @@
 //! let processed = query_events::Counter::new(query_id, stream_id);
 //! // Per chunk: a load and a branch while detached, a few adds while attached.
 //! received.add(chunk.len() as u64);
-//! let batch = Batch::enter();
+//! let batch = Batch::enter(query_id);
 //! processed.add(chunk.len() as u64, 1);
-//! let filter = Span::enter();
-//! filter.exit(query_id, Stage::Filter, chunk.len() as u64, 2);
-//! batch.exit(query_id, stream_id, chunk.len() as u64, 2);
+//! let filter = Span::enter(query_id, Stage::Filter);
+//! filter.exit(chunk.len() as u64, 2);
+//! batch.exit(stream_id, chunk.len() as u64, 2);
 //! ```
 //!
 //! Counters ([`accum`]) add into per-thread cells that a flusher thread hands to observers once
 //! per interval; spans ([`span`]) time a few sampled batches per second in the engine and
-//! report them after the batch. Names travel only in the cold registration calls
+//! report them after the batch; while a CPU profiler is attached, their boundaries keep each
+//! thread's current query and stage in a slot it reads ([`cpu`]). Names travel only in the cold registration calls
 //! ([`register_stream`], [`register_query`]). How often observers are fed is their choice:
 //! they raise control probes' semaphores, which the engine reads as levels.
 //!
@@ -38,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod accum;
+pub mod cpu;
 mod probes;
 mod registry;
 mod semaphore;

@@ -21,17 +21,20 @@
 //! [`eventflux_abi::DEFAULT_SAMPLES_PER_SEC`]) whatever its batch rate, and batches of several
 //! queries interleaved on one thread are sampled without aliasing. An unsampled batch costs a
 //! semaphore test, a decrement and a branch; every stage inside it a semaphore test and a
-//! thread-local load.
+//! thread-local load; each also tests the `cpu_slot` semaphore (CPU attribution).
+//!
+//! Batches and stages are entered with their query and stage so that, while a CPU profiler
+//! takes `cpu_slot`, every boundary also keeps the thread's CPU slot ([`crate::cpu`]).
 //!
 //! ```
 //! use usdt_markers::span::{Batch, Span};
 //! use usdt_markers::abi::Stage;
 //! # let (query, stream, chunk) = (0u32, 0u32, [1u64, 2, 3]);
-//! let batch = Batch::enter();
-//! let filter = Span::enter();
+//! let batch = Batch::enter(query);
+//! let filter = Span::enter(query, Stage::Filter);
 //! let passed = chunk.iter().filter(|v| **v > 1).count() as u64;
-//! filter.exit(query, Stage::Filter, chunk.len() as u64, passed);
-//! batch.exit(query, stream, chunk.len() as u64, passed);
+//! filter.exit(chunk.len() as u64, passed);
+//! batch.exit(stream, chunk.len() as u64, passed);
 //! ```
 
 use std::cell::{Cell, RefCell};
@@ -53,6 +56,9 @@ const MAX_RECORDS: usize = 64;
 pub struct Batch {
     /// Start on CLOCK_MONOTONIC, 0 when not sampled.
     start: u64,
+    /// The CPU slot's state before this batch ([`crate::cpu::UNSET`]: not written).
+    slot: u64,
+    query: u32,
     /// This batch set the thread's incoming trace context (and clears it when it ends).
     incoming: bool,
     _thread: ThreadBound,
@@ -68,6 +74,10 @@ const THREAD_BOUND: ThreadBound = std::marker::PhantomData;
 #[derive(Debug)]
 pub struct Span {
     start: u64,
+    /// The CPU slot's state before this stage ([`crate::cpu::UNSET`]: not written).
+    slot: u64,
+    query: u32,
+    stage: Stage,
     _thread: ThreadBound,
 }
 
@@ -216,22 +226,27 @@ pub fn samples_per_sec() -> u32 {
 }
 
 impl Batch {
-    const OFF: Batch = Batch { start: 0, incoming: false, _thread: THREAD_BOUND };
-
-    /// Enters a query batch; decides whether it is sampled.
+    /// Enters a batch of query `query_id`; decides whether it is sampled.
     #[inline(always)]
-    pub fn enter() -> Batch {
+    pub fn enter(query_id: u32) -> Batch {
+        let slot = crate::cpu::enter_batch(query_id);
+        Batch { start: Batch::timed(), slot, query: query_id, incoming: false, _thread: THREAD_BOUND }
+    }
+
+    /// The start of a batch that is sampled, else 0.
+    #[inline(always)]
+    fn timed() -> u64 {
         if !batch_sample::is_enabled() {
-            return Batch::OFF;
+            return 0;
         }
         // Inside a sampled batch every nested batch is part of its record.
         if DEPTH.with(Cell::get) != 0 {
-            return Batch { start: open(now_ns(), true), incoming: false, _thread: THREAD_BOUND };
+            return open(now_ns(), true);
         }
         let left = COUNTDOWN.with(Cell::get);
         if left > 1 {
             COUNTDOWN.with(|c| c.set(left - 1));
-            return Batch::OFF;
+            return 0;
         }
         Batch::sampled()
     }
@@ -243,16 +258,17 @@ impl Batch {
     /// and its spans continue that trace; a batch the engine samples itself continues it too.
     /// Untraced, [`crate::trace::current`] still hands the context on unchanged.
     #[inline(always)]
-    pub fn enter_in(context: Option<TraceContext>) -> Batch {
+    pub fn enter_in(query_id: u32, context: Option<TraceContext>) -> Batch {
         match context {
-            None => Batch::enter(),
-            Some(c) => Batch::enter_with_context(c),
+            None => Batch::enter(query_id),
+            Some(c) => Batch::enter_with_context(query_id, c),
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn enter_with_context(c: TraceContext) -> Batch {
+    fn enter_with_context(query: u32, c: TraceContext) -> Batch {
+        let slot = crate::cpu::enter_batch(query);
         // The outermost batch's context is the thread's until that batch ends.
         let set = INCOMING.with(|i| {
             let free = i.get().is_none();
@@ -266,22 +282,21 @@ impl Batch {
             && DEPTH.with(Cell::get) == 0
             && batch_sample::is_enabled()
             && trace_context::is_enabled();
-        let mut batch = if forced { Batch::traced_by_parent() } else { Batch::enter() };
-        batch.incoming = set;
-        batch
+        let start = if forced { Batch::traced_by_parent() } else { Batch::timed() };
+        Batch { start, slot, query, incoming: set, _thread: THREAD_BOUND }
     }
 
     /// A batch the upstream sampled: timed with its stages, outside the thread's own pace.
     #[cold]
     #[inline(never)]
-    fn traced_by_parent() -> Batch {
+    fn traced_by_parent() -> u64 {
         crate::accum::start_flusher();
         Batch::open_sampled(true, samples_per_sec() == 0)
     }
 
     #[cold]
     #[inline(never)]
-    fn sampled() -> Batch {
+    fn sampled() -> u64 {
         crate::accum::start_flusher();
         let now = now_ns();
         let rate = samples_per_sec();
@@ -322,7 +337,7 @@ impl Batch {
 
     /// Opens a sampled outermost batch; a batch timed with its stages is traced while a tool
     /// takes `trace_context`.
-    fn open_sampled(stages: bool, clean: bool) -> Batch {
+    fn open_sampled(stages: bool, clean: bool) -> u64 {
         STAGES_TIMED.with(|c| c.set(stages));
         // Ids drawn before the batch's clock starts: not part of its time.
         let trace = (stages && trace_context::is_enabled()).then(|| {
@@ -342,7 +357,7 @@ impl Batch {
                 r.trace = trace;
             });
         }
-        Batch { start, incoming: false, _thread: THREAD_BOUND }
+        start
     }
 
     /// Whether this batch is sampled.
@@ -352,7 +367,8 @@ impl Batch {
 
     /// Records the batch's hand-off from its stream junction: `wait_ns` the chunk waited in an
     /// async junction's queue. Reported as the `ingest` stage.
-    pub fn handoff(&self, query_id: u32, events: u64, wait_ns: u64) {
+    pub fn handoff(&self, events: u64, wait_ns: u64) {
+        let query_id = self.query;
         if self.start != 0 {
             RECORDER.with(|r| {
                 let mut r = r.borrow_mut();
@@ -374,12 +390,15 @@ impl Batch {
         }
     }
 
-    /// Leaves the batch. When it was sampled and is the outermost span, its records fire now.
+    /// Leaves the batch, which took `events_in` events from stream `stream_id` and passed on
+    /// `events_out`. When it was sampled and is the outermost span, its records fire now.
     #[inline(always)]
-    pub fn exit(self, query_id: u32, stream_id: u32, events_in: u64, events_out: u64) {
-        let Batch { start, incoming, .. } = self;
+    pub fn exit(self, stream_id: u32, events_in: u64, events_out: u64) {
+        let Batch { start, slot, query: query_id, incoming, .. } = self;
         // Exited: nothing for `drop` to clean up.
         std::mem::forget(self);
+        // Before the records fire: their traps are the observer's, not this query's.
+        crate::cpu::leave(slot);
         if start != 0 {
             Batch::exit_sampled(start, query_id, stream_id, events_in, events_out);
         }
@@ -412,6 +431,8 @@ impl Drop for Batch {
     /// dropped and counted.
     #[inline(always)]
     fn drop(&mut self) {
+        // Before `abandon` fires the thread's records, as `exit` does.
+        crate::cpu::leave(self.slot);
         if self.start != 0 {
             abandon();
         }
@@ -437,29 +458,31 @@ fn abandon() {
 }
 
 impl Span {
-    const OFF: Span = Span { start: 0, _thread: THREAD_BOUND };
-
-    /// Enters a stage; timed only inside a batch sampled for its stages.
+    /// Enters `stage` of query `query_id`; timed only inside a batch sampled for its stages.
+    /// Left without [`Span::exit`] (an early return), the stage's time until its batch ends
+    /// counts as the stage's in CPU attribution; the batch restores the slot.
     #[inline(always)]
-    pub fn enter() -> Span {
-        if !batch_sample::is_enabled() || !STAGES_TIMED.with(Cell::get) {
-            return Span::OFF;
-        }
-        Span { start: open_now(), _thread: THREAD_BOUND }
+    pub fn enter(query_id: u32, stage: Stage) -> Span {
+        let slot = crate::cpu::enter_stage(query_id, stage);
+        let start = if !batch_sample::is_enabled() || !STAGES_TIMED.with(Cell::get) { 0 } else { open_now() };
+        Span { start, slot, query: query_id, stage, _thread: THREAD_BOUND }
     }
 
     /// Leaves the stage: `events_in` it was given, `events_out` it passed on.
     #[inline(always)]
-    pub fn exit(self, query_id: u32, stage: Stage, events_in: u64, events_out: u64) {
+    pub fn exit(self, events_in: u64, events_out: u64) {
+        let slot = self.slot;
         if self.start != 0 {
-            self.exit_sampled(query_id, stage, events_in, events_out);
+            self.exit_sampled(events_in, events_out);
         }
+        crate::cpu::leave(slot);
     }
 
     #[cold]
     #[inline(never)]
-    fn exit_sampled(self, query: u32, stage: Stage, events_in: u64, events_out: u64) {
+    fn exit_sampled(self, events_in: u64, events_out: u64) {
         let end = now_ns();
+        let Span { query, stage, .. } = self;
         close(self.start, end, Some(stage), |total_ns, self_ns, f| Record::Stage {
             query,
             stage: stage.code(),

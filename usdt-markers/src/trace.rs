@@ -18,11 +18,11 @@
 //! use usdt_markers::trace::{self, TraceContext};
 //! use usdt_markers::span::Batch;
 //! let incoming = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-//! let batch = Batch::enter_in(incoming);
+//! let batch = Batch::enter_in(0, incoming);
 //! // ... process, then when sending the results downstream:
 //! let outgoing = trace::current().map(|c| c.to_string());
 //! assert_eq!(outgoing.as_deref(), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
-//! batch.exit(0, 0, 1, 1);
+//! batch.exit(0, 1, 1);
 //! ```
 
 use std::cell::Cell;
@@ -178,22 +178,22 @@ mod tests {
         let a = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let b = TraceContext::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00");
         assert_eq!(current(), None);
-        let outer = Batch::enter_in(a);
+        let outer = Batch::enter_in(0, a);
         assert_eq!(current(), a);
-        let inner = Batch::enter_in(b);
+        let inner = Batch::enter_in(1, b);
         assert_eq!(current(), a, "the outermost batch's context");
-        inner.exit(1, 0, 1, 1);
+        inner.exit(0, 1, 1);
         assert_eq!(current(), a, "a nested batch does not clear it");
-        outer.exit(0, 0, 1, 1);
+        outer.exit(0, 1, 1);
         assert_eq!(current(), None);
         {
-            let _dropped = Batch::enter_in(b);
+            let _dropped = Batch::enter_in(0, b);
             assert_eq!(current(), b);
         }
         assert_eq!(current(), None, "a batch dropped without exit (early return, panic) clears it");
-        let plain = Batch::enter_in(None);
+        let plain = Batch::enter_in(0, None);
         assert_eq!(current(), None);
-        plain.exit(0, 0, 1, 1);
+        plain.exit(0, 1, 1);
     }
 
     proptest! {

@@ -215,6 +215,15 @@ fn dashboards() -> Vec<Dashboard> {
                     ],
                 },
                 Row {
+                    title: "CPU",
+                    panels: vec![
+                        panel("CPU by query", "percent", "CPU time of the engine's threads while they executed each query, percent of one core, from CPU samples of every batch (none: outside any query).")
+                            .q(format!("sum by (instance, pid, query_id) (rate(query_cpu_seconds_total{{{I},{q}}}[$__rate_interval])) * 100"), "{{query_id}}"),
+                        panel("CPU by stage", "percent", "The same by query and stage (other: the query's own code between its stages); `eventflux-probe profile --query Q` shows the functions.")
+                            .q(format!("sum by (instance, pid, query_id, stage) (rate(query_cpu_seconds_total{{{I},{q}}}[$__rate_interval])) * 100"), "{{query_id}} {{stage}}"),
+                    ],
+                },
+                Row {
                     title: "Errors and buffers",
                     panels: vec![
                         panel("Query error rate", "ops", "Events each query failed to process per second, by error type.")

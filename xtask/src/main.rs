@@ -7,10 +7,12 @@
 //! - `demo`: the demo runtime with probes attached, and what they saw.
 //! - `dashboards`: writes (or checks) the Grafana dashboards from their specification.
 //! - `overview-png`: redraws the README's picture of the Overview dashboard from a real run.
+//! - `flamegraph`: redraws the README's flame graph from a real profile of the demo.
 
 mod bench;
 mod dashboards;
 mod demo;
+mod flamegraph;
 mod overview;
 mod setup;
 
@@ -66,6 +68,8 @@ enum Task {
     /// Redraw docs/img/overview.png: the Overview dashboard's panels plotted from the
     /// end-to-end test's Prometheus (needs root, Debian's prometheus, python3 with matplotlib).
     OverviewPng,
+    /// Redraw docs/img/flamegraph.svg: a profile of the demo's expensive query (needs root).
+    Flamegraph,
 }
 
 fn main() -> Result<()> {
@@ -76,6 +80,7 @@ fn main() -> Result<()> {
         Task::Demo { events, rate } => demo::run(events, rate),
         Task::Dashboards { check } => dashboards::run(check),
         Task::OverviewPng => overview::run(),
+        Task::Flamegraph => flamegraph::run(),
     }
 }
 

@@ -67,6 +67,7 @@ impl Args {
         l.sampling.rate = self.budget.sample_rate;
         l.sampling.every_batch = self.budget.every_batch.then_some(true);
         l.sampling.flush_interval = self.budget.flush_interval;
+        l.sampling.cpu_hz = self.budget.cpu_hz;
         l
     }
 }

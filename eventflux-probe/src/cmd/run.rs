@@ -98,6 +98,7 @@ impl Args {
             None
         };
         l.sampling.flush_interval = self.budget.flush_interval;
+        l.sampling.cpu_hz = self.budget.cpu_hz;
         l
     }
 }

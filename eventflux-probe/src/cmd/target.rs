@@ -18,6 +18,10 @@ pub struct BudgetArgs {
     /// 250, 500 ms, 1 s or 2 s; default 1s). Counters lag by at most this much.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub flush_interval: Option<std::time::Duration>,
+    /// CPU samples per second on each CPU for CPU attribution per query and stage
+    /// (`query_cpu_seconds_total`; default 99, 0 turns it off; at most 10000).
+    #[arg(long, value_name = "HZ")]
+    pub cpu_hz: Option<u32>,
 }
 
 /// The settings from every layer: defaults, the config file, `EVENTFLUX_PROBE_*` variables,
@@ -32,7 +36,7 @@ pub fn load_settings(
 /// The budget the settings ask for.
 pub fn settings_budget(settings: &eventflux_probe::config::Settings) -> Result<Budget> {
     let s = &settings.sampling;
-    Budget::new(if s.every_batch { None } else { Some(s.rate) }, s.flush_interval)
+    Budget::new(if s.every_batch { None } else { Some(s.rate) }, s.flush_interval)?.with_cpu_hz(s.cpu_hz)
 }
 
 impl BudgetArgs {

@@ -220,6 +220,9 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
         }
     }
 
+    if let Some(secs) = e.cpu_outside_queries {
+        f.counter(&m::QUERY_CPU, labels(vec![("query_id", "none".into()), ("stage", "none".into())]), secs);
+    }
     for q in e.queries.values() {
         let query = || ("query_id", q.name.clone());
         for (&stream, &n) in &q.processed {
@@ -231,6 +234,9 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
         }
         if q.batches > 0 {
             f.counter(&m::QUERY_BATCHES, labels(vec![query()]), q.batches as f64);
+        }
+        for (stage, &secs) in &q.cpu_seconds {
+            f.counter(&m::QUERY_CPU, labels(vec![query(), ("stage", stage.label())]), secs);
         }
         for (&kind, &n) in &q.errors {
             f.counter(
@@ -437,7 +443,13 @@ mod tests {
 
     /// A model in which every metric has something to say.
     fn rich() -> Model {
-        let mut e = Engine { pid: 42, running: Some(true), spans_dropped: 2, ..Default::default() };
+        let mut e = Engine {
+            pid: 42,
+            running: Some(true),
+            spans_dropped: 2,
+            cpu_outside_queries: Some(0.25),
+            ..Default::default()
+        };
         e.process = Some(ProcStats {
             uptime_seconds: 10.0,
             rss_bytes: 1 << 20,
@@ -485,6 +497,7 @@ mod tests {
                     buffer_utilization: Some(0.5),
                     latency: Some(hist_data()),
                     stages: BTreeMap::from([(stage::FILTER, hist_data())]),
+                    cpu_seconds: BTreeMap::from([(crate::model::CpuStage::Stage(eventflux_abi::Stage::Filter), 1.5)]),
                 },
             );
         }
