@@ -332,6 +332,17 @@ fn observed(args: &[String], watcher: Watcher) -> Result<Observed> {
     Ok(Observed { rate, summary, report })
 }
 
+/// One round: the demo once under each watcher, in an order rotated by `round` (so that no
+/// watcher always runs right after a heavy one); results in `watchers` order.
+fn rotated_round(args: &[String], watchers: &[Watcher], round: usize) -> Result<Vec<Observed>> {
+    let mut results: Vec<Option<Observed>> = (0..watchers.len()).map(|_| None).collect();
+    for k in 0..watchers.len() {
+        let i = (round + k) % watchers.len();
+        results[i] = Some(observed(args, watchers[i])?);
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
 fn demo_args(events: u64, batch: usize, rate: u64) -> Vec<String> {
     ["--events", &events.to_string(), "--batch", &batch.to_string(), "--rate", &rate.to_string()]
         .iter()
@@ -367,13 +378,7 @@ fn bench_throughput() -> Result<()> {
         let mut runs_per_sec = Vec::new();
         let mut hits = Vec::new();
         for round in 0..rounds {
-            // Rotated, so that no watcher always runs right after the heavy --every-batch one.
-            let mut results: Vec<Option<Observed>> = (0..watchers.len()).map(|_| None).collect();
-            for k in 0..watchers.len() {
-                let i = (round + k) % watchers.len();
-                results[i] = Some(observed(&args, watchers[i])?);
-            }
-            let results: Vec<Observed> = results.into_iter().flatten().collect();
+            let results = rotated_round(&args, &watchers, round)?;
             let base = results[0].rate;
             detached_rates.push(base);
             let per_cpu = |r: &Observed| {
@@ -432,12 +437,7 @@ fn bench_cpu() -> Result<()> {
         let mut detached_rates = Vec::new();
         let mut per_run_ns = Vec::new();
         for round in 0..rounds {
-            let mut results: Vec<Option<Observed>> = (0..watchers.len()).map(|_| None).collect();
-            for k in 0..watchers.len() {
-                let i = (round + k) % watchers.len();
-                results[i] = Some(observed(&args, watchers[i])?);
-            }
-            let results: Vec<Observed> = results.into_iter().flatten().collect();
+            let results = rotated_round(&args, &watchers, round)?;
             let base = results[0].rate;
             detached_rates.push(base);
             for (i, r) in results.iter().enumerate() {

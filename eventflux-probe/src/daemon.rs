@@ -109,6 +109,31 @@ impl Daemon {
         }
     }
 
+    /// Collects for a one-shot command (`latency`, `profile`): drains every 100 ms until
+    /// `duration` passes (`None`: no limit), Ctrl-C, or `target` ends; returns how the target
+    /// ended if that is what stopped it.
+    pub async fn collect(&self, duration: Option<Duration>, target: &Target) -> Option<State> {
+        let wait = async {
+            match duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut tick = tokio::time::interval(TICK);
+        let drain = async {
+            loop {
+                tick.tick().await;
+                self.drain();
+            }
+        };
+        tokio::select! {
+            () = wait => None,
+            _ = tokio::signal::ctrl_c() => None,
+            () = drain => None,
+            state = target.ended(Duration::from_millis(250)) => Some(state),
+        }
+    }
+
     /// Finds process `pid`'s probes and attaches the loaded programs to them.
     pub fn attach(&self, pid: u32) -> Result<Attached> {
         let (target, binaries) = crate::discover::eventflux_binaries(pid)?;

@@ -76,27 +76,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
     );
     let started = std::time::Instant::now();
-    let ended = runtime.block_on(async {
-        let wait = async {
-            match args.duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let drain = async {
-            loop {
-                tick.tick().await;
-                daemon.drain();
-            }
-        };
-        tokio::select! {
-            _ = wait => None,
-            _ = tokio::signal::ctrl_c() => None,
-            _ = drain => None,
-            state = attached.target.ended(Duration::from_millis(250)) => Some(state),
-        }
-    });
+    let ended = runtime.block_on(daemon.collect(args.duration, &attached.target));
     let model = daemon.model()?;
     let elapsed = started.elapsed().as_secs_f64().max(1e-3);
     match ended {

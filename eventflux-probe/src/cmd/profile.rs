@@ -101,22 +101,7 @@ pub fn run(args: &Args) -> Result<()> {
     let start_unix_ns = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    let exited = runtime.block_on(async {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let drain = async {
-            loop {
-                tick.tick().await;
-                daemon.drain();
-            }
-        };
-        tokio::select! {
-            () = tokio::time::sleep(args.duration) => false,
-            _ = tokio::signal::ctrl_c() => false,
-            () = drain => false,
-            _ = attached.target.ended(Duration::from_millis(250)) => true,
-        }
-    });
-    if exited {
+    if runtime.block_on(daemon.collect(Some(args.duration), &attached.target)).is_some() {
         bail!(
             "process {} ended while it was sampled: its stacks cannot be symbolized without it (profile a running engine)",
             args.pid
