@@ -24,7 +24,9 @@
 //!   the flush interval: the kernel raises the probe's semaphore, and the engine reads the
 //!   semaphores as levels (the most demanding level any observer raised wins). Nobody writes
 //!   into the engine's memory.
-//! - **register** probes carry names, fired once per definition and replayed to late observers.
+//! - **register** probes carry names, fired once per definition and replayed to late observers;
+//!   `cpu_slot` likewise carries each engine thread's CPU slot address, announced again to each
+//!   new generation of observers (see [`slot`]).
 //!
 //! `#![no_std]`: the kernel programs build this crate for `bpfel-unknown-none`.
 
