@@ -64,10 +64,7 @@ impl Args {
         l.lifecycle.drain = self.drain;
         l.logging.level = self.log_level.clone();
         l.logging.format = self.log_format;
-        l.sampling.rate = self.budget.sample_rate;
-        l.sampling.every_batch = self.budget.every_batch.then_some(true);
-        l.sampling.flush_interval = self.budget.flush_interval;
-        l.sampling.cpu_hz = self.budget.cpu_hz;
+        l.sampling = self.budget.sampling_layer();
         l
     }
 }

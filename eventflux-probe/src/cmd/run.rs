@@ -88,17 +88,7 @@ impl Args {
         l.logging.level = self.log_level.clone();
         l.logging.format = self.log_format;
         l.logging.output = self.log_output.as_deref().map(config::LogOutput::from);
-        l.sampling.rate = self.budget.sample_rate;
-        // A rate on the command line beats `every_batch = true` from below, as flags do.
-        l.sampling.every_batch = if self.budget.every_batch {
-            Some(true)
-        } else if self.budget.sample_rate.is_some() {
-            Some(false)
-        } else {
-            None
-        };
-        l.sampling.flush_interval = self.budget.flush_interval;
-        l.sampling.cpu_hz = self.budget.cpu_hz;
+        l.sampling = self.budget.sampling_layer();
         l
     }
 }

@@ -40,6 +40,23 @@ pub fn settings_budget(settings: &eventflux_probe::config::Settings) -> Result<B
 }
 
 impl BudgetArgs {
+    /// The `[sampling]` keys these flags set, as the highest configuration layer (`run` and
+    /// `node`). A rate on the command line beats `every_batch = true` from below, as flags do.
+    pub fn sampling_layer(&self) -> eventflux_probe::config::SamplingLayer {
+        eventflux_probe::config::SamplingLayer {
+            rate: self.sample_rate,
+            every_batch: if self.every_batch {
+                Some(true)
+            } else if self.sample_rate.is_some() {
+                Some(false)
+            } else {
+                None
+            },
+            flush_interval: self.flush_interval,
+            cpu_hz: self.cpu_hz,
+        }
+    }
+
     /// The budget asked for, with `default_rate` when no rate was given.
     pub fn budget(&self, default_rate: Option<u32>) -> Result<Budget> {
         let rate = if self.every_batch { None } else { self.sample_rate.or(default_rate) };
