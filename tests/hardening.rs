@@ -414,3 +414,193 @@ fn idle_connections_do_not_blind_scrapes() {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
 }
+
+/// The demo's arguments for the corrupt-note tests: a short, deterministic run.
+const NOTE_DEMO: &[&str] = &["--events", "300000", "--queries", "3", "--streams", "2"];
+
+/// The demo's summary without what depends on timing.
+fn digest(stdout: &str) -> Value {
+    integration_tests::computed_summary(serde_json::from_str(stdout.trim()).expect("summary JSON"))
+}
+
+/// Copies of the demo whose notes lie, each as a stale note or a post-link optimizer leaves
+/// them: `ingest`'s pc 2 bytes into its 5-byte nop; `query_unregister`'s pc 1 byte back, into
+/// the last byte of the instruction before it; `query_unregister`'s pc at its semaphore (data).
+/// Unobserved, each runs as the original does.
+fn corrupt_demos(scratch: &Scratch) -> Vec<(&'static str, &'static str, std::path::PathBuf)> {
+    let demo = bin("eventflux-demo");
+    // (what, probe, new pc from the pc and the semaphore address)
+    type Variant = (&'static str, &'static str, fn(u64, u64) -> u64);
+    let variants: [Variant; 3] = [
+        ("pc+2 (inside the nop)", "ingest", |pc, _| pc + 2),
+        ("pc-1 (inside another instruction)", "query_unregister", |pc, _| pc - 1),
+        ("pc at data", "query_unregister", |_, semaphore| semaphore),
+    ];
+    variants
+        .into_iter()
+        .enumerate()
+        .map(|(i, (what, probe, shift))| {
+            let copy = scratch.path().join(format!("demo-{i}"));
+            integration_tests::with_moved_note(&demo, &copy, probe, shift);
+            (what, probe, copy)
+        })
+        .collect()
+}
+
+/// A note that points into the middle of an instruction would have the kernel write its
+/// breakpoint there, and the engine would die a moment after the attach. `run` reads the
+/// process's own code at each site first: the lying site is refused (one warning, counted in
+/// `eventflux_probe_sites_refused_total`, named with the bytes found in `/health`), the others
+/// are attached and count exactly, and the engine computes what it computes unobserved.
+#[test]
+fn run_refuses_a_site_whose_note_lies_and_the_engine_survives() {
+    let _serial = serial();
+    let scratch = Scratch::new("corrupt-run");
+    for (what, probe, copy) in corrupt_demos(&scratch) {
+        let expected = digest(&GatedDemo::start(&copy, NOTE_DEMO).open_and_wait());
+        let target = GatedDemo::start(&copy, NOTE_DEMO);
+        let daemon = Daemon::start(target.pid());
+        let summary = target.open_and_wait();
+        assert_eq!(digest(&summary), expected, "{what}: the observed engine computed something else");
+        let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
+        // The other probes count exactly: batches per query.
+        let m = poll(&daemon, Duration::from_secs(10), "every batch counted", |m| {
+            summary["queries"]
+                .as_object()
+                .expect("queries")
+                .iter()
+                .all(|(name, q)| value(m, "query_batches_total", &[("query_id", name)]) == q["batches"].as_f64())
+        });
+        let refused = if what == "pc at data" { 0.0 } else { 1.0 };
+        assert_eq!(metric(&m, "eventflux_probe_sites_refused_total", &[]), refused, "{what}");
+        // 503: the target is gone by now; the observer's part stays.
+        let (_, health) = integration_tests::http_status(daemon.port, "/health").expect("health");
+        let health: Value = serde_json::from_str(&health).expect("health");
+        let sites = health["observer"]["sites_refused"].as_array().expect("sites_refused");
+        assert_eq!(sites.len() as f64, refused, "{what}: {health}");
+        if let Some(site) = sites.first() {
+            assert_eq!(site["probe"], format!("eventflux:{probe}"), "{what}: {site}");
+            let reason = site["reason"].as_str().expect("reason");
+            let found = if probe == "ingest" { "44 00 00" } else { "80 0f 1f 44 00" };
+            assert!(reason.contains(found), "{what}: the bytes found are named: {reason}");
+        }
+        if probe == "ingest" {
+            // Not attached: no ingest counts, rather than a dead engine.
+            assert_eq!(value(&m, "stream_events_received_total", &[("stream_name", "Stock0")]), None, "{what}");
+        }
+        assert!(daemon.stop().success());
+    }
+}
+
+/// The same copies under `node`, `latency`, `trace` and `profile`: each attaches what it
+/// attaches, refuses the lying sites, and the engine computes what it computes unobserved.
+#[test]
+fn every_command_refuses_a_site_whose_note_lies() {
+    let _serial = serial();
+    let scratch = Scratch::new("corrupt-all");
+    let probe = bin("eventflux-probe");
+    for (what, _, copy) in corrupt_demos(&scratch) {
+        let expected = digest(&GatedDemo::start(&copy, NOTE_DEMO).open_and_wait());
+        let registered = integration_tests::semaphore_offset(&copy, "query_register");
+        for command in ["node", "latency", "trace", "profile"] {
+            let target = GatedDemo::start(&copy, NOTE_DEMO);
+            let pid = target.pid().to_string();
+            let port = free_port();
+            let listen = format!("127.0.0.1:{port}");
+            let args: Vec<&str> = match command {
+                "node" => vec!["node", "--pid", &pid, "--listen", &listen, "--drain", "0s"],
+                "profile" => vec!["profile", "--pid", &pid, "--duration", "30s"],
+                c => vec![c, "--pid", &pid, "--duration", "30s"],
+            };
+            let mut observer = Command::new(&probe)
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start the observer");
+            // Attached: every command takes the registrations, so their semaphore rises.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while integration_tests::read_semaphore(target.pid(), &copy, registered) == 0 {
+                assert!(observer.try_wait().expect("wait").is_none(), "{command} exited before attaching");
+                assert!(Instant::now() < deadline, "{command} never attached ({what})");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let summary = target.open_and_wait();
+            assert_eq!(digest(&summary), expected, "{what} under {command}: the engine computed something else");
+            if command == "node" {
+                let m = parse_metrics(&integration_tests::http_get(port, "/metrics"));
+                let refused = if what == "pc at data" { 0.0 } else { 1.0 };
+                assert_eq!(metric(&m, "eventflux_probe_sites_refused_total", &[]), refused, "{what}");
+            }
+            // SAFETY: a signal to our own child.
+            unsafe { libc_kill(observer.id() as i32, 2) };
+            let status = integration_tests::wait_with_deadline(&mut observer, Duration::from_secs(60));
+            let mut err = String::new();
+            let _ = observer.stderr.take().expect("stderr").read_to_string(&mut err);
+            assert!(!err.contains("panicked"), "{command}: {err}");
+            assert!(status.success(), "{command} ({what}) failed: {err}");
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// `list` shows a lying site before anyone attaches: from the file with `--binary`, from the
+/// process's memory with `--pid` — there also code changed in memory since it was loaded (here
+/// the ABI's nop rewritten into another 5-byte nop, harmless to run, but not the file's).
+#[test]
+fn list_marks_the_sites_an_observer_would_refuse() {
+    let _serial = serial();
+    let scratch = Scratch::new("corrupt-list");
+    let probe = bin("eventflux-probe");
+    let (_, _, copy) = corrupt_demos(&scratch).swap_remove(0);
+    let out = run_ok(Command::new(&probe).args(["list", "--json", "--binary"]).arg(&copy));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let refused: Vec<&Value> = rows.iter().filter(|r| r["site"] != "ok").collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["name"], "ingest");
+    let site = refused[0]["site"].as_str().expect("site");
+    assert!(site.contains("holds 44 00 00 ") && site.contains("(0f 1f 44 00 00)"), "{refused:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ingest") && err.contains("would not be attached"), "{err}");
+    let table = run_ok(Command::new(&probe).args(["list", "--binary"]).arg(&copy));
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.lines().next().expect("header").contains("SITE"));
+    assert!(table.lines().any(|l| l.contains(" ingest ") && l.contains("REFUSED")), "{table}");
+
+    // The original binary, its ingest site rewritten in the running process.
+    let demo = bin("eventflux-demo");
+    let target = GatedDemo::start(&demo, NOTE_DEMO);
+    let pid = target.pid().to_string();
+    let json = |out: std::process::Output| -> Vec<Value> { serde_json::from_slice(&out.stdout).expect("JSON") };
+    let rows = json(run_ok(Command::new(&probe).args(["list", "--json", "--pid", &pid])));
+    assert!(rows.iter().all(|r| r["site"] == "ok"), "{rows:?}");
+    let ingest = rows.iter().find(|r| r["name"] == "ingest").expect("ingest");
+    let offset = ingest["offset"].as_u64().expect("offset");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let canon = std::fs::canonicalize(&demo).expect("canonicalize");
+    let address = maps
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() >= 6 && std::path::Path::new(f[5]) == canon && f[1].contains('x'))
+        .find_map(|f| {
+            let (start, end) = f[0].split_once('-')?;
+            let (start, end) = (u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(end, 16).ok()?);
+            let off = u64::from_str_radix(f[2], 16).ok()?;
+            (offset >= off && offset - off < end - start).then(|| start + offset - off)
+        })
+        .expect("ingest's site mapped");
+    let mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")).expect("open mem");
+    std::os::unix::fs::FileExt::write_all_at(&mem, &[0x0f, 0x1f, 0x44, 0x00, 0x01], address).expect("write mem");
+    let rows = json(run_ok(Command::new(&probe).args(["list", "--json", "--pid", &pid])));
+    let ingest = rows.iter().find(|r| r["name"] == "ingest").expect("ingest");
+    assert!(ingest["site"].as_str().expect("site").contains("0f 1f 44 00 01"), "{ingest}");
+    let daemon = Daemon::start(target.pid());
+    let m = parse_metrics(&daemon.scrape());
+    assert_eq!(metric(&m, "eventflux_probe_sites_refused_total", &[]), 1.0);
+    assert_eq!(digest(&target.open_and_wait())["events"], 300_000);
+    assert!(daemon.stop().success());
+}

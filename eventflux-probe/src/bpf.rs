@@ -22,7 +22,7 @@ use crate::usdt::{self, BinaryProbes};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eventflux-probe-ebpf"));
 
 /// Provider whose probes we attach to.
-pub const PROVIDER: &str = "eventflux";
+pub use eventflux_abi::PROVIDER;
 
 /// What an attach did, for the log and the daemon's own metrics.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +35,8 @@ pub struct AttachReport {
     pub elapsed: Duration,
     /// Sites that could not be attached, and why.
     pub skipped: Vec<String>,
+    /// Sites whose code was not the nop their note promised: not attached (`usdt::verify`).
+    pub refused: Vec<RefusedSite>,
     /// Probes with a loaded program that the binaries have sites of: what should be attached.
     pub expected: BTreeSet<u32>,
 }
@@ -53,6 +55,36 @@ pub struct AttachedSite {
     pub binary: PathBuf,
     pub probe: u32,
 }
+
+/// A site left unattached because its code is not what its note promised.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RefusedSite {
+    pub pid: u32,
+    pub binary: PathBuf,
+    /// `provider:name`.
+    pub probe: String,
+    /// File offset of the site.
+    pub offset: u64,
+    /// Why, with the bytes found.
+    pub reason: String,
+}
+
+impl std::fmt::Display for RefusedSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{} at {:#x} in process {}: {}",
+            self.binary.display(),
+            self.probe,
+            self.offset,
+            self.pid,
+            self.reason
+        )
+    }
+}
+
+/// Refused sites kept for `/health`, newest last; the count goes on past it.
+const REFUSED_KEPT: usize = 32;
 
 /// The `tracing` target the kernel programs' diagnostics arrive under (aya-log passes on the
 /// module path of the program that logged, through the `log` crate).
@@ -73,6 +105,9 @@ pub struct Kernel {
     slots: Vec<Option<(AttachedSite, Attachment)>>,
     /// CPU time one CPU sample stands for, once sampling started ([`Kernel::sample_cpu`]).
     cpu_period: Option<Duration>,
+    /// Sites refused since load, and the latest of them.
+    refused_total: u64,
+    refused: std::collections::VecDeque<RefusedSite>,
 }
 
 /// The probe CPU attribution needs: engine threads announce their CPU slots through it, and
@@ -172,8 +207,16 @@ impl Kernel {
         } else {
             None
         };
-        let mut kernel =
-            Kernel { ebpf, logger, pmu_type, loaded: BTreeMap::new(), slots: Vec::new(), cpu_period: None };
+        let mut kernel = Kernel {
+            ebpf,
+            logger,
+            pmu_type,
+            loaded: BTreeMap::new(),
+            slots: Vec::new(),
+            cpu_period: None,
+            refused_total: 0,
+            refused: Default::default(),
+        };
         for &id in probes {
             kernel.load_program(id, Self::program_name(id)?)?;
         }
@@ -243,6 +286,7 @@ impl Kernel {
         cookies: &mut Vec<u32>,
     ) -> Result<()> {
         let mut probes = BTreeSet::new();
+        let image = usdt::verify::ProcessImage::open(pid)?;
         for binary in binaries {
             for note in binary.notes.notes.iter().filter(|n| n.provider == PROVIDER) {
                 let Some(id) = probe::NAMES.iter().position(|n| *n == note.name).map(|i| i as u32) else {
@@ -251,6 +295,16 @@ impl Kernel {
                 };
                 let Some(&name) = self.loaded.get(&id) else { continue };
                 report.expected.insert(id);
+                if let Err(refusal) = image.check(&binary.path, &binary.opened_at, note) {
+                    report.refused.push(RefusedSite {
+                        pid,
+                        binary: binary.path.clone(),
+                        probe: format!("{}:{}", note.provider, note.name),
+                        offset: note.offset,
+                        reason: refusal.to_string(),
+                    });
+                    continue;
+                }
                 let what = format!("{}:{} at {:#x}", binary.path.display(), note.name, note.offset);
                 let spec = match note
                     .arg_specs
@@ -303,7 +357,17 @@ impl Kernel {
             }
         }
         report.probes = probes.len();
+        self.refused_total += report.refused.len() as u64;
+        self.refused.extend(report.refused.iter().cloned());
+        while self.refused.len() > REFUSED_KEPT {
+            self.refused.pop_front();
+        }
         Ok(())
+    }
+
+    /// Sites refused since load, and the latest of them (see [`RefusedSite`]).
+    pub fn refused(&self) -> (u64, Vec<RefusedSite>) {
+        (self.refused_total, self.refused.iter().cloned().collect())
     }
 
     /// Starts CPU sampling: the `cpu_sample` program on a CPU-clock perf event of every online
@@ -455,6 +519,7 @@ impl Kernel {
     /// Removes every map entry of process `pid` (a target that is gone): its series disappear
     /// and a later process that gets the same pid starts from zero. Returns how many.
     pub fn forget_pid(&mut self, pid: u32) -> Result<usize> {
+        self.refused.retain(|r| r.pid != pid);
         // The three maps differ in kind and value type but are pruned alike: collect the
         // process's keys (a failed read is an error, not a skipped key), then remove them.
         macro_rules! prune {

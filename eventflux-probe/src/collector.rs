@@ -50,6 +50,9 @@ impl HistData {
 pub struct SelfStats {
     pub sites_attached: usize,
     pub probes_attached: usize,
+    /// Sites refused since load (`usdt::verify`), and the latest of them.
+    pub sites_refused: u64,
+    pub refused: Vec<crate::bpf::RefusedSite>,
     /// (program, run count, run time)
     pub programs: Vec<(&'static str, u64, Duration)>,
     /// (map, entries, capacity)
@@ -210,8 +213,11 @@ impl Collector {
                 *snap.cpu.entry(key).or_insert(0) += n;
             }
         }
+        let (sites_refused, refused) = kernel.refused();
         snap.daemon = SelfStats {
             sites_attached: kernel.attached(),
+            sites_refused,
+            refused,
             probes_attached: lock(&self.targets).values().map(|t| t.probes).sum(),
             programs: kernel.program_stats(),
             maps: kernel.map_usage()?,

@@ -154,6 +154,15 @@ impl Daemon {
         for s in &report.skipped {
             tracing::warn!(pid, "not attached: {s}");
         }
+        for r in &report.refused {
+            tracing::warn!(
+                pid,
+                binary = %r.binary.display(),
+                probe = %r.probe,
+                offset = r.offset,
+                "probe site refused, not attached: {r}"
+            );
+        }
         let target = Arc::new(target);
         self.collector.add_target(Arc::clone(&target), report.probes);
         Ok(Attached { target, report })
@@ -166,11 +175,17 @@ impl Daemon {
         crate::profile::Profile::places(&lock(&self.kernel), &catalog, pid)
     }
 
-    /// Process `pid`'s CPU profile so far (see [`crate::profile`]); the process must still run.
-    pub fn profile(&self, pid: u32, filter: &crate::profile::Filter) -> Result<crate::profile::Profile> {
+    /// Process `pid`'s CPU profile so far (see [`crate::profile`]); symbolized in the running
+    /// process, or through `layout` once it exited.
+    pub fn profile(
+        &self,
+        pid: u32,
+        filter: &crate::profile::Filter,
+        layout: Option<&crate::profile::Layout>,
+    ) -> Result<crate::profile::Profile> {
         self.collector.drain_events();
         let catalog = self.collector.catalog();
-        crate::profile::Profile::read(&lock(&self.kernel), &catalog, pid, filter)
+        crate::profile::Profile::read(&lock(&self.kernel), &catalog, pid, filter, layout)
     }
 
     /// Starts CPU sampling (see `Kernel::sample_cpu`): every target attached from now on has its
@@ -413,6 +428,7 @@ impl Shared {
                 probes_attached: attached,
                 probes_expected: expected,
                 sites_attached: model.observer.sites_attached,
+                sites_refused: model.observer.refused.clone(),
                 last_probe_hit_seconds_ago: last_hit,
                 dropped_events: model.observer.drops_total(),
                 uptime_seconds: self.started.elapsed().as_secs_f64(),

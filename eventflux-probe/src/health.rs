@@ -194,6 +194,9 @@ pub struct ObserverInfo {
     pub probes_attached: usize,
     pub probes_expected: usize,
     pub sites_attached: usize,
+    /// Sites not attached because their code was not the nop their note promised (the latest,
+    /// with the bytes found); empty when every site checked out.
+    pub sites_refused: Vec<crate::bpf::RefusedSite>,
     /// Seconds since an eBPF program last ran (a probe hit); `null` before the first.
     pub last_probe_hit_seconds_ago: Option<f64>,
     pub dropped_events: u64,
@@ -415,6 +418,7 @@ mod tests {
                 probes_attached: 1,
                 probes_expected: 1,
                 sites_attached: 1,
+                sites_refused: Vec::new(),
                 last_probe_hit_seconds_ago: None,
                 dropped_events: 0,
                 uptime_seconds: 1.0,

@@ -139,6 +139,8 @@ define_metrics! {
             "The observer's version and the probe ABI version it reads; always 1.";
         PROBES_ATTACHED: Gauge "eventflux_probe_probes_attached" [] "Distinct USDT probes attached.";
         SITES_ATTACHED: Gauge "eventflux_probe_sites_attached" [] "USDT probe sites (notes) attached.";
+        SITES_REFUSED: Counter "eventflux_probe_sites_refused_total" []
+            "Probe sites not attached because the code there was not the nop their note promised.";
         READY: Gauge "eventflux_probe_ready" []
             "1 while /ready answers 200: every selected probe attached and the target alive.";
         PROGRAM_RUNS: Counter "eventflux_probe_program_runs_total" [program]

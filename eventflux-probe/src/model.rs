@@ -162,6 +162,9 @@ impl Connections {
 pub struct Observer {
     pub sites_attached: usize,
     pub probes_attached: usize,
+    /// Sites refused since load because their code was not the promised nop, and the latest.
+    pub sites_refused: u64,
+    pub refused: Vec<crate::bpf::RefusedSite>,
     /// (program, run count, run time in seconds)
     pub programs: Vec<(&'static str, u64, f64)>,
     /// (map, entries, capacity)
@@ -385,6 +388,8 @@ impl Model {
         let d = &snap.daemon;
         model.observer.sites_attached = d.sites_attached;
         model.observer.probes_attached = d.probes_attached;
+        model.observer.sites_refused = d.sites_refused;
+        model.observer.refused = d.refused.clone();
         model.observer.programs = d.programs.iter().map(|(n, runs, t)| (*n, *runs, t.as_secs_f64())).collect();
         model.observer.maps = d.maps.clone();
         model.observer.drops = d.drops;

@@ -176,6 +176,8 @@ struct NodeObserver {
     targets_running: usize,
     sites_attached: usize,
     site_slots: usize,
+    /// Sites refused since start (see `usdt::verify`); each target's report names its own.
+    sites_refused: u64,
     dropped_events: u64,
     discovery: Discovery,
 }
@@ -386,6 +388,7 @@ impl crate::http::Service for Node {
             probes_attached: 0,
             probes_expected: 0,
             sites_attached: sites,
+            sites_refused: Vec::new(),
             last_probe_hit_seconds_ago: None,
             dropped_events: model.observer.drops_total(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
@@ -403,6 +406,7 @@ impl crate::http::Service for Node {
                     observer: health::ObserverInfo {
                         probes_attached: t.attached,
                         probes_expected: t.expected,
+                        sites_refused: model.observer.refused.iter().filter(|r| r.pid == *pid).cloned().collect(),
                         ..observer.clone()
                     },
                 };
@@ -436,6 +440,7 @@ impl crate::http::Service for Node {
                 targets_running: targets.iter().filter(|t| t.state == "running").count(),
                 sites_attached: sites,
                 site_slots: slots,
+                sites_refused: model.observer.sites_refused,
                 dropped_events: model.observer.drops_total(),
                 discovery: lock(&self.discovery).clone(),
             },

@@ -7,8 +7,10 @@
 //! (`Kernel::load_profiling`). [`Profile::read`] turns that into [`Sample`]s of frame names,
 //! outermost first; the writers only format a [`Profile`].
 //!
-//! Symbolization needs the process alive (its memory map says which file each address is in):
-//! `profile` symbolizes right after sampling, before it detaches. User stacks come from frame
+//! Symbolization needs to know which file each address is in: from the live process (its
+//! memory map) when it still runs, else from the [`Layout`] taken while it ran, whose files are
+//! held open — a target that exits mid-profile still gets its samples written. User stacks
+//! come from frame
 //! pointers; code built without them shows the frames up to the first function that does not
 //! keep one (docs/cpu.md).
 
@@ -16,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use blazesym::symbolize::source::{Kernel as KernelSource, Process, Source};
+use blazesym::symbolize::source::{Elf, Kernel as KernelSource, Process, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use eventflux_abi::slot::{self, Where};
 
@@ -135,9 +137,16 @@ impl Profile {
         Ok(counts)
     }
 
-    /// Reads process `pid`'s samples and stacks from the kernel maps and symbolizes them
-    /// (the process must still run: see the module docs). Query names come from `catalog`.
-    pub fn read(kernel: &Kernel, catalog: &Catalog, pid: u32, filter: &Filter) -> Result<Profile> {
+    /// Reads process `pid`'s samples and stacks from the kernel maps and symbolizes them: in the
+    /// live process, or through `layout` once it exited (see the module docs). Query names come
+    /// from `catalog`.
+    pub fn read(
+        kernel: &Kernel,
+        catalog: &Catalog,
+        pid: u32,
+        filter: &Filter,
+        layout: Option<&Layout>,
+    ) -> Result<Profile> {
         let period = kernel.cpu_period().context("CPU sampling was not started")?;
         let counts = Self::counts(kernel, catalog, pid, filter)?;
         let stacks = kernel.stacks()?;
@@ -153,7 +162,7 @@ impl Profile {
         for ((place, user, kern), n) in counts {
             raw.push((place, ips(user), ips(kern), n));
         }
-        let symbols = Symbols::resolve(pid, &raw)?;
+        let symbols = Symbols::resolve(pid, &raw, layout)?;
         let samples = raw
             .into_iter()
             .map(|(place, user, kern, count)| {
@@ -220,6 +229,49 @@ impl Profile {
     }
 }
 
+/// Where a process's code came from, taken while it runs: its executable file mappings, each
+/// file held open through `/proc/PID/map_files` (so a deleted file, or one inside a container,
+/// is held too). Symbolizes the stacks of a process that exited before they were read.
+#[derive(Debug)]
+pub struct Layout {
+    maps: Vec<(crate::usdt::process::Mapping, std::fs::File)>,
+}
+
+impl Layout {
+    /// Process `pid`'s layout now. Mappings whose file cannot be opened are left out (their
+    /// frames read `[unknown]` should the process exit).
+    pub fn capture(pid: u32) -> Result<Layout> {
+        let maps = crate::usdt::process::mappings(pid).with_context(|| format!("cannot read /proc/{pid}/maps"))?;
+        let maps = maps
+            .into_iter()
+            .filter(|m| m.perms[2] == b'x' && m.path.starts_with('/'))
+            .filter_map(|m| {
+                let file = std::fs::File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)).ok()?;
+                Some((m, file))
+            })
+            .collect();
+        Ok(Layout { maps })
+    }
+
+    /// `addrs` grouped by the file they are in: a path to it this process can open, the
+    /// addresses, and their file offsets. Addresses in no mapping are left out.
+    fn locate(&self, addrs: &[u64]) -> Vec<(std::path::PathBuf, Vec<u64>, Vec<u64>)> {
+        use std::os::fd::AsRawFd;
+        let mut by_map: BTreeMap<usize, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
+        for &a in addrs {
+            if let Some(i) = self.maps.iter().position(|(m, _)| (m.start..m.end).contains(&a)) {
+                let (keys, offsets) = by_map.entry(i).or_default();
+                keys.push(a);
+                offsets.push(a - self.maps[i].0.start + self.maps[i].0.offset);
+            }
+        }
+        by_map
+            .into_iter()
+            .map(|(i, (keys, offsets))| (format!("/proc/self/fd/{}", self.maps[i].1.as_raw_fd()).into(), keys, offsets))
+            .collect()
+    }
+}
+
 /// Symbols of every address of a profile, looked up in one batch per source.
 struct Symbols {
     user: HashMap<u64, Vec<String>>,
@@ -233,7 +285,7 @@ impl Symbols {
         if is_return { ip.saturating_sub(1) } else { ip }
     }
 
-    fn resolve(pid: u32, raw: &[(Place, Vec<u64>, Vec<u64>, u64)]) -> Result<Symbols> {
+    fn resolve(pid: u32, raw: &[(Place, Vec<u64>, Vec<u64>, u64)], layout: Option<&Layout>) -> Result<Symbols> {
         // Inlined functions need code information (DWARF) looked up as well.
         let symbolizer = Symbolizer::builder().enable_code_info(true).enable_inlined_fns(true).build();
         let mut user: Vec<u64> = Vec::new();
@@ -246,12 +298,13 @@ impl Symbols {
             v.sort_unstable();
             v.dedup();
         }
-        let names = |src: &Source, addrs: &[u64]| -> Result<HashMap<u64, Vec<String>>> {
-            if addrs.is_empty() {
+        // `keys[i]` is the address `input`'s i-th entry stands for.
+        let named = |src: &Source, input: Input<&[u64]>, keys: &[u64]| -> Result<HashMap<u64, Vec<String>>> {
+            if keys.is_empty() {
                 return Ok(HashMap::new());
             }
-            let syms = symbolizer.symbolize(src, Input::AbsAddr(addrs))?;
-            Ok(addrs
+            let syms = symbolizer.symbolize(src, input)?;
+            Ok(keys
                 .iter()
                 .zip(syms)
                 .map(|(&a, s)| {
@@ -266,9 +319,23 @@ impl Symbols {
                 })
                 .collect())
         };
+        let names = |src: &Source, addrs: &[u64]| named(src, Input::AbsAddr(addrs), addrs);
         let process = Source::Process(Process::new(pid.into()));
-        let user = names(&process, &user)
-            .with_context(|| format!("cannot symbolize process {pid}'s stacks (did it exit?)"))?;
+        let user = match (names(&process, &user), layout) {
+            (Ok(user), _) => user,
+            (Err(_), Some(layout)) => {
+                let mut out = HashMap::new();
+                for (path, addrs, offsets) in layout.locate(&user) {
+                    let elf = Source::Elf(Elf::new(path));
+                    // A file that cannot be read leaves its frames `[unknown]`.
+                    out.extend(named(&elf, Input::FileOffset(&offsets), &addrs).unwrap_or_default());
+                }
+                out
+            }
+            (Err(e), None) => {
+                return Err(e.context(format!("cannot symbolize process {pid}'s stacks (did it exit?)")));
+            }
+        };
         // Kernel symbols need /proc/kallsyms readable with addresses (root, or
         // kptr_restrict 0); without, kernel frames read `[unknown]`.
         let kernel = names(&Source::Kernel(KernelSource::default()), &kernel)

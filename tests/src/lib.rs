@@ -753,3 +753,30 @@ pub fn wait_for_port(port: u16) {
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A copy of `binary` at `to` whose first stapsdt note of probe `eventflux:name` says its site
+/// is at `move_pc(pc, semaphore)` instead: a stale or corrupt note. The note is found and
+/// rewritten byte by byte (its description is pc, base, semaphore, then "provider\0name\0"),
+/// not with the observer's parser. Returns the note's original pc.
+pub fn with_moved_note(binary: &Path, to: &Path, name: &str, move_pc: impl Fn(u64, u64) -> u64) -> u64 {
+    let mut data = std::fs::read(binary).expect("read binary");
+    let needle = format!("eventflux\0{name}\0");
+    let at = data.windows(needle.len()).position(|w| w == needle.as_bytes()).expect("the probe's note");
+    let word =
+        |data: &[u8], i: usize| u64::from_le_bytes(data[at - 24 + i * 8..at - 16 + i * 8].try_into().expect("8"));
+    let (pc, semaphore) = (word(&data, 0), word(&data, 2));
+    data[at - 24..at - 16].copy_from_slice(&move_pc(pc, semaphore).to_le_bytes());
+    std::fs::write(to, &data).expect("write copy");
+    let mut perms = std::fs::metadata(to).expect("copy").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(to, perms).expect("chmod");
+    pc
+}
+
+/// The semaphore file offset of probe `name` in `binary`, as `eventflux-probe list --json`
+/// reports it.
+pub fn semaphore_offset(binary: &Path, name: &str) -> u64 {
+    let out = run_ok(Command::new(bin("eventflux-probe")).args(["list", "--json", "--binary"]).arg(binary));
+    let notes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("list JSON");
+    notes.iter().find(|n| n["name"] == name).and_then(|n| n["semaphore_offset"].as_u64()).expect("semaphore")
+}

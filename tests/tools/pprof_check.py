@@ -131,15 +131,16 @@ def main(path):
             if lid not in locations:
                 problems.append(f"a sample names location {lid}, which does not exist")
         if sample.location_id and sample.location_id[0] in locations:
-            # Leaf location first; in it, the innermost inlined function first.
-            leaves[locations[sample.location_id[0]][0]] += sample.value[0]
+            # Leaf location first; in it, the innermost inlined function first and the
+            # function whose machine code it is last.
+            leaves[locations[sample.location_id[0]][-1]] += sample.value[0]
     print(json.dumps({
         "sample_types": [[s(t.type), s(t.unit)] for t in profile.sample_type],
         "period_type": [s(profile.period_type.type), s(profile.period_type.unit)],
         "period": profile.period,
         "totals": total,
         "by_label": by_label,
-        "top_leaf": leaves.most_common(1)[0] if leaves else None,
+        "top_leaf_function": leaves.most_common(1)[0] if leaves else None,
         "functions": sorted(set(functions.values())),
         "problems": problems,
     }))

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use eventflux_probe::usdt::{self, BinaryProbes, UsdtNote};
+use eventflux_probe::usdt::{self, BinaryProbes, UsdtNote, verify};
 use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
@@ -29,6 +29,9 @@ struct Row<'a> {
     binary: String,
     #[serde(flatten)]
     note: &'a UsdtNote,
+    /// `ok`, or why an observer would refuse to attach there (`usdt::verify`): checked in the
+    /// process's memory with `--pid`, in the file with `--binary`.
+    site: String,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -43,12 +46,33 @@ pub fn run(args: &Args) -> Result<()> {
         (None, None) => unreachable!("clap requires --binary or --pid"),
     };
     let wanted = |n: &UsdtNote| args.provider.as_deref().is_none_or(|p| p == n.provider);
+    let image = args.pid.map(verify::ProcessImage::open).transpose()?;
+    let check = |b: &BinaryProbes, note: &UsdtNote| match &image {
+        Some(image) => image.check(&b.path, &b.opened_at, note),
+        None => verify::check_file(&b.opened_at, note),
+    };
     let rows: Vec<Row<'_>> = binaries
         .iter()
         .flat_map(|b| {
-            b.notes.notes.iter().filter(|n| wanted(n)).map(|note| Row { binary: b.path.display().to_string(), note })
+            b.notes.notes.iter().filter(|n| wanted(n)).map(|note| {
+                let site = match check(b, note) {
+                    Ok(()) => "ok".to_owned(),
+                    Err(refusal) => format!("refused: {refusal}"),
+                };
+                Row { binary: b.path.display().to_string(), note, site }
+            })
         })
         .collect();
+    for r in rows.iter().filter(|r| r.site != "ok") {
+        warnings.push(format!(
+            "{}: {}:{} at {:#x} would not be attached: {}",
+            r.binary,
+            r.note.provider,
+            r.note.name,
+            r.note.offset,
+            r.site.trim_start_matches("refused: ")
+        ));
+    }
     for b in &binaries {
         for s in b
             .notes
@@ -81,8 +105,8 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 fn write_table(out: &mut impl Write, rows: &[Row<'_>]) -> std::io::Result<()> {
-    let header = ["BINARY", "PROVIDER", "NAME", "PC", "OFFSET", "SEMAPHORE", "SEM_OFFSET", "ARGS"];
-    let cells: Vec<[String; 8]> = rows
+    let header = ["BINARY", "PROVIDER", "NAME", "PC", "OFFSET", "SEMAPHORE", "SEM_OFFSET", "SITE", "ARGS"];
+    let cells: Vec<[String; 9]> = rows
         .iter()
         .map(|r| {
             let n = r.note;
@@ -94,6 +118,7 @@ fn write_table(out: &mut impl Write, rows: &[Row<'_>]) -> std::io::Result<()> {
                 format!("{:#x}", n.offset),
                 if n.semaphore == 0 { "-".into() } else { format!("{:#x}", n.semaphore) },
                 n.semaphore_offset.map_or("-".into(), |o| format!("{o:#x}")),
+                if r.site == "ok" { "ok".into() } else { "REFUSED".into() },
                 n.args.clone(),
             ]
         })

@@ -93,6 +93,8 @@ pub fn run(args: &Args) -> Result<()> {
     let daemon = Daemon::load_profiling(&probes)?;
     daemon.sample_cpu(period)?;
     let attached = daemon.attach_found(target, &binaries)?;
+    // Taken now, while it runs: a target that exits mid-profile is symbolized from it.
+    let layout = eventflux_probe::profile::Layout::capture(args.pid)?;
     eprintln!(
         "Sampling pid {} at {} Hz per CPU for {:?} (Ctrl-C stops early); engine threads mark their query and stage from their next batch.",
         args.pid, args.hz, args.duration
@@ -102,9 +104,11 @@ pub fn run(args: &Args) -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     if runtime.block_on(daemon.collect(Some(args.duration), &attached.target)).is_some() {
-        bail!(
-            "process {} ended while it was sampled: its stacks cannot be symbolized without it (profile a running engine)",
-            args.pid
+        eprintln!(
+            "eventflux-probe: warning: process {} ended after {:.1}s of the {:?} asked for: writing the samples taken until then",
+            args.pid,
+            started.elapsed().as_secs_f64(),
+            args.duration
         );
     }
     let filter = Filter { query: args.query.clone(), stage: args.stage.clone() };
@@ -118,7 +122,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
         bail!("no samples match the filter in process {}: samples were in {}", args.pid, known.join(", "));
     }
-    let mut profile = daemon.profile(args.pid, &filter)?;
+    let mut profile = daemon.profile(args.pid, &filter, Some(&layout))?;
     profile.duration = started.elapsed();
     profile.start_unix_ns = start_unix_ns;
     // Detaching takes a moment per site; the profile is complete already.

@@ -323,6 +323,7 @@ fn observer_metrics(model: &Model, f: &mut Families) {
     );
     f.gauge(&m::PROBES_ATTACHED, vec![], d.probes_attached as f64);
     f.gauge(&m::SITES_ATTACHED, vec![], d.sites_attached as f64);
+    f.counter(&m::SITES_REFUSED, vec![], d.sites_refused as f64);
     if let Some(ready) = d.ready {
         f.gauge(&m::READY, vec![], if ready { 1.0 } else { 0.0 });
     }

@@ -4,6 +4,7 @@ pub mod argspec;
 pub mod notes;
 pub mod process;
 pub mod spec;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 

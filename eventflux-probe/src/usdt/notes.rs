@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 use object::Endianness;
-use object::elf::{FileHeader64, PF_X, PT_LOAD, SHT_NOTE};
+use object::elf::{FileHeader64, PF_W, PF_X, PT_LOAD, SHT_NOTE};
 use object::read::elf::{FileHeader, ProgramHeader, SectionHeader};
 use serde::Serialize;
 
@@ -104,6 +104,7 @@ struct Segment {
     file_offset: u64,
     file_size: u64,
     executable: bool,
+    writable: bool,
 }
 
 impl Segment {
@@ -140,6 +141,7 @@ pub fn parse(data: &[u8]) -> Result<Notes, NoteError> {
             file_offset: p.p_offset(endian),
             file_size: p.p_filesz(endian),
             executable: p.p_flags(endian) & PF_X != 0,
+            writable: p.p_flags(endian) & PF_W != 0,
         })
         .collect();
     let sections = header.sections(endian, data).map_err(corrupt)?;
@@ -244,8 +246,18 @@ fn resolve(desc: Desc, base_section: Option<u64>, segments: &[Segment], out: &mu
     let semaphore_offset = if semaphore == 0 {
         None
     } else {
-        match segments.iter().find_map(|s| s.file_offset_of(semaphore, 2)) {
-            Some(off) => Some(off),
+        // The kernel adds to the semaphore wherever the note says: only a writable segment
+        // is a place where that cannot overwrite code or constants.
+        let stored = segments.iter().find_map(|s| Some((s.file_offset_of(semaphore, 2)?, s.writable)));
+        match stored {
+            Some((off, true)) => Some(off),
+            Some((_, false)) => {
+                out.skipped.push(SkippedNote {
+                    probe,
+                    reason: format!("semaphore {semaphore:#x} is not in a writable segment (a corrupt note)"),
+                });
+                return;
+            }
             None => {
                 out.skipped.push(SkippedNote {
                     probe,

@@ -25,7 +25,7 @@ pub fn mapped_executables(pid: u32) -> Result<Vec<MappedFile>> {
     if matches!(crate::target::proc_state(pid), Some('Z' | 'X')) {
         bail!("process {pid} has exited (a zombie its parent has not reaped yet): nothing left to observe");
     }
-    let maps = match std::fs::read_to_string(proc_dir.join("maps")) {
+    let maps = match mappings(pid) {
         Ok(maps) => maps,
         Err(e) if e.kind() == ErrorKind::NotFound => {
             bail!("no process with pid {pid} (check the pid, or that it is visible in this pid namespace)")
@@ -38,18 +38,12 @@ pub fn mapped_executables(pid: u32) -> Result<Vec<MappedFile>> {
     let exe = std::fs::read_link(proc_dir.join("exe")).ok();
     let mut paths: Vec<String> = Vec::new();
     let mut ids: std::collections::BTreeMap<String, (String, u64)> = Default::default();
-    for line in maps.lines() {
-        // address perms offset dev inode path
-        let mut fields = line.splitn(6, ' ');
-        let perms = fields.nth(1).unwrap_or("");
-        let dev = fields.nth(1).unwrap_or("");
-        let inode = fields.next().and_then(|i| i.parse::<u64>().ok());
-        let path = fields.next().map(str::trim_start).unwrap_or("");
-        if perms.contains('x') && path.starts_with('/') && !paths.iter().any(|p| p == path) {
-            paths.push(path.to_owned());
-            if let Some(inode) = inode.filter(|i| *i != 0) {
-                ids.insert(path.to_owned(), (dev.to_owned(), inode));
+    for m in maps {
+        if m.perms[2] == b'x' && m.path.starts_with('/') && !paths.contains(&m.path) {
+            if m.inode != 0 {
+                ids.insert(m.path.clone(), (m.dev, m.inode));
             }
+            paths.push(m.path);
         }
     }
     if let Some(at) = exe.as_ref().and_then(|e| e.to_str()).and_then(|exe| paths.iter().position(|p| p == exe)) {
@@ -69,4 +63,73 @@ pub fn mapped_executables(pid: u32) -> Result<Vec<MappedFile>> {
             MappedFile { path: PathBuf::from(p), opened_at, file_id }
         })
         .collect())
+}
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// `r-xp` and the like.
+    pub perms: [u8; 4],
+    /// File offset of `start`.
+    pub offset: u64,
+    /// The file's device and inode (0 for none).
+    pub dev: String,
+    pub inode: u64,
+    /// The file, a `[name]` of the kernel's, or empty.
+    pub path: String,
+}
+
+impl Mapping {
+    pub fn parse(line: &str) -> Option<Mapping> {
+        let mut fields = line.splitn(6, ' ');
+        let (start, end) = fields.next()?.split_once('-')?;
+        let perms: [u8; 4] = fields.next()?.as_bytes().try_into().ok()?;
+        let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+        let dev = fields.next()?.to_owned();
+        let inode = fields.next()?.parse().ok()?;
+        let path = fields.next().map(str::trim_start).unwrap_or("").to_owned();
+        Some(Mapping {
+            start: u64::from_str_radix(start, 16).ok()?,
+            end: u64::from_str_radix(end, 16).ok()?,
+            perms,
+            offset,
+            dev,
+            inode,
+            path,
+        })
+    }
+
+    /// The address of file offset `offset` if this mapping holds `len` bytes from there.
+    pub fn address_of(&self, offset: u64, len: u64) -> Option<u64> {
+        let rel = offset.checked_sub(self.offset)?;
+        (rel.checked_add(len)? <= self.end - self.start).then_some(self.start + rel)
+    }
+}
+
+/// Process `pid`'s mappings, from `/proc/PID/maps`.
+pub fn mappings(pid: u32) -> std::io::Result<Vec<Mapping>> {
+    Ok(std::fs::read_to_string(format!("/proc/{pid}/maps"))?.lines().filter_map(Mapping::parse).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_parse() {
+        let m =
+            Mapping::parse("55d0c8a00000-55d0c8a45000 r-xp 00001000 fd:01 1234    /usr/bin/demo (deleted)").unwrap();
+        assert_eq!(
+            (m.start, m.end, &m.perms, m.offset, m.dev.as_str(), m.inode, m.path.as_str()),
+            (0x55d0c8a00000, 0x55d0c8a45000, b"r-xp", 0x1000, "fd:01", 1234, "/usr/bin/demo (deleted)")
+        );
+        assert_eq!(m.address_of(0x1010, 5), Some(0x55d0c8a00010));
+        assert_eq!(m.address_of(0xfff, 1), None);
+        assert_eq!(m.address_of(0x1000 + 0x45000 - 2, 5), None, "crosses the mapping's end");
+        let t = Mapping::parse("7fff0000-7fff1000 --xp 00000000 00:00 0                          [uprobes-trampoline]")
+            .unwrap();
+        assert_eq!(t.path, "[uprobes-trampoline]");
+    }
 }
