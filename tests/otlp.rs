@@ -372,3 +372,54 @@ fn a_bad_otlp_protocol_names_its_variable() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && stderr.contains("`thrift`"), "{stderr}");
 }
+
+/// A sender that marks every chunk sampled (`-01`, and `-ff`) does not set the downstream
+/// engine's cost: node B under `run` with OTLP export traces at most its budget of
+/// upstream-sampled batches per second per thread (1024 by default, plus its own pace's),
+/// counts every other such batch as declined, and its whole-batch latency histogram keeps
+/// filling (declined batches take the thread's own pace).
+#[test]
+fn an_upstream_that_marks_every_chunk_sampled_gets_the_budget_only() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    for flags in [0x01u8, 0xff] {
+        let receiver = Receiver::http();
+        let mut node_b = GatedDemo::start(&demo, &["--listen", "127.0.0.1:0", "--streams", "1", "--queries", "2"]);
+        let line = node_b.wait_for_stderr("listening on", Duration::from_secs(10));
+        let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", receiver.port)),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+        ];
+        let daemon = Daemon::start_with_env(node_b.pid(), &[], &env);
+        let node_b = node_b.open();
+        let sender = std::thread::spawn(move || integration_tests::send_chunks(&addr, 200_000, 1, Some(flags)));
+        let summary: Value = serde_json::from_str(node_b.open_and_wait().trim()).expect("B's summary");
+        sender.join().expect("sender");
+        let batches = batches(&summary);
+        let elapsed = summary["elapsed_s"].as_f64().expect("elapsed_s");
+        let queries: Vec<String> = summary["queries"].as_object().expect("queries").keys().cloned().collect();
+        // Every count flushed: the batch counters agree with the summary.
+        let (_, page) = poll_http(daemon.port, "/metrics", Duration::from_secs(10), "every batch counted", |_, body| {
+            let m = parse_metrics(body);
+            let counted: f64 = queries.iter().filter_map(|q| value(&m, "query_batches_total", &[("query_id", q)])).sum();
+            counted as u64 == batches
+        });
+        let m = parse_metrics(&page);
+        let traced = value(&m, "eventflux_probe_program_runs_total", &[("program", "trace_context")]).unwrap_or(0.0);
+        let declined = value(&m, "eventflux_probe_engine_traces_declined_total", &[]).unwrap_or(0.0);
+        // One engine thread (sync junctions): the bound plus the thread's own stage-timed half.
+        let bound = (1024.0 + 512.0) * elapsed.max(1.0);
+        assert!(traced <= bound * 1.25 + 64.0, "flags {flags:02x}: {traced} batches traced in {elapsed:.2}s, bound {bound:.0}");
+        assert!(traced > 0.0, "upstream-sampled batches are still traced, up to the bound");
+        assert!(
+            declined >= batches as f64 - traced,
+            "flags {flags:02x}: {batches} batches, {traced} traced, {declined} declined: every other one is counted"
+        );
+        for q in &queries {
+            let n = value(&m, "query_latency_seconds_count", &[("query_id", q)]).unwrap_or(0.0);
+            assert!(n > 0.0, "flags {flags:02x}: {q}'s whole-batch latency histogram is fed");
+        }
+        assert!(daemon.stop().success());
+    }
+}

@@ -172,6 +172,11 @@ macro_rules! for_each_probe {
             /// Span records of sampled batches the engine could not keep (nesting deeper than
             /// its per-thread buffer).
             count spans_dropped(; count: u64);
+            /// Batches whose upstream sampled their trace (W3C `traceparent` flags) that the
+            /// engine did not trace, because this thread had already traced as many such
+            /// batches this second as the sampling level allows: the bound that keeps a sender
+            /// from setting the engine's cost. Their context is handed on unchanged.
+            count traces_declined(; count: u64);
             /// Bytes a query's window holds.
             gauge window_state(query_id: u32; bytes: u64);
             /// Live group-by keys of a query's aggregation.

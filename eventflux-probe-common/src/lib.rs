@@ -104,6 +104,8 @@ pub mod counter {
     pub const QUERY_BATCHES: u32 = 10;
     /// Span records of sampled batches the engine could not keep.
     pub const ENGINE_SPANS_DROPPED: u32 = 11;
+    /// Upstream-sampled batches the engine did not trace (over its per-thread bound).
+    pub const ENGINE_TRACES_DECLINED: u32 = 12;
 }
 
 /// Last-value gauges (`CounterKey::counter` in the gauge map).

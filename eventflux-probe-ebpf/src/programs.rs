@@ -208,6 +208,10 @@ program!(spans_dropped, |h, a| {
     h.add(counter::ENGINE_SPANS_DROPPED, 0, 0, a.count);
 });
 
+program!(traces_declined, |h, a| {
+    h.add(counter::ENGINE_TRACES_DECLINED, 0, 0, a.count);
+});
+
 program!(window_state, |h, a| {
     h.set(gauge::WINDOW_STATE_BYTES, a.query_id, 0, a.bytes);
 });

@@ -120,6 +120,8 @@ define_metrics! {
         CONNECTION_ERRORS: Counter "connection_errors_total" [protocol, error_type] "Connection failures by kind.";
         ENGINE_SPANS_DROPPED: Counter "eventflux_probe_engine_spans_dropped_total" []
             "Span records of sampled batches the engine could not keep (nesting deeper than its buffer).";
+        ENGINE_TRACES_DECLINED: Counter "eventflux_probe_engine_traces_declined_total" []
+            "Batches whose upstream sampled their trace that the engine did not trace: each engine thread traces at most the sampling level's rate of them per second.";
         UPTIME: Counter "eventflux_uptime_seconds" [] "Seconds since the engine process started.";
         MEMORY: Gauge "eventflux_memory_usage_bytes" [component]
             "Memory of the engine by component: rss (resident), window_state and queues (from probes).";

@@ -42,6 +42,8 @@ pub struct Engine {
     pub connections: BTreeMap<u32, Connections>,
     /// Span records of sampled batches the engine could not keep.
     pub spans_dropped: u64,
+    /// Batches an upstream sampled that the engine did not trace (its per-thread bound).
+    pub traces_declined: u64,
     /// CPU seconds sampled outside any query (engine overhead, sources, idle spinning, I/O);
     /// `None` when CPU samples are not taken. A query's own are in [`Query::cpu_seconds`].
     pub cpu_outside_queries: Option<f64>,
@@ -320,6 +322,7 @@ impl Model {
                 counter::CONN_CLOSED => e.connections.entry(k.a).or_default().closed += v,
                 counter::CONN_ERRORS => *e.connections.entry(k.a).or_default().failures.entry(k.b).or_insert(0) += v,
                 counter::ENGINE_SPANS_DROPPED => e.spans_dropped += v,
+                counter::ENGINE_TRACES_DECLINED => e.traces_declined += v,
                 _ => model.observer.unknown_series += 1,
             }
         }

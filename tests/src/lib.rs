@@ -780,3 +780,37 @@ pub fn semaphore_offset(binary: &Path, name: &str) -> u64 {
     let notes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("list JSON");
     notes.iter().find(|n| n["name"] == name).and_then(|n| n["semaphore_offset"].as_u64()).expect("semaphore")
 }
+
+/// A client of the demo's node protocol (`eventflux-demo --listen`; see eventflux-demo's
+/// `net.rs`): sends `chunks` chunks of `events` events each to `addr`, each with a W3C
+/// `traceparent` of its own whose flags are `flags` (`Some(0x01)`: sampled), or with none,
+/// then ends the stream. The upstream node of the tests, written apart from the demo's own.
+pub fn send_chunks(addr: &str, chunks: u64, events: u32, flags: Option<u8>) {
+    use std::io::Write;
+    let stream = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.set_nodelay(true).expect("nodelay");
+    let mut out = std::io::BufWriter::new(&stream);
+    let mut ts = 0u64;
+    for chunk in 0..chunks {
+        out.write_all(&events.to_le_bytes()).expect("send");
+        match flags {
+            Some(f) => {
+                let ctx = format!("00-{:032x}-{:016x}-{f:02x}", u128::from(chunk) << 64 | 0xe7f1, chunk + 1);
+                out.write_all(&[ctx.len() as u8]).and_then(|()| out.write_all(ctx.as_bytes())).expect("send");
+            }
+            None => out.write_all(&[0]).expect("send"),
+        }
+        for i in 0..events {
+            // ts_ms, symbol, padding, price, volume
+            out.write_all(&ts.to_le_bytes()).expect("send");
+            out.write_all(&(i % 7).to_le_bytes()).expect("send");
+            out.write_all(&0u32.to_le_bytes()).expect("send");
+            out.write_all(&(100 + i64::from(i % 13)).to_le_bytes()).expect("send");
+            out.write_all(&1i64.to_le_bytes()).expect("send");
+            ts += 1;
+        }
+    }
+    out.flush().expect("send");
+    drop(out);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}

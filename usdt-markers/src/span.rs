@@ -42,7 +42,7 @@ use std::sync::OnceLock;
 
 use eventflux_abi::{DEFAULT_SAMPLES_PER_SEC, SAMPLE_LEVELS, Stage};
 
-use crate::probes::{SEMAPHORES, batch_sample, spans_dropped, stage_sample, trace_context};
+use crate::probes::{SEMAPHORES, batch_sample, spans_dropped, stage_sample, trace_context, traces_declined};
 use crate::trace::TraceContext;
 
 /// Spans open at once on a thread (a batch and the stages and batches nested in it).
@@ -159,6 +159,8 @@ thread_local! {
     static STAGES_TIMED: Cell<bool> = const { Cell::new(false) };
     /// The trace context the current outermost batch arrived with ([`Batch::enter_in`]).
     static INCOMING: Cell<Option<TraceContext>> = const { Cell::new(None) };
+    /// Upstream-sampled batches traced in the current second, and when that second began.
+    static FORCED: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
     static PACE: Cell<Pace> = const { Cell::new(Pace { stride: 1, drawn: 1, last_ns: 0, rng: 0, stages_next: false }) };
     static RECORDER: RefCell<Recorder> = const {
         RefCell::new(Recorder {
@@ -254,9 +256,12 @@ impl Batch {
     /// Enters a query batch whose events arrived with a trace `context` from an upstream node
     /// (W3C `traceparent`, see [`TraceContext`]), or with none. When a tool traces
     /// (`trace_context` attached) and the upstream sampled the trace, the batch is traced
-    /// whatever the thread's countdown (parent-based sampling: the upstream's rate bounds it),
-    /// and its spans continue that trace; a batch the engine samples itself continues it too.
-    /// Untraced, [`crate::trace::current`] still hands the context on unchanged.
+    /// whatever the thread's countdown (parent-based sampling), and its spans continue that
+    /// trace — but at most the sampling level's rate of such batches per second on a thread:
+    /// the sender must not set the engine's cost. Beyond that bound the batch takes the
+    /// thread's own pace like any other (so whole-batch latency samples keep coming) and is
+    /// counted by `traces_declined`. A batch the engine samples itself continues the trace
+    /// too. Untraced, [`crate::trace::current`] still hands the context on unchanged.
     #[inline(always)]
     pub fn enter_in(query_id: u32, context: Option<TraceContext>) -> Batch {
         match context {
@@ -282,8 +287,30 @@ impl Batch {
             && DEPTH.with(Cell::get) == 0
             && batch_sample::is_enabled()
             && trace_context::is_enabled();
-        let start = if forced { Batch::traced_by_parent() } else { Batch::timed() };
+        let start = if forced && Batch::may_force() { Batch::traced_by_parent() } else { Batch::timed() };
         Batch { start, slot, query, incoming: set, _thread: THREAD_BOUND }
+    }
+
+    /// Whether this thread may trace one more batch because its upstream sampled it: at most
+    /// the sampling level's rate of them per second (one clock read per such batch); no bound
+    /// when every batch is sampled. A refusal is counted.
+    #[cold]
+    #[inline(never)]
+    fn may_force() -> bool {
+        let rate = samples_per_sec();
+        if rate == 0 {
+            return true;
+        }
+        let now = now_ns();
+        let (since, used) = FORCED.with(Cell::get);
+        let (since, used) = if now.saturating_sub(since) >= 1_000_000_000 { (now, 0) } else { (since, used) };
+        let allowed = used < rate;
+        FORCED.with(|f| f.set((since, used + u32::from(allowed))));
+        if !allowed {
+            static DECLINED: OnceLock<traces_declined::Counter> = OnceLock::new();
+            DECLINED.get_or_init(traces_declined::Counter::new).add(1);
+        }
+        allowed
     }
 
     /// A batch the upstream sampled: timed with its stages, outside the thread's own pace.

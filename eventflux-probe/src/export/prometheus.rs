@@ -284,6 +284,9 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
     if e.spans_dropped > 0 {
         f.counter(&m::ENGINE_SPANS_DROPPED, labels(vec![]), e.spans_dropped as f64);
     }
+    if e.traces_declined > 0 {
+        f.counter(&m::ENGINE_TRACES_DECLINED, labels(vec![]), e.traces_declined as f64);
+    }
 
     if let Some(p) = &e.process {
         f.counter(&m::UPTIME, labels(vec![]), p.uptime_seconds);
