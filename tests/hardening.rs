@@ -604,3 +604,90 @@ fn list_marks_the_sites_an_observer_would_refuse() {
     assert_eq!(digest(&target.open_and_wait())["events"], 300_000);
     assert!(daemon.stop().success());
 }
+
+/// Credentials in an OTLP endpoint (its userinfo) and in OTLP headers, given every way the
+/// observer accepts them — `[otlp] endpoint`, `EVENTFLUX_PROBE_OTLP_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS` — never appear: not in any log
+/// line at trace level in either format (hyper's connection pool included), not in `/health`
+/// or `/metrics`, not in the one-line error of an endpoint the observer refuses.
+#[test]
+fn credentials_never_appear_in_logs_endpoints_or_errors() {
+    let _serial = serial();
+    let receiver = integration_tests::otlp::Receiver::http();
+    let scratch = Scratch::new("secrets");
+    // Secrets that only the credentials contain (and their Basic-auth form).
+    const PASSWORD: &str = "pw-9fZq-secret";
+    const HEADER: &str = "hdr-7Kx2-secret";
+    let basic = "dXNlcjpwdy05ZlpxLXNlY3JldA"; // base64("user:pw-9fZq-secret"), unpadded prefix
+    let url = format!("http://user:{PASSWORD}@127.0.0.1:{}", receiver.port);
+    let config = scratch.path().join("probe.toml");
+    std::fs::write(&config, format!("[otlp]\nendpoint = \"{url}\"\nprotocol = \"http/protobuf\"\n")).expect("config");
+    let config = config.to_str().expect("path").to_owned();
+    let headers = ("OTEL_EXPORTER_OTLP_HEADERS", format!("authorization=Bearer {HEADER}"));
+    let http = ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned());
+    // (how, flags, environment)
+    type Way<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, String)>);
+    let ways: Vec<Way> = vec![
+        ("[otlp] endpoint", vec!["--config", &config], vec![headers.clone()]),
+        ("EVENTFLUX_PROBE_OTLP_ENDPOINT", vec![], vec![("EVENTFLUX_PROBE_OTLP_ENDPOINT", url.clone()), http.clone()]),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", vec![], vec![("OTEL_EXPORTER_OTLP_ENDPOINT", url.clone()), http, headers]),
+    ];
+    let leaks = |text: &str| [PASSWORD, HEADER, basic].into_iter().find(|s| text.contains(s));
+    for (way, args, env) in &ways {
+        for format in ["pretty", "json"] {
+            let demo = GatedDemo::start(&bin("eventflux-demo"), &["--events", "200000", "--rate", "100000"]);
+            let mut all: Vec<&str> = vec!["--log-level", "trace", "--log-format", format, "--every-batch"];
+            all.extend(args.iter().copied());
+            let daemon = Daemon::start_with_env(demo.pid(), &all, env);
+            let _ = demo.open_and_wait();
+            // Exports happened (the collector got spans), so connections were made and logged.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while receiver.spans().is_empty() {
+                if Instant::now() > deadline {
+                    let (_, log) = daemon.stop_with_log();
+                    let useful: Vec<&String> = log
+                        .iter()
+                        .filter(|l| {
+                            l.contains("otlp") || l.contains("OTLP") || l.contains("WARN") || l.contains("ERROR")
+                        })
+                        .collect();
+                    panic!("{way}: nothing exported: {useful:#?}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            for path in ["/health", "/metrics"] {
+                let (_, body) = integration_tests::http_status(daemon.port, path).expect(path);
+                assert_eq!(leaks(&body), None, "{way}: {path} shows a secret: {body}");
+                if path == "/health" {
+                    assert!(body.contains("***@127.0.0.1") || *way != "[otlp] endpoint", "{way}: masked URL: {body}");
+                }
+            }
+            let (status, log) = daemon.stop_with_log();
+            assert!(status.success());
+            assert!(log.len() > 50, "{way} {format}: trace level logs plenty ({} lines)", log.len());
+            for line in &log {
+                assert_eq!(leaks(line), None, "{way} {format}: {line}");
+            }
+        }
+    }
+    // Refused before attaching: https (no TLS in this build) and a scheme that is not HTTP,
+    // named by where they came from, the credentials masked.
+    let demo = GatedDemo::start(&bin("eventflux-demo"), &["--events", "1000"]);
+    let pid = demo.pid().to_string();
+    for (var, value, says) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://user:{PASSWORD}@127.0.0.1:4317"), "https needs TLS"),
+        (
+            "EVENTFLUX_PROBE_OTLP_ENDPOINT",
+            format!("ftp://user:{PASSWORD}@127.0.0.1:21"),
+            "scheme `ftp` is not supported",
+        ),
+    ] {
+        let out = run(Command::new(bin("eventflux-probe"))
+            .args(["run", "--pid", &pid, "--listen", "127.0.0.1:0"])
+            .env(var, &value));
+        assert_one_line_error(&out, says);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(leaks(&err), None, "{err}");
+        assert!(err.contains("***@127.0.0.1"), "{err}");
+    }
+}

@@ -400,17 +400,22 @@ fn an_upstream_that_marks_every_chunk_sampled_gets_the_budget_only() {
         let elapsed = summary["elapsed_s"].as_f64().expect("elapsed_s");
         let queries: Vec<String> = summary["queries"].as_object().expect("queries").keys().cloned().collect();
         // Every count flushed: the batch counters agree with the summary.
-        let (_, page) = poll_http(daemon.port, "/metrics", Duration::from_secs(10), "every batch counted", |_, body| {
-            let m = parse_metrics(body);
-            let counted: f64 = queries.iter().filter_map(|q| value(&m, "query_batches_total", &[("query_id", q)])).sum();
-            counted as u64 == batches
-        });
+        let (_, page) =
+            poll_http(daemon.port, "/metrics", Duration::from_secs(10), "every batch counted", |_, body| {
+                let m = parse_metrics(body);
+                let counted: f64 =
+                    queries.iter().filter_map(|q| value(&m, "query_batches_total", &[("query_id", q)])).sum();
+                counted as u64 == batches
+            });
         let m = parse_metrics(&page);
         let traced = value(&m, "eventflux_probe_program_runs_total", &[("program", "trace_context")]).unwrap_or(0.0);
         let declined = value(&m, "eventflux_probe_engine_traces_declined_total", &[]).unwrap_or(0.0);
         // One engine thread (sync junctions): the bound plus the thread's own stage-timed half.
         let bound = (1024.0 + 512.0) * elapsed.max(1.0);
-        assert!(traced <= bound * 1.25 + 64.0, "flags {flags:02x}: {traced} batches traced in {elapsed:.2}s, bound {bound:.0}");
+        assert!(
+            traced <= bound * 1.25 + 64.0,
+            "flags {flags:02x}: {traced} batches traced in {elapsed:.2}s, bound {bound:.0}"
+        );
         assert!(traced > 0.0, "upstream-sampled batches are still traced, up to the bound");
         assert!(
             declined >= batches as f64 - traced,

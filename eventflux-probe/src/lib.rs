@@ -25,6 +25,7 @@ pub mod node;
 pub mod privileges;
 pub mod procstat;
 pub mod profile;
+pub mod secrets;
 pub mod target;
 pub mod trace;
 pub mod usdt;

@@ -24,6 +24,8 @@ use tracing_log::NormalizeEvent;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
+use crate::secrets::Scrubbing;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -97,8 +99,8 @@ fn directive(rust_log: Option<String>, level: &str) -> (&'static str, String) {
 /// The writer for `output`, and whether it is a terminal (colours only then).
 fn writer(output: &LogOutput) -> Result<(BoxMakeWriter, bool), LogError> {
     Ok(match output {
-        LogOutput::Stderr => (BoxMakeWriter::new(io::stderr), io::stderr().is_terminal()),
-        LogOutput::Stdout => (BoxMakeWriter::new(io::stdout), io::stdout().is_terminal()),
+        LogOutput::Stderr => (BoxMakeWriter::new(|| Scrubbing(io::stderr())), io::stderr().is_terminal()),
+        LogOutput::Stdout => (BoxMakeWriter::new(|| Scrubbing(io::stdout())), io::stdout().is_terminal()),
         LogOutput::File(path) => {
             let file = OpenOptions::new()
                 .create(true)
@@ -107,7 +109,8 @@ fn writer(output: &LogOutput) -> Result<(BoxMakeWriter, bool), LogError> {
                 .map_err(|error| LogError::Open { path: path.clone(), error })?;
             // Each event is one write of its whole line, and O_APPEND keeps the lines of
             // several writers (or a rotation tool's truncation) whole.
-            (BoxMakeWriter::new(Arc::new(file)), false)
+            let file = Arc::new(file);
+            (BoxMakeWriter::new(move || Scrubbing(Arc::clone(&file))), false)
         }
     })
 }

@@ -33,6 +33,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything can print one of them (docs/configuration.md, "Secrets").
+    eventflux_probe::secrets::register_from_env();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::List(args) => default_logging().and_then(|()| cmd::list::run(&args)),
@@ -55,7 +57,7 @@ fn main() -> ExitCode {
         // `list | head` closing the pipe early is not an error worth a message.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("eventflux-probe: error: {e:#}");
+            eprintln!("eventflux-probe: error: {}", eventflux_probe::secrets::scrub(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

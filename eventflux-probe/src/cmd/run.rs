@@ -127,12 +127,16 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
 fn otlp_options(o: &config::Otlp) -> Result<Option<otlp::Options>> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let endpoint = Some(o.endpoint.clone()).filter(|e| !e.is_empty());
-    if endpoint.is_none()
-        && var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
-        && var("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
-    {
+    // The endpoint in effect and where it came from, checked before anything is attached.
+    let Some((effective, source)) = endpoint
+        .clone()
+        .map(|e| (e, "otlp.endpoint"))
+        .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(|e| (e, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")))
+        .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, "OTEL_EXPORTER_OTLP_ENDPOINT")))
+    else {
         return Ok(None);
-    }
+    };
+    otlp::check_endpoint(&effective).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
     // Where the protocol came from, so that a bad value is reported under its own name.
     let (protocol, from) = Some(o.protocol.clone())
         .filter(|p| !p.is_empty())

@@ -30,7 +30,10 @@ pub fn load_settings(
     config_file: Option<&std::path::Path>,
     flags: eventflux_probe::config::Layer,
 ) -> Result<eventflux_probe::config::Settings> {
-    Ok(eventflux_probe::config::load(config_file, |k| std::env::var(k).ok(), flags)?)
+    let settings = eventflux_probe::config::load(config_file, |k| std::env::var(k).ok(), flags)?;
+    // Before anything can print it (the environment's were registered at start).
+    eventflux_probe::secrets::register_url(&settings.otlp.endpoint);
+    Ok(settings)
 }
 
 /// The budget the settings ask for.

@@ -66,6 +66,30 @@ pub struct Options {
     pub timeout: Duration,
 }
 
+/// Whether `endpoint` is a URL this build can export to: `http://host[:port][/path]`. TLS is
+/// not built in, so `https://` is refused here, before anything is attached, rather than
+/// failing every export afterwards. The error shows the URL with its credentials masked.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let shown = crate::secrets::redact_url(endpoint);
+    let Some((scheme, rest)) = endpoint.split_once("://") else {
+        return Err(format!("`{shown}` is not a URL: give http://HOST:PORT (4317 for gRPC, 4318 for HTTP)"));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => {}
+        "https" => {
+            return Err(format!(
+                "`{shown}`: https needs TLS, which this build of eventflux-probe does not have; export over http:// (a collector on the node or a sidecar)"
+            ));
+        }
+        other => return Err(format!("`{shown}`: scheme `{other}` is not supported; use http://HOST:PORT")),
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("").rsplit('@').next().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("`{shown}` has no host: give http://HOST:PORT"));
+    }
+    Ok(())
+}
+
 /// Why spans were dropped, by `DROP_REASONS` index.
 pub const DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
 
@@ -302,7 +326,11 @@ impl Exporter {
     pub fn state(&self) -> State {
         let last = lock(&self.last);
         State {
-            endpoint: self.options.endpoint.clone().unwrap_or_else(|| "(OTEL_EXPORTER_OTLP_* or default)".into()),
+            endpoint: self
+                .options
+                .endpoint
+                .as_deref()
+                .map_or_else(|| "(OTEL_EXPORTER_OTLP_* or default)".into(), crate::secrets::redact_url),
             protocol: match self.options.wire {
                 Wire::Grpc => "grpc",
                 Wire::HttpProtobuf => "http/protobuf",
@@ -362,7 +390,8 @@ impl Worker {
                         if last.0.is_none() {
                             tracing::warn!("OTLP export failed, spans dropped until it recovers: {err}");
                         }
-                        last.0 = Some(err);
+                        // Served by /health: what a client library put in its error text too.
+                        last.0 = Some(crate::secrets::scrub(&err).into_owned());
                         // The collector is down: try again next tick, not in a tight loop.
                         break;
                     }
