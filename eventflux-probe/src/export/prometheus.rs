@@ -451,6 +451,7 @@ mod tests {
             pid: 42,
             running: Some(true),
             spans_dropped: 2,
+            traces_declined: 3,
             cpu_outside_queries: Some(0.25),
             ..Default::default()
         };
