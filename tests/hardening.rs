@@ -378,41 +378,51 @@ fn a_thousand_queries_fit_the_histogram_map() {
     }
 }
 
-/// Idle connections do not blind the scraper: with a descriptor limit of 256, 296 connections
-/// that never send a byte are closed after the idle timeout and a normal scrape succeeds.
+/// Idle connections cannot make a scrape wait for their idle timeout: with the descriptor limit
+/// at 256 (about 190 connections) and 400 idle connections open, once under a 2 s idle timeout
+/// and once under the default 10 s, a scrape is answered within a few seconds — at the cap the
+/// connection that has waited longest for a request gives its slot to the new one.
 #[test]
 fn idle_connections_do_not_blind_scrapes() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
     let target = GatedDemo::start(&demo, &["--events", "1000"]);
-    let port = free_port();
-    let mut child = Command::new("prlimit")
-        .arg("--nofile=256:256")
-        .arg(bin("eventflux-probe"))
-        .args(["run", "--pid", &target.pid().to_string(), "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--http-idle-timeout", "2s"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prlimit (util-linux)");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "run never listened");
-        std::thread::sleep(Duration::from_millis(50));
+    for idle_timeout in ["2s", "10s"] {
+        let port = free_port();
+        let mut child = Command::new("prlimit")
+            .arg("--nofile=256:256")
+            .arg(bin("eventflux-probe"))
+            .args(["run", "--pid", &target.pid().to_string(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--http-idle-timeout", idle_timeout])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prlimit (util-linux)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "run never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let idle: Vec<TcpStream> = (0..400).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+        assert!(idle.len() > 256, "only {} idle connections made", idle.len());
+        let started = Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        use std::io::Write;
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("the scrape timed out");
+        assert!(text.starts_with("HTTP/1.1 200"), "{}", text.lines().next().unwrap_or_default());
+        // Well below the 10 s idle timeout, with room for a loaded machine.
+        eprintln!("idle timeout {idle_timeout}: scrape answered in {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "idle timeout {idle_timeout}: took {:?}",
+            started.elapsed()
+        );
+        drop(idle);
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = child.wait();
     }
-    let idle: Vec<TcpStream> = (0..296).filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok()).collect();
-    assert!(idle.len() > 256, "only {} idle connections made", idle.len());
-    let started = Instant::now();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    use std::io::Write;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("the scrape timed out");
-    assert!(text.starts_with("HTTP/1.1 200"), "{}", text.lines().next().unwrap_or_default());
-    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
-    drop(idle);
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = child.wait();
 }
 
 /// The demo's arguments for the corrupt-note tests: a short, deterministic run.
@@ -690,4 +700,90 @@ fn credentials_never_appear_in_logs_endpoints_or_errors() {
         assert_eq!(leaks(&err), None, "{err}");
         assert!(err.contains("***@127.0.0.1"), "{err}");
     }
+}
+
+/// Inputs that are not files, or not sane ones, are one line each, at once, and nothing grows:
+/// a config that is a device (also through a symlink), a FIFO, a sparse multi-gigabyte file; a
+/// log output that is a FIFO; a huge value (named, not echoed whole); a variable whose value is
+/// not UTF-8 (refused, not ignored); globs `node` cannot match as the user means them.
+#[test]
+fn inputs_that_are_not_sane_files_or_values_are_one_line_each() {
+    use std::os::unix::ffi::OsStrExt;
+    let _serial = serial();
+    let scratch = Scratch::new("inputs");
+    let dir = scratch.path();
+    let fifo = dir.join("fifo");
+    run_ok(Command::new("mkfifo").arg(&fifo));
+    let zero_link = dir.join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero_link).expect("symlink");
+    let sparse = dir.join("sparse.toml");
+    std::fs::File::create(&sparse).and_then(|f| f.set_len(3 << 30)).expect("sparse file");
+    let huge = dir.join("huge.toml");
+    std::fs::write(&huge, format!("[http]\nlisten = \"{}\"\n", "9".repeat(500_000))).expect("config");
+    let demo = GatedDemo::start(&bin("eventflux-demo"), &["--events", "1000"]);
+    let pid = demo.pid().to_string();
+    let probe = bin("eventflux-probe");
+    let run_with = |args: &[&std::ffi::OsStr], env: Option<(&str, &std::ffi::OsStr)>| {
+        let mut cmd = Command::new(&probe);
+        cmd.args(["run", "--pid", &pid, "--listen", "127.0.0.1:0"]).args(args);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let started = Instant::now();
+        let out = run(&mut cmd);
+        assert!(started.elapsed() < Duration::from_secs(5), "{args:?} took {:?}", started.elapsed());
+        out
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    for (path, says) in [
+        (os("/dev/zero"), "not a regular file"),
+        (zero_link.clone().into_os_string(), "not a regular file"),
+        (fifo.clone().into_os_string(), "not a regular file"),
+        (sparse.clone().into_os_string(), "more than the 1048576 bytes a configuration file may have"),
+    ] {
+        assert_one_line_error(&run_with(&[&os("--config"), &path], None), says);
+    }
+    let out = run_with(&[&os("--config"), huge.as_os_str()], None);
+    assert_one_line_error(&out, "is not a socket address");
+    assert!(out.stderr.len() < 600, "the value is cut: {} bytes of error", out.stderr.len());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more characters)"));
+    assert_one_line_error(&run_with(&[&os("--log-output"), fifo.as_os_str()], None), "not a regular file");
+    let bad = std::ffi::OsStr::from_bytes(b"127.0.0.1:\xff");
+    assert_one_line_error(&run_with(&[], Some(("EVENTFLUX_PROBE_HTTP_LISTEN", bad))), "not UTF-8");
+    for (glob, says) in [("[", "`[` is not supported"), ("eventflux", "can never match")] {
+        let out = run(Command::new(&probe).args(["node", "--listen", "127.0.0.1:0", "--exe", glob]));
+        assert_one_line_error(&out, says);
+    }
+}
+
+/// An engine whose sources connected before the observer came shows them: `connections_active`
+/// is the engine's own gauge, replayed to a new observer — not opens minus closes since the
+/// attach, which would say 0 — and it drops to 0 when the sources close.
+#[test]
+fn connections_open_before_the_attach_are_shown() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let child = Command::new(&demo)
+        .args(["--events", "2000000", "--rate", "400000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("demo");
+    integration_tests::wait_exec(child.id(), &demo);
+    // The sources connect at the first event, long before the attach ends.
+    std::thread::sleep(Duration::from_millis(300));
+    let daemon = Daemon::start(child.id());
+    let m = poll(&daemon, Duration::from_secs(10), "connections_active", |m| {
+        m.iter().any(|s| s.name == "connections_active" && s.value > 0.0)
+    });
+    let out = child.wait_with_output().expect("demo");
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary");
+    for (protocol, c) in summary["connections"].as_object().expect("connections") {
+        let opened = c["opened"].as_f64().expect("opened");
+        assert_eq!(metric(&m, "connections_active", &[("protocol", protocol)]), opened, "{protocol} while running");
+    }
+    poll(&daemon, Duration::from_secs(10), "connections closed", |m| {
+        m.iter().filter(|s| s.name == "connections_active").all(|s| s.value == 0.0)
+    });
+    assert!(daemon.stop().success());
 }

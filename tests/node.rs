@@ -305,3 +305,21 @@ fn two_hundred_attach_and_detach_cycles_exhaust_nothing() {
     assert!(fds() <= before, "descriptors leaked: {before} before, {} after", fds());
     drop(target);
 }
+
+/// An engine whose executable was deleted (or replaced) on disk after it started is found by
+/// its exact path all the same: `/proc` names it "PATH (deleted)", and `--exe PATH` matches it.
+#[test]
+fn an_engine_whose_executable_was_deleted_is_found_by_its_path() {
+    let _serial = serial();
+    let scratch = integration_tests::Scratch::new("deleted-exe");
+    let copy = scratch.path().join("engine");
+    std::fs::copy(bin("eventflux-demo"), &copy).expect("copy the demo");
+    let demo = GatedDemo::start(&copy, &["--events", "1000"]);
+    std::fs::remove_file(&copy).expect("delete the executable");
+    let path = copy.to_str().expect("path");
+    let node = Node::start(&["--exe", path]);
+    node.found(demo.pid(), Instant::now());
+    let summary: Value = serde_json::from_str(demo.open_and_wait().trim()).expect("summary");
+    assert_eq!(summary["events"], 1000);
+    assert!(node.stop().success());
+}

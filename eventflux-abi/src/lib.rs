@@ -181,6 +181,10 @@ macro_rules! for_each_probe {
             gauge window_state(query_id: u32; bytes: u64);
             /// Live group-by keys of a query's aggregation.
             gauge aggregate_groups(query_id: u32; groups: u64);
+            /// Connections open now; `protocol` is a Protocol. A gauge the engine holds (and
+            /// replays to new observers), so an observer that attaches after the sources
+            /// connected sees them: `conn_open` and `conn_close` count only what happens after.
+            gauge conn_active(protocol: u32; connections: u64);
             /// An async junction's queue for one subscriber: chunks queued, capacity in chunks,
             /// bytes queued, and nanoseconds the most recently dequeued chunk waited.
             gauge queue_state(stream_id: u32, query_id: u32; depth: u64, capacity: u64, bytes: u64, wait_ns: u64);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use usdt_markers::abi::{ConnErrorKind, JunctionKind, Protocol, StreamRole, WindowKind};
 use usdt_markers::trace::TraceContext;
-use usdt_markers::{QueryInfo, StreamInfo, conn_close, conn_error, conn_open, ingest, junction_send};
+use usdt_markers::{QueryInfo, StreamInfo, conn_active, conn_close, conn_error, conn_open, ingest, junction_send};
 
 use crate::event::{Chunk, Source};
 use crate::net::{Forward, Inbound};
@@ -194,6 +194,8 @@ fn connect_sources(streams: &[StreamDef], conns: &mut Vec<(Protocol, ConnStats)>
         }
         conn_open::Counter::new(protocol.code()).add(1);
         entry.opened += 1;
+        // What is open now, for observers that attach later (a gauge the engine holds).
+        conn_active::Gauge::new(protocol.code()).set(entry.opened - entry.closed);
     }
 }
 
@@ -346,7 +348,9 @@ pub fn run(config: &Config) -> Result<Outcome> {
     for s in &streams {
         if let Some(protocol) = s.protocol {
             conn_close::Counter::new(protocol.code()).add(1);
-            conn_entry(&mut connections, protocol).closed += 1;
+            let entry = conn_entry(&mut connections, protocol);
+            entry.closed += 1;
+            conn_active::Gauge::new(protocol.code()).set(entry.opened - entry.closed);
         }
     }
     for q in &defs {

@@ -122,6 +122,8 @@ pub mod gauge {
     pub const QUEUE_BYTES: u32 = 4;
     /// Nanoseconds the last dequeued chunk waited: a = stream, b = query.
     pub const QUEUE_WAIT_NS: u32 = 5;
+    /// Connections open now: a = protocol.
+    pub const CONN_ACTIVE: u32 = 6;
 }
 
 /// Histogram stages: the ABI's `Stage` codes, and the whole batch after them.

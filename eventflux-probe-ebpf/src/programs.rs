@@ -212,6 +212,10 @@ program!(traces_declined, |h, a| {
     h.add(counter::ENGINE_TRACES_DECLINED, 0, 0, a.count);
 });
 
+program!(conn_active, |h, a| {
+    h.set(gauge::CONN_ACTIVE, a.protocol, 0, a.connections);
+});
+
 program!(window_state, |h, a| {
     h.set(gauge::WINDOW_STATE_BYTES, a.query_id, 0, a.bytes);
 });

@@ -350,6 +350,9 @@ impl fmt::Display for LogOutput {
 pub enum ConfigError {
     #[error("cannot read config file {}: {}", .path.display(), io_reason(.error))]
     Read { path: PathBuf, error: io::Error },
+    /// Not a regular file, or too large for one.
+    #[error("config file {0}")]
+    Input(crate::input::InputError),
     #[error("config file {origin}{}: {}{message}", line_part(.line), key_part(.key))]
     File { origin: String, line: Option<usize>, key: Option<String>, message: String },
     #[error("environment variable {var}: {}{message}", key_part(.key))]
@@ -381,7 +384,11 @@ fn key_part(key: &Option<String>) -> String {
 impl Layer {
     /// Reads a TOML config file.
     pub fn from_file(path: &Path) -> Result<Layer, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
+        let bytes =
+            crate::input::read_regular(path, Some(MAX_CONFIG_BYTES), "configuration file").map_err(|e| match e {
+                crate::input::InputError::Io { path, error } => ConfigError::Read { path, error },
+                other => ConfigError::Input(other),
+            })?;
         let origin = path.display().to_string();
         // Read as bytes so that text which is not UTF-8 is reported at its line, which the
         // conversion's typed error gives, rather than as an I/O error of no line.
@@ -495,6 +502,14 @@ pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>, flags: La
         Some(path) => Layer::from_file(path)?,
         None => Layer::default(),
     };
+    // A value that is not UTF-8 would read as unset through `env`: refused instead.
+    for (name, value) in std::env::vars_os() {
+        if let (Ok(name), None) = (name.into_string(), value.to_str())
+            && name.starts_with(ENV_PREFIX)
+        {
+            return Err(ConfigError::Env { var: name, key: None, message: "its value is not UTF-8 text".into() });
+        }
+    }
     let names: Vec<String> = std::env::vars_os()
         .filter_map(|(name, _)| name.into_string().ok())
         .filter(|name| env(name).is_some())
@@ -838,7 +853,36 @@ fn growth_factor(r: &f64) -> Result<(), String> {
 
 /// A message kept to one line whatever it quotes.
 fn one_line(message: &str) -> String {
-    message.split(['\n', '\r']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ")
+    let line = message.split(['\n', '\r']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ");
+    shorten_quoted(&line)
+}
+
+/// A value quoted in a message (between backticks) is shown up to this many characters.
+const QUOTED_CHARS: usize = 64;
+
+/// The configuration file is refused past this size: a real one is a few kilobytes.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// `message` with each backtick-quoted value longer than [`QUOTED_CHARS`] cut, saying how much
+/// was left out: a 50 MB value is named, not echoed.
+fn shorten_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut parts = message.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push('`');
+        let quoted = i % 2 == 0;
+        let chars = part.chars().count();
+        if quoted && chars > QUOTED_CHARS {
+            out.extend(part.chars().take(QUOTED_CHARS));
+            out.push_str(&format!("… ({} more characters)", chars - QUOTED_CHARS));
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 /// 1-based line of byte `pos`.
@@ -1128,7 +1172,7 @@ follow = true
         let dir = std::env::temp_dir().join(format!("eventflux-probe-config-read-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let e = Layer::from_file(&dir).unwrap_err().to_string();
-        assert_eq!(e, format!("cannot read config file {}: is a directory", dir.display()));
+        assert_eq!(e, format!("config file {} is a directory: give a file", dir.display()));
         let path = dir.join("latin1.toml");
         std::fs::write(&path, b"[http]\n# caf\xe9\n").unwrap();
         let e = Layer::from_file(&path).unwrap_err().to_string();

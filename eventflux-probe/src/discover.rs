@@ -157,6 +157,27 @@ pub fn eventflux_binaries_cached(pid: u32, cache: &usdt::NotesCache) -> Result<O
     Ok(Some((target, with_probes)))
 }
 
+/// Whether `pattern` is a glob [`glob_match`] can use for `what` (`--exe`, `--container`):
+/// only `*` and `?` are special, so brackets and braces (character classes, alternatives in
+/// other globs) are refused rather than matched literally; an `--exe` glob must be able to
+/// match an absolute path.
+pub fn check_glob(what: &str, pattern: &str) -> Result<(), String> {
+    if pattern.is_empty() {
+        return Err(format!("{what}: an empty pattern matches nothing"));
+    }
+    if let Some(c) = pattern.chars().find(|c| matches!(c, '[' | ']' | '{' | '}')) {
+        return Err(format!(
+            "{what} `{pattern}`: `{c}` is not supported (only * and ? are wildcards, e.g. */eventflux or /usr/bin/eventflux-*)"
+        ));
+    }
+    if what == "--exe" && !(pattern.starts_with('/') || pattern.starts_with('*')) {
+        return Err(format!(
+            "--exe `{pattern}` can never match: executable paths are absolute (start it with / or *, e.g. */{pattern})"
+        ));
+    }
+    Ok(())
+}
+
 /// `*` (any run of characters, `/` included) and `?` (one character) glob matching.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());

@@ -2,14 +2,18 @@
 //! SRE's Prometheus: connections are capped below the process's descriptor limit (so accepting
 //! never starves the daemon of descriptors for its maps and `/proc` reads), and a connection
 //! that moves no byte for `idle` is closed (a client that connects and says nothing, or keeps
-//! an idle keep-alive connection, gives its slot back). At the cap, new connections wait in the
-//! kernel's backlog until a slot frees.
+//! an idle keep-alive connection, gives its slot back). At the cap, a new connection takes the
+//! slot of the connection that has been waiting longest for a request (a client that connected
+//! and said nothing, or an idle keep-alive connection), which is closed: hundreds of idle
+//! connections cannot make a scrape wait for their idle timeout. A connection whose request is
+//! being answered is never taken; when every one is, the new connection waits for a slot.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -23,7 +27,7 @@ const RESERVED_FDS: u64 = 64;
 const MAX_CONNECTIONS: u64 = 1024;
 
 /// Raises the soft descriptor limit to the hard one (as many servers do at start) and returns
-/// the number of HTTP connections to allow under it.
+/// the number of HTTP connections to allow under it, besides the descriptors open now.
 pub fn connection_cap() -> usize {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: a valid rlimit to fill.
@@ -37,7 +41,9 @@ pub fn connection_cap() -> usize {
             lim.rlim_cur = lim.rlim_max;
         }
     }
-    lim.rlim_cur.saturating_sub(RESERVED_FDS).clamp(8, MAX_CONNECTIONS) as usize
+    // What the daemon holds already (programs, maps, perf events of every site) is not free.
+    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    lim.rlim_cur.saturating_sub(open + RESERVED_FDS).clamp(8, MAX_CONNECTIONS) as usize
 }
 
 /// A TCP listener with a connection cap and an idle timeout.
@@ -45,12 +51,84 @@ pub struct GuardedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
     idle: Duration,
+    open: Arc<Open>,
+}
+
+/// The open connections, for taking the slot of the longest-waiting one at the cap.
+#[derive(Default)]
+struct Open {
+    conns: Mutex<Vec<std::sync::Weak<Conn>>>,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+/// What the listener knows of one connection.
+#[derive(Default)]
+struct Conn {
+    /// Milliseconds since [`Open::epoch`] of its last byte either way.
+    last_ms: AtomicU64,
+    /// Whether it is waiting for a request: nothing moved yet, or the last byte moved was
+    /// written (an answer). Read last, a request is being answered: not to be taken.
+    waiting: AtomicBool,
+    /// Set to close it; its task is woken to see it.
+    evicted: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Open {
+    fn now_ms(&self) -> u64 {
+        self.epoch.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+    }
+
+    fn add(&self) -> Arc<Conn> {
+        let conn = Arc::new(Conn {
+            last_ms: AtomicU64::new(self.now_ms()),
+            waiting: AtomicBool::new(true),
+            ..Conn::default()
+        });
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|c| c.strong_count() > 0);
+        conns.push(Arc::downgrade(&conn));
+        conn
+    }
+
+    /// Closes the connection that has waited longest for a request; false if none waits.
+    fn evict_longest_waiting(&self) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let victim = conns
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|c| c.waiting.load(Ordering::Relaxed) && !c.evicted.load(Ordering::Relaxed))
+            .min_by_key(|c| c.last_ms.load(Ordering::Relaxed));
+        let Some(victim) = victim else { return false };
+        victim.evicted.store(true, Ordering::Relaxed);
+        if let Some(w) = victim.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            w.wake();
+        }
+        true
+    }
 }
 
 impl GuardedListener {
     /// Serves at most `cap` connections at once, each closed after `idle` without traffic.
     pub fn new(inner: TcpListener, cap: usize, idle: Duration) -> Self {
-        GuardedListener { inner, slots: Arc::new(Semaphore::new(cap.max(1))), idle }
+        GuardedListener { inner, slots: Arc::new(Semaphore::new(cap.max(1))), idle, open: Arc::default() }
+    }
+
+    /// A slot for a connection just accepted: a free one, else the slot of the connection
+    /// waiting longest for a request, else the next one freed.
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+                return slot;
+            }
+            let evicted = self.open.evict_longest_waiting();
+            // The evicted connection's task closes it and frees its slot; when nobody could be
+            // taken, look again shortly (a connection may finish its answer meanwhile).
+            let retry = if evicted { Duration::from_millis(500) } else { Duration::from_millis(20) };
+            if let Ok(Ok(slot)) = tokio::time::timeout(retry, Arc::clone(&self.slots).acquire_owned()).await {
+                return slot;
+            }
+        }
     }
 }
 
@@ -60,14 +138,23 @@ impl axum::serve::Listener for GuardedListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            // The semaphore is never closed, so acquiring only waits.
-            let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else { continue };
             match self.inner.accept().await {
-                Ok((stream, addr)) => return (IdleTimeout::new(stream, slot, self.idle), addr),
+                Ok((stream, addr)) => {
+                    let slot = self.slot().await;
+                    let conn = self.open.add();
+                    return (IdleTimeout::new(stream, slot, self.idle, conn, Arc::clone(&self.open)), addr);
+                }
                 Err(e) => {
-                    // Out of descriptors or memory, or an aborted handshake: wait, then retry.
-                    tracing::debug!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors (the daemon's own grew since the cap was set): free
+                    // one by closing the connection waiting longest, and retry at once. Out of
+                    // memory, an aborted handshake, or nobody to close: wait, then retry.
+                    let no_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                    if !(no_fds && self.open.evict_longest_waiting()) {
+                        tracing::debug!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    } else {
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
         }
@@ -78,47 +165,67 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
-/// A connection that fails with `TimedOut` once no byte moved either way for `idle`; holds its
-/// slot until dropped.
+/// A connection that fails with `TimedOut` once no byte moved either way for `idle`, or when
+/// the listener takes its slot for a newer one; holds its slot until dropped.
 pub struct IdleTimeout {
     stream: tokio::net::TcpStream,
     _slot: OwnedSemaphorePermit,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
+    conn: Arc<Conn>,
+    open: Arc<Open>,
 }
 
 impl IdleTimeout {
-    fn new(stream: tokio::net::TcpStream, slot: OwnedSemaphorePermit, idle: Duration) -> Self {
-        IdleTimeout { stream, _slot: slot, idle, deadline: Box::pin(tokio::time::sleep(idle)) }
+    fn new(
+        stream: tokio::net::TcpStream,
+        slot: OwnedSemaphorePermit,
+        idle: Duration,
+        conn: Arc<Conn>,
+        open: Arc<Open>,
+    ) -> Self {
+        IdleTimeout { stream, _slot: slot, idle, deadline: Box::pin(tokio::time::sleep(idle)), conn, open }
     }
 
-    /// On progress: push the deadline back. While waiting: fail if it passed.
-    fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+    /// On progress: push the deadline back and note which way the last byte went. While
+    /// waiting: fail if the deadline passed or the slot was taken.
+    fn check<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>, wrote: bool) -> Poll<io::Result<T>> {
+        if self.conn.evicted.load(Ordering::Relaxed) {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle connection closed for a new one")));
+        }
         match poll {
             Poll::Ready(r) => {
                 let idle = self.idle;
                 self.deadline.as_mut().reset(Instant::now() + idle);
+                self.conn.last_ms.store(self.open.now_ms(), Ordering::Relaxed);
+                self.conn.waiting.store(wrote, Ordering::Relaxed);
                 Poll::Ready(r)
             }
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle connection"))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                *self.conn.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                match self.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle connection"))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 }
 
 impl AsyncRead for IdleTimeout {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
-        self.check(cx, poll)
+        // End of stream (a read of nothing) is no request.
+        let wrote = matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() == before;
+        self.check(cx, poll, wrote)
     }
 }
 
 impl AsyncWrite for IdleTimeout {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.check(cx, poll)
+        self.check(cx, poll, true)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -18,6 +18,7 @@ pub mod discover;
 pub mod export;
 pub mod health;
 pub mod http;
+pub mod input;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -9,7 +9,6 @@
 //! event does not have (the innermost span's value wins); `span` is the innermost span, and is
 //! absent outside any.
 
-use std::fs::OpenOptions;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +39,9 @@ pub enum LogError {
     Filter { origin: &'static str, directive: String, message: String },
     #[error("cannot open log file {}: {}", .path.display(), open_reason(.error))]
     Open { path: PathBuf, error: io::Error },
+    /// An existing path that is not a regular file (a FIFO would hang the first write).
+    #[error("log file {0}")]
+    Input(crate::input::InputError),
     /// A global subscriber was installed already.
     #[error("cannot install the logger: {0}")]
     Install(String),
@@ -102,11 +104,10 @@ fn writer(output: &LogOutput) -> Result<(BoxMakeWriter, bool), LogError> {
         LogOutput::Stderr => (BoxMakeWriter::new(|| Scrubbing(io::stderr())), io::stderr().is_terminal()),
         LogOutput::Stdout => (BoxMakeWriter::new(|| Scrubbing(io::stdout())), io::stdout().is_terminal()),
         LogOutput::File(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|error| LogError::Open { path: path.clone(), error })?;
+            let file = crate::input::append_regular(path).map_err(|e| match e {
+                crate::input::InputError::Io { path, error } => LogError::Open { path, error },
+                other => LogError::Input(other),
+            })?;
             // Each event is one write of its whole line, and O_APPEND keeps the lines of
             // several writers (or a rotation tool's truncation) whole.
             let file = Arc::new(file);
@@ -533,7 +534,7 @@ mod tests {
         let e = writer(&LogOutput::File(missing.clone())).err().unwrap().to_string();
         assert_eq!(e, format!("cannot open log file {}: no such directory", missing.display()));
         let e = writer(&LogOutput::File(dir.clone())).err().unwrap().to_string();
-        assert_eq!(e, format!("cannot open log file {}: is a directory", dir.display()));
+        assert_eq!(e, format!("log file {} is a directory: give a file", dir.display()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

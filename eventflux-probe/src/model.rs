@@ -7,7 +7,7 @@
 //!   this build does not know is counted in [`Observer::unknown_series`], never dropped silently;
 //! - ids become entities, named by their registration, or `stream<ID>` / `query<ID>` until the
 //!   registration arrives (an entity known only from its counts is `registered: false`);
-//! - derived facts are computed once: open connections (opened − closed), queue utilisation
+//! - derived facts are computed once: open connections (the engine's gauge, else opened − closed), queue utilisation
 //!   (depth / capacity), memory by component, the oldest waiting chunk of a stream.
 
 use std::collections::BTreeMap;
@@ -148,14 +148,18 @@ impl Query {
 pub struct Connections {
     pub opened: u64,
     pub closed: u64,
+    /// Open now, as the engine holds it (`conn_active`); `None` from an engine that does not
+    /// report it.
+    pub open_now: Option<u64>,
     /// Failed attempts by `eventflux_abi::ConnErrorKind` code.
     pub failures: BTreeMap<u32, u64>,
 }
 
 impl Connections {
-    /// Open now: opened minus closed (a close counted before its open is not negative).
+    /// Open now: the engine's own figure; else opened minus closed since the attach (which
+    /// misses what was open before it).
     pub fn active(&self) -> u64 {
-        self.opened.saturating_sub(self.closed)
+        self.open_now.unwrap_or_else(|| self.opened.saturating_sub(self.closed))
     }
 }
 
@@ -349,6 +353,7 @@ impl Model {
             match k.counter {
                 gauge::WINDOW_STATE_BYTES => e.query(k.a).window_bytes = Some(v),
                 gauge::GROUPS => e.query(k.a).groups = Some(v),
+                gauge::CONN_ACTIVE => e.connections.entry(k.a).or_default().open_now = Some(v),
                 gauge::QUEUE_DEPTH => {
                     let capacity = snap
                         .gauges
@@ -506,6 +511,12 @@ mod tests {
         assert_eq!(e.connections[&1].active(), 2);
         assert_eq!(e.connections[&1].failures[&2], 6);
         assert_eq!((e.spans_dropped, m.observer.unknown_series), (9, 1));
+        // The engine's own figure wins: it knows what was open before the attach.
+        let mut held = snap.clone();
+        held.gauges.insert(key(7, gauge::CONN_ACTIVE, 1, 0), 5);
+        held.gauges.insert(key(7, gauge::CONN_ACTIVE, 2, 0), 1);
+        let h = Model::build(&held);
+        assert_eq!((h.engines[&7].connections[&1].active(), h.engines[&7].connections[&2].active()), (5, 1));
         assert_eq!(
             (e.processed_total(), e.errors_total(), e.ingested_total(), e.connections_active()),
             (100, 2, 100, 2)

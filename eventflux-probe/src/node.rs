@@ -61,7 +61,10 @@ impl Selection {
     }
 
     fn wants(&self, exe: &str, container: Option<&Container>) -> bool {
-        let exe_ok = self.exe.is_empty() || self.exe.iter().any(|g| discover::glob_match(g, exe));
+        // An executable deleted since it started shows as "PATH (deleted)": its path is PATH.
+        let path = exe.strip_suffix(" (deleted)").unwrap_or(exe);
+        let exe_ok = self.exe.is_empty()
+            || self.exe.iter().any(|g| discover::glob_match(g, path) || discover::glob_match(g, exe));
         let container_ok = self.containers.is_empty()
             || container.is_some_and(|c| {
                 self.containers.iter().any(|g| discover::glob_match(g, &c.id) || discover::glob_match(g, &c.cgroup))

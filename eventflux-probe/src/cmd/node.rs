@@ -82,6 +82,12 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
     if args.scan_interval < Duration::from_millis(50) {
         anyhow::bail!("--scan-interval must be at least 50ms");
     }
+    for g in &args.exe {
+        eventflux_probe::discover::check_glob("--exe", g).map_err(anyhow::Error::msg)?;
+    }
+    for g in &args.containers {
+        eventflux_probe::discover::check_glob("--container", g).map_err(anyhow::Error::msg)?;
+    }
     let budget = super::target::settings_budget(&settings)?;
     let options = NodeOptions {
         listen: settings.http.listen,

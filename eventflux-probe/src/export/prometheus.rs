@@ -272,6 +272,9 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
         if c.opened > 0 {
             let l = labels(vec![("protocol", p.clone()), ("result", "success".into())]);
             f.counter(&m::CONNECTIONS, l, c.opened as f64);
+        }
+        // The engine's own figure also for connections made before the attach.
+        if c.opened > 0 || c.open_now.is_some() {
             f.gauge(&m::CONNECTIONS_ACTIVE, labels(vec![("protocol", p.clone())]), c.active() as f64);
         }
         for (&kind, &n) in &c.failures {
@@ -506,7 +509,8 @@ mod tests {
                 },
             );
         }
-        e.connections.insert(0, Connections { opened: 2, closed: 1, failures: BTreeMap::from([(0, 1)]) });
+        e.connections
+            .insert(0, Connections { opened: 2, closed: 1, open_now: None, failures: BTreeMap::from([(0, 1)]) });
         let mut model = Model::default();
         model.engines.insert(42, e);
         let o = &mut model.observer;

@@ -8,7 +8,7 @@ pub mod verify;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 pub use notes::{Notes, UsdtNote};
 
@@ -26,21 +26,10 @@ pub struct BinaryProbes {
 /// Reads the probe notes of an ELF file: a regular file, read up to the size it had when
 /// opened, so that a FIFO cannot hang us and a device cannot feed us forever.
 pub fn probes_in_file(path: &Path) -> Result<Notes> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    // Non-blocking, so that opening a FIFO does not wait for a writer; the type check follows.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| read_error(path, e))?;
-    let meta = file.metadata().map_err(|e| read_error(path, e))?;
-    if !meta.is_file() {
-        let kind = if meta.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
-        bail!("{} is {kind}: give the ELF file itself", path.display());
-    }
-    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(meta.len()).read_to_end(&mut data).map_err(|e| read_error(path, e))?;
+    let data = crate::input::read_regular(path, None, "binary").map_err(|e| match e.io() {
+        Some(io) => read_error(path, io),
+        None => anyhow::Error::new(e),
+    })?;
     notes::parse(&data).with_context(|| path.display().to_string())
 }
 
@@ -56,7 +45,7 @@ pub struct PermissionDenied {
 }
 
 /// Why a file could not be read, with what to do about a refusal.
-fn read_error(path: &Path, e: std::io::Error) -> anyhow::Error {
+fn read_error(path: &Path, e: &std::io::Error) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::PermissionDenied {
         PermissionDenied { path: path.to_path_buf() }.into()
     } else {
