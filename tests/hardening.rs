@@ -787,3 +787,40 @@ fn connections_open_before_the_attach_are_shown() {
     });
     assert!(daemon.stop().success());
 }
+
+/// 5,000 queries on 50 streams: every registration replayed to the observer arrives (the
+/// registration ring holds them), so `query_active_count` is 5000 and every query shows under
+/// its own name, none as a bare id; `/health` counts them all and lost no name.
+#[test]
+fn five_thousand_queries_arrive_with_their_names() {
+    let _serial = serial();
+    let demo = GatedDemo::start(
+        &bin("eventflux-demo"),
+        &["--queries", "5000", "--streams", "50", "--events", "1000000", "--rate", "200000"],
+    );
+    let daemon = Daemon::start_with(demo.pid(), &["--max-series", "20000"]);
+    let demo = demo.open();
+    let m = poll(&daemon, Duration::from_secs(30), "5000 queries registered", |m| {
+        value(m, "query_active_count", &[]) == Some(5000.0)
+    });
+    let names: std::collections::BTreeSet<&str> = m
+        .iter()
+        .filter(|s| s.name == "query_window_size_bytes")
+        .filter_map(|s| s.labels.iter().find(|(k, _)| k == "query_id").map(|(_, v)| v.as_str()))
+        .collect();
+    assert_eq!(names.len(), 5000, "every query's window gauge, by name");
+    let bare: Vec<&&str> =
+        names.iter().filter(|n| n.strip_prefix("query").is_some_and(|d| d.parse::<u32>().is_ok())).collect();
+    assert!(bare.is_empty(), "queries without their names: {:?}", &bare[..bare.len().min(5)]);
+    assert!(
+        names.contains("q0_length") && names.contains("q4999_length_batch"),
+        "{:?}",
+        names.iter().take(3).collect::<Vec<_>>()
+    );
+    let (_, health) = integration_tests::http_status(daemon.port, "/health").expect("health");
+    let health: Value = serde_json::from_str(&health).expect("health JSON");
+    assert_eq!(health["queries_running"], 5000, "{health}");
+    assert_eq!(health["observer"]["registrations_lost"], 0, "{health}");
+    drop(demo);
+    assert!(daemon.stop().success());
+}

@@ -39,9 +39,13 @@ pub static ZERO_HIST: PerCpuArray<Hist> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop::COUNT, 0);
 
-/// Registrations (names) for user space.
+/// Registrations (names) for user space: records of 96 bytes (104 with the ring's header).
+/// An observer that attaches to a running engine gets every live registration replayed at
+/// once, between two drains of user space (100 ms): 2 MiB holds about 20,000 of them, an
+/// engine with 5,000 queries on 50 streams four times over. Overflow is a counted drop
+/// (`events_full`), and `/health` says names were lost rather than that there are no queries.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
 
 /// Span records of sampled batches for user space, while tracing (see [`TRACE_SPANS`]): 13k
 /// records of 72 bytes (80 with the ring's header): between two drains of user space (100 ms)

@@ -429,6 +429,7 @@ impl Shared {
                 probes_expected: expected,
                 sites_attached: model.observer.sites_attached,
                 sites_refused: model.observer.refused.clone(),
+                registrations_lost: model.observer.drops[eventflux_probe_common::drop::EVENTS_FULL as usize],
                 last_probe_hit_seconds_ago: last_hit,
                 dropped_events: model.observer.drops_total(),
                 uptime_seconds: self.started.elapsed().as_secs_f64(),

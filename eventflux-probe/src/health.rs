@@ -197,6 +197,9 @@ pub struct ObserverInfo {
     /// Sites not attached because their code was not the nop their note promised (the latest,
     /// with the bytes found); empty when every site checked out.
     pub sites_refused: Vec<crate::bpf::RefusedSite>,
+    /// Registrations (stream and query names) the kernel side could not pass on: its ring
+    /// buffer was full. Non-zero means names and the query count are incomplete.
+    pub registrations_lost: u64,
     /// Seconds since an eBPF program last ran (a probe hit); `null` before the first.
     pub last_probe_hit_seconds_ago: Option<f64>,
     pub dropped_events: u64,
@@ -340,7 +343,15 @@ pub fn evaluate(engine: Option<&Engine>, history: &History, t: &Thresholds, ctx:
     }
 
     let mut runtime = Finding::new();
-    if engine.is_some_and(|e| e.queries_running() == 0) {
+    let lost = ctx.observer.registrations_lost;
+    if lost > 0 {
+        // Never "no query is registered" when the names were lost on their way.
+        runtime.raise(
+            Check::Degraded,
+            "query_runtime",
+            format!("{lost} registrations were lost (the registration ring buffer was full): query names and the query count are incomplete"),
+        );
+    } else if engine.is_some_and(|e| e.queries_running() == 0) {
         runtime.raise(Check::Degraded, "query_runtime", "no query is registered".into());
     }
     if let Some((_, old)) = stalled {
@@ -419,6 +430,7 @@ mod tests {
                 probes_expected: 1,
                 sites_attached: 1,
                 sites_refused: Vec::new(),
+                registrations_lost: 0,
                 last_probe_hit_seconds_ago: None,
                 dropped_events: 0,
                 uptime_seconds: 1.0,
@@ -559,6 +571,13 @@ mod tests {
         let r = evaluate(Some(&engine(flowing(30), false)), &h, &t, ctx(start + Duration::from_secs(30)));
         assert_eq!(r.checks.query_runtime, Check::Degraded);
         assert!(r.reasons.contains(&"query_runtime: no query is registered".to_owned()));
+        // Names lost on their way are said to be lost, never "no query".
+        let mut lossy = ctx(start + Duration::from_secs(30));
+        lossy.observer.registrations_lost = 7;
+        let r = evaluate(Some(&engine(flowing(30), false)), &h, &t, lossy);
+        assert_eq!(r.checks.query_runtime, Check::Degraded);
+        assert!(r.reasons.iter().all(|r| !r.contains("no query is registered")), "{:?}", r.reasons);
+        assert!(r.reasons.iter().any(|r| r.contains("7 registrations were lost")), "{:?}", r.reasons);
     }
 
     #[test]

@@ -392,6 +392,7 @@ impl crate::http::Service for Node {
             probes_expected: 0,
             sites_attached: sites,
             sites_refused: Vec::new(),
+            registrations_lost: model.observer.drops[eventflux_probe_common::drop::EVENTS_FULL as usize],
             last_probe_hit_seconds_ago: None,
             dropped_events: model.observer.drops_total(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
