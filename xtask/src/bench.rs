@@ -13,7 +13,8 @@ pub fn run(events: u64, rounds: usize) -> Result<()> {
     throughput(events, rounds)?;
     // Needs root: loads eBPF programs and attaches them to the demo and a probe loop.
     sh(Command::new("cargo").args(["bench", "-p", "eventflux-probe", "--bench", "observer"]))?;
-    sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "upstream"]))
+    sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "upstream"]))?;
+    sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "scrape_load"]))
 }
 
 /// Demo throughput at `--rate 0` with markers compiled in (detached) against compiled out.
