@@ -323,3 +323,58 @@ fn an_engine_whose_executable_was_deleted_is_found_by_its_path() {
     assert_eq!(summary["events"], 1000);
     assert!(node.stop().success());
 }
+
+/// Churn: 60 short-lived engines (a few hundred milliseconds each, many of them dying while
+/// they are being attached) under `node`: once every one is gone and the grace period is
+/// over, nothing of them is left — no series with their pid, no entry in the kernel maps —
+/// also of those whose attach failed because they died during it.
+#[test]
+fn short_lived_engines_leave_nothing_behind() {
+    let _serial = serial();
+    let scratch = integration_tests::Scratch::new("churn");
+    // A copy of its own, so that no other test's demo is selected.
+    let exe = scratch.path().join("churn-engine");
+    std::fs::copy(bin("eventflux-demo"), &exe).expect("copy the demo");
+    let node = Node::start(&["--exe", exe.to_str().expect("path"), "--grace-period", "1s", "--scan-interval", "50ms"]);
+    let mut children = Vec::new();
+    for i in 0..60u64 {
+        let events = (5_000 + 3_000 * (i % 10)).to_string();
+        let child = Command::new(&exe)
+            .args(["--events", &events, "--rate", "50000", "--queries", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a short-lived engine");
+        children.push(child);
+        std::thread::sleep(Duration::from_millis(40 + 7 * (i % 5)));
+    }
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    for mut c in children {
+        wait_with_deadline(&mut c, Duration::from_secs(60));
+    }
+    let health = node.health();
+    let attaches = health["observer"]["discovery"]["attaches"].as_u64().unwrap_or(0);
+    let failures = health["observer"]["discovery"]["attach_failures"].as_u64().unwrap_or(0);
+    assert!(attaches > 0, "some were attached: {health}");
+    // Grace period (1 s) and a scan or two.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = node.metrics();
+        let m = parse_metrics(&page);
+        let left: Vec<u32> = pids.iter().copied().filter(|p| page.contains(&format!("pid=\"{p}\""))).collect();
+        let entries: f64 = ["COUNTERS", "GAUGES", "HISTS"]
+            .iter()
+            .filter_map(|map| value(&m, "eventflux_probe_map_entries", &[("map", map)]))
+            .sum();
+        if left.is_empty() && entries == 0.0 {
+            eprintln!("{attaches} attached, {failures} attaches failed; nothing left behind");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: series of {left:?}, {entries} map entries ({failures} failed attaches)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(node.stop().success());
+}

@@ -304,6 +304,11 @@ impl Node {
             Err(e) => {
                 lock(&self.discovery).attach_failures += 1;
                 tracing::warn!(pid, "cannot attach to process {pid}: {e:#}");
+                // Sites attached before the failure (a process that died mid-attach) ran and
+                // left map entries; it is in no target list, so nothing else would expire them.
+                if let Err(e) = self.daemon.forget(pid) {
+                    tracing::warn!(pid, "cannot forget the map entries of process {pid}: {e:#}");
+                }
             }
         }
     }
