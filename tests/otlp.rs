@@ -381,21 +381,9 @@ fn a_bad_otlp_protocol_names_its_variable() {
 #[test]
 fn an_upstream_that_marks_every_chunk_sampled_gets_the_budget_only() {
     let _serial = serial();
-    let demo = bin("eventflux-demo");
     for flags in [0x01u8, 0xff] {
         let receiver = Receiver::http();
-        let mut node_b = GatedDemo::start(&demo, &["--listen", "127.0.0.1:0", "--streams", "1", "--queries", "2"]);
-        let line = node_b.wait_for_stderr("listening on", Duration::from_secs(10));
-        let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
-        let env = [
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", receiver.port)),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
-        ];
-        let daemon = Daemon::start_with_env(node_b.pid(), &[], &env);
-        let node_b = node_b.open();
-        let sender = std::thread::spawn(move || integration_tests::send_chunks(&addr, 200_000, 1, Some(flags)));
-        let summary: Value = serde_json::from_str(node_b.open_and_wait().trim()).expect("B's summary");
-        sender.join().expect("sender");
+        let (summary, daemon) = integration_tests::fed_node_b(receiver.port, 200_000, 1, Some(flags));
         let batches = batches(&summary);
         let elapsed = summary["elapsed_s"].as_f64().expect("elapsed_s");
         let queries: Vec<String> = summary["queries"].as_object().expect("queries").keys().cloned().collect();

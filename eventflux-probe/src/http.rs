@@ -307,19 +307,24 @@ pub trait Service: Send + Sync + 'static {
 /// of megabytes).
 const RENDERED_FOR: Duration = Duration::from_millis(100);
 
-/// One endpoint's latest body. Its lock is held while rendering, so requests that arrive
-/// meanwhile wait for that body instead of rendering again: at most one render per endpoint
-/// at a time.
-struct Rendered<T>(tokio::sync::Mutex<Option<(Instant, T)>>);
+/// One endpoint's latest body, with the readiness it was rendered under (`Service::ready`):
+/// a change of it — the target exited, a drain began — is a new body at once, so `/health`
+/// never lags `/ready`. The lock is held while rendering, so requests that arrive meanwhile
+/// wait for that body instead of rendering again: at most one render per endpoint at a time.
+struct Rendered<T>(tokio::sync::Mutex<Option<(Instant, Result<(), String>, T)>>);
 
 impl<T: Clone + Send + 'static> Rendered<T> {
     fn new() -> Self {
         Rendered(tokio::sync::Mutex::new(None))
     }
 
-    async fn get(&self, render: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> Result<T, String> {
+    async fn get(
+        &self,
+        ready: Result<(), String>,
+        render: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
         let mut latest = self.0.lock().await;
-        if let Some((_, body)) = latest.as_ref().filter(|(at, _)| at.elapsed() < RENDERED_FOR) {
+        if let Some((_, _, body)) = latest.as_ref().filter(|(at, r, _)| at.elapsed() < RENDERED_FOR && *r == ready) {
             return Ok(body.clone());
         }
         let body = match tokio::task::spawn_blocking(render).await {
@@ -327,7 +332,7 @@ impl<T: Clone + Send + 'static> Rendered<T> {
             Ok(Err(e)) => return Err(format!("cannot read the BPF maps: {e:#}")),
             Err(e) => return Err(format!("collector failed: {e}")),
         };
-        *latest = Some((Instant::now(), body.clone()));
+        *latest = Some((Instant::now(), ready, body.clone()));
         Ok(body)
     }
 }
@@ -352,7 +357,7 @@ pub fn router<S: Service>(service: std::sync::Arc<S>) -> axum::Router {
 
     async fn metrics<S: Service>(State(e): State<std::sync::Arc<Endpoints<S>>>) -> Response {
         let service = std::sync::Arc::clone(&e.service);
-        match e.metrics.get(move || service.metrics().map(axum::body::Bytes::from)).await {
+        match e.metrics.get(e.service.ready(), move || service.metrics().map(axum::body::Bytes::from)).await {
             Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
             Err(why) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
         }
@@ -364,7 +369,7 @@ pub fn router<S: Service>(service: std::sync::Arc<S>) -> axum::Router {
             let (code, report) = service.health()?;
             Ok((code, axum::body::Bytes::from(serde_json::to_vec(&report)?)))
         };
-        match e.health.get(render).await {
+        match e.health.get(e.service.ready(), render).await {
             Ok((code, body)) => {
                 let code = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                 (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()

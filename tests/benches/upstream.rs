@@ -9,25 +9,13 @@
 use std::time::Duration;
 
 use integration_tests::otlp::Receiver;
-use integration_tests::{Daemon, GatedDemo, bin, parse_metrics, value};
+use integration_tests::{parse_metrics, value};
 
 const ROUNDS: usize = 5;
 
 /// Node B's events per second and traced batches, fed `chunks` chunks of `events` events.
 fn round(receiver: &Receiver, chunks: u64, events: u32, flags: Option<u8>) -> (f64, f64) {
-    let mut node_b =
-        GatedDemo::start(&bin("eventflux-demo"), &["--listen", "127.0.0.1:0", "--streams", "1", "--queries", "2"]);
-    let line = node_b.wait_for_stderr("listening on", Duration::from_secs(10));
-    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
-    let env = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", receiver.port)),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
-    ];
-    let daemon = Daemon::start_with_env(node_b.pid(), &[], &env);
-    let node_b = node_b.open();
-    let sender = std::thread::spawn(move || integration_tests::send_chunks(&addr, chunks, events, flags));
-    let summary: serde_json::Value = serde_json::from_str(node_b.open_and_wait().trim()).expect("summary");
-    sender.join().expect("sender");
+    let (summary, daemon) = integration_tests::fed_node_b(receiver.port, chunks, events, flags);
     std::thread::sleep(Duration::from_millis(1200));
     let m = parse_metrics(&daemon.scrape());
     let traced = value(&m, "eventflux_probe_program_runs_total", &[("program", "trace_context")]).unwrap_or(0.0);

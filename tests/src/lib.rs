@@ -814,3 +814,24 @@ pub fn send_chunks(addr: &str, chunks: u64, events: u32, flags: Option<u8>) {
     drop(out);
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
+
+/// Node B of the upstream-sampling test and benchmark: the demo listening (1 stream, 2
+/// queries), observed by `run` exporting traces over OTLP/HTTP to `receiver_port`, fed `chunks`
+/// chunks of `events` events by [`send_chunks`] with trace flags `flags`. Returns node B's
+/// summary once it ended, and its observer, still serving.
+pub fn fed_node_b(receiver_port: u16, chunks: u64, events: u32, flags: Option<u8>) -> (serde_json::Value, Daemon) {
+    let mut node_b =
+        GatedDemo::start(&bin("eventflux-demo"), &["--listen", "127.0.0.1:0", "--streams", "1", "--queries", "2"]);
+    let line = node_b.wait_for_stderr("listening on", Duration::from_secs(10));
+    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{receiver_port}")),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+    ];
+    let daemon = Daemon::start_with_env(node_b.pid(), &[], &env);
+    let node_b = node_b.open();
+    let sender = thread::spawn(move || send_chunks(&addr, chunks, events, flags));
+    let summary = serde_json::from_str(node_b.open_and_wait().trim()).expect("node B's summary");
+    sender.join().expect("sender");
+    (summary, daemon)
+}
