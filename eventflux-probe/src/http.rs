@@ -311,7 +311,14 @@ const RENDERED_FOR: Duration = Duration::from_millis(100);
 /// a change of it — the target exited, a drain began — is a new body at once, so `/health`
 /// never lags `/ready`. The lock is held while rendering, so requests that arrive meanwhile
 /// wait for that body instead of rendering again: at most one render per endpoint at a time.
-struct Rendered<T>(tokio::sync::Mutex<Option<(Instant, Result<(), String>, T)>>);
+struct Rendered<T>(tokio::sync::Mutex<Option<Body<T>>>);
+
+/// A rendered body, when, and under which readiness.
+struct Body<T> {
+    at: Instant,
+    ready: Result<(), String>,
+    body: T,
+}
 
 impl<T: Clone + Send + 'static> Rendered<T> {
     fn new() -> Self {
@@ -324,15 +331,15 @@ impl<T: Clone + Send + 'static> Rendered<T> {
         render: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, String> {
         let mut latest = self.0.lock().await;
-        if let Some((_, _, body)) = latest.as_ref().filter(|(at, r, _)| at.elapsed() < RENDERED_FOR && *r == ready) {
-            return Ok(body.clone());
+        if let Some(b) = latest.as_ref().filter(|b| b.at.elapsed() < RENDERED_FOR && b.ready == ready) {
+            return Ok(b.body.clone());
         }
         let body = match tokio::task::spawn_blocking(render).await {
             Ok(Ok(body)) => body,
             Ok(Err(e)) => return Err(format!("cannot read the BPF maps: {e:#}")),
             Err(e) => return Err(format!("collector failed: {e}")),
         };
-        *latest = Some((Instant::now(), ready, body.clone()));
+        *latest = Some(Body { at: Instant::now(), ready, body: body.clone() });
         Ok(body)
     }
 }
