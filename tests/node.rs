@@ -312,8 +312,7 @@ fn two_hundred_attach_and_detach_cycles_exhaust_nothing() {
 fn an_engine_whose_executable_was_deleted_is_found_by_its_path() {
     let _serial = serial();
     let scratch = integration_tests::Scratch::new("deleted-exe");
-    let copy = scratch.path().join("engine");
-    std::fs::copy(bin("eventflux-demo"), &copy).expect("copy the demo");
+    let copy = integration_tests::demo_copy(&scratch, "engine");
     let demo = GatedDemo::start(&copy, &["--events", "1000"]);
     std::fs::remove_file(&copy).expect("delete the executable");
     let path = copy.to_str().expect("path");
@@ -333,8 +332,7 @@ fn short_lived_engines_leave_nothing_behind() {
     let _serial = serial();
     let scratch = integration_tests::Scratch::new("churn");
     // A copy of its own, so that no other test's demo is selected.
-    let exe = scratch.path().join("churn-engine");
-    std::fs::copy(bin("eventflux-demo"), &exe).expect("copy the demo");
+    let exe = integration_tests::demo_copy(&scratch, "churn-engine");
     let node = Node::start(&["--exe", exe.to_str().expect("path"), "--grace-period", "1s", "--scan-interval", "50ms"]);
     let mut children = Vec::new();
     for i in 0..60u64 {

@@ -10,9 +10,8 @@
 //! Symbolization needs to know which file each address is in: from the live process (its
 //! memory map) when it still runs, else from the [`Layout`] taken while it ran, whose files are
 //! held open — a target that exits mid-profile still gets its samples written. User stacks
-//! come from frame
-//! pointers; code built without them shows the frames up to the first function that does not
-//! keep one (docs/cpu.md).
+//! come from frame pointers; code built without them shows the frames up to the first function
+//! that does not keep one (docs/cpu.md).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

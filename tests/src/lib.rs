@@ -835,3 +835,11 @@ pub fn fed_node_b(receiver_port: u16, chunks: u64, events: u32, flags: Option<u8
     sender.join().expect("sender");
     (summary, daemon)
 }
+
+/// A copy of the demo named `name` in `scratch`: an executable no other test's process runs
+/// (node mode's `--exe` selects it alone), or one a test may delete or rewrite.
+pub fn demo_copy(scratch: &Scratch, name: &str) -> PathBuf {
+    let copy = scratch.path().join(name);
+    std::fs::copy(bin("eventflux-demo"), &copy).expect("copy the demo");
+    copy
+}

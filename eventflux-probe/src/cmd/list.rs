@@ -29,9 +29,18 @@ struct Row<'a> {
     binary: String,
     #[serde(flatten)]
     note: &'a UsdtNote,
-    /// `ok`, or why an observer would refuse to attach there (`usdt::verify`): checked in the
-    /// process's memory with `--pid`, in the file with `--binary`.
-    site: String,
+    /// Why an observer would refuse to attach there (`usdt::verify`), if it would: checked in
+    /// the process's memory with `--pid`, in the file with `--binary`. JSON: `ok` or
+    /// `refused: REASON`.
+    #[serde(rename = "site", serialize_with = "site_json")]
+    refusal: Option<verify::Refusal>,
+}
+
+fn site_json<S: serde::Serializer>(refusal: &Option<verify::Refusal>, s: S) -> Result<S::Ok, S::Error> {
+    match refusal {
+        None => s.serialize_str("ok"),
+        Some(r) => s.serialize_str(&format!("refused: {r}")),
+    }
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -54,24 +63,21 @@ pub fn run(args: &Args) -> Result<()> {
     let rows: Vec<Row<'_>> = binaries
         .iter()
         .flat_map(|b| {
-            b.notes.notes.iter().filter(|n| wanted(n)).map(|note| {
-                let site = match check(b, note) {
-                    Ok(()) => "ok".to_owned(),
-                    Err(refusal) => format!("refused: {refusal}"),
-                };
-                Row { binary: b.path.display().to_string(), note, site }
+            b.notes.notes.iter().filter(|n| wanted(n)).map(|note| Row {
+                binary: b.path.display().to_string(),
+                note,
+                refusal: check(b, note).err(),
             })
         })
         .collect();
-    for r in rows.iter().filter(|r| r.site != "ok") {
-        warnings.push(format!(
-            "{}: {}:{} at {:#x} would not be attached: {}",
-            r.binary,
-            r.note.provider,
-            r.note.name,
-            r.note.offset,
-            r.site.trim_start_matches("refused: ")
-        ));
+    for r in &rows {
+        if let Some(refusal) = &r.refusal {
+            let n = r.note;
+            warnings.push(format!(
+                "{}: {}:{} at {:#x} would not be attached: {refusal}",
+                r.binary, n.provider, n.name, n.offset
+            ));
+        }
     }
     for b in &binaries {
         for s in b
@@ -118,7 +124,7 @@ fn write_table(out: &mut impl Write, rows: &[Row<'_>]) -> std::io::Result<()> {
                 format!("{:#x}", n.offset),
                 if n.semaphore == 0 { "-".into() } else { format!("{:#x}", n.semaphore) },
                 n.semaphore_offset.map_or("-".into(), |o| format!("{o:#x}")),
-                if r.site == "ok" { "ok".into() } else { "REFUSED".into() },
+                if r.refusal.is_none() { "ok".into() } else { "REFUSED".into() },
                 n.args.clone(),
             ]
         })
