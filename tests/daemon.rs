@@ -63,6 +63,19 @@ fn run_probes() -> usize {
 /// Runs the demo with `mode_args` (after DEMO's) under `observers` `run`s attached before its
 /// first event, and checks every scraped metric of each against the demo's own summary.
 fn check_exact(mode_args: &[&str], observers: usize) {
+    check_exact_with(mode_args, observers, Attach::Auto);
+}
+
+/// How the observers attach (`EVENTFLUX_PROBE_ATTACH`).
+#[derive(Clone, Copy, PartialEq)]
+enum Attach {
+    /// `uprobe_multi` links on this kernel.
+    Auto,
+    /// One perf event per site.
+    Perf,
+}
+
+fn check_exact_with(mode_args: &[&str], observers: usize, attach: Attach) {
     let _serial = serial();
     let demo = bin("eventflux-demo");
     let mut args = DEMO.to_vec();
@@ -80,12 +93,29 @@ fn check_exact(mode_args: &[&str], observers: usize) {
 
     let target = GatedDemo::start(&demo, &args);
     let pid = target.pid();
-    let mut daemons: Vec<Daemon> = (0..observers).map(|_| Daemon::start(pid)).collect();
+    let env: Vec<(&str, String)> = match attach {
+        Attach::Auto => vec![],
+        Attach::Perf => vec![("EVENTFLUX_PROBE_ATTACH", "perf".into())],
+    };
+    let mut daemons: Vec<Daemon> = (0..observers).map(|_| Daemon::start_with_env(pid, &[], &env)).collect();
     for daemon in &mut daemons {
         let attached_line = daemon.wait_for_log("attached", Duration::from_secs(5));
         assert!(attached_line.contains(&format!("probes={}", run_probes())), "{attached_line}");
         let m = parse_metrics(&daemon.scrape());
         assert_eq!(get(&m, "eventflux_probe_probes_attached", &[]), run_probes() as u64);
+        // The kernel's own account of the daemon's links: one uprobe_multi link per program
+        // (each probe's sites are in one file here), or one perf link per site.
+        let sites = get(&m, "eventflux_probe_sites_attached", &[]) as usize;
+        let links = integration_tests::bpf_links(daemon.child.id());
+        // And one perf link per online CPU: CPU sampling.
+        let cpus = online_cpus();
+        let expected = match attach {
+            Attach::Auto => {
+                [("uprobe_multi".to_owned(), distinct_programs(run_probes())), ("perf".to_owned(), cpus)].into()
+            }
+            Attach::Perf => [("perf".to_owned(), sites + cpus)].into(),
+        };
+        assert_eq!(links, expected, "{sites} sites");
     }
 
     // Semaphores are raised by the kernel while attached.
@@ -222,6 +252,31 @@ fn check_daemon(mut daemon: Daemon, attached: &Value, detached: &Value, async_mo
 #[test]
 fn sync_mode_counts_are_exact_for_two_observers() {
     check_exact(&[], 2);
+}
+
+/// The way attaching went before `uprobe_multi` links, and still goes on kernels before 6.6:
+/// the same exact counts.
+#[test]
+fn perf_event_attachments_count_exactly() {
+    check_exact_with(&[], 1, Attach::Perf);
+}
+
+/// CPUs online (`/sys/devices/system/cpu/online`: ranges like `0-1,4`).
+fn online_cpus() -> usize {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").expect("online CPUs");
+    text.trim()
+        .split(',')
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().expect("cpu") - a.parse::<usize>().expect("cpu") + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// Programs behind `probes` attached probes: the control probes share one (`empty`).
+fn distinct_programs(probes: usize) -> usize {
+    // run attaches two control probes (a sampling and a flush level), both to `empty`.
+    probes - 1
 }
 
 #[test]
@@ -390,6 +445,11 @@ fn bad_targets_and_ports_are_one_clear_line() {
     let cmd = format!("exec {} run --pid {} --listen 127.0.0.1:{port}", probe.display(), target.pid());
     let out = run(Command::new("capsh").args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c", &cmd]));
     assert_one_line_error(&out, "missing CAP_BPF, CAP_PERFMON");
+
+    let out = run(Command::new(&probe)
+        .args(["run", "--pid", &target.pid().to_string()])
+        .env("EVENTFLUX_PROBE_ATTACH", "fast"));
+    assert_one_line_error(&out, "environment variable EVENTFLUX_PROBE_ATTACH: `fast` is not one of auto, multi, perf");
 
     let out = run(Command::new(&probe).args(["latency", "--pid", &target.pid().to_string(), "--stage", "sort"]));
     assert_one_line_error(&out, "unknown stage `sort`");

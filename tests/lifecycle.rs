@@ -80,7 +80,9 @@ fn the_whole_lifecycle() {
     assert!(h["queries_running"].as_u64() == Some(3), "{h}");
 
     // Another instance of the same executable, running alongside the first: not a successor.
+    // (Start times are in clock ticks: it must have started a tick, 10 ms, before the kill.)
     let alongside = GatedDemo::start(&demo, &["--events", "10"]);
+    std::thread::sleep(Duration::from_millis(30));
 
     // Killed: both endpoints say so within a second, with the reason.
     let mut first = first;

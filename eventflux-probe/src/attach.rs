@@ -1,23 +1,59 @@
-//! Attaching a loaded uprobe program to one USDT site: by file offset, with the semaphore
-//! counted by the kernel (uprobe `ref_ctr_offset`) and a BPF cookie naming the site.
+//! Attaching a loaded uprobe program to USDT sites: by file offset, with the semaphore counted
+//! by the kernel (uprobe `ref_ctr_offset`) and a BPF cookie naming each site.
 //!
-//! aya attaches uprobes but does not expose `ref_ctr_offset`, so the perf event is opened here
-//! (`perf_event_open` on the `uprobe` PMU, offset in config2, path in config1, reference
-//! counter offset in bits 32–63 of config) and the program joined to it with `BPF_LINK_CREATE`.
-//! The kernel increments the semaphore while the event exists and decrements it when the event
-//! is closed, in this process and in processes that map the file later; nothing writes the
-//! target's memory. Dropping an [`Attachment`] detaches.
+//! Two ways, both with a pid filter. Where the kernel has them (Linux 6.6), one `uprobe_multi`
+//! BPF link holds all sites of one program in one file of one process ([`attach_multi`]): its
+//! uprobes are unregistered together, with one RCU wait, when it closes (why that matters:
+//! `load.rs`). Elsewhere, one perf event per site ([`attach`]): aya attaches uprobes but does
+//! not expose `ref_ctr_offset`, so the event is opened here (`perf_event_open` on the `uprobe`
+//! PMU, offset in config2, path in config1, reference counter offset in bits 32–63 of config)
+//! and the program joined to it with `BPF_LINK_CREATE`. Either way the kernel increments the
+//! semaphore while the uprobe exists and decrements it when it goes; nothing writes the
+//! target's memory. Dropping an [`Attachment`] detaches; [`detach`] drops many at once, in
+//! parallel.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-/// One attached site; dropping it closes the link and the perf event (detach).
+/// Attached sites; dropping it closes the link (and the perf event): detach.
 #[derive(Debug)]
-pub struct Attachment {
-    _link: OwnedFd,
-    _perf: OwnedFd,
+pub enum Attachment {
+    /// One site, through a perf event.
+    Perf { _link: OwnedFd, _perf: OwnedFd },
+    /// The sites of one `uprobe_multi` link.
+    Multi { _link: OwnedFd },
+}
+
+/// Threads [`detach`] closes attachments from at most.
+const DETACH_THREADS: usize = 64;
+
+/// Drops (detaches) `attachments`, from up to 64 threads: each close waits for RCU grace
+/// periods (tens of milliseconds on a busy machine), and closes in flight at the same time
+/// share them. Perf-event attachments gain little (the kernel serialises them under one
+/// mutex); `uprobe_multi` links gain nearly the thread count (`load.rs`).
+pub fn detach(attachments: Vec<Attachment>) {
+    let threads = attachments.len().min(DETACH_THREADS);
+    if threads <= 1 {
+        drop(attachments);
+        return;
+    }
+    let queue = std::sync::Mutex::new(attachments);
+    let next = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+    std::thread::scope(|scope| {
+        for _ in 1..threads {
+            // A thread that cannot start leaves its share to the others (and to this one).
+            let _ = std::thread::Builder::new().name("detach".into()).spawn_scoped(scope, || {
+                while let Some(a) = next() {
+                    drop(a);
+                }
+            });
+        }
+        while let Some(a) = next() {
+            drop(a);
+        }
+    });
 }
 
 /// Type number of the kernel's `uprobe` PMU.
@@ -135,5 +171,71 @@ pub fn attach(program: BorrowedFd<'_>, pmu_type: u32, site: &Site<'_>) -> io::Re
     if unsafe { libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) } < 0 {
         return Err(last_error("PERF_EVENT_IOC_ENABLE"));
     }
-    Ok(Attachment { _link: link, _perf: perf })
+    Ok(Attachment::Perf { _link: link, _perf: perf })
+}
+
+/// One site of a [`attach_multi`] link.
+#[derive(Debug, Clone, Copy)]
+pub struct MultiSite {
+    /// File offset of the probe's `nop`.
+    pub offset: u64,
+    /// File offset of the probe's semaphore, if it has one.
+    pub semaphore_offset: Option<u64>,
+    /// Passed to the program as its BPF cookie.
+    pub cookie: u64,
+}
+
+/// `union bpf_attr` for `BPF_LINK_CREATE` of a `uprobe_multi` link.
+#[repr(C)]
+#[derive(Default)]
+struct UprobeMultiAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    path: u64,
+    offsets: u64,
+    ref_ctr_offsets: u64,
+    cookies: u64,
+    cnt: u32,
+    multi_flags: u32,
+    pid: u32,
+    _pad: u32,
+}
+
+/// Attaches `program` (loaded for `uprobe_multi`, `load.rs`) to `sites` of the file `path`,
+/// triggered by process `pid` only: one link.
+pub fn attach_multi(program: BorrowedFd<'_>, path: &Path, pid: u32, sites: &[MultiSite]) -> io::Result<Attachment> {
+    let path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let offsets: Vec<u64> = sites.iter().map(|s| s.offset).collect();
+    // 0 is "no semaphore" to the kernel, as for a single uprobe.
+    let ref_ctr_offsets: Vec<u64> = sites.iter().map(|s| s.semaphore_offset.unwrap_or(0)).collect();
+    let cookies: Vec<u64> = sites.iter().map(|s| s.cookie).collect();
+    let attr = UprobeMultiAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        attach_type: crate::load::BPF_TRACE_UPROBE_MULTI,
+        path: path.as_ptr() as u64,
+        offsets: offsets.as_ptr() as u64,
+        ref_ctr_offsets: ref_ctr_offsets.as_ptr() as u64,
+        cookies: cookies.as_ptr() as u64,
+        cnt: sites.len() as u32,
+        pid,
+        ..UprobeMultiAttr::default()
+    };
+    // SAFETY: a bpf_attr for BPF_LINK_CREATE, fully initialised, of the size passed; the path
+    // and the three arrays of `cnt` entries outlive the call.
+    let link = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &attr as *const UprobeMultiAttr,
+            size_of::<UprobeMultiAttr>() as u32,
+        )
+    };
+    if link < 0 {
+        return Err(last_error("bpf(BPF_LINK_CREATE, uprobe_multi)"));
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(Attachment::Multi { _link: unsafe { OwnedFd::from_raw_fd(link as i32) } })
 }

@@ -2,7 +2,7 @@
 //! they fill. This is the only module that talks to aya.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,8 @@ use eventflux_probe_common::{
     Class, CounterKey, CpuKey, Hist, HistKey, MAX_SITES, PROBES, SiteSpec, SlotRef, cpu_target, drop, probe,
 };
 
-use crate::attach::{self, Attachment, Site};
+use crate::attach::{self, Attachment, MultiSite, Site};
+use crate::load;
 use crate::usdt::{self, BinaryProbes};
 
 /// The compiled kernel programs (eventflux-probe-ebpf), built by build.rs.
@@ -100,14 +101,51 @@ pub struct Kernel {
     pmu_type: u32,
     /// Probe id → the program attached to its sites.
     loaded: BTreeMap<u32, &'static str>,
+    /// How programs are loaded and attached: `uprobe_multi` links where the kernel has them.
+    multi: Option<Multi>,
     /// By cookie (the index into `SPECS`): the site attached there, or `None` for a free slot,
     /// reused by the next attach (a daemon that follows restarts attaches all day).
-    slots: Vec<Option<(AttachedSite, Attachment)>>,
+    slots: Vec<Option<AttachedSite>>,
+    /// The attachments holding the sites, by the process they filter on.
+    links: Vec<(u32, Attachment)>,
     /// CPU time one CPU sample stands for, once sampling started ([`Kernel::sample_cpu`]).
     cpu_period: Option<Duration>,
     /// Sites refused since load, and the latest of them.
     refused_total: u64,
     refused: std::collections::VecDeque<RefusedSite>,
+}
+
+/// The uprobe programs, loaded for `uprobe_multi` links (`load.rs`).
+struct Multi {
+    programs: load::Programs,
+    loaded: BTreeMap<&'static str, OwnedFd>,
+}
+
+/// How uprobes are attached: `EVENTFLUX_PROBE_ATTACH` (see docs/configuration.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttachMode {
+    /// `uprobe_multi` links if the kernel has them, else perf events.
+    Auto,
+    Multi,
+    Perf,
+}
+
+/// The environment variable that chooses the [`AttachMode`].
+pub const ATTACH_ENV: &str = "EVENTFLUX_PROBE_ATTACH";
+
+impl AttachMode {
+    fn from_env() -> Result<AttachMode> {
+        let Some(value) = std::env::var_os(ATTACH_ENV) else { return Ok(AttachMode::Auto) };
+        match value.to_str() {
+            Some("" | "auto") => Ok(AttachMode::Auto),
+            Some("multi") => Ok(AttachMode::Multi),
+            Some("perf") => Ok(AttachMode::Perf),
+            _ => {
+                let shown: String = value.to_string_lossy().chars().take(64).collect();
+                Err(anyhow!("environment variable {ATTACH_ENV}: `{shown}` is not one of auto, multi, perf"))
+            }
+        }
+    }
 }
 
 /// The probe CPU attribution needs: engine threads announce their CPU slots through it, and
@@ -187,6 +225,7 @@ impl Kernel {
         // Span records only for a tracer (who attaches the trace probes and reads `SPANS`).
         let trace: u8 = TRACE_PROBES.iter().any(|p| probes.contains(p)).into();
         loader.override_global("TRACE_SPANS", &trace, true);
+        let mode = AttachMode::from_env()?;
         let mut ebpf = loader.load(OBJECT).map_err(|e| {
             if is_permission_error(&e) {
                 anyhow!("not permitted to load eBPF programs: {PERMISSION_HINT}")
@@ -196,6 +235,22 @@ impl Kernel {
         })?;
         let pmu_type = attach::uprobe_pmu_type()
             .context("this kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe/type)")?;
+        let multi = match (mode, load::probe_kernel()) {
+            (AttachMode::Perf, _) => None,
+            (_, Ok(())) => Some(Multi { programs: load::Programs::relocate(OBJECT, &ebpf)?, loaded: BTreeMap::new() }),
+            (AttachMode::Auto, Err(e)) => {
+                tracing::info!(
+                    "this kernel has no uprobe_multi links ({e}; Linux 6.6 has them): attaching one perf event per \
+                     site, which takes about 0.1 s per site to detach"
+                );
+                None
+            }
+            (AttachMode::Multi, Err(e)) => {
+                bail!(
+                    "{ATTACH_ENV}=multi, but this kernel loads no programs for uprobe_multi links ({e}; Linux 6.6 does)"
+                )
+            }
+        };
         let logger = if kernel_log {
             match aya_log::EbpfLogger::init(&mut ebpf) {
                 Ok(logger) => Some(logger),
@@ -212,7 +267,9 @@ impl Kernel {
             logger,
             pmu_type,
             loaded: BTreeMap::new(),
+            multi,
             slots: Vec::new(),
+            links: Vec::new(),
             cpu_period: None,
             refused_total: 0,
             refused: Default::default(),
@@ -249,6 +306,12 @@ impl Kernel {
             self.loaded.insert(id, name);
             return Ok(());
         }
+        if let Some(multi) = &mut self.multi {
+            let fd = multi.programs.load(name)?;
+            multi.loaded.insert(name, fd);
+            self.loaded.insert(id, name);
+            return Ok(());
+        }
         let program: &mut UProbe = self
             .ebpf
             .program_mut(name)
@@ -268,10 +331,12 @@ impl Kernel {
         let started = Instant::now();
         let mut report = AttachReport::default();
         let mut cookies = Vec::new();
+        let links = self.links.len();
         if let Err(e) = self.attach_sites(pid, binaries, &mut report, &mut cookies) {
             for c in cookies {
                 self.slots[c as usize] = None;
             }
+            attach::detach(self.links.split_off(links).into_iter().map(|(_, a)| a).collect());
             return Err(e);
         }
         report.elapsed = started.elapsed();
@@ -287,6 +352,7 @@ impl Kernel {
     ) -> Result<()> {
         let mut probes = BTreeSet::new();
         let image = usdt::verify::ProcessImage::open(pid)?;
+        let mut pending: BTreeMap<&'static str, Vec<(u32, MultiSite)>> = BTreeMap::new();
         for binary in binaries {
             for note in binary.notes.notes.iter().filter(|n| n.provider == PROVIDER) {
                 let Some(id) = probe::NAMES.iter().position(|n| *n == note.name).map(|i| i as u32) else {
@@ -327,33 +393,52 @@ impl Kernel {
                     None => bail!("more than {MAX_SITES} probe sites attached at once: not supported"),
                 };
                 self.spec_map()?.set(cookie, spec, 0).context("cannot write the site spec map")?;
-                let program: &UProbe = self
-                    .ebpf
-                    .program(name)
-                    .ok_or_else(|| anyhow!("no program {name}"))?
-                    .try_into()
-                    .with_context(|| format!("program {name} is not a uprobe"))?;
-                let fd = program.fd().with_context(|| format!("program {name} is not loaded"))?;
-                let site = Site {
-                    path: &binary.opened_at,
-                    offset: note.offset,
-                    semaphore_offset: note.semaphore_offset,
-                    pid: Some(pid),
-                    cookie: u64::from(cookie),
-                };
-                let attachment = attach::attach(fd.as_fd(), self.pmu_type, &site).map_err(|e| {
+                self.slots[cookie as usize] = Some(AttachedSite { pid, binary: binary.path.clone(), probe: id });
+                cookies.push(cookie);
+                let site =
+                    MultiSite { offset: note.offset, semaphore_offset: note.semaphore_offset, cookie: cookie.into() };
+                pending.entry(name).or_default().push((id, site));
+            }
+            // One link per program for this file (see `load.rs`), or one perf event per site.
+            for (name, sites) in std::mem::take(&mut pending) {
+                let fd = self.program_fd(name).with_context(|| format!("program {name} is not loaded"))?;
+                let what = || format!("{}:{}", binary.path.display(), probe::NAMES[sites[0].0 as usize]);
+                let perf = self.multi.is_none();
+                let refused = |e: std::io::Error, what: String| {
                     // EACCES and EPERM (the error's text carries the call, so go by its kind).
                     if e.kind() == std::io::ErrorKind::PermissionDenied {
-                        crate::privileges::attach_refused(&what)
+                        crate::privileges::attach_refused(&what, perf)
                     } else {
                         anyhow!("cannot attach to {what}: {e}")
                     }
-                })?;
-                let attached = AttachedSite { pid, binary: binary.path.clone(), probe: id };
-                self.slots[cookie as usize] = Some((attached, attachment));
-                cookies.push(cookie);
-                probes.insert(id);
-                report.sites += 1;
+                };
+                // On a failure, what this group attached is dropped (detached) with `attached`,
+                // and the caller detaches the groups before it.
+                let mut attached = Vec::new();
+                if self.multi.is_some() {
+                    let multi: Vec<MultiSite> = sites.iter().map(|(_, s)| *s).collect();
+                    attached.push(
+                        attach::attach_multi(fd, &binary.opened_at, pid, &multi)
+                            .map_err(|e| refused(e, format!("{} ({} sites)", what(), multi.len())))?,
+                    );
+                } else {
+                    for (_, site) in &sites {
+                        let at = Site {
+                            path: &binary.opened_at,
+                            offset: site.offset,
+                            semaphore_offset: site.semaphore_offset,
+                            pid: Some(pid),
+                            cookie: site.cookie,
+                        };
+                        attached.push(
+                            attach::attach(fd, self.pmu_type, &at)
+                                .map_err(|e| refused(e, format!("{} at {:#x}", what(), site.offset)))?,
+                        );
+                    }
+                }
+                self.links.extend(attached.into_iter().map(|a| (pid, a)));
+                probes.extend(sites.iter().map(|(id, _)| *id));
+                report.sites += sites.len();
             }
         }
         report.probes = probes.len();
@@ -443,36 +528,48 @@ impl Kernel {
 
     /// Detaches everything (also done on drop).
     ///
-    /// Slow on purpose of the kernel, not ours: closing an attachment unregisters its uprobe,
-    /// which takes a global lock whose write side waits for an RCU grace period, about 0.1 s
-    /// per site on the machines we measured (2 s for the demo's 19 sites), and closing from
-    /// several threads does not overlap the waits (measured: 1.7 s instead of 2.0 s). A BPF
-    /// `uprobe_multi` link would unregister all sites of a binary with one wait; aya 0.14
-    /// cannot load programs for it.
+    /// The kernel's time more than ours: each closed attachment waits for RCU grace periods
+    /// (see `load.rs`); [`attach::detach`] closes them in parallel.
     pub fn detach_all(&mut self) {
-        std::mem::drop(self.take_attachments());
+        attach::detach(self.take_attachments());
     }
 
-    /// The attachments, handed over for the caller to drop (to detach) without holding
-    /// whatever lock guards this `Kernel` for the seconds that takes; their slots are free.
+    /// The attachments, handed over for the caller to detach ([`attach::detach`]) without
+    /// holding whatever lock guards this `Kernel` meanwhile; their slots are free.
     pub fn take_attachments(&mut self) -> Vec<Attachment> {
-        self.slots.iter_mut().filter_map(Option::take).map(|(_, a)| a).collect()
+        self.slots.iter_mut().for_each(|slot| *slot = None);
+        self.links.drain(..).map(|(_, a)| a).collect()
     }
 
     /// Process `pid`'s attachments, handed over like [`Kernel::take_attachments`]: the other
     /// targets stay attached, and the slots are free for the next attach.
     pub fn take_attachments_of(&mut self, pid: u32) -> Vec<Attachment> {
-        self.slots
-            .iter_mut()
-            .filter(|slot| slot.as_ref().is_some_and(|(site, _)| site.pid == pid))
-            .filter_map(Option::take)
-            .map(|(_, a)| a)
-            .collect()
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(|site| site.pid == pid) {
+                *slot = None;
+            }
+        }
+        let (taken, kept) = std::mem::take(&mut self.links).into_iter().partition(|(p, _)| *p == pid);
+        self.links = kept;
+        taken.into_iter().map(|(_, a)| a).collect::<Vec<_>>()
     }
 
     /// The sites attached now.
     pub fn sites(&self) -> impl Iterator<Item = &AttachedSite> {
-        self.slots.iter().flatten().map(|(site, _)| site)
+        self.slots.iter().flatten()
+    }
+
+    /// The descriptor of loaded program `name`: ours for `uprobe_multi`, else aya's.
+    fn program_fd(&self, name: &str) -> Option<BorrowedFd<'_>> {
+        if let Some(fd) = self.multi.as_ref().and_then(|m| m.loaded.get(name)) {
+            return Some(fd.as_fd());
+        }
+        self.ebpf.program(name)?.fd().ok().map(|fd| fd.as_fd())
+    }
+
+    /// How the uprobes are attached: `"uprobe_multi"` links or `"perf_event"`s.
+    pub fn attach_kind(&self) -> &'static str {
+        if self.multi.is_some() { "uprobe_multi" } else { "perf_event" }
     }
 
     /// Attachments currently open.
@@ -587,9 +684,9 @@ impl Kernel {
         let mut out = Vec::new();
         let names = self.program_names();
         for name in names {
-            let Some(program) = self.ebpf.program(name) else { continue };
-            if let Ok(info) = program.info() {
-                out.push((name, info.run_count(), info.run_time()));
+            let Some(fd) = self.program_fd(name) else { continue };
+            if let Ok(info) = load::prog_info(fd) {
+                out.push((name, info.run_count, Duration::from_nanos(info.run_time_ns)));
             }
         }
         out
@@ -599,10 +696,7 @@ impl Kernel {
     pub fn program_instructions(&self) -> Vec<(&'static str, u32)> {
         self.program_names()
             .into_iter()
-            .filter_map(|name| {
-                let info = self.ebpf.program(name)?.info().ok()?;
-                Some((name, info.size_translated()? / 8))
-            })
+            .filter_map(|name| Some((name, load::prog_info(self.program_fd(name)?).ok()?.xlated_insns)))
             .collect()
     }
 
@@ -620,6 +714,12 @@ impl Kernel {
             ),
             ("sites", self.attached(), MAX_SITES),
         ])
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        self.detach_all();
     }
 }
 

@@ -28,7 +28,7 @@ use toml::de::{DeTable, DeValue};
 pub const ENV_PREFIX: &str = "EVENTFLUX_PROBE_";
 
 /// Variables with [`ENV_PREFIX`] that are read elsewhere, so not taken for misspelt keys.
-pub const RESERVED_ENV: &[&str] = &["EVENTFLUX_PROBE_VERIFIER_LOG", "EVENTFLUX_PROBE_CONFIG"];
+pub const RESERVED_ENV: &[&str] = &["EVENTFLUX_PROBE_VERIFIER_LOG", "EVENTFLUX_PROBE_CONFIG", "EVENTFLUX_PROBE_ATTACH"];
 
 /// One key of the reference: where it lives, how the environment names it, its default (as
 /// written in a config file or a variable) and what it means.

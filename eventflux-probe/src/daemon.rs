@@ -210,20 +210,22 @@ impl Daemon {
             let mut kernel = lock(&self.kernel);
             (kernel.sites().map(|s| s.pid).collect(), kernel.take_attachments())
         };
-        std::mem::drop(attachments);
+        crate::attach::detach(attachments);
         for pid in pids {
             self.collector.detached(pid);
         }
     }
 
-    /// Detaches process `pid`'s sites only (node mode: the other targets stay attached); slow
-    /// like [`Daemon::detach_all`], and like it holds the kernel's lock only to take them.
+    /// Detaches process `pid`'s sites only (node mode: the other targets stay attached), and
+    /// says how many; like [`Daemon::detach_all`] holds the kernel's lock only to take them.
     pub fn detach(&self, pid: u32) -> usize {
-        let attachments = lock(&self.kernel).take_attachments_of(pid);
-        let n = attachments.len();
-        std::mem::drop(attachments);
+        let (sites, attachments) = {
+            let mut kernel = lock(&self.kernel);
+            (kernel.sites().filter(|s| s.pid == pid).count(), kernel.take_attachments_of(pid))
+        };
+        crate::attach::detach(attachments);
         self.collector.detached(pid);
-        n
+        sites
     }
 
     /// Sites attached now, over all targets, and the slots the kernel side has (attached or
@@ -716,6 +718,18 @@ async fn watch(shared: &Arc<Shared>, target: &Arc<Target>) -> Option<Arc<Target>
     let pid = target.pid();
     let exe = target.exe_path().to_path_buf();
     let state = target.ended(Duration::from_millis(250)).await;
+    // Processes of the executable that were already running when the target ended run
+    // alongside it; they are not its restart, and never followed. Told apart by start time,
+    // to the clock tick: one started in the same tick (10 ms) as the exit counts as a restart.
+    let ended_at = crate::target::boot_ticks_now();
+    let alongside: Vec<u32> = if shared.options.follow {
+        crate::discover::processes_running(&exe, target.start_ticks(), &BTreeSet::from([pid]))
+            .into_iter()
+            .filter(|p| crate::target::start_ticks(*p).is_some_and(|t| t < ended_at))
+            .collect()
+    } else {
+        Vec::new()
+    };
     match &state {
         State::Execd(new) => tracing::warn!(
             exe = %new.display(),
@@ -731,6 +745,7 @@ async fn watch(shared: &Arc<Shared>, target: &Arc<Target>) -> Option<Arc<Target>
     tokio::pin!(grace);
     let mut forgotten = false;
     let mut rejected = BTreeSet::from([pid]);
+    rejected.extend(alongside);
     if shared.options.follow {
         tracing::info!("waiting for a new process of the same executable (--follow)");
     } else {

@@ -19,6 +19,7 @@ pub mod export;
 pub mod health;
 pub mod http;
 pub mod input;
+pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod model;

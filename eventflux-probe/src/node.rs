@@ -556,7 +556,7 @@ async fn background(node: Arc<Node>) {
             });
         }
         for pid in node.newly_gone() {
-            // Detaching takes about 0.1 s per site (the kernel's uprobe unregistration): in the
+            // Detaching waits for the kernel's RCU grace periods (`load.rs`): in the
             // background, one task per target.
             let n = Arc::clone(&node);
             tokio::task::spawn_blocking(move || {

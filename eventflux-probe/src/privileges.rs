@@ -6,16 +6,19 @@
 //! - CAP_SYS_PTRACE: read another process's files through `/proc/PID/root` and filter a uprobe
 //!   to its pid (the kernel's ptrace access check, which a tracer with fewer capabilities than
 //!   its target fails without it).
-//! - CAP_SYS_ADMIN, for `perf_event_open` of a uprobe on Linux 6.16 and later (and the stable
-//!   kernels the change went back to: "perf: Revert to requiring CAP_SYS_ADMIN for uprobes",
-//!   2025). From 5.8 until then CAP_PERFMON was enough. No sysctl changes this; the kernel
-//!   version does. CAP_SYS_ADMIN also covers CAP_BPF and CAP_PERFMON, so on current kernels the
-//!   minimal set is CAP_SYS_ADMIN and CAP_SYS_PTRACE.
+//! - CAP_SYS_ADMIN, only where uprobes are attached through perf events (kernels before 6.6,
+//!   or `EVENTFLUX_PROBE_ATTACH=perf`; see `load.rs`): `perf_event_open` of a uprobe wants it
+//!   on Linux 6.16 and later (and the stable kernels the change went back to: "perf: Revert to
+//!   requiring CAP_SYS_ADMIN for uprobes", 2025); from 5.8 until then CAP_PERFMON was enough.
+//!   `uprobe_multi` links (6.6 and later, the default) need only CAP_BPF and CAP_PERFMON, so
+//!   the minimal set there is CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE. CAP_SYS_ADMIN also
+//!   covers CAP_BPF and CAP_PERFMON.
 //!
 //! The start check asks for CAP_SYS_PTRACE, and for CAP_BPF and CAP_PERFMON unless
-//! CAP_SYS_ADMIN stands in for them; whether the kernel also wants CAP_SYS_ADMIN shows at the
-//! first attach, whose refusal [`attach_refused`] then explains. CAP_SYS_ADMIN also turns on the
-//! kernel's BPF run-time statistics (`eventflux_probe_program_run*`); without it those stay 0.
+//! CAP_SYS_ADMIN stands in for them; whether the kernel also wants CAP_SYS_ADMIN (perf events)
+//! shows at the first attach, whose refusal [`attach_refused`] then explains. CAP_SYS_ADMIN
+//! also turns on the kernel's BPF run-time statistics (`eventflux_probe_program_run*`); without
+//! it those stay 0.
 
 use anyhow::{Result, anyhow, bail};
 
@@ -53,14 +56,16 @@ pub fn check() -> Result<()> {
         return Ok(());
     }
     bail!(
-        "not permitted to attach: missing {} (CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, and Linux 6.16 and later need it for uprobes anyway); run as root, or grant CAP_SYS_ADMIN and CAP_SYS_PTRACE",
+        "not permitted to attach: missing {} (CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON); run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (and CAP_SYS_ADMIN on kernels before 6.6)",
         missing.join(", ")
     )
 }
 
-/// The error for a uprobe `perf_event_open` refused with EACCES or EPERM.
-pub fn attach_refused(what: &str) -> anyhow::Error {
+/// The error for an attach refused with EACCES or EPERM: a uprobe `perf_event_open` (`perf`),
+/// or a `uprobe_multi` link.
+pub fn attach_refused(what: &str, perf: bool) -> anyhow::Error {
     match effective() {
+        _ if !perf => anyhow!("not permitted to attach to {what} (is a security module refusing BPF links?)"),
         Some(eff) if !has(eff, CAP_SYS_ADMIN) => anyhow!(
             "not permitted to attach uprobes: missing CAP_SYS_ADMIN (this kernel allows uprobe perf events to CAP_SYS_ADMIN only, as Linux 6.16 and later do); run as root, or grant CAP_SYS_ADMIN and CAP_SYS_PTRACE"
         ),

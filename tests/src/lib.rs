@@ -843,3 +843,17 @@ pub fn demo_copy(scratch: &Scratch, name: &str) -> PathBuf {
     std::fs::copy(bin("eventflux-demo"), &copy).expect("copy the demo");
     copy
 }
+
+/// The BPF links process `pid` holds, counted by kind as the kernel names them in
+/// `/proc/PID/fdinfo` (`uprobe_multi`, `perf`, ...): how an observer really attached.
+pub fn bpf_links(pid: u32) -> std::collections::BTreeMap<String, usize> {
+    let mut kinds = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return kinds };
+    for entry in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else { continue };
+        if let Some(kind) = info.lines().find_map(|l| l.strip_prefix("link_type:")) {
+            *kinds.entry(kind.trim().to_owned()).or_insert(0) += 1;
+        }
+    }
+    kinds
+}

@@ -14,7 +14,8 @@ pub fn run(events: u64, rounds: usize) -> Result<()> {
     // Needs root: loads eBPF programs and attaches them to the demo and a probe loop.
     sh(Command::new("cargo").args(["bench", "-p", "eventflux-probe", "--bench", "observer"]))?;
     sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "upstream"]))?;
-    sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "scrape_load"]))
+    sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "scrape_load"]))?;
+    sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "node_scale"]))
 }
 
 /// Demo throughput at `--rate 0` with markers compiled in (detached) against compiled out.
