@@ -271,10 +271,7 @@ fn node_mode_finds_counts_labels_and_forgets_processes() {
 
 /// A node observer attaches and detaches all day: 200 cycles of attach, detach and forget on
 /// one process never fail, leave no site attached, reuse the same slots and leak no
-/// descriptor. (The engine's semaphores are not checked here: on this kernel a live process
-/// detached in-process keeps its USDT semaphore raised until the observer process exits —
-/// docs/probes.md; node mode detaches a process when it exits, and `tests/daemon.rs` checks
-/// the semaphores of a live target after the observer exits.)
+/// descriptor, and leave the process's semaphore down.
 #[test]
 fn two_hundred_attach_and_detach_cycles_exhaust_nothing() {
     // Alone: a node observer of the other test would attach to this demo too.
@@ -302,6 +299,9 @@ fn two_hundred_attach_and_detach_cycles_exhaust_nothing() {
     }
     let (attached, slots) = daemon.sites();
     assert_eq!((attached, slots), (0, sites), "no site left attached, no slot grown");
+    // Detached, the live process's semaphore is down again while the observer still runs.
+    let sem = integration_tests::semaphore_offset(&demo, "ingest");
+    assert_eq!(integration_tests::read_semaphore(pid, &demo, sem), 0, "ingest semaphore left raised");
     assert!(fds() <= before, "descriptors leaked: {before} before, {} after", fds());
     drop(target);
 }
