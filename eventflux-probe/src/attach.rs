@@ -26,23 +26,29 @@ pub enum Attachment {
     Multi { _link: OwnedFd },
 }
 
-/// Threads [`detach`] closes attachments from at most.
+/// Threads closing attachments at once, over all [`detach`] calls of the process (node mode
+/// detaches every exited target in a task of its own).
 const DETACH_THREADS: usize = 64;
+
+/// Extra threads [`detach`] calls have running now.
+static DETACH_EXTRA: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Drops (detaches) `attachments`, from up to 64 threads: each close waits for RCU grace
 /// periods (tens of milliseconds on a busy machine), and closes in flight at the same time
 /// share them. Perf-event attachments gain little (the kernel serialises them under one
-/// mutex); `uprobe_multi` links gain nearly the thread count (`load.rs`).
+/// mutex); `uprobe_multi` links gain nearly the thread count (`load.rs`). The calling thread
+/// closes too, so with every extra thread taken elsewhere this still finishes.
 pub fn detach(attachments: Vec<Attachment>) {
-    let threads = attachments.len().min(DETACH_THREADS);
-    if threads <= 1 {
-        drop(attachments);
-        return;
-    }
+    use std::sync::atomic::Ordering;
+    const MAX_EXTRA: usize = DETACH_THREADS - 1;
+    let wanted = attachments.len().saturating_sub(1);
+    let grant = |running: usize| wanted.min(MAX_EXTRA.saturating_sub(running));
+    // The closure always returns Some: the update cannot fail.
+    let extra = DETACH_EXTRA.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n + grant(n))).map_or(0, grant);
     let queue = std::sync::Mutex::new(attachments);
     let next = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
     std::thread::scope(|scope| {
-        for _ in 1..threads {
+        for _ in 0..extra {
             // A thread that cannot start leaves its share to the others (and to this one).
             let _ = std::thread::Builder::new().name("detach".into()).spawn_scoped(scope, || {
                 while let Some(a) = next() {
@@ -54,6 +60,7 @@ pub fn detach(attachments: Vec<Attachment>) {
             drop(a);
         }
     });
+    DETACH_EXTRA.fetch_sub(extra, Ordering::AcqRel);
 }
 
 /// Type number of the kernel's `uprobe` PMU.
@@ -204,7 +211,7 @@ struct UprobeMultiAttr {
 }
 
 /// Attaches `program` (loaded for `uprobe_multi`, `load.rs`) to `sites` of the file `path`,
-/// triggered by process `pid` only: one link.
+/// triggered by process `pid` only: one link. The error is the kernel's errno as it is.
 pub fn attach_multi(program: BorrowedFd<'_>, path: &Path, pid: u32, sites: &[MultiSite]) -> io::Result<Attachment> {
     let path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
@@ -234,7 +241,8 @@ pub fn attach_multi(program: BorrowedFd<'_>, path: &Path, pid: u32, sites: &[Mul
         )
     };
     if link < 0 {
-        return Err(last_error("bpf(BPF_LINK_CREATE, uprobe_multi)"));
+        // The bare errno: callers tell its kinds apart (`load::probe_kernel`) and name the call.
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this descriptor to us.
     Ok(Attachment::Multi { _link: unsafe { OwnedFd::from_raw_fd(link as i32) } })

@@ -117,8 +117,12 @@ pub struct Kernel {
 
 /// The uprobe programs, loaded for `uprobe_multi` links (`load.rs`).
 struct Multi {
-    programs: load::Programs,
+    /// Until a map is handed over (`take_spans`, `take_events`): the relocated code names the
+    /// maps' descriptors by number.
+    programs: Option<load::Programs>,
     loaded: BTreeMap<&'static str, OwnedFd>,
+    /// The verifier's whole reasoning in load errors (`EVENTFLUX_PROBE_VERIFIER_LOG=1`).
+    verbose: bool,
 }
 
 /// How uprobes are attached: `EVENTFLUX_PROBE_ATTACH` (see docs/configuration.md).
@@ -187,7 +191,7 @@ pub fn is_permission_error(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-const PERMISSION_HINT: &str = "run as root, or grant CAP_SYS_ADMIN and CAP_SYS_PTRACE (see the README's privileges)";
+const PERMISSION_HINT: &str = "run as root, or grant CAP_SYS_ADMIN and CAP_SYS_PTRACE, or on Linux 6.6 and later CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (see the README's privileges)";
 
 impl Kernel {
     /// Loads the programs of the given probes (ids from `eventflux_probe_common::probe`), with
@@ -214,7 +218,8 @@ impl Kernel {
         loader.override_global("PROFILE_STACKS", &profile, true);
         loader.map_max_entries("STACKS", if stacks { STACK_CAPACITY } else { 1 });
         // EVENTFLUX_PROBE_VERIFIER_LOG=1 puts the verifier's whole reasoning in load errors.
-        if std::env::var_os("EVENTFLUX_PROBE_VERIFIER_LOG").is_some_and(|v| v == "1") {
+        let verifier_log = std::env::var_os("EVENTFLUX_PROBE_VERIFIER_LOG").is_some_and(|v| v == "1");
+        if verifier_log {
             loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
         }
         // The programs' diagnostics (a drop, and why) only when the log asks for debug output
@@ -235,20 +240,31 @@ impl Kernel {
         })?;
         let pmu_type = attach::uprobe_pmu_type()
             .context("this kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe/type)")?;
-        let multi = match (mode, load::probe_kernel()) {
-            (AttachMode::Perf, _) => None,
-            (_, Ok(())) => Some(Multi { programs: load::Programs::relocate(OBJECT, &ebpf)?, loaded: BTreeMap::new() }),
-            (AttachMode::Auto, Err(e)) => {
-                tracing::info!(
-                    "this kernel has no uprobe_multi links ({e}; Linux 6.6 has them): attaching one perf event per \
-                     site, which takes about 0.1 s per site to detach"
-                );
-                None
-            }
-            (AttachMode::Multi, Err(e)) => {
-                bail!(
-                    "{ATTACH_ENV}=multi, but this kernel loads no programs for uprobe_multi links ({e}; Linux 6.6 does)"
-                )
+        let multi = match mode {
+            AttachMode::Perf => None,
+            AttachMode::Auto | AttachMode::Multi => {
+                let probe = load::probe_kernel();
+                if let Err(load::Unsupported::Permission(e)) = &probe {
+                    bail!("not permitted to load eBPF programs ({e}): {PERMISSION_HINT}");
+                }
+                let ready = probe.map_err(|e| anyhow!("{e}")).and_then(|()| load::Programs::relocate(OBJECT, &ebpf));
+                match ready {
+                    Ok(programs) => {
+                        Some(Multi { programs: Some(programs), loaded: BTreeMap::new(), verbose: verifier_log })
+                    }
+                    Err(e) if mode == AttachMode::Multi => {
+                        bail!(
+                            "{ATTACH_ENV}=multi, but uprobe_multi links cannot be used: {e:#} (unset it, or set it to perf)"
+                        )
+                    }
+                    Err(e) => {
+                        tracing::info!(
+                            "uprobe_multi links cannot be used ({e:#}): attaching one perf event per site, which takes \
+                             about 0.1 s per site to detach"
+                        );
+                        None
+                    }
+                }
             }
         };
         let logger = if kernel_log {
@@ -307,7 +323,11 @@ impl Kernel {
             return Ok(());
         }
         if let Some(multi) = &mut self.multi {
-            let fd = multi.programs.load(name)?;
+            let programs = multi
+                .programs
+                .as_ref()
+                .ok_or_else(|| anyhow!("cannot load program {name} after a map was handed over (a bug)"))?;
+            let fd = programs.load(name, multi.verbose)?;
             multi.loaded.insert(name, fd);
             self.loaded.insert(id, name);
             return Ok(());
@@ -402,7 +422,10 @@ impl Kernel {
             // One link per program for this file (see `load.rs`), or one perf event per site.
             for (name, sites) in std::mem::take(&mut pending) {
                 let fd = self.program_fd(name).with_context(|| format!("program {name} is not loaded"))?;
-                let what = || format!("{}:{}", binary.path.display(), probe::NAMES[sites[0].0 as usize]);
+                let what = || {
+                    let probes: BTreeSet<&str> = sites.iter().map(|(id, _)| probe::NAMES[*id as usize]).collect();
+                    format!("{}:{}", binary.path.display(), probes.into_iter().collect::<Vec<_>>().join(","))
+                };
                 let perf = self.multi.is_none();
                 let refused = |e: std::io::Error, what: String| {
                     // EACCES and EPERM (the error's text carries the call, so go by its kind).
@@ -418,8 +441,16 @@ impl Kernel {
                 if self.multi.is_some() {
                     let multi: Vec<MultiSite> = sites.iter().map(|(_, s)| *s).collect();
                     attached.push(
-                        attach::attach_multi(fd, &binary.opened_at, pid, &multi)
-                            .map_err(|e| refused(e, format!("{} ({} sites)", what(), multi.len())))?,
+                        attach::attach_multi(fd, &binary.opened_at, pid, &multi).map_err(|e| {
+                            let what = format!("{} ({} sites)", what(), multi.len());
+                            if e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::ESRCH) {
+                                refused(e, what)
+                            } else {
+                                anyhow!(
+                                    "cannot attach to {what}: bpf(BPF_LINK_CREATE, uprobe_multi): {e} (EVENTFLUX_PROBE_ATTACH=perf attaches through perf events instead)"
+                                )
+                            }
+                        })?,
                     );
                 } else {
                     for (_, site) in &sites {
@@ -567,12 +598,20 @@ impl Kernel {
         self.ebpf.program(name)?.fd().ok().map(|fd| fd.as_fd())
     }
 
+    /// No more programs are loaded once a map leaves `ebpf`: the taker may drop it and its
+    /// descriptor number be reused, which relocated code would then point at.
+    fn forget_relocations(&mut self) {
+        if let Some(multi) = &mut self.multi {
+            multi.programs = None;
+        }
+    }
+
     /// How the uprobes are attached: `"uprobe_multi"` links or `"perf_event"`s.
     pub fn attach_kind(&self) -> &'static str {
         if self.multi.is_some() { "uprobe_multi" } else { "perf_event" }
     }
 
-    /// Attachments currently open.
+    /// Sites attached now.
     pub fn attached(&self) -> usize {
         self.slots.iter().flatten().count()
     }
@@ -660,12 +699,14 @@ impl Kernel {
 
     /// Takes the span ring buffer (once), for a tracer.
     pub fn take_spans(&mut self) -> Result<RingBuf<MapData>> {
+        self.forget_relocations();
         let map = self.ebpf.take_map("SPANS").ok_or_else(|| anyhow!("map SPANS already taken"))?;
         RingBuf::try_from(map).context("map SPANS")
     }
 
     /// Takes the registration ring buffer (once) for the events task.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        self.forget_relocations();
         let map = self.ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("map EVENTS already taken"))?;
         RingBuf::try_from(map).context("map EVENTS")
     }

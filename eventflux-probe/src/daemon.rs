@@ -16,7 +16,7 @@
 //! exec poll (250 ms). Attaching to a new process first forgets the old one's map entries and
 //! registrations, so the counts served are the new process's alone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -717,18 +717,24 @@ async fn lifecycle(shared: &Arc<Shared>, mut target: Arc<Target>) -> Result<()> 
 async fn watch(shared: &Arc<Shared>, target: &Arc<Target>) -> Option<Arc<Target>> {
     let pid = target.pid();
     let exe = target.exe_path().to_path_buf();
-    let state = target.ended(Duration::from_millis(250)).await;
-    // Processes of the executable that were already running when the target ended run
-    // alongside it; they are not its restart, and never followed. Told apart by start time,
-    // to the clock tick: one started in the same tick (10 ms) as the exit counts as a restart.
-    let ended_at = crate::target::boot_ticks_now();
-    let alongside: Vec<u32> = if shared.options.follow {
-        crate::discover::processes_running(&exe, target.start_ticks(), &BTreeSet::from([pid]))
-            .into_iter()
-            .filter(|p| crate::target::start_ticks(*p).is_some_and(|t| t < ended_at))
-            .collect()
-    } else {
-        Vec::new()
+    // Processes of the executable seen running while the target still ran are alongside it,
+    // not its restart: never followed. The list is refreshed every poll while the target runs,
+    // so one started within the last poll (250 ms) before the exit counts as a restart.
+    let mut alongside = BTreeMap::new();
+    let ended = target.ended(Duration::from_millis(250));
+    tokio::pin!(ended);
+    let state = loop {
+        if shared.options.follow {
+            let running = running_alongside(&exe, target);
+            // Kept only if the target outlived the look: then none of them is its restart.
+            if matches!(target.state(), State::Running) {
+                alongside = running;
+            }
+        }
+        tokio::select! {
+            state = &mut ended => break state,
+            () = tokio::time::sleep(FOLLOW_POLL), if shared.options.follow => {}
+        }
     };
     match &state {
         State::Execd(new) => tracing::warn!(
@@ -745,7 +751,6 @@ async fn watch(shared: &Arc<Shared>, target: &Arc<Target>) -> Option<Arc<Target>
     tokio::pin!(grace);
     let mut forgotten = false;
     let mut rejected = BTreeSet::from([pid]);
-    rejected.extend(alongside);
     if shared.options.follow {
         tracing::info!("waiting for a new process of the same executable (--follow)");
     } else {
@@ -766,7 +771,10 @@ async fn watch(shared: &Arc<Shared>, target: &Arc<Target>) -> Option<Arc<Target>
                 forgotten = true;
             }
             () = tokio::time::sleep(FOLLOW_POLL), if shared.options.follow => {
-                let candidates = crate::discover::processes_running(&exe, target.start_ticks(), &rejected);
+                let candidates: Vec<u32> = crate::discover::processes_running(&exe, target.start_ticks(), &rejected)
+                    .into_iter()
+                    .filter(|p| alongside.get(p) != crate::target::start_ticks(*p).as_ref())
+                    .collect();
                 if candidates.is_empty() {
                     continue;
                 }
@@ -789,6 +797,15 @@ async fn watch(shared: &Arc<Shared>, target: &Arc<Target>) -> Option<Arc<Target>
             }
         }
     }
+}
+
+/// Processes of `exe` running now besides `target` (started after it, as successors are
+/// looked for), with their start times: a pid alone could be reused by a restart.
+fn running_alongside(exe: &std::path::Path, target: &Target) -> BTreeMap<u32, u64> {
+    crate::discover::processes_running(exe, target.start_ticks(), &BTreeSet::from([target.pid()]))
+        .into_iter()
+        .filter_map(|p| Some((p, crate::target::start_ticks(p)?)))
+        .collect()
 }
 
 async fn forget(shared: &Arc<Shared>, pid: u32) {

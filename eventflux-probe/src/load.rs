@@ -16,7 +16,8 @@
 //! loaders share every map, the read-only globals aya set included) and its calls linked, and
 //! each uprobe program is loaded here. Programs of other kinds (`cpu_sample`) stay aya's.
 //!
-//! On a kernel without `uprobe_multi` (before 6.6), [`probe_kernel`] says so and the caller
+//! On a kernel without `uprobe_multi` (before 6.6), or with the first version of its pid
+//! filter (6.6 to 6.9: the target's main thread only), [`probe_kernel`] says so and the caller
 //! attaches through perf events instead.
 //!
 //! [`attach::attach`]: crate::attach::attach
@@ -67,16 +68,43 @@ struct InfoAttr {
     info: u64,
 }
 
-fn bpf(cmd: libc::c_long, attr: *const libc::c_void, size: usize) -> io::Result<i64> {
-    // SAFETY: every caller passes a bpf_attr of the given size for `cmd`, whose pointers (if
-    // any) are valid for the call.
+/// # Safety
+/// `attr` points to a `union bpf_attr` of `size` bytes as `cmd` expects it, and every pointer
+/// in it is valid for the call.
+unsafe fn bpf(cmd: libc::c_long, attr: *const libc::c_void, size: usize) -> io::Result<i64> {
+    // SAFETY: the caller's promise above.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as u32) };
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
-/// Loads `insns` as a uprobe program for `uprobe_multi` links. On a verifier rejection the
-/// error carries the verifier's log.
-fn prog_load(name: &str, insns: &[bpf_insn], license: &CString) -> io::Result<OwnedFd> {
+/// A program the kernel did not load: its error (errno kept), and the verifier's log when it
+/// rejected the program.
+#[derive(Debug)]
+pub struct LoadError {
+    pub error: io::Error,
+    pub verifier_log: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.error)?;
+        if !self.verifier_log.is_empty() {
+            write!(f, "\n{}", self.verifier_log)?;
+        }
+        Ok(())
+    }
+}
+
+impl LoadError {
+    /// EPERM: a capability (or a security module) is missing, not a bad program.
+    pub fn is_permission(&self) -> bool {
+        self.error.raw_os_error() == Some(libc::EPERM)
+    }
+}
+
+/// Loads `insns` as a uprobe program for `uprobe_multi` links, with the verifier's reasoning
+/// in full when `verbose`.
+fn prog_load(name: &str, insns: &[bpf_insn], license: &CString, verbose: bool) -> Result<OwnedFd, LoadError> {
     let mut prog_name = [0u8; BPF_OBJ_NAME_LEN];
     // The kernel keeps 15 bytes of a name and refuses a longer one.
     for (dst, src) in prog_name.iter_mut().zip(name.bytes().take(BPF_OBJ_NAME_LEN - 1)) {
@@ -91,44 +119,97 @@ fn prog_load(name: &str, insns: &[bpf_insn], license: &CString) -> io::Result<Ow
         expected_attach_type: BPF_TRACE_UPROBE_MULTI,
         ..ProgLoadAttr::default()
     };
-    let attr_ptr = |a: &ProgLoadAttr| a as *const ProgLoadAttr as *const libc::c_void;
-    match bpf(BPF_PROG_LOAD, attr_ptr(&attr), size_of::<ProgLoadAttr>()) {
+    let load = |attr: &ProgLoadAttr| {
+        // SAFETY: a BPF_PROG_LOAD attribute of the size passed; the instructions, license,
+        // name and log buffer it points to outlive the call.
+        let fd = unsafe {
+            bpf(BPF_PROG_LOAD, attr as *const ProgLoadAttr as *const libc::c_void, size_of::<ProgLoadAttr>())
+        }?;
         // SAFETY: the kernel just returned this descriptor to us.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EINVAL) => {
-            // Again with the verifier's log, for the message (the first try costs no log).
+        Ok::<_, io::Error>(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    };
+    let first = if verbose { Err(io::Error::from_raw_os_error(libc::EACCES)) } else { load(&attr) };
+    match first {
+        Ok(fd) => Ok(fd),
+        // A verifier rejection (EACCES) or a malformed program (EINVAL): again with the
+        // verifier's log, for the message (the first try costs no log).
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EINVAL)) => {
             let mut log = vec![0u8; LOG_SIZE];
-            attr.log_level = 1;
+            attr.log_level = if verbose { 2 } else { 1 };
             attr.log_size = LOG_SIZE as u32;
             attr.log_buf = log.as_mut_ptr() as u64;
-            match bpf(BPF_PROG_LOAD, attr_ptr(&attr), size_of::<ProgLoadAttr>()) {
-                // SAFETY: as above.
-                Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
-                Err(_) => {
+            match load(&attr) {
+                Ok(fd) => Ok(fd),
+                Err(error) => {
                     let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                     let text = String::from_utf8_lossy(&log[..end]);
-                    let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    Err(io::Error::new(e.kind(), format!("{e}\n{}", tail.join("\n"))))
+                    let lines: Vec<&str> = text.lines().collect();
+                    let keep = if verbose { lines.len() } else { 20 };
+                    let verifier_log = lines[lines.len().saturating_sub(keep)..].join("\n");
+                    Err(LoadError { error, verifier_log })
                 }
             }
         }
-        Err(e) => Err(e),
+        Err(error) => Err(LoadError { error, verifier_log: String::new() }),
     }
 }
 
-/// Whether this kernel loads programs for `uprobe_multi` links (Linux 6.6 and later): a
-/// two-instruction program, loaded and dropped.
-pub fn probe_kernel() -> io::Result<()> {
+/// Why `uprobe_multi` links are not used.
+#[derive(Debug)]
+pub enum Unsupported {
+    /// Not permitted to find out (EPERM): a capability is missing.
+    Permission(io::Error),
+    /// The kernel has no such links, or has them with a pid filter that lets only the
+    /// target's main thread through (Linux 6.6 to 6.9, before "bpf: fix multi-uprobe PID
+    /// filtering logic").
+    Kernel(String),
+}
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unsupported::Permission(e) => write!(f, "not permitted to load a BPF program: {e}"),
+            Unsupported::Kernel(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Whether this kernel has `uprobe_multi` links whose pid filter filters by process: libbpf's
+/// test, as its USDT attach makes it. A two-instruction program loaded for such links, then two
+/// links the kernel must refuse for the right reason: to the directory `/` (EBADF: the kernel
+/// got as far as the file, so it knows the link type), and with pid -1 (EINVAL from the early
+/// pid check that came with the process-wide filter; a kernel that filters by thread goes on
+/// to look the pid up instead).
+pub fn probe_kernel() -> Result<(), Unsupported> {
     let insn = |code: u8| {
-        // SAFETY: bpf_insn is integers only; all zero is `r0 = r0` of class 0 until `code` is set.
+        // SAFETY: bpf_insn is integers only, all of them zero a valid value; `code` is set next.
         let mut insn: bpf_insn = unsafe { std::mem::zeroed() };
         insn.code = code;
         insn
     };
     // r0 = 0 (BPF_ALU64 | BPF_MOV | BPF_K, registers and immediate zero); exit.
     let (mov, exit) = (insn(0xb7), insn(0x95));
-    prog_load("uprobe_multi_probe", &[mov, exit], &CString::from(c"GPL")).map(drop)
+    let program = prog_load("uprobe_multi_probe", &[mov, exit], &CString::from(c"GPL"), false).map_err(|e| {
+        if e.is_permission() {
+            Unsupported::Permission(e.error)
+        } else {
+            Unsupported::Kernel(format!("no programs for uprobe_multi links: {}", e.error))
+        }
+    })?;
+    let site = [crate::attach::MultiSite { offset: 0, semaphore_offset: None, cookie: 0 }];
+    let root = std::path::Path::new("/");
+    match crate::attach::attach_multi(program.as_fd(), root, 0, &site) {
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => return Err(Unsupported::Permission(e)),
+        Err(e) => return Err(Unsupported::Kernel(format!("no uprobe_multi links (BPF_LINK_CREATE: {e})"))),
+        Ok(_) => return Err(Unsupported::Kernel("uprobe_multi links attach to a directory".into())),
+    }
+    match crate::attach::attach_multi(program.as_fd(), root, u32::MAX, &site) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        _ => Err(Unsupported::Kernel(
+            "uprobe_multi links filter by thread, not process (fixed in Linux 6.10 and its stable kernels)".into(),
+        )),
+    }
 }
 
 /// The object's programs, relocated against the maps of a loaded [`aya::Ebpf`], ready to load
@@ -145,7 +226,9 @@ impl Programs {
         if object.has_btf_relocations() {
             // Ours has none (pt_regs is read at fixed offsets, args.rs); a CO-RE relocation
             // would need the kernel's BTF applied as aya does, which this loader does not do.
-            return Err(anyhow!("the eBPF object has BTF (CO-RE) relocations, which this loader does not apply"));
+            return Err(anyhow!(
+                "the eBPF object has BTF (CO-RE) relocations, which this loader does not apply (EVENTFLUX_PROBE_ATTACH=perf loads it through aya)"
+            ));
         }
         // Copied out: the object is relocated in place while the iterator borrows them.
         let maps: Vec<(String, i32, aya_obj::Map)> = object
@@ -165,17 +248,24 @@ impl Programs {
         Ok(Programs { object })
     }
 
-    /// Loads program `name` for `uprobe_multi` links.
-    pub fn load(&self, name: &str) -> Result<OwnedFd> {
+    /// Loads program `name` for `uprobe_multi` links (the verifier's whole reasoning in the
+    /// error when `verbose`).
+    ///
+    /// The relocated instructions name aya's map descriptors by number: load only while
+    /// every map is still in the [`aya::Ebpf`] (the caller drops this once it takes one).
+    pub fn load(&self, name: &str, verbose: bool) -> Result<OwnedFd> {
         let program = self.object.programs.get(name).ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?;
         let function = self
             .object
             .functions
             .get(&program.function_key())
             .ok_or_else(|| anyhow!("the eBPF object has no code for program {name}"))?;
-        prog_load(name, &function.instructions, &program.license).map_err(|e| {
-            if e.kind() == io::ErrorKind::PermissionDenied && e.raw_os_error() == Some(libc::EPERM) {
-                anyhow!("not permitted to load eBPF program {name}: {e}")
+        prog_load(name, &function.instructions, &program.license, verbose).map_err(|e| {
+            if e.is_permission() {
+                anyhow!(
+                    "not permitted to load eBPF program {name}: {} (grant CAP_BPF and CAP_PERFMON, or run as root)",
+                    e.error
+                )
             } else {
                 anyhow!("the kernel rejected eBPF program {name}: {e}")
             }
@@ -222,6 +312,8 @@ pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
         info_len: size_of::<bpf_prog_info>() as u32,
         info: &mut info as *mut bpf_prog_info as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr as *const InfoAttr as *const libc::c_void, size_of::<InfoAttr>())?;
+    // SAFETY: a BPF_OBJ_GET_INFO_BY_FD attribute of the size passed, pointing at `info`, which
+    // is `info_len` bytes and outlives the call.
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr as *const InfoAttr as *const libc::c_void, size_of::<InfoAttr>()) }?;
     Ok(ProgInfo { run_count: info.run_cnt, run_time_ns: info.run_time_ns, xlated_insns: info.xlated_prog_len / 8 })
 }

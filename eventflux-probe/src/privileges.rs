@@ -65,7 +65,9 @@ pub fn check() -> Result<()> {
 /// or a `uprobe_multi` link.
 pub fn attach_refused(what: &str, perf: bool) -> anyhow::Error {
     match effective() {
-        _ if !perf => anyhow!("not permitted to attach to {what} (is a security module refusing BPF links?)"),
+        _ if !perf => anyhow!(
+            "not permitted to attach to {what}: is a security module refusing BPF links? (see its audit log; EVENTFLUX_PROBE_ATTACH=perf attaches through perf events instead)"
+        ),
         Some(eff) if !has(eff, CAP_SYS_ADMIN) => anyhow!(
             "not permitted to attach uprobes: missing CAP_SYS_ADMIN (this kernel allows uprobe perf events to CAP_SYS_ADMIN only, as Linux 6.16 and later do); run as root, or grant CAP_SYS_ADMIN and CAP_SYS_PTRACE"
         ),

@@ -76,21 +76,6 @@ pub(crate) fn start_ticks(pid: u32) -> Option<u64> {
     stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().nth(19)).and_then(|v| v.parse().ok())
 }
 
-/// Now, in the unit of [`start_ticks`]: clock ticks since boot (`CLOCK_BOOTTIME`, which the
-/// kernel's process start times count from).
-pub(crate) fn boot_ticks_now() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to write; CLOCK_BOOTTIME exists on every kernel we run on.
-    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } != 0 {
-        // Nothing counts as started before: every process is a candidate, as without the check.
-        return 0;
-    }
-    // SAFETY: sysconf has no memory arguments.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u128;
-    let ns = now.tv_sec as u128 * 1_000_000_000 + now.tv_nsec as u128;
-    (ns * hz / 1_000_000_000) as u64
-}
-
 fn exe_identity(pid: u32) -> std::io::Result<(u64, u64)> {
     let meta = std::fs::metadata(format!("/proc/{pid}/exe"))?;
     Ok((meta.dev(), meta.ino()))
