@@ -254,7 +254,7 @@ fn sync_mode_counts_are_exact_for_two_observers() {
     check_exact(&[], 2);
 }
 
-/// The way attaching went before `uprobe_multi` links, and still goes on kernels before 6.6:
+/// The way attaching went before `uprobe_multi` links, and still goes on kernels before 6.10:
 /// the same exact counts.
 #[test]
 fn perf_event_attachments_count_exactly() {

@@ -191,7 +191,7 @@ pub fn is_permission_error(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-const PERMISSION_HINT: &str = "run as root, or grant CAP_SYS_ADMIN and CAP_SYS_PTRACE, or on Linux 6.6 and later CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (see the README's privileges)";
+const PERMISSION_HINT: &str = "run as root, or grant CAP_SYS_ADMIN and CAP_SYS_PTRACE, or on Linux 6.10 and later CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (see the README's privileges)";
 
 impl Kernel {
     /// Loads the programs of the given probes (ids from `eventflux_probe_common::probe`), with

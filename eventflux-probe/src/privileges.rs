@@ -6,11 +6,11 @@
 //! - CAP_SYS_PTRACE: read another process's files through `/proc/PID/root` and filter a uprobe
 //!   to its pid (the kernel's ptrace access check, which a tracer with fewer capabilities than
 //!   its target fails without it).
-//! - CAP_SYS_ADMIN, only where uprobes are attached through perf events (kernels before 6.6,
+//! - CAP_SYS_ADMIN, only where uprobes are attached through perf events (kernels before 6.10,
 //!   or `EVENTFLUX_PROBE_ATTACH=perf`; see `load.rs`): `perf_event_open` of a uprobe wants it
 //!   on Linux 6.16 and later (and the stable kernels the change went back to: "perf: Revert to
 //!   requiring CAP_SYS_ADMIN for uprobes", 2025); from 5.8 until then CAP_PERFMON was enough.
-//!   `uprobe_multi` links (6.6 and later, the default) need only CAP_BPF and CAP_PERFMON, so
+//!   `uprobe_multi` links (6.10 and later, the default) need only CAP_BPF and CAP_PERFMON, so
 //!   the minimal set there is CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE. CAP_SYS_ADMIN also
 //!   covers CAP_BPF and CAP_PERFMON.
 //!
@@ -56,7 +56,7 @@ pub fn check() -> Result<()> {
         return Ok(());
     }
     bail!(
-        "not permitted to attach: missing {} (CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON); run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (and CAP_SYS_ADMIN on kernels before 6.6)",
+        "not permitted to attach: missing {} (CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON); run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (and CAP_SYS_ADMIN on kernels before 6.10)",
         missing.join(", ")
     )
 }
