@@ -808,14 +808,19 @@ fn five_thousand_queries_arrive_with_their_names() {
     );
     let daemon = Daemon::start_with(demo.pid(), &["--max-series", "20000"]);
     let demo = demo.open();
-    let m = poll(&daemon, Duration::from_secs(30), "5000 queries registered", |m| {
-        value(m, "query_active_count", &[]) == Some(5000.0)
+    let window_gauges = |m: &[Sample]| -> std::collections::BTreeSet<String> {
+        m.iter()
+            .filter(|s| s.name == "query_window_size_bytes")
+            .filter_map(|s| s.labels.iter().find(|(k, _)| k == "query_id").map(|(_, v)| v.clone()))
+            .collect()
+    };
+    // Registrations first, then each query's window gauge with its first flush (every second,
+    // later on a loaded machine): both, eventually.
+    let m = poll(&daemon, Duration::from_secs(30), "5000 queries registered, each with its window gauge", |m| {
+        value(m, "query_active_count", &[]) == Some(5000.0) && window_gauges(m).len() == 5000
     });
-    let names: std::collections::BTreeSet<&str> = m
-        .iter()
-        .filter(|s| s.name == "query_window_size_bytes")
-        .filter_map(|s| s.labels.iter().find(|(k, _)| k == "query_id").map(|(_, v)| v.as_str()))
-        .collect();
+    let names = window_gauges(&m);
+    let names: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
     assert_eq!(names.len(), 5000, "every query's window gauge, by name");
     let bare: Vec<&&str> =
         names.iter().filter(|n| n.strip_prefix("query").is_some_and(|d| d.parse::<u32>().is_ok())).collect();

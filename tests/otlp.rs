@@ -194,7 +194,9 @@ fn traced_batches_stay_within_the_default_budget() {
 fn a_collector_that_is_down_costs_counted_drops_only() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
-    let args = ["--events", "200000", "--rate", "100000"];
+    // Five seconds of events: the target is still running when the export failures are counted
+    // and `/health` is asked, also on a loaded machine (its exit alone would make it 503).
+    let args = ["--events", "1000000", "--rate", "200000"];
     let detached: Value =
         serde_json::from_slice(&run_ok(Command::new(&demo).args(args)).stdout).expect("detached summary");
     let target = GatedDemo::start(&demo, &args);
@@ -214,6 +216,7 @@ fn a_collector_that_is_down_costs_counted_drops_only() {
     assert_eq!(code, 200);
     let (code, health) = http_status(daemon.port, "/health").expect("health");
     let health: Value = serde_json::from_str(&health).expect("health JSON");
+    assert_eq!(health["target"]["state"], "running", "asked too late to tell: {health}");
     assert_eq!(code, 200, "{health}");
     assert!(health["observer"]["otlp"]["last_error"].is_string(), "{health}");
     let attached: Value = serde_json::from_str(target.open_and_wait().trim()).expect("summary");
