@@ -123,7 +123,6 @@ fn every_batch_is_one_trace_over_grpc_and_http() {
         for (name, q) in summary["queries"].as_object().expect("queries") {
             assert_eq!(per_query.get(name).copied(), q["batches"].as_u64(), "{protocol}: traces of {name}");
         }
-        let m = parse_metrics(&integration_tests::http_get(daemon.port, "/metrics"));
         // Span durations agree with the stage histograms: per query and stage, as many spans
         // as histogram samples, and their self times sum to the histogram's sum.
         let mut stage_spans: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
@@ -137,6 +136,20 @@ fn every_batch_is_one_trace_over_grpc_and_http() {
             e.1 += self_ns;
         }
         assert!(!stage_spans.is_empty());
+        // `/metrics` is a snapshot of at most 100 ms ago: the one right after the last span may
+        // predate the last sample. Until the counts agree, or 5 s.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let m = loop {
+            let m = parse_metrics(&integration_tests::http_get(daemon.port, "/metrics"));
+            let agree = stage_spans.iter().all(|((query, stage), (n, _))| {
+                value(&m, "query_stage_latency_seconds_count", &[("query_id", query), ("stage", stage)])
+                    == Some(*n as f64)
+            });
+            if agree || Instant::now() > deadline {
+                break m;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         for ((query, stage), (n, self_ns)) in &stage_spans {
             let labels = [("query_id", query.as_str()), ("stage", stage.as_str())];
             let count = value(&m, "query_stage_latency_seconds_count", &labels);
