@@ -40,6 +40,8 @@ pub struct AttachReport {
     pub refused: Vec<RefusedSite>,
     /// Probes with a loaded program that the binaries have sites of: what should be attached.
     pub expected: BTreeSet<u32>,
+    /// How: `uprobe_multi` links or `perf_event`s ([`Kernel::attach_kind`]).
+    pub attach: &'static str,
 }
 
 impl AttachReport {
@@ -349,7 +351,7 @@ impl Kernel {
     /// their slots freed.
     pub fn attach_process(&mut self, pid: u32, binaries: &[BinaryProbes]) -> Result<AttachReport> {
         let started = Instant::now();
-        let mut report = AttachReport::default();
+        let mut report = AttachReport { attach: self.attach_kind(), ..AttachReport::default() };
         let mut cookies = Vec::new();
         let links = self.links.len();
         if let Err(e) = self.attach_sites(pid, binaries, &mut report, &mut cookies) {

@@ -516,6 +516,7 @@ fn log_attached(a: &Attached, budget: &Budget) {
         exe = %a.target.exe_path().display(),
         probes = a.report.probes,
         sites = a.report.sites,
+        attach = a.report.attach,
         attach_ms = a.report.elapsed.as_secs_f64() * 1e3,
         "attached"
     );

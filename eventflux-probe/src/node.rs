@@ -284,6 +284,7 @@ impl Node {
                     container_id = container.as_ref().map(|c| c.id.as_str()),
                     probes = a.report.probes,
                     sites = a.report.sites,
+                    attach = a.report.attach,
                     attach_ms = a.report.elapsed.as_secs_f64() * 1e3,
                     "attached"
                 );
