@@ -160,25 +160,26 @@ pub fn attach(program: BorrowedFd<'_>, pmu_type: u32, site: &Site<'_>) -> io::Re
         bpf_cookie: site.cookie,
         ..LinkCreateAttr::default()
     };
-    // SAFETY: a bpf_attr for BPF_LINK_CREATE, fully initialised, of the size passed.
-    let link = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &link_attr as *const LinkCreateAttr,
-            size_of::<LinkCreateAttr>() as u32,
-        )
-    };
-    if link < 0 {
-        return Err(last_error("bpf(BPF_LINK_CREATE)"));
-    }
-    // SAFETY: as above.
-    let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
+    // SAFETY: a link-create attribute, fully initialised, without pointers.
+    let link = unsafe { link_create(&link_attr) }
+        .map_err(|e| io::Error::new(e.kind(), format!("bpf(BPF_LINK_CREATE): {e}")))?;
     // SAFETY: an ioctl without arguments on our perf event.
     if unsafe { libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) } < 0 {
         return Err(last_error("PERF_EVENT_IOC_ENABLE"));
     }
     Ok(Attachment::Perf { _link: link, _perf: perf })
+}
+
+/// `BPF_LINK_CREATE` with `attr`, through the crate's one `bpf()` wrapper (`load.rs`).
+///
+/// # Safety
+/// `attr` is a `union bpf_attr` prefix for `BPF_LINK_CREATE`, and every pointer in it is valid
+/// for the call.
+unsafe fn link_create<T>(attr: &T) -> io::Result<OwnedFd> {
+    // SAFETY: the caller's promise above; `size_of::<T>()` is the size the kernel reads.
+    let fd = unsafe { crate::load::bpf(BPF_LINK_CREATE, attr as *const T as *const libc::c_void, size_of::<T>()) }?;
+    // SAFETY: the kernel just returned this descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// One site of a [`attach_multi`] link.
@@ -230,20 +231,8 @@ pub fn attach_multi(program: BorrowedFd<'_>, path: &Path, pid: u32, sites: &[Mul
         pid,
         ..UprobeMultiAttr::default()
     };
-    // SAFETY: a bpf_attr for BPF_LINK_CREATE, fully initialised, of the size passed; the path
-    // and the three arrays of `cnt` entries outlive the call.
-    let link = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &attr as *const UprobeMultiAttr,
-            size_of::<UprobeMultiAttr>() as u32,
-        )
-    };
-    if link < 0 {
-        // The bare errno: callers tell its kinds apart (`load::probe_kernel`) and name the call.
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us.
-    Ok(Attachment::Multi { _link: unsafe { OwnedFd::from_raw_fd(link as i32) } })
+    // SAFETY: a link-create attribute, fully initialised; the path and the three arrays of
+    // `cnt` entries outlive the call. The error is the bare errno: callers tell its kinds
+    // apart (`load::probe_kernel`) and name the call.
+    Ok(Attachment::Multi { _link: unsafe { link_create(&attr) }? })
 }

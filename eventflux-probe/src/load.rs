@@ -71,7 +71,7 @@ struct InfoAttr {
 /// # Safety
 /// `attr` points to a `union bpf_attr` of `size` bytes as `cmd` expects it, and every pointer
 /// in it is valid for the call.
-unsafe fn bpf(cmd: libc::c_long, attr: *const libc::c_void, size: usize) -> io::Result<i64> {
+pub(crate) unsafe fn bpf(cmd: libc::c_long, attr: *const libc::c_void, size: usize) -> io::Result<i64> {
     // SAFETY: the caller's promise above.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as u32) };
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
