@@ -75,6 +75,17 @@ pub fn append_regular(path: &Path) -> Result<File, InputError> {
     open_regular(path, OpenOptions::new().create(true).append(true))
 }
 
+/// Why a file could not be read or opened, in a few words chosen by the error's kind; a kind
+/// without words of ours keeps the error's own Display, unedited.
+pub(crate) fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such file".into(),
+        io::ErrorKind::PermissionDenied => "permission denied".into(),
+        io::ErrorKind::IsADirectory => "is a directory".into(),
+        _ => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! standard, one object per line:
 //!
 //! ```json
-//! {"timestamp":"2025-10-11T10:30:45.123Z","level":"INFO","target":"eventflux_probe::daemon","message":"attached","fields":{"pid":1234,"probes":22},"span":{"name":"target","id":"1"}}
+//! {"timestamp":"2025-10-11T10:30:45.123Z","level":"INFO","target":"eventflux_probe::serve::daemon","message":"attached","fields":{"pid":1234,"probes":22},"span":{"name":"target","id":"1"}}
 //! ```
 //!
 //! `fields` holds the event's fields but `message`, typed, then those of its spans that the
@@ -29,7 +29,10 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{self, LogFormat, LogOutput};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
 
 /// Logging that cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +50,18 @@ pub enum LogError {
     Install(String),
 }
 
+/// How to log: the `[logging]` settings (`config::Logging::options`).
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// A tracing `EnvFilter` directive.
+    pub level: &'a str,
+    pub format: LogFormat,
+    pub output: &'a LogOutput,
+}
+
 /// [`init_with`] the process's `RUST_LOG`: for callers whose `settings.level` came from no
 /// flag, so that `RUST_LOG` overrides it.
-pub fn init(settings: &config::Logging) -> Result<(), LogError> {
+pub fn init(settings: Options<'_>) -> Result<(), LogError> {
     init_with(settings, std::env::var("RUST_LOG").ok())
 }
 
@@ -57,7 +69,7 @@ pub fn init(settings: &config::Logging) -> Result<(), LogError> {
 fn open_reason(e: &io::Error) -> String {
     match e.kind() {
         io::ErrorKind::NotFound => "no such directory".into(),
-        _ => config::io_reason(e),
+        _ => crate::input::io_reason(e),
     }
 }
 
@@ -68,9 +80,9 @@ fn open_reason(e: &io::Error) -> String {
 /// process's `RUST_LOG` otherwise: flags are the highest layer, so a `--log-level` flag
 /// overrides `RUST_LOG`, which overrides the level of the file and of
 /// `EVENTFLUX_PROBE_LOGGING_LEVEL`.
-pub fn init_with(settings: &config::Logging, rust_log: Option<String>) -> Result<(), LogError> {
-    let filter = filter(rust_log, &settings.level)?;
-    let (writer, ansi) = writer(&settings.output)?;
+pub fn init_with(settings: Options<'_>, rust_log: Option<String>) -> Result<(), LogError> {
+    let filter = filter(rust_log, settings.level)?;
+    let (writer, ansi) = writer(settings.output)?;
     let (pretty, json) = match settings.format {
         LogFormat::Pretty => (Some(tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(ansi)), None),
         LogFormat::Json => (None, Some(JsonLayer::new(writer))),
@@ -330,6 +342,85 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
     (year, month, day)
+}
+
+/// `pretty` or `json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pretty" => Ok(LogFormat::Pretty),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("`{s}` is not a log format (expected pretty or json)")),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Pretty => "pretty",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// Where logs go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    Stderr,
+    Stdout,
+    /// Appended to, created if missing.
+    File(PathBuf),
+}
+
+/// Every text names an output; an empty path is left to the `logging.output` check, so that a
+/// flag's value is held to it as well as the file's.
+impl From<&str> for LogOutput {
+    fn from(s: &str) -> Self {
+        match s {
+            "stderr" => LogOutput::Stderr,
+            "stdout" => LogOutput::Stdout,
+            path => LogOutput::File(PathBuf::from(path)),
+        }
+    }
+}
+
+impl FromStr for LogOutput {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let output = LogOutput::from(s);
+        log_output(&output)?;
+        Ok(output)
+    }
+}
+
+impl fmt::Display for LogOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogOutput::Stderr => f.write_str("stderr"),
+            LogOutput::Stdout => f.write_str("stdout"),
+            LogOutput::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+pub(crate) fn log_output(output: &LogOutput) -> Result<(), String> {
+    match output {
+        LogOutput::File(path) if path.as_os_str().is_empty() => {
+            Err("is an empty path (expected stderr, stdout or a file path)".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Command::List(args) => default_logging().and_then(|()| cmd::list::run(&args)),
         Command::Run(args) => cmd::run::settings(&args).and_then(|settings| {
             let rust_log = if cmd::run::log_level_flag(&args) { None } else { std::env::var("RUST_LOG").ok() };
-            eventflux_probe::logging::init_with(&settings.logging, rust_log)?;
+            eventflux_probe::logging::init_with(settings.logging.options(), rust_log)?;
             cmd::run::run(&args, settings)
         }),
         Command::Latency(args) => default_logging().and_then(|()| cmd::latency::run(&args)),
@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         Command::Profile(args) => default_logging().and_then(|()| cmd::profile::run(&args)),
         Command::Node(args) => cmd::node::settings(&args).and_then(|settings| {
             let rust_log = if cmd::node::log_level_flag(&args) { None } else { std::env::var("RUST_LOG").ok() };
-            eventflux_probe::logging::init_with(&settings.logging, rust_log)?;
+            eventflux_probe::logging::init_with(settings.logging.options(), rust_log)?;
             cmd::node::run(&args, settings)
         }),
     };
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
 /// Logs to stderr, pretty; RUST_LOG=debug for more. Errors are printed once, by `main`, not
 /// logged.
 fn default_logging() -> anyhow::Result<()> {
-    Ok(eventflux_probe::logging::init(&eventflux_probe::config::Settings::default().logging)?)
+    Ok(eventflux_probe::logging::init(eventflux_probe::config::Settings::default().logging.options())?)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

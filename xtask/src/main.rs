@@ -8,11 +8,13 @@
 //! - `dashboards`: writes (or checks) the Grafana dashboards from their specification.
 //! - `overview-png`: redraws the README's picture of the Overview dashboard from a real run.
 //! - `flamegraph`: redraws the README's flame graph from a real profile of the demo.
+//! - `modules`: prints the module graph by stage and fails on an import cycle.
 
 mod bench;
 mod dashboards;
 mod demo;
 mod flamegraph;
+mod modules;
 mod overview;
 mod setup;
 
@@ -70,6 +72,8 @@ enum Task {
     OverviewPng,
     /// Redraw docs/img/flamegraph.svg: a profile of the demo's expensive query (needs root).
     Flamegraph,
+    /// Print the observer's stages and what each uses; fail on any module import cycle.
+    Modules,
 }
 
 fn main() -> Result<()> {
@@ -81,6 +85,7 @@ fn main() -> Result<()> {
         Task::Dashboards { check } => dashboards::run(check),
         Task::OverviewPng => overview::run(),
         Task::Flamegraph => flamegraph::run(),
+        Task::Modules => modules::run(true),
     }
 }
 
@@ -126,6 +131,7 @@ fn test(lint: bool, extra: &[String]) -> Result<()> {
             "warnings",
         ]))?;
         dashboards::run(true)?;
+        modules::run(false)?;
     }
     build_release()?;
     sh(Command::new("cargo").args(["test", "--release", "--workspace"]).args(extra))

@@ -6,15 +6,15 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use eventflux_probe::budget::Budget;
-use eventflux_probe::collector::HistData;
-use eventflux_probe::daemon::attach_once;
+use eventflux_probe::find::target::State;
+use eventflux_probe::kernel::budget::Budget;
 use eventflux_probe::model::Engine;
-use eventflux_probe::target::State;
+use eventflux_probe::model::hist::HistData;
+use eventflux_probe::serve::daemon::attach_once;
 use eventflux_probe_common::{hist, probe, stage};
 use serde_json::json;
 
-use super::target;
+use super::flags;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,13 +28,13 @@ pub struct Args {
     #[arg(long, value_name = "ID")]
     query: Option<String>,
     /// Stop after this long (10s, 500ms, 2m); without it, stop on Ctrl-C.
-    #[arg(long, value_name = "D", value_parser = target::parse_duration)]
+    #[arg(long, value_name = "D", value_parser = flags::parse_duration)]
     duration: Option<Duration>,
     /// Print JSON instead of histograms.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    budget: target::BudgetArgs,
+    budget: flags::BudgetArgs,
 }
 
 /// The probes `latency` attaches: the registrations (for names), `batch_sample` (which carries
@@ -59,7 +59,7 @@ fn probes_for(stage_name: Option<&str>, budget: &Budget) -> Result<(Vec<u32>, Ve
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let budget = args.budget.budget(Some(eventflux_probe::budget::RUN_SAMPLES_PER_SEC))?;
+    let budget = args.budget.budget(Some(eventflux_probe::kernel::budget::RUN_SAMPLES_PER_SEC))?;
     let (probes, stages) = probes_for(args.stage.as_deref(), &budget)?;
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;

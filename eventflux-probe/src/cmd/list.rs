@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use eventflux_probe::usdt::{self, BinaryProbes, UsdtNote, verify};
+use eventflux_probe::find::usdt::{self, BinaryProbes, UsdtNote, verify};
 use serde::Serialize;
 
 #[derive(Debug, clap::Args)]

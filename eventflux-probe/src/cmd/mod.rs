@@ -1,7 +1,7 @@
+mod flags;
 pub mod latency;
 pub mod list;
 pub mod node;
 pub mod profile;
 pub mod run;
-mod target;
 pub mod trace;

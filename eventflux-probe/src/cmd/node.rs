@@ -1,6 +1,6 @@
 //! `eventflux-probe node`: every EventFlux process of the host (a Kubernetes DaemonSet's
 //! mode). Settings come from the same layers as `run` (docs/configuration.md: the config file,
-//! `EVENTFLUX_PROBE_*` variables, these flags); the service is `eventflux_probe::node::serve`.
+//! `EVENTFLUX_PROBE_*` variables, these flags); the service is `eventflux_probe::serve::node::serve`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,9 +8,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use eventflux_probe::config::{self, LogFormat, Settings};
-use eventflux_probe::health::Thresholds;
-use eventflux_probe::node::{NodeOptions, Selection};
+use eventflux_probe::config::{self, Settings};
+use eventflux_probe::export::health::Thresholds;
+use eventflux_probe::find::select::Selection;
+use eventflux_probe::logging::LogFormat;
+use eventflux_probe::serve::node::NodeOptions;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -52,7 +54,7 @@ pub struct Args {
     #[arg(long, value_name = "FORMAT", value_parser = LogFormat::from_str)]
     log_format: Option<LogFormat>,
     #[command(flatten)]
-    budget: super::target::BudgetArgs,
+    budget: super::flags::BudgetArgs,
 }
 
 impl Args {
@@ -75,7 +77,7 @@ pub fn log_level_flag(args: &Args) -> bool {
 }
 
 pub fn settings(args: &Args) -> Result<Settings> {
-    super::target::load_settings(args.config.as_deref(), args.layer())
+    super::flags::load_settings(args.config.as_deref(), args.layer())
 }
 
 pub fn run(args: &Args, settings: Settings) -> Result<()> {
@@ -83,12 +85,12 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
         anyhow::bail!("--scan-interval must be at least 50ms");
     }
     for g in &args.exe {
-        eventflux_probe::discover::check_glob("--exe", g).map_err(anyhow::Error::msg)?;
+        eventflux_probe::find::select::check_glob("--exe", g).map_err(anyhow::Error::msg)?;
     }
     for g in &args.containers {
-        eventflux_probe::discover::check_glob("--container", g).map_err(anyhow::Error::msg)?;
+        eventflux_probe::find::select::check_glob("--container", g).map_err(anyhow::Error::msg)?;
     }
-    let budget = super::target::settings_budget(&settings)?;
+    let budget = super::flags::settings_budget(&settings)?;
     let options = NodeOptions {
         listen: settings.http.listen,
         http_idle_timeout: settings.http.idle_timeout,
@@ -103,5 +105,5 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
     };
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(eventflux_probe::node::serve(options))
+    runtime.block_on(eventflux_probe::serve::node::serve(options))
 }

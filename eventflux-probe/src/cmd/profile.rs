@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use eventflux_probe::budget::{DEFAULT_CPU_HZ, MAX_CPU_HZ};
-use eventflux_probe::daemon::Daemon;
-use eventflux_probe::profile::{Filter, Profile};
+use eventflux_probe::collect::stacks::{Filter, Profile};
+use eventflux_probe::kernel::budget::{DEFAULT_CPU_HZ, MAX_CPU_HZ};
+use eventflux_probe::serve::daemon::Daemon;
 use eventflux_probe_common::{Stage, probe};
 
-use super::target;
+use super::flags;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -40,7 +40,7 @@ pub struct Args {
     #[arg(long, value_name = "STAGE")]
     stage: Option<String>,
     /// How long to sample (10s, 500ms, 2m); Ctrl-C stops early.
-    #[arg(long, value_name = "D", default_value = "10s", value_parser = target::parse_duration)]
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = flags::parse_duration)]
     duration: Duration,
     /// Samples per second on each CPU (at most 10000).
     #[arg(long, value_name = "HZ", default_value_t = DEFAULT_CPU_HZ)]
@@ -86,15 +86,16 @@ pub fn run(args: &Args) -> Result<()> {
             let _ = std::fs::remove_file(path);
         }
     }
-    let (target, binaries) = eventflux_probe::discover::eventflux_binaries(args.pid)?;
+    eventflux_probe::kernel::privileges::check()?;
+    let (target, binaries) = eventflux_probe::find::eventflux_binaries(args.pid)?;
     let mut probes = vec![probe::stream_register::ID, probe::query_register::ID, probe::query_unregister::ID];
-    probes.extend(eventflux_probe::bpf::CPU_PROBES);
+    probes.extend(eventflux_probe::kernel::probes::CPU_PROBES);
     let period = Duration::from_nanos(1_000_000_000 / u64::from(args.hz));
     let daemon = Daemon::load_profiling(&probes)?;
     daemon.sample_cpu(period)?;
     let attached = daemon.attach_found(target, &binaries)?;
     // Taken now, while it runs: a target that exits mid-profile is symbolized from it.
-    let layout = eventflux_probe::profile::Layout::capture(args.pid)?;
+    let layout = eventflux_probe::collect::stacks::Layout::capture(args.pid)?;
     eprintln!(
         "Sampling pid {} at {} Hz per CPU for {:?} (Ctrl-C stops early); engine threads mark their query and stage from their next batch.",
         args.pid, args.hz, args.duration

@@ -1,6 +1,6 @@
 //! `eventflux-probe run --pid PID`: the daemon for one engine. Settings come from defaults, a
 //! config file, `EVENTFLUX_PROBE_*` variables and these flags, in rising precedence
-//! (docs/configuration.md); the service itself is `eventflux_probe::daemon::serve`.
+//! (docs/configuration.md); the service itself is `eventflux_probe::serve::run::serve`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,12 +8,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use eventflux_probe::config::{self, LogFormat, Settings};
-use eventflux_probe::daemon::ServeOptions;
+use eventflux_probe::config::{self, Settings};
+use eventflux_probe::export::health::Thresholds;
 use eventflux_probe::export::otlp;
-use eventflux_probe::health::Thresholds;
+use eventflux_probe::logging::LogFormat;
+use eventflux_probe::serve::run::ServeOptions;
 
-use super::target::parse_duration;
+use super::flags::parse_duration;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -57,7 +58,7 @@ pub struct Args {
     #[arg(long, value_name = "WHERE")]
     log_output: Option<String>,
     #[command(flatten)]
-    budget: super::target::BudgetArgs,
+    budget: super::flags::BudgetArgs,
 }
 
 /// A cap on label sets: at least 1.
@@ -87,7 +88,7 @@ impl Args {
         l.lifecycle.drain = self.drain;
         l.logging.level = self.log_level.clone();
         l.logging.format = self.log_format;
-        l.logging.output = self.log_output.as_deref().map(config::LogOutput::from);
+        l.logging.output = self.log_output.as_deref().map(eventflux_probe::logging::LogOutput::from);
         l.sampling = self.budget.sampling_layer();
         l
     }
@@ -100,11 +101,11 @@ pub fn log_level_flag(args: &Args) -> bool {
 
 /// The settings of this invocation, from every layer.
 pub fn settings(args: &Args) -> Result<Settings> {
-    super::target::load_settings(args.config.as_deref(), args.layer())
+    super::flags::load_settings(args.config.as_deref(), args.layer())
 }
 
 pub fn run(args: &Args, settings: Settings) -> Result<()> {
-    let budget = super::target::settings_budget(&settings)?;
+    let budget = super::flags::settings_budget(&settings)?;
     let options = ServeOptions {
         pid: args.pid,
         budget,
@@ -119,7 +120,7 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
     };
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(eventflux_probe::daemon::serve(options))
+    runtime.block_on(eventflux_probe::serve::run::serve(options))
 }
 
 /// The OTLP export `[otlp]` and the standard `OTEL_*` variables ask for, if any: the

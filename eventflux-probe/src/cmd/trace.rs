@@ -8,14 +8,15 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use eventflux_probe::daemon::attach_once;
+use eventflux_probe::collect::spans::Assembler;
+use eventflux_probe::find::target::State;
 use eventflux_probe::model::Model;
-use eventflux_probe::target::State;
-use eventflux_probe::trace::{Assembler, Clock, Span, Trace, named};
+use eventflux_probe::model::trace::{Clock, Span, Trace, named};
+use eventflux_probe::serve::daemon::attach_once;
 use eventflux_probe_common::probe;
 use serde_json::json;
 
-use super::target;
+use super::flags;
 
 /// Sampled batches per second per engine thread `trace` asks for by default: a few trees a
 /// second are what a terminal can show.
@@ -40,13 +41,13 @@ pub struct Args {
     #[arg(long, value_name = "ID")]
     query: Option<String>,
     /// Stop after this long even if fewer batches came (10s, 500ms, 2m).
-    #[arg(long, value_name = "D", value_parser = target::parse_duration)]
+    #[arg(long, value_name = "D", value_parser = flags::parse_duration)]
     duration: Option<Duration>,
     /// One JSON object per batch (one line each) instead of trees.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    budget: target::BudgetArgs,
+    budget: flags::BudgetArgs,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -57,7 +58,7 @@ pub fn run(args: &Args) -> Result<()> {
         probe::query_unregister::ID,
         probe::batch_sample::ID,
     ];
-    probes.extend(eventflux_probe::bpf::TRACE_PROBES);
+    probes.extend(eventflux_probe::kernel::probes::TRACE_PROBES);
     probes.extend(budget.control_probes());
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
@@ -76,7 +77,7 @@ pub fn run(args: &Args) -> Result<()> {
     let settled = clock.monotonic_now() + SETTLE.as_nanos() as u64;
     let mut assembler = Assembler::default();
     let mut printed = 0u64;
-    let mut held = eventflux_probe::trace::Held::new(NAME_WAIT);
+    let mut held = eventflux_probe::model::trace::Held::new(NAME_WAIT);
     let mut model = daemon.model()?;
     let mut out = std::io::stdout().lock();
     let mut emit = |model: &Model, t: &Trace| -> Result<bool> {

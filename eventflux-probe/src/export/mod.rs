@@ -1,4 +1,6 @@
-//! Exporters: each turns a collector [`Snapshot`](crate::collector::Snapshot) into one format.
+//! Exporters: each formats the [`Model`](crate::model::Model) one way.
 
+pub mod health;
+pub mod metrics;
 pub mod otlp;
 pub mod prometheus;

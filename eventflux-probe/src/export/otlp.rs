@@ -21,8 +21,8 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow};
@@ -34,11 +34,9 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
 use crate::model::Model;
-use crate::trace::{Clock, Span, Trace};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::model::OtlpState;
+use crate::model::trace::{Clock, Span, Trace};
+use crate::sync::lock;
 
 /// The wire protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,24 +86,6 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
         return Err(format!("`{shown}` has no host: give http://HOST:PORT"));
     }
     Ok(())
-}
-
-/// Why spans were dropped, by `DROP_REASONS` index.
-pub const DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
-
-/// The exporter's state, for `/metrics` and `/health`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct State {
-    pub endpoint: String,
-    pub protocol: &'static str,
-    pub exported_spans: u64,
-    /// By [`DROP_REASONS`].
-    pub dropped_spans: [u64; 2],
-    pub queued_spans: usize,
-    /// The last export's error, cleared by a successful one.
-    pub last_error: Option<String>,
-    /// Seconds since the last successful export.
-    pub last_success_seconds_ago: Option<f64>,
 }
 
 /// The queue between tree assembly and the export worker.
@@ -323,9 +303,9 @@ impl Exporter {
         out
     }
 
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> OtlpState {
         let last = lock(&self.last);
-        State {
+        OtlpState {
             endpoint: self
                 .options
                 .endpoint

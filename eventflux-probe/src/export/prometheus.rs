@@ -14,8 +14,8 @@ use eventflux_abi::{ConnErrorKind, ErrorKind, Protocol, WindowKind};
 use eventflux_probe_common::{drop as drops, hist, stage};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
-use crate::collector::HistData;
-use crate::metrics::{self as m, Kind, Metric};
+use crate::export::metrics::{self as m, Kind, Metric};
+use crate::model::hist::HistData;
 use crate::model::{Engine, Model};
 
 /// Value of every label of a folded series.
@@ -42,7 +42,7 @@ impl Default for Options {
 }
 
 /// Labels that identify the process a series belongs to: kept when its other labels fold.
-const PROCESS_LABELS: &[&str] = crate::metrics::ENGINE_EXTRA_LABELS;
+const PROCESS_LABELS: &[&str] = crate::export::metrics::ENGINE_EXTRA_LABELS;
 
 /// Smallest latency bucket exported: finer buckets are cumulated into it. 256 ns, because a
 /// batch of a few events takes a few hundred nanoseconds in a fast engine.
@@ -346,7 +346,7 @@ fn observer_metrics(model: &Model, f: &mut Families) {
     }
     if let Some(o) = &d.otlp {
         f.counter(&m::SPANS_EXPORTED, vec![], o.exported_spans as f64);
-        for (reason, n) in crate::export::otlp::DROP_REASONS.iter().zip(o.dropped_spans) {
+        for (reason, n) in crate::model::DROP_REASONS.iter().zip(o.dropped_spans) {
             f.counter(&m::SPANS_DROPPED, vec![("reason", (*reason).to_owned())], n as f64);
         }
     }
@@ -439,8 +439,8 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
+    use crate::model::snapshot::{Io, ProcStats};
     use crate::model::{Connections, Query, Stream};
-    use crate::procstat::{Io, ProcStats};
 
     fn hist_data() -> HistData {
         let mut buckets = vec![0; hist::BUCKETS];
@@ -520,7 +520,7 @@ mod tests {
         o.maps = vec![("COUNTERS", 10, 16384)];
         o.unknown_series = 1;
         o.ready = Some(true);
-        o.otlp = Some(crate::export::otlp::State::default());
+        o.otlp = Some(crate::model::OtlpState::default());
         model
     }
 
@@ -576,7 +576,8 @@ mod tests {
             for line in text.lines() {
                 if let Some(rest) = line.strip_prefix("# TYPE ") {
                     let (name, kind) = rest.split_once(' ').expect("TYPE line");
-                    let metric = crate::metrics::by_name(name).unwrap_or_else(|| panic!("{name} not in the catalog"));
+                    let metric =
+                        crate::export::metrics::by_name(name).unwrap_or_else(|| panic!("{name} not in the catalog"));
                     assert_eq!(metric.kind.name(), kind, "{name}");
                     seen.insert(name.to_owned());
                     continue;
@@ -585,8 +586,8 @@ mod tests {
                     continue;
                 }
                 let series = line.split(['{', ' ']).next().expect("name");
-                let metric = crate::metrics::by_name(series)
-                    .or_else(|| crate::metrics::by_series_name(series))
+                let metric = crate::export::metrics::by_name(series)
+                    .or_else(|| crate::export::metrics::by_series_name(series))
                     .unwrap_or_else(|| panic!("{series} not in the catalog"));
                 let labels: Vec<&str> = match line.split_once('{') {
                     Some((_, rest)) => rest
@@ -600,12 +601,12 @@ mod tests {
                     None => vec![],
                 };
                 let mut want: Vec<&str> = metric.labels.to_vec();
-                if pid_label && metric.scope == crate::metrics::Scope::Engine {
+                if pid_label && metric.scope == crate::export::metrics::Scope::Engine {
                     want.splice(0..0, ["pid", "exe"]);
                 }
                 assert_eq!(labels, want, "{line}");
             }
-            let all: BTreeSet<String> = crate::metrics::ALL.iter().map(|m| m.name.to_owned()).collect();
+            let all: BTreeSet<String> = crate::export::metrics::ALL.iter().map(|m| m.name.to_owned()).collect();
             assert_eq!(seen, all, "catalogued metrics the exporter did not write (or the reverse)");
         }
     }

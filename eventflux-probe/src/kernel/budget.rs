@@ -72,7 +72,7 @@ impl Budget {
     pub fn probes(&self) -> Vec<u32> {
         let mut probes = self.control_probes().to_vec();
         if self.cpu_hz != 0 {
-            probes.extend(crate::bpf::CPU_PROBES);
+            probes.extend(crate::kernel::probes::CPU_PROBES);
         }
         probes
     }
@@ -134,9 +134,9 @@ mod tests {
         assert_eq!(Budget::run_default().flush_interval(), RUN_FLUSH);
         let cpu = b.with_cpu_hz(100).expect("budget");
         assert_eq!(cpu.cpu_period(), Some(Duration::from_millis(10)));
-        assert!(cpu.probes().contains(&crate::bpf::CPU_PROBES[0]));
+        assert!(cpu.probes().contains(&crate::kernel::probes::CPU_PROBES[0]));
         assert_eq!(b.cpu_period(), None);
-        assert!(!b.probes().contains(&crate::bpf::CPU_PROBES[0]));
+        assert!(!b.probes().contains(&crate::kernel::probes::CPU_PROBES[0]));
         assert!(b.with_cpu_hz(MAX_CPU_HZ + 1).is_err());
     }
 }

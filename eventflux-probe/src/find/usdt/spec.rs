@@ -85,7 +85,7 @@ pub fn site_spec(probe: u32, args: &[ArgSpec]) -> Result<SiteSpec, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usdt::argspec::parse_args;
+    use crate::find::usdt::argspec::parse_args;
 
     #[test]
     fn register_offsets_follow_pt_regs() {

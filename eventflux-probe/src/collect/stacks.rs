@@ -21,8 +21,8 @@ use blazesym::symbolize::source::{Elf, Kernel as KernelSource, Process, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use eventflux_abi::slot::{self, Where};
 
-use crate::bpf::Kernel;
-use crate::catalog::Catalog;
+use crate::kernel::Kernel;
+use crate::model::catalog::Catalog;
 
 /// Where a sample's thread was: the query's name (`None`: outside any query) and the stage.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -233,14 +233,15 @@ impl Profile {
 /// is held too). Symbolizes the stacks of a process that exited before they were read.
 #[derive(Debug)]
 pub struct Layout {
-    maps: Vec<(crate::usdt::process::Mapping, std::fs::File)>,
+    maps: Vec<(crate::find::usdt::process::Mapping, std::fs::File)>,
 }
 
 impl Layout {
     /// Process `pid`'s layout now. Mappings whose file cannot be opened are left out (their
     /// frames read `[unknown]` should the process exit).
     pub fn capture(pid: u32) -> Result<Layout> {
-        let maps = crate::usdt::process::mappings(pid).with_context(|| format!("cannot read /proc/{pid}/maps"))?;
+        let maps =
+            crate::find::usdt::process::mappings(pid).with_context(|| format!("cannot read /proc/{pid}/maps"))?;
         let maps = maps
             .into_iter()
             .filter(|m| m.perms[2] == b'x' && m.path.starts_with('/'))

@@ -222,6 +222,33 @@ fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, Refusal> {
     Ok(buf)
 }
 
+/// A site left unattached because its code is not what its note promised.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RefusedSite {
+    pub pid: u32,
+    pub binary: std::path::PathBuf,
+    /// `provider:name`.
+    pub probe: String,
+    /// File offset of the site.
+    pub offset: u64,
+    /// Why, with the bytes found.
+    pub reason: String,
+}
+
+impl std::fmt::Display for RefusedSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{} at {:#x} in process {}: {}",
+            self.binary.display(),
+            self.probe,
+            self.offset,
+            self.pid,
+            self.reason
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

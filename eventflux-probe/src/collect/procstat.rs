@@ -3,34 +3,8 @@
 
 use std::time::Instant;
 
-use crate::target::Target;
-
-/// One reading of a process.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProcStats {
-    pub uptime_seconds: f64,
-    pub rss_bytes: u64,
-    pub virtual_bytes: u64,
-    pub threads: u64,
-    /// CPU use since the previous reading, in percent of one core.
-    pub cpu_percent: f64,
-    /// Total user + system CPU seconds.
-    pub cpu_seconds: f64,
-    /// Open file descriptors (`None` where `/proc/PID/fd` cannot be listed).
-    pub open_fds: Option<u64>,
-    /// I/O counters (`None` where `/proc/PID/io` cannot be read).
-    pub io: Option<Io>,
-}
-
-/// `/proc/PID/io`: bytes through read/write system calls (sockets, pipes, files) and bytes
-/// the storage layer read or wrote for the process.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Io {
-    pub rchar: u64,
-    pub wchar: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-}
+use crate::find::target::Target;
+use crate::model::snapshot::{Io, ProcStats};
 
 /// Parses `/proc/PID/io` text; `None` if a field is missing.
 pub fn parse_io(text: &str) -> Option<Io> {

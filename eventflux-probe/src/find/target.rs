@@ -9,7 +9,7 @@
 //!   old image, so for us that is the end of this target too);
 //! - may `/proc/PID` be read as this process? (only while the pidfd says it is alive).
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -53,16 +53,6 @@ pub struct Target {
     start_ticks: u64,
 }
 
-fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor the kernel just gave us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// The state letter of `/proc/PID/stat` (after the parenthesised name, which may hold spaces).
 pub(crate) fn proc_state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -84,7 +74,7 @@ fn exe_identity(pid: u32) -> std::io::Result<(u64, u64)> {
 impl Target {
     /// Takes hold of process `pid`, or says in one line why it cannot be observed.
     pub fn open(pid: u32) -> Result<Target, TargetError> {
-        let pidfd = match pidfd_open(pid) {
+        let pidfd = match crate::sys::pidfd_open(pid) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err(TargetError::NoSuchProcess(pid)),
             Err(error) => return Err(TargetError::Io { pid, error }),

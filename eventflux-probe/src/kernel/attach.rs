@@ -89,7 +89,6 @@ struct PerfEventAttr {
 
 const PERF_ATTR_SIZE_VER5: u32 = 112;
 const PERF_UPROBE_REF_CTR_OFFSET_SHIFT: u64 = 32;
-const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 
 /// `union bpf_attr` for `BPF_LINK_CREATE` with a perf event target.
@@ -144,14 +143,8 @@ pub fn attach(program: BorrowedFd<'_>, pmu_type: u32, site: &Site<'_>) -> io::Re
         None => (-1, 0),
     };
     // SAFETY: attr is a valid perf_event_attr of the size it declares; path outlives the call.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_perf_event_open, &attr as *const PerfEventAttr, pid, cpu, -1, PERF_FLAG_FD_CLOEXEC)
-    };
-    if fd < 0 {
-        return Err(last_error("perf_event_open(uprobe)"));
-    }
-    // SAFETY: the kernel just returned this descriptor to us.
-    let perf = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let perf = unsafe { crate::sys::perf_event_open(&attr, pid, cpu) }
+        .map_err(|e| io::Error::new(e.kind(), format!("perf_event_open(uprobe): {e}")))?;
 
     let link_attr = LinkCreateAttr {
         prog_fd: program.as_raw_fd() as u32,
@@ -177,7 +170,7 @@ pub fn attach(program: BorrowedFd<'_>, pmu_type: u32, site: &Site<'_>) -> io::Re
 /// for the call.
 unsafe fn link_create<T>(attr: &T) -> io::Result<OwnedFd> {
     // SAFETY: the caller's promise above; `size_of::<T>()` is the size the kernel reads.
-    let fd = unsafe { crate::load::bpf(BPF_LINK_CREATE, attr as *const T as *const libc::c_void, size_of::<T>()) }?;
+    let fd = unsafe { crate::sys::bpf(BPF_LINK_CREATE, attr as *const T as *const libc::c_void, size_of::<T>()) }?;
     // SAFETY: the kernel just returned this descriptor to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -222,7 +215,7 @@ pub fn attach_multi(program: BorrowedFd<'_>, path: &Path, pid: u32, sites: &[Mul
     let cookies: Vec<u64> = sites.iter().map(|s| s.cookie).collect();
     let attr = UprobeMultiAttr {
         prog_fd: program.as_raw_fd() as u32,
-        attach_type: crate::load::BPF_TRACE_UPROBE_MULTI,
+        attach_type: BPF_TRACE_UPROBE_MULTI,
         path: path.as_ptr() as u64,
         offsets: offsets.as_ptr() as u64,
         ref_ctr_offsets: ref_ctr_offsets.as_ptr() as u64,
@@ -236,3 +229,6 @@ pub fn attach_multi(program: BorrowedFd<'_>, path: &Path, pid: u32, sites: &[Mul
     // apart (`load::probe_kernel`) and name the call.
     Ok(Attachment::Multi { _link: unsafe { link_create(&attr) }? })
 }
+
+/// `BPF_TRACE_UPROBE_MULTI` of `enum bpf_attach_type`.
+pub const BPF_TRACE_UPROBE_MULTI: u32 = 48;

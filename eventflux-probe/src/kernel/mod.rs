@@ -1,6 +1,12 @@
 //! The kernel programs: loading them, attaching them to a process's probe sites, and the maps
 //! they fill. This is the only module that talks to aya.
 
+pub mod attach;
+pub mod budget;
+pub mod load;
+pub mod privileges;
+pub mod probes;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -14,16 +20,15 @@ use aya::{Ebpf, EbpfLoader};
 use eventflux_probe_common::{
     Class, CounterKey, CpuKey, Hist, HistKey, MAX_SITES, PROBES, SiteSpec, SlotRef, cpu_target, drop, probe,
 };
+use probes::TRACE_PROBES;
 
-use crate::attach::{self, Attachment, MultiSite, Site};
-use crate::load;
-use crate::usdt::{self, BinaryProbes};
+use crate::find::usdt::verify::RefusedSite;
+use crate::find::usdt::{self, BinaryProbes};
+use attach::{Attachment, MultiSite, Site};
+use eventflux_abi::PROVIDER;
 
 /// The compiled kernel programs (eventflux-probe-ebpf), built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/eventflux-probe-ebpf"));
-
-/// Provider whose probes we attach to.
-pub use eventflux_abi::PROVIDER;
 
 /// What an attach did, for the log and the daemon's own metrics.
 #[derive(Debug, Clone, Default)]
@@ -57,33 +62,6 @@ pub struct AttachedSite {
     pub pid: u32,
     pub binary: PathBuf,
     pub probe: u32,
-}
-
-/// A site left unattached because its code is not what its note promised.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RefusedSite {
-    pub pid: u32,
-    pub binary: PathBuf,
-    /// `provider:name`.
-    pub probe: String,
-    /// File offset of the site.
-    pub offset: u64,
-    /// Why, with the bytes found.
-    pub reason: String,
-}
-
-impl std::fmt::Display for RefusedSite {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{} at {:#x} in process {}: {}",
-            self.binary.display(),
-            self.probe,
-            self.offset,
-            self.pid,
-            self.reason
-        )
-    }
 }
 
 /// Refused sites kept for `/health`, newest last; the count goes on past it.
@@ -154,31 +132,8 @@ impl AttachMode {
     }
 }
 
-/// The probe CPU attribution needs: engine threads announce their CPU slots through it, and
-/// keep them only while it is attached (`usdt_markers::cpu`). Not among the metric probes:
-/// attached only when CPU samples are taken.
-pub const CPU_PROBES: [u32; 1] = [probe::cpu_slot::ID];
-
 /// Entries of `STACKS` when profiling (each holds up to 127 frames).
 pub const STACK_CAPACITY: u32 = 16384;
-
-/// The probes only span trees need: `stage_sample` (its per-stage records repeat what
-/// `batch_sample` carries for metrics) and `trace_context`. Loading either turns span records
-/// on (`TRACE_SPANS`).
-pub const TRACE_PROBES: [u32; 2] = [probe::stage_sample::ID, probe::trace_context::ID];
-
-/// The probes whose data the metrics are made of: every probe but the control probes and
-/// [`TRACE_PROBES`].
-pub fn metric_probes() -> Vec<u32> {
-    PROBES
-        .iter()
-        .enumerate()
-        .filter(|(i, p)| {
-            p.class != Class::Control && !TRACE_PROBES.contains(&(*i as u32)) && !CPU_PROBES.contains(&(*i as u32))
-        })
-        .map(|(i, _)| i as u32)
-        .collect()
-}
 
 /// Whether an error chain says "not permitted" (EPERM). The verifier rejects a program with
 /// EACCES, which is not a permission problem, so EACCES does not count.
@@ -432,7 +387,7 @@ impl Kernel {
                 let refused = |e: std::io::Error, what: String| {
                     // EACCES and EPERM (the error's text carries the call, so go by its kind).
                     if e.kind() == std::io::ErrorKind::PermissionDenied {
-                        crate::privileges::attach_refused(&what, perf)
+                        crate::kernel::privileges::attach_refused(&what, perf)
                     } else {
                         anyhow!("cannot attach to {what}: {e}")
                     }

@@ -20,8 +20,8 @@
 //! filter (6.6 to 6.9: the target's main thread only), [`probe_kernel`] says so and the caller
 //! attaches through perf events instead.
 //!
-//! [`attach::attach`]: crate::attach::attach
-//! [`attach::attach_multi`]: crate::attach::attach_multi
+//! [`attach::attach`]: crate::kernel::attach::attach
+//! [`attach::attach_multi`]: super::attach::attach_multi
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -35,8 +35,6 @@ use aya_obj::generated::{bpf_insn, bpf_prog_info};
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
-/// `BPF_TRACE_UPROBE_MULTI` of `enum bpf_attach_type`.
-pub const BPF_TRACE_UPROBE_MULTI: u32 = 48;
 const BPF_OBJ_NAME_LEN: usize = 16;
 /// Verifier log kept for an error message when a program is rejected.
 const LOG_SIZE: usize = 1 << 20;
@@ -66,15 +64,6 @@ struct InfoAttr {
     bpf_fd: u32,
     info_len: u32,
     info: u64,
-}
-
-/// # Safety
-/// `attr` points to a `union bpf_attr` of `size` bytes as `cmd` expects it, and every pointer
-/// in it is valid for the call.
-pub(crate) unsafe fn bpf(cmd: libc::c_long, attr: *const libc::c_void, size: usize) -> io::Result<i64> {
-    // SAFETY: the caller's promise above.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as u32) };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
 /// A program the kernel did not load: its error (errno kept), and the verifier's log when it
@@ -116,14 +105,18 @@ fn prog_load(name: &str, insns: &[bpf_insn], license: &CString, verbose: bool) -
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         prog_name,
-        expected_attach_type: BPF_TRACE_UPROBE_MULTI,
+        expected_attach_type: super::attach::BPF_TRACE_UPROBE_MULTI,
         ..ProgLoadAttr::default()
     };
     let load = |attr: &ProgLoadAttr| {
         // SAFETY: a BPF_PROG_LOAD attribute of the size passed; the instructions, license,
         // name and log buffer it points to outlive the call.
         let fd = unsafe {
-            bpf(BPF_PROG_LOAD, attr as *const ProgLoadAttr as *const libc::c_void, size_of::<ProgLoadAttr>())
+            crate::sys::bpf(
+                BPF_PROG_LOAD,
+                attr as *const ProgLoadAttr as *const libc::c_void,
+                size_of::<ProgLoadAttr>(),
+            )
         }?;
         // SAFETY: the kernel just returned this descriptor to us.
         Ok::<_, io::Error>(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -196,15 +189,15 @@ pub fn probe_kernel() -> Result<(), Unsupported> {
             Unsupported::Kernel(format!("no programs for uprobe_multi links: {}", e.error))
         }
     })?;
-    let site = [crate::attach::MultiSite { offset: 0, semaphore_offset: None, cookie: 0 }];
+    let site = [super::attach::MultiSite { offset: 0, semaphore_offset: None, cookie: 0 }];
     let root = std::path::Path::new("/");
-    match crate::attach::attach_multi(program.as_fd(), root, 0, &site) {
+    match super::attach::attach_multi(program.as_fd(), root, 0, &site) {
         Err(e) if e.raw_os_error() == Some(libc::EBADF) => {}
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => return Err(Unsupported::Permission(e)),
         Err(e) => return Err(Unsupported::Kernel(format!("no uprobe_multi links (BPF_LINK_CREATE: {e})"))),
         Ok(_) => return Err(Unsupported::Kernel("uprobe_multi links attach to a directory".into())),
     }
-    match crate::attach::attach_multi(program.as_fd(), root, u32::MAX, &site) {
+    match super::attach::attach_multi(program.as_fd(), root, u32::MAX, &site) {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
         _ => Err(Unsupported::Kernel(
             "uprobe_multi links filter by thread, not process (fixed in Linux 6.10 and its stable kernels)".into(),
@@ -314,6 +307,8 @@ pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
     };
     // SAFETY: a BPF_OBJ_GET_INFO_BY_FD attribute of the size passed, pointing at `info`, which
     // is `info_len` bytes and outlives the call.
-    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &attr as *const InfoAttr as *const libc::c_void, size_of::<InfoAttr>()) }?;
+    unsafe {
+        crate::sys::bpf(BPF_OBJ_GET_INFO_BY_FD, &attr as *const InfoAttr as *const libc::c_void, size_of::<InfoAttr>())
+    }?;
     Ok(ProgInfo { run_count: info.run_cnt, run_time_ns: info.run_time_ns, xlated_insns: info.xlated_prog_len / 8 })
 }

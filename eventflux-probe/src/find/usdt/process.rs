@@ -22,7 +22,7 @@ pub struct MappedFile {
 pub fn mapped_executables(pid: u32) -> Result<Vec<MappedFile>> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     // A process that exited but was not reaped yet still has a /proc entry, with no mappings.
-    if matches!(crate::target::proc_state(pid), Some('Z' | 'X')) {
+    if matches!(crate::find::target::proc_state(pid), Some('Z' | 'X')) {
         bail!("process {pid} has exited (a zombie its parent has not reaped yet): nothing left to observe");
     }
     let maps = match mappings(pid) {

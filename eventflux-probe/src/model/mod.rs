@@ -10,14 +10,19 @@
 //! - derived facts are computed once: open connections (the engine's gauge, else opened − closed), queue utilisation
 //!   (depth / capacity), memory by component, the oldest waiting chunk of a stream.
 
+pub mod catalog;
+pub mod hist;
+pub mod snapshot;
+pub mod trace;
+
 use std::collections::BTreeMap;
 
 use eventflux_abi::slot::{self, Where};
 use eventflux_abi::{Stage, WindowKind};
 use eventflux_probe_common::{counter, drop, gauge, stage};
 
-use crate::collector::{HistData, Snapshot};
-use crate::procstat::ProcStats;
+use hist::HistData;
+use snapshot::{ProcStats, Snapshot};
 
 /// Every observed engine, and the observer itself.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -170,7 +175,7 @@ pub struct Observer {
     pub probes_attached: usize,
     /// Sites refused since load because their code was not the promised nop, and the latest.
     pub sites_refused: u64,
-    pub refused: Vec<crate::bpf::RefusedSite>,
+    pub refused: Vec<crate::find::usdt::verify::RefusedSite>,
     /// (program, run count, run time in seconds)
     pub programs: Vec<(&'static str, u64, f64)>,
     /// (map, entries, capacity)
@@ -182,7 +187,7 @@ pub struct Observer {
     /// Whether the daemon is ready (`/ready`); set by the daemon, `None` outside one.
     pub ready: Option<bool>,
     /// The OTLP exporter's state, when the daemon exports traces.
-    pub otlp: Option<crate::export::otlp::State>,
+    pub otlp: Option<OtlpState>,
 }
 
 impl Observer {
@@ -411,12 +416,30 @@ impl Model {
     }
 }
 
+/// Why spans were dropped, by `DROP_REASONS` index.
+pub const DROP_REASONS: [&str; 2] = ["queue_full", "export_failed"];
+
+/// The exporter's state, for `/metrics` and `/health`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct OtlpState {
+    pub endpoint: String,
+    pub protocol: &'static str,
+    pub exported_spans: u64,
+    /// By [`DROP_REASONS`].
+    pub dropped_spans: [u64; 2],
+    pub queued_spans: usize,
+    /// The last export's error, cleared by a successful one.
+    pub last_error: Option<String>,
+    /// Seconds since the last successful export.
+    pub last_success_seconds_ago: Option<f64>,
+}
+
 #[cfg(test)]
 mod tests {
     use eventflux_probe_common::{CounterKey, HistKey};
 
+    use super::catalog::{QueryMeta, StreamMeta};
     use super::*;
-    use crate::catalog::{QueryMeta, StreamMeta};
 
     fn key(pid: u32, counter: u32, a: u32, b: u32) -> CounterKey {
         CounterKey { pid, counter, a, b }

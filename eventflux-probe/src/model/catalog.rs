@@ -33,16 +33,6 @@ pub struct Catalog {
     pub queries: BTreeMap<(u32, u32), QueryMeta>,
 }
 
-/// Decodes a ring-buffer record; `None` if it is too short to be an [`Event`].
-pub fn decode(bytes: &[u8]) -> Option<Event> {
-    if bytes.len() < size_of::<Event>() {
-        return None;
-    }
-    // SAFETY: the record holds at least size_of::<Event>() bytes written by the kernel program
-    // as an Event (plain integers and bytes, valid for any bit pattern).
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
-}
-
 fn name(bytes: &[u8; NAME_LEN]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(NAME_LEN);
     String::from_utf8_lossy(&bytes[..end]).into_owned()

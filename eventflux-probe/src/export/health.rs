@@ -196,7 +196,7 @@ pub struct ObserverInfo {
     pub sites_attached: usize,
     /// Sites not attached because their code was not the nop their note promised (the latest,
     /// with the bytes found); empty when every site checked out.
-    pub sites_refused: Vec<crate::bpf::RefusedSite>,
+    pub sites_refused: Vec<crate::find::usdt::verify::RefusedSite>,
     /// Registrations (stream and query names) the kernel side could not pass on: its ring
     /// buffer was full. Non-zero means names and the query count are incomplete.
     pub registrations_lost: u64,
@@ -207,7 +207,7 @@ pub struct ObserverInfo {
     /// The OTLP exporter, when traces are exported: its endpoint, spans exported and dropped,
     /// the last error. Its trouble does not make the engine unhealthy.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub otlp: Option<crate::export::otlp::State>,
+    pub otlp: Option<crate::model::OtlpState>,
 }
 
 /// The `/health` body: the design document's fields first.

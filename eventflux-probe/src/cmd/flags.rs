@@ -1,9 +1,9 @@
 //! Flags shared by the commands that attach.
 
 use anyhow::Result;
-use eventflux_probe::budget::Budget;
+use eventflux_probe::kernel::budget::Budget;
 
-/// What this observer asks of the engine (see `eventflux_probe::budget`).
+/// What this observer asks of the engine (see `eventflux_probe::kernel::budget`).
 #[derive(Debug, clap::Args)]
 pub struct BudgetArgs {
     /// Sampled batches per second per engine thread (16, 64, 256, 1024, 4096 or 16384; other
@@ -63,7 +63,7 @@ impl BudgetArgs {
     /// The budget asked for, with `default_rate` when no rate was given.
     pub fn budget(&self, default_rate: Option<u32>) -> Result<Budget> {
         let rate = if self.every_batch { None } else { self.sample_rate.or(default_rate) };
-        Budget::new(rate, self.flush_interval.unwrap_or(eventflux_probe::budget::RUN_FLUSH))
+        Budget::new(rate, self.flush_interval.unwrap_or(eventflux_probe::kernel::budget::RUN_FLUSH))
     }
 }
 

@@ -197,7 +197,7 @@ mod tests {
     /// docs/metrics.md lists exactly these metrics, with these types and labels.
     #[test]
     fn the_docs_list_every_metric() {
-        let doc = include_str!("../../docs/metrics.md");
+        let doc = include_str!("../../../docs/metrics.md");
         let mut documented = Vec::new();
         for line in doc.lines().filter(|l| l.starts_with("| `")) {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();

@@ -4,84 +4,25 @@
 //! Per-CPU values are summed here. A snapshot is cached for a short while so that concurrent
 //! readers share one reading instead of each walking the maps.
 
+pub mod procstat;
+pub mod spans;
+pub mod stacks;
+
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use eventflux_probe_common::{CounterKey, CpuKey, HistKey, NO_STACK, drop, hist};
+use eventflux_probe_common::{CpuKey, Event, NO_STACK};
 
-use crate::bpf::Kernel;
-use crate::catalog::{self, Catalog};
-use crate::procstat::{ProcSampler, ProcStats};
-use crate::target::{State, Target};
-
-/// A latency histogram summed over CPUs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistData {
-    /// Counts per kernel bucket (see `eventflux_probe_common::hist`), not cumulative.
-    pub buckets: Vec<u64>,
-    pub count: u64,
-    pub sum_ns: u64,
-    pub max_ns: u64,
-}
-
-impl HistData {
-    /// Smallest bucket bound `le` such that at least `q` of the samples are `<= le`.
-    pub fn quantile_ns(&self, q: f64) -> u64 {
-        if self.count == 0 {
-            return 0;
-        }
-        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
-        let mut seen = 0;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return hist::upper(i).min(self.max_ns.max(hist::lower(i) + 1));
-            }
-        }
-        self.max_ns
-    }
-}
-
-/// The daemon's own state, exported as `eventflux_probe_*`.
-#[derive(Debug, Clone, Default)]
-pub struct SelfStats {
-    pub sites_attached: usize,
-    pub probes_attached: usize,
-    /// Sites refused since load (`usdt::verify`), and the latest of them.
-    pub sites_refused: u64,
-    pub refused: Vec<crate::bpf::RefusedSite>,
-    /// (program, run count, run time)
-    pub programs: Vec<(&'static str, u64, Duration)>,
-    /// (map, entries, capacity)
-    pub maps: Vec<(&'static str, usize, u32)>,
-    pub drops: [u64; drop::COUNT as usize],
-    /// Each target, and whether it still runs the program we attached to.
-    pub targets: Vec<(u32, bool)>,
-}
-
-/// Everything known at one instant.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    pub counters: BTreeMap<CounterKey, u64>,
-    pub gauges: BTreeMap<CounterKey, u64>,
-    pub hists: BTreeMap<HistKey, HistData>,
-    /// CPU samples by process and slot (stacks summed: both stack ids [`NO_STACK`]).
-    pub cpu: BTreeMap<CpuKey, u64>,
-    /// CPU time one sample stands for; `None` when CPU samples are not taken.
-    pub cpu_period: Option<Duration>,
-    pub catalog: Catalog,
-    pub processes: BTreeMap<u32, ProcStats>,
-    pub daemon: SelfStats,
-}
-
-impl Snapshot {
-    pub fn counter(&self, pid: u32, counter: u32, a: u32, b: u32) -> u64 {
-        self.counters.get(&CounterKey { pid, counter, a, b }).copied().unwrap_or(0)
-    }
-}
+use crate::find::target::{State, Target};
+use crate::kernel::Kernel;
+use crate::model::catalog::Catalog;
+use crate::model::hist::HistData;
+use crate::model::snapshot::{SelfStats, Snapshot};
+use crate::sync::lock;
+use procstat::ProcSampler;
 
 /// A target, its `/proc` sampler and the probes attached for it.
 struct Watched {
@@ -101,10 +42,6 @@ pub struct Collector {
     /// Bumped by [`Collector::invalidate`] without taking `cache` (held for a whole read).
     generation: std::sync::atomic::AtomicU64,
     max_age: Duration,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Collector {
@@ -162,7 +99,7 @@ impl Collector {
         let mut catalog = lock(&self.catalog);
         let mut n = 0;
         while let Some(item) = ring.next() {
-            if let Some(e) = catalog::decode(&item) {
+            if let Some(e) = decode(&item) {
                 catalog.apply(&e);
                 n += 1;
             }
@@ -234,4 +171,14 @@ impl Collector {
         }
         Ok(snap)
     }
+}
+
+/// Decodes a ring-buffer record; `None` if it is too short to be an [`Event`].
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: the record holds at least size_of::<Event>() bytes written by the kernel program
+    // as an Event (plain integers and bytes, valid for any bit pattern).
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }

@@ -25,53 +25,24 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use serde::Serialize;
 
-use crate::budget::Budget;
-use crate::daemon::{Daemon, Signals, bind};
-use crate::discover::{self, Container};
+use super::daemon::Daemon;
+use super::service::{Every, Heartbeat, Signals, TICK, bind};
+use crate::export::health::{self, History, Status, Thresholds, Totals};
 use crate::export::prometheus::Options as PromOptions;
-use crate::health::{self, History, Status, Thresholds, Totals};
+use crate::find;
+use crate::find::container::{Container, container_of};
+use crate::find::select::Selection;
+use crate::find::target::{State, Target};
+use crate::kernel::budget::Budget;
 use crate::model::Model;
-use crate::target::{State, Target};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Which processes node mode observes. Empty lists select everything with probes.
-#[derive(Debug, Clone, Default)]
-pub struct Selection {
-    /// Globs over the executable's path as the process sees it (`*` matches `/` too).
-    pub exe: Vec<String>,
-    pub pids: Vec<u32>,
-    /// Globs over the container id or the cgroup path; a process outside any container does
-    /// not match them.
-    pub containers: Vec<String>,
-}
-
-impl Selection {
-    fn wants_pid(&self, pid: u32) -> bool {
-        self.pids.is_empty() || self.pids.contains(&pid)
-    }
-
-    fn wants(&self, exe: &str, container: Option<&Container>) -> bool {
-        // An executable deleted since it started shows as "PATH (deleted)": its path is PATH.
-        let path = exe.strip_suffix(" (deleted)").unwrap_or(exe);
-        let exe_ok = self.exe.is_empty()
-            || self.exe.iter().any(|g| discover::glob_match(g, path) || discover::glob_match(g, exe));
-        let container_ok = self.containers.is_empty()
-            || container.is_some_and(|c| {
-                self.containers.iter().any(|g| discover::glob_match(g, &c.id) || discover::glob_match(g, &c.cgroup))
-            });
-        exe_ok && container_ok
-    }
-}
+use crate::sync::lock;
 
 /// What `node` configures.
 #[derive(Debug, Clone)]
@@ -123,12 +94,11 @@ pub struct Node {
     targets: Mutex<BTreeMap<u32, Tracked>>,
     /// Processes examined, by pid: who they were then (a process is examined once per program).
     examined: Mutex<HashMap<u32, Identity>>,
-    cache: crate::usdt::NotesCache,
+    cache: crate::find::usdt::NotesCache,
     discovery: Mutex<Discovery>,
     scanned_once: AtomicBool,
     stopping: AtomicBool,
-    started: Instant,
-    heartbeat_ms: AtomicU64,
+    heartbeat: Heartbeat,
 }
 
 /// A process as a scan saw it: its start time (clock ticks after boot) and the executable it
@@ -140,10 +110,6 @@ fn exe_id(pid: u32) -> Option<(u64, u64)> {
     let m = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
     Some((m.dev(), m.ino()))
 }
-
-/// `/live` fails when the background loop has not turned for this long.
-const LIVE_WITHIN: Duration = Duration::from_secs(5);
-const TICK: Duration = Duration::from_millis(100);
 
 /// One target in the node's `/health`.
 #[derive(Debug, Serialize)]
@@ -186,14 +152,10 @@ struct NodeObserver {
 }
 
 impl Node {
-    fn beat(&self) {
-        self.heartbeat_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
     /// The model with the observer's readiness filled in.
     pub fn model(&self) -> Result<Model> {
         let mut model = self.daemon.model()?;
-        model.observer.ready = Some(crate::http::Service::ready(self).is_ok());
+        model.observer.ready = Some(super::http::Service::ready(self).is_ok());
         Ok(model)
     }
 
@@ -223,7 +185,7 @@ impl Node {
     /// Blocking (reads `/proc`, parses ELF files, attaches).
     fn scan(&self) {
         let started = Instant::now();
-        let processes = discover::processes();
+        let processes = find::processes();
         let now: HashMap<u32, u64> = processes.iter().map(|p| (p.pid, p.start_ticks)).collect();
         // A finished target whose pid another process took: its series go now (the kernel
         // maps are keyed by pid), and the new process is examined.
@@ -263,11 +225,11 @@ impl Node {
     fn examine(&self, pid: u32) {
         let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return };
         let exe_text = exe.display().to_string();
-        let container = discover::container_of(pid);
+        let container = container_of(pid);
         if !self.options.select.wants(&exe_text, container.as_ref()) {
             return;
         }
-        let found = match discover::eventflux_binaries_cached(pid, &self.cache) {
+        let found = match find::eventflux_binaries_cached(pid, &self.cache) {
             Ok(Some(found)) => found,
             Ok(None) => return,
             Err(e) => {
@@ -376,7 +338,7 @@ impl StripDeleted for PathBuf {
     }
 }
 
-impl crate::http::Service for Node {
+impl super::http::Service for Node {
     fn metrics(&self) -> Result<String> {
         let opts = PromOptions {
             max_series: self.options.max_series,
@@ -389,7 +351,7 @@ impl crate::http::Service for Node {
 
     fn health(&self) -> Result<(u16, serde_json::Value)> {
         let model = self.model()?;
-        let ready = crate::http::Service::ready(self).is_ok();
+        let ready = super::http::Service::ready(self).is_ok();
         let (sites, slots) = self.daemon.sites();
         let observer = health::ObserverInfo {
             phase: if self.stopping.load(Ordering::Relaxed) { "draining" } else { "attached" },
@@ -401,7 +363,7 @@ impl crate::http::Service for Node {
             registrations_lost: model.observer.drops[eventflux_probe_common::drop::EVENTS_FULL as usize],
             last_probe_hit_seconds_ago: None,
             dropped_events: model.observer.drops_total(),
-            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            uptime_seconds: self.heartbeat.uptime().as_secs_f64(),
             otlp: None,
         };
         let grace = self.options.grace_period;
@@ -446,7 +408,7 @@ impl crate::http::Service for Node {
             status,
             observer: NodeObserver {
                 ready,
-                uptime_seconds: self.started.elapsed().as_secs_f64(),
+                uptime_seconds: self.heartbeat.uptime().as_secs_f64(),
                 targets_running: targets.iter().filter(|t| t.state == "running").count(),
                 sites_attached: sites,
                 site_slots: slots,
@@ -472,32 +434,18 @@ impl crate::http::Service for Node {
     }
 
     fn live(&self) -> Result<(), String> {
-        let beat = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
-        let since = self.started.elapsed().saturating_sub(beat);
-        if since > LIVE_WITHIN {
-            return Err(format!("the collection loop has not run for {:.1}s", since.as_secs_f64()));
-        }
-        Ok(())
+        self.heartbeat.live()
     }
 }
 
 /// Runs node mode until a signal stops it.
 pub async fn serve(options: NodeOptions) -> Result<()> {
     let signals = Signals::install()?;
-    crate::privileges::check()?;
+    crate::kernel::privileges::check()?;
     let listener = bind(options.listen).await?;
-    let mut probes = crate::bpf::metric_probes();
+    let mut probes = crate::kernel::probes::metric_probes();
     probes.extend(options.budget.probes());
-    let cpu_period = options.budget.cpu_period();
-    let daemon = tokio::task::spawn_blocking(move || {
-        let daemon = Daemon::load(&probes, Duration::from_millis(100))?;
-        if let Some(period) = cpu_period {
-            daemon.sample_cpu_or_warn(period);
-        }
-        Ok::<_, anyhow::Error>(daemon)
-    })
-    .await
-    .map_err(|e| anyhow!("load task failed: {e}"))??;
+    let daemon = super::service::load(probes, &options.budget).await?;
     let node = Arc::new(Node {
         daemon,
         options,
@@ -507,12 +455,11 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
         discovery: Mutex::new(Discovery::default()),
         scanned_once: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
-        started: Instant::now(),
-        heartbeat_ms: AtomicU64::new(0),
+        heartbeat: Heartbeat::new(),
     });
-    node.beat();
+    node.heartbeat.beat();
     let (stop_http, server) =
-        crate::http::spawn_server(listener, Arc::clone(&node), node.options.http_idle_timeout, "node mode: ");
+        super::http::spawn_server(listener, Arc::clone(&node), node.options.http_idle_timeout, "node mode: ");
     let background = tokio::spawn(background(Arc::clone(&node)));
 
     signals.at_least(1).await;
@@ -525,30 +472,23 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
     background.abort();
     let n = Arc::clone(&node);
     let _ = tokio::task::spawn_blocking(move || n.daemon.detach_all()).await;
-    let _ = stop_http.send(());
-    match server.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(anyhow!("http server failed: {e}")),
-        Err(e) => Err(anyhow!("http server task failed: {e}")),
-    }
+    super::service::stop_http(stop_http, server).await
 }
 
 async fn background(node: Arc<Node>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_scan: Option<Instant> = None;
-    let mut last_sample = Instant::now();
+    let mut scan = Every::new(node.options.scan_interval);
+    let mut sample = Every::from_now(health::SAMPLE_EVERY);
     let scanning = Arc::new(AtomicBool::new(false));
     loop {
         tick.tick().await;
-        node.beat();
+        node.heartbeat.beat();
         let n = Arc::clone(&node);
         let _ = tokio::task::spawn_blocking(move || n.daemon.drain()).await;
         // A scan can take a while (attaching): it runs beside the loop, one at a time.
-        if last_scan.is_none_or(|at| at.elapsed() >= node.options.scan_interval)
-            && !scanning.swap(true, Ordering::Relaxed)
-        {
-            last_scan = Some(Instant::now());
+        if !scanning.load(Ordering::Relaxed) && scan.due() {
+            scanning.store(true, Ordering::Relaxed);
             let (n, flag) = (Arc::clone(&node), Arc::clone(&scanning));
             tokio::task::spawn_blocking(move || {
                 n.scan();
@@ -570,8 +510,7 @@ async fn background(node: Arc<Node>) {
             let n = Arc::clone(&node);
             let _ = tokio::task::spawn_blocking(move || n.forget(pid)).await;
         }
-        if last_sample.elapsed() >= health::SAMPLE_EVERY {
-            last_sample = Instant::now();
+        if sample.due() {
             let n = Arc::clone(&node);
             let _ = tokio::task::spawn_blocking(move || n.sample()).await;
         }
