@@ -1,5 +1,8 @@
-//! The collector: reads the kernel maps, the registrations and `/proc` into one [`Snapshot`]
-//! that every exporter reads, so that `/metrics`, traces and health agree with each other.
+//! Reading the kernel side: the [`Reader`] turns the kernel maps, the registrations (through
+//! the event ring buffer) and `/proc` into one [`Snapshot`](crate::model::snapshot::Snapshot)
+//! that every exporter reads through the model, so that `/metrics`, traces and health agree.
+//! Beside it: span records into span trees ([`spans`]) and CPU samples with their stacks into
+//! profiles ([`stacks`]), and the target's `/proc` readings ([`procstat`]).
 //!
 //! Per-CPU values are summed here. A snapshot is cached for a short while so that concurrent
 //! readers share one reading instead of each walking the maps.
@@ -32,23 +35,23 @@ struct Watched {
 }
 
 /// Reads the kernel side for the exporters.
-pub struct Collector {
+pub struct Reader {
     kernel: Arc<Mutex<Kernel>>,
     events: Mutex<Option<RingBuf<MapData>>>,
     catalog: Mutex<Catalog>,
     targets: Mutex<BTreeMap<u32, Watched>>,
     /// The last snapshot, when it was read, and the generation it was read in.
     cache: Mutex<Option<(Instant, u64, Arc<Snapshot>)>>,
-    /// Bumped by [`Collector::invalidate`] without taking `cache` (held for a whole read).
+    /// Bumped by [`Reader::invalidate`] without taking `cache` (held for a whole read).
     generation: std::sync::atomic::AtomicU64,
     max_age: Duration,
 }
 
-impl Collector {
+impl Reader {
     /// `max_age`: how long a snapshot is reused by later readers.
-    pub fn new(kernel: Arc<Mutex<Kernel>>, max_age: Duration) -> Result<Collector> {
+    pub fn new(kernel: Arc<Mutex<Kernel>>, max_age: Duration) -> Result<Reader> {
         let events = lock(&kernel).take_events()?;
-        Ok(Collector {
+        Ok(Reader {
             kernel,
             events: Mutex::new(Some(events)),
             catalog: Mutex::new(Catalog::default()),

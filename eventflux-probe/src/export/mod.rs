@@ -3,4 +3,5 @@
 pub mod health;
 pub mod metrics;
 pub mod otlp;
+pub mod profile;
 pub mod prometheus;

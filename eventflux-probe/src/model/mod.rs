@@ -1,6 +1,8 @@
-//! The observed engines as types: what a snapshot of the kernel maps, the registrations and
-//! `/proc` *means*, built once per snapshot. Exporters (Prometheus, health, later traces and
-//! node mode) only format a [`Model`]; none of them reads a raw map key.
+//! The observed engines as types: what a [`Snapshot`] of the kernel maps, the registrations and
+//! `/proc` *means*, built once per snapshot. Exporters (Prometheus, OTLP, health, in `run` and
+//! in node mode) only format a [`Model`]; none of them reads a raw map key. The model imports
+//! no later stage (only `find`'s description of a refused site): [`collect`](crate::collect)
+//! fills its [`snapshot`] types, and everything after it reads the [`Model`].
 //!
 //! Everything the kernel keys by number is resolved here, in one place:
 //! - counter and gauge kinds (`eventflux_probe_common::{counter, gauge}`) become fields; a kind

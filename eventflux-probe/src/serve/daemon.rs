@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::collect::Collector;
+use crate::collect::Reader;
 use crate::find::target::{State, Target};
 use crate::kernel::{AttachReport, Kernel};
 use crate::model::Model;
@@ -20,7 +20,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 /// Loaded kernel programs and the targets they are attached to.
 pub struct Daemon {
     kernel: Arc<Mutex<Kernel>>,
-    collector: Arc<Collector>,
+    reader: Arc<Reader>,
     kernel_log: Mutex<Option<crate::kernel::KernelLogger>>,
     /// Span records, when loaded to trace (`stage_sample` among the probes).
     spans: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
@@ -55,8 +55,8 @@ impl Daemon {
         let tracing = crate::kernel::probes::TRACE_PROBES.iter().any(|p| probes.contains(p));
         let spans = Mutex::new(if tracing { Some(kernel.take_spans()?) } else { None });
         let kernel = Arc::new(Mutex::new(kernel));
-        let collector = Arc::new(Collector::new(Arc::clone(&kernel), max_age)?);
-        Ok(Daemon { kernel, collector, kernel_log, spans, stats })
+        let reader = Arc::new(Reader::new(Arc::clone(&kernel), max_age)?);
+        Ok(Daemon { kernel, reader, kernel_log, spans, stats })
     }
 
     /// Hands every span record waiting in the ring buffer to `f` (nothing unless loaded to
@@ -82,7 +82,7 @@ impl Daemon {
     /// Applies pending registrations and passes the kernel programs' diagnostics (if the log
     /// asked for them) to the log: call every 100 ms or so, their ring buffers must not fill.
     pub fn drain(&self) {
-        self.collector.drain_events();
+        self.reader.drain_events();
         if let Some(logger) = lock(&self.kernel_log).as_mut() {
             logger.flush();
         }
@@ -144,14 +144,14 @@ impl Daemon {
             );
         }
         let target = Arc::new(target);
-        self.collector.add_target(Arc::clone(&target), report.probes);
+        self.reader.add_target(Arc::clone(&target), report.probes);
         Ok(Attached { target, report })
     }
 
     /// Process `pid`'s CPU samples so far by query and stage, without stacks.
     pub fn cpu_places(&self, pid: u32) -> Result<std::collections::BTreeMap<crate::collect::stacks::Place, u64>> {
-        self.collector.drain_events();
-        let catalog = self.collector.catalog();
+        self.reader.drain_events();
+        let catalog = self.reader.catalog();
         crate::collect::stacks::Profile::places(&lock(&self.kernel), &catalog, pid)
     }
 
@@ -163,8 +163,8 @@ impl Daemon {
         filter: &crate::collect::stacks::Filter,
         layout: Option<&crate::collect::stacks::Layout>,
     ) -> Result<crate::collect::stacks::Profile> {
-        self.collector.drain_events();
-        let catalog = self.collector.catalog();
+        self.reader.drain_events();
+        let catalog = self.reader.catalog();
         crate::collect::stacks::Profile::read(&lock(&self.kernel), &catalog, pid, filter, layout)
     }
 
@@ -192,7 +192,7 @@ impl Daemon {
         };
         crate::kernel::attach::detach(attachments);
         for pid in pids {
-            self.collector.detached(pid);
+            self.reader.detached(pid);
         }
     }
 
@@ -204,7 +204,7 @@ impl Daemon {
             (kernel.sites().filter(|s| s.pid == pid).count(), kernel.take_attachments_of(pid))
         };
         crate::kernel::attach::detach(attachments);
-        self.collector.detached(pid);
+        self.reader.detached(pid);
         sites
     }
 
@@ -219,17 +219,17 @@ impl Daemon {
     /// (the error says if some could not be removed; the rest is forgotten all the same).
     pub fn forget(&self, pid: u32) -> Result<usize> {
         let removed = lock(&self.kernel).forget_pid(pid);
-        self.collector.remove_target(pid);
+        self.reader.remove_target(pid);
         removed
     }
 
-    pub fn collector(&self) -> &Arc<Collector> {
-        &self.collector
+    pub fn reader(&self) -> &Arc<Reader> {
+        &self.reader
     }
 
     /// The model of a fresh (or shared, see `max_age`) snapshot.
     pub fn model(&self) -> Result<Model> {
-        Ok(Model::build(self.collector.snapshot()?.as_ref()))
+        Ok(Model::build(self.reader.snapshot()?.as_ref()))
     }
 
     /// The model for a health sample; a failed read is logged and the sample skipped.

@@ -302,7 +302,7 @@ pub trait Service: Send + Sync + 'static {
 }
 
 /// How long a rendered `/metrics` or `/health` body is served to everyone who asks: the
-/// collector's snapshot period, so that concurrent scrapes share one snapshot and one body
+/// reader's snapshot period (`collect::Reader`), so that concurrent scrapes share one snapshot and one body
 /// instead of each rendering its own (500 concurrent clients once grew the daemon by hundreds
 /// of megabytes).
 const RENDERED_FOR: Duration = Duration::from_millis(100);

@@ -101,9 +101,14 @@ pub struct Node {
     heartbeat: Heartbeat,
 }
 
-/// A process as a scan saw it: its start time (clock ticks after boot) and the executable it
-/// ran (device, inode). A reused pid changes the first, an exec the second.
-type Identity = (u64, Option<(u64, u64)>);
+/// A process as a scan saw it. A reused pid changes the start time, an exec the executable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    /// Clock ticks after boot.
+    start_ticks: u64,
+    /// The executable it ran: (device, inode); `None` where `/proc/PID/exe` cannot be read.
+    exe: Option<(u64, u64)>,
+}
 
 fn exe_id(pid: u32) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -205,7 +210,7 @@ impl Node {
                 .iter()
                 .filter(|p| !tracked.contains(&p.pid) && self.options.select.wants_pid(p.pid))
                 .filter(|p| {
-                    let who = (p.start_ticks, exe_id(p.pid));
+                    let who = Identity { start_ticks: p.start_ticks, exe: exe_id(p.pid) };
                     examined.insert(p.pid, who) != Some(who)
                 })
                 .map(|p| p.pid)

@@ -119,7 +119,7 @@ impl RunService {
         tracing::debug!(phase = phase.name(), "phase");
         *lock(&self.phase) = phase;
         // The next scrape shows the change, not a snapshot from before it.
-        self.daemon.collector().invalidate();
+        self.daemon.reader().invalidate();
     }
 
     fn stopping(&self) -> bool {

@@ -75,8 +75,21 @@ pub struct NotesCache {
 
 /// A file as `/proc/PID/maps` names it: device and inode.
 type FileId = (String, u64);
-/// Notes with the size, modification and change times (ns) of the file they were read from.
-type Stamped = (u64, i64, i64, Notes);
+/// What identifies a file's content without reading it: its size and its modification and
+/// change times (ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+/// Notes with the stamp of the file they were read from.
+#[derive(Debug)]
+struct Stamped {
+    stamp: Stamp,
+    notes: Notes,
+}
 
 /// Entries kept at most; past it the cache starts over (a host runs far fewer distinct
 /// executables than this).
@@ -88,26 +101,28 @@ impl NotesCache {
         use std::sync::atomic::Ordering;
         // The change time too: mtime is often preserved (image layers, `cp -p`, reproducible
         // builds) and an inode number is reused after a delete; nobody can set ctime.
-        let stamp = std::fs::metadata(&file.opened_at).ok().map(|m| {
-            (m.size(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ctime() * 1_000_000_000 + m.ctime_nsec())
+        let stamp = std::fs::metadata(&file.opened_at).ok().map(|m| Stamp {
+            size: m.size(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
         });
         if let (Some(id), Some(stamp)) = (&file.file_id, stamp) {
             let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((s, m, c, notes)) = files.get(id)
-                && (*s, *m, *c) == stamp
+            if let Some(cached) = files.get(id)
+                && cached.stamp == stamp
             {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(notes.clone());
+                return Ok(cached.notes.clone());
             }
         }
         let notes = probes_in_file(&file.opened_at)?;
         self.parsed.fetch_add(1, Ordering::Relaxed);
-        if let (Some(id), Some((size, mtime, ctime))) = (&file.file_id, stamp) {
+        if let (Some(id), Some(stamp)) = (&file.file_id, stamp) {
             let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
             if files.len() >= CACHE_FILES {
                 files.clear();
             }
-            files.insert(id.clone(), (size, mtime, ctime, notes.clone()));
+            files.insert(id.clone(), Stamped { stamp, notes: notes.clone() });
         }
         Ok(notes)
     }
