@@ -337,7 +337,7 @@ impl<T: Clone + Send + 'static> Rendered<T> {
         let body = match tokio::task::spawn_blocking(render).await {
             Ok(Ok(body)) => body,
             Ok(Err(e)) => return Err(format!("cannot read the BPF maps: {e:#}")),
-            Err(e) => return Err(format!("collector failed: {e}")),
+            Err(e) => return Err(format!("rendering failed: {e}")),
         };
         *latest = Some(Body { at: Instant::now(), ready, body: body.clone() });
         Ok(body)
