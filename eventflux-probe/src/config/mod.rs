@@ -2,18 +2,21 @@
 //! built-in defaults, the TOML config file (`--config FILE`), the environment
 //! (`EVENTFLUX_PROBE_<SECTION>_<KEY>`) and the command-line flags.
 //!
-//! Every key is declared once, in the `define_settings!` table (`settings.rs`); the table generates the
-//! partial [`Layer`] each source is read into, the resolved [`Settings`], the [`KEYS`] reference
-//! (docs/configuration.md is checked against it), the merge and the per-key checks. Errors are
-//! one line naming where the value came from (file and line, or variable) and the key.
-//!
-//! A file is parsed into a spanned TOML document and walked against [`SECTIONS`] and [`KEYS`]
-//! here, each value read on its own: every message is this module's, written from the type the
-//! key expects and the type the TOML value has, never derived from another library's wording.
+//! Every key is declared once, in the `define_settings!` table of [`settings`]; the table
+//! generates the partial [`Layer`] each source is read into, the resolved [`Settings`], the
+//! [`KEYS`] reference (docs/configuration.md is checked against it), the merge and the per-key
+//! checks. The files, by job:
+//! - `settings.rs`: the table and what it generates;
+//! - `sources.rs`: the file (a spanned TOML document walked against [`SECTIONS`] and [`KEYS`],
+//!   each value read on its own) and the environment, merged by [`load`];
+//! - `values.rs`: how each type of value is read; `checks.rs`: the range checks keys name;
+//! - `error.rs`: [`ConfigError`], one line naming where the value came from (file and line, or
+//!   variable) and the key. Every message is ours, written from the type the key expects and
+//!   the type the value has, never derived from another library's wording.
 
 mod checks;
 mod error;
-mod settings;
+pub mod settings;
 mod sources;
 mod values;
 

@@ -35,7 +35,7 @@ pub struct Attached {
 }
 
 impl Daemon {
-    /// Loads the programs of `probes` (see `kernel::metric_probes` and `Budget::control_probes`).
+    /// Loads the programs of `probes` (see `kernel::probes::metric_probes` and `Budget::control_probes`).
     /// `max_age`: how long a snapshot is shared by concurrent readers.
     pub fn load(probes: &[u32], max_age: Duration) -> Result<Daemon> {
         Daemon::with_kernel(Kernel::load(probes)?, probes, max_age)
