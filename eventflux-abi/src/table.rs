@@ -4,8 +4,19 @@
 //!
 //! [`for_each_probe!`]: crate::for_each_probe
 
+/// The provider's name as a literal, for what takes literals only: `usdt-markers` writes it
+/// into its notes from an `asm!` template and into its semaphores' symbol names with `concat!`,
+/// where a `const` cannot go. [`PROVIDER`] is defined from it, so the name is written once.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __abi_provider {
+    () => {
+        "eventflux"
+    };
+}
+
 /// SDT provider of every probe.
-pub const PROVIDER: &str = "eventflux";
+pub const PROVIDER: &str = __abi_provider!();
 
 /// Version of the probe ABI described in `docs/probes.md`.
 pub const ABI_VERSION: u32 = 2;

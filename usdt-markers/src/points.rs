@@ -38,8 +38,10 @@ macro_rules! define_points {
                 pub const CLASS: eventflux_abi::Class = eventflux_abi::probe::$name::CLASS;
 
                 /// This probe's USDT semaphore: non-zero while a tool is attached.
+                // Named `<provider>_<probe>_semaphore`, as `sys/sdt.h` names them; `concat!`
+                // takes literals only, so the provider comes from the macro behind `PROVIDER`.
                 #[cfg_attr(feature = "enabled", unsafe(link_section = ".probes"))]
-                #[cfg_attr(feature = "enabled", unsafe(export_name = concat!("eventflux_", stringify!($name), "_semaphore")))]
+                #[cfg_attr(feature = "enabled", unsafe(export_name = concat!(eventflux_abi::__abi_provider!(), "_", stringify!($name), "_semaphore")))]
                 pub static SEMAPHORE: Semaphore = Semaphore::new();
 
                 /// Whether a tool is attached to this probe.
