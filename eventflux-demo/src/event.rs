@@ -53,8 +53,9 @@ impl Source {
         }
     }
 
-    pub fn chunk(&mut self, len: usize) -> Chunk {
-        let trouble = crate::runtime::TROUBLE.load(std::sync::atomic::Ordering::Relaxed);
+    /// The next `len` events; while `trouble` (the runtime's `--trouble` window), half of them
+    /// malformed.
+    pub fn chunk(&mut self, len: usize, trouble: bool) -> Chunk {
         (0..len)
             .map(|_| {
                 let e = self.next_event();

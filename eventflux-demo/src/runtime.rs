@@ -41,7 +41,7 @@ pub struct Config {
 /// Whether the engine is in trouble now (`--trouble`): half of the sources' events are
 /// malformed (an expression error each) and async query workers are slow (their queues back
 /// up, producers meet backpressure). What a health check must notice, then see recover.
-pub static TROUBLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static TROUBLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// How long a query worker stalls per chunk while in trouble.
 const TROUBLE_STALL: Duration = Duration::from_millis(10);
@@ -312,7 +312,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
                         eprintln!("eventflux-demo: {} trouble", if now { "entering" } else { "leaving" });
                     }
                 }
-                (sources[next_stream].chunk(len), None)
+                (sources[next_stream].chunk(len, in_trouble()), None)
             }
             Input::Node(inbound) => match inbound.next()? {
                 Some(next) => next,

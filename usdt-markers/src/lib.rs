@@ -35,11 +35,27 @@
 //! and a test keeps `docs/probes.md` equal to it.
 //!
 //! Build without the default `enabled` feature and every marker compiles to nothing.
+//!
+//! Modules, each using only those listed after it (no cycle; the flusher is started by the
+//! modules above it, and reads only those below):
+//! - `trace` → `span`, `traceparent`
+//! - `span` → `cpu`, `probes`, `flusher`, `levels`, `traceparent`
+//! - `cpu` → `probes`, `flusher`
+//! - `probes` → `accum`, `cells`, `points` (its tests also `flusher`, `semaphore`)
+//! - `accum` → `flusher`, `cells`, `levels`
+//! - `flusher` → `registry`, `levels`, `cells`, `points`, `semaphore`
+//! - `registry` → `points`, `semaphore`; `levels` → `points`
+//! - `points` → `semaphore`; `cells` → `semaphore`
+//! - `semaphore`, `traceparent`, `site` (the `asm!` macros): none
 
 #![warn(missing_docs)]
 
 pub mod accum;
+mod cells;
 pub mod cpu;
+mod flusher;
+mod levels;
+mod points;
 mod probes;
 mod registry;
 mod semaphore;
@@ -47,11 +63,13 @@ mod semaphore;
 mod site;
 pub mod span;
 pub mod trace;
+mod traceparent;
 
 pub use eventflux_abi as abi;
 pub use eventflux_abi::{ABI_VERSION, ArgDef, ArgKind, Class, PROVIDER, ProbeDef};
+pub use flusher::unregister_query;
 pub use probes::*;
-pub use registry::{QueryInfo, StreamInfo, register_query, register_stream, unregister_query};
+pub use registry::{QueryInfo, StreamInfo, register_query, register_stream};
 pub use semaphore::Semaphore;
 
 /// Fires a probe's site now: `probe!(name(arg, …))`. Every hit traps while attached, so this

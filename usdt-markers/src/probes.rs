@@ -1,19 +1,11 @@
 //! Every probe of the `eventflux` provider, generated from the ABI table
-//! (`eventflux_abi::for_each_probe!`): one module per probe with its semaphore and its site, and
-//! the engine-facing API its class calls for — a [`Counter`](ingest::Counter) for count probes,
-//! a [`Gauge`](window_state::Gauge) for gauge probes. Sample probes are fired by
-//! [`crate::span`], registration probes by [`crate::register_stream`] and friends, and control
-//! probes never fire.
+//! (`eventflux_abi::for_each_probe!`): one module per probe with its semaphore and its site
+//! ([`crate::points`]), and the engine-facing API its class calls for — a
+//! [`Counter`](ingest::Counter) for count probes, a [`Gauge`](window_state::Gauge) for gauge
+//! probes. Sample probes are fired by [`crate::span`], registration probes by
+//! [`crate::register_stream`] and friends, and control probes never fire.
 
 pub use eventflux_abi::PROBES;
-
-use crate::Semaphore;
-
-macro_rules! arg_type {
-    (u32) => { u32 };
-    (u64) => { u64 };
-    (str) => { *const u8 };
-}
 
 /// The engine-facing API of a probe, by class.
 macro_rules! class_api {
@@ -67,7 +59,7 @@ macro_rules! class_api {
         class_api!(@info $name; $($key),*; $($val),*);
     };
     (@info $name:ident; $($key:ident),*; $($val:ident),*) => {
-        static INFO: crate::accum::ProbeInfo = crate::accum::ProbeInfo {
+        static INFO: crate::cells::ProbeInfo = crate::cells::ProbeInfo {
             id: ID,
             gauge: matches!(CLASS, eventflux_abi::Class::Gauge),
             values: { let values: &[&str] = &[$(stringify!($val)),*]; values.len() },
@@ -76,22 +68,13 @@ macro_rules! class_api {
         };
 
         /// Fires the site for one series: keys, then amounts or values.
-        fn fire_series(__keys: &[u32; crate::accum::MAX_KEYS], __values: &[u64; crate::accum::MAX_VALUES]) {
+        fn fire_series(__keys: &[u32; crate::cells::MAX_KEYS], __values: &[u64; crate::cells::MAX_VALUES]) {
             let [$($key,)* ..] = *__keys;
             let [$($val,)* ..] = *__values;
             site($($key,)* $($val),*);
         }
     };
     ($class:ident, $name:ident; $($key:ident),*; $($val:ident),*) => {};
-}
-
-/// Calls a control probe's site from code that never runs, so that the linker keeps it (and
-/// its note) although the engine never fires it.
-macro_rules! keep_control {
-    (control, $name:ident) => {
-        $name::site();
-    };
-    ($class:ident, $name:ident) => {};
 }
 
 macro_rules! define_probes {
@@ -103,50 +86,111 @@ macro_rules! define_probes {
             $(#[$doc])*
             #[allow(non_snake_case)]
             pub mod $name {
-                #[allow(unused_imports)]
-                use super::*;
-
-                /// Index in the ABI table.
-                pub const ID: u32 = eventflux_abi::probe::$name::ID;
-                /// How this probe fires.
-                pub const CLASS: eventflux_abi::Class = eventflux_abi::probe::$name::CLASS;
-
-                /// This probe's USDT semaphore: non-zero while a tool is attached.
-                #[cfg_attr(feature = "enabled", unsafe(link_section = ".probes"))]
-                #[cfg_attr(feature = "enabled", unsafe(export_name = concat!("eventflux_", stringify!($name), "_semaphore")))]
-                pub static SEMAPHORE: Semaphore = Semaphore::new();
-
-                /// Whether a tool is attached to this probe.
-                #[inline(always)]
-                pub fn is_enabled() -> bool {
-                    cfg!(feature = "enabled") && SEMAPHORE.is_active()
-                }
-
-                /// The probe site itself: a `nop` and its note. One function per probe, so a
-                /// probe has one site whatever the number of callers (unless the compiler
-                /// duplicates it inside this function), and the note is discarded together
-                /// with the function when a binary never fires the probe.
-                #[inline(never)]
-                #[allow(clippy::too_many_arguments)]
-                pub fn site($($key: arg_type!($kty),)* $($val: arg_type!($vty)),*) {
-                    #[cfg(all(feature = "enabled", target_arch = "x86_64", target_os = "linux"))]
-                    crate::__sdt_site!($name, $($key : $kty,)* $($val : $vty),*);
-                    #[cfg(not(all(feature = "enabled", target_arch = "x86_64", target_os = "linux")))]
-                    let _ = ($($key,)* $($val,)*);
-                }
+                pub use crate::points::$name::{CLASS, ID, SEMAPHORE, is_enabled, site};
 
                 class_api!($class, $name; $($key),*; $($val),*);
             }
         )*
-
-        /// Every probe's semaphore, by probe id.
-        pub(crate) static SEMAPHORES: [&Semaphore; eventflux_abi::probe::COUNT] = [$(&$name::SEMAPHORE),*];
-
-        /// See [`keep_control`].
-        pub(crate) fn keep_control_sites() {
-            $(keep_control!($class, $name);)*
-        }
     };
 }
 
 eventflux_abi::for_each_probe!(define_probes);
+
+#[cfg(all(test, feature = "enabled"))]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::{error, ingest, window_state};
+    use crate::flusher::{FIRED, flush};
+    use crate::semaphore::{SETTLE, Semaphore};
+
+    /// The tests share the process-wide registry and semaphores: one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    /// Raises a semaphore as an attaching tool would, and lets the change settle.
+    fn attach(sem: &Semaphore, n: u16) {
+        sem.set(n);
+        flush();
+        std::thread::sleep(SETTLE);
+    }
+
+    fn fired(probe: u32, key: u32) -> Vec<[u64; 4]> {
+        let mut f = FIRED.lock().unwrap_or_else(|e| e.into_inner());
+        let out = f.iter().filter(|(p, k, _)| *p == probe && k[0] == key).map(|(_, _, v)| *v).collect();
+        f.retain(|(p, k, _)| !(*p == probe && k[0] == key));
+        out
+    }
+
+    /// Amounts added on several threads, some of which exit before the flush and hand their
+    /// block to later threads, reach the probe exactly once and in full.
+    #[test]
+    fn counts_from_many_threads_are_exact_across_flushes_and_thread_exits() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let counter = ingest::Counter::new(901);
+        attach(&ingest::SEMAPHORE, 1);
+        let mut total = 0u64;
+        for round in 0..3u64 {
+            let threads: Vec<_> = (0..4u64)
+                .map(|t| {
+                    std::thread::spawn(move || {
+                        for i in 0..1000u64 {
+                            counter.add(i % 7 + t + round);
+                        }
+                    })
+                })
+                .collect();
+            threads.into_iter().for_each(|t| t.join().expect("thread"));
+            total += (0..4u64).map(|t| (0..1000u64).map(|i| i % 7 + t + round).sum::<u64>()).sum::<u64>();
+            flush();
+        }
+        let sum: u64 = fired(ingest::ID, 901).iter().map(|v| v[0]).sum();
+        assert_eq!(sum, total);
+        // Nothing new: nothing fires.
+        flush();
+        assert!(fired(ingest::ID, 901).is_empty());
+        ingest::SEMAPHORE.set(0);
+    }
+
+    /// While nobody observes the probe, adds are dropped; what was added before the last
+    /// observer left does not reach the next one.
+    #[test]
+    fn an_observer_counts_from_its_attach() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let counter = error::Counter::new(902, 1);
+        attach(&error::SEMAPHORE, 1);
+        counter.add(5);
+        flush();
+        assert_eq!(fired(error::ID, 902), vec![[5, 0, 0, 0]]);
+        counter.add(7);
+        error::SEMAPHORE.set(0);
+        flush();
+        counter.add(100);
+        error::SEMAPHORE.set(1);
+        counter.add(3);
+        // Settling: nothing fires yet, nothing is lost.
+        flush();
+        assert!(fired(error::ID, 902).is_empty());
+        counter.add(4);
+        std::thread::sleep(SETTLE);
+        flush();
+        assert_eq!(fired(error::ID, 902), vec![[7, 0, 0, 0]]);
+        error::SEMAPHORE.set(0);
+    }
+
+    /// Gauges fire when they change, and again to a newly attached observer.
+    #[test]
+    fn gauges_fire_on_change_and_to_new_observers() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let gauge = window_state::Gauge::new(903);
+        attach(&window_state::SEMAPHORE, 1);
+        gauge.set(10);
+        flush();
+        gauge.set(10);
+        flush();
+        assert_eq!(fired(window_state::ID, 903), vec![[10, 0, 0, 0]]);
+        attach(&window_state::SEMAPHORE, 2);
+        flush();
+        assert_eq!(fired(window_state::ID, 903), vec![[10, 0, 0, 0]], "the second observer gets the value");
+        window_state::SEMAPHORE.set(0);
+    }
+}

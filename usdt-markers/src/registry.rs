@@ -85,13 +85,19 @@ fn lock() -> std::sync::MutexGuard<'static, Registry> {
 
 impl Stream {
     fn fire(&self) {
-        crate::stream_register::site(self.id, self.name.as_ptr().cast(), self.role, self.junction, self.capacity);
+        crate::points::stream_register::site(
+            self.id,
+            self.name.as_ptr().cast(),
+            self.role,
+            self.junction,
+            self.capacity,
+        );
     }
 }
 
 impl Query {
     fn fire(&self) {
-        crate::query_register::site(
+        crate::points::query_register::site(
             self.id,
             self.name.as_ptr().cast(),
             self.input_stream,
@@ -131,13 +137,12 @@ pub fn register_query(info: QueryInfo<'_>) {
     announce(&reg, || reg.queries.last().into_iter().for_each(Query::fire));
 }
 
-/// Stops announcing a query and fires `query_unregister`, after flushing every count so that
-/// observers have the query's final totals when they learn it stopped.
-pub fn unregister_query(id: u32) {
-    crate::accum::flush_final();
+/// Stops announcing a query and fires `query_unregister`; [`crate::unregister_query`] flushes
+/// every count first.
+pub(crate) fn forget_query(id: u32) {
     let mut reg = lock();
     reg.queries.retain(|q| q.id != id);
-    crate::query_unregister::site(id);
+    crate::points::query_unregister::site(id);
 }
 
 /// Fires the newest registration. Observers that arrived since the last replay get the whole
@@ -156,7 +161,8 @@ fn replay(reg: &Registry) {
 
 #[cfg(feature = "enabled")]
 fn observers() -> u32 {
-    u32::from(crate::stream_register::SEMAPHORE.count()) + u32::from(crate::query_register::SEMAPHORE.count())
+    u32::from(crate::points::stream_register::SEMAPHORE.count())
+        + u32::from(crate::points::query_register::SEMAPHORE.count())
 }
 
 /// Whether the tools attached to the registration probes changed since the last replay.
@@ -169,7 +175,7 @@ pub(crate) fn observers_changed() -> bool {
 
 /// Replays the table if the tools attached to the registration probes changed, once the change
 /// has settled (a new tool's semaphore rises before its program is linked: see
-/// `accum::SETTLE`). Called by the flusher once per interval.
+/// `semaphore::SETTLE`). Called by the flusher once per interval.
 pub(crate) fn sync_observers() {
     #[cfg(feature = "enabled")]
     {
@@ -181,7 +187,7 @@ pub(crate) fn sync_observers() {
             return;
         }
         match *changed {
-            Some((seen, since)) if seen == now && since.elapsed() >= crate::accum::SETTLE => {
+            Some((seen, since)) if seen == now && since.elapsed() >= crate::semaphore::SETTLE => {
                 *changed = None;
                 let reg = lock();
                 ANNOUNCED_TO.store(now, Ordering::Relaxed);

@@ -1,4 +1,5 @@
 use core::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
 
 /// A USDT semaphore: the 16-bit counter that tools increment while attached to a probe.
 ///
@@ -36,3 +37,10 @@ impl Semaphore {
         self.0.store(n, Ordering::Relaxed);
     }
 }
+
+/// How long a probe whose observers grew is left alone before it fires again. An observer's
+/// attach raises the semaphore (the kernel does, when it registers the uprobe) before its
+/// program is linked to the site, microseconds later; a hit in between reaches nobody. Firing
+/// only once the count has been steady this long means nothing is lost in that window: amounts
+/// keep accumulating in the cells and arrive with the first hit after it.
+pub(crate) const SETTLE: Duration = Duration::from_millis(50);

@@ -132,7 +132,15 @@ macro_rules! __sdt_site {
                 $crate::__sdt_guard_enter!(),
                 $crate::__sdt_nop5!(),
                 $crate::__sdt_guard_leave!(),
-                $crate::__sdt_note!("eventflux", stringify!($name), $spec, "{__semaphore}", "{__function}"),
+                // The provider from the macro that defines `eventflux_abi::PROVIDER`: a template
+                // takes literals only, not a `const`.
+                $crate::__sdt_note!(
+                    $crate::abi::__abi_provider!(),
+                    stringify!($name),
+                    $spec,
+                    "{__semaphore}",
+                    "{__function}"
+                ),
                 __semaphore = sym SEMAPHORE,
                 __function = sym site,
                 $($arg = in(reg) $arg,)*

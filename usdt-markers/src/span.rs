@@ -40,10 +40,12 @@
 use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 
-use eventflux_abi::{DEFAULT_SAMPLES_PER_SEC, SAMPLE_LEVELS, Stage};
+use eventflux_abi::Stage;
 
-use crate::probes::{SEMAPHORES, batch_sample, spans_dropped, stage_sample, trace_context, traces_declined};
-use crate::trace::TraceContext;
+use crate::probes::{batch_sample, spans_dropped, stage_sample, trace_context, traces_declined};
+use crate::traceparent::{SAMPLED, TraceContext};
+
+pub use crate::levels::samples_per_sec;
 
 /// Spans open at once on a thread (a batch and the stages and batches nested in it).
 const MAX_OPEN: usize = 16;
@@ -218,15 +220,6 @@ fn read_cost_ns() -> u64 {
     })
 }
 
-/// Sampled batches per second per thread that observers asked for; 0 means every batch.
-pub fn samples_per_sec() -> u32 {
-    SAMPLE_LEVELS
-        .iter()
-        .rev()
-        .find(|(id, _)| SEMAPHORES.get(*id as usize).is_some_and(|s| s.is_active()))
-        .map_or(DEFAULT_SAMPLES_PER_SEC, |(_, rate)| *rate)
-}
-
 impl Batch {
     /// Enters a batch of query `query_id`; decides whether it is sampled.
     #[inline(always)]
@@ -317,14 +310,14 @@ impl Batch {
     #[cold]
     #[inline(never)]
     fn traced_by_parent() -> u64 {
-        crate::accum::start_flusher();
+        crate::flusher::start_flusher();
         Batch::open_sampled(true, samples_per_sec() == 0)
     }
 
     #[cold]
     #[inline(never)]
     fn sampled() -> u64 {
-        crate::accum::start_flusher();
+        crate::flusher::start_flusher();
         let now = now_ns();
         let rate = samples_per_sec();
         let mut pace = PACE.with(Cell::get);
@@ -370,10 +363,10 @@ impl Batch {
         let trace = (stages && trace_context::is_enabled()).then(|| {
             let (trace_id, parent_span_id, flags) = match INCOMING.with(Cell::get) {
                 // Version 00 knows one flag; this node records the trace, so: sampled.
-                Some(c) => (c.trace_id, c.span_id, crate::trace::SAMPLED),
-                None => (crate::trace::new_trace_id(), 0, crate::trace::SAMPLED),
+                Some(c) => (c.trace_id, c.span_id, SAMPLED),
+                None => (new_trace_id(), 0, SAMPLED),
             };
-            Traced { trace_id, span_id: crate::trace::new_span_id(), parent_span_id, flags }
+            Traced { trace_id, span_id: new_span_id(), parent_span_id, flags }
         });
         let start = open(now_ns(), true);
         if start != 0 {
@@ -719,7 +712,7 @@ pub(crate) fn traced_context() -> Option<TraceContext> {
             t.span_id
         } else {
             if frame.span_id == 0 {
-                frame.span_id = crate::trace::new_span_id();
+                frame.span_id = new_span_id();
             }
             frame.span_id
         };
@@ -730,4 +723,95 @@ pub(crate) fn traced_context() -> Option<TraceContext> {
 /// The context the current outermost batch arrived with.
 pub(crate) fn incoming_context() -> Option<TraceContext> {
     INCOMING.with(Cell::get)
+}
+
+// Trace and span ids: here, not with `TraceContext`, because only traced spans draw them and
+// the sequence is seeded from this module's clock.
+
+thread_local! {
+    /// This thread's id sequence, 0 until its first id.
+    static IDS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A random, non-zero 64-bit id: splitmix64 over a per-thread sequence seeded from the
+/// process's random hash keys (the OS's randomness), so ids of different nodes and threads do
+/// not collide.
+fn next_id() -> u64 {
+    IDS.with(|c| {
+        let mut s = c.get();
+        if s == 0 {
+            use std::hash::BuildHasher;
+            s = std::collections::hash_map::RandomState::new().hash_one(now_ns()) | 1;
+        }
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        c.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+fn new_span_id() -> u64 {
+    loop {
+        let id = next_id();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+fn new_trace_id() -> u128 {
+    (u128::from(next_id()) << 64) | u128::from(new_span_id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_not_zero_and_do_not_repeat() {
+        let ids: std::collections::BTreeSet<u64> = (0..10_000).map(|_| new_span_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(!ids.contains(&0));
+        assert_ne!(new_trace_id(), new_trace_id());
+    }
+
+    /// Attached: batches and stages set the slot and restore it, nested queries included;
+    /// detached, nothing is written.
+    #[cfg(feature = "enabled")]
+    #[test]
+    fn boundaries_set_and_restore_the_slot() {
+        use eventflux_abi::slot::{Where, decode};
+
+        use crate::cpu::current;
+        use crate::probes::cpu_slot;
+
+        // The only test that raises this semaphore; the slot is per thread.
+        assert_eq!(decode(current()), Where::None);
+        cpu_slot::SEMAPHORE.set(1);
+        let a = Batch::enter(1);
+        assert_eq!(decode(current()), Where::Query(1));
+        let emit = Span::enter(1, Stage::Emit);
+        assert_eq!(decode(current()), Where::Stage(1, Stage::Emit));
+        let b = Batch::enter(2);
+        let filter = Span::enter(2, Stage::Filter);
+        assert_eq!(decode(current()), Where::Stage(2, Stage::Filter));
+        filter.exit(1, 1);
+        assert_eq!(decode(current()), Where::Query(2));
+        b.exit(0, 1, 1);
+        assert_eq!(decode(current()), Where::Stage(1, Stage::Emit), "the outer query's stage again");
+        emit.exit(1, 1);
+        {
+            let _dropped = Batch::enter(3);
+            assert_eq!(decode(current()), Where::Query(3));
+        }
+        assert_eq!(decode(current()), Where::Query(1), "a batch dropped without exit restores too");
+        a.exit(0, 1, 1);
+        assert_eq!(decode(current()), Where::None);
+        cpu_slot::SEMAPHORE.set(0);
+        let c = Batch::enter(4);
+        assert_eq!(decode(current()), Where::None, "detached: not written");
+        c.exit(0, 1, 1);
+    }
 }

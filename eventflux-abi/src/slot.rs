@@ -1,0 +1,66 @@
+//! The value of an engine thread's CPU slot (probe `cpu_slot`): which query and stage the thread
+//! is executing, written by the engine at every batch and stage boundary while a tool is attached
+//! to `cpu_slot`, read by a sampling profiler from the interrupted thread. The query id is in
+//! the high 32 bits; the low 32 bits are the state: [`NONE`], [`QUERY`] or
+//! `STAGE_BASE + Stage code`.
+
+use crate::codes::Stage;
+
+/// Outside any query (the whole slot is 0): engine overhead, sources, idle spinning, I/O.
+pub const NONE: u32 = 0;
+/// Inside a query batch, outside its named stages.
+pub const QUERY: u32 = 1;
+/// Inside a stage: this plus the stage's code.
+pub const STAGE_BASE: u32 = 2;
+
+/// The slot value for `query` in `stage` (`None`: the query's own code).
+#[inline(always)]
+pub const fn encode(query: u32, stage: Option<Stage>) -> u64 {
+    let state = match stage {
+        None => QUERY,
+        Some(s) => STAGE_BASE + s.code(),
+    };
+    ((query as u64) << 32) | state as u64
+}
+
+/// What a slot value says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Where {
+    /// Outside any query.
+    None,
+    /// In a query's own code, outside its stages.
+    Query(u32),
+    /// In a stage of a query.
+    Stage(u32, Stage),
+    /// A state this build does not know (a newer engine): query and raw state.
+    Unknown(u32, u32),
+}
+
+/// Decodes a slot value.
+pub fn decode(value: u64) -> Where {
+    let (query, state) = ((value >> 32) as u32, value as u32);
+    match state {
+        NONE => Where::None,
+        QUERY => Where::Query(query),
+        s => match Stage::from_code(s - STAGE_BASE) {
+            Some(stage) => Where::Stage(query, stage),
+            None => Where::Unknown(query, s),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_values_decode_back() {
+        assert_eq!(decode(0), Where::None);
+        assert_eq!(decode(encode(7, None)), Where::Query(7));
+        for &s in Stage::ALL {
+            assert_eq!(decode(encode(u32::MAX, Some(s))), Where::Stage(u32::MAX, s));
+        }
+        assert_eq!(decode((3 << 32) | 99), Where::Unknown(3, 99));
+        assert_ne!(encode(0, None), 0, "query 0 is not 'outside any query'");
+    }
+}
