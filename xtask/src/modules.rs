@@ -5,7 +5,8 @@
 //! The model: a module is a file (`a/b.rs` is `a::b`, `a/mod.rs` is `a`; a module written
 //! inline in a file is part of that file). A file depends on another when its code (comments
 //! left out, so intra-doc links do not count) names a path into it: `crate::a::b::Item`,
-//! `super::…`, or for a `mod.rs` a child by its name. A path resolves to the deepest module it
+//! `super::…`, or for a `mod.rs` a child by its name. Re-exports (`pub use`) are a module's
+//! facade and do not count, nor do paths to `#[macro_export]` macros (they sit at the root). A path resolves to the deepest module it
 //! names, so `crate::kernel::Kernel` is a use of `kernel` (its `mod.rs`). Two checks:
 //! - files: no cycle at all, in any crate;
 //! - stages (the top-level modules of the observer: `find`, `kernel`, …): no cycle either, so
@@ -65,9 +66,16 @@ fn graph(src: &Path) -> Result<Graph> {
         let me = module_of(file);
         let is_dir_module = file.file_stem().is_some_and(|s| s == "mod" || s == "lib" || s == "main");
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let code = strip_comments(&text);
+        // Re-exports (`pub use`) are the module's facade, not a use of what they name; a
+        // `#[macro_export]` macro sits at the crate root wherever it is written, so a path to
+        // one (`crate::name!`) names no module.
+        let code: String = strip_comments(&text)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("pub use ") && !l.trim_start().starts_with("pub(crate) use "))
+            .collect::<Vec<_>>()
+            .join("\n");
         let mut uses = BTreeSet::new();
-        for path in paths(&code) {
+        for path in paths(&code).into_iter().filter(|p| !p.last().is_some_and(|l| l.ends_with('!'))) {
             let absolute: Vec<String> = match path.first().map(String::as_str) {
                 Some("crate") => path[1..].to_vec(),
                 Some("super") => {
@@ -216,7 +224,11 @@ fn paths(code: &str) -> Vec<Vec<String>> {
             while j < bytes.len() && ident(bytes[j]) {
                 j += 1;
             }
-            segs.push(code[start..j].to_owned());
+            let mut seg = code[start..j].to_owned();
+            if code[j..].starts_with('!') {
+                seg.push('!');
+            }
+            segs.push(seg);
             if code[j..].starts_with("::") {
                 j += 2;
                 if code[j..].starts_with('{') {
