@@ -90,28 +90,53 @@ pub fn semaphore_offset(binary: &Path, name: &str) -> u64 {
 
 /// Reads a process's 16-bit USDT semaphore through /proc/PID/mem (read only).
 pub fn read_semaphore(pid: u32, binary: &Path, file_offset: u64) -> u16 {
-    use std::os::unix::fs::FileExt;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
-    let canon = std::fs::canonicalize(binary).expect("canonicalize");
-    for line in maps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // The semaphore is in a writable mapping; a read-only one (RELRO) may cover the same
-        // file offset with the file's original bytes.
-        if f.len() < 6 || Path::new(f[5]) != canon || !f[1].contains('w') {
-            continue;
-        }
-        let (start, end) = f[0].split_once('-').expect("range");
-        let start = u64::from_str_radix(start, 16).expect("hex");
-        let end = u64::from_str_radix(end, 16).expect("hex");
-        let off = u64::from_str_radix(f[2], 16).expect("hex");
-        if file_offset >= off && file_offset + 2 <= off + (end - start) {
-            let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
-            let mut buf = [0u8; 2];
-            mem.read_exact_at(&mut buf, start + file_offset - off).expect("read mem");
-            return u16::from_le_bytes(buf);
-        }
+    Writable::of(pid, binary).read(file_offset)
+}
+
+/// The writable mappings of `binary` in a process, where its semaphores are.
+struct Writable<'a> {
+    pid: u32,
+    binary: &'a Path,
+    mem: std::fs::File,
+    /// (start address, end address, file offset)
+    ranges: Vec<(u64, u64, u64)>,
+}
+
+impl<'a> Writable<'a> {
+    fn of(pid: u32, binary: &'a Path) -> Writable<'a> {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+        let canon = std::fs::canonicalize(binary).expect("canonicalize");
+        let hex = |s: &str| u64::from_str_radix(s, 16).expect("hex");
+        let ranges = maps
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<&str>>())
+            // The semaphore is in a writable mapping; a read-only one (RELRO) may cover the same
+            // file offset with the file's original bytes.
+            .filter(|f| f.len() >= 6 && Path::new(f[5]) == canon && f[1].contains('w'))
+            .map(|f| {
+                let (start, end) = f[0].split_once('-').expect("range");
+                (hex(start), hex(end), hex(f[2]))
+            })
+            .collect();
+        let mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("open mem");
+        Writable { pid, binary, mem, ranges }
     }
-    panic!("no mapping of {} covers file offset {file_offset:#x}", binary.display());
+
+    fn read(&self, file_offset: u64) -> u16 {
+        use std::os::unix::fs::FileExt;
+        let Some(&(start, _, off)) =
+            self.ranges.iter().find(|(start, end, off)| file_offset >= *off && file_offset + 2 <= off + (end - start))
+        else {
+            panic!(
+                "no mapping of {} in process {} covers file offset {file_offset:#x}",
+                self.binary.display(),
+                self.pid
+            );
+        };
+        let mut buf = [0u8; 2];
+        self.mem.read_exact_at(&mut buf, start + file_offset - off).expect("read mem");
+        u16::from_le_bytes(buf)
+    }
 }
 
 /// The semaphores of a binary's probes, by probe name (as `eventflux-probe list --json` finds
@@ -147,11 +172,8 @@ impl Semaphores {
 
     /// The probes whose semaphore process `pid` has raised: those an observer is attached to.
     pub fn raised(&self, pid: u32) -> BTreeSet<String> {
-        self.offsets
-            .iter()
-            .filter(|(_, off)| read_semaphore(pid, &self.binary, **off) > 0)
-            .map(|(name, _)| name.clone())
-            .collect()
+        let process = Writable::of(pid, &self.binary);
+        self.offsets.iter().filter(|(_, off)| process.read(**off) > 0).map(|(name, _)| name.clone()).collect()
     }
 
     /// Waits until `pred` holds of the probes process `pid` has raised (`observer`, started to
