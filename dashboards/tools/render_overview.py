@@ -3,7 +3,7 @@
 
 Usage: render_overview.py DATA.json DASHBOARD.json OUT.png
 
-DATA.json is what tests/dashboards.rs saves with EVENTFLUX_OVERVIEW_DATA set (every Overview
+DATA.json is what tests/it/dashboards.rs saves with EVENTFLUX_OVERVIEW_DATA set (every Overview
 panel's query_range result over the end-to-end run); DASHBOARD.json gives the layout. Run it
 through `cargo xtask overview-png`. Not Grafana: the same queries and layout, drawn with
 matplotlib, so a newcomer sees what the dashboard shows before installing anything.
@@ -44,7 +44,7 @@ def main():
     panels = data["panels"]
     rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
     fig = plt.figure(figsize=(16, rows * 0.5))
-    fig.suptitle(dashboard["title"] + " — panels plotted from a real Prometheus (tests/dashboards.rs)", fontsize=12)
+    fig.suptitle(dashboard["title"] + " — panels plotted from a real Prometheus (tests/it/dashboards.rs)", fontsize=12)
     grid = fig.add_gridspec(rows, 24, hspace=0.6, wspace=1.2)
     for p in panels:
         g = p["gridPos"]

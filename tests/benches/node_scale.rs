@@ -15,59 +15,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use integration_tests::{
-    Scratch, demo_copy, free_port, http_status, parse_metrics, poll_http, value, wait_with_deadline,
-};
+use integration_tests::{NodeObserver, Scratch, demo_copy};
 
 const CHURN: Duration = Duration::from_secs(20);
 const PROBES_EVERY: Duration = Duration::from_millis(2500);
 
-struct Node {
-    child: Child,
-    port: u16,
+/// Node mode selecting the engines running `exe`, attaching the `mode` way
+/// (`EVENTFLUX_PROBE_ATTACH`), forgetting finished ones after 1 s.
+fn node(exe: &std::path::Path, mode: &str) -> NodeObserver {
+    let exe = exe.to_str().expect("path");
+    NodeObserver::start_with_env(&["--grace-period", "1s", "--exe", exe], &[("EVENTFLUX_PROBE_ATTACH", mode)])
 }
 
-impl Node {
-    fn start(exe: &std::path::Path, mode: &str) -> Node {
-        let port = free_port();
-        let child = Command::new(integration_tests::bin("eventflux-probe"))
-            .args(["node", "--listen", &format!("127.0.0.1:{port}"), "--drain", "0", "--grace-period", "1s"])
-            .args(["--exe", exe.to_str().expect("path")])
-            .env("EVENTFLUX_PROBE_ATTACH", mode)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start eventflux-probe node");
-        poll_http(port, "/ready", Duration::from_secs(60), "node mode ready", |s, _| s == 200);
-        Node { child, port }
-    }
-
-    fn lists(&self, pid: u32) -> bool {
-        let Ok((_, body)) = http_status(self.port, "/health") else { return false };
-        let health: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        health["targets"].as_array().into_iter().flatten().any(|t| t["pid"].as_u64() == Some(u64::from(pid)))
-    }
-
-    fn sites(&self) -> f64 {
-        let Ok((_, body)) = http_status(self.port, "/metrics") else { return 0.0 };
-        value(&parse_metrics(&body), "eventflux_probe_sites_attached", &[]).unwrap_or(0.0)
-    }
-
-    /// SIGTERM to exit.
-    fn stop(mut self) -> Duration {
-        let started = Instant::now();
-        integration_tests::run_ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
-        let status = wait_with_deadline(&mut self.child, Duration::from_secs(600));
-        assert!(status.success(), "{status}");
-        started.elapsed()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// SIGTERM to exit.
+fn time_to_exit(node: NodeObserver) -> Duration {
+    let started = Instant::now();
+    let status = node.stop_within(Duration::from_secs(600));
+    assert!(status.success(), "{status}");
+    started.elapsed()
 }
 
 fn engine(exe: &std::path::Path, args: &[&str]) -> Child {
@@ -85,7 +50,7 @@ fn stop_all(children: &mut Vec<Child>) {
 
 /// Times until the node listed each long-lived engine started during the churn.
 fn discovery_under_churn(exe: &std::path::Path, mode: &str) -> Vec<Duration> {
-    let node = Node::start(exe, mode);
+    let node = node(exe, mode);
     let stop = Arc::new(AtomicBool::new(false));
     let churn = {
         let (exe, stop) = (exe.to_owned(), Arc::clone(&stop));
@@ -129,7 +94,7 @@ fn discovery_under_churn(exe: &std::path::Path, mode: &str) -> Vec<Duration> {
 
 /// SIGTERM to exit with `targets` engines attached, and the sites they had.
 fn exit_with(exe: &std::path::Path, mode: &str, targets: usize) -> (Duration, f64) {
-    let node = Node::start(exe, mode);
+    let node = node(exe, mode);
     let mut engines: Vec<Child> = (0..targets).map(|_| engine(exe, &["--rate", "200"])).collect();
     let deadline = Instant::now() + Duration::from_secs(300);
     let per_engine = loop {
@@ -141,7 +106,7 @@ fn exit_with(exe: &std::path::Path, mode: &str, targets: usize) -> (Duration, f6
         assert!(Instant::now() < deadline, "{targets} engines never all attached ({sites} sites)");
         std::thread::sleep(Duration::from_millis(200));
     };
-    let took = node.stop();
+    let took = time_to_exit(node);
     stop_all(&mut engines);
     (took, per_engine * targets as f64)
 }

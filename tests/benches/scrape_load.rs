@@ -7,25 +7,18 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use integration_tests::{GatedDemo, bin, free_port, poll_http};
+use integration_tests::{Daemon, GatedDemo, NodeObserver, bin, poll_http, rss_kib};
 
 const CLIENTS: usize = 500;
 const BURST: Duration = Duration::from_secs(20);
 const PATHS: [&str; 3] = ["/metrics", "/health", "/ready"];
 
 fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").to_owned()))
-        })
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+    rss_kib(pid) as f64 / 1024.0
 }
 
 /// One GET on a keep-alive connection; the answer time, or `None` if the connection broke.
@@ -106,10 +99,10 @@ fn quantile(v: &mut [Duration], q: f64) -> f64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
 }
 
-fn report(mode: &str, mut daemon: Child, port: u16, rss_target: f64) {
+/// The burst against the observer `pid` serving on `port`, and what it did to it.
+fn report(mode: &str, pid: u32, port: u16, rss_target: f64) {
     poll_http(port, "/ready", Duration::from_secs(60), "ready", |s, _| s == 200);
     std::thread::sleep(Duration::from_secs(2));
-    let pid = daemon.id();
     let before = rss_mb(pid);
     let (mut times, peak) = burst(port, pid);
     std::thread::sleep(Duration::from_secs(10));
@@ -130,8 +123,6 @@ fn report(mode: &str, mut daemon: Child, port: u16, rss_target: f64) {
         let t = target.map_or(String::new(), |t| format!(" (target p99 < {t:.0} ms: {})", verdict(p99 < t)));
         println!("    {path:<9} {n:>7} answers, p50 {p50:>7.1} ms, p99 {p99:>7.1} ms{t}");
     }
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let _ = daemon.wait();
 }
 
 fn main() {
@@ -139,24 +130,17 @@ fn main() {
     println!("the daemon under {CLIENTS} concurrent HTTP clients for {BURST:?}:");
     {
         let demo = GatedDemo::start(&bin("eventflux-demo"), &demo_args).open();
-        let port = free_port();
-        let daemon = Command::new(bin("eventflux-probe"))
-            .args(["run", "--pid", &demo.pid().to_string(), "--listen", &format!("127.0.0.1:{port}"), "--drain", "0"])
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run");
-        report("run, 1 engine", daemon, port, 64.0);
+        let daemon = Daemon::start(demo.pid());
+        report("run, 1 engine", daemon.child.id(), daemon.port, 64.0);
+        daemon.stop();
     }
     {
         let demos: Vec<GatedDemo> =
             (0..4).map(|_| GatedDemo::start(&bin("eventflux-demo"), &demo_args).open()).collect();
-        let port = free_port();
-        let mut cmd = Command::new(bin("eventflux-probe"));
-        cmd.args(["node", "--listen", &format!("127.0.0.1:{port}"), "--drain", "0s"]);
-        for d in &demos {
-            cmd.args(["--pid", &d.pid().to_string()]);
-        }
-        let daemon = cmd.stderr(Stdio::null()).spawn().expect("node");
-        report("node, 4 engines", daemon, port, 128.0);
+        let pids: Vec<String> = demos.iter().map(|d| d.pid().to_string()).collect();
+        let args: Vec<&str> = pids.iter().flat_map(|p| ["--pid", p.as_str()]).collect();
+        let node = NodeObserver::start(&args);
+        report("node, 4 engines", node.child.id(), node.port, 128.0);
+        node.stop();
     }
 }

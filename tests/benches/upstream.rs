@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use integration_tests::otlp::Receiver;
-use integration_tests::{parse_metrics, value};
+use integration_tests::{median, value};
 
 const ROUNDS: usize = 5;
 
@@ -17,16 +17,11 @@ const ROUNDS: usize = 5;
 fn round(receiver: &Receiver, chunks: u64, events: u32, flags: Option<u8>) -> (f64, f64) {
     let (summary, daemon) = integration_tests::fed_node_b(receiver.port, chunks, events, flags);
     std::thread::sleep(Duration::from_millis(1200));
-    let m = parse_metrics(&daemon.scrape());
+    let m = daemon.samples();
     let traced = value(&m, "eventflux_probe_program_runs_total", &[("program", "trace_context")]).unwrap_or(0.0);
     let elapsed = summary["elapsed_s"].as_f64().expect("elapsed_s").max(1e-3);
     assert!(daemon.stop().success());
     (summary["events_per_sec"].as_f64().expect("events_per_sec"), traced / elapsed)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -12,7 +12,7 @@
 //! i.e. into the 128-byte red zone below it, which a leaf function may be using (libbpf stopped
 //! emitting nop5 sites for that reason). So the site moves the stack pointer 128 bytes down
 //! around the nop (`lea`, which leaves the flags alone) and declares that it uses the stack, and
-//! nothing in the red zone can be overwritten. `tests/redzone.rs` checks both halves on the real
+//! nothing in the red zone can be overwritten. `tests/it/redzone.rs` checks both halves on the real
 //! kernel.
 //!
 //! Why the other details matter:

@@ -12,7 +12,7 @@ pub fn run(events: u64, rounds: usize) -> Result<()> {
     sh(Command::new("cargo").args(["bench", "-p", "usdt-markers", "--bench", "detached"]))?;
     throughput(events, rounds)?;
     // Needs root: loads eBPF programs and attaches them to the demo and a probe loop.
-    sh(Command::new("cargo").args(["bench", "-p", "eventflux-probe", "--bench", "observer"]))?;
+    sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "observer"]))?;
     sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "upstream"]))?;
     sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "scrape_load"]))?;
     sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "node_scale"]))

@@ -4,7 +4,7 @@
 //! Why generated: four dashboards of some forty panels share a datasource input, template
 //! variables, selectors and units; written by hand they drift (a panel without the instance
 //! filter, a latency panel on a `quantile` label). Here every panel is a few lines, and the
-//! JSON is committed so that Grafana users import it without Rust. `tests/dashboards.rs` lints
+//! JSON is committed so that Grafana users import it without Rust. `tests/it/dashboards.rs` lints
 //! the committed JSON against the exporter's metric list and evaluates every query against a
 //! real Prometheus scraping `run`.
 

@@ -16,8 +16,8 @@ pub fn run() -> Result<()> {
     crate::build_release()?;
     crate::sh(
         Command::new("cargo")
-            .args(["test", "--release", "-p", "integration-tests", "--test", "dashboards"])
-            .args(["every_panel_query_returns_data_from_a_real_prometheus", "--", "--exact"])
+            .args(["test", "--release", "-p", "integration-tests", "--test", "it"])
+            .args(["dashboards::every_panel_query_returns_data_from_a_real_prometheus", "--", "--exact"])
             .env("EVENTFLUX_OVERVIEW_DATA", &data),
     )?;
     let have_matplotlib = Command::new("python3")

@@ -14,11 +14,14 @@
 //! - `/live`, `/ready`, `/health` and `/metrics` answer times of `run` attached to a busy demo,
 //!   against a 404 of the same server (the HTTP round trip alone).
 //!
-//! Needs root and the release binaries: run it as `cargo xtask bench`.
+//! `cargo bench -p integration-tests --bench observer -- [hit] [attach] [throughput] [latency]
+//! [cpu] [metrics] [endpoints] [tracing] [node]` runs the named sections only (all without
+//! one). Needs root and the release binaries: run it as `cargo xtask bench`. The demo, the
+//! observers and bpftrace are run by the test library's harness (`integration_tests`), as the
+//! integration tests run them.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -28,52 +31,13 @@ use eventflux_probe::export::prometheus::{Options, encode};
 use eventflux_probe::model::Model;
 use eventflux_probe::usdt;
 use eventflux_probe_common::{CounterKey, counter, probe};
+use integration_tests::otlp::Receiver;
+use integration_tests::{
+    Bpftrace, Daemon, GatedDemo, NodeObserver, Sample, Semaphores, bin, cpu_seconds, http_status, median, metric_sum,
+    rss_kib, sigint, summary, value,
+};
 
 const ROUNDS: usize = 5;
-
-/// Gates handed out; on exit any left closed are opened so no target waits forever.
-static GATES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
-
-fn bin_dir() -> PathBuf {
-    // target/release/deps/observer-<hash> → target/release
-    let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn gate_path(tag: &str) -> PathBuf {
-    let p = bin_dir().join(format!("bench-gate-{tag}-{}", std::process::id()));
-    GATES.lock().unwrap_or_else(|e| e.into_inner()).push(p.clone());
-    let _ = std::fs::remove_file(&p);
-    p
-}
-
-/// Waits until `pid` has exec'd `binary` and mapped its code: right after spawn it may still
-/// be a copy of us, and during exec `/proc/PID/exe` changes before the new code is mapped.
-fn wait_exec(pid: u32, binary: &Path) -> Result<()> {
-    let want = std::fs::canonicalize(binary)?;
-    let want = want.to_string_lossy();
-    for _ in 0..1000 {
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        if maps.lines().any(|l| l.contains(" r-xp ") && l.ends_with(want.as_ref())) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    bail!("process {pid} did not exec {}", binary.display())
-}
-
-fn wait_json(child: Child) -> Result<serde_json::Value> {
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("target failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    serde_json::from_slice(&out.stdout).context("target output is not JSON")
-}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Observer {
@@ -85,16 +49,9 @@ enum Observer {
 
 /// ns per loop iteration of the semaphore target firing `ingest` `hits` times.
 fn per_hit(observer: Observer, hits: u64) -> Result<f64> {
-    let target = bin_dir().join("semaphore-target");
-    let gate = gate_path("hit");
-    let child = Command::new(&target)
-        .arg(&gate)
-        .arg(hits.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start {}", target.display()))?;
-    let pid = child.id();
-    wait_exec(pid, &target)?;
+    let target_bin = bin("semaphore-target");
+    let target = GatedDemo::start_target(&target_bin, &[&hits.to_string()]);
+    let pid = target.pid();
     let mut _kernel = None;
     let mut bpftrace = None;
     match observer {
@@ -116,30 +73,13 @@ fn per_hit(observer: Observer, hits: u64) -> Result<f64> {
             _kernel = Some(k);
         }
         Observer::Bpftrace => {
-            let script = format!("usdt:{}:eventflux:ingest {{ @hits = count(); }}", target.display());
-            let mut bt = Command::new("bpftrace")
-                .args(["-p", &pid.to_string(), "-e", &script])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("cannot start bpftrace")?;
-            let stdout = bt.stdout.take().context("bpftrace stdout")?;
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref() {
-                if line?.starts_with("Attaching") {
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(500));
-            bpftrace = Some((bt, lines));
+            let script = format!("usdt:{}:eventflux:ingest {{ @hits = count(); }}", target_bin.display());
+            bpftrace = Some(Bpftrace::attach(pid, &script));
         }
     }
-    std::fs::write(&gate, b"")?;
-    let v = wait_json(child)?;
-    let _ = std::fs::remove_file(&gate);
-    if let Some((mut bt, _)) = bpftrace {
-        let _ = Command::new("kill").args(["-INT", &bt.id().to_string()]).status();
-        let _ = bt.wait();
+    let v = summary(&target.open_and_wait());
+    if let Some(bt) = bpftrace {
+        bt.finish();
     }
     if observer != Observer::Detached && v["evaluated"].as_u64() != Some(hits) {
         bail!("the probe fired {} times, not {hits}", v["evaluated"]);
@@ -165,17 +105,16 @@ fn bench_per_hit() -> Result<()> {
     Ok(())
 }
 
-fn demo(args: &[String], gate: &Path) -> Result<Child> {
-    let binary = bin_dir().join("eventflux-demo");
-    let child = Command::new(&binary)
-        .args(args)
-        .arg("--gate")
-        .arg(gate)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("cannot start eventflux-demo")?;
-    wait_exec(child.id(), &binary)?;
-    Ok(child)
+/// The demo with `args`, held at its gate.
+fn demo(args: &[String]) -> GatedDemo {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    GatedDemo::start(&bin("eventflux-demo"), &args)
+}
+
+/// The demo's probes and their semaphores (read once).
+fn semaphores() -> &'static Semaphores {
+    static SEMAPHORES: OnceLock<Semaphores> = OnceLock::new();
+    SEMAPHORES.get_or_init(|| Semaphores::of(&bin("eventflux-demo")))
 }
 
 fn bench_attach() -> Result<()> {
@@ -183,22 +122,19 @@ fn bench_attach() -> Result<()> {
     let mut total = Vec::new();
     let mut sites = 0;
     for _ in 0..ROUNDS {
-        let gate = gate_path("attach");
-        let child = demo(&["--events".into(), "1000".into()], &gate)?;
+        let target = demo(&["--events".into(), "1000".into()]);
         let started = Instant::now();
         let mut warnings = Vec::new();
-        let binaries = usdt::probes_in_process(child.id(), &mut warnings)?;
+        let binaries = usdt::probes_in_process(target.pid(), &mut warnings)?;
         let mut probes: Vec<u32> =
             data_probes().filter_map(|n| probe::NAMES.iter().position(|p| *p == n)).map(|i| i as u32).collect();
         probes.extend(eventflux_probe::budget::Budget::run_default().control_probes());
         let mut kernel = Kernel::load(&probes)?;
-        let report = kernel.attach_process(child.id(), &binaries)?;
+        let report = kernel.attach_process(target.pid(), &binaries)?;
         total.push(started.elapsed().as_secs_f64() * 1e3);
         attach.push(report.elapsed.as_secs_f64() * 1e3);
         sites = report.sites;
-        std::fs::write(&gate, b"")?;
-        wait_json(child)?;
-        let _ = std::fs::remove_file(&gate);
+        target.open_and_wait();
     }
     println!("attach, demo ({sites} sites, {ROUNDS} rounds, median):");
     println!("  attach every site        {:6.1} ms (target < 100 ms)", median(attach));
@@ -219,45 +155,12 @@ enum Watcher {
 }
 
 /// What one observed demo run gave: its events per second, its summary, and the observer's
-/// own view (run's /metrics page, or latency's closing lines).
+/// own view (run's `/metrics` samples, or latency's closing lines).
 struct Observed {
     rate: f64,
     summary: serde_json::Value,
-    report: String,
-}
-
-/// Reads lines from `child`'s stderr until one contains `what`; the rest is collected later.
-fn wait_stderr(child: &mut Child, what: &str) -> Result<std::sync::mpsc::Receiver<String>> {
-    let stderr = child.stderr.take().context("stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) if line.contains(what) => return Ok(rx),
-            _ => {}
-        }
-    }
-    bail!("the observer never said {what:?}")
-}
-
-fn http_get(port: u16, path: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
-}
-
-fn sigint(child: &mut Child) -> Result<()> {
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status()?;
-    child.wait()?;
-    Ok(())
+    metrics: Vec<Sample>,
+    said: String,
 }
 
 /// What `run` attaches to besides its two levels.
@@ -267,69 +170,47 @@ fn data_probes() -> impl Iterator<Item = &'static str> {
 
 /// One demo run with `args` under `watcher`.
 fn observed(args: &[String], watcher: Watcher) -> Result<Observed> {
-    let gate = gate_path("rate");
-    let child = demo(args, &gate)?;
-    let pid = child.id().to_string();
-    let probe_bin = bin_dir().join("eventflux-probe");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut observer = match watcher {
-        Watcher::Detached => None,
+    let target = demo(args);
+    let pid = target.pid();
+    let (mut metrics, mut said) = (Vec::new(), String::new());
+    let summary = match watcher {
+        Watcher::Detached => summary(&target.open_and_wait()),
         Watcher::Run(extra) => {
-            let mut c = Command::new(&probe_bin)
-                .args(["run", "--pid", &pid, "--listen", &format!("127.0.0.1:{port}")])
-                .args(extra)
-                .stderr(Stdio::piped())
-                .spawn()?;
-            let rx = wait_stderr(&mut c, "serving")?;
-            Some((c, rx))
+            let daemon = Daemon::start_with(pid, extra);
+            let summary = summary(&target.open_and_wait());
+            std::thread::sleep(Duration::from_millis(1200));
+            metrics = daemon.samples();
+            daemon.stop();
+            summary
         }
         Watcher::EveryBatch => {
-            let mut c = Command::new(&probe_bin)
-                .args(["latency", "--pid", &pid, "--every-batch", "--json"])
+            let mut latency = Command::new(bin("eventflux-probe"))
+                .args(["latency", "--pid", &pid.to_string(), "--every-batch", "--json"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()?;
-            let rx = wait_stderr(&mut c, "Attached")?;
-            Some((c, rx))
+            // Attached: the registrations, `batch_sample` and its two levels.
+            semaphores().wait_raised(pid, &mut latency, Duration::from_secs(60), |raised| {
+                raised.contains("batch_sample") && raised.contains("ctl_samples_all") && raised.len() >= 6
+            });
+            let summary = summary(&target.open_and_wait());
+            sigint(latency.id());
+            said = String::from_utf8_lossy(&latency.wait_with_output()?.stderr).into_owned();
+            summary
         }
         Watcher::Bpftrace => {
-            let binary = bin_dir().join("eventflux-demo");
+            let binary = bin("eventflux-demo");
             let probes: Vec<String> =
                 data_probes().map(|p| format!("usdt:{}:eventflux:{p}", binary.display())).collect();
             let script = format!("{} {{ @[probe] = count(); }}", probes.join(","));
-            let mut c = Command::new("bpftrace")
-                .args(["-p", &pid, "-e", &script])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .context("cannot start bpftrace")?;
-            let stdout = c.stdout.take().context("bpftrace stdout")?;
-            for line in BufReader::new(stdout).lines() {
-                if line?.starts_with("Attaching") {
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(500));
-            let (_tx, rx) = std::sync::mpsc::channel();
-            Some((c, rx))
+            let bt = Bpftrace::attach(pid, &script);
+            let summary = summary(&target.open_and_wait());
+            bt.finish_lines();
+            summary
         }
     };
-    std::fs::write(&gate, b"")?;
-    let summary = wait_json(child)?;
-    let _ = std::fs::remove_file(&gate);
-    let mut report = String::new();
-    if let Some((mut c, rx)) = observer.take() {
-        if matches!(watcher, Watcher::Run(_)) {
-            std::thread::sleep(Duration::from_millis(1200));
-            report = http_get(port, "/metrics")?;
-        }
-        sigint(&mut c)?;
-        if watcher == Watcher::EveryBatch {
-            report = rx.try_iter().collect::<Vec<_>>().join("\n");
-        }
-    }
     let rate = summary["events_per_sec"].as_f64().context("no events_per_sec")?;
-    Ok(Observed { rate, summary, report })
+    Ok(Observed { rate, summary, metrics, said })
 }
 
 /// One round: the demo once under each watcher, in an order rotated by `round` (so that no
@@ -348,14 +229,6 @@ fn demo_args(events: u64, batch: usize, rate: u64) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
-}
-
-/// Sum of a metric's samples on a /metrics page.
-fn metric_sum(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
 }
 
 fn bench_throughput() -> Result<()> {
@@ -390,8 +263,8 @@ fn bench_throughput() -> Result<()> {
                 cpu_ratios[i].push(per_cpu(r) / cpu_base);
             }
             let elapsed = results[1].summary["elapsed_s"].as_f64().unwrap_or(1.0);
-            runs_per_sec.push(metric_sum(&results[1].report, "eventflux_probe_program_runs_total") / elapsed);
-            hits.push(results[3].report.lines().find(|l| l.starts_with("Cost")).unwrap_or("").to_owned());
+            runs_per_sec.push(metric_sum(&results[1].metrics, "eventflux_probe_program_runs_total") / elapsed);
+            hits.push(results[3].said.lines().find(|l| l.starts_with("Cost")).unwrap_or("").to_owned());
         }
         let [_, run, bt, every] = [0, 1, 2, 3].map(|i| median(ratios[i].clone()));
         let [_, run_cpu, bt_cpu, every_cpu] = [0, 1, 2, 3].map(|i| median(cpu_ratios[i].clone()));
@@ -448,17 +321,10 @@ fn bench_cpu() -> Result<()> {
                 r.summary["events"].as_f64().unwrap_or(0.0) / r.summary["cpu_s"].as_f64().unwrap_or(f64::NAN)
             };
             on_off_cpu.push(per_cpu(&results[2]) / per_cpu(&results[1]));
-            let page = &results[3].report;
-            let runs: f64 = page
-                .lines()
-                .find(|l| l.starts_with("eventflux_probe_program_runs_total{program=\"cpu_sample\"}"))
-                .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
-                .unwrap_or(0.0);
-            let secs: f64 = page
-                .lines()
-                .find(|l| l.starts_with("eventflux_probe_program_run_seconds_total{program=\"cpu_sample\"}"))
-                .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
-                .unwrap_or(0.0);
+            let m = &results[3].metrics;
+            let cpu_sample = [("program", "cpu_sample")];
+            let runs = value(m, "eventflux_probe_program_runs_total", &cpu_sample).unwrap_or(0.0);
+            let secs = value(m, "eventflux_probe_program_run_seconds_total", &cpu_sample).unwrap_or(0.0);
             if runs > 0.0 {
                 per_run_ns.push(secs / runs * 1e9);
             }
@@ -477,23 +343,6 @@ fn bench_cpu() -> Result<()> {
     }
     println!("  target: 99 Hz / off >= 0.99 (the design's budget: a bounded cost per second, not per event)");
     Ok(())
-}
-
-/// Upper bound (ns) of the bucket holding the q-quantile of an exported histogram.
-fn exported_quantile_ns(page: &str, query: &str, q: f64) -> Option<f64> {
-    let mut buckets: Vec<(f64, f64)> = page
-        .lines()
-        .filter(|l| l.starts_with("query_latency_seconds_bucket{") && l.contains(&format!("query_id=\"{query}\"")))
-        .filter_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse::<f64>().ok()? * 1e9 };
-            Some((le, l.rsplit_once(' ')?.1.parse().ok()?))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let count = buckets.last()?.1;
-    let rank = (q * count).ceil().max(1.0);
-    buckets.iter().find(|(_, c)| *c >= rank).map(|(le, _)| *le)
 }
 
 /// Buckets between a value and an exported bucket bound, in the kernel's log-linear scale
@@ -529,16 +378,15 @@ fn latency_round(batch: usize, events: u64, rate: u64) -> Result<()> {
         "query", "batches", "sampled", "p50 own", "p50 le", "buckets", "p99 own", "p99 le", "buckets"
     );
     for (name, q) in detached.summary["queries"].as_object().context("queries")? {
-        let sampled = attached
-            .report
-            .lines()
-            .find(|l| l.starts_with(&format!("query_latency_seconds_count{{query_id=\"{name}\"")))
-            .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let id = [("query_id", name.as_str())];
+        let sampled = value(&attached.metrics, "query_latency_seconds_count", &id).unwrap_or(0.0);
         let p50 = q["p50_ns"].as_u64().unwrap_or(0);
         let p99 = q["p99_ns"].as_u64().unwrap_or(0);
-        let le50 = exported_quantile_ns(&attached.report, name, 0.5).unwrap_or(f64::NAN);
-        let le99 = exported_quantile_ns(&attached.report, name, 0.99).unwrap_or(f64::NAN);
+        let le_ns = |q: f64| {
+            integration_tests::bucket_quantile(&attached.metrics, "query_latency_seconds", &id, q)
+                .map_or(f64::NAN, |le| le * 1e9)
+        };
+        let (le50, le99) = (le_ns(0.5), le_ns(0.99));
         println!(
             "  {name:<16} {:>9} {sampled:>8.0} {p50:>8}ns {le50:>8.0}ns {:>8} {p99:>8}ns {le99:>8.0}ns {:>8}",
             q["batches"],
@@ -590,67 +438,12 @@ fn bench_metrics() -> Result<()> {
     Ok(())
 }
 
-/// Answer times of the daemon's endpoints while it observes a busy demo (3 queries, 200k
-/// events/s), each against the same server's 404 for an unknown path: what a Kubernetes probe
-/// or a scrape waits for beyond the HTTP round trip.
-/// An OTLP/HTTP sink: answers 200 to every `POST /v1/traces` and counts the requests (the
-/// spans exported are the daemon's own counter). What a collector costs is not ours to measure.
-fn otlp_sink() -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counted = std::sync::Arc::clone(&requests);
-    std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-        rt.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std({
-                let _ = listener.set_nonblocking(true);
-                listener
-            }) else {
-                return;
-            };
-            let app = axum::Router::new().route(
-                "/v1/traces",
-                axum::routing::post(move |_body: axum::body::Bytes| {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    async { ([("content-type", "application/x-protobuf")], Vec::<u8>::new()) }
-                }),
-            );
-            let _ = axum::serve(listener, app).await;
-        });
-    });
-    Ok((port, requests))
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").to_owned()))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU seconds a process used so far (user and system, all threads), from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the command name (which may hold spaces) start at state, field 3.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf reads a constant of the system.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    // utime and stime are fields 14 and 15: indices 11 and 12 after the command.
-    (ticks(11) + ticks(12)) / hz
-}
-
 /// Demo throughput (chunks of 64, as fast as it goes) detached, under `run`, and under `run`
 /// exporting traces over OTLP at its default budget; spans exported per second, the daemon's
 /// CPU time per exported span (its CPU with export less without, over the spans) and its
 /// resident memory at the end.
 fn bench_tracing() -> Result<()> {
-    let (port, requests) = otlp_sink()?;
+    let sink = Receiver::sink();
     let args = demo_args(16_000_000, 64, 0);
     let mut rates: [Vec<f64>; 3] = Default::default();
     let mut exported = Vec::new();
@@ -661,46 +454,34 @@ fn bench_tracing() -> Result<()> {
     let mut per_span = Vec::new();
     for _ in 0..ROUNDS {
         for (i, mode) in ["detached", "run", "run+otlp"].iter().enumerate() {
-            let gate = gate_path("tracing");
-            let child = demo(&args, &gate)?;
-            let pid = child.id().to_string();
-            let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let target = demo(&args);
             let daemon = if *mode == "detached" {
                 None
             } else {
-                let mut c = Command::new(bin_dir().join("eventflux-probe"));
-                c.args(["run", "--pid", &pid, "--listen", &format!("127.0.0.1:{listen}"), "--drain", "0"]);
-                if *mode == "run+otlp" {
-                    c.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}"))
-                        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
-                }
-                let mut c = c.stderr(Stdio::piped()).spawn()?;
-                let _log = wait_stderr(&mut c, "serving")?;
+                let env = if *mode == "run+otlp" { otlp_env(&sink, None) } else { Vec::new() };
+                let daemon = Daemon::start_with_env(target.pid(), &[], &env);
                 std::thread::sleep(Duration::from_millis(300));
-                Some(c)
+                Some(daemon)
             };
-            let cpu_before = daemon.as_ref().map_or(0.0, |c| cpu_seconds(c.id()));
+            let cpu_before = daemon.as_ref().map_or(0.0, |d| cpu_seconds(d.child.id()));
             let started = Instant::now();
-            std::fs::write(&gate, b"")?;
-            let summary = wait_json(child)?;
-            let _ = std::fs::remove_file(&gate);
+            let summary = summary(&target.open_and_wait());
             rates[i].push(summary["events_per_sec"].as_f64().context("no events_per_sec")?);
-            if let Some(mut c) = daemon {
+            if let Some(daemon) = daemon {
                 // Long enough for the last export (1 s interval), the same for both modes.
                 std::thread::sleep(Duration::from_millis(1500));
-                let used = cpu_seconds(c.id()) - cpu_before;
+                let used = cpu_seconds(daemon.child.id()) - cpu_before;
                 cpu[i].push(used / started.elapsed().as_secs_f64());
                 if *mode == "run+otlp" {
-                    let page = http_get(listen, "/metrics")?;
                     let secs = summary["elapsed_s"].as_f64().unwrap_or(1.0).max(1e-3);
-                    let spans = metric_sum(&page, "eventflux_probe_spans_exported_total");
+                    let spans = metric_sum(&daemon.samples(), "eventflux_probe_spans_exported_total");
                     exported.push(spans / secs);
-                    rss.push(rss_kib(c.id()) as f64);
+                    rss.push(rss_kib(daemon.child.id()) as f64);
                     // The same window without export, from this round's `run`.
                     let without = cpu[1].last().copied().unwrap_or(0.0) * started.elapsed().as_secs_f64();
                     per_span.push((used - without).max(0.0) / spans.max(1.0));
                 }
-                sigint(&mut c)?;
+                daemon.stop();
             }
         }
     }
@@ -714,7 +495,7 @@ fn bench_tracing() -> Result<()> {
     println!(
         "  spans exported {:.0}/s, {} export requests, daemon RSS {:.0} KiB at the end",
         median(exported),
-        requests.load(std::sync::atomic::Ordering::Relaxed),
+        sink.requests(),
         median(rss)
     );
     println!(
@@ -723,14 +504,25 @@ fn bench_tracing() -> Result<()> {
         median(cpu[2].clone()) * 100.0,
         median(per_span) * 1e6
     );
-    tracing_cost_per_span(port)
+    tracing_cost_per_span(&sink)
+}
+
+/// `run`'s environment to export traces over OTLP/HTTP to `sink` (every `interval`, or its
+/// default).
+fn otlp_env(sink: &Receiver, interval: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{}", sink.port)),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+    ];
+    env.extend(interval.map(|i| ("EVENTFLUX_PROBE_OTLP_INTERVAL", i.to_owned())));
+    env
 }
 
 /// The daemon's CPU time per exported span where spans are many (the default budget's few
 /// thousand per second leave the difference within the kernel's 10 ms CPU-time ticks): every
 /// batch traced, the demo at 200k events/s in chunks of 64 (about 47k spans/s), `run
 /// --every-batch` with and without export, export every 100 ms.
-fn tracing_cost_per_span(port: u16) -> Result<()> {
+fn tracing_cost_per_span(sink: &Receiver) -> Result<()> {
     const ROUNDS_HEAVY: usize = 3;
     let args = demo_args(1_000_000, 64, 200_000);
     let mut per_span = Vec::new();
@@ -742,34 +534,22 @@ fn tracing_cost_per_span(port: u16) -> Result<()> {
         let mut spans = 0.0;
         let mut secs = 1.0;
         for (i, export) in [false, true].into_iter().enumerate() {
-            let gate = gate_path("tracing-heavy");
-            let child = demo(&args, &gate)?;
-            let pid = child.id().to_string();
-            let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let mut c = Command::new(bin_dir().join("eventflux-probe"));
-            c.args(["run", "--pid", &pid, "--listen", &format!("127.0.0.1:{listen}"), "--drain", "0", "--every-batch"]);
-            if export {
-                c.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{port}"))
-                    .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-                    .env("EVENTFLUX_PROBE_OTLP_INTERVAL", "100ms");
-            }
-            let mut c = c.stderr(Stdio::piped()).spawn()?;
-            let _log = wait_stderr(&mut c, "serving")?;
+            let target = demo(&args);
+            let env = if export { otlp_env(sink, Some("100ms")) } else { Vec::new() };
+            let daemon = Daemon::start_with_env(target.pid(), &["--every-batch"], &env);
             std::thread::sleep(Duration::from_millis(300));
-            let before = cpu_seconds(c.id());
+            let before = cpu_seconds(daemon.child.id());
             let started = Instant::now();
-            std::fs::write(&gate, b"")?;
-            let _summary = wait_json(child)?;
-            let _ = std::fs::remove_file(&gate);
+            target.open_and_wait();
             std::thread::sleep(Duration::from_millis(500));
-            used[i] = cpu_seconds(c.id()) - before;
+            used[i] = cpu_seconds(daemon.child.id()) - before;
             if export {
                 secs = started.elapsed().as_secs_f64();
-                let page = http_get(listen, "/metrics")?;
-                spans = metric_sum(&page, "eventflux_probe_spans_exported_total");
-                dropped += metric_sum(&page, "eventflux_probe_spans_dropped_total");
+                let m = daemon.samples();
+                spans = metric_sum(&m, "eventflux_probe_spans_exported_total");
+                dropped += metric_sum(&m, "eventflux_probe_spans_dropped_total");
             }
-            sigint(&mut c)?;
+            daemon.stop();
         }
         per_span.push((used[1] - used[0]).max(0.0) / spans.max(1.0));
         spans_per_sec.push(spans / secs);
@@ -789,55 +569,41 @@ fn tracing_cost_per_span(port: u16) -> Result<()> {
 /// observer on the same node with none.
 fn bench_node() -> Result<()> {
     const PROCESSES: usize = 20;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut node = Command::new(bin_dir().join("eventflux-probe"))
-        .args(["node", "--listen", &format!("127.0.0.1:{port}"), "--drain", "0", "--exe", "*/eventflux-demo"])
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let _log = wait_stderr(&mut node, "node mode: serving")?;
-    let targets = |port: u16| -> Result<Vec<u64>> {
-        let h: serde_json::Value = serde_json::from_str(&http_get(port, "/health")?)?;
-        Ok(h["targets"].as_array().into_iter().flatten().filter_map(|t| t["pid"].as_u64()).collect())
-    };
+    let node = NodeObserver::start(&["--exe", "*/eventflux-demo"]);
+    let pid = node.child.id();
     // Idle baseline: the node with no engine, over 10 s.
     std::thread::sleep(Duration::from_secs(2));
-    let (cpu0, at0) = (cpu_seconds(node.id()), Instant::now());
+    let (cpu0, at0) = (cpu_seconds(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(10));
-    let idle_cpu = (cpu_seconds(node.id()) - cpu0) / at0.elapsed().as_secs_f64();
-    let idle_rss = rss_kib(node.id());
+    let idle_cpu = (cpu_seconds(pid) - cpu0) / at0.elapsed().as_secs_f64();
+    let idle_rss = rss_kib(pid);
     let mut demos = Vec::new();
     let mut found = Vec::new();
     for _ in 0..PROCESSES {
-        let gate = gate_path("node");
         let started = Instant::now();
-        let child = demo(&demo_args(u64::MAX / 2, 64, 5_000), &gate)?;
-        let pid = u64::from(child.id());
-        while !targets(port)?.contains(&pid) {
+        let target = demo(&demo_args(u64::MAX / 2, 64, 5_000));
+        while !node.lists(target.pid()) {
             if started.elapsed() > Duration::from_secs(30) {
-                bail!("process {pid} not found by node mode within 30 s");
+                bail!("process {} not found by node mode within 30 s", target.pid());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         found.push(started.elapsed().as_secs_f64() * 1e3);
-        std::fs::write(&gate, b"")?;
-        demos.push((child, gate));
+        demos.push(target.open());
     }
     std::thread::sleep(Duration::from_secs(2));
-    let (cpu1, at1) = (cpu_seconds(node.id()), Instant::now());
+    let (cpu1, at1) = (cpu_seconds(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(10));
-    let busy_cpu = (cpu_seconds(node.id()) - cpu1) / at1.elapsed().as_secs_f64();
-    let busy_rss = rss_kib(node.id());
-    let h: serde_json::Value = serde_json::from_str(&http_get(port, "/health")?)?;
+    let busy_cpu = (cpu_seconds(pid) - cpu1) / at1.elapsed().as_secs_f64();
+    let busy_rss = rss_kib(pid);
+    let h = node.health();
     let d = &h["observer"]["discovery"];
     let scrape_started = Instant::now();
-    let page = http_get(port, "/metrics")?;
+    let page = node.metrics();
     let scrape_ms = scrape_started.elapsed().as_secs_f64() * 1e3;
-    for (mut c, gate) in demos {
-        let _ = c.kill();
-        let _ = c.wait();
-        let _ = std::fs::remove_file(gate);
-    }
-    sigint(&mut node)?;
+    // Dropped, the demos are killed.
+    drop(demos);
+    node.stop();
     let mut sorted = found.clone();
     sorted.sort_by(f64::total_cmp);
     println!("node mode, {PROCESSES} demos at 5,000 events/s each:");
@@ -866,26 +632,22 @@ fn bench_node() -> Result<()> {
     Ok(())
 }
 
+/// Answer times of the daemon's endpoints while it observes a busy demo (3 queries, 200k
+/// events/s), each against the same server's 404 for an unknown path: what a Kubernetes probe
+/// or a scrape waits for beyond the HTTP round trip.
 fn bench_endpoints() -> Result<()> {
     const REQUESTS: usize = 400;
-    let gate = gate_path("endpoints");
-    let mut target = demo(&["--rate".into(), "200000".into()], &gate)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut daemon = Command::new(bin_dir().join("eventflux-probe"))
-        .args(["run", "--pid", &target.id().to_string(), "--listen", &format!("127.0.0.1:{port}"), "--drain", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot start eventflux-probe run")?;
-    let _log = wait_stderr(&mut daemon, "serving")?;
-    std::fs::write(&gate, b"")?;
+    let target = demo(&["--rate".into(), "200000".into()]);
+    let daemon = Daemon::start(target.pid());
+    let port = daemon.port;
+    let target = target.open();
     // A few health samples first, so /health has a window to evaluate.
     std::thread::sleep(Duration::from_secs(3));
     let time = |path: &str| -> Result<Vec<f64>> {
         let mut v = Vec::with_capacity(REQUESTS);
         for _ in 0..REQUESTS {
             let t = Instant::now();
-            std::hint::black_box(http_get(port, path)?);
+            std::hint::black_box(http_status(port, path).map_err(anyhow::Error::msg)?);
             v.push(t.elapsed().as_secs_f64() * 1e6);
         }
         Ok(v)
@@ -904,19 +666,16 @@ fn bench_endpoints() -> Result<()> {
         let (p50, hi) = (median(v.clone()), p99(v));
         println!("  {path:<14} {p50:>8.0} {hi:>8.0} {:>9.2}", p50 / base50);
     }
-    sigint(&mut daemon)?;
-    target.kill()?;
-    target.wait()?;
-    let _ = std::fs::remove_file(&gate);
+    daemon.stop();
+    drop(target);
     Ok(())
 }
 
 fn main() -> Result<()> {
-    // `cargo bench -p eventflux-probe --bench observer -- [hit] [attach] [throughput] [latency] [cpu] [metrics] [endpoints] [tracing] [node]`
-    // runs the named sections only; `cargo bench` itself passes `--bench`.
+    // The named sections only (see the top of this file); `cargo bench` itself passes `--bench`.
     let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
-    let result = (|| -> Result<()> {
+    (|| -> Result<()> {
         if run("hit") {
             bench_per_hit()?;
         }
@@ -945,15 +704,5 @@ fn main() -> Result<()> {
             bench_node()?;
         }
         Ok(())
-    })();
-    // A failed round may leave a target waiting at its gate: open them all, then tidy up.
-    let gates = std::mem::take(&mut *GATES.lock().unwrap_or_else(|e| e.into_inner()));
-    for g in &gates {
-        let _ = std::fs::write(g, b"");
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    for g in &gates {
-        let _ = std::fs::remove_file(g);
-    }
-    result
+    })()
 }

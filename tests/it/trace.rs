@@ -1,18 +1,13 @@
 //! `eventflux-probe trace` on the real kernel: span trees of sampled batches, from the
 //! `stage_sample` and `batch_sample` records the kernel programs put in the `SPANS` ring buffer.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use integration_tests::{GatedDemo, bin, wait_with_deadline};
+use eventflux_probe::bpf::TRACE_PROBES;
+use eventflux_probe_common::PROBES;
+use integration_tests::{GatedDemo, Semaphores, assert_final_error, bin, serial, summary, wait_with_deadline};
 use serde_json::Value;
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn unix_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
@@ -25,14 +20,18 @@ fn start_trace(pid: u32, extra: &[&str]) -> std::process::Child {
         .args(["trace", "--pid", &pid.to_string(), "--json"])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start trace");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("read trace's stderr");
-    assert!(line.starts_with("Attached"), "trace did not attach: {line}");
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    // Attached once the kernel raised the semaphores of every probe it takes: the
+    // registrations, `batch_sample`, the trace probes, a sampling and a flush level.
+    let mut probes = vec!["stream_register", "query_register", "query_unregister", "batch_sample"];
+    probes.extend(TRACE_PROBES.iter().map(|&p| PROBES[p as usize].name));
+    Semaphores::of(&bin("eventflux-demo")).wait_raised(pid, &mut child, Duration::from_secs(30), |raised| {
+        probes.iter().all(|p| raised.contains(*p))
+            && raised.iter().any(|p| p.starts_with("ctl_samples_"))
+            && raised.iter().any(|p| p.starts_with("ctl_flush_"))
+    });
     std::thread::sleep(Duration::from_millis(300));
     child
 }
@@ -63,7 +62,7 @@ fn every_batch_is_one_tree_of_its_stage_spans() {
     let target = GatedDemo::start(&demo, &["--events", "6400", "--batch", "64", "--queries", "3", "--streams", "2"]);
     let before = unix_ns();
     let trace = start_trace(target.pid(), &["--every-batch", "--count", "150"]);
-    let summary: Value = serde_json::from_str(target.open_and_wait().trim()).expect("summary");
+    let summary = summary(&target.open_and_wait());
     let after = unix_ns();
     let traces = traces(trace);
     assert_eq!(traces.len(), 150, "one tree per batch (100 chunks, two queries on one stream)");
@@ -129,9 +128,6 @@ fn unknown_query_and_bad_count_are_one_line() {
         .args(["trace", "--pid", &target.pid().to_string(), "--query", "nope", "--duration", "1s"])
         .output()
         .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    let last = err.lines().last().unwrap_or("");
-    assert!(last.starts_with("eventflux-probe: error: ") && last.contains("q0_length"), "{err}");
+    assert_final_error(&out, &["q0_length"]);
     drop(target);
 }

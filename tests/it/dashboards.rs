@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use eventflux_probe::metrics::{self, Metric};
 use integration_tests::otlp::Receiver;
-use integration_tests::{Daemon, GatedDemo, Scratch, bin, free_port, http_status, run_ok};
+use integration_tests::{Daemon, GatedDemo, Scratch, bin, free_port, http_status, run_ok, serial};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -497,6 +497,7 @@ fn substitute(expr: &str, vars: &BTreeMap<String, String>) -> String {
 /// folds series past a low cap, so that every panel has something to show.
 #[test]
 fn every_panel_query_returns_data_from_a_real_prometheus() {
+    let _serial = serial();
     let overview_data = std::env::var_os("EVENTFLUX_OVERVIEW_DATA").map(PathBuf::from);
     let demo = bin("eventflux-demo");
     let target = GatedDemo::start(

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use integration_tests::{Bpftrace, GatedDemo, Scratch, bin, map_value, run_ok};
+use integration_tests::{Bpftrace, GatedDemo, Scratch, bin, map_value, run_ok, serial, summary};
 
 /// The bpftrace scripts of docs/probes.md, in order, with `BIN` replaced.
 fn documented_one_liners(binary: &Path) -> Vec<String> {
@@ -24,6 +24,7 @@ fn documented_one_liners(binary: &Path) -> Vec<String> {
 /// the registrations replayed to a late observer exactly once.
 #[test]
 fn documented_one_liners_give_exact_totals() {
+    let _serial = serial();
     let demo = bin("eventflux-demo");
     // 100,003 events in chunks of 64 over 3 streams: the last chunk is short.
     let events = 100_003u64;
@@ -36,7 +37,7 @@ fn documented_one_liners_give_exact_totals() {
         target.pid(),
         &format!("usdt:{}:eventflux:query_register {{ @queries[arg0, str(arg1)] = count(); }}", demo.display()),
     );
-    let summary: serde_json::Value = serde_json::from_str(target.open_and_wait().trim()).expect("summary JSON");
+    let summary = summary(&target.open_and_wait());
     let mut outputs = observers.into_iter().map(Bpftrace::finish_lines);
     let maps = |lines: Vec<String>| -> Vec<(String, String)> {
         lines
@@ -82,6 +83,7 @@ fn documented_one_liners_give_exact_totals() {
 /// evaluated once per hit while bpftrace is attached, which sees every hit.
 #[test]
 fn semaphore_gates_argument_evaluation() {
+    let _serial = serial();
     let target = bin("semaphore-target");
     let n = 10_000u64;
     let scratch = Scratch::new("sema");
@@ -90,33 +92,21 @@ fn semaphore_gates_argument_evaluation() {
     let gate = scratch.path().join("open");
     std::fs::write(&gate, b"").expect("gate");
     let out = run_ok(Command::new(&target).arg(&gate).arg(n.to_string()));
-    let detached: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let detached = summary(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(detached["evaluated"], 0, "arguments were evaluated with nobody attached");
     assert_eq!(detached["semaphore"], 0);
 
     // Attached.
-    let gate = scratch.path().join("attached");
-    let mut child = Command::new(&target)
-        .arg(&gate)
-        .arg(n.to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start target");
-    integration_tests::wait_exec(child.id(), &target);
+    let child = GatedDemo::start_target(&target, &[&n.to_string()]);
     let bt = Bpftrace::attach(
-        child.id(),
+        child.pid(),
         &format!(
             "usdt:{}:eventflux:ingest {{ @hits = count(); @sum = sum(arg1); @stream = max(arg0); }}",
             target.display()
         ),
     );
-    std::fs::write(&gate, b"").expect("gate");
-    let status = integration_tests::wait_with_deadline(&mut child, std::time::Duration::from_secs(60));
-    assert!(status.success());
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut stdout).expect("read");
+    let attached = summary(&child.open_and_wait());
     let maps = bt.finish();
-    let attached: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
     assert!(attached["semaphore"].as_u64().expect("semaphore") >= 1, "bpftrace did not raise the semaphore");
     assert_eq!(attached["evaluated"], n);
     assert_eq!(map_value(&maps, "@hits"), n);
@@ -130,6 +120,7 @@ fn semaphore_gates_argument_evaluation() {
 /// samples of the two filters split about 3:1 (±20%: some 250 samples of the cheaper one).
 #[test]
 fn the_cpu_slot_one_liner_splits_samples_by_query() {
+    let _serial = serial();
     let demo = bin("eventflux-demo");
     let target = GatedDemo::start(&demo, &["--queries", "2", "--streams", "1", "--filter-cost", "6000,2000"]).open();
     let pid = target.pid().to_string();

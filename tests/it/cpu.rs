@@ -8,14 +8,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use integration_tests::{Daemon, GatedDemo, Scratch, bin, parse_metrics, run};
+use std::time::Duration;
+
+use integration_tests::{Daemon, GatedDemo, Scratch, Semaphores, assert_final_error, bin, run, serial, summary};
 use serde_json::Value;
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Rounds of the demo's expensive filter expression per event: query 0 costs three times
 /// query 1, both read the one stream (the same events), so their CPU splits 3:1 but for the
@@ -32,9 +28,10 @@ fn demo() -> GatedDemo {
 }
 
 /// `query_cpu_seconds_total` by (query_id, stage).
-fn attributed(port: u16) -> BTreeMap<(String, String), f64> {
-    let m = parse_metrics(&integration_tests::http_get(port, "/metrics"));
-    m.iter()
+fn attributed(daemon: &Daemon) -> BTreeMap<(String, String), f64> {
+    daemon
+        .samples()
+        .iter()
         .filter(|s| s.name == "query_cpu_seconds_total")
         .map(|s| {
             let get = |k: &str| s.labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
@@ -64,10 +61,10 @@ fn attributed_cpu_agrees_with_what_the_demo_measured_itself() {
     let demo = GatedDemo::start(&bin("eventflux-demo"), &args);
     let pid = demo.pid();
     let daemon = Daemon::start_with(pid, &["--cpu-hz", "999"]);
-    let summary: Value = serde_json::from_str(demo.open_and_wait().trim()).expect("summary JSON");
+    let summary = summary(&demo.open_and_wait());
     let measured = |q: &str| summary["queries"][q]["cpu_s"].as_f64().unwrap_or_else(|| panic!("{q}: {summary}"));
     // The last samples are read at the next scrape; the target's series stay for its grace period.
-    let series = attributed(daemon.port);
+    let series = attributed(&daemon);
     let queries = by_query(&series);
     for q in [EXPENSIVE, CHEAP] {
         let (got, want) = (queries.get(q).copied().unwrap_or(0.0), measured(q));
@@ -174,13 +171,7 @@ fn a_profile_of_a_target_that_exits_keeps_its_samples() {
         .spawn()
         .expect("start profile");
     // Attached once the CPU slot probe's semaphore rose.
-    let slot = integration_tests::semaphore_offset(&demo_bin, "cpu_slot");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while integration_tests::read_semaphore(pid, &demo_bin, slot) == 0 {
-        assert!(profile.try_wait().expect("wait").is_none(), "profile exited before attaching");
-        assert!(std::time::Instant::now() < deadline, "profile never attached");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    Semaphores::of(&demo_bin).wait_attached(pid, &mut profile, Duration::from_secs(30), &["cpu_slot"]);
     demo.open_and_wait();
     let out = profile.wait_with_output().expect("profile");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -255,10 +246,6 @@ fn profile_mistakes_are_one_line_errors() {
         (vec!["--pid", pid.as_str(), "--query", "nope", "--duration", "1s"], "no samples match the filter"),
     ] {
         let out = run(Command::new(bin("eventflux-probe")).arg("profile").args(&args));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} succeeded");
-        let last = err.lines().last().unwrap_or_default();
-        assert!(last.starts_with("eventflux-probe: error:") && last.contains(says), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{err}");
+        assert_final_error(&out, &[says]);
     }
 }

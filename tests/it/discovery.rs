@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use integration_tests::{ReadelfNote, Scratch, bin, readelf_notes, run, run_ok};
+use integration_tests::{ReadelfNote, Scratch, assert_one_line_error, bin, readelf_notes, run, run_ok, serial};
 use serde_json::Value;
 
 fn list(args: &[&str]) -> Output {
@@ -112,6 +112,7 @@ fn build_c_fixture() -> CFixture {
 
 #[test]
 fn c_sdt_notes_match_readelf() {
+    let _serial = serial();
     let fx = build_c_fixture();
     let mut forms = std::collections::BTreeSet::new();
     for exe in &fx.exes {
@@ -133,6 +134,7 @@ fn c_sdt_notes_match_readelf() {
 
 #[test]
 fn list_by_pid_covers_executable_and_shared_objects() {
+    let _serial = serial();
     let fx = build_c_fixture();
     let exe = &fx.exes[1];
     let mut child =
@@ -169,27 +171,16 @@ fn list_by_pid_covers_executable_and_shared_objects() {
     let _ = child.wait();
 }
 
-/// One line on stderr, non-zero exit, no panic.
-fn assert_clean_error(out: &Output, expect: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {err}");
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.lines().count(), 1, "one line expected: {err}");
-    assert!(err.starts_with("eventflux-probe: error: "), "{err}");
-    assert!(err.contains(expect), "{err:?} should mention {expect:?}");
-    assert!(!err.contains("panicked"), "{err}");
-}
-
 #[test]
 fn bad_input_is_one_clear_line() {
-    assert_clean_error(&list(&["--binary", "/nonexistent/engine"]), "cannot read /nonexistent/engine");
+    assert_one_line_error(&list(&["--binary", "/nonexistent/engine"]), &["cannot read /nonexistent/engine"]);
     let not_elf = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    assert_clean_error(&list(&["--binary", not_elf.to_str().expect("path")]), "not an ELF file");
+    assert_one_line_error(&list(&["--binary", not_elf.to_str().expect("path")]), &["not an ELF file"]);
 
     let mut gone = Command::new("true").spawn().expect("spawn true");
     let pid = gone.id().to_string();
     gone.wait().expect("wait");
-    assert_clean_error(&list(&["--pid", &pid]), &format!("no process with pid {pid}"));
+    assert_one_line_error(&list(&["--pid", &pid]), &[&format!("no process with pid {pid}")]);
 
     // A note whose size fields run past the end of its section.
     let scratch = Scratch::new("corrupt");
@@ -199,13 +190,13 @@ fn bad_input_is_one_clear_line() {
     bad[offset..offset + 4].copy_from_slice(&0x7fff_fff0u32.to_le_bytes());
     let path = scratch.path().join("bad-namesz");
     std::fs::write(&path, &bad).expect("write");
-    assert_clean_error(&list(&["--binary", path.to_str().expect("path")]), "malformed stapsdt note #0");
+    assert_one_line_error(&list(&["--binary", path.to_str().expect("path")]), &["malformed stapsdt note #0"]);
 
     // A description too short for its three addresses.
     let mut bad = demo.clone();
     bad[offset + 4..offset + 8].copy_from_slice(&8u32.to_le_bytes());
     std::fs::write(&path, &bad).expect("write");
-    assert_clean_error(&list(&["--binary", path.to_str().expect("path")]), "shorter than its three addresses");
+    assert_one_line_error(&list(&["--binary", path.to_str().expect("path")]), &["shorter than its three addresses"]);
 
     // Strings not terminated: the last note's final NUL replaced.
     let mut bad = demo.clone();
@@ -214,11 +205,11 @@ fn bad_input_is_one_clear_line() {
     bad[last_nul] = b'x';
     std::fs::write(&path, &bad).expect("write");
     let out = list(&["--binary", path.to_str().expect("path")]);
-    assert_clean_error(&out, "malformed stapsdt note");
+    assert_one_line_error(&out, &["malformed stapsdt note"]);
 
     // A file cut short inside its headers.
     std::fs::write(&path, &demo[..200]).expect("write");
-    assert_clean_error(&list(&["--binary", path.to_str().expect("path")]), "corrupt ELF file");
+    assert_one_line_error(&list(&["--binary", path.to_str().expect("path")]), &["corrupt ELF file"]);
 }
 
 /// File offset and size of `.note.stapsdt`, from readelf.

@@ -3,14 +3,14 @@
 
 use std::process::Command;
 
-use integration_tests::{bin, run, run_ok};
+use integration_tests::{assert_one_line_error_of, bin, run, run_ok, serial};
 use serde_json::Value;
 
 fn summary(args: &[&str]) -> Value {
     let out = run_ok(Command::new(bin("eventflux-demo")).args(args));
     let text = String::from_utf8(out.stdout).expect("UTF-8");
     assert_eq!(text.lines().count(), 1, "the summary is one line: {text}");
-    serde_json::from_str(text.trim()).expect("summary JSON")
+    integration_tests::summary(&text)
 }
 
 /// The parts of a summary that depend only on the input (and not on the junction mode).
@@ -24,6 +24,7 @@ const ARGS: &[&str] = &["--events", "200003", "--streams", "3", "--queries", "5"
 
 #[test]
 fn same_input_same_counts_and_output() {
+    let _serial = serial();
     let a = summary(ARGS);
     let b = summary(ARGS);
     assert_eq!(deterministic(a.clone()), deterministic(b));
@@ -55,6 +56,7 @@ fn same_input_same_counts_and_output() {
 
 #[test]
 fn async_mode_computes_what_sync_mode_computes() {
+    let _serial = serial();
     let sync = summary(ARGS);
     let mut args = ARGS.to_vec();
     args.extend(["--mode", "async", "--queue-capacity", "2"]);
@@ -65,6 +67,8 @@ fn async_mode_computes_what_sync_mode_computes() {
 
 #[test]
 fn bad_arguments_are_one_clear_line() {
+    // Demos, however short-lived: a node-mode observer of another test would count them.
+    let _serial = serial();
     for (args, expect) in [
         (&["--streams", "0"][..], "--streams must be at least 1"),
         (&["--batch", "0"][..], "--batch must be at least 1"),
@@ -72,9 +76,6 @@ fn bad_arguments_are_one_clear_line() {
         (&["--hold", "1e30"][..], "--hold must be a number of seconds from 0 to 86400"),
     ] {
         let out = run(Command::new(bin("eventflux-demo")).args(args));
-        assert!(!out.status.success(), "{args:?} should fail");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains(expect), "{err}");
+        assert_one_line_error_of("eventflux-demo: ", &out, &[expect]);
     }
 }

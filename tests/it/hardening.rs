@@ -7,77 +7,41 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::{Daemon, GatedDemo, Sample, Scratch, bin, free_port, parse_metrics, run, run_ok, value};
+use integration_tests::{
+    Daemon, GatedDemo, Sample, Scratch, Semaphores, assert_final_error, assert_one_line_error, bin, free_port, json,
+    listening_ports, log_events, metric, parse_metrics, poll_http, poll_metrics, run, run_ok, serial, sigint, sigterm,
+    summary, value,
+};
 use serde_json::Value;
-
-/// The tests here each run targets and daemons: one at a time, so that two cores suffice.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn metric(m: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    value(m, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape"))
-}
-
-/// Scrapes until `pred` holds on the page, or fails after `limit` with the last page.
-fn poll(daemon: &Daemon, limit: Duration, what: &str, pred: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let m = parse_metrics(&daemon.scrape());
-        if pred(&m) {
-            return m;
-        }
-        assert!(Instant::now() < deadline, "{what} never happened within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn assert_one_line_error(out: &std::process::Output, expect: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line expected: {err}");
-    assert!(lines[0].starts_with("eventflux-probe: error: ") || lines[0].starts_with("error: "), "{err}");
-    assert!(lines[0].contains(expect), "{err:?} should say {expect:?}");
-}
 
 /// A target that execs another program stops being this target: its probes were in the old
 /// image. `run` notices, says so, detaches and reports it as no longer running.
 #[test]
 fn a_target_that_execs_is_treated_as_exited() {
     let _serial = serial();
-    let scratch = Scratch::new("exec");
-    let gate = scratch.path().join("go");
-    let target = bin("exec-target");
-    let mut child = Command::new(&target)
-        .arg(&gate)
-        .arg(bin("eventflux-demo"))
-        .args(["--events", "1000", "--linger", "10"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start exec-target");
-    integration_tests::wait_exec(child.id(), &target);
-    let mut daemon = Daemon::start(child.id());
-    let m = parse_metrics(&daemon.scrape());
-    assert_eq!(metric(&m, "eventflux_probe_target_running", &[]), 1.0);
-    std::fs::write(&gate, b"").expect("gate");
-    let m = poll(&daemon, Duration::from_secs(5), "target_running 0 after exec", |m| {
+    let demo = bin("eventflux-demo");
+    let demo = demo.to_str().expect("path");
+    let target = GatedDemo::start_target(&bin("exec-target"), &[demo, "--events", "1000", "--linger", "10"]);
+    let daemon = Daemon::start(target.pid());
+    assert_eq!(metric(&daemon.samples(), "eventflux_probe_target_running", &[]), 1.0);
+    let target = target.open();
+    let m = poll_metrics(daemon.port, Duration::from_secs(5), "target_running 0 after exec", |m| {
         value(m, "eventflux_probe_target_running", &[]) == Some(0.0)
     });
     // Detached from the old image's sites.
     let m = if value(&m, "eventflux_probe_sites_attached", &[]) == Some(0.0) {
         m
     } else {
-        poll(&daemon, Duration::from_secs(5), "detach after exec", |m| {
+        poll_metrics(daemon.port, Duration::from_secs(5), "detach after exec", |m| {
             value(m, "eventflux_probe_sites_attached", &[]) == Some(0.0)
         })
     };
     assert_eq!(metric(&m, "eventflux_probe_sites_attached", &[]), 0.0);
-    daemon.wait_for_log("exec'd", Duration::from_secs(2));
-    let _ = child.kill();
-    let _ = child.wait();
+    // And says so: the target exec'd, not merely exited.
+    let (_, health) = poll_http(daemon.port, "/health", Duration::from_secs(2), "target state execd", |_, body| {
+        serde_json::from_str::<Value>(body).is_ok_and(|h| h["target"]["state"] == "execd")
+    });
+    assert_eq!(json(&health)["target"]["pid"], target.pid(), "{health}");
 }
 
 /// Once the target exited and another process got its pid, nothing of that process is
@@ -89,9 +53,9 @@ fn pid_reuse_does_not_report_another_process() {
     let target = GatedDemo::start(&demo, &["--events", "20000"]);
     let pid = target.pid();
     let daemon = Daemon::start(pid);
-    assert!(value(&parse_metrics(&daemon.scrape()), "eventflux_uptime_seconds", &[]).is_some());
+    assert!(value(&daemon.samples(), "eventflux_uptime_seconds", &[]).is_some());
     target.open_and_wait();
-    let before = poll(&daemon, Duration::from_secs(5), "target_running 0", |m| {
+    let before = poll_metrics(daemon.port, Duration::from_secs(5), "target_running 0", |m| {
         value(m, "eventflux_probe_target_running", &[]) == Some(0.0)
     });
     let rss = metric(&before, "eventflux_memory_usage_bytes", &[("component", "rss")]);
@@ -113,7 +77,7 @@ fn pid_reuse_does_not_report_another_process() {
     }
     let mut impostor = impostor.expect("could not hand the pid to another process");
     std::thread::sleep(Duration::from_millis(300));
-    let after = parse_metrics(&daemon.scrape());
+    let after = daemon.samples();
     assert_eq!(metric(&after, "eventflux_probe_target_running", &[]), 0.0);
     assert_eq!(metric(&after, "eventflux_memory_usage_bytes", &[("component", "rss")]), rss);
     assert_eq!(metric(&after, "eventflux_threads_active", &[]), threads);
@@ -137,7 +101,7 @@ fn a_zombie_is_reported_as_exited() {
     let pid = child.id().to_string();
     let probe = bin("eventflux-probe");
     for cmd in [&["run", "--pid", &pid][..], &["latency", "--pid", &pid], &["list", "--pid", &pid]] {
-        assert_one_line_error(&run(Command::new(&probe).args(cmd)), "has exited");
+        assert_one_line_error(&run(Command::new(&probe).args(cmd)), &["has exited"]);
     }
     child.wait().expect("reap");
 }
@@ -178,14 +142,13 @@ fn no_counts_are_lost_while_attaching() {
             Command::new(bin("count-target")).arg("2.5").stdout(Stdio::piped()).spawn().expect("start count-target");
         integration_tests::wait_exec(target.id(), &bin("count-target"));
         std::thread::sleep(Duration::from_millis(attach_after));
-        let mut daemon = Daemon::start_with(target.id(), &["--flush-interval", "10ms"]);
+        let daemon = Daemon::start_with(target.id(), &["--flush-interval", "10ms"]);
         let out = target.wait_with_output().expect("count-target");
         let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
         let observed = v["observed"].as_u64().expect("observed");
         assert!(observed > 0 && observed < v["total"].as_u64().expect("total"), "attached mid-run: {v}");
-        daemon.wait_for_log("target exited", Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(200));
-        let m = parse_metrics(&daemon.scrape());
+        daemon.wait_target_gone(Duration::from_secs(10));
+        let m = daemon.samples();
         let counted = metric(&m, "stream_events_received_total", &[("stream_name", "stream0")]) as u64;
         assert_eq!(counted, observed, "attached after {attach_after} ms");
     }
@@ -200,10 +163,9 @@ fn sigterm_detaches_in_time_proportional_to_the_sites() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
     let target = GatedDemo::start(&demo, &["--events", "1000"]);
-    let mut daemon = Daemon::start(target.pid());
-    let line = daemon.wait_for_log("attached", Duration::from_secs(5));
-    let sites: u32 =
-        line.split("sites=").nth(1).and_then(|s| s.split(' ').next()).and_then(|s| s.parse().ok()).expect("sites");
+    let daemon = Daemon::start(target.pid());
+    let sites = metric(&daemon.samples(), "eventflux_probe_sites_attached", &[]) as u32;
+    assert!(sites > 0, "attached to no site");
     let started = Instant::now();
     let status = daemon.stop();
     assert!(status.success(), "{status}");
@@ -233,8 +195,7 @@ fn missing_capabilities_are_named() {
         ("EVENTFLUX_PROBE_ATTACH=auto", "cap_bpf,cap_perfmon,cap_sys_admin", "CAP_BPF, CAP_PERFMON"),
     ] {
         let out = run(Command::new("capsh").args([&format!("--drop={drop}"), "--", "-c", &cmd(env, free_port())]));
-        assert_one_line_error(&out, missing);
-        assert!(String::from_utf8_lossy(&out.stderr).contains("missing"), "{drop}");
+        assert_one_line_error(&out, &[missing, "missing"]);
     }
     for (env, drop) in [
         // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON.
@@ -263,7 +224,7 @@ fn missing_capabilities_are_named() {
         };
         let m = parse_metrics(&body);
         assert!(metric(&m, "eventflux_probe_sites_attached", &[]) > 0.0, "{env} without {drop}: {body}");
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        sigterm(child.id());
         let _ = child.wait();
     }
 }
@@ -280,7 +241,7 @@ fn list_refuses_what_is_not_a_regular_file() {
         let started = Instant::now();
         let out = run(Command::new(&probe).arg("list").arg("--binary").arg(path));
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert_one_line_error(&out, if path == scratch.path() { "is a directory" } else { "not a regular file" });
+        assert_one_line_error(&out, &[if path == scratch.path() { "is a directory" } else { "not a regular file" }]);
     }
 }
 
@@ -315,37 +276,45 @@ fn an_unknown_query_is_an_error_naming_the_known_ones() {
     std::thread::sleep(Duration::from_millis(300));
     let target = target.open();
     let out = latency.wait_with_output().expect("latency");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    let last = err.lines().last().unwrap_or_default();
-    assert!(last.contains("no query `nosuch`") && last.contains("q0_length") && last.contains("q2_time"), "{err}");
+    assert_final_error(&out, &["no query `nosuch`", "q0_length", "q2_time"]);
     drop(target);
 }
 
-/// `--listen` with port 0 logs the port the kernel chose, and it serves there.
+/// `--listen` with port 0 serves on the port the kernel chose (found in the kernel's socket
+/// table, not in the log), and logs that port for the operator to find.
 #[test]
 fn port_zero_logs_the_bound_port() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
     let target = GatedDemo::start(&demo, &["--events", "1000"]);
     let mut child = Command::new(bin("eventflux-probe"))
-        .args(["run", "--pid", &target.pid().to_string(), "--listen", "127.0.0.1:0"])
+        .args(["run", "--pid", &target.pid().to_string(), "--listen", "127.0.0.1:0", "--log-format", "json"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("run");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
     let port = loop {
-        line.clear();
-        assert!(std::io::BufRead::read_line(&mut stderr, &mut line).expect("read") > 0, "run ended");
-        if let Some(rest) = line.split("serving http://127.0.0.1:").nth(1) {
-            break rest.split('/').next().and_then(|p| p.parse::<u16>().ok()).expect("port");
+        if let [port] = listening_ports(child.id())[..] {
+            break port;
         }
+        assert!(child.try_wait().expect("wait").is_none(), "run ended");
+        assert!(Instant::now() < deadline, "run never listened");
+        std::thread::sleep(Duration::from_millis(20));
     };
-    assert_ne!(port, 0, "{line}");
+    assert_ne!(port, 0);
+    poll_http(port, "/live", Duration::from_secs(60), "live", |s, _| s == 200);
     assert!(integration_tests::http_get(port, "/metrics").contains("eventflux_probe_sites_attached"));
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    sigterm(child.id());
+    let mut err = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut err).expect("read the log");
     let _ = child.wait();
+    // What the operator reads: the event that says where it serves names the chosen port.
+    let log: Vec<String> = err.lines().map(str::to_owned).collect();
+    let url = format!("http://127.0.0.1:{port}/");
+    assert!(
+        log_events(&log).iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains(&url))),
+        "no log event names {url}: {err}"
+    );
 }
 
 /// With 200 queries and a cap of 100 series, exactly 100 label sets are folded (each query once,
@@ -357,7 +326,7 @@ fn folded_series_are_counted_once() {
     let target = GatedDemo::start(&demo, &["--events", "100000", "--queries", "200", "--streams", "4"]);
     let daemon = Daemon::start_with(target.pid(), &["--max-series", "100"]);
     target.open_and_wait();
-    let m = poll(&daemon, Duration::from_secs(5), "every query counted", |m| {
+    let m = poll_metrics(daemon.port, Duration::from_secs(5), "every query counted", |m| {
         value(m, "eventflux_probe_series_folded", &[("metric", "query_events_processed_total")]).is_some()
     });
     assert_eq!(metric(&m, "eventflux_probe_series_folded", &[("metric", "query_events_processed_total")]), 100.0);
@@ -376,9 +345,9 @@ fn a_thousand_queries_fit_the_histogram_map() {
     let target =
         GatedDemo::start(&demo, &["--events", "128000", "--queries", "1000", "--streams", "200", "--batch", "64"]);
     let daemon = Daemon::start_with(target.pid(), &["--every-batch", "--max-series", "100000"]);
-    let summary: Value = serde_json::from_str(target.open_and_wait().trim()).expect("summary");
-    std::thread::sleep(Duration::from_millis(1500));
-    let m = parse_metrics(&daemon.scrape());
+    let summary = summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let m = daemon.samples();
     assert_eq!(metric(&m, "eventflux_probe_dropped_events_total", &[("reason", "hists_full")]), 0.0);
     for (name, q) in summary["queries"].as_object().expect("queries") {
         let batches = q["batches"].as_f64().expect("batches");
@@ -428,7 +397,7 @@ fn idle_connections_do_not_blind_scrapes() {
             started.elapsed()
         );
         drop(idle);
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        sigterm(child.id());
         let _ = child.wait();
     }
 }
@@ -438,7 +407,7 @@ const NOTE_DEMO: &[&str] = &["--events", "300000", "--queries", "3", "--streams"
 
 /// The demo's summary without what depends on timing.
 fn digest(stdout: &str) -> Value {
-    integration_tests::computed_summary(serde_json::from_str(stdout.trim()).expect("summary JSON"))
+    integration_tests::computed_summary(summary(stdout))
 }
 
 /// Copies of the demo whose notes lie, each as a stale note or a post-link optimizer leaves
@@ -480,9 +449,9 @@ fn run_refuses_a_site_whose_note_lies_and_the_engine_survives() {
         let daemon = Daemon::start(target.pid());
         let summary = target.open_and_wait();
         assert_eq!(digest(&summary), expected, "{what}: the observed engine computed something else");
-        let summary: Value = serde_json::from_str(summary.trim()).expect("summary");
+        let summary = integration_tests::summary(&summary);
         // The other probes count exactly: batches per query.
-        let m = poll(&daemon, Duration::from_secs(10), "every batch counted", |m| {
+        let m = poll_metrics(daemon.port, Duration::from_secs(10), "every batch counted", |m| {
             summary["queries"]
                 .as_object()
                 .expect("queries")
@@ -492,8 +461,7 @@ fn run_refuses_a_site_whose_note_lies_and_the_engine_survives() {
         let refused = if what == "pc at data" { 0.0 } else { 1.0 };
         assert_eq!(metric(&m, "eventflux_probe_sites_refused_total", &[]), refused, "{what}");
         // 503: the target is gone by now; the observer's part stays.
-        let (_, health) = integration_tests::http_status(daemon.port, "/health").expect("health");
-        let health: Value = serde_json::from_str(&health).expect("health");
+        let (_, health) = daemon.health();
         let sites = health["observer"]["sites_refused"].as_array().expect("sites_refused");
         assert_eq!(sites.len() as f64, refused, "{what}: {health}");
         if let Some(site) = sites.first() {
@@ -519,7 +487,7 @@ fn every_command_refuses_a_site_whose_note_lies() {
     let probe = bin("eventflux-probe");
     for (what, _, copy) in corrupt_demos(&scratch) {
         let expected = digest(&GatedDemo::start(&copy, NOTE_DEMO).open_and_wait());
-        let registered = integration_tests::semaphore_offset(&copy, "query_register");
+        let semaphores = Semaphores::of(&copy);
         for command in ["node", "latency", "trace", "profile"] {
             let target = GatedDemo::start(&copy, NOTE_DEMO);
             let pid = target.pid().to_string();
@@ -537,12 +505,7 @@ fn every_command_refuses_a_site_whose_note_lies() {
                 .spawn()
                 .expect("start the observer");
             // Attached: every command takes the registrations, so their semaphore rises.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while integration_tests::read_semaphore(target.pid(), &copy, registered) == 0 {
-                assert!(observer.try_wait().expect("wait").is_none(), "{command} exited before attaching");
-                assert!(Instant::now() < deadline, "{command} never attached ({what})");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            semaphores.wait_attached(target.pid(), &mut observer, Duration::from_secs(30), &["query_register"]);
             let summary = target.open_and_wait();
             assert_eq!(digest(&summary), expected, "{what} under {command}: the engine computed something else");
             if command == "node" {
@@ -550,8 +513,7 @@ fn every_command_refuses_a_site_whose_note_lies() {
                 let refused = if what == "pc at data" { 0.0 } else { 1.0 };
                 assert_eq!(metric(&m, "eventflux_probe_sites_refused_total", &[]), refused, "{what}");
             }
-            // SAFETY: a signal to our own child.
-            unsafe { libc_kill(observer.id() as i32, 2) };
+            sigint(observer.id());
             let status = integration_tests::wait_with_deadline(&mut observer, Duration::from_secs(60));
             let mut err = String::new();
             let _ = observer.stderr.take().expect("stderr").read_to_string(&mut err);
@@ -559,11 +521,6 @@ fn every_command_refuses_a_site_whose_note_lies() {
             assert!(status.success(), "{command} ({what}) failed: {err}");
         }
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// `list` shows a lying site before anyone attaches: from the file with `--binary`, from the
@@ -617,7 +574,7 @@ fn list_marks_the_sites_an_observer_would_refuse() {
     let ingest = rows.iter().find(|r| r["name"] == "ingest").expect("ingest");
     assert!(ingest["site"].as_str().expect("site").contains("0f 1f 44 00 01"), "{ingest}");
     let daemon = Daemon::start(target.pid());
-    let m = parse_metrics(&daemon.scrape());
+    let m = daemon.samples();
     assert_eq!(metric(&m, "eventflux_probe_sites_refused_total", &[]), 1.0);
     assert_eq!(digest(&target.open_and_wait())["events"], 300_000);
     assert!(daemon.stop().success());
@@ -703,7 +660,7 @@ fn credentials_never_appear_in_logs_endpoints_or_errors() {
         let out = run(Command::new(bin("eventflux-probe"))
             .args(["run", "--pid", &pid, "--listen", "127.0.0.1:0"])
             .env(var, &value));
-        assert_one_line_error(&out, says);
+        assert_one_line_error(&out, &[says]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(leaks(&err), None, "{err}");
         assert!(err.contains("***@127.0.0.1"), "{err}");
@@ -749,18 +706,18 @@ fn inputs_that_are_not_sane_files_or_values_are_one_line_each() {
         (fifo.clone().into_os_string(), "not a regular file"),
         (sparse.clone().into_os_string(), "more than the 1048576 bytes a configuration file may have"),
     ] {
-        assert_one_line_error(&run_with(&[&os("--config"), &path], None), says);
+        assert_one_line_error(&run_with(&[&os("--config"), &path], None), &[says]);
     }
     let out = run_with(&[&os("--config"), huge.as_os_str()], None);
-    assert_one_line_error(&out, "is not a socket address");
+    assert_one_line_error(&out, &["is not a socket address"]);
     assert!(out.stderr.len() < 600, "the value is cut: {} bytes of error", out.stderr.len());
     assert!(String::from_utf8_lossy(&out.stderr).contains("more characters)"));
-    assert_one_line_error(&run_with(&[&os("--log-output"), fifo.as_os_str()], None), "not a regular file");
+    assert_one_line_error(&run_with(&[&os("--log-output"), fifo.as_os_str()], None), &["not a regular file"]);
     let bad = std::ffi::OsStr::from_bytes(b"127.0.0.1:\xff");
-    assert_one_line_error(&run_with(&[], Some(("EVENTFLUX_PROBE_HTTP_LISTEN", bad))), "not UTF-8");
+    assert_one_line_error(&run_with(&[], Some(("EVENTFLUX_PROBE_HTTP_LISTEN", bad))), &["not UTF-8"]);
     for (glob, says) in [("[", "`[` is not supported"), ("eventflux", "can never match")] {
         let out = run(Command::new(&probe).args(["node", "--listen", "127.0.0.1:0", "--exe", glob]));
-        assert_one_line_error(&out, says);
+        assert_one_line_error(&out, &[says]);
     }
 }
 
@@ -781,16 +738,16 @@ fn connections_open_before_the_attach_are_shown() {
     // The sources connect at the first event, long before the attach ends.
     std::thread::sleep(Duration::from_millis(300));
     let daemon = Daemon::start(child.id());
-    let m = poll(&daemon, Duration::from_secs(10), "connections_active", |m| {
+    let m = poll_metrics(daemon.port, Duration::from_secs(10), "connections_active", |m| {
         m.iter().any(|s| s.name == "connections_active" && s.value > 0.0)
     });
     let out = child.wait_with_output().expect("demo");
-    let summary: Value = serde_json::from_slice(&out.stdout).expect("summary");
+    let summary = summary(&String::from_utf8_lossy(&out.stdout));
     for (protocol, c) in summary["connections"].as_object().expect("connections") {
         let opened = c["opened"].as_f64().expect("opened");
         assert_eq!(metric(&m, "connections_active", &[("protocol", protocol)]), opened, "{protocol} while running");
     }
-    poll(&daemon, Duration::from_secs(10), "connections closed", |m| {
+    poll_metrics(daemon.port, Duration::from_secs(10), "connections closed", |m| {
         m.iter().filter(|s| s.name == "connections_active").all(|s| s.value == 0.0)
     });
     assert!(daemon.stop().success());
@@ -816,9 +773,12 @@ fn five_thousand_queries_arrive_with_their_names() {
     };
     // Registrations first, then each query's window gauge with its first flush (every second,
     // later on a loaded machine): both, eventually.
-    let m = poll(&daemon, Duration::from_secs(30), "5000 queries registered, each with its window gauge", |m| {
-        value(m, "query_active_count", &[]) == Some(5000.0) && window_gauges(m).len() == 5000
-    });
+    let m = poll_metrics(
+        daemon.port,
+        Duration::from_secs(30),
+        "5000 queries registered, each with its window gauge",
+        |m| value(m, "query_active_count", &[]) == Some(5000.0) && window_gauges(m).len() == 5000,
+    );
     let names = window_gauges(&m);
     let names: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
     assert_eq!(names.len(), 5000, "every query's window gauge, by name");
@@ -830,8 +790,7 @@ fn five_thousand_queries_arrive_with_their_names() {
         "{:?}",
         names.iter().take(3).collect::<Vec<_>>()
     );
-    let (_, health) = integration_tests::http_status(daemon.port, "/health").expect("health");
-    let health: Value = serde_json::from_str(&health).expect("health JSON");
+    let (_, health) = daemon.health();
     assert_eq!(health["queries_running"], 5000, "{health}");
     assert_eq!(health["observer"]["registrations_lost"], 0, "{health}");
     drop(demo);

@@ -7,15 +7,10 @@ use std::time::{Duration, Instant};
 
 use integration_tests::otlp::{Received, Receiver, attr};
 use integration_tests::{
-    Daemon, GatedDemo, bin, computed_summary, http_status, parse_metrics, poll_http, run_ok, value,
+    Daemon, GatedDemo, Scratch, assert_one_line_error, bin, computed_summary, health, http_status, parse_metrics,
+    poll_http, poll_metrics, run_ok, serial, summary, value,
 };
 use serde_json::Value;
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 const DEMO: &[&str] = &["--events", "6400", "--batch", "64", "--queries", "3", "--streams", "2"];
 /// Batches of DEMO: 100 chunks, two queries on one of the two streams.
@@ -31,8 +26,7 @@ fn settle(receiver: &Receiver, ports: &[u16]) {
         for &port in ports {
             let m = parse_metrics(&integration_tests::http_get(port, "/metrics"));
             exported += value(&m, "eventflux_probe_spans_exported_total", &[]).unwrap_or(-1.0);
-            let (_, h) = http_status(port, "/health").expect("health");
-            let h: Value = serde_json::from_str(&h).expect("health JSON");
+            let (_, h) = health(port);
             queued += h["observer"]["otlp"]["queued_spans"].as_u64().unwrap_or(1);
         }
         if queued == 0 && receiver.spans().len() as f64 == exported {
@@ -64,7 +58,7 @@ fn every_batch_is_one_trace_over_grpc_and_http() {
         let target = GatedDemo::start(&demo, DEMO);
         let pid = target.pid();
         let endpoint = format!("http://127.0.0.1:{}", receiver.port);
-        let scratch = integration_tests::Scratch::new("otlp");
+        let scratch = Scratch::new("otlp");
         let config = scratch.path().join("probe.toml");
         std::fs::write(
             &config,
@@ -76,7 +70,7 @@ fn every_batch_is_one_trace_over_grpc_and_http() {
         let daemon = Daemon::start_with(pid, &["--every-batch", "--config", config.to_str().expect("utf-8")]);
         // Past the markers' settle time, so the first batch is traced whole.
         std::thread::sleep(Duration::from_millis(300));
-        let summary: Value = serde_json::from_str(target.open_and_wait().trim()).expect("summary");
+        let summary = summary(&target.open_and_wait());
         let deadline = Instant::now() + Duration::from_secs(20);
         while spans_by_trace(&receiver.spans()).len() < BATCHES && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
@@ -140,7 +134,7 @@ fn every_batch_is_one_trace_over_grpc_and_http() {
         // predate the last sample. Until the counts agree, or 5 s.
         let deadline = Instant::now() + Duration::from_secs(5);
         let m = loop {
-            let m = parse_metrics(&integration_tests::http_get(daemon.port, "/metrics"));
+            let m = daemon.samples();
             let agree = stage_spans.iter().all(|((query, stage), (n, _))| {
                 value(&m, "query_stage_latency_seconds_count", &[("query_id", query), ("stage", stage)])
                     == Some(*n as f64)
@@ -184,14 +178,14 @@ fn traced_batches_stay_within_the_default_budget() {
     ];
     let daemon = Daemon::start_with_env(target.pid(), &[], &env);
     std::thread::sleep(Duration::from_millis(300));
-    let summary: Value = serde_json::from_str(target.open_and_wait().trim()).expect("summary");
+    let summary = summary(&target.open_and_wait());
     let batches: u64 =
         summary["queries"].as_object().expect("queries").values().filter_map(|q| q["batches"].as_u64()).sum();
     let elapsed = summary["elapsed_s"].as_f64().expect("elapsed_s");
     // Everything queued has been sent after two export intervals.
     std::thread::sleep(Duration::from_secs(1));
     let traces = spans_by_trace(&receiver.spans()).len() as f64;
-    let m = parse_metrics(&integration_tests::http_get(daemon.port, "/metrics"));
+    let m = daemon.samples();
     assert_eq!(value(&m, "eventflux_probe_spans_dropped_total", &[("reason", "queue_full")]), Some(0.0));
     let budget = 1024.0 * elapsed;
     assert!(traces <= budget * 1.25 + 64.0, "{traces} traces in {elapsed:.2} s: over the budget of {budget:.0}");
@@ -217,29 +211,26 @@ fn a_collector_that_is_down_costs_counted_drops_only() {
     let closed = integration_tests::free_port();
     let mut cmd_env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://127.0.0.1:{closed}"))];
     cmd_env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()));
-    let daemon =
-        integration_tests::Daemon::start_with_env(target.pid(), &["--every-batch", "--grace-period", "30s"], &cmd_env);
+    let daemon = Daemon::start_with_env(target.pid(), &["--every-batch", "--grace-period", "30s"], &cmd_env);
     let target = target.open();
-    let (_, body) = poll_http(daemon.port, "/metrics", Duration::from_secs(15), "export failures counted", |_, b| {
-        value(&parse_metrics(b), "eventflux_probe_spans_dropped_total", &[("reason", "export_failed")])
-            .is_some_and(|v| v > 0.0)
+    let m = poll_metrics(daemon.port, Duration::from_secs(15), "export failures counted", |m| {
+        value(m, "eventflux_probe_spans_dropped_total", &[("reason", "export_failed")]).is_some_and(|v| v > 0.0)
     });
-    assert!(value(&parse_metrics(&body), "eventflux_probe_spans_exported_total", &[]) == Some(0.0));
+    assert!(value(&m, "eventflux_probe_spans_exported_total", &[]) == Some(0.0));
     let (code, _) = http_status(daemon.port, "/live").expect("live");
     assert_eq!(code, 200);
-    let (code, health) = http_status(daemon.port, "/health").expect("health");
-    let health: Value = serde_json::from_str(&health).expect("health JSON");
+    let (code, health) = daemon.health();
     assert_eq!(health["target"]["state"], "running", "asked too late to tell: {health}");
     assert_eq!(code, 200, "{health}");
     assert!(health["observer"]["otlp"]["last_error"].is_string(), "{health}");
-    let attached: Value = serde_json::from_str(target.open_and_wait().trim()).expect("summary");
+    let attached = summary(&target.open_and_wait());
     assert_eq!(computed_summary(attached), computed_summary(detached), "observing changed the engine's output");
     let status = daemon.stop();
     assert!(status.success(), "{status}");
 }
 
 /// The OTLP section of a probe configuration: export to `receiver` every 200 ms.
-fn otlp_config(scratch: &integration_tests::Scratch, receiver: &Receiver, protocol: &str) -> String {
+fn otlp_config(scratch: &Scratch, receiver: &Receiver, protocol: &str) -> String {
     let config = scratch.path().join("probe.toml");
     let endpoint = format!("http://127.0.0.1:{}", receiver.port);
     std::fs::write(
@@ -276,21 +267,20 @@ fn two_nodes_yield_connected_traces() {
     let receiver = Receiver::grpc();
     let demo = bin("eventflux-demo");
     let mut node_b = GatedDemo::start(&demo, &["--listen", "127.0.0.1:0", "--streams", "1", "--queries", "2"]);
-    let line = node_b.wait_for_stderr("listening on", Duration::from_secs(10));
-    let addr = line.trim().rsplit(' ').next().expect("address").to_owned();
+    let addr = node_b.listening_addr();
     let node_a = GatedDemo::start(
         &demo,
         &["--forward", &addr, "--events", "12800", "--batch", "64", "--queries", "2", "--streams", "2"],
     );
     let (pid_a, pid_b) = (node_a.pid(), node_b.pid());
-    let scratch = integration_tests::Scratch::new("two-nodes");
+    let scratch = Scratch::new("two-nodes");
     let config = otlp_config(&scratch, &receiver, "grpc");
     let observer_a = Daemon::start_with(pid_a, &["--every-batch", "--config", &config]);
     let observer_b = Daemon::start_with(pid_b, &["--config", &config]);
     std::thread::sleep(Duration::from_millis(300));
     let node_b = node_b.open();
-    let summary_a: Value = serde_json::from_str(node_a.open_and_wait().trim()).expect("A's summary");
-    let summary_b: Value = serde_json::from_str(node_b.open_and_wait().trim()).expect("B's summary");
+    let summary_a = summary(&node_a.open_and_wait());
+    let summary_b = summary(&node_b.open_and_wait());
     let emitted_a: u64 =
         summary_a["queries"].as_object().expect("queries").values().filter_map(|q| q["emitted"].as_u64()).sum();
     assert_eq!(summary_b["events"].as_u64(), Some(emitted_a), "B's input is A's output");
@@ -331,7 +321,7 @@ fn two_nodes_yield_connected_traces() {
         assert!(children >= 1, "B's root has its stage spans");
     }
     for observer in [observer_a, observer_b] {
-        let m = parse_metrics(&integration_tests::http_get(observer.port, "/metrics"));
+        let m = observer.samples();
         for reason in ["queue_full", "export_failed"] {
             assert_eq!(value(&m, "eventflux_probe_spans_dropped_total", &[("reason", reason)]), Some(0.0));
         }
@@ -350,17 +340,17 @@ fn a_followed_process_exports_under_its_own_pid() {
     let args = ["--events", "3200", "--queries", "2"];
     let first = GatedDemo::start(&demo, &args);
     let pid_1 = first.pid();
-    let scratch = integration_tests::Scratch::new("otlp-follow");
+    let scratch = Scratch::new("otlp-follow");
     let config = otlp_config(&scratch, &receiver, "http/protobuf");
     let daemon = Daemon::start_with(pid_1, &["--every-batch", "--follow", "--config", &config]);
     std::thread::sleep(Duration::from_millis(300));
-    let summary_1: Value = serde_json::from_str(first.open_and_wait().trim()).expect("summary");
+    let summary_1 = summary(&first.open_and_wait());
     poll_http(daemon.port, "/ready", Duration::from_secs(10), "not ready once the target exited", |s, _| s == 503);
     let second = GatedDemo::start(&demo, &args);
     let pid_2 = second.pid();
     poll_http(daemon.port, "/ready", Duration::from_secs(10), "ready for the new process", |s, _| s == 200);
     std::thread::sleep(Duration::from_millis(300));
-    let summary_2: Value = serde_json::from_str(second.open_and_wait().trim()).expect("summary");
+    let summary_2 = summary(&second.open_and_wait());
     let count = |pid: u32| roots(&receiver.spans()).iter().filter(|s| pid_of(s) == Some(pid)).count() as u64;
     let deadline = Instant::now() + Duration::from_secs(20);
     while count(pid_2) < batches(&summary_2) && Instant::now() < deadline {
@@ -377,16 +367,15 @@ fn a_followed_process_exports_under_its_own_pid() {
 /// line, before anything is attached.
 #[test]
 fn a_bad_otlp_protocol_names_its_variable() {
+    // A process without eventflux probes (not this test binary: it has some): were the
+    // variable taken, `run` would fail at once rather than attach.
     let out = Command::new(bin("eventflux-probe"))
-        .args(["run", "--pid", &std::process::id().to_string(), "--listen", "127.0.0.1:0"])
+        .args(["run", "--pid", "1", "--listen", "127.0.0.1:0"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "thrift")
         .output()
         .expect("run");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && stderr.contains("`thrift`"), "{stderr}");
+    assert_one_line_error(&out, &["OTEL_EXPORTER_OTLP_PROTOCOL", "`thrift`"]);
 }
 
 /// A sender that marks every chunk sampled (`-01`, and `-ff`) does not set the downstream
@@ -404,14 +393,10 @@ fn an_upstream_that_marks_every_chunk_sampled_gets_the_budget_only() {
         let elapsed = summary["elapsed_s"].as_f64().expect("elapsed_s");
         let queries: Vec<String> = summary["queries"].as_object().expect("queries").keys().cloned().collect();
         // Every count flushed: the batch counters agree with the summary.
-        let (_, page) =
-            poll_http(daemon.port, "/metrics", Duration::from_secs(10), "every batch counted", |_, body| {
-                let m = parse_metrics(body);
-                let counted: f64 =
-                    queries.iter().filter_map(|q| value(&m, "query_batches_total", &[("query_id", q)])).sum();
-                counted as u64 == batches
-            });
-        let m = parse_metrics(&page);
+        let m = poll_metrics(daemon.port, Duration::from_secs(10), "every batch counted", |m| {
+            let counted: f64 = queries.iter().filter_map(|q| value(m, "query_batches_total", &[("query_id", q)])).sum();
+            counted as u64 == batches
+        });
         let traced = value(&m, "eventflux_probe_program_runs_total", &[("program", "trace_context")]).unwrap_or(0.0);
         let declined = value(&m, "eventflux_probe_engine_traces_declined_total", &[]).unwrap_or(0.0);
         // One engine thread (sync junctions): the bound plus the thread's own stage-timed half.

@@ -5,9 +5,11 @@
 
 use eventflux_probe::bpf::{CPU_PROBES, Kernel, TRACE_PROBES, metric_probes};
 use eventflux_probe_common::{Class, PROBES, probe};
+use integration_tests::serial;
 
 #[test]
 fn the_kernel_loads_a_program_for_every_probe() {
+    let _serial = serial();
     let mut observed = metric_probes();
     // Metrics: everything but the controls, the trace probes (per-stage records, which
     // batch_sample repeats, and trace contexts; for span trees) and the CPU slot probe (for CPU
@@ -39,6 +41,7 @@ fn the_kernel_loads_a_program_for_every_probe() {
 /// program keeps fewer instructions than with diagnostics on.
 #[test]
 fn kernel_diagnostics_are_pruned_unless_asked_for() {
+    let _serial = serial();
     let probes = metric_probes();
     let off = Kernel::load_with(&probes, false).unwrap_or_else(|e| panic!("{e:#}")).program_instructions();
     let on = Kernel::load_with(&probes, true).unwrap_or_else(|e| panic!("{e:#}")).program_instructions();
@@ -54,6 +57,7 @@ fn kernel_diagnostics_are_pruned_unless_asked_for() {
 /// verifier removes the span-writing branch.
 #[test]
 fn span_records_are_pruned_unless_tracing() {
+    let _serial = serial();
     let metrics = metric_probes();
     let mut tracing = metrics.clone();
     tracing.extend(TRACE_PROBES);

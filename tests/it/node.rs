@@ -10,96 +10,22 @@ use std::time::{Duration, Instant};
 
 use eventflux_probe::daemon::Daemon;
 use eventflux_probe_common::probe;
-use integration_tests::{GatedDemo, bin, free_port, http_status, parse_metrics, poll_http, value, wait_with_deadline};
+use integration_tests::{
+    GatedDemo, NodeObserver, Scratch, bin, counts_match, demo_copy, parse_metrics, poll_http, read_semaphore,
+    semaphore_offset, serial, summary, value, wait_with_deadline,
+};
 use serde_json::Value;
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// `eventflux-probe node`, started and ready.
-struct Node {
-    child: Child,
-    port: u16,
-}
-
-impl Node {
-    fn start(extra: &[&str]) -> Node {
-        let port = free_port();
-        let child = Command::new(bin("eventflux-probe"))
-            .args(["node", "--listen", &format!("127.0.0.1:{port}"), "--drain", "0", "--flush-interval", "100ms"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start eventflux-probe node");
-        let node = Node { child, port };
-        poll_http(port, "/ready", Duration::from_secs(60), "node mode ready", |s, _| s == 200);
-        node
-    }
-
-    fn health(&self) -> Value {
-        let (_, body) = http_status(self.port, "/health").expect("health");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
-    }
-
-    fn target_pids(&self) -> Vec<u64> {
-        self.health()["targets"].as_array().into_iter().flatten().filter_map(|t| t["pid"].as_u64()).collect()
-    }
-
-    /// How long until `/health` lists `pid`, measured from `since`.
-    fn found(&self, pid: u32, since: Instant) -> Duration {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.target_pids().contains(&u64::from(pid)) {
-            assert!(Instant::now() < deadline, "process {pid} never found");
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        since.elapsed()
-    }
-
-    fn metrics(&self) -> String {
-        integration_tests::http_get(self.port, "/metrics")
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        integration_tests::run_ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
-        wait_with_deadline(&mut self.child, Duration::from_secs(60))
-    }
-}
-
-impl Drop for Node {
-    /// A failed test must not leave a node observer attaching to later tests' demos.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `eventflux-probe node` as these tests run it: counts handed over every 100 ms.
+fn node(extra: &[&str]) -> NodeObserver {
+    let mut args = vec!["--flush-interval", "100ms"];
+    args.extend(extra);
+    NodeObserver::start(&args)
 }
 
 /// The counts of process `pid` on the node's `/metrics` equal its summary.
 fn counts_of(scrape: &str, pid: u32, summary: &Value) -> Result<(), String> {
-    let m = parse_metrics(scrape);
-    let pid = pid.to_string();
-    for (name, q) in summary["queries"].as_object().ok_or("no queries")? {
-        let l = [("pid", pid.as_str()), ("query_id", name.as_str())];
-        let got = (
-            value(&m, "query_events_processed_total", &l),
-            value(&m, "query_batches_total", &l),
-            value(&m, "query_events_emitted_total", &l).unwrap_or(0.0),
-        );
-        let want = (q["processed"].as_f64(), q["batches"].as_f64(), q["emitted"].as_f64().unwrap_or(-1.0));
-        if got != want {
-            return Err(format!("pid {pid} {name}: {got:?}, summary {want:?}"));
-        }
-    }
-    for (name, s) in summary["streams"].as_object().ok_or("no streams")? {
-        let got = value(&m, "stream_events_received_total", &[("pid", pid.as_str()), ("stream_name", name)]);
-        if got.unwrap_or(0.0) != s["received"].as_f64().unwrap_or(-1.0) {
-            return Err(format!("pid {pid} {name}: received {got:?}, summary {s}"));
-        }
-    }
-    Ok(())
+    counts_match(&parse_metrics(scrape), summary, &[("pid", &pid.to_string())])
 }
 
 /// The labels of process `pid`'s `eventflux_probe_target_running` series.
@@ -123,12 +49,12 @@ struct Contained {
     gate: std::path::PathBuf,
     cgroup: std::path::PathBuf,
     container_id: String,
-    _scratch: integration_tests::Scratch,
+    _scratch: Scratch,
 }
 
 impl Contained {
     fn start(demo: &Path, args: &[&str]) -> Contained {
-        let scratch = integration_tests::Scratch::new("contained");
+        let scratch = Scratch::new("contained");
         let gate = scratch.path().join("go");
         let container_id = format!("{:064x}", u128::from(std::process::id()) * 0x9e37_79b9_7f4a_7c15);
         let cgroup = Path::new("/sys/fs/cgroup/unified")
@@ -169,7 +95,7 @@ impl Contained {
         self.shell.stdout.take().expect("stdout").read_to_string(&mut out).expect("read");
         let status = wait_with_deadline(&mut self.shell, Duration::from_secs(60));
         assert!(status.success(), "{status}");
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+        summary(&out)
     }
 }
 
@@ -193,7 +119,7 @@ impl Drop for Contained {
 fn node_mode_finds_counts_labels_and_forgets_processes() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
-    let node = Node::start(&["--grace-period", "3s", "--exe", "*/eventflux-demo", "--cpu-hz", "999"]);
+    let node = node(&["--grace-period", "3s", "--exe", "*/eventflux-demo", "--cpu-hz", "999"]);
 
     let started = Instant::now();
     // A's query 0 evaluates an expensive filter (~0.7 s of CPU in all): CPU attribution per
@@ -224,7 +150,7 @@ fn node_mode_finds_counts_labels_and_forgets_processes() {
         "{health}"
     );
 
-    let summary_a: Value = serde_json::from_str(a.open_and_wait().trim()).expect("A's summary");
+    let summary_a = summary(&a.open_and_wait());
     let summary_b = b.open_and_wait();
     poll_http(node.port, "/metrics", Duration::from_secs(10), "exact counts of A and B", |_, body| {
         counts_of(body, pid_a, &summary_a).is_ok() && counts_of(body, pid_b, &summary_b).is_ok()
@@ -248,7 +174,7 @@ fn node_mode_finds_counts_labels_and_forgets_processes() {
     let c = GatedDemo::start(&demo, &["--events", "10000"]);
     let pid_c = c.pid();
     let found_c = node.found(pid_c, started);
-    let summary_c: Value = serde_json::from_str(c.open_and_wait().trim()).expect("C's summary");
+    let summary_c = summary(&c.open_and_wait());
     poll_http(node.port, "/metrics", Duration::from_secs(10), "exact counts of C", |_, body| {
         counts_of(body, pid_c, &summary_c).is_ok()
     });
@@ -300,8 +226,8 @@ fn two_hundred_attach_and_detach_cycles_exhaust_nothing() {
     let (attached, slots) = daemon.sites();
     assert_eq!((attached, slots), (0, sites), "no site left attached, no slot grown");
     // Detached, the live process's semaphore is down again while the observer still runs.
-    let sem = integration_tests::semaphore_offset(&demo, "ingest");
-    assert_eq!(integration_tests::read_semaphore(pid, &demo, sem), 0, "ingest semaphore left raised");
+    let sem = semaphore_offset(&demo, "ingest");
+    assert_eq!(read_semaphore(pid, &demo, sem), 0, "ingest semaphore left raised");
     assert!(fds() <= before, "descriptors leaked: {before} before, {} after", fds());
     drop(target);
 }
@@ -311,14 +237,14 @@ fn two_hundred_attach_and_detach_cycles_exhaust_nothing() {
 #[test]
 fn an_engine_whose_executable_was_deleted_is_found_by_its_path() {
     let _serial = serial();
-    let scratch = integration_tests::Scratch::new("deleted-exe");
-    let copy = integration_tests::demo_copy(&scratch, "engine");
+    let scratch = Scratch::new("deleted-exe");
+    let copy = demo_copy(&scratch, "engine");
     let demo = GatedDemo::start(&copy, &["--events", "1000"]);
     std::fs::remove_file(&copy).expect("delete the executable");
     let path = copy.to_str().expect("path");
-    let node = Node::start(&["--exe", path]);
+    let node = node(&["--exe", path]);
     node.found(demo.pid(), Instant::now());
-    let summary: Value = serde_json::from_str(demo.open_and_wait().trim()).expect("summary");
+    let summary = summary(&demo.open_and_wait());
     assert_eq!(summary["events"], 1000);
     assert!(node.stop().success());
 }
@@ -330,10 +256,10 @@ fn an_engine_whose_executable_was_deleted_is_found_by_its_path() {
 #[test]
 fn short_lived_engines_leave_nothing_behind() {
     let _serial = serial();
-    let scratch = integration_tests::Scratch::new("churn");
+    let scratch = Scratch::new("churn");
     // A copy of its own, so that no other test's demo is selected.
-    let exe = integration_tests::demo_copy(&scratch, "churn-engine");
-    let node = Node::start(&["--exe", exe.to_str().expect("path"), "--grace-period", "1s", "--scan-interval", "50ms"]);
+    let exe = demo_copy(&scratch, "churn-engine");
+    let node = node(&["--exe", exe.to_str().expect("path"), "--grace-period", "1s", "--scan-interval", "50ms"]);
     let mut children = Vec::new();
     for i in 0..60u64 {
         let events = (5_000 + 3_000 * (i % 10)).to_string();

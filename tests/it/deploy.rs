@@ -5,8 +5,12 @@
 
 use std::process::Command;
 
+use integration_tests::serial;
+
 #[test]
 fn the_manifests_validate_against_the_kubernetes_schema() {
+    // Python validating schemas (installing them on a first run): not beside a timed test.
+    let _serial = serial();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root");
     let out = Command::new("bash")
         .arg(repo.join("deploy/validate.sh"))

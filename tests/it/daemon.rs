@@ -2,37 +2,19 @@
 //! run to the end, then compare every scraped metric with the demo's own summary, exactly.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use integration_tests::{
-    Daemon, GatedDemo, Sample, bin, computed_summary, free_port, parse_metrics, read_semaphore, run, run_ok, value,
+    Daemon, GatedDemo, Sample, Semaphores, assert_one_line_error, bin, bucket_quantile, computed_summary, free_port,
+    metric, metric_sum, parse_metrics, run, run_ok, serial, summary, value,
 };
 use serde_json::Value;
 
 const DEMO: &[&str] = &["--events", "100003", "--streams", "3", "--queries", "4"];
 
-fn summary_of(text: &str) -> Value {
-    serde_json::from_str(text.trim()).expect("summary JSON")
-}
-
+/// A count of the scrape, which must be there.
 fn get(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> u64 {
-    value(samples, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape")) as u64
-}
-
-/// Upper bound (`le`, seconds) of the bucket holding the q-quantile of a scraped histogram.
-fn quantile_le(samples: &[Sample], name: &str, query: &str, q: f64) -> f64 {
-    let mut buckets: Vec<(f64, f64)> = samples
-        .iter()
-        .filter(|s| s.name == format!("{name}_bucket") && s.labels.iter().any(|(k, v)| k == "query_id" && v == query))
-        .map(|s| {
-            let le = s.labels.iter().find(|(k, _)| k == "le").expect("le").1.as_str();
-            (if le == "+Inf" { f64::INFINITY } else { le.parse().expect("le") }, s.value)
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let count = buckets.last().expect("buckets").1;
-    let rank = (q * count).ceil().max(1.0);
-    buckets.iter().find(|(_, c)| *c >= rank).expect("quantile").0
+    metric(samples, name, labels) as u64
 }
 
 /// Whether `expected_ns` lies within a factor of the bucket ending at `le`: above `le / (1.25
@@ -44,14 +26,6 @@ fn within(expected_ns: u64, le_seconds: f64, factor: f64, slack_ns: f64) -> bool
     let (le_ns, e) = (le_seconds * 1e9, expected_ns as f64);
     let lower = if le_ns <= 256.0 { 0.0 } else { le_ns / 1.25 };
     le_ns >= e / factor && lower <= e * factor + slack_ns
-}
-
-/// The tests here each run a target and a daemon; run them one at a time so that latency tails
-/// measure the pipeline, not two cores shared by five tests.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Probes `run` attaches: every probe the metrics are made of, one sampling and one flush
@@ -89,7 +63,7 @@ fn check_exact_with(mode_args: &[&str], observers: usize, attach: Attach) {
     args.extend_from_slice(mode_args);
 
     // Detached reference run.
-    let detached = summary_of(&String::from_utf8(run_ok(Command::new(&demo).args(&args)).stdout).expect("UTF-8"));
+    let detached = summary(&String::from_utf8(run_ok(Command::new(&demo).args(&args)).stdout).expect("UTF-8"));
 
     let target = GatedDemo::start(&demo, &args);
     let pid = target.pid();
@@ -97,11 +71,9 @@ fn check_exact_with(mode_args: &[&str], observers: usize, attach: Attach) {
         Attach::Auto => vec![],
         Attach::Perf => vec![("EVENTFLUX_PROBE_ATTACH", "perf".into())],
     };
-    let mut daemons: Vec<Daemon> = (0..observers).map(|_| Daemon::start_with_env(pid, &[], &env)).collect();
-    for daemon in &mut daemons {
-        let attached_line = daemon.wait_for_log("attached", Duration::from_secs(5));
-        assert!(attached_line.contains(&format!("probes={}", run_probes())), "{attached_line}");
-        let m = parse_metrics(&daemon.scrape());
+    let daemons: Vec<Daemon> = (0..observers).map(|_| Daemon::start_with_env(pid, &[], &env)).collect();
+    for daemon in &daemons {
+        let m = daemon.samples();
         assert_eq!(get(&m, "eventflux_probe_probes_attached", &[]), run_probes() as u64);
         // The kernel's own account of the daemon's links: one uprobe_multi link per program
         // (each probe's sites are in one file here), or one perf link per site.
@@ -118,14 +90,13 @@ fn check_exact_with(mode_args: &[&str], observers: usize, attach: Attach) {
         assert_eq!(links, expected, "{sites} sites");
     }
 
-    // Semaphores are raised by the kernel while attached.
-    let list = run_ok(Command::new(bin("eventflux-probe")).args(["list", "--json", "--binary"]).arg(&demo));
-    let notes: Vec<Value> = serde_json::from_slice(&list.stdout).expect("list JSON");
-    let ingest = notes.iter().find(|n| n["name"] == "ingest").expect("ingest note");
-    let sem_off = ingest["semaphore_offset"].as_u64().expect("semaphore offset");
-    assert!(read_semaphore(pid, &demo, sem_off) >= 1, "the ingest semaphore was not raised");
+    // Semaphores are raised by the kernel while attached: those of every probe `run` attached.
+    let semaphores = Semaphores::of(&demo);
+    let raised = semaphores.raised(pid);
+    assert!(raised.contains("ingest"), "the ingest semaphore was not raised: {raised:?}");
+    assert_eq!(raised.len(), run_probes(), "{raised:?}");
 
-    let attached = summary_of(&target.open_and_wait());
+    let attached = summary(&target.open_and_wait());
     // The target computed exactly what it computes unobserved.
     assert_eq!(
         computed_summary(attached.clone()),
@@ -140,10 +111,9 @@ fn check_exact_with(mode_args: &[&str], observers: usize, attach: Attach) {
 
 /// Every scraped metric of one `run` against the demo's summary (`attached`); latency against
 /// a detached run's own (`detached`).
-fn check_daemon(mut daemon: Daemon, attached: &Value, detached: &Value, async_mode: bool, one_event_chunks: bool) {
-    // The target has exited: `run` serves its final values. Let the collector's cache expire.
-    daemon.wait_for_log("target exited", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(200));
+fn check_daemon(daemon: Daemon, attached: &Value, detached: &Value, async_mode: bool, one_event_chunks: bool) {
+    // The target has exited: `run` serves its final values.
+    daemon.wait_target_gone(Duration::from_secs(10));
     let text = daemon.scrape();
     let m = parse_metrics(&text);
 
@@ -194,7 +164,7 @@ fn check_daemon(mut daemon: Daemon, attached: &Value, detached: &Value, async_mo
         // bounds over 10^5 batches; a few hundred samples here must not flake). Batches of one
         // event take ~200 ns, where what the stage timing leaves uncorrected (about 0.4 µs,
         // BENCHMARKS.md) dominates: there 2x of the detached p50 plus 0.5 µs.
-        let le = quantile_le(&m, "query_latency_seconds", name, 0.5);
+        let le = bucket_quantile(&m, "query_latency_seconds", &id, 0.5).expect("latency buckets");
         let own = detached["queries"][name.as_str()]["p50_ns"].as_u64().expect("p50");
         let slack_ns = if one_event_chunks { 500.0 } else { 0.0 };
         assert!(
@@ -290,6 +260,12 @@ fn chunks_of_one_event_count_exactly() {
     check_exact(&["--batch", "1"], 1);
 }
 
+/// What the engine `pid` running `demo` is asked for, of one kind of control level
+/// (`ctl_flush_`, `ctl_samples_`): the levels whose semaphores the observers raised.
+fn asked(demo: &std::path::Path, pid: u32, kind: &str) -> Vec<String> {
+    Semaphores::of(demo).raised(pid).into_iter().filter(|p| p.starts_with(kind)).collect()
+}
+
 /// An engine that went idle still hands over its counts within the flush interval: the demo
 /// stops producing and holds its queries open; the counters become exact while it idles.
 #[test]
@@ -297,15 +273,15 @@ fn idle_engine_counts_arrive_within_the_flush_interval() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
     let args = ["--events", "200003", "--streams", "2", "--queries", "3", "--batch", "64"];
-    let reference = summary_of(&String::from_utf8(run_ok(Command::new(&demo).args(args)).stdout).expect("UTF-8"));
+    let reference = summary(&String::from_utf8(run_ok(Command::new(&demo).args(args)).stdout).expect("UTF-8"));
     let mut held = args.to_vec();
     held.extend(["--hold", "6"]);
     let target = GatedDemo::start(&demo, &held);
-    let mut daemon = Daemon::start_with(target.pid(), &["--flush-interval", "100ms"]);
-    daemon.wait_for_log("every 100 ms", Duration::from_secs(5));
+    let daemon = Daemon::start_with(target.pid(), &["--flush-interval", "100ms"]);
+    assert_eq!(asked(&demo, target.pid(), "ctl_flush_"), ["ctl_flush_100ms"], "counts every 100 ms");
     let mut target = target.open();
-    target.wait_for_stderr("idle for", Duration::from_secs(60));
-    let idle_since = Instant::now();
+    // Every event produced, the demo holds its queries open, asleep.
+    let idle_since = target.wait_holding(Duration::from_secs(1), Duration::from_secs(60));
 
     let processed = |m: &[Sample]| -> Vec<u64> {
         reference["queries"]
@@ -326,7 +302,7 @@ fn idle_engine_counts_arrive_within_the_flush_interval() {
         .collect();
     let mut last = Vec::new();
     while idle_since.elapsed() < Duration::from_secs(4) {
-        let m = parse_metrics(&daemon.scrape());
+        let m = daemon.samples();
         last = processed(&m);
         if last == want {
             // Still idle, queries still registered: the flusher, not the stop, delivered them.
@@ -350,12 +326,11 @@ fn sampling_stays_within_the_budget_at_the_highest_rate() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
     let target = GatedDemo::start(&demo, &["--events", "3000000", "--batch", "1", "--linger", "2"]);
-    let mut daemon = Daemon::start_with(target.pid(), &["--sample-rate", "256"]);
-    daemon.wait_for_log("256 sampled batches/s", Duration::from_secs(5));
-    let summary = summary_of(&target.open_and_wait());
-    daemon.wait_for_log("target exited", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_millis(200));
-    let m = parse_metrics(&daemon.scrape());
+    let daemon = Daemon::start_with(target.pid(), &["--sample-rate", "256"]);
+    assert_eq!(asked(&demo, target.pid(), "ctl_samples_"), ["ctl_samples_256"], "256 sampled batches/s");
+    let summary = summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let m = daemon.samples();
     let elapsed = summary["elapsed_s"].as_f64().expect("elapsed");
     let queries = summary["queries"].as_object().expect("queries");
     let sampled: u64 =
@@ -370,7 +345,7 @@ fn sampling_stays_within_the_budget_at_the_highest_rate() {
         "{batches} batches, {sampled} sampled: the rate was high enough to test the budget"
     );
     // Kernel program runs per second: a few per sampled batch, a handful of flushes.
-    let runs: u64 = m.iter().filter(|s| s.name == "eventflux_probe_program_runs_total").map(|s| s.value as u64).sum();
+    let runs = metric_sum(&m, "eventflux_probe_program_runs_total") as u64;
     let run_budget = budget * 6.0 + 40.0 * (elapsed + 4.0);
     assert!((runs as f64) <= run_budget, "{runs} program runs in {elapsed:.2} s, budget {run_budget}");
 }
@@ -383,38 +358,23 @@ fn sigterm_detaches_and_the_target_goes_on() {
     let target = GatedDemo::start(&demo, DEMO);
     let pid = target.pid();
     let daemon = Daemon::start(pid);
-    let list = run_ok(Command::new(bin("eventflux-probe")).args(["list", "--json", "--binary"]).arg(&demo));
-    let notes: Vec<Value> = serde_json::from_slice(&list.stdout).expect("list JSON");
+    let semaphores = Semaphores::of(&demo);
     // Every probe the metrics are made of is attached; of the control probes only run's two
     // levels; the trace probes (span trees, only with OTLP export) not.
     let trace_only: Vec<&str> =
         eventflux_probe::bpf::TRACE_PROBES.iter().map(|&p| eventflux_probe_common::PROBES[p as usize].name).collect();
-    let data =
-        |n: &&Value| !n["name"].as_str().is_some_and(|name| name.starts_with("ctl_") || trace_only.contains(&name));
-    let sems: Vec<u64> = notes.iter().filter(data).filter_map(|n| n["semaphore_offset"].as_u64()).collect();
-    assert!(sems.iter().all(|&s| read_semaphore(pid, &demo, s) >= 1));
-    let controls: Vec<u64> = notes
-        .iter()
-        .filter(|n| n["name"].as_str().is_some_and(|name| name.starts_with("ctl_")))
-        .filter(|n| read_semaphore(pid, &demo, n["semaphore_offset"].as_u64().expect("semaphore")) > 0)
-        .map(|n| n["semaphore_offset"].as_u64().expect("semaphore"))
-        .collect();
-    assert_eq!(controls.len(), 2, "run raises one sampling and one flush level");
-    let sems: Vec<u64> = sems.into_iter().chain(controls).collect();
+    let data: Vec<&str> = semaphores.probes().filter(|p| !p.starts_with("ctl_") && !trace_only.contains(p)).collect();
+    let raised = semaphores.raised(pid);
+    assert!(data.iter().all(|p| raised.contains(*p)), "{data:?} not all raised: {raised:?}");
+    assert!(trace_only.iter().all(|p| !raised.contains(*p)), "{raised:?}");
+    let controls = raised.iter().filter(|p| p.starts_with("ctl_")).count();
+    assert_eq!(controls, 2, "run raises one sampling and one flush level: {raised:?}");
     let status = daemon.stop();
     assert!(status.success(), "{status}");
-    assert!(sems.iter().all(|&s| read_semaphore(pid, &demo, s) == 0), "semaphores left raised after detach");
-    let summary = summary_of(&target.open_and_wait());
+    let left = semaphores.raised(pid);
+    assert!(left.is_empty(), "semaphores left raised after detach: {left:?}");
+    let summary = summary(&target.open_and_wait());
     assert_eq!(summary["events"], 100_003);
-}
-
-fn assert_one_line_error(out: &std::process::Output, expect: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "should fail: {err}");
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "one line expected: {err}");
-    assert!(lines[0].starts_with("eventflux-probe: error: "), "{err}");
-    assert!(lines[0].contains(expect), "{err:?} should say {expect:?}");
 }
 
 #[test]
@@ -424,12 +384,12 @@ fn bad_targets_and_ports_are_one_clear_line() {
     let mut gone = Command::new("true").spawn().expect("spawn");
     let dead = gone.id().to_string();
     gone.wait().expect("wait");
-    assert_one_line_error(&run(Command::new(&probe).args(["run", "--pid", &dead])), "no process with pid");
-    assert_one_line_error(&run(Command::new(&probe).args(["latency", "--pid", &dead])), "no process with pid");
+    assert_one_line_error(&run(Command::new(&probe).args(["run", "--pid", &dead])), &["no process with pid"]);
+    assert_one_line_error(&run(Command::new(&probe).args(["latency", "--pid", &dead])), &["no process with pid"]);
 
     let mut sleeper = Command::new("sleep").arg("30").spawn().expect("sleep");
     let pid = sleeper.id().to_string();
-    assert_one_line_error(&run(Command::new(&probe).args(["run", "--pid", &pid])), "has no eventflux USDT probes");
+    assert_one_line_error(&run(Command::new(&probe).args(["run", "--pid", &pid])), &["has no eventflux USDT probes"]);
     let _ = sleeper.kill();
     let _ = sleeper.wait();
 
@@ -438,21 +398,24 @@ fn bad_targets_and_ports_are_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
     let out = run(Command::new(&probe).args(["run", "--pid", &target.pid().to_string(), "--listen", &addr]));
-    assert_one_line_error(&out, "address already in use");
+    assert_one_line_error(&out, &["address already in use"]);
 
     // Without the capabilities eBPF needs (root, but CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN dropped).
     let port = free_port();
     let cmd = format!("exec {} run --pid {} --listen 127.0.0.1:{port}", probe.display(), target.pid());
     let out = run(Command::new("capsh").args(["--drop=cap_bpf,cap_perfmon,cap_sys_admin", "--", "-c", &cmd]));
-    assert_one_line_error(&out, "missing CAP_BPF, CAP_PERFMON");
+    assert_one_line_error(&out, &["missing CAP_BPF, CAP_PERFMON"]);
 
     let out = run(Command::new(&probe)
         .args(["run", "--pid", &target.pid().to_string()])
         .env("EVENTFLUX_PROBE_ATTACH", "fast"));
-    assert_one_line_error(&out, "environment variable EVENTFLUX_PROBE_ATTACH: `fast` is not one of auto, multi, perf");
+    assert_one_line_error(
+        &out,
+        &["environment variable EVENTFLUX_PROBE_ATTACH: `fast` is not one of auto, multi, perf"],
+    );
 
     let out = run(Command::new(&probe).args(["latency", "--pid", &target.pid().to_string(), "--stage", "sort"]));
-    assert_one_line_error(&out, "unknown stage `sort`");
+    assert_one_line_error(&out, &["unknown stage `sort`"]);
     let out = run(Command::new(&probe).args(["latency", "--pid", &target.pid().to_string(), "--duration", "soon"]));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a duration"));
@@ -472,13 +435,20 @@ fn latency_reports_one_span_per_batch() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start latency");
-    // It says when it has attached.
-    let mut stderr = std::io::BufReader::new(latency.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).expect("read");
-    assert!(line.starts_with("Attached 6 probes"), "{line}");
-    assert!(line.contains("every batch sampled"), "{line}");
-    let summary = summary_of(&target.open_and_wait());
+    // Attached: the registrations, `batch_sample` and two levels, the one that samples every
+    // batch and the default flush level; nothing else.
+    let raised =
+        Semaphores::of(&demo).wait_raised(target.pid(), &mut latency, Duration::from_secs(30), |r| r.len() >= 6);
+    let want = [
+        "batch_sample",
+        "ctl_flush_1000ms",
+        "ctl_samples_all",
+        "query_register",
+        "query_unregister",
+        "stream_register",
+    ];
+    assert_eq!(raised, want.map(String::from).into(), "the 6 probes of `latency --stage batch --every-batch`");
+    let summary = summary(&target.open_and_wait());
     let out = latency.wait_with_output().expect("latency");
     assert!(out.status.success());
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).expect("latency JSON");

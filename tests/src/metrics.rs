@@ -1,0 +1,129 @@
+//! The Prometheus text exposition of `/metrics`: its samples, one by name and labels, and the
+//! demo's own summary held against them.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+/// Parses the samples of a Prometheus text exposition (comments skipped).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => {
+                let inner = rest.strip_suffix('}').expect("closing brace");
+                let labels = inner
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once("=\"").expect("label");
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (n.to_owned(), labels)
+            }
+            None => (series.to_owned(), Vec::new()),
+        };
+        out.push(Sample { name, labels, value });
+    }
+    out
+}
+
+impl Sample {
+    /// Whether this sample's labels include `labels`.
+    pub fn has(&self, labels: &[(&str, &str)]) -> bool {
+        labels.iter().all(|(k, v)| self.labels.iter().any(|(a, b)| a == k && b == v))
+    }
+}
+
+/// The value of the one sample named `name` whose labels include `labels`.
+pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let found: Vec<&Sample> = samples.iter().filter(|s| s.name == name && s.has(labels)).collect();
+    assert!(found.len() <= 1, "{name} {labels:?} matches {} samples", found.len());
+    found.first().map(|s| s.value)
+}
+
+/// Like [`value`], and the sample must be there.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    value(samples, name, labels).unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape"))
+}
+
+/// Every sample named `name` added up (a counter over all its label sets).
+pub fn metric_sum(samples: &[Sample], name: &str) -> f64 {
+    samples.iter().filter(|s| s.name == name).map(|s| s.value).sum()
+}
+
+/// The upper bound (`le`, seconds) of the bucket that holds the `q`-quantile of histogram
+/// `name` among its series with `labels`; `None` without buckets.
+pub fn bucket_quantile(samples: &[Sample], name: &str, labels: &[(&str, &str)], q: f64) -> Option<f64> {
+    let bucket = format!("{name}_bucket");
+    let mut buckets: Vec<(f64, f64)> = samples
+        .iter()
+        .filter(|s| s.name == bucket && s.has(labels))
+        .map(|s| {
+            let le = s.labels.iter().find(|(k, _)| k == "le").expect("le").1.as_str();
+            (if le == "+Inf" { f64::INFINITY } else { le.parse().expect("le") }, s.value)
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let count = buckets.last()?.1;
+    let rank = (q * count).ceil().max(1.0);
+    buckets.iter().find(|(_, c)| *c >= rank).map(|(le, _)| *le)
+}
+
+/// Scrapes `/metrics` on `port` until `pred` holds on its samples; returns them, or fails the
+/// test after `limit`.
+pub fn poll_metrics(port: u16, limit: Duration, what: &str, pred: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    let (_, body) =
+        crate::poll_http(port, "/metrics", limit, what, |status, body| status == 200 && pred(&parse_metrics(body)));
+    parse_metrics(&body)
+}
+
+/// Whether every count of the demo's `summary` equals the scrape's, among the samples that
+/// carry `labels` too (node mode's `pid`): per query the events processed and emitted, the
+/// batches and the errors; per stream the events received. `Err` says the first that differs.
+pub fn counts_match(samples: &[Sample], summary: &Value, labels: &[(&str, &str)]) -> Result<(), String> {
+    fn with<'a>(labels: &[(&'a str, &'a str)], more: [(&'a str, &'a str); 1]) -> Vec<(&'a str, &'a str)> {
+        labels.iter().copied().chain(more).collect()
+    }
+    for (name, q) in summary["queries"].as_object().ok_or("no queries in the summary")? {
+        let l = with(labels, [("query_id", name)]);
+        let got = (
+            value(samples, "query_events_processed_total", &l),
+            value(samples, "query_events_emitted_total", &l).unwrap_or(0.0),
+            value(samples, "query_batches_total", &l),
+            value(samples, "query_execution_errors_total", &l).unwrap_or(0.0),
+        );
+        let want = (
+            q["processed"].as_f64(),
+            q["emitted"].as_f64().unwrap_or(-1.0),
+            q["batches"].as_f64(),
+            q["errors"].as_f64(),
+        );
+        if (got.0, got.1, got.2, Some(got.3)) != want {
+            return Err(format!(
+                "{labels:?} {name}: (processed, emitted, batches, errors) {got:?}, summary {want:?}: {q}"
+            ));
+        }
+    }
+    for (name, s) in summary["streams"].as_object().ok_or("no streams in the summary")? {
+        let got = value(samples, "stream_events_received_total", &with(labels, [("stream_name", name)])).unwrap_or(0.0);
+        if got != s["received"].as_f64().unwrap_or(-1.0) {
+            return Err(format!("{labels:?} {name}: received {got}, summary {s}"));
+        }
+    }
+    Ok(())
+}
