@@ -25,11 +25,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use eventflux_probe::bpf::Kernel;
-use eventflux_probe::collector::Snapshot;
 use eventflux_probe::export::prometheus::{Options, encode};
+use eventflux_probe::find::usdt;
+use eventflux_probe::kernel::Kernel;
 use eventflux_probe::model::Model;
-use eventflux_probe::usdt;
+use eventflux_probe::model::snapshot::Snapshot;
 use eventflux_probe_common::{CounterKey, counter, probe};
 use integration_tests::otlp::Receiver;
 use integration_tests::{
@@ -128,7 +128,7 @@ fn bench_attach() -> Result<()> {
         let binaries = usdt::probes_in_process(target.pid(), &mut warnings)?;
         let mut probes: Vec<u32> =
             data_probes().filter_map(|n| probe::NAMES.iter().position(|p| *p == n)).map(|i| i as u32).collect();
-        probes.extend(eventflux_probe::budget::Budget::run_default().control_probes());
+        probes.extend(eventflux_probe::kernel::budget::Budget::run_default().control_probes());
         let mut kernel = Kernel::load(&probes)?;
         let report = kernel.attach_process(target.pid(), &binaries)?;
         total.push(started.elapsed().as_secs_f64() * 1e3);
@@ -165,7 +165,9 @@ struct Observed {
 
 /// What `run` attaches to besides its two levels.
 fn data_probes() -> impl Iterator<Item = &'static str> {
-    eventflux_probe::bpf::metric_probes().into_iter().map(|id| eventflux_probe_common::PROBES[id as usize].name)
+    eventflux_probe::kernel::probes::metric_probes()
+        .into_iter()
+        .map(|id| eventflux_probe_common::PROBES[id as usize].name)
 }
 
 /// One demo run with `args` under `watcher`.

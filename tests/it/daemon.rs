@@ -31,7 +31,7 @@ fn within(expected_ns: u64, le_seconds: f64, factor: f64, slack_ns: f64) -> bool
 /// Probes `run` attaches: every probe the metrics are made of, one sampling and one flush
 /// level, and (CPU attribution is on by default) the CPU slot probe.
 fn run_probes() -> usize {
-    eventflux_probe::bpf::metric_probes().len() + 2 + eventflux_probe::bpf::CPU_PROBES.len()
+    eventflux_probe::kernel::probes::metric_probes().len() + 2 + eventflux_probe::kernel::probes::CPU_PROBES.len()
 }
 
 /// Runs the demo with `mode_args` (after DEMO's) under `observers` `run`s attached before its
@@ -361,8 +361,10 @@ fn sigterm_detaches_and_the_target_goes_on() {
     let semaphores = Semaphores::of(&demo);
     // Every probe the metrics are made of is attached; of the control probes only run's two
     // levels; the trace probes (span trees, only with OTLP export) not.
-    let trace_only: Vec<&str> =
-        eventflux_probe::bpf::TRACE_PROBES.iter().map(|&p| eventflux_probe_common::PROBES[p as usize].name).collect();
+    let trace_only: Vec<&str> = eventflux_probe::kernel::probes::TRACE_PROBES
+        .iter()
+        .map(|&p| eventflux_probe_common::PROBES[p as usize].name)
+        .collect();
     let data: Vec<&str> = semaphores.probes().filter(|p| !p.starts_with("ctl_") && !trace_only.contains(p)).collect();
     let raised = semaphores.raised(pid);
     assert!(data.iter().all(|p| raised.contains(*p)), "{data:?} not all raised: {raised:?}");

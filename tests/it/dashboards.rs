@@ -1,5 +1,5 @@
 //! The Grafana dashboards and Prometheus alert rules in `dashboards/`, against the exporter's
-//! metric list (`eventflux_probe::metrics::ALL`), promtool, and a real Prometheus scraping `run`
+//! metric list (`eventflux_probe::export::metrics::ALL`), promtool, and a real Prometheus scraping `run`
 //! attached to the demo.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use eventflux_probe::metrics::{self, Metric};
+use eventflux_probe::export::metrics::{self, Metric};
 use integration_tests::otlp::Receiver;
 use integration_tests::{Daemon, GatedDemo, Scratch, bin, free_port, http_status, run_ok, serial};
 use serde_json::{Value, json};

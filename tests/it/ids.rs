@@ -3,7 +3,8 @@
 //! reader. Argument positions need no test here: the programs read them by name through the
 //! table's `Args`.
 
-use eventflux_probe::bpf::{CPU_PROBES, Kernel, TRACE_PROBES, metric_probes};
+use eventflux_probe::kernel::Kernel;
+use eventflux_probe::kernel::probes::{CPU_PROBES, TRACE_PROBES, metric_probes};
 use eventflux_probe_common::{Class, PROBES, probe};
 use integration_tests::serial;
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use eventflux_probe::daemon::Daemon;
+use eventflux_probe::serve::daemon::Daemon;
 use eventflux_probe_common::probe;
 use integration_tests::{
     GatedDemo, NodeObserver, Scratch, bin, counts_match, demo_copy, parse_metrics, poll_http, read_semaphore,

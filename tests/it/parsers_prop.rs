@@ -1,8 +1,8 @@
 //! Property tests over the note and argument-spec parsers: whatever the bytes, they return a
 //! value or an error, never panic; and every spec they print parses back to itself.
 
-use eventflux_probe::usdt::argspec::{self, ArgSpec, Gpr, Location, Register};
-use eventflux_probe::usdt::notes;
+use eventflux_probe::find::usdt::argspec::{self, ArgSpec, Gpr, Location, Register};
+use eventflux_probe::find::usdt::notes;
 use proptest::prelude::*;
 
 /// This test binary itself carries stapsdt notes (it links usdt-markers and fires a probe).

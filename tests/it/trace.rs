@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use eventflux_probe::bpf::TRACE_PROBES;
+use eventflux_probe::kernel::probes::TRACE_PROBES;
 use eventflux_probe_common::PROBES;
 use integration_tests::{GatedDemo, Semaphores, assert_final_error, bin, serial, summary, wait_with_deadline};
 use serde_json::Value;
