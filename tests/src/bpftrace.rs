@@ -2,7 +2,7 @@
 //! work on our probes. It has no endpoint and raises no semaphore for its `profile` probes, so
 //! it is the one program waited for until it says it is attaching.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -41,11 +41,7 @@ impl Bpftrace {
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         let tx2 = tx.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        crate::procs::forward_lines(stdout, tx);
         let mut stderr = child.stderr.take().expect("stderr");
         thread::spawn(move || {
             let mut text = String::new();

@@ -4,7 +4,6 @@
 //! and, for what has no endpoint, its JSON log (`--log-format json`: one object per line, its
 //! `message` the event's stable name, its `fields` the event's values).
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -54,11 +53,7 @@ impl Daemon {
             .expect("start eventflux-probe run");
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().expect("stderr");
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        crate::procs::forward_lines(stderr, tx);
         let mut d = Daemon { child, port, stderr: rx, log: Vec::new() };
         d.wait_until_live(Duration::from_secs(60));
         d

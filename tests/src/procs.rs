@@ -7,6 +7,18 @@ use std::process::Child;
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// Sends each line `output` (a child's stdout or stderr) writes to `tx`, from a thread of its
+/// own, until the child closes it: a test reads them without ever blocking on the pipe, and
+/// the child never blocks on a full pipe (lines go on being read when nobody listens).
+pub fn forward_lines(output: impl std::io::Read + Send + 'static, tx: std::sync::mpsc::Sender<String>) {
+    use std::io::BufRead;
+    thread::spawn(move || {
+        for line in std::io::BufReader::new(output).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+}
+
 /// Waits for a child with a deadline; kills it and fails the test past the deadline.
 pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
