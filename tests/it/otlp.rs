@@ -301,6 +301,13 @@ fn two_nodes_yield_connected_traces() {
     assert_eq!(count(pid_a, &spans), want_a, "one trace per batch of node A");
     assert_eq!(count(pid_b, &spans), want_b, "one trace per batch of node B");
     let by_id: BTreeMap<&[u8], &Received> = spans.iter().map(|s| (s.span.span_id.as_slice(), s)).collect();
+    // What B's observer lost, should a tree come out incomplete.
+    let drops_b: Vec<String> = observer_b
+        .samples()
+        .iter()
+        .filter(|s| s.name == "eventflux_probe_dropped_events_total" && s.value > 0.0)
+        .map(|s| format!("{:?} {}", s.labels, s.value))
+        .collect();
     for root in roots(&spans) {
         let span = &root.span;
         if pid_of(root) == Some(pid_a) {
@@ -318,7 +325,7 @@ fn two_nodes_yield_connected_traces() {
         assert!(span.start_time_unix_nano >= parent.span.start_time_unix_nano, "B's batch before A sent it");
         // Within B's trace, B's stages hang under B's root.
         let children = spans.iter().filter(|s| s.span.parent_span_id == span.span_id).count();
-        assert!(children >= 1, "B's root has its stage spans");
+        assert!(children >= 1, "B's root has its stage spans: {:?}; B's observer dropped {drops_b:?}", root.span);
     }
     for observer in [observer_a, observer_b] {
         let m = observer.samples();
