@@ -2,7 +2,7 @@
 //! standard, one object per line:
 //!
 //! ```json
-//! {"timestamp":"2025-10-11T10:30:45.123Z","level":"INFO","target":"eventflux_probe::serve::daemon","message":"attached","fields":{"pid":1234,"probes":22},"span":{"name":"target","id":"1"}}
+//! {"timestamp":"2025-10-11T10:30:45.123Z","level":"INFO","target":"eventflux_probe::serve::run","message":"attached","fields":{"pid":1234,"probes":22},"span":{"name":"target","id":"1"}}
 //! ```
 //!
 //! `fields` holds the event's fields but `message`, typed, then those of its spans that the
