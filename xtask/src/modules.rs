@@ -5,8 +5,9 @@
 //! The model: a module is a file (`a/b.rs` is `a::b`, `a/mod.rs` is `a`; a module written
 //! inline in a file is part of that file). A file depends on another when its code (comments
 //! left out, so intra-doc links do not count) names a path into it: `crate::a::b::Item`,
-//! `super::…`, or for a `mod.rs` a child by its name. Re-exports (`pub use`) are a module's
-//! facade and do not count, nor do paths to `#[macro_export]` macros (they sit at the root). A path resolves to the deepest module it
+//! `super::…`, or for a `mod.rs` a child by its name. The crate root's re-exports (`pub use`)
+//! are its facade and do not count, nor do paths to `#[macro_export]` macros (they sit at the
+//! root). A path resolves to the deepest module it
 //! names, so `crate::kernel::Kernel` is a use of `kernel` (its `mod.rs`). Two checks:
 //! - files: no cycle at all, in any crate;
 //! - stages (the top-level modules of the observer: `find`, `kernel`, …): no cycle either, so
@@ -66,12 +67,17 @@ fn graph(src: &Path) -> Result<Graph> {
         let me = module_of(file);
         let is_dir_module = file.file_stem().is_some_and(|s| s == "mod" || s == "lib" || s == "main");
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-        // Re-exports (`pub use`) are the module's facade, not a use of what they name; a
-        // `#[macro_export]` macro sits at the crate root wherever it is written, so a path to
-        // one (`crate::name!`) names no module.
+        // The crate root's re-exports (`pub use`) are the crate's facade, not a use of what they
+        // name (a path through the facade, `crate::Item`, resolves to the root: counting both
+        // would make every re-exported module a circle with the root). A `#[macro_export]`
+        // macro sits at the root wherever it is written, so a path to one (`crate::name!`)
+        // names no module.
+        let is_root = me.is_empty();
         let code: String = strip_comments(&text)
             .lines()
-            .filter(|l| !l.trim_start().starts_with("pub use ") && !l.trim_start().starts_with("pub(crate) use "))
+            .filter(|l| {
+                !(is_root && (l.trim_start().starts_with("pub use ") || l.trim_start().starts_with("pub(crate) use ")))
+            })
             .collect::<Vec<_>>()
             .join("\n");
         let mut uses = BTreeSet::new();
