@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::Serialize;
 
-use super::daemon::Daemon;
-use super::service::{Every, Heartbeat, Signals, TICK, bind};
+use super::daemon::{Daemon, TICK};
+use super::service::{Every, Heartbeat, Signals, bind};
 use crate::export::health::{self, History, Status, Thresholds, Totals};
 use crate::export::prometheus::Options as PromOptions;
 use crate::find;
@@ -469,11 +469,7 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
 
     signals.at_least(1).await;
     node.stopping.store(true, Ordering::Relaxed);
-    tracing::info!(drain_s = node.options.drain.as_secs_f64(), "stopping: not ready, draining");
-    tokio::select! {
-        () = tokio::time::sleep(node.options.drain) => {}
-        () = signals.at_least(2) => tracing::info!("second signal: cutting the drain short"),
-    }
+    signals.drain(node.options.drain).await;
     background.abort();
     let n = Arc::clone(&node);
     let _ = tokio::task::spawn_blocking(move || n.daemon.detach_all()).await;

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 
-use super::daemon::{Attached, Daemon};
-use super::service::{Every, Heartbeat, Signals, TICK, bind};
+use super::daemon::{Attached, Daemon, TICK};
+use super::service::{Every, Heartbeat, Signals, bind};
 use crate::export::health::{self, History, Thresholds, Totals};
 use crate::export::prometheus::Options as PromOptions;
 use crate::find::target::{State, Target};
@@ -547,11 +547,7 @@ async fn drain(shared: &Arc<RunService>, signals: &Signals) -> Result<()> {
         p => Box::new(p),
     };
     shared.set_phase(Phase::Draining { previous });
-    tracing::info!(drain_s = shared.options.drain.as_secs_f64(), "stopping: not ready, draining");
-    tokio::select! {
-        () = tokio::time::sleep(shared.options.drain) => {}
-        () = signals.at_least(2) => tracing::info!("second signal: cutting the drain short"),
-    }
+    signals.drain(shared.options.drain).await;
     detach(shared).await;
     Ok(())
 }

@@ -10,7 +10,6 @@ use anyhow::{Result, anyhow};
 use tokio::net::TcpListener;
 
 use super::daemon::Daemon;
-pub(crate) use super::daemon::TICK;
 use crate::kernel::budget::Budget;
 
 /// `/live` fails when the background loop has not turned for this long.
@@ -150,5 +149,16 @@ impl Signals {
     pub(crate) async fn at_least(&self, n: u32) {
         let mut rx = self.count.clone();
         let _ = rx.wait_for(|c| *c >= n).await;
+    }
+
+    /// The drain after the first signal: the service keeps serving, not ready, for `period`
+    /// (so a load balancer sees `/ready` fail before the endpoints go), or until a second
+    /// signal asks for haste.
+    pub(crate) async fn drain(&self, period: Duration) {
+        tracing::info!(drain_s = period.as_secs_f64(), "stopping: not ready, draining");
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            () = self.at_least(2) => tracing::info!("second signal: cutting the drain short"),
+        }
     }
 }
