@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::semaphore::Semaphore;
 
 /// Most key arguments of a count or gauge probe (checked by a test of the ABI table).
 pub const MAX_KEYS: usize = 4;
@@ -30,8 +29,6 @@ pub struct ProbeInfo {
     pub gauge: bool,
     /// Amounts or values per series.
     pub values: usize,
-    /// The probe's semaphore.
-    pub semaphore: &'static Semaphore,
     /// Fires the probe's site for one series.
     pub fire: fn(&[u32; MAX_KEYS], &[u64; MAX_VALUES]),
 }

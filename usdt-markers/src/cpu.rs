@@ -14,7 +14,7 @@
 //! attributed, not only the sampled ones.
 //!
 //! Costs: detached, a semaphore test per batch and per stage. Attached, a thread-local load and
-//! store at each boundary (and at a batch's, a check of the generation below); a thread's
+//! store at each boundary (and at a batch's, a check of the flusher's generation); a thread's
 //! announcement is one trap per generation.
 //!
 //! When a thread announces: the flusher thread (`flusher.rs`) watches the `cpu_slot` semaphore,
@@ -35,7 +35,7 @@ use std::sync::atomic::Ordering;
 use eventflux_abi::Stage;
 
 use crate::flusher::GENERATION;
-use crate::probes::cpu_slot;
+use crate::points::cpu_slot;
 
 /// A boundary that did not write the slot (detached): nothing to restore.
 pub(crate) const UNSET: u64 = u64::MAX;

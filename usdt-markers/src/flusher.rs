@@ -3,7 +3,8 @@
 //! [`crate::cells`]), and whenever a semaphore moved it also replays registrations to observers
 //! that arrived ([`crate::registry`]) and starts a generation of CPU-slot announcements
 //! ([`crate::cpu`]). It is started by the handles, spans and CPU slots that need it, so it
-//! imports none of them: only what it reads.
+//! imports none of them: only what it reads. It also holds [`unregister_query`], which must
+//! flush the query's counts before its registration goes.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once};
@@ -118,7 +119,7 @@ pub fn flush() {
         // counts from its own attach.
         if fire && now != 0 {
             #[cfg(test)]
-            FIRED.lock().unwrap_or_else(|e| e.into_inner()).push((s.probe.id, s.keys, values));
+            lock(&FIRED).push((s.probe.id, s.keys, values));
             (s.probe.fire)(&s.keys, &values);
         }
     }
@@ -206,7 +207,7 @@ static SEEN: Mutex<Seen> = Mutex::new(Seen { count: 0, changed: None, started: N
 /// a semaphore moved).
 fn sync_cpu_slot() {
     let now = cpu_slot::SEMAPHORE.count();
-    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut seen = lock(&SEEN);
     if now != seen.count {
         seen.count = now;
         seen.changed = Some(Instant::now());
@@ -228,7 +229,7 @@ fn sync_cpu_slot() {
 
 /// Whether [`sync_cpu_slot`] has a change to settle.
 fn cpu_slot_pending() -> bool {
-    let seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    let seen = lock(&SEEN);
     seen.changed.is_some() || seen.count != cpu_slot::SEMAPHORE.count()
 }
 

@@ -36,17 +36,9 @@
 //!
 //! Build without the default `enabled` feature and every marker compiles to nothing.
 //!
-//! Modules, each using only those listed after it (no cycle; the flusher is started by the
-//! modules above it, and reads only those below):
-//! - `trace` → `span`, `traceparent`
-//! - `span` → `cpu`, `probes`, `flusher`, `levels`, `traceparent`
-//! - `cpu` → `probes`, `flusher`
-//! - `probes` → `accum`, `cells`, `points` (its tests also `flusher`, `semaphore`)
-//! - `accum` → `flusher`, `cells`, `levels`
-//! - `flusher` → `registry`, `levels`, `cells`, `points`, `semaphore`
-//! - `registry` → `points`, `semaphore`; `levels` → `points`
-//! - `points` → `semaphore`; `cells` → `semaphore`
-//! - `semaphore`, `traceparent`, `site` (the `asm!` macros): none
+//! The modules import each other in one direction: the flusher is started by the modules above
+//! it and reads only those below it (`points`, `cells`, `levels`, `registry`, `semaphore`).
+//! `cargo xtask modules` prints the graph and fails on a cycle.
 
 #![warn(missing_docs)]
 

@@ -29,8 +29,7 @@ macro_rules! define_points {
         $(
             #[allow(non_snake_case)]
             pub mod $name {
-                #[allow(unused_imports)]
-                use super::*;
+                use crate::semaphore::Semaphore;
 
                 /// Index in the ABI table.
                 pub const ID: u32 = eventflux_abi::probe::$name::ID;

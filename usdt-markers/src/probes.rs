@@ -63,7 +63,6 @@ macro_rules! class_api {
             id: ID,
             gauge: matches!(CLASS, eventflux_abi::Class::Gauge),
             values: { let values: &[&str] = &[$(stringify!($val)),*]; values.len() },
-            semaphore: &SEMAPHORE,
             fire: fire_series,
         };
 

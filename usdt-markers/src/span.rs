@@ -785,7 +785,7 @@ mod tests {
         use eventflux_abi::slot::{Where, decode};
 
         use crate::cpu::current;
-        use crate::probes::cpu_slot;
+        use crate::points::cpu_slot;
 
         // The only test that raises this semaphore; the slot is per thread.
         assert_eq!(decode(current()), Where::None);
