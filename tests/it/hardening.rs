@@ -113,13 +113,13 @@ fn latency_stops_when_the_target_exits() {
     let demo = bin("eventflux-demo");
     let target = GatedDemo::start(&demo, &["--events", "100000", "--rate", "100000"]);
     let started = Instant::now();
-    let latency = Command::new(bin("eventflux-probe"))
+    let mut latency = Command::new(bin("eventflux-probe"))
         .args(["latency", "--pid", &target.pid().to_string(), "--duration", "60s", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start latency");
-    std::thread::sleep(Duration::from_millis(500));
+    Semaphores::of(&demo).wait_attached(target.pid(), &mut latency, Duration::from_secs(30), &["query_register"]);
     target.open_and_wait();
     let out = latency.wait_with_output().expect("latency");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -267,13 +267,13 @@ fn an_unknown_query_is_an_error_naming_the_known_ones() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
     let target = GatedDemo::start(&demo, &["--events", "400000", "--rate", "200000"]);
-    let latency = Command::new(bin("eventflux-probe"))
+    let mut latency = Command::new(bin("eventflux-probe"))
         .args(["latency", "--pid", &target.pid().to_string(), "--query", "nosuch", "--duration", "1500ms"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("latency");
-    std::thread::sleep(Duration::from_millis(300));
+    Semaphores::of(&demo).wait_attached(target.pid(), &mut latency, Duration::from_secs(30), &["query_register"]);
     let target = target.open();
     let out = latency.wait_with_output().expect("latency");
     assert_final_error(&out, &["no query `nosuch`", "q0_length", "q2_time"]);
