@@ -72,14 +72,7 @@ fn graph(src: &Path) -> Result<Graph> {
         // would make every re-exported module a circle with the root). A `#[macro_export]`
         // macro sits at the root wherever it is written, so a path to one (`crate::name!`)
         // names no module.
-        let is_root = me.is_empty();
-        let code: String = strip_comments(&text)
-            .lines()
-            .filter(|l| {
-                !(is_root && (l.trim_start().starts_with("pub use ") || l.trim_start().starts_with("pub(crate) use ")))
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let code = if me.is_empty() { without_reexports(&strip_comments(&text)) } else { strip_comments(&text) };
         let mut uses = BTreeSet::new();
         for path in paths(&code).into_iter().filter(|p| !p.last().is_some_and(|l| l.ends_with('!'))) {
             let absolute: Vec<String> = match path.first().map(String::as_str) {
@@ -162,6 +155,21 @@ fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `code` without its `pub use` and `pub(crate) use` statements, each taken whole (up to its
+/// `;`, however rustfmt wrapped it).
+fn without_reexports(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    loop {
+        let at = ["pub use ", "pub(crate) use "].iter().filter_map(|k| rest.find(k)).min();
+        let Some(at) = at else { break };
+        out.push_str(&rest[..at]);
+        rest = rest[at..].find(';').map_or("", |end| &rest[at + end + 1..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The text without `//` comments (doc comments included) and `/* */` blocks; string literals
@@ -249,9 +257,9 @@ fn paths(code: &str) -> Vec<Vec<String>> {
                         if sub.is_empty() {
                             sub.push(vec![member.split_whitespace().next().unwrap_or("").to_owned()]);
                         }
-                        if let Some(first) = sub.into_iter().next() {
+                        for member_path in sub {
                             let mut p = segs.clone();
-                            p.extend(first);
+                            p.extend(member_path);
                             out.push(p);
                         }
                     }
@@ -381,11 +389,19 @@ mod tests {
 
     #[test]
     fn use_groups_expand() {
-        let p = paths("use crate::{kernel::Kernel, find::{self, usdt::Note}, model};");
+        let p = paths("use crate::{kernel::{Kernel, load::L}, find::{self, usdt::Note}, model};");
         let names: Vec<String> = p.iter().map(|p| p.join("::")).collect();
         assert!(names.contains(&"crate::kernel::Kernel".to_owned()), "{names:?}");
+        assert!(names.contains(&"crate::kernel::load::L".to_owned()), "{names:?}");
         assert!(names.contains(&"crate::find::usdt::Note".to_owned()), "{names:?}");
         assert!(names.contains(&"crate::model".to_owned()), "{names:?}");
+    }
+
+    #[test]
+    fn reexports_are_left_out_whole() {
+        let code = "pub use a::{\n    B,\n    C,\n};\nuse crate::d::E;\npub(crate) use f::G;\n";
+        let names: Vec<String> = paths(&without_reexports(code)).iter().map(|p| p.join("::")).collect();
+        assert_eq!(names, vec!["crate::d::E"]);
     }
 
     #[test]
