@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-
 /// Most key arguments of a count or gauge probe (checked by a test of the ABI table).
 pub const MAX_KEYS: usize = 4;
 /// Most amounts or values of a count or gauge probe.
