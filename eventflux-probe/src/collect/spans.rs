@@ -91,14 +91,17 @@ impl Assembler {
             SPAN_BATCH => {
                 let pending = self.pending.remove(&(r.pid, r.tid)).unwrap_or_default();
                 // A nested batch (a query called from another's emit) fires before the outer
-                // one: its stages are those of its query within its time.
-                let end = r.start_ns.saturating_add(r.total_ns);
-                // (Stage spans are timed with their own bookkeeping, which the batch's latency
-                // may leave out: a stage may end a little after the batch. Its start decides.)
+                // one: its stages are those of its query that started within it; the outer
+                // query's stages that closed before it stay pending. No later batch's record
+                // is here yet (a thread fires its records in order), so the batch's end is
+                // no bound: its latency leaves out the instrumentation inside it, which on a
+                // busy machine (a preempted clock read) can put its computed end before the
+                // start of its last stage. The ingest span ends where the batch starts.
                 let (mine, rest): (Vec<SpanRecord>, Vec<SpanRecord>) = pending.into_iter().partition(|s| {
                     s.query == r.query
-                        && s.start_ns <= end
-                        && (s.start_ns >= r.start_ns || s.stage_or_stream == stage::INGEST)
+                        && (s.start_ns >= r.start_ns
+                            || (s.stage_or_stream == stage::INGEST
+                                && s.start_ns.saturating_add(s.total_ns) >= r.start_ns))
                 });
                 if !rest.is_empty() {
                     self.pending.insert((r.pid, r.tid), rest);
@@ -280,6 +283,28 @@ mod tests {
         }
         assert_eq!(t.root.self_ns, 1000 - 100 - 700);
         assert!(a.pending.is_empty());
+    }
+
+    #[test]
+    fn a_stage_that_starts_after_the_batch_latency_ends_is_still_its() {
+        let mut a = Assembler::default();
+        // The batch's latency (100 ns from 1000) left out 400 ns the emit's bookkeeping was
+        // preempted for: its last stage starts at 1300, after 1000 + 100.
+        for r in [
+            stage_rec(7, 3, stage::INGEST, 900, 100, 100),
+            stage_rec(7, 3, stage::EMIT, 1300, 20, 20),
+            stage_rec(7, 3, stage::FILTER, 1010, 330, 40),
+        ] {
+            assert!(a.push(r).is_none());
+        }
+        let t = a.push(batch_rec(7, 3, 1000, 100)).expect("a trace");
+        let names: Vec<&str> = t.root.walk().iter().map(|(_, s)| s.name()).collect();
+        assert_eq!(names, ["query", "ingest", "filter", "emit"]);
+        assert!(a.pending.is_empty());
+        // An ingest record of an earlier batch (whose batch record was lost) is not taken.
+        a.push(stage_rec(7, 3, stage::INGEST, 1500, 100, 100));
+        let t = a.push(batch_rec(7, 3, 2000, 100)).expect("a trace");
+        assert!(t.root.children.is_empty());
     }
 
     #[test]
