@@ -11,6 +11,9 @@ macro_rules! code_enum {
         }
 
         impl $name {
+            /// The enumeration's name, as docs/probes.md's "Codes" lists it.
+            pub const NAME: &'static str = stringify!($name);
+
             /// Every value, in code order.
             pub const ALL: &'static [$name] = &[$($name::$variant),*];
 

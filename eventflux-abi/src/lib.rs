@@ -33,11 +33,17 @@
 #![no_std]
 #![warn(missing_docs)]
 
+#[macro_use]
 mod codes;
+mod components;
 mod levels;
 pub mod slot;
 mod table;
 
 pub use codes::{ConnErrorKind, ErrorKind, JunctionKind, Protocol, Stage, StreamRole, WindowKind};
+pub use components::{
+    ComponentCounter, ComponentGauge, ComponentKind, Connector, DeliveryError, Dimension, ErrorAction, ErrorOrigin,
+    LookupResult, NONE, TableKind, TableOp,
+};
 pub use levels::{DEFAULT_FLUSH_MS, DEFAULT_SAMPLES_PER_SEC, FLUSH_LEVELS, SAMPLE_LEVELS};
 pub use table::{ABI_VERSION, ArgDef, ArgKind, Class, PROBES, PROVIDER, ProbeDef, probe};

@@ -133,6 +133,21 @@ macro_rules! for_each_probe {
             /// each change of the attached tools, and with address 0 when the thread exits. A
             /// sampling profiler reads the slot of the thread it interrupted (CPU attribution).
             register cpu_slot(address: u64;);
+            /// A component beyond the query pipeline was created (and replayed like
+            /// `stream_register`): `kind` a ComponentKind; `variant` its Connector (sources,
+            /// sinks) or TableKind (tables), else 0; `stream_id` and `query_id` what it belongs
+            /// to, `NONE` (u32::MAX) when nothing. Its series come through `component_count`
+            /// and `component_gauge`.
+            register component_register(
+                component_id: u32,
+                name: str,
+                kind: u32,
+                variant: u32,
+                stream_id: u32,
+                query_id: u32;
+            );
+            /// A component was dropped, after its last counts were flushed.
+            register component_unregister(component_id: u32;);
             /// Events sources delivered to an input stream's junction.
             count ingest(stream_id: u32; events: u64);
             /// Events a junction handed to one subscribing query (called it, or queued it).
@@ -159,6 +174,9 @@ macro_rules! for_each_probe {
             /// batches this second as the sampling level allows: the bound that keeps a sender
             /// from setting the engine's cost. Their context is handed on unchanged.
             count traces_declined(; count: u64);
+            /// An amount of a component's counter `counter` (a ComponentCounter: one exported
+            /// family each), in the family's second dimension `label` (0 if it has none).
+            count component_count(component_id: u32, counter: u32, label: u32; amount: u64);
             /// Bytes a query's window holds.
             gauge window_state(query_id: u32; bytes: u64);
             /// Live group-by keys of a query's aggregation.
@@ -170,6 +188,9 @@ macro_rules! for_each_probe {
             /// An async junction's queue for one subscriber: chunks queued, capacity in chunks,
             /// bytes queued, and nanoseconds the most recently dequeued chunk waited.
             gauge queue_state(stream_id: u32, query_id: u32; depth: u64, capacity: u64, bytes: u64, wait_ns: u64);
+            /// The value of a component's gauge `gauge` (a ComponentGauge: one exported family
+            /// each), in the family's second dimension `label` (0 if it has none).
+            gauge component_gauge(component_id: u32, gauge: u32, label: u32; value: u64);
             /// One stage of a sampled batch: `stage` is a Stage, `self_ns` its time without the
             /// stages it called, `total_ns` with them, `start_ns` its start on CLOCK_MONOTONIC.
             /// Fired only while a tool is attached to it (for span trees); the stages' self

@@ -106,6 +106,8 @@ pub mod counter {
     pub const ENGINE_SPANS_DROPPED: u32 = 11;
     /// Upstream-sampled batches the engine did not trace (over its per-thread bound).
     pub const ENGINE_TRACES_DECLINED: u32 = 12;
+    /// A component's counter: `COMPONENT + ComponentCounter code`, a = component, b = label.
+    pub const COMPONENT: u32 = 0x100;
 }
 
 /// Last-value gauges (`CounterKey::counter` in the gauge map).
@@ -124,6 +126,8 @@ pub mod gauge {
     pub const QUEUE_WAIT_NS: u32 = 5;
     /// Connections open now: a = protocol.
     pub const CONN_ACTIVE: u32 = 6;
+    /// A component's gauge: `COMPONENT + ComponentGauge code`, a = component, b = label.
+    pub const COMPONENT: u32 = 0x100;
 }
 
 /// Histogram stages: the ABI's `Stage` codes, and the whole batch after them.
@@ -323,6 +327,10 @@ pub const EVENT_STREAM: u32 = 0;
 pub const EVENT_QUERY: u32 = 1;
 /// `query_unregister`: id = query.
 pub const EVENT_QUERY_GONE: u32 = 2;
+/// `component_register`: id = component, a = kind, b = variant, c = stream, d = query.
+pub const EVENT_COMPONENT: u32 = 3;
+/// `component_unregister`: id = component.
+pub const EVENT_COMPONENT_GONE: u32 = 4;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -17,8 +17,9 @@ use aya_ebpf::programs::{PerfEventContext, ProbeContext};
 use aya_log_ebpf::debug;
 use eventflux_probe_common::probe::*;
 use eventflux_probe_common::{
-    ContextRecord, CounterKey, CpuKey, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, NO_STACK, SPAN_BATCH,
-    SPAN_CONTEXT, SPAN_STAGE, SiteSpec, SlotRef, SpanRecord, counter, drop, gauge, stage,
+    ContextRecord, CounterKey, CpuKey, EVENT_COMPONENT, EVENT_COMPONENT_GONE, EVENT_QUERY, EVENT_QUERY_GONE,
+    EVENT_STREAM, Event, NO_STACK, SPAN_BATCH, SPAN_CONTEXT, SPAN_STAGE, SiteSpec, SlotRef, SpanRecord, counter, drop,
+    gauge, stage,
 };
 
 use crate::args;
@@ -155,6 +156,14 @@ program!(query_unregister, |h, a| {
     h.event(EVENT_QUERY_GONE, a.query_id, None, 0, 0, 0, 0);
 });
 
+program!(component_register, |h, a| {
+    h.event(EVENT_COMPONENT, a.component_id, Some(a.name), a.kind, a.variant, a.stream_id, u64::from(a.query_id));
+});
+
+program!(component_unregister, |h, a| {
+    h.event(EVENT_COMPONENT_GONE, a.component_id, None, 0, 0, 0, 0);
+});
+
 // The slot's owner fires this itself, so the current thread is the one whose slot it is.
 program!(cpu_slot, |h, a| {
     let tid = h.tid();
@@ -210,6 +219,16 @@ program!(spans_dropped, |h, a| {
 
 program!(traces_declined, |h, a| {
     h.add(counter::ENGINE_TRACES_DECLINED, 0, 0, a.count);
+});
+
+// Codes are not checked here: user space ignores (and counts) a code it does not know, so an
+// engine newer than the observer costs nothing but unknown series.
+program!(component_count, |h, a| {
+    h.add(counter::COMPONENT.wrapping_add(a.counter), a.component_id, a.label, a.amount);
+});
+
+program!(component_gauge, |h, a| {
+    h.set(gauge::COMPONENT.wrapping_add(a.gauge), a.component_id, a.label, a.value);
 });
 
 program!(conn_active, |h, a| {

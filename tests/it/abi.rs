@@ -92,3 +92,43 @@ fn binary_notes_follow_the_abi() {
         }
     }
 }
+
+/// docs/probes.md's "Codes" table lists every code enumeration of the ABI with exactly its
+/// codes and labels.
+#[test]
+fn the_codes_table_is_the_abi() {
+    use usdt_markers::abi::*;
+    macro_rules! rows {
+        ($($t:ident),*) => {
+            vec![$(format!(
+                "| {} | {} |",
+                $t::NAME,
+                $t::ALL.iter().map(|v| format!("{} `{}`", v.code(), v.label())).collect::<Vec<_>>().join(", ")
+            )),*]
+        };
+    }
+    let code = rows!(
+        StreamRole,
+        JunctionKind,
+        WindowKind,
+        ErrorKind,
+        Protocol,
+        ConnErrorKind,
+        Stage,
+        ComponentKind,
+        Connector,
+        TableKind,
+        ErrorAction,
+        DeliveryError,
+        ErrorOrigin,
+        TableOp,
+        LookupResult,
+        ComponentCounter,
+        ComponentGauge
+    );
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/probes.md")).expect("doc");
+    let section = text.split("## Codes").nth(1).and_then(|s| s.split("\n## ").next()).expect("a Codes section");
+    let documented: Vec<String> =
+        section.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| enum")).map(str::to_owned).collect();
+    assert_eq!(documented, code, "docs/probes.md's Codes and the ABI's code enumerations differ");
+}

@@ -3,8 +3,8 @@
 //! [`crate::cells`]), and whenever a semaphore moved it also replays registrations to observers
 //! that arrived ([`crate::registry`]) and starts a generation of CPU-slot announcements
 //! ([`crate::cpu`]). It is started by the handles, spans and CPU slots that need it, so it
-//! imports none of them: only what it reads. It also holds [`unregister_query`], which must
-//! flush the query's counts before its registration goes.
+//! imports none of them: only what it reads. It also holds [`unregister_query`] and
+//! [`unregister_component`], which must flush the counts before the registration goes.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once};
@@ -177,6 +177,13 @@ extern "C" fn flush_at_exit() {
 pub fn unregister_query(id: u32) {
     flush_final();
     crate::registry::forget_query(id);
+}
+
+/// Stops announcing a component and fires `component_unregister`, after flushing every count
+/// so that observers have its final totals when they learn it is gone.
+pub fn unregister_component(id: u32) {
+    flush_final();
+    crate::registry::forget_component(id);
 }
 
 // CPU-slot generations: when each engine thread announces its slot again ([`crate::cpu`]).

@@ -27,8 +27,8 @@
 //! Counters ([`accum`]) add into per-thread cells that a flusher thread hands to observers once
 //! per interval; spans ([`span`]) time a few sampled batches per second in the engine and
 //! report them after the batch; while a CPU profiler is attached, their boundaries keep each
-//! thread's current query and stage in a slot it reads ([`cpu`]). Names travel only in the cold registration calls
-//! ([`register_stream`], [`register_query`]). How often observers are fed is their choice:
+//! thread's current query and stage in a slot it reads ([`cpu`]). Names travel only in the cold
+//! registration calls ([`register_stream`], [`register_query`], [`register_component`]). How often observers are fed is their choice:
 //! they raise control probes' semaphores, which the engine reads as levels.
 //!
 //! The probe table lives in `eventflux-abi` (re-exported as [`abi`]); [`PROBES`] is it as data,
@@ -59,9 +59,9 @@ mod traceparent;
 
 pub use eventflux_abi as abi;
 pub use eventflux_abi::{ABI_VERSION, ArgDef, ArgKind, Class, PROVIDER, ProbeDef};
-pub use flusher::unregister_query;
+pub use flusher::{unregister_component, unregister_query};
 pub use probes::*;
-pub use registry::{QueryInfo, StreamInfo, register_query, register_stream};
+pub use registry::{ComponentInfo, QueryInfo, StreamInfo, register_component, register_query, register_stream};
 pub use semaphore::Semaphore;
 
 /// Fires a probe's site now: `probe!(name(arg, …))`. Every hit traps while attached, so this

@@ -1,6 +1,6 @@
 //! Names for the ids that hot-path probes carry, and their replay to late observers.
 //!
-//! Streams and queries are registered once, usually before any tracer is attached. An observer
+//! Streams, queries and components are registered once, usually before any tracer is attached. An observer
 //! that attaches to a running engine still needs the id → name table, so every registration is
 //! kept here and fired again whenever the set of tools attached to the registration probes
 //! changes. The flusher thread checks once per interval, off the engine's paths.
@@ -10,7 +10,7 @@ use std::sync::Mutex;
 #[cfg(feature = "enabled")]
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use eventflux_abi::{JunctionKind, StreamRole, WindowKind};
+use eventflux_abi::{ComponentKind, JunctionKind, StreamRole, WindowKind};
 
 /// A stream definition, as announced by `stream_register`.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +44,35 @@ pub struct QueryInfo<'a> {
     pub window_size: u64,
 }
 
+/// A component beyond the query pipeline (a source, a sink, the error store, a table), as
+/// announced by `component_register`. Its series go through `component_count` and
+/// `component_gauge`, keyed by its id.
+#[derive(Debug, Clone, Copy)]
+pub struct ComponentInfo<'a> {
+    /// Small integer id carried by `component_count` and `component_gauge`; unique among
+    /// components.
+    pub id: u32,
+    /// Its name, exported as the label named after its kind (`source`, `table`, …).
+    pub name: &'a str,
+    /// What it is.
+    pub kind: ComponentKind,
+    /// Its Connector (sources, sinks) or TableKind (tables) code, else 0.
+    pub variant: u32,
+    /// The stream it reads or writes, `abi::NONE` if none.
+    pub stream: u32,
+    /// The query it belongs to, `abi::NONE` if none.
+    pub query: u32,
+}
+
+struct Component {
+    id: u32,
+    name: CString,
+    kind: u32,
+    variant: u32,
+    stream: u32,
+    query: u32,
+}
+
 struct Stream {
     id: u32,
     name: CString,
@@ -64,9 +93,11 @@ struct Query {
 struct Registry {
     streams: Vec<Stream>,
     queries: Vec<Query>,
+    components: Vec<Component>,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { streams: Vec::new(), queries: Vec::new() });
+static REGISTRY: Mutex<Registry> =
+    Mutex::new(Registry { streams: Vec::new(), queries: Vec::new(), components: Vec::new() });
 
 /// Sum of the registration probes' semaphores when the table was last announced.
 #[cfg(feature = "enabled")]
@@ -108,6 +139,19 @@ impl Query {
     }
 }
 
+impl Component {
+    fn fire(&self) {
+        crate::points::component_register::site(
+            self.id,
+            self.name.as_ptr().cast(),
+            self.kind,
+            self.variant,
+            self.stream,
+            self.query,
+        );
+    }
+}
+
 /// Registers a stream: fires `stream_register` now and again for every later observer.
 pub fn register_stream(info: StreamInfo<'_>) {
     let mut reg = lock();
@@ -137,6 +181,30 @@ pub fn register_query(info: QueryInfo<'_>) {
     announce(&reg, || reg.queries.last().into_iter().for_each(Query::fire));
 }
 
+/// Registers a component: fires `component_register` now and again for every later
+/// observer.
+pub fn register_component(info: ComponentInfo<'_>) {
+    let mut reg = lock();
+    reg.components.retain(|c| c.id != info.id);
+    reg.components.push(Component {
+        id: info.id,
+        name: c_name(info.name),
+        kind: info.kind.code(),
+        variant: info.variant,
+        stream: info.stream,
+        query: info.query,
+    });
+    announce(&reg, || reg.components.last().into_iter().for_each(Component::fire));
+}
+
+/// Stops announcing a component and fires `component_unregister`;
+/// [`crate::unregister_component`] flushes every count first.
+pub(crate) fn forget_component(id: u32) {
+    let mut reg = lock();
+    reg.components.retain(|c| c.id != id);
+    crate::points::component_unregister::site(id);
+}
+
 /// Stops announcing a query and fires `query_unregister`; [`crate::unregister_query`] flushes
 /// every count first.
 pub(crate) fn forget_query(id: u32) {
@@ -157,12 +225,14 @@ fn announce(reg: &Registry, fire_newest: impl FnOnce()) {
 fn replay(reg: &Registry) {
     reg.streams.iter().for_each(Stream::fire);
     reg.queries.iter().for_each(Query::fire);
+    reg.components.iter().for_each(Component::fire);
 }
 
 #[cfg(feature = "enabled")]
 fn observers() -> u32 {
     u32::from(crate::points::stream_register::SEMAPHORE.count())
         + u32::from(crate::points::query_register::SEMAPHORE.count())
+        + u32::from(crate::points::component_register::SEMAPHORE.count())
 }
 
 /// Whether the tools attached to the registration probes changed since the last replay.

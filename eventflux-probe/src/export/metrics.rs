@@ -10,6 +10,8 @@
 //! processes they also carry a `pid` label ([`ENGINE_EXTRA_LABELS`]). Observer metrics describe
 //! the observer itself.
 
+use eventflux_abi::{ComponentCounter as CC, ComponentGauge as CG};
+
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -66,16 +68,27 @@ impl Metric {
 /// join with kube-state-metrics, docs/kubernetes.md).
 pub const ENGINE_EXTRA_LABELS: &[&str] = &["pid", "exe", "container_id", "pod_uid"];
 
+/// A metric's name: a literal, or a component counter or gauge code (`(ComponentCounter::X)`)
+/// whose ABI label is the family's name, so that the name is written once.
+macro_rules! metric_name {
+    ($name:literal) => {
+        $name
+    };
+    (($code:expr)) => {
+        $code.label()
+    };
+}
+
 macro_rules! define_metrics {
     ($(
         $scope:ident {
-            $( $(#[$doc:meta])* $id:ident: $kind:ident $name:literal [$($label:ident),*] $help:literal; )*
+            $( $(#[$doc:meta])* $id:ident: $kind:ident $name:tt [$($label:ident),*] $help:literal; )*
         }
     )*) => {
         $($(
             $(#[$doc])*
             pub const $id: Metric = Metric {
-                name: $name,
+                name: metric_name!($name),
                 kind: Kind::$kind,
                 scope: Scope::$scope,
                 labels: &[$(stringify!($label)),*],
@@ -135,6 +148,39 @@ define_metrics! {
             "Bytes the engine caused to be read from or written to storage (/proc/PID/io read_bytes, write_bytes).";
         TARGET_RUNNING: Gauge "eventflux_probe_target_running" []
             "1 while the target runs the program the probes were attached to; 0 once it exited or exec'd another.";
+        SOURCE_EVENTS: Counter (CC::SourceEvents) [source, connector, stream_name]
+            "Events the source read and mapped into its stream.";
+        SOURCE_BYTES: Counter (CC::SourceBytes) [source, connector, stream_name] "Bytes the source read from its connector.";
+        SOURCE_MAPPING_ERRORS: Counter (CC::SourceMappingErrors) [source, connector, stream_name, action]
+            "Inputs the source's mapper could not map, by what its error handler did (log, retry, drop, error_store, fail).";
+        SOURCE_RECONNECTS: Counter (CC::SourceReconnects) [source, connector, stream_name]
+            "Times the source reconnected to its connector.";
+        SOURCE_CONNECTED: Gauge (CG::SourceConnected) [source, connector, stream_name]
+            "1 while the source is connected to its connector, else 0.";
+        SINK_EVENTS: Counter (CC::SinkEvents) [sink, connector, stream_name] "Events the sink published.";
+        SINK_BYTES: Counter (CC::SinkBytes) [sink, connector, stream_name] "Bytes the sink published.";
+        SINK_FAILURES: Counter (CC::SinkFailures) [sink, connector, stream_name, error_type]
+            "Events the sink could not publish, by why (mapping, connection, timeout, rejected, unknown).";
+        SINK_RETRIES: Counter (CC::SinkRetries) [sink, connector, stream_name]
+            "Publish attempts the sink repeated after a failure.";
+        SINK_CONNECTED: Gauge (CG::SinkConnected) [sink, connector, stream_name]
+            "1 while the sink is connected to its connector, else 0.";
+        ERROR_STORE_EVENTS: Counter (CC::ErrorStoreEvents) [error_store, origin]
+            "Events added to the error store, by where they failed (source_mapping, sink_delivery, junction).";
+        ERROR_STORE_DROPPED: Counter (CC::ErrorStoreDropped) [error_store]
+            "Events the error store could not keep because it was full: lost.";
+        ERROR_STORE_SIZE: Gauge (CG::ErrorStoreSize) [error_store] "Events the error store holds.";
+        ERROR_STORE_CAPACITY: Gauge (CG::ErrorStoreCapacity) [error_store]
+            "Events the error store can hold (absent when unbounded).";
+        TABLE_OPERATIONS: Counter (CC::TableOperations) [table, table_type, op]
+            "Rows written to the table, by operation (insert, update, delete, upsert).";
+        TABLE_OPERATION_FAILURES: Counter (CC::TableOperationFailures) [table, table_type, op]
+            "Table operations that failed, by operation.";
+        TABLE_LOOKUPS: Counter (CC::TableLookups) [table, table_type, result]
+            "Lookups into the table from streams (joins, `in` conditions), by result (hit, miss).";
+        TABLE_EVICTIONS: Counter (CC::TableEvictions) [table, table_type] "Rows a bounded (cache) table evicted.";
+        TABLE_ROWS: Gauge (CG::TableRows) [table, table_type] "Rows the table holds.";
+        TABLE_BYTES: Gauge (CG::TableBytes) [table, table_type] "Bytes the table's rows take.";
     }
     Observer {
         BUILD_INFO: Gauge "eventflux_probe_build_info" [version, abi_version]
@@ -161,6 +207,16 @@ define_metrics! {
         SERIES_FOLDED: Gauge "eventflux_probe_series_folded" [metric]
             "Label sets folded into the overflow series by the per-metric cap, in this scrape.";
     }
+}
+
+/// The family of a component counter.
+pub fn component_counter(c: CC) -> Option<&'static Metric> {
+    by_name(c.label()).filter(|m| m.kind == Kind::Counter)
+}
+
+/// The family of a component gauge.
+pub fn component_gauge(g: CG) -> Option<&'static Metric> {
+    by_name(g.label()).filter(|m| m.kind == Kind::Gauge)
 }
 
 /// The metric of this name.
@@ -192,6 +248,38 @@ mod tests {
         }
         assert_eq!(by_series_name("query_latency_seconds_bucket"), Some(&QUERY_LATENCY));
         assert_eq!(by_series_name("query_latency_seconds"), None);
+    }
+
+    /// Every component counter and gauge of the ABI has its family here, and the family's
+    /// first label names the component by its kind (`source`, `table`, …).
+    #[test]
+    fn every_component_code_has_its_family() {
+        let families = CC::ALL
+            .iter()
+            .map(|c| (component_counter(*c), c.kind()))
+            .chain(CG::ALL.iter().map(|g| (component_gauge(*g), g.kind())));
+        for (metric, kind) in families {
+            let metric = metric.unwrap_or_else(|| panic!("a {} code without its family", kind.label()));
+            assert_eq!(metric.labels.first(), Some(&kind.label()), "{}", metric.name);
+        }
+        // A counter's second dimension is its family's last label; the labels before it are
+        // the component's own, the same in every family of its kind (gauges included).
+        let mut own: std::collections::BTreeMap<&str, &[&str]> = std::collections::BTreeMap::new();
+        let families = CC::ALL
+            .iter()
+            .map(|c| (component_counter(*c).expect("family"), c.kind(), c.dimension()))
+            .chain(CG::ALL.iter().map(|g| (component_gauge(*g).expect("family"), g.kind(), None)));
+        for (metric, kind, dimension) in families {
+            let labels = match dimension {
+                Some(d) => {
+                    assert_eq!(metric.labels.last(), Some(&d.name), "{}", metric.name);
+                    &metric.labels[..metric.labels.len() - 1]
+                }
+                None => metric.labels,
+            };
+            let first = *own.entry(kind.label()).or_insert(labels);
+            assert_eq!(labels, first, "{}: labels unlike its kind's other families", metric.name);
+        }
     }
 
     /// docs/metrics.md lists exactly these metrics, with these types and labels.

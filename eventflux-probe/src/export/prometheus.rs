@@ -10,13 +10,15 @@
 
 use std::collections::BTreeMap;
 
-use eventflux_abi::{ConnErrorKind, ErrorKind, Protocol, WindowKind};
+use eventflux_abi::{
+    ComponentCounter, ConnErrorKind, Connector, Dimension, ErrorKind, Protocol, TableKind, WindowKind,
+};
 use eventflux_probe_common::{drop as drops, hist, stage};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
 use crate::export::metrics::{self as m, Kind, Metric};
 use crate::model::hist::HistData;
-use crate::model::{Engine, Model};
+use crate::model::{Component, Engine, Model};
 
 /// Value of every label of a folded series.
 pub const OVERFLOW: &str = "overflow";
@@ -284,6 +286,9 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
             f.counter(&m::CONNECTION_ERRORS, labels(vec![("protocol", p.clone()), ("error_type", kind)]), n as f64);
         }
     }
+    for c in e.components.values() {
+        component_metrics(e, c, f, &labels);
+    }
     if e.spans_dropped > 0 {
         f.counter(&m::ENGINE_SPANS_DROPPED, labels(vec![]), e.spans_dropped as f64);
     }
@@ -314,6 +319,51 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
     }
     if let Some(running) = e.running {
         f.gauge(&m::TARGET_RUNNING, labels(vec![]), if running { 1.0 } else { 0.0 });
+    }
+}
+
+/// A component's series. Every family's labels are filled by name from the component: its own
+/// name under its kind's label, its connector or table type, its stream, and the family's
+/// second dimension decoded by the label's enumeration. A registered component's families
+/// without a second dimension exist from its registration (0 until something happens), so
+/// `rate()` and absence alerts work from the start.
+fn component_metrics(e: &Engine, c: &Component, f: &mut Families, labels: &dyn Fn(Labels) -> Labels) {
+    // A component known only from its counts has no kind to name its families by.
+    if c.kind.is_none() {
+        return;
+    }
+    let fill = |metric: &Metric, dimension: Option<Dimension>, label: u32| -> Labels {
+        let values = metric.labels.iter().map(|&name| {
+            let value = match name {
+                "connector" => label_name(c.variant, Connector::from_code(c.variant).map(Connector::label)),
+                "table_type" => label_name(c.variant, TableKind::from_code(c.variant).map(TableKind::label)),
+                "stream_name" => c.stream.map_or_else(|| "none".to_owned(), |s| e.stream_name(s)),
+                "query_id" => c.query.map_or_else(|| "none".to_owned(), |q| e.query_name(q)),
+                _ => match dimension {
+                    Some(d) if d.name == name => label_name(label, (d.decode)(label)),
+                    // The first label: the component's name, under its kind's name.
+                    _ => c.name.clone(),
+                },
+            };
+            (name, value)
+        });
+        labels(values.collect())
+    };
+    for &code in ComponentCounter::ALL.iter().filter(|code| Some(code.kind()) == c.kind) {
+        let Some(metric) = m::component_counter(code) else { continue };
+        let series: Vec<(u32, u64)> =
+            c.counters.iter().filter(|((k, _), _)| *k == code).map(|((_, label), n)| (*label, *n)).collect();
+        if series.is_empty() && c.registered && code.dimension().is_none() {
+            f.counter(metric, fill(metric, None, 0), 0.0);
+        }
+        for (label, n) in series {
+            f.counter(metric, fill(metric, code.dimension(), label), n as f64);
+        }
+    }
+    for (&(code, label), &v) in &c.gauges {
+        if let Some(metric) = m::component_gauge(code) {
+            f.gauge(metric, fill(metric, None, label), v as f64);
+        }
     }
 }
 
@@ -511,6 +561,26 @@ mod tests {
         }
         e.connections
             .insert(0, Connections { opened: 2, closed: 1, open_now: None, failures: BTreeMap::from([(0, 1)]) });
+        // One component of each kind, each of its counters and gauges with a value.
+        for (id, kind) in eventflux_abi::ComponentKind::ALL.iter().enumerate() {
+            let id = id as u32;
+            let counters = ComponentCounter::ALL.iter().filter(|c| c.kind() == *kind).map(|c| ((*c, 1), 7)).collect();
+            let gauges =
+                eventflux_abi::ComponentGauge::ALL.iter().filter(|g| g.kind() == *kind).map(|g| ((*g, 0), 5)).collect();
+            let component = crate::model::Component {
+                id,
+                name: format!("{}{id}", kind.label()),
+                registered: true,
+                active: true,
+                kind: Some(*kind),
+                variant: 0,
+                stream: Some(0),
+                query: None,
+                counters,
+                gauges,
+            };
+            e.components.insert(id, component);
+        }
         let mut model = Model::default();
         model.engines.insert(42, e);
         let o = &mut model.observer;

@@ -1,9 +1,12 @@
 //! Names for the ids the probes carry, learned from the registration probes (`stream_register`,
-//! `query_register`, `query_unregister`) through the kernel's event ring buffer, per process.
+//! `query_register`, `component_register` and their unregistrations) through the kernel's event
+//! ring buffer, per process.
 
 use std::collections::BTreeMap;
 
-use eventflux_probe_common::{EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, NAME_LEN};
+use eventflux_probe_common::{
+    EVENT_COMPONENT, EVENT_COMPONENT_GONE, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, NAME_LEN,
+};
 
 /// A stream as registered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,11 +29,26 @@ pub struct QueryMeta {
     pub active: bool,
 }
 
-/// Every process's streams and queries, keyed by (pid, id).
+/// A component as registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentMeta {
+    pub name: String,
+    /// `eventflux_abi::ComponentKind` code.
+    pub kind: u32,
+    pub variant: u32,
+    /// `eventflux_abi::NONE` when it belongs to no stream (query).
+    pub stream: u32,
+    pub query: u32,
+    /// False once `component_unregister` fired.
+    pub active: bool,
+}
+
+/// Every process's streams, queries and components, keyed by (pid, id).
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     pub streams: BTreeMap<(u32, u32), StreamMeta>,
     pub queries: BTreeMap<(u32, u32), QueryMeta>,
+    pub components: BTreeMap<(u32, u32), ComponentMeta>,
 }
 
 fn name(bytes: &[u8; NAME_LEN]) -> String {
@@ -60,6 +78,22 @@ impl Catalog {
             EVENT_QUERY_GONE => {
                 if let Some(q) = self.queries.get_mut(&(e.pid, e.id)) {
                     q.active = false;
+                }
+            }
+            EVENT_COMPONENT => {
+                let meta = ComponentMeta {
+                    name: name(&e.name),
+                    kind: e.a,
+                    variant: e.b,
+                    stream: e.c,
+                    query: u32::try_from(e.d).unwrap_or(eventflux_abi::NONE),
+                    active: true,
+                };
+                self.components.insert((e.pid, e.id), meta);
+            }
+            EVENT_COMPONENT_GONE => {
+                if let Some(c) = self.components.get_mut(&(e.pid, e.id)) {
+                    c.active = false;
                 }
             }
             _ => {}

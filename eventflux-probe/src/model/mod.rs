@@ -20,7 +20,7 @@ pub mod trace;
 use std::collections::BTreeMap;
 
 use eventflux_abi::slot::{self, Where};
-use eventflux_abi::{Stage, WindowKind};
+use eventflux_abi::{ComponentCounter, ComponentGauge, ComponentKind, Stage, WindowKind};
 use eventflux_probe_common::{counter, drop, gauge, stage};
 
 use hist::HistData;
@@ -47,6 +47,8 @@ pub struct Engine {
     pub queries: BTreeMap<u32, Query>,
     /// By protocol code (`eventflux_abi::Protocol`).
     pub connections: BTreeMap<u32, Connections>,
+    /// Sources, sinks, the error store, tables, … by component id.
+    pub components: BTreeMap<u32, Component>,
     /// Span records of sampled batches the engine could not keep.
     pub spans_dropped: u64,
     /// Batches an upstream sampled that the engine did not trace (its per-thread bound).
@@ -150,6 +152,40 @@ impl Query {
     }
 }
 
+/// A component beyond the query pipeline (`component_register`): a source, a sink, the error
+/// store, a table. Its series are generic: each counter or gauge code is one exported family
+/// (`eventflux_abi::ComponentCounter`, `ComponentGauge`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Component {
+    pub id: u32,
+    pub name: String,
+    pub registered: bool,
+    /// Registered and not unregistered.
+    pub active: bool,
+    /// `None` until the registration arrives, or a kind this build does not know.
+    pub kind: Option<ComponentKind>,
+    /// Its Connector or TableKind code.
+    pub variant: u32,
+    pub stream: Option<u32>,
+    pub query: Option<u32>,
+    /// By (counter, label): amounts since the attach.
+    pub counters: BTreeMap<(ComponentCounter, u32), u64>,
+    /// By (gauge, label): the engine's latest value.
+    pub gauges: BTreeMap<(ComponentGauge, u32), u64>,
+}
+
+impl Component {
+    /// The sum of a counter over its labels.
+    pub fn counter(&self, c: ComponentCounter) -> u64 {
+        self.counters.iter().filter(|((code, _), _)| *code == c).map(|(_, v)| v).sum()
+    }
+
+    /// A gauge's value (label 0).
+    pub fn gauge(&self, g: ComponentGauge) -> Option<u64> {
+        self.gauges.get(&(g, 0)).copied()
+    }
+}
+
 /// Connections of one protocol.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Connections {
@@ -224,6 +260,19 @@ impl Engine {
         self.queries.entry(id).or_insert_with(|| Query { id, name: format!("query{id}"), ..Query::default() })
     }
 
+    fn component(&mut self, id: u32) -> &mut Component {
+        self.components.entry(id).or_insert_with(|| Component {
+            id,
+            name: format!("component{id}"),
+            ..Component::default()
+        })
+    }
+
+    /// The query's name, or `query<ID>` for one never seen.
+    pub fn query_name(&self, id: u32) -> String {
+        self.queries.get(&id).map_or_else(|| format!("query{id}"), |q| q.name.clone())
+    }
+
     /// The stream's name, or `stream<ID>` for one never seen.
     pub fn stream_name(&self, id: u32) -> String {
         self.streams.get(&id).map_or_else(|| format!("stream{id}"), |s| s.name.clone())
@@ -241,7 +290,7 @@ impl Engine {
 
     /// Whether anything of this engine was registered (its series exist from then on).
     pub fn has_registrations(&self) -> bool {
-        self.streams_registered() > 0 || self.queries_running() > 0
+        self.streams_registered() > 0 || self.queries_running() > 0 || self.components.values().any(|c| c.registered)
     }
 
     pub fn memory(&self) -> Memory {
@@ -309,8 +358,26 @@ impl Model {
             }
         }
 
+        for (&(pid, id), c) in &snap.catalog.components {
+            let component = engine(&mut model, pid).component(id);
+            component.name = c.name.clone();
+            component.registered = true;
+            component.active = c.active;
+            component.kind = ComponentKind::from_code(c.kind);
+            component.variant = c.variant;
+            component.stream = (c.stream != eventflux_abi::NONE).then_some(c.stream);
+            component.query = (c.query != eventflux_abi::NONE).then_some(c.query);
+        }
+
         for (k, &v) in &snap.counters {
             let e = engine(&mut model, k.pid);
+            if let Some(code) = k.counter.checked_sub(counter::COMPONENT) {
+                match ComponentCounter::from_code(code) {
+                    Some(c) => *e.component(k.a).counters.entry((c, k.b)).or_insert(0) += v,
+                    None => model.observer.unknown_series += 1,
+                }
+                continue;
+            }
             match k.counter {
                 counter::STREAM_RECEIVED => e.stream(k.a).received_from_sources += v,
                 counter::STREAM_EMITTED_INTO => e.stream(k.a).received_from_queries += v,
@@ -357,6 +424,15 @@ impl Model {
 
         for (k, &v) in &snap.gauges {
             let e = engine(&mut model, k.pid);
+            if let Some(code) = k.counter.checked_sub(gauge::COMPONENT) {
+                match ComponentGauge::from_code(code) {
+                    Some(g) => {
+                        e.component(k.a).gauges.insert((g, k.b), v);
+                    }
+                    None => model.observer.unknown_series += 1,
+                }
+                continue;
+            }
             match k.counter {
                 gauge::WINDOW_STATE_BYTES => e.query(k.a).window_bytes = Some(v),
                 gauge::GROUPS => e.query(k.a).groups = Some(v),

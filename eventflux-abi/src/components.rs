@@ -1,0 +1,266 @@
+//! The engine's components beyond the query pipeline: sources and sinks, the error store,
+//! tables, … . One registration names each (`component_register`: its id, kind, variant and the
+//! stream or query it belongs to); two generic probes carry its series: `component_count`
+//! (amounts) and `component_gauge` (values), each hit naming a [`ComponentCounter`] or
+//! [`ComponentGauge`] and a `label` code.
+//!
+//! The model: **one code is one exported metric family.** A counter or gauge code belongs to
+//! one component kind and its label is the family's name, so adding a metric to the ABI is one
+//! line here (and the observer's help text and label, which a test holds to this list). The
+//! `label` argument is a second dimension some families have (a table's operation, a sink's
+//! failure kind); each family says which enumeration decodes it, 0 when it has none. Generic
+//! probes rather than one probe per family: the probe list stays short for tools, a kernel
+//! program serves every family, and the engine's cost is the same (a counter series is one
+//! handle however it is keyed).
+
+/// The `stream_id` or `query_id` of a component that belongs to no stream or query.
+pub const NONE: u32 = u32::MAX;
+
+code_enum! {
+    /// What a registered component is.
+    ComponentKind {
+        /// A source: reads from a connector, maps input into events of one stream.
+        Source = 0 => "source",
+        /// A sink: maps one stream's events and publishes them through a connector.
+        Sink = 1 => "sink",
+        /// The error store: events that failed mapping or delivery, kept for replay.
+        ErrorStore = 2 => "error_store",
+        /// A table: rows that queries insert, update, delete, upsert and look up.
+        Table = 3 => "table",
+    }
+}
+
+code_enum! {
+    /// The connector of a source or sink (its `variant`).
+    Connector {
+        /// Events made by a timer.
+        Timer = 0 => "timer",
+        /// A file, read or written line by line.
+        File = 1 => "file",
+        /// HTTP: polled, a webhook, or requests sent.
+        Http = 2 => "http",
+        /// Kafka topics.
+        Kafka = 3 => "kafka",
+        /// RabbitMQ queues or exchanges.
+        RabbitMq = 4 => "rabbitmq",
+        /// WebSocket.
+        WebSocket = 5 => "websocket",
+        /// Plain TCP.
+        Tcp = 6 => "tcp",
+        /// gRPC.
+        Grpc = 7 => "grpc",
+        /// The log (a sink).
+        Log = 8 => "log",
+        /// In-process, no transport.
+        InMemory = 9 => "inmemory",
+    }
+}
+
+code_enum! {
+    /// The kind of a table (its `variant`).
+    TableKind {
+        /// Rows in memory, unbounded.
+        InMemory = 0 => "in_memory",
+        /// A bounded cache in front of a store: evicts.
+        Cache = 1 => "cache",
+        /// Rows in a database over JDBC-like access.
+        Jdbc = 2 => "jdbc",
+    }
+}
+
+code_enum! {
+    /// What a source's error handler did with input it could not map (`label` of
+    /// `source_mapping_errors_total`).
+    ErrorAction {
+        /// Logged and dropped.
+        Log = 0 => "log",
+        /// Tried again.
+        Retry = 1 => "retry",
+        /// Dropped silently.
+        Drop = 2 => "drop",
+        /// Sent to the error store.
+        Store = 3 => "error_store",
+        /// Failed the source (it stopped).
+        Fail = 4 => "fail",
+    }
+}
+
+code_enum! {
+    /// Why a sink could not publish (`label` of `sink_failures_total`).
+    DeliveryError {
+        /// Anything not listed below.
+        Unknown = 0 => "unknown",
+        /// The output mapper could not format the event.
+        Mapping = 1 => "mapping",
+        /// The connection was down.
+        Connection = 2 => "connection",
+        /// No answer in time.
+        Timeout = 3 => "timeout",
+        /// The other end refused the event.
+        Rejected = 4 => "rejected",
+    }
+}
+
+code_enum! {
+    /// Where an event in the error store comes from (`label` of `error_store_events_total`).
+    ErrorOrigin {
+        /// A source's mapper could not map it.
+        SourceMapping = 0 => "source_mapping",
+        /// A sink could not deliver it.
+        SinkDelivery = 1 => "sink_delivery",
+        /// A junction refused it (its subscribers' queue stayed full).
+        Junction = 2 => "junction",
+    }
+}
+
+code_enum! {
+    /// An operation on a table (`label` of `table_operations_total` and its failures).
+    TableOp {
+        /// Rows inserted.
+        Insert = 0 => "insert",
+        /// Rows updated.
+        Update = 1 => "update",
+        /// Rows deleted.
+        Delete = 2 => "delete",
+        /// Rows upserted (updated, or inserted when absent).
+        Upsert = 3 => "upsert",
+    }
+}
+
+code_enum! {
+    /// The result of a table lookup (`label` of `table_lookups_total`).
+    LookupResult {
+        /// A row matched.
+        Hit = 0 => "hit",
+        /// No row matched.
+        Miss = 1 => "miss",
+    }
+}
+
+code_enum! {
+    /// Component counters, fired through `component_count`: each is one exported counter family
+    /// (its label here is the family's name) of components of one kind.
+    ComponentCounter {
+        /// Source: events read and mapped into its stream.
+        SourceEvents = 0 => "source_events_total",
+        /// Source: bytes read from the connector.
+        SourceBytes = 1 => "source_bytes_total",
+        /// Source: inputs its mapper could not map; `label` an ErrorAction (what was done).
+        SourceMappingErrors = 2 => "source_mapping_errors_total",
+        /// Source: times it reconnected to its connector.
+        SourceReconnects = 3 => "source_reconnects_total",
+        /// Sink: events published.
+        SinkEvents = 4 => "sink_events_total",
+        /// Sink: bytes published.
+        SinkBytes = 5 => "sink_bytes_total",
+        /// Sink: events it could not publish; `label` a DeliveryError.
+        SinkFailures = 6 => "sink_failures_total",
+        /// Sink: publish attempts repeated after a failure.
+        SinkRetries = 7 => "sink_retries_total",
+        /// Error store: events added; `label` an ErrorOrigin.
+        ErrorStoreEvents = 8 => "error_store_events_total",
+        /// Error store: events it could not keep (full).
+        ErrorStoreDropped = 9 => "error_store_dropped_total",
+        /// Table: rows written by operation; `label` a TableOp.
+        TableOperations = 10 => "table_operations_total",
+        /// Table: operations that failed; `label` a TableOp.
+        TableOperationFailures = 11 => "table_operation_failures_total",
+        /// Table: lookups from streams; `label` a LookupResult.
+        TableLookups = 12 => "table_lookups_total",
+        /// Table: rows a bounded (cache) table evicted.
+        TableEvictions = 13 => "table_evictions_total",
+    }
+}
+
+code_enum! {
+    /// Component gauges, fired through `component_gauge`: each is one exported gauge family of
+    /// components of one kind. `label` is 0 for all of these.
+    ComponentGauge {
+        /// Source: 1 while connected to its connector, else 0.
+        SourceConnected = 0 => "source_connected",
+        /// Sink: 1 while connected to its connector, else 0.
+        SinkConnected = 1 => "sink_connected",
+        /// Error store: events it holds.
+        ErrorStoreSize = 2 => "error_store_size_events",
+        /// Error store: events it can hold (absent: unbounded).
+        ErrorStoreCapacity = 3 => "error_store_capacity_events",
+        /// Table: rows it holds.
+        TableRows = 4 => "table_rows",
+        /// Table: bytes its rows take.
+        TableBytes = 5 => "table_size_bytes",
+    }
+}
+
+/// A family's second dimension: the name of its label and how a `label` code reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Dimension {
+    /// The label's name in the exported family.
+    pub name: &'static str,
+    /// The label's value for a code; `None` for a code this build does not know.
+    pub decode: fn(u32) -> Option<&'static str>,
+}
+
+macro_rules! dimension {
+    ($name:literal, $codes:ident) => {
+        Some(Dimension { name: $name, decode: |code| $codes::from_code(code).map($codes::label) })
+    };
+}
+
+impl ComponentCounter {
+    /// The family's second dimension, `None` when its `label` is always 0.
+    pub fn dimension(self) -> Option<Dimension> {
+        use ComponentCounter::*;
+        match self {
+            SourceMappingErrors => dimension!("action", ErrorAction),
+            SinkFailures => dimension!("error_type", DeliveryError),
+            ErrorStoreEvents => dimension!("origin", ErrorOrigin),
+            TableOperations | TableOperationFailures => dimension!("op", TableOp),
+            TableLookups => dimension!("result", LookupResult),
+            SourceEvents | SourceBytes | SourceReconnects | SinkEvents | SinkBytes | SinkRetries
+            | ErrorStoreDropped | TableEvictions => None,
+        }
+    }
+
+    /// The kind of component that has this counter.
+    pub const fn kind(self) -> ComponentKind {
+        use ComponentCounter::*;
+        match self {
+            SourceEvents | SourceBytes | SourceMappingErrors | SourceReconnects => ComponentKind::Source,
+            SinkEvents | SinkBytes | SinkFailures | SinkRetries => ComponentKind::Sink,
+            ErrorStoreEvents | ErrorStoreDropped => ComponentKind::ErrorStore,
+            TableOperations | TableOperationFailures | TableLookups | TableEvictions => ComponentKind::Table,
+        }
+    }
+}
+
+impl ComponentGauge {
+    /// The kind of component that has this gauge.
+    pub const fn kind(self) -> ComponentKind {
+        use ComponentGauge::*;
+        match self {
+            SourceConnected => ComponentKind::Source,
+            SinkConnected => ComponentKind::Sink,
+            ErrorStoreSize | ErrorStoreCapacity => ComponentKind::ErrorStore,
+            TableRows | TableBytes => ComponentKind::Table,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A family's name starts with its kind's (`source_…`, `table_…`), and counters end in
+    /// `_total`: the names an operator greps for.
+    #[test]
+    fn family_names_follow_their_kind() {
+        for c in ComponentCounter::ALL {
+            assert!(c.label().starts_with(c.kind().label()), "{}", c.label());
+            assert!(c.label().ends_with("_total"), "{}", c.label());
+        }
+        for g in ComponentGauge::ALL {
+            assert!(g.label().starts_with(g.kind().label()), "{}", g.label());
+            assert!(!g.label().ends_with("_total"), "{}", g.label());
+        }
+    }
+}
