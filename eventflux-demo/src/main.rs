@@ -3,6 +3,7 @@
 //! with `--events N` it is deterministic: the same input gives the same counts and the same
 //! output digest, attached or not.
 
+mod components;
 mod event;
 mod net;
 mod query;
@@ -234,5 +235,6 @@ fn summary(config: &Config, outcome: &Outcome) -> Value {
         "streams": streams,
         "queries": queries,
         "connections": connections,
+        "components": outcome.components.iter().cloned().collect::<BTreeMap<String, Value>>(),
     })
 }

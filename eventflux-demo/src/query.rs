@@ -11,6 +11,7 @@ use usdt_markers::span::{Batch, Span};
 use usdt_markers::trace::TraceContext;
 use usdt_markers::{aggregate_groups, emitted, error, query_events, window_state};
 
+use crate::components::{Sink, Table};
 use crate::event::Event;
 use crate::net::Forward;
 
@@ -184,6 +185,10 @@ pub struct Query {
     forward: Option<Arc<Forward>>,
     /// Rounds of [`risk_score`] per event in the filter (0: not evaluated).
     filter_cost: u32,
+    /// Where its output stream's rows are published.
+    pub sink: Option<Sink>,
+    /// A table it upserts its rows into and looks its input up in.
+    pub table: Option<Table>,
     pub stats: QueryStats,
 }
 
@@ -214,6 +219,8 @@ impl Query {
             },
             forward,
             filter_cost: 0,
+            sink: None,
+            table: None,
             stats: QueryStats { digest: FNV_OFFSET, ..QueryStats::default() },
         }
     }
@@ -269,6 +276,9 @@ impl Query {
                 self.stats.score = self.stats.score.wrapping_add(risk_score(e, self.filter_cost));
             }
         }
+        if let Some(table) = &mut self.table {
+            table.lookup(chunk.iter().map(|e| e.symbol));
+        }
         let passed: Vec<Event> = chunk
             .iter()
             .filter(|e| match e.price.checked_div(e.volume) {
@@ -319,6 +329,12 @@ impl Query {
             for word in [u64::from(row.symbol), row.sum as u64, row.count as u64] {
                 self.stats.digest = fnv1a(self.stats.digest, word);
             }
+        }
+        if let Some(table) = &mut self.table {
+            table.upsert(rows.iter().map(|r| (r.symbol, r.sum, r.count)));
+        }
+        if let Some(sink) = &mut self.sink {
+            sink.publish(n);
         }
         if let Some(forward) = &self.forward {
             // Sent from inside the emit span: downstream, its batch continues this trace

@@ -7,10 +7,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use usdt_markers::abi::{ConnErrorKind, JunctionKind, Protocol, StreamRole, WindowKind};
+use usdt_markers::abi::{ConnErrorKind, Connector, JunctionKind, Protocol, StreamRole, WindowKind};
 use usdt_markers::trace::TraceContext;
 use usdt_markers::{QueryInfo, StreamInfo, conn_active, conn_close, conn_error, conn_open, ingest, junction_send};
 
+use crate::components::{self, ErrorStore, Sink, Table};
 use crate::event::{Chunk, Source};
 use crate::net::{Forward, Inbound};
 use crate::query::{Query, QueryStats};
@@ -87,8 +88,32 @@ pub struct Outcome {
     pub streams: Vec<StreamDef>,
     pub queries: Vec<(QueryDef, QueryStats)>,
     pub connections: Vec<(Protocol, ConnStats)>,
+    /// What each component did, by name: its summary (see [`components`]).
+    pub components: Vec<(String, serde_json::Value)>,
     pub elapsed: Duration,
 }
+
+/// Component ids: the error store, sources by input stream, sinks by query, the table.
+const ERROR_STORE_ID: u32 = 0;
+const SOURCE_IDS: u32 = 1;
+const SINK_IDS: u32 = 1000;
+const TABLE_ID: u32 = 2000;
+/// Events the error store holds before it drops.
+const ERROR_STORE_CAPACITY: u64 = 10_000;
+
+/// A source's connector, from its stream's protocol.
+fn source_connector(p: Protocol) -> Connector {
+    match p {
+        Protocol::Tcp => Connector::Tcp,
+        Protocol::Grpc => Connector::Grpc,
+        Protocol::Http => Connector::Http,
+        Protocol::Kafka => Connector::Kafka,
+    }
+}
+
+/// Sinks cycle through these connectors by query.
+const SINK_CONNECTORS: [Connector; 6] =
+    [Connector::Log, Connector::File, Connector::Http, Connector::Kafka, Connector::RabbitMq, Connector::WebSocket];
 
 /// The query plan: query `i` reads input stream `i % streams` and cycles through the window
 /// kinds, so every kind runs whenever there are three queries or more.
@@ -233,6 +258,18 @@ pub fn run(config: &Config) -> Result<Outcome> {
         Some(addr) => Input::Node(Inbound::accept(addr)?),
         None => Input::Sources((0..config.streams).map(Source::new).collect()),
     };
+    let store = ErrorStore::new(ERROR_STORE_ID, ERROR_STORE_CAPACITY);
+    let mut sources: Vec<components::Source> = match &input {
+        Input::Sources(_) => streams
+            .iter()
+            .filter_map(|s| Some((s, s.protocol?)))
+            .map(|(s, p)| {
+                let id = SOURCE_IDS + s.id;
+                components::Source::new(id, (s.id, &s.name), source_connector(p), Arc::clone(&store))
+            })
+            .collect(),
+        Input::Node(_) => Vec::new(),
+    };
     let queries: Vec<Query> = defs
         .iter()
         .map(|d| {
@@ -241,6 +278,12 @@ pub fn run(config: &Config) -> Result<Outcome> {
                 config.filter_cost.get(d.id as usize).copied().unwrap_or(0),
                 !config.filter_cost.is_empty(),
             );
+            let out = streams.iter().find(|s| s.id == d.output_stream).map_or("?", |s| s.name.as_str());
+            let connector = SINK_CONNECTORS[d.id as usize % SINK_CONNECTORS.len()];
+            q.sink = Some(Sink::new(SINK_IDS + d.id, (d.output_stream, out), connector, Arc::clone(&store)));
+            if d.id == 0 {
+                q.table = Some(Table::new(TABLE_ID));
+            }
             q
         })
         .collect();
@@ -324,6 +367,9 @@ pub fn run(config: &Config) -> Result<Outcome> {
         let n = chunk.len() as u64;
         let chunk = Arc::new(chunk);
         received[stream].add(n);
+        if let Some(source) = sources.get_mut(stream) {
+            source.read(n);
+        }
         streams[stream].stats.received += n;
         for (q, sent) in &subscribers[stream] {
             let q = *q;
@@ -356,6 +402,31 @@ pub fn run(config: &Config) -> Result<Outcome> {
     for q in &defs {
         usdt_markers::unregister_query(q.id);
     }
+    let mut components = Vec::new();
+    let mut ids = Vec::new();
+    for source in &mut sources {
+        source.close();
+        components.push(source.summary());
+        ids.push(source.id());
+    }
+    let mut queries = queries;
+    for query in &mut queries {
+        if let Some(sink) = &mut query.sink {
+            sink.close();
+            components.push(sink.summary());
+            ids.push(sink.id());
+        }
+        if let Some(table) = &query.table {
+            components.push(table.summary());
+            ids.push(table.id());
+        }
+    }
+    ids.push(ERROR_STORE_ID);
+    components.push((store.name(), store.summary()));
+    // Their final counts reach observers before they go.
+    for id in ids {
+        usdt_markers::unregister_component(id);
+    }
     let mut queries_out = Vec::new();
     for (def, query) in defs.into_iter().zip(queries) {
         if let Some(out) = streams.iter_mut().find(|s| s.id == def.output_stream) {
@@ -363,7 +434,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
         }
         queries_out.push((def, query.stats));
     }
-    Ok(Outcome { streams, queries: queries_out, connections, elapsed })
+    Ok(Outcome { streams, queries: queries_out, connections, components, elapsed })
 }
 
 /// Sleeps until `produced` events are due at `rate` events per second.

@@ -5,8 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::{
-    Daemon, GatedDemo, Sample, Semaphores, assert_one_line_error, bin, bucket_quantile, computed_summary, free_port,
-    metric, metric_sum, parse_metrics, run, run_ok, serial, summary, value,
+    Daemon, GatedDemo, Sample, Semaphores, assert_components_exact, assert_one_line_error, bin, bucket_quantile,
+    computed_summary, free_port, metric, metric_sum, parse_metrics, run, run_ok, serial, summary, value,
 };
 use serde_json::Value;
 
@@ -186,6 +186,8 @@ fn check_daemon(daemon: Daemon, attached: &Value, detached: &Value, async_mode: 
         assert_eq!(get(&m, "connections_active", &[("protocol", p)]), 0);
     }
     assert_eq!(get(&m, "query_active_count", &[]), 0, "every query was unregistered at the end");
+    // Sources, sinks, the error store, the table: every series exact.
+    assert!(assert_components_exact(&m, attached) >= 20, "{}", attached["components"]);
     for reason in eventflux_probe_common::drop::NAMES {
         assert_eq!(get(&m, "eventflux_probe_dropped_events_total", &[("reason", reason)]), 0, "{reason}");
     }

@@ -9,6 +9,7 @@
 
 mod abi;
 mod bpftrace;
+mod components;
 mod cpu;
 mod daemon;
 mod dashboards;

@@ -27,7 +27,10 @@ pub use bpftrace::{Bpftrace, map_value, require_tracing};
 pub use demo::{GatedDemo, computed_summary, demo_copy, fed_node_b, gated_iterations, send_chunks, summary};
 pub use errors::{PROBE_ERROR, assert_final_error, assert_one_line_error, assert_one_line_error_of};
 pub use http::{free_port, health, http_get, http_status, json, poll_http, wait_for_port};
-pub use metrics::{Sample, bucket_quantile, counts_match, metric, metric_sum, parse_metrics, poll_metrics, value};
+pub use metrics::{
+    Sample, assert_components_exact, bucket_quantile, counts_match, metric, metric_sum, parse_metrics, poll_metrics,
+    value,
+};
 pub use observer::{Daemon, NodeObserver, log_events};
 pub use procs::{
     bpf_links, cpu_seconds, listening_ports, rss_kib, sigint, sigterm, sleep_request, wait_exec, wait_with_deadline,

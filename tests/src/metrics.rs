@@ -127,3 +127,47 @@ pub fn counts_match(samples: &[Sample], summary: &Value, labels: &[(&str, &str)]
     }
     Ok(())
 }
+
+/// Every component series the demo's summary reports (`components`: per component its kind,
+/// its labels and each series' family, labels and value) is in the scrape with exactly that
+/// value and exactly those labels (the component's name under its kind's label); and every
+/// component series the scrape has beyond them is 0 (a family the observer exports from the
+/// registration, before anything happened). Returns how many series were compared.
+pub fn assert_components_exact(samples: &[Sample], summary: &Value) -> usize {
+    let components = summary["components"].as_object().expect("components in the summary");
+    let mut expected: Vec<(String, Vec<(String, String)>, f64)> = Vec::new();
+    for (name, c) in components {
+        let kind = c["kind"].as_str().expect("kind");
+        let mut base = vec![(kind.to_owned(), name.clone())];
+        for (k, v) in c["labels"].as_object().expect("labels") {
+            base.push((k.clone(), v.as_str().expect("label").to_owned()));
+        }
+        for s in c["series"].as_array().expect("series") {
+            let mut labels = base.clone();
+            for (k, v) in s["labels"].as_object().expect("series labels") {
+                labels.push((k.clone(), v.as_str().expect("label").to_owned()));
+            }
+            labels.sort();
+            let family = s["family"].as_str().expect("family").to_owned();
+            expected.push((family, labels, s["value"].as_f64().expect("value")));
+        }
+    }
+    let kinds: Vec<String> = components.values().map(|c| c["kind"].as_str().unwrap_or("").to_owned()).collect();
+    let sorted = |s: &Sample| {
+        let mut l = s.labels.clone();
+        l.sort();
+        l
+    };
+    for (family, labels, want) in &expected {
+        let found: Vec<&Sample> = samples.iter().filter(|s| &s.name == family && &sorted(s) == labels).collect();
+        assert_eq!(found.len(), 1, "{family} {labels:?}: {} samples in the scrape", found.len());
+        assert_eq!(found[0].value, *want, "{family} {labels:?}: the demo counted {want}");
+    }
+    for s in samples {
+        let is_component = s.labels.first().is_some_and(|(k, _)| kinds.contains(k) && s.name.starts_with(k.as_str()));
+        if is_component && !expected.iter().any(|(f, l, _)| *f == s.name && *l == sorted(s)) {
+            assert_eq!(s.value, 0.0, "{} {:?} is not in the demo's summary", s.name, s.labels);
+        }
+    }
+    expected.len()
+}

@@ -1,0 +1,307 @@
+//! The engine's components beyond the query pipeline, as the demo has them (the engine's
+//! `stream/input/source`, `stream/output/sink`, the error store and `table/`):
+//! - a **source** per input stream, on its connector: it reads records, maps them into events
+//!   (one record in [`GARBAGE_EVERY`] is garbage its mapper cannot map: the error handler sends
+//!   it to the error store), and reconnects every [`RECONNECT_EVERY`] events;
+//! - a **sink** per output stream, publishing the query's rows: one row in [`TIMEOUT_EVERY`]
+//!   times out once and is retried, one in [`REJECT_EVERY`] is rejected and goes to the error
+//!   store;
+//! - the **error store** both send failures to, bounded: past its capacity events are dropped
+//!   (and counted);
+//! - a **table** (`SymbolStats`, in memory) that query 0 upserts its output rows into and looks
+//!   each of its input events up in (a stream–table lookup: hit when the symbol has a row).
+//!
+//! Each keeps its own figures in a [`Tally`], the summary's truth, and feeds the markers'
+//! component series with the same amounts; none of them changes what a query computes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use usdt_markers::abi::{
+    ComponentCounter as CC, ComponentGauge as CG, ComponentKind, Connector, DeliveryError, ErrorAction, ErrorOrigin,
+    LookupResult, NONE, TableKind, TableOp,
+};
+use usdt_markers::{ComponentInfo, component_count, component_gauge};
+
+/// One raw record in this many of a source is garbage (before the event it precedes).
+pub const GARBAGE_EVERY: u64 = 1000;
+/// A source reconnects after every this many of its events.
+pub const RECONNECT_EVERY: u64 = 100_000;
+/// One sink row in this many times out once and is retried.
+pub const TIMEOUT_EVERY: u64 = 211;
+/// One sink row in this many is rejected by the other end (not a multiple of the above).
+pub const REJECT_EVERY: u64 = 997;
+/// Bytes of one mapped record (a CSV line), and of a garbage one.
+const RECORD_BYTES: u64 = 32;
+const GARBAGE_BYTES: u64 = 16;
+/// Bytes of one published row (JSON).
+const ROW_BYTES: u64 = 48;
+/// Bytes of one table row.
+const TABLE_ROW_BYTES: u64 = 40;
+
+/// A component's series as the demo counts them, and the marker handles it feeds with the same
+/// amounts.
+pub struct Tally {
+    pub id: u32,
+    pub name: String,
+    pub kind: ComponentKind,
+    /// Labels the component's families carry besides its name: connector or table type, stream.
+    pub labels: Vec<(&'static str, String)>,
+    counts: BTreeMap<(CC, u32), u64>,
+    gauges: BTreeMap<CG, u64>,
+    handles: BTreeMap<(CC, u32), component_count::Counter>,
+    gauge_handles: BTreeMap<CG, component_gauge::Gauge>,
+}
+
+impl Tally {
+    /// Registers the component.
+    pub fn register(
+        id: u32,
+        name: String,
+        kind: ComponentKind,
+        variant: u32,
+        stream: Option<(u32, &str)>,
+        labels: Vec<(&'static str, String)>,
+    ) -> Tally {
+        usdt_markers::register_component(ComponentInfo {
+            id,
+            name: &name,
+            kind,
+            variant,
+            stream: stream.map_or(NONE, |(s, _)| s),
+            query: NONE,
+        });
+        let mut labels = labels;
+        if let Some((_, stream)) = stream {
+            labels.push(("stream_name", stream.to_owned()));
+        }
+        Tally {
+            id,
+            name,
+            kind,
+            labels,
+            counts: BTreeMap::new(),
+            gauges: BTreeMap::new(),
+            handles: BTreeMap::new(),
+            gauge_handles: BTreeMap::new(),
+        }
+    }
+
+    pub fn add(&mut self, counter: CC, label: u32, n: u64) {
+        if n == 0 {
+            return;
+        }
+        *self.counts.entry((counter, label)).or_insert(0) += n;
+        let id = self.id;
+        self.handles
+            .entry((counter, label))
+            .or_insert_with(|| component_count::Counter::new(id, counter.code(), label))
+            .add(n);
+    }
+
+    pub fn set(&mut self, gauge: CG, value: u64) {
+        self.gauges.insert(gauge, value);
+        let id = self.id;
+        self.gauge_handles.entry(gauge).or_insert_with(|| component_gauge::Gauge::new(id, gauge.code(), 0)).set(value);
+    }
+
+    /// What the summary says of it: its labels, and every series with its exact value.
+    pub fn summary(&self) -> Value {
+        let mut series = Vec::new();
+        for (&(counter, label), &n) in &self.counts {
+            let mut labels = serde_json::Map::new();
+            if let Some(d) = counter.dimension() {
+                labels.insert(d.name.to_owned(), json!((d.decode)(label).unwrap_or("?")));
+            }
+            series.push(json!({"family": counter.label(), "labels": labels, "value": n}));
+        }
+        for (&gauge, &v) in &self.gauges {
+            series.push(json!({"family": gauge.label(), "labels": {}, "value": v}));
+        }
+        let labels: serde_json::Map<String, Value> =
+            self.labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+        json!({"kind": self.kind.label(), "labels": labels, "series": series})
+    }
+}
+
+/// The error store: shared by every source and sink, bounded.
+pub struct ErrorStore {
+    tally: Mutex<(Tally, u64)>,
+    capacity: u64,
+}
+
+impl ErrorStore {
+    pub fn new(id: u32, capacity: u64) -> Arc<ErrorStore> {
+        let mut tally = Tally::register(id, "errors".into(), ComponentKind::ErrorStore, 0, None, Vec::new());
+        tally.set(CG::ErrorStoreCapacity, capacity);
+        tally.set(CG::ErrorStoreSize, 0);
+        Arc::new(ErrorStore { tally: Mutex::new((tally, 0)), capacity })
+    }
+
+    /// Keeps `n` failed events from `origin`, as many as fit.
+    pub fn put(&self, origin: ErrorOrigin, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut guard = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        let (tally, held) = &mut *guard;
+        let kept = n.min(self.capacity - *held);
+        tally.add(CC::ErrorStoreEvents, origin.code(), kept);
+        tally.add(CC::ErrorStoreDropped, 0, n - kept);
+        *held += kept;
+        let held = *held;
+        tally.set(CG::ErrorStoreSize, held);
+    }
+
+    pub fn summary(&self) -> Value {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner()).0.summary()
+    }
+
+    pub fn name(&self) -> String {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner()).0.name.clone()
+    }
+}
+
+/// A source: reads records from its connector and maps them into its stream's events.
+pub struct Source {
+    tally: Tally,
+    events: u64,
+    store: Arc<ErrorStore>,
+}
+
+impl Source {
+    pub fn new(id: u32, stream: (u32, &str), connector: Connector, store: Arc<ErrorStore>) -> Source {
+        let name = format!("{}_{}", stream.1, connector.label());
+        let labels = vec![("connector", connector.label().to_owned())];
+        let mut tally = Tally::register(id, name, ComponentKind::Source, connector.code(), Some(stream), labels);
+        tally.set(CG::SourceConnected, 1);
+        Source { tally, events: 0, store }
+    }
+
+    /// The source read the records of `n` events: the garbage ones among them go to the error
+    /// store, and it reconnects when its count crosses a multiple of [`RECONNECT_EVERY`].
+    pub fn read(&mut self, n: u64) {
+        let (from, to) = (self.events, self.events + n);
+        let crossed = |every: u64| to / every - from / every;
+        let garbage = crossed(GARBAGE_EVERY);
+        self.tally.add(CC::SourceEvents, 0, n);
+        self.tally.add(CC::SourceBytes, 0, n * RECORD_BYTES + garbage * GARBAGE_BYTES);
+        self.tally.add(CC::SourceMappingErrors, ErrorAction::Store.code(), garbage);
+        self.store.put(ErrorOrigin::SourceMapping, garbage);
+        self.tally.add(CC::SourceReconnects, 0, crossed(RECONNECT_EVERY));
+        self.events = to;
+    }
+
+    /// The source disconnected for good (the engine stops).
+    pub fn close(&mut self) {
+        self.tally.set(CG::SourceConnected, 0);
+    }
+
+    pub fn summary(&self) -> (String, Value) {
+        (self.tally.name.clone(), self.tally.summary())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.tally.id
+    }
+}
+
+/// A sink: publishes one output stream's rows through its connector.
+pub struct Sink {
+    tally: Tally,
+    rows: u64,
+    store: Arc<ErrorStore>,
+}
+
+impl Sink {
+    pub fn new(id: u32, stream: (u32, &str), connector: Connector, store: Arc<ErrorStore>) -> Sink {
+        let name = format!("{}_{}", stream.1, connector.label());
+        let labels = vec![("connector", connector.label().to_owned())];
+        let mut tally = Tally::register(id, name, ComponentKind::Sink, connector.code(), Some(stream), labels);
+        tally.set(CG::SinkConnected, 1);
+        Sink { tally, rows: 0, store }
+    }
+
+    /// Publishes `n` rows: the timed-out ones are retried (and then published), the rejected
+    /// ones go to the error store.
+    pub fn publish(&mut self, n: u64) {
+        let (from, to) = (self.rows, self.rows + n);
+        let crossed = |every: u64| to / every - from / every;
+        let rejected = crossed(REJECT_EVERY);
+        let published = n - rejected;
+        self.tally.add(CC::SinkRetries, 0, crossed(TIMEOUT_EVERY));
+        self.tally.add(CC::SinkFailures, DeliveryError::Rejected.code(), rejected);
+        self.store.put(ErrorOrigin::SinkDelivery, rejected);
+        self.tally.add(CC::SinkEvents, 0, published);
+        self.tally.add(CC::SinkBytes, 0, published * ROW_BYTES);
+        self.rows = to;
+    }
+
+    pub fn close(&mut self) {
+        self.tally.set(CG::SinkConnected, 0);
+    }
+
+    pub fn summary(&self) -> (String, Value) {
+        (self.tally.name.clone(), self.tally.summary())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.tally.id
+    }
+}
+
+/// A table in memory, keyed by symbol: the query that owns it upserts its rows and looks its
+/// input up in it, on its own thread.
+pub struct Table {
+    tally: Tally,
+    rows: HashMap<u32, (i64, i64)>,
+}
+
+impl Table {
+    pub fn new(id: u32) -> Table {
+        let labels = vec![("table_type", TableKind::InMemory.label().to_owned())];
+        let mut tally =
+            Tally::register(id, "SymbolStats".into(), ComponentKind::Table, TableKind::InMemory.code(), None, labels);
+        tally.set(CG::TableRows, 0);
+        tally.set(CG::TableBytes, 0);
+        Table { tally, rows: HashMap::new() }
+    }
+
+    /// Looks each symbol up: how many have a row.
+    pub fn lookup(&mut self, symbols: impl Iterator<Item = u32>) {
+        let (mut hits, mut misses) = (0, 0);
+        for s in symbols {
+            if self.rows.contains_key(&s) {
+                hits += 1;
+            } else {
+                misses += 1;
+            }
+        }
+        self.tally.add(CC::TableLookups, LookupResult::Hit.code(), hits);
+        self.tally.add(CC::TableLookups, LookupResult::Miss.code(), misses);
+    }
+
+    /// Upserts one row per symbol.
+    pub fn upsert(&mut self, rows: impl Iterator<Item = (u32, i64, i64)>) {
+        let mut n = 0;
+        for (symbol, sum, count) in rows {
+            self.rows.insert(symbol, (sum, count));
+            n += 1;
+        }
+        if n > 0 {
+            self.tally.add(CC::TableOperations, TableOp::Upsert.code(), n);
+            let rows = self.rows.len() as u64;
+            self.tally.set(CG::TableRows, rows);
+            self.tally.set(CG::TableBytes, rows * TABLE_ROW_BYTES);
+        }
+    }
+
+    pub fn summary(&self) -> (String, Value) {
+        (self.tally.name.clone(), self.tally.summary())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.tally.id
+    }
+}

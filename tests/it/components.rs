@@ -1,0 +1,116 @@
+//! The engine's components beyond the query pipeline (docs/probes.md, "Components"): the demo's
+//! sources, sinks, error store and table against its own summary, exactly, and the summary's
+//! figures against each other (what a sink published and failed is what its query emitted).
+
+use std::time::Duration;
+
+use integration_tests::{Daemon, GatedDemo, assert_components_exact, bin, metric, poll_metrics, serial, summary};
+use serde_json::Value;
+
+/// A component's one series of `family` in the summary (labels as given), 0 if absent.
+fn series(summary: &Value, component: &str, family: &str, labels: &[(&str, &str)]) -> u64 {
+    summary["components"][component]["series"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no component {component} in the summary"))
+        .iter()
+        .filter(|s| s["family"] == family)
+        .filter(|s| labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+        .filter_map(|s| s["value"].as_u64())
+        .sum()
+}
+
+/// A whole run observed from before its first event: every component series exact, and the
+/// components agree with the pipeline: each source mapped exactly what its stream received,
+/// each sink published and failed exactly what its query emitted, the error store holds what
+/// sources and sinks sent it, the table saw query 0's every row and every input event.
+#[test]
+fn components_count_exactly_and_agree_with_the_pipeline() {
+    let _serial = serial();
+    let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "250000", "--queries", "4", "--streams", "3"]);
+    let daemon = Daemon::start(target.pid());
+    let s = summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let m = daemon.samples();
+    let compared = assert_components_exact(&m, &s);
+    assert!(compared >= 30, "{compared} series: {}", s["components"]);
+
+    let (mut garbage, mut rejected) = (0, 0);
+    for (name, stream) in s["streams"].as_object().expect("streams") {
+        let received = stream["received"].as_u64().expect("received");
+        let component = s["components"]
+            .as_object()
+            .expect("components")
+            .iter()
+            .find(|(_, c)| c["labels"]["stream_name"] == name.as_str())
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| panic!("no component of stream {name}"));
+        if stream["role"] == "input" {
+            assert_eq!(series(&s, &component, "source_events_total", &[]), received, "{component}");
+            garbage += series(&s, &component, "source_mapping_errors_total", &[("action", "error_store")]);
+            let scraped = metric(&m, "source_events_total", &[("source", &component)]);
+            assert_eq!(scraped as u64, received, "{component}");
+        } else {
+            let query = s["queries"]
+                .as_object()
+                .expect("queries")
+                .values()
+                .find(|q| q["output_stream"] == name.as_str())
+                .expect("the query writing it");
+            let emitted = query["emitted"].as_u64().expect("emitted");
+            let failed = series(&s, &component, "sink_failures_total", &[("error_type", "rejected")]);
+            assert_eq!(series(&s, &component, "sink_events_total", &[]) + failed, emitted, "{component}");
+            rejected += failed;
+        }
+    }
+    assert!(garbage > 0 && rejected > 0);
+    assert_eq!(series(&s, "errors", "error_store_events_total", &[("origin", "source_mapping")]), garbage);
+    assert_eq!(series(&s, "errors", "error_store_events_total", &[("origin", "sink_delivery")]), rejected);
+    assert_eq!(series(&s, "errors", "error_store_size_events", &[]), garbage + rejected);
+    let q0 = &s["queries"]["q0_length"];
+    assert_eq!(
+        series(&s, "SymbolStats", "table_operations_total", &[("op", "upsert")]),
+        q0["emitted"].as_u64().expect("n")
+    );
+    let lookups = series(&s, "SymbolStats", "table_lookups_total", &[]);
+    assert_eq!(lookups, q0["processed"].as_u64().expect("n"));
+    // Registered families with nothing to count yet are there, at 0.
+    assert_eq!(metric(&m, "table_evictions_total", &[("table", "SymbolStats")]), 0.0);
+    assert_eq!(metric(&m, "error_store_dropped_total", &[("error_store", "errors")]), 0.0);
+    assert!(daemon.stop().success());
+}
+
+/// An observer that attaches to a running engine learns every component at once (the
+/// registrations and gauges are replayed to it): connected sources and sinks, the table's
+/// rows, the error store's capacity and fill; its counters count from its attach, so less
+/// than the whole run.
+#[test]
+fn a_late_observer_gets_components_and_gauges_at_once() {
+    let _serial = serial();
+    let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "200000", "--rate", "100000"]).open();
+    std::thread::sleep(Duration::from_millis(700));
+    let daemon = Daemon::start(target.pid());
+    let m = poll_metrics(daemon.port, Duration::from_secs(10), "the component gauges", |m| {
+        ["Stock0_tcp", "Stock1_grpc"]
+            .iter()
+            .all(|src| integration_tests::value(m, "source_connected", &[("source", src)]) == Some(1.0))
+            && integration_tests::value(m, "table_rows", &[("table", "SymbolStats")]) == Some(16.0)
+    });
+    assert_eq!(metric(&m, "sink_connected", &[("sink", "Q0Out_log")]), 1.0);
+    assert_eq!(metric(&m, "error_store_capacity_events", &[("error_store", "errors")]), 10_000.0);
+    // Some 70,000 events before the attach: one garbage record in a thousand is held already.
+    assert!(metric(&m, "error_store_size_events", &[("error_store", "errors")]) >= 50.0);
+    let s = summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let m = daemon.samples();
+    for (source, stream) in [("Stock0_tcp", "Stock0"), ("Stock1_grpc", "Stock1")] {
+        let counted = metric(&m, "source_events_total", &[("source", source)]) as u64;
+        let all = s["streams"][stream]["received"].as_u64().expect("received");
+        assert!(counted > 0 && counted < all, "{source}: counted {counted} of {all}, from the attach");
+        assert_eq!(metric(&m, "source_connected", &[("source", source)]), 0.0, "disconnected at the end");
+    }
+    assert_eq!(
+        metric(&m, "error_store_size_events", &[("error_store", "errors")]),
+        series(&s, "errors", "error_store_size_events", &[]) as f64
+    );
+    assert!(daemon.stop().success());
+}
