@@ -84,8 +84,7 @@ impl Reader {
     pub fn remove_target(&self, pid: u32) {
         lock(&self.targets).remove(&pid);
         let mut catalog = lock(&self.catalog);
-        catalog.streams.retain(|(p, _), _| *p != pid);
-        catalog.queries.retain(|(p, _), _| *p != pid);
+        catalog.forget(pid);
         std::mem::drop(catalog);
         self.invalidate();
     }

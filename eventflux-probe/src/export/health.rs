@@ -11,7 +11,11 @@
 //!   their thresholds, and events flow while sources are connected;
 //! - `state_backend`: window state is under its cap and did not only grow through the whole
 //!   window to `window_state_growth` times its size;
-//! - `query_runtime`: queries are registered, and events handed to queries are processed.
+//! - `query_runtime`: queries are registered, and events handed to queries are processed;
+//! - `connectors`: sources and sinks stay connected, map and publish with few failures.
+//!
+//! The error store filling up (or dropping) degrades `event_pipeline`: failed events are about
+//! to be lost.
 //!
 //! The status is `unhealthy` (HTTP 503) when the target is gone or a check failed, `degraded`
 //! (200, with the reasons) when a check is degraded, `healthy` (200) otherwise.
@@ -21,7 +25,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::model::Engine;
+use eventflux_abi::{ComponentCounter as CC, ComponentGauge as CG, ComponentKind};
+
+use crate::model::{Component, Engine};
+
+/// An error store this full (held / capacity) degrades `event_pipeline`.
+pub const ERROR_STORE_FULL: f64 = 0.9;
 
 /// What makes a check degrade; from the `[health]` configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +96,25 @@ pub struct Totals {
     pub backpressure: u64,
     pub window_state_bytes: u64,
     pub connections_active: u64,
+    /// Active sources and sinks whose `connected` gauge reads 0.
+    pub connectors_down: u64,
+    pub source_events: u64,
+    pub source_mapping_errors: u64,
+    pub sink_events: u64,
+    pub sink_failures: u64,
+    pub error_store_dropped: u64,
+}
+
+/// The active sources and sinks that say they are disconnected.
+fn disconnected(e: &Engine) -> impl Iterator<Item = &Component> {
+    e.components.values().filter(|c| {
+        c.active
+            && match c.kind {
+                Some(ComponentKind::Source) => c.gauge(CG::SourceConnected) == Some(0),
+                Some(ComponentKind::Sink) => c.gauge(CG::SinkConnected) == Some(0),
+                _ => false,
+            }
+    })
 }
 
 impl Totals {
@@ -101,6 +129,12 @@ impl Totals {
             backpressure: e.backpressure_total(),
             window_state_bytes: e.memory().window_state,
             connections_active: e.connections_active(),
+            connectors_down: disconnected(e).count() as u64,
+            source_events: e.component_total(CC::SourceEvents),
+            source_mapping_errors: e.component_total(CC::SourceMappingErrors),
+            sink_events: e.component_total(CC::SinkEvents),
+            sink_failures: e.component_total(CC::SinkFailures),
+            error_store_dropped: e.component_total(CC::ErrorStoreDropped),
         }
     }
 }
@@ -173,6 +207,7 @@ pub struct Checks {
     pub event_pipeline: Check,
     pub state_backend: Check,
     pub query_runtime: Check,
+    pub connectors: Check,
 }
 
 /// The target as the daemon holds it.
@@ -293,6 +328,68 @@ pub fn evaluate(engine: Option<&Engine>, history: &History, t: &Thresholds, ctx:
             );
         }
     }
+    let mut connectors = Finding::new();
+    if let Some((then, old)) = judged {
+        let span = now.duration_since(*then).as_secs_f64();
+        let ratios = [
+            (
+                "source mapping errors",
+                "inputs read",
+                cur.source_mapping_errors,
+                old.source_mapping_errors,
+                cur.source_events,
+                old.source_events,
+            ),
+            (
+                "sink failures",
+                "events published",
+                cur.sink_failures,
+                old.sink_failures,
+                cur.sink_events,
+                old.sink_events,
+            ),
+        ];
+        for (what, of, bad, bad_then, good, good_then) in ratios {
+            let (bad, good) = (bad.saturating_sub(bad_then), good.saturating_sub(good_then));
+            let all = bad + good;
+            if all >= MIN_EVENTS && bad as f64 / all as f64 > t.max_error_ratio {
+                connectors.raise(
+                    Check::Degraded,
+                    "connectors",
+                    format!(
+                        "{what} {:.1}% over the last {span:.0}s exceed {:.1}% ({bad} of {all} {of})",
+                        bad as f64 / all as f64 * 100.0,
+                        t.max_error_ratio * 100.0
+                    ),
+                );
+            }
+        }
+        let dropped = cur.error_store_dropped.saturating_sub(old.error_store_dropped);
+        if dropped > 0 {
+            pipeline.raise(
+                Check::Degraded,
+                "event_pipeline",
+                format!("the error store dropped {dropped} failed events in the last {span:.0}s: it is full"),
+            );
+        }
+    }
+    for c in e.components.values().filter(|c| c.active && c.kind == Some(ComponentKind::ErrorStore)) {
+        let (Some(held), Some(capacity)) = (c.gauge(CG::ErrorStoreSize), c.gauge(CG::ErrorStoreCapacity)) else {
+            continue;
+        };
+        if capacity > 0 && held as f64 >= capacity as f64 * ERROR_STORE_FULL {
+            pipeline.raise(
+                Check::Degraded,
+                "event_pipeline",
+                format!(
+                    "error store {} holds {held} of {capacity} events ({:.0}%): failed events are lost once it is full",
+                    c.name,
+                    held as f64 / capacity as f64 * 100.0
+                ),
+            );
+        }
+    }
+
     // Stalls need a sample that is really `stall_after` old: not in the first seconds.
     let stalled = history.samples.iter().rev().find(|(at, _)| now.duration_since(*at) >= t.stall_after);
     if let Some((_, old)) = stalled {
@@ -309,6 +406,20 @@ pub fn evaluate(engine: Option<&Engine>, history: &History, t: &Thresholds, ctx:
                 ),
             );
         }
+    }
+
+    if stalled.is_some()
+        && cur.connectors_down > 0
+        && history.within(now, t.stall_after).all(|(_, s)| s.connectors_down > 0)
+    {
+        let names: Vec<String> = disconnected(e)
+            .map(|c| format!("{} {}", c.kind.map_or("component", ComponentKind::label), c.name))
+            .collect();
+        connectors.raise(
+            Check::Degraded,
+            "connectors",
+            format!("{} disconnected for {} or more", names.join(", "), secs(t.stall_after)),
+        );
     }
 
     let mut state = Finding::new();
@@ -371,8 +482,13 @@ pub fn evaluate(engine: Option<&Engine>, history: &History, t: &Thresholds, ctx:
         reasons.push(format!("target: {gone}"));
         status = Status::Unhealthy;
     }
-    let checks = Checks { event_pipeline: pipeline.check, state_backend: state.check, query_runtime: runtime.check };
-    for f in [pipeline, state, runtime] {
+    let checks = Checks {
+        event_pipeline: pipeline.check,
+        state_backend: state.check,
+        query_runtime: runtime.check,
+        connectors: connectors.check,
+    };
+    for f in [pipeline, state, runtime, connectors] {
         status = match (status, f.check) {
             (Status::Unhealthy, _) | (_, Check::Failed) => Status::Unhealthy,
             (_, Check::Degraded) => Status::Degraded,
@@ -450,6 +566,69 @@ mod tests {
 
     fn flowing(i: u64) -> Totals {
         Totals { ingested: i * 1000, sent: i * 1000, processed: i * 1000, errors: i * 10, ..Totals::default() }
+    }
+
+    /// A sink and an error store with these figures, added to `e`.
+    fn with_components(mut e: Engine, connected: u64, published: u64, failed: u64, held: u64, dropped: u64) -> Engine {
+        let sink = Component {
+            id: 1,
+            name: "out_kafka".into(),
+            registered: true,
+            active: true,
+            kind: Some(ComponentKind::Sink),
+            counters: [((CC::SinkEvents, 0), published), ((CC::SinkFailures, 2), failed)].into(),
+            gauges: [((CG::SinkConnected, 0), connected)].into(),
+            ..Component::default()
+        };
+        let store = Component {
+            id: 2,
+            name: "errors".into(),
+            registered: true,
+            active: true,
+            kind: Some(ComponentKind::ErrorStore),
+            counters: [((CC::ErrorStoreDropped, 0), dropped)].into(),
+            gauges: [((CG::ErrorStoreSize, 0), held), ((CG::ErrorStoreCapacity, 0), 100)].into(),
+            ..Component::default()
+        };
+        e.components.insert(1, sink);
+        e.components.insert(2, store);
+        e
+    }
+
+    fn totals(e: &Engine) -> Totals {
+        Totals::of(e)
+    }
+
+    /// A sink disconnected through the stall time, one failing more than the error ratio, and
+    /// an error store nearly full or dropping: each degrades, and says which component.
+    #[test]
+    fn connectors_and_the_error_store_degrade_and_name_the_component() {
+        let start = Instant::now();
+        let t = Thresholds { window: Duration::from_secs(10), ..Thresholds::default() };
+        let at = |i: u64, connected: u64, failed_per_s: u64, held: u64, dropped_per_s: u64| {
+            with_components(engine(flowing(i), true), connected, i * 1000, i * failed_per_s, held, i * dropped_per_s)
+        };
+        let now = start + Duration::from_secs(30);
+        let run = |connected, failed, held, dropped| {
+            let h = history(start, 30, |i| totals(&at(i, connected, failed, held, dropped)));
+            evaluate(Some(&at(30, connected, failed, held, dropped)), &h, &t, ctx(now))
+        };
+        let r = run(1, 0, 10, 0);
+        assert_eq!(r.status, Status::Healthy, "{:?}", r.reasons);
+        let r = run(0, 0, 10, 0);
+        assert_eq!(r.checks.connectors, Check::Degraded);
+        assert_eq!(r.reasons, ["connectors: sink out_kafka disconnected for 10s or more"]);
+        let r = run(1, 100, 10, 0);
+        assert!(r.reasons[0].starts_with("connectors: sink failures 9.1% over the last 10s"), "{:?}", r.reasons);
+        let r = run(1, 0, 95, 0);
+        assert_eq!(r.checks.event_pipeline, Check::Degraded);
+        assert!(r.reasons[0].contains("error store errors holds 95 of 100 events (95%)"), "{:?}", r.reasons);
+        let r = run(1, 0, 100, 2);
+        assert!(r.reasons.iter().any(|l| l.contains("dropped 20 failed events")), "{:?}", r.reasons);
+        // A sink that disconnected just now is not yet a finding.
+        let h = history(start, 30, |i| totals(&at(i, u64::from(i < 25), 0, 10, 0)));
+        let r = evaluate(Some(&at(30, 0, 0, 10, 0)), &h, &t, ctx(now));
+        assert_eq!(r.checks.connectors, Check::Ok, "{:?}", r.reasons);
     }
 
     #[test]

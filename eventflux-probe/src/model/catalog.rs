@@ -100,6 +100,13 @@ impl Catalog {
         }
     }
 
+    /// Forgets every registration of a process (it is gone and its series with it).
+    pub fn forget(&mut self, pid: u32) {
+        self.streams.retain(|(p, _), _| *p != pid);
+        self.queries.retain(|(p, _), _| *p != pid);
+        self.components.retain(|(p, _), _| *p != pid);
+    }
+
     /// The stream's name, or `stream<ID>` until its registration arrives.
     pub fn stream_name(&self, pid: u32, id: u32) -> String {
         self.streams.get(&(pid, id)).map_or_else(|| format!("stream{id}"), |s| s.name.clone())

@@ -324,6 +324,11 @@ impl Engine {
         self.streams.values().map(|s| s.sent).sum()
     }
 
+    /// A component counter summed over every component and label.
+    pub fn component_total(&self, c: ComponentCounter) -> u64 {
+        self.components.values().map(|x| x.counter(c)).sum()
+    }
+
     pub fn connections_active(&self) -> u64 {
         self.connections.values().map(Connections::active).sum()
     }
