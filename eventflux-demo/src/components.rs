@@ -5,7 +5,8 @@
 //!   it to the error store), and reconnects every [`RECONNECT_EVERY`] events;
 //! - a **sink** per output stream, publishing the query's rows: one row in [`TIMEOUT_EVERY`]
 //!   times out once and is retried, one in [`REJECT_EVERY`] is rejected and goes to the error
-//!   store;
+//!   store; while the engine is in trouble (`--trouble`) query 0's sink is disconnected and its
+//!   rows fail;
 //! - the **error store** both send failures to, bounded: past its capacity events are dropped
 //!   (and counted);
 //! - a **table** (`SymbolStats`, in memory) that query 0 upserts its output rows into and looks
@@ -212,6 +213,9 @@ pub struct Sink {
     tally: Tally,
     rows: u64,
     store: Arc<ErrorStore>,
+    /// Whether its connection is down while the engine is in trouble (`--trouble`).
+    pub drops_in_trouble: bool,
+    connected: bool,
 }
 
 impl Sink {
@@ -220,12 +224,23 @@ impl Sink {
         let labels = vec![("connector", connector.label().to_owned())];
         let mut tally = Tally::register(id, name, ComponentKind::Sink, connector.code(), Some(stream), labels);
         tally.set(CG::SinkConnected, 1);
-        Sink { tally, rows: 0, store }
+        Sink { tally, rows: 0, store, drops_in_trouble: false, connected: true }
     }
 
     /// Publishes `n` rows: the timed-out ones are retried (and then published), the rejected
-    /// ones go to the error store.
-    pub fn publish(&mut self, n: u64) {
+    /// ones go to the error store. While the engine is in trouble a sink that
+    /// [`drops_in_trouble`](Sink::drops_in_trouble) is disconnected: its rows fail with a
+    /// connection error and are dropped (logged, as the engine's sinks do), not stored.
+    pub fn publish(&mut self, n: u64, trouble: bool) {
+        let down = trouble && self.drops_in_trouble;
+        if down != !self.connected {
+            self.connected = !down;
+            self.tally.set(CG::SinkConnected, u64::from(self.connected));
+        }
+        if down {
+            self.tally.add(CC::SinkFailures, DeliveryError::Connection.code(), n);
+            return;
+        }
         let (from, to) = (self.rows, self.rows + n);
         let crossed = |every: u64| to / every - from / every;
         let rejected = crossed(REJECT_EVERY);

@@ -67,7 +67,8 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     hold: f64,
     /// Trouble from second A to second B after the first event (`A..B`): half the events
-    /// malformed (expression errors), async query workers slow (backpressure). Counts stay
+    /// malformed (expression errors), async query workers slow (backpressure), query 0's sink
+    /// disconnected. Counts stay
     /// exact in the summary; the output is then no longer the same on every run.
     #[arg(long, value_name = "A..B", value_parser = parse_trouble)]
     trouble: Option<(Duration, Duration)>,
@@ -84,6 +85,10 @@ struct Args {
     /// measured and printed in the summary (`cpu_s`): the test of CPU attribution.
     #[arg(long, value_name = "R,R,…", value_delimiter = ',')]
     filter_cost: Vec<u32>,
+    /// Failed events (garbage records, rejected rows) the error store holds before it drops
+    /// them.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    error_store_capacity: u64,
     /// Seconds to stay alive after the summary.
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     linger: f64,
@@ -129,6 +134,7 @@ fn run(args: &Args) -> Result<()> {
         forward: args.forward,
         listen: args.listen,
         filter_cost: args.filter_cost.clone(),
+        error_store_capacity: args.error_store_capacity,
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();

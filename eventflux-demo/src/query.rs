@@ -334,7 +334,7 @@ impl Query {
             table.upsert(rows.iter().map(|r| (r.symbol, r.sum, r.count)));
         }
         if let Some(sink) = &mut self.sink {
-            sink.publish(n);
+            sink.publish(n, crate::runtime::in_trouble());
         }
         if let Some(forward) = &self.forward {
             // Sent from inside the emit span: downstream, its batch continues this trace

@@ -37,17 +37,19 @@ pub struct Config {
     pub listen: Option<std::net::SocketAddr>,
     /// Rounds of the expensive filter expression per event, by query index (missing: 0).
     pub filter_cost: Vec<u32>,
+    /// Failed events the error store holds before it drops.
+    pub error_store_capacity: u64,
 }
 
 /// Whether the engine is in trouble now (`--trouble`): half of the sources' events are
-/// malformed (an expression error each) and async query workers are slow (their queues back
-/// up, producers meet backpressure). What a health check must notice, then see recover.
+/// malformed (an expression error each), async query workers are slow (their queues back
+/// up, producers meet backpressure) and query 0's sink is disconnected. What a health check must notice, then see recover.
 static TROUBLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// How long a query worker stalls per chunk while in trouble.
 const TROUBLE_STALL: Duration = Duration::from_millis(10);
 
-fn in_trouble() -> bool {
+pub fn in_trouble() -> bool {
     TROUBLE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
@@ -98,8 +100,6 @@ const ERROR_STORE_ID: u32 = 0;
 const SOURCE_IDS: u32 = 1;
 const SINK_IDS: u32 = 1000;
 const TABLE_ID: u32 = 2000;
-/// Events the error store holds before it drops.
-const ERROR_STORE_CAPACITY: u64 = 10_000;
 
 /// A source's connector, from its stream's protocol.
 fn source_connector(p: Protocol) -> Connector {
@@ -258,7 +258,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
         Some(addr) => Input::Node(Inbound::accept(addr)?),
         None => Input::Sources((0..config.streams).map(Source::new).collect()),
     };
-    let store = ErrorStore::new(ERROR_STORE_ID, ERROR_STORE_CAPACITY);
+    let store = ErrorStore::new(ERROR_STORE_ID, config.error_store_capacity);
     let mut sources: Vec<components::Source> = match &input {
         Input::Sources(_) => streams
             .iter()
@@ -280,7 +280,9 @@ pub fn run(config: &Config) -> Result<Outcome> {
             );
             let out = streams.iter().find(|s| s.id == d.output_stream).map_or("?", |s| s.name.as_str());
             let connector = SINK_CONNECTORS[d.id as usize % SINK_CONNECTORS.len()];
-            q.sink = Some(Sink::new(SINK_IDS + d.id, (d.output_stream, out), connector, Arc::clone(&store)));
+            let mut sink = Sink::new(SINK_IDS + d.id, (d.output_stream, out), connector, Arc::clone(&store));
+            sink.drops_in_trouble = d.id == 0;
+            q.sink = Some(sink);
             if d.id == 0 {
                 q.table = Some(Table::new(TABLE_ID));
             }

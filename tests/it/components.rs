@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use integration_tests::{Daemon, GatedDemo, assert_components_exact, bin, metric, poll_metrics, serial, summary};
+use integration_tests::{
+    Daemon, GatedDemo, assert_components_exact, bin, json, metric, poll_http, poll_metrics, serial, summary,
+};
 use serde_json::Value;
 
 /// A component's one series of `family` in the summary (labels as given), 0 if absent.
@@ -112,5 +114,35 @@ fn a_late_observer_gets_components_and_gauges_at_once() {
         metric(&m, "error_store_size_events", &[("error_store", "errors")]),
         series(&s, "errors", "error_store_size_events", &[]) as f64
     );
+    assert!(daemon.stop().success());
+}
+
+/// An error store that fills up degrades `/health` (`event_pipeline`), naming the store, its
+/// fill and what it dropped; the dropped events are counted exactly.
+#[test]
+fn a_full_error_store_degrades_health_and_counts_what_it_dropped() {
+    let _serial = serial();
+    let args = ["--events", "300000", "--rate", "150000", "--error-store-capacity", "100", "--hold", "4"];
+    let target = GatedDemo::start(&bin("eventflux-demo"), &args);
+    let daemon = Daemon::start_with(target.pid(), &["--flush-interval", "100ms"]);
+    let target = target.open();
+    let (_, body) = poll_http(daemon.port, "/health", Duration::from_secs(15), "a full error store", |s, b| {
+        let reasons = json(b)["reasons"].to_string();
+        s == 200 && reasons.contains("error store errors holds 100 of 100 events (100%)") && reasons.contains("dropped")
+    });
+    let h = json(&body);
+    assert_eq!(
+        (h["status"].as_str(), h["checks"]["event_pipeline"].as_str()),
+        (Some("degraded"), Some("degraded")),
+        "{h}"
+    );
+    // Open already: this only waits for its summary.
+    let s = summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let m = daemon.samples();
+    assert_components_exact(&m, &s);
+    let dropped = series(&s, "errors", "error_store_dropped_total", &[]);
+    assert!(dropped > 100, "{dropped}");
+    assert_eq!(metric(&m, "error_store_dropped_total", &[("error_store", "errors")]) as u64, dropped);
     assert!(daemon.stop().success());
 }

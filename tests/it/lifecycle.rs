@@ -127,8 +127,8 @@ fn the_daemon_exits_after_the_grace_period() {
     );
 }
 
-/// Driven into backpressure and errors, the engine is `degraded` with both reasons; once the
-/// trouble is over and out of the window, `healthy` again. Thresholds from a config file.
+/// Driven into backpressure, errors and a disconnected sink, the engine is `degraded` with
+/// each reason; once the trouble is over and out of the window, `healthy` again. Thresholds from a config file.
 #[test]
 fn health_degrades_under_trouble_and_recovers() {
     let _serial = serial();
@@ -161,11 +161,16 @@ fn health_degrades_under_trouble_and_recovers() {
     let (code, body) = poll_http(port, "/health", limit, "degraded in trouble", |_, b| {
         let h = json(b);
         let reasons = h["reasons"].to_string();
-        h["status"] == "degraded" && reasons.contains("error ratio") && reasons.contains("backpressure")
+        h["status"] == "degraded"
+            && reasons.contains("error ratio")
+            && reasons.contains("backpressure")
+            && reasons.contains("sink failures")
     });
     assert_eq!(code, 200, "degraded still answers 200");
     let h = json(&body);
     assert_eq!(h["checks"]["event_pipeline"], "degraded", "{h}");
+    // Query 0's sink is disconnected in trouble: its rows fail.
+    assert_eq!(h["checks"]["connectors"], "degraded", "{h}");
     sleep_until(trouble.end + margin);
     poll_http(port, "/health", Duration::from_secs(10), "healthy after the trouble", |s, b| {
         s == 200 && status_of(b) == "healthy"
