@@ -239,7 +239,8 @@ fn the_promql_scanner_finds_metrics_and_labels() {
 
 // ---------------------------------------------------------------- static checks
 
-/// Valid JSON, the four dashboards of the design document with the panels it names, unique
+/// Valid JSON, the four dashboards of the design document with the panels it names and the
+/// components' dashboard, unique
 /// ids, every datasource reference the `${DS_PROMETHEUS}` input (also a template variable),
 /// units and thresholds on every panel, no hard-coded instance, latency from histogram buckets,
 /// and every metric and label a query or variable uses in the exporter's list.
@@ -250,6 +251,7 @@ fn dashboards_are_well_formed_and_use_only_exported_metrics() {
     assert_eq!(
         titles,
         [
+            "EventFlux Components",
             "EventFlux Overview",
             "EventFlux Query Performance",
             "EventFlux Stream Monitoring",
@@ -274,6 +276,10 @@ fn dashboards_are_well_formed_and_use_only_exported_metrics() {
         (
             "EventFlux Stream Monitoring",
             &["Stream throughput", "Backpressure events / s", "Subscribers", "Buffer size", "Oldest event age"][..],
+        ),
+        (
+            "EventFlux Components",
+            &["Source events / s", "Mapping errors / s", "Connected", "Sink failures / s", "Error store fill", "Table writes / s"][..],
         ),
         (
             "EventFlux System Resources",

@@ -1,7 +1,7 @@
 //! `cargo xtask dashboards [--check]`: writes the Grafana dashboards in `dashboards/grafana/`
 //! from the specification below (or, with `--check`, fails if the files differ from it).
 //!
-//! Why generated: four dashboards of some forty panels share a datasource input, template
+//! Why generated: five dashboards of some sixty panels share a datasource input, template
 //! variables, selectors and units; written by hand they drift (a panel without the instance
 //! filter, a latency panel on a `quantile` label). Here every panel is a few lines, and the
 //! JSON is committed so that Grafana users import it without Rust. `tests/it/dashboards.rs` lints
@@ -275,6 +275,77 @@ fn dashboards() -> Vec<Dashboard> {
                         panel("Connection attempts / s", "ops", "Connection attempts by protocol and result, and failures by kind.")
                             .q(format!("sum by (instance, pid, protocol, result) (rate(connections_total{{{I}}}[$__rate_interval]))"), "{{protocol}} {{result}}")
                             .q(format!("sum by (instance, pid, protocol, error_type) (rate(connection_errors_total{{{I}}}[$__rate_interval]))"), "{{protocol}} failed: {{error_type}}"),
+                    ],
+                },
+            ],
+        },
+        Dashboard {
+            file: "eventflux-components.json",
+            uid: "eventflux-components",
+            title: "EventFlux Components",
+            description: "Sources and sinks per connector, the error store, tables: what each read, published, failed and holds.",
+            vars: vec![],
+            rows: vec![
+                Row {
+                    title: "Sources",
+                    panels: vec![
+                        panel("Source events / s", "ops", "Events each source read and mapped into its stream, per second.")
+                            .q(format!("sum by (instance, pid, source, connector) (rate(source_events_total{{{I}}}[$__rate_interval]))"), "{{source}} ({{connector}})"),
+                        panel("Source bytes / s", "Bps", "Bytes each source read from its connector, per second.")
+                            .q(format!("sum by (instance, pid, source) (rate(source_bytes_total{{{I}}}[$__rate_interval]))"), "{{source}}"),
+                        panel("Mapping errors / s", "ops", "Inputs a source's mapper could not map, per second, by what its error handler did with them (action).")
+                            .q(format!("sum by (instance, pid, source, action) (rate(source_mapping_errors_total{{{I}}}[$__rate_interval]))"), "{{source}} {{action}}")
+                            .warn(1.0, 100.0),
+                        panel("Reconnects / s", "ops", "Times each source reconnected to its connector, per second.")
+                            .q(format!("sum by (instance, pid, source) (rate(source_reconnects_total{{{I}}}[$__rate_interval]))"), "{{source}}"),
+                        panel("Connected", "short", "1 while a source or sink is connected to its connector, 0 while it is not.")
+                            .q(format!("source_connected{{{I}}}"), "source {{source}}")
+                            .q(format!("sink_connected{{{I}}}"), "sink {{sink}}")
+                            .width(24),
+                    ],
+                },
+                Row {
+                    title: "Sinks",
+                    panels: vec![
+                        panel("Sink events / s", "ops", "Events each sink published, per second.")
+                            .q(format!("sum by (instance, pid, sink, connector) (rate(sink_events_total{{{I}}}[$__rate_interval]))"), "{{sink}} ({{connector}})"),
+                        panel("Sink bytes / s", "Bps", "Bytes each sink published, per second.")
+                            .q(format!("sum by (instance, pid, sink) (rate(sink_bytes_total{{{I}}}[$__rate_interval]))"), "{{sink}}"),
+                        panel("Sink failures / s", "ops", "Events a sink could not publish, per second, by why (error_type).")
+                            .q(format!("sum by (instance, pid, sink, error_type) (rate(sink_failures_total{{{I}}}[$__rate_interval]))"), "{{sink}} {{error_type}}")
+                            .warn(1.0, 100.0),
+                        panel("Sink retries / s", "ops", "Publish attempts repeated after a failure, per second.")
+                            .q(format!("sum by (instance, pid, sink) (rate(sink_retries_total{{{I}}}[$__rate_interval]))"), "{{sink}}"),
+                    ],
+                },
+                Row {
+                    title: "Error store",
+                    panels: vec![
+                        panel("Error store fill", "percentunit", "Failed events held over the store's capacity: past 100% failed events are lost.")
+                            .q(format!("error_store_size_events{{{I}}} / error_store_capacity_events{{{I}}}"), "{{error_store}}")
+                            .warn(0.7, 0.9)
+                            .width(8),
+                        panel("Failed events stored / s", "ops", "Events added to the error store per second, by where they failed (origin).")
+                            .q(format!("sum by (instance, pid, error_store, origin) (rate(error_store_events_total{{{I}}}[$__rate_interval]))"), "{{error_store}} {{origin}}")
+                            .width(8),
+                        panel("Failed events lost / s", "ops", "Events the error store could not keep because it was full, per second.")
+                            .q(format!("sum by (instance, pid, error_store) (rate(error_store_dropped_total{{{I}}}[$__rate_interval]))"), "{{error_store}}")
+                            .warn(0.001, 1.0)
+                            .width(8),
+                    ],
+                },
+                Row {
+                    title: "Tables",
+                    panels: vec![
+                        panel("Table writes / s", "ops", "Rows written to each table per second, by operation; evictions of bounded (cache) tables.")
+                            .q(format!("sum by (instance, pid, table, op) (rate(table_operations_total{{{I}}}[$__rate_interval]))"), "{{table}} {{op}}")
+                            .q(format!("sum by (instance, pid, table) (rate(table_evictions_total{{{I}}}[$__rate_interval]))"), "{{table}} evicted"),
+                        panel("Table lookups / s", "ops", "Lookups into each table from streams per second, by result (hit, miss).")
+                            .q(format!("sum by (instance, pid, table, result) (rate(table_lookups_total{{{I}}}[$__rate_interval]))"), "{{table}} {{result}}"),
+                        panel("Table rows", "short", "Rows each table holds.")
+                            .q(format!("table_rows{{{I}}}"), "{{table}}"),
+                        panel("Table size", "bytes", "Bytes each table's rows take.")
+                            .q(format!("table_size_bytes{{{I}}}"), "{{table}}"),
                     ],
                 },
             ],
