@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use integration_tests::{Bpftrace, GatedDemo, Scratch, bin, map_value, run_ok, serial, summary};
+use usdt_markers::abi::ComponentCounter;
 
 /// The bpftrace scripts of docs/probes.md, in order, with `BIN` replaced.
 fn documented_one_liners(binary: &Path) -> Vec<String> {
@@ -15,12 +16,12 @@ fn documented_one_liners(binary: &Path) -> Vec<String> {
         .filter_map(|l| l.strip_prefix("bpftrace -p PID -e '"))
         .map(|l| l.strip_suffix('\'').expect("a one-liner ends with '").replace("BIN", &binary.to_string_lossy()))
         .collect();
-    assert_eq!(scripts.len(), 6, "docs/probes.md's bpftrace section changed: update this test");
+    assert_eq!(scripts.len(), 7, "docs/probes.md's bpftrace section changed: update this test");
     scripts
 }
 
-/// The one-liners, each in its own bpftrace attached at once (five observers): exact totals
-/// per stream and per query, every batch sampled once the control one-liner asks for it, and
+/// The one-liners, each in its own bpftrace attached at once (six observers): exact totals
+/// per stream, per query and per component series, every batch sampled once the control one-liner asks for it, and
 /// the registrations replayed to a late observer exactly once.
 #[test]
 fn documented_one_liners_give_exact_totals() {
@@ -31,7 +32,7 @@ fn documented_one_liners_give_exact_totals() {
     let target = GatedDemo::start(&demo, &["--events", "100003", "--streams", "3", "--queries", "4", "--batch", "64"]);
     let mut scripts = documented_one_liners(&demo);
     // The last is the CPU one-liner, tested below.
-    scripts.truncate(5);
+    scripts.truncate(6);
     let observers: Vec<Bpftrace> = scripts.iter().map(|s| Bpftrace::attach(target.pid(), s)).collect();
     let names = Bpftrace::attach(
         target.pid(),
@@ -48,6 +49,7 @@ fn documented_one_liners_give_exact_totals() {
     };
     let ingest = maps(outputs.next().expect("ingest"));
     let query = maps(outputs.next().expect("query_events"));
+    let components = maps(outputs.next().expect("component_count"));
     let latency = outputs.next().expect("batch_sample");
     let stages = outputs.next().expect("stage_sample");
     let every = maps(outputs.next().expect("every batch"));
@@ -65,6 +67,31 @@ fn documented_one_liners_give_exact_totals() {
         assert_eq!(map_value(&every, &format!("@sampled[{id}]")), q["batches"].as_u64().expect("batches"));
         assert!(latency.iter().any(|l| l.starts_with(&format!("@latency_ns[{id}]:"))), "{latency:?}");
     }
+    // Every component counter the demo counted, by the names bpftrace learned (registrations
+    // replayed to it) and the codes of the ABI.
+    let mut compared = 0;
+    for (name, c) in summary["components"].as_object().expect("components") {
+        let id = components
+            .iter()
+            .find(|(k, v)| k.starts_with("@name[") && v == name)
+            .and_then(|(k, _)| k.strip_prefix("@name[")?.strip_suffix(']'))
+            .unwrap_or_else(|| panic!("{name} was not registered to bpftrace: {components:?}"));
+        for s in c["series"].as_array().expect("series") {
+            let family = s["family"].as_str().expect("family");
+            let Some(counter) = ComponentCounter::ALL.iter().find(|c| c.label() == family) else { continue };
+            let label = match counter.dimension() {
+                Some(d) => {
+                    let value = s["labels"][d.name].as_str().expect("dimension label");
+                    (0..16).find(|code| (d.decode)(*code) == Some(value)).expect("a code")
+                }
+                None => 0,
+            };
+            let key = format!("@count[{id}, {}, {label}]", counter.code());
+            assert_eq!(map_value(&components, &key), s["value"].as_u64().expect("value"), "{name} {family}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 20, "{compared} component series compared");
     for stage in 1..=4 {
         assert!(stages.iter().any(|l| l.starts_with(&format!("@self_ns[{stage}]:"))), "stage {stage}: {stages:?}");
     }
