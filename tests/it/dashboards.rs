@@ -279,7 +279,14 @@ fn dashboards_are_well_formed_and_use_only_exported_metrics() {
         ),
         (
             "EventFlux Components",
-            &["Source events / s", "Mapping errors / s", "Connected", "Sink failures / s", "Error store fill", "Table writes / s"][..],
+            &[
+                "Source events / s",
+                "Mapping errors / s",
+                "Connected",
+                "Sink failures / s",
+                "Error store fill",
+                "Table writes / s",
+            ][..],
         ),
         (
             "EventFlux System Resources",
