@@ -73,6 +73,28 @@ code_enum! {
         Time = 3 => "time",
         /// Tumbling window emitting every T milliseconds of event time.
         TimeBatch = 4 => "time_batch",
+        /// Sliding window over an event attribute's time.
+        ExternalTime = 5 => "external_time",
+        /// Tumbling window over an event attribute's time.
+        ExternalTimeBatch = 6 => "external_time_batch",
+        /// Events of a key until a gap of inactivity.
+        Session = 7 => "session",
+        /// The N events first by a sort order.
+        Sort = 8 => "sort",
+        /// Events while an expression over the window holds.
+        Expression = 9 => "expression",
+        /// Tumbling window on a cron schedule.
+        Cron = 10 => "cron",
+        /// Events held back for a time, then released.
+        Delay = 11 => "delay",
+        /// The latest event per key.
+        Unique = 12 => "unique",
+        /// The first event per key.
+        FirstUnique = 13 => "first_unique",
+        /// The most frequent keys.
+        Frequent = 14 => "frequent",
+        /// Keys above a frequency, approximately.
+        LossyFrequent = 15 => "lossy_frequent",
     }
 }
 

@@ -27,11 +27,14 @@ code_enum! {
         ErrorStore = 2 => "error_store",
         /// A table: rows that queries insert, update, delete, upsert and look up.
         Table = 3 => "table",
+        /// A query's window (its `variant` a WindowKind): the events it holds, adds, expires.
+        Window = 4 => "window",
     }
 }
 
 code_enum! {
-    /// The connector of a source or sink (its `variant`).
+    /// The connector of a source or sink (its `variant`; a window's is its WindowKind, a
+    /// table's its TableKind).
     Connector {
         /// Events made by a timer.
         Timer = 0 => "timer",
@@ -169,6 +172,12 @@ code_enum! {
         TableLookups = 12 => "table_lookups_total",
         /// Table: rows a bounded (cache) table evicted.
         TableEvictions = 13 => "table_evictions_total",
+        /// Window: events added.
+        WindowEvents = 14 => "window_events_total",
+        /// Window: events that left it (expired, evicted, or flushed by a batch window).
+        WindowExpired = 15 => "window_expired_events_total",
+        /// Window: times a batch window emitted (tumbled).
+        WindowFlushes = 16 => "window_flushes_total",
     }
 }
 
@@ -188,6 +197,8 @@ code_enum! {
         TableRows = 4 => "table_rows",
         /// Table: bytes its rows take.
         TableBytes = 5 => "table_size_bytes",
+        /// Window: events it holds.
+        WindowSize = 6 => "window_size_events",
     }
 }
 
@@ -217,7 +228,7 @@ impl ComponentCounter {
             TableOperations | TableOperationFailures => dimension!("op", TableOp),
             TableLookups => dimension!("result", LookupResult),
             SourceEvents | SourceBytes | SourceReconnects | SinkEvents | SinkBytes | SinkRetries
-            | ErrorStoreDropped | TableEvictions => None,
+            | ErrorStoreDropped | TableEvictions | WindowEvents | WindowExpired | WindowFlushes => None,
         }
     }
 
@@ -229,6 +240,7 @@ impl ComponentCounter {
             SinkEvents | SinkBytes | SinkFailures | SinkRetries => ComponentKind::Sink,
             ErrorStoreEvents | ErrorStoreDropped => ComponentKind::ErrorStore,
             TableOperations | TableOperationFailures | TableLookups | TableEvictions => ComponentKind::Table,
+            WindowEvents | WindowExpired | WindowFlushes => ComponentKind::Window,
         }
     }
 }
@@ -242,6 +254,7 @@ impl ComponentGauge {
             SinkConnected => ComponentKind::Sink,
             ErrorStoreSize | ErrorStoreCapacity => ComponentKind::ErrorStore,
             TableRows | TableBytes => ComponentKind::Table,
+            WindowSize => ComponentKind::Window,
         }
     }
 }

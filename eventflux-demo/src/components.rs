@@ -10,7 +10,8 @@
 //! - the **error store** both send failures to, bounded: past its capacity events are dropped
 //!   (and counted);
 //! - a **table** (`SymbolStats`, in memory) that query 0 upserts its output rows into and looks
-//!   each of its input events up in (a stream–table lookup: hit when the symbol has a row).
+//!   each of its input events up in (a stream–table lookup: hit when the symbol has a row);
+//! - each query's **window**: events added, expired (or flushed out), flushes, events held.
 //!
 //! Each keeps its own figures in a [`Tally`], the summary's truth, and feeds the markers'
 //! component series with the same amounts; none of them changes what a query computes.
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 use usdt_markers::abi::{
     ComponentCounter as CC, ComponentGauge as CG, ComponentKind, Connector, DeliveryError, ErrorAction, ErrorOrigin,
-    LookupResult, NONE, TableKind, TableOp,
+    LookupResult, NONE, TableKind, TableOp, WindowKind,
 };
 use usdt_markers::{ComponentInfo, component_count, component_gauge};
 
@@ -65,17 +66,33 @@ impl Tally {
         stream: Option<(u32, &str)>,
         labels: Vec<(&'static str, String)>,
     ) -> Tally {
+        Tally::register_in(id, name, kind, variant, stream, None, labels)
+    }
+
+    /// Registers a component that belongs to a query.
+    pub fn register_in(
+        id: u32,
+        name: String,
+        kind: ComponentKind,
+        variant: u32,
+        stream: Option<(u32, &str)>,
+        query: Option<(u32, &str)>,
+        labels: Vec<(&'static str, String)>,
+    ) -> Tally {
         usdt_markers::register_component(ComponentInfo {
             id,
             name: &name,
             kind,
             variant,
             stream: stream.map_or(NONE, |(s, _)| s),
-            query: NONE,
+            query: query.map_or(NONE, |(q, _)| q),
         });
         let mut labels = labels;
         if let Some((_, stream)) = stream {
             labels.push(("stream_name", stream.to_owned()));
+        }
+        if let Some((_, query)) = query {
+            labels.push(("query_id", query.to_owned()));
         }
         Tally {
             id,
@@ -309,6 +326,41 @@ impl Table {
             let rows = self.rows.len() as u64;
             self.tally.set(CG::TableRows, rows);
             self.tally.set(CG::TableBytes, rows * TABLE_ROW_BYTES);
+        }
+    }
+
+    pub fn summary(&self) -> (String, Value) {
+        (self.tally.name.clone(), self.tally.summary())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.tally.id
+    }
+}
+
+/// A query's window as a component: what it added, expired and flushed, and holds.
+pub struct WindowComponent {
+    tally: Tally,
+}
+
+impl WindowComponent {
+    /// The window of `query`, named after it.
+    pub fn new(id: u32, query: (u32, &str), kind: WindowKind) -> WindowComponent {
+        let labels = vec![("window_type", kind.label().to_owned())];
+        let mut tally =
+            Tally::register_in(id, query.1.to_owned(), ComponentKind::Window, kind.code(), None, Some(query), labels);
+        tally.set(CG::WindowSize, 0);
+        WindowComponent { tally }
+    }
+
+    /// One chunk through the window: events added, events that left it, flushes, and what it
+    /// holds after.
+    pub fn record(&mut self, added: u64, expired: u64, flushes: u64, held: u64) {
+        self.tally.add(CC::WindowEvents, 0, added);
+        self.tally.add(CC::WindowExpired, 0, expired);
+        self.tally.add(CC::WindowFlushes, 0, flushes);
+        if self.tally.gauges.get(&CG::WindowSize) != Some(&held) {
+            self.tally.set(CG::WindowSize, held);
         }
     }
 

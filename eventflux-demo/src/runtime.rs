@@ -11,7 +11,7 @@ use usdt_markers::abi::{ConnErrorKind, Connector, JunctionKind, Protocol, Stream
 use usdt_markers::trace::TraceContext;
 use usdt_markers::{QueryInfo, StreamInfo, conn_active, conn_close, conn_error, conn_open, ingest, junction_send};
 
-use crate::components::{self, ErrorStore, Sink, Table};
+use crate::components::{self, ErrorStore, Sink, Table, WindowComponent};
 use crate::event::{Chunk, Source};
 use crate::net::{Forward, Inbound};
 use crate::query::{Query, QueryStats};
@@ -95,11 +95,13 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// Component ids: the error store, sources by input stream, sinks by query, the table.
+/// Component ids: the error store, sources by input stream, sinks by query, the table,
+/// windows by query.
 const ERROR_STORE_ID: u32 = 0;
 const SOURCE_IDS: u32 = 1;
 const SINK_IDS: u32 = 1000;
 const TABLE_ID: u32 = 2000;
+const WINDOW_IDS: u32 = 3000;
 
 /// A source's connector, from its stream's protocol.
 fn source_connector(p: Protocol) -> Connector {
@@ -286,6 +288,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
             if d.id == 0 {
                 q.table = Some(Table::new(TABLE_ID));
             }
+            q.window_component = Some(WindowComponent::new(WINDOW_IDS + d.id, (d.id, &d.name), d.window));
             q
         })
         .collect();
@@ -421,6 +424,10 @@ pub fn run(config: &Config) -> Result<Outcome> {
         if let Some(table) = &query.table {
             components.push(table.summary());
             ids.push(table.id());
+        }
+        if let Some(window) = &query.window_component {
+            components.push(window.summary());
+            ids.push(window.id());
         }
     }
     ids.push(ERROR_STORE_ID);

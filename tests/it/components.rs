@@ -75,6 +75,24 @@ fn components_count_exactly_and_agree_with_the_pipeline() {
     );
     let lookups = series(&s, "SymbolStats", "table_lookups_total", &[]);
     assert_eq!(lookups, q0["processed"].as_u64().expect("n"));
+    // Each query's window keeps its kind's arithmetic: what left it is what came in less what
+    // it holds; a length window holds its length, a length-batch window tumbles every 64.
+    for (name, q) in s["queries"].as_object().expect("queries") {
+        let added = series(&s, name, "window_events_total", &[]);
+        let (expired, held) =
+            (series(&s, name, "window_expired_events_total", &[]), series(&s, name, "window_size_events", &[]));
+        assert!(added > 0 && added <= q["processed"].as_u64().expect("processed"), "{name}: {added}");
+        assert_eq!(added - expired, held, "{name}");
+        let flushes = series(&s, name, "window_flushes_total", &[]);
+        match q["window"].as_str() {
+            Some("length") => assert_eq!((held, flushes), (32, 0), "{name}"),
+            Some("length_batch") => {
+                assert_eq!(flushes, added / 64, "{name}");
+                assert_eq!(expired, (flushes - 1) * 64, "{name}");
+            }
+            _ => assert_eq!(flushes, 0, "{name}"),
+        }
+    }
     // Registered families with nothing to count yet are there, at 0.
     assert_eq!(metric(&m, "table_evictions_total", &[("table", "SymbolStats")]), 0.0);
     assert_eq!(metric(&m, "error_store_dropped_total", &[("error_store", "errors")]), 0.0);

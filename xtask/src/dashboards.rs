@@ -283,7 +283,7 @@ fn dashboards() -> Vec<Dashboard> {
             file: "eventflux-components.json",
             uid: "eventflux-components",
             title: "EventFlux Components",
-            description: "Sources and sinks per connector, the error store, tables: what each read, published, failed and holds.",
+            description: "Sources and sinks per connector, the error store, windows, tables: what each read, published, failed and holds.",
             vars: vec![],
             rows: vec![
                 Row {
@@ -331,6 +331,21 @@ fn dashboards() -> Vec<Dashboard> {
                         panel("Failed events lost / s", "ops", "Events the error store could not keep because it was full, per second.")
                             .q(format!("sum by (instance, pid, error_store) (rate(error_store_dropped_total{{{I}}}[$__rate_interval]))"), "{{error_store}}")
                             .warn(0.001, 1.0)
+                            .width(8),
+                    ],
+                },
+                Row {
+                    title: "Windows",
+                    panels: vec![
+                        panel("Window events / s", "ops", "Events added to each query's window, and events that left it (expired, evicted, flushed), per second.")
+                            .q(format!("sum by (instance, pid, window, window_type) (rate(window_events_total{{{I}}}[$__rate_interval]))"), "in {{window}} ({{window_type}})")
+                            .q(format!("sum by (instance, pid, window, window_type) (rate(window_expired_events_total{{{I}}}[$__rate_interval]))"), "out {{window}} ({{window_type}})")
+                            .width(8),
+                        panel("Window flushes / s", "ops", "Times each batch window emitted (tumbled), per second.")
+                            .q(format!("sum by (instance, pid, window) (rate(window_flushes_total{{{I}}}[$__rate_interval]))"), "{{window}}")
+                            .width(8),
+                        panel("Window size", "short", "Events each window holds: a line that only climbs is state that never expires.")
+                            .q(format!("window_size_events{{{I}}}"), "{{window}} ({{window_type}})")
                             .width(8),
                     ],
                 },

@@ -181,6 +181,12 @@ define_metrics! {
         TABLE_EVICTIONS: Counter (CC::TableEvictions) [table, table_type] "Rows a bounded (cache) table evicted.";
         TABLE_ROWS: Gauge (CG::TableRows) [table, table_type] "Rows the table holds.";
         TABLE_BYTES: Gauge (CG::TableBytes) [table, table_type] "Bytes the table's rows take.";
+        WINDOW_EVENTS: Counter (CC::WindowEvents) [window, window_type, query_id] "Events added to the window.";
+        WINDOW_EXPIRED: Counter (CC::WindowExpired) [window, window_type, query_id]
+            "Events that left the window: expired, evicted, or flushed by a batch window.";
+        WINDOW_FLUSHES: Counter (CC::WindowFlushes) [window, window_type, query_id]
+            "Times a batch window emitted (tumbled).";
+        WINDOW_SIZE: Gauge (CG::WindowSize) [window, window_type, query_id] "Events the window holds.";
     }
     Observer {
         BUILD_INFO: Gauge "eventflux_probe_build_info" [version, abi_version]

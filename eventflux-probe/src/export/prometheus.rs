@@ -337,6 +337,7 @@ fn component_metrics(e: &Engine, c: &Component, f: &mut Families, labels: &dyn F
             let value = match name {
                 "connector" => label_name(c.variant, Connector::from_code(c.variant).map(Connector::label)),
                 "table_type" => label_name(c.variant, TableKind::from_code(c.variant).map(TableKind::label)),
+                "window_type" => label_name(c.variant, WindowKind::from_code(c.variant).map(WindowKind::label)),
                 "stream_name" => c.stream.map_or_else(|| "none".to_owned(), |s| e.stream_name(s)),
                 "query_id" => c.query.map_or_else(|| "none".to_owned(), |q| e.query_name(q)),
                 _ => match dimension {
@@ -575,7 +576,7 @@ mod tests {
                 kind: Some(*kind),
                 variant: 0,
                 stream: Some(0),
-                query: None,
+                query: Some(0),
                 counters,
                 gauges,
             };
