@@ -29,6 +29,9 @@ code_enum! {
         Table = 3 => "table",
         /// A query's window (its `variant` a WindowKind): the events it holds, adds, expires.
         Window = 4 => "window",
+        /// The app's persistence (its `variant` a StoreKind): snapshots of its state, and the
+        /// restore at start.
+        Persistence = 5 => "persistence",
     }
 }
 
@@ -68,6 +71,30 @@ code_enum! {
         Cache = 1 => "cache",
         /// Rows in a database over JDBC-like access.
         Jdbc = 2 => "jdbc",
+    }
+}
+
+code_enum! {
+    /// Where persistence keeps snapshots (its `variant`).
+    StoreKind {
+        /// In the engine's memory (lost with the process).
+        InMemory = 0 => "in_memory",
+        /// Files in a directory.
+        File = 1 => "file",
+        /// An SQLite database.
+        Sqlite = 2 => "sqlite",
+        /// Redis.
+        Redis = 3 => "redis",
+    }
+}
+
+code_enum! {
+    /// How an operation ended (`label` of the persistence counters).
+    Outcome {
+        /// It succeeded.
+        Success = 0 => "success",
+        /// It failed.
+        Failure = 1 => "failure",
     }
 }
 
@@ -178,6 +205,12 @@ code_enum! {
         WindowExpired = 15 => "window_expired_events_total",
         /// Window: times a batch window emitted (tumbled).
         WindowFlushes = 16 => "window_flushes_total",
+        /// Persistence: snapshots taken; `label` an Outcome.
+        PersistenceSnapshots = 17 => "persistence_snapshots_total",
+        /// Persistence: bytes of the snapshots written.
+        PersistenceSnapshotBytes = 18 => "persistence_snapshot_bytes_total",
+        /// Persistence: restores from a snapshot; `label` an Outcome.
+        PersistenceRestores = 19 => "persistence_restores_total",
     }
 }
 
@@ -199,6 +232,22 @@ code_enum! {
         TableBytes = 5 => "table_size_bytes",
         /// Window: events it holds.
         WindowSize = 6 => "window_size_events",
+        /// Persistence: bytes of the last snapshot written.
+        PersistenceLastSnapshotBytes = 7 => "persistence_last_snapshot_size_bytes",
+        /// Persistence: when the last snapshot succeeded, Unix seconds.
+        PersistenceLastSnapshotTime = 8 => "persistence_last_snapshot_timestamp_seconds",
+    }
+}
+
+code_enum! {
+    /// Component operations the engine times, fired through `component_sample` (each a
+    /// histogram family, its label here the family's name): rare ones (a snapshot, a restore)
+    /// are timed every time.
+    ComponentOp {
+        /// Persistence: taking and writing one snapshot.
+        Snapshot = 0 => "persistence_snapshot_duration_seconds",
+        /// Persistence: reading and applying a snapshot.
+        Restore = 1 => "persistence_restore_duration_seconds",
     }
 }
 
@@ -227,8 +276,19 @@ impl ComponentCounter {
             ErrorStoreEvents => dimension!("origin", ErrorOrigin),
             TableOperations | TableOperationFailures => dimension!("op", TableOp),
             TableLookups => dimension!("result", LookupResult),
-            SourceEvents | SourceBytes | SourceReconnects | SinkEvents | SinkBytes | SinkRetries
-            | ErrorStoreDropped | TableEvictions | WindowEvents | WindowExpired | WindowFlushes => None,
+            PersistenceSnapshots | PersistenceRestores => dimension!("result", Outcome),
+            SourceEvents
+            | SourceBytes
+            | SourceReconnects
+            | SinkEvents
+            | SinkBytes
+            | SinkRetries
+            | ErrorStoreDropped
+            | TableEvictions
+            | WindowEvents
+            | WindowExpired
+            | WindowFlushes
+            | PersistenceSnapshotBytes => None,
         }
     }
 
@@ -241,6 +301,7 @@ impl ComponentCounter {
             ErrorStoreEvents | ErrorStoreDropped => ComponentKind::ErrorStore,
             TableOperations | TableOperationFailures | TableLookups | TableEvictions => ComponentKind::Table,
             WindowEvents | WindowExpired | WindowFlushes => ComponentKind::Window,
+            PersistenceSnapshots | PersistenceSnapshotBytes | PersistenceRestores => ComponentKind::Persistence,
         }
     }
 }
@@ -255,6 +316,16 @@ impl ComponentGauge {
             ErrorStoreSize | ErrorStoreCapacity => ComponentKind::ErrorStore,
             TableRows | TableBytes => ComponentKind::Table,
             WindowSize => ComponentKind::Window,
+            PersistenceLastSnapshotBytes | PersistenceLastSnapshotTime => ComponentKind::Persistence,
+        }
+    }
+}
+
+impl ComponentOp {
+    /// The kind of component that has this operation.
+    pub const fn kind(self) -> ComponentKind {
+        match self {
+            ComponentOp::Snapshot | ComponentOp::Restore => ComponentKind::Persistence,
         }
     }
 }
@@ -274,6 +345,10 @@ mod tests {
         for g in ComponentGauge::ALL {
             assert!(g.label().starts_with(g.kind().label()), "{}", g.label());
             assert!(!g.label().ends_with("_total"), "{}", g.label());
+        }
+        for o in ComponentOp::ALL {
+            assert!(o.label().starts_with(o.kind().label()), "{}", o.label());
+            assert!(o.label().ends_with("_seconds"), "{}", o.label());
         }
     }
 }

@@ -240,6 +240,11 @@ macro_rules! for_each_probe {
                 events_out: u64,
                 start_ns: u64;
             );
+            /// One component operation the engine timed (`op` a ComponentOp: one histogram
+            /// family each): `items` it handled, `duration_ns` it took, `start_ns` on
+            /// CLOCK_MONOTONIC. Rare operations (a snapshot, a restore) fire every time, after
+            /// the operation.
+            sample component_sample(component_id: u32, op: u32, items: u64, duration_ns: u64, start_ns: u64;);
             /// Sample at most 16 batches per second per engine thread.
             control ctl_samples_16(;);
             /// At most 64 sampled batches per second per engine thread.

@@ -11,19 +11,24 @@
 //!   (and counted);
 //! - a **table** (`SymbolStats`, in memory) that query 0 upserts its output rows into and looks
 //!   each of its input events up in (a stream–table lookup: hit when the symbol has a row);
-//! - each query's **window**: events added, expired (or flushed out), flushes, events held.
+//! - each query's **window**: events added, expired (or flushed out), flushes, events held;
+//! - **persistence**: a snapshot of the sources' positions every [`SNAPSHOT_EVERY`] events,
+//!   in memory or (`--snapshot-dir`) in a file, and at start a restore from the last one: the
+//!   sources resume where the snapshot left them.
 //!
 //! Each keeps its own figures in a [`Tally`], the summary's truth, and feeds the markers'
 //! component series with the same amounts; none of them changes what a query computes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 use usdt_markers::abi::{
-    ComponentCounter as CC, ComponentGauge as CG, ComponentKind, Connector, DeliveryError, ErrorAction, ErrorOrigin,
-    LookupResult, NONE, TableKind, TableOp, WindowKind,
+    ComponentCounter as CC, ComponentGauge as CG, ComponentKind, ComponentOp, Connector, DeliveryError, ErrorAction,
+    ErrorOrigin, LookupResult, NONE, Outcome, StoreKind, TableKind, TableOp, WindowKind,
 };
+use usdt_markers::ops::Timed;
 use usdt_markers::{ComponentInfo, component_count, component_gauge};
 
 /// One raw record in this many of a source is garbage (before the event it precedes).
@@ -34,6 +39,8 @@ pub const RECONNECT_EVERY: u64 = 100_000;
 pub const TIMEOUT_EVERY: u64 = 211;
 /// One sink row in this many is rejected by the other end (not a multiple of the above).
 pub const REJECT_EVERY: u64 = 997;
+/// A snapshot after every this many events produced.
+pub const SNAPSHOT_EVERY: u64 = 50_000;
 /// Bytes of one mapped record (a CSV line), and of a garbage one.
 const RECORD_BYTES: u64 = 32;
 const GARBAGE_BYTES: u64 = 16;
@@ -54,6 +61,8 @@ pub struct Tally {
     gauges: BTreeMap<CG, u64>,
     handles: BTreeMap<(CC, u32), component_count::Counter>,
     gauge_handles: BTreeMap<CG, component_gauge::Gauge>,
+    /// Operations timed, by kind.
+    ops: BTreeMap<ComponentOp, u64>,
 }
 
 impl Tally {
@@ -103,6 +112,7 @@ impl Tally {
             gauges: BTreeMap::new(),
             handles: BTreeMap::new(),
             gauge_handles: BTreeMap::new(),
+            ops: BTreeMap::new(),
         }
     }
 
@@ -116,6 +126,12 @@ impl Tally {
             .entry((counter, label))
             .or_insert_with(|| component_count::Counter::new(id, counter.code(), label))
             .add(n);
+    }
+
+    /// Starts timing one operation of this component.
+    pub fn time(&mut self, op: ComponentOp) -> Timed {
+        *self.ops.entry(op).or_insert(0) += 1;
+        Timed::start(self.id, op)
     }
 
     pub fn set(&mut self, gauge: CG, value: u64) {
@@ -136,6 +152,10 @@ impl Tally {
         }
         for (&gauge, &v) in &self.gauges {
             series.push(json!({"family": gauge.label(), "labels": {}, "value": v}));
+        }
+        // How many were timed: the histogram's count (its durations are the observer's).
+        for (&op, &n) in &self.ops {
+            series.push(json!({"family": format!("{}_count", op.label()), "labels": {}, "value": n}));
         }
         let labels: serde_json::Map<String, Value> =
             self.labels.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
@@ -362,6 +382,78 @@ impl WindowComponent {
         if self.tally.gauges.get(&CG::WindowSize) != Some(&held) {
             self.tally.set(CG::WindowSize, held);
         }
+    }
+
+    pub fn summary(&self) -> (String, Value) {
+        (self.tally.name.clone(), self.tally.summary())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.tally.id
+    }
+}
+
+/// The app's persistence: snapshots of the sources' positions (what a restart needs to resume
+/// them), in memory or in a directory, and the restore from the last one at start.
+pub struct Persistence {
+    tally: Tally,
+    dir: Option<PathBuf>,
+    memory: Option<String>,
+}
+
+impl Persistence {
+    pub fn new(id: u32, dir: Option<PathBuf>) -> Persistence {
+        let store = if dir.is_some() { StoreKind::File } else { StoreKind::InMemory };
+        let labels = vec![("store_type", store.label().to_owned())];
+        let tally = Tally::register(id, "snapshots".into(), ComponentKind::Persistence, store.code(), None, labels);
+        Persistence { tally, dir, memory: None }
+    }
+
+    fn path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join("snapshot.json"))
+    }
+
+    /// At start: the events each input stream had produced at the last snapshot, if the store
+    /// has one (none is a fresh start, not a restore); a snapshot that cannot be read is a
+    /// failed restore, and a fresh start.
+    pub fn restore(&mut self) -> Option<Vec<u64>> {
+        let path = self.path().filter(|p| p.exists())?;
+        let timed = self.tally.time(ComponentOp::Restore);
+        let positions: Option<Vec<u64>> =
+            std::fs::read_to_string(&path).ok().and_then(|text| serde_json::from_str(&text).ok());
+        timed.finish(positions.as_ref().map_or(0, |p| p.len() as u64));
+        let outcome = if positions.is_some() { Outcome::Success } else { Outcome::Failure };
+        self.tally.add(CC::PersistenceRestores, outcome.code(), 1);
+        positions
+    }
+
+    /// Takes a snapshot of the sources' positions; false if it could not be written.
+    pub fn snapshot(&mut self, positions: &[u64]) -> bool {
+        let timed = self.tally.time(ComponentOp::Snapshot);
+        let text = serde_json::to_string(positions).unwrap_or_default();
+        let written = match self.path() {
+            // Written aside, then renamed: a crash mid-write leaves the previous snapshot.
+            Some(path) => {
+                let aside = path.with_extension("json.tmp");
+                std::fs::write(&aside, &text).and_then(|()| std::fs::rename(&aside, &path)).is_ok()
+            }
+            None => {
+                self.memory = Some(text.clone());
+                true
+            }
+        };
+        timed.finish(positions.len() as u64);
+        let bytes = text.len() as u64;
+        if written {
+            self.tally.add(CC::PersistenceSnapshots, Outcome::Success.code(), 1);
+            self.tally.add(CC::PersistenceSnapshotBytes, 0, bytes);
+            self.tally.set(CG::PersistenceLastSnapshotBytes, bytes);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            self.tally.set(CG::PersistenceLastSnapshotTime, now);
+        } else {
+            self.tally.add(CC::PersistenceSnapshots, Outcome::Failure.code(), 1);
+        }
+        written
     }
 
     pub fn summary(&self) -> (String, Value) {

@@ -53,6 +53,13 @@ impl Source {
         }
     }
 
+    /// Moves past `n` events, as a source resumed from a snapshot at that position does.
+    pub fn skip(&mut self, n: u64) {
+        for _ in 0..n {
+            self.next_event();
+        }
+    }
+
     /// The next `len` events; while `trouble` (the runtime's `--trouble` window), half of them
     /// malformed.
     pub fn chunk(&mut self, len: usize, trouble: bool) -> Chunk {

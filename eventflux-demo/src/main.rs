@@ -89,6 +89,10 @@ struct Args {
     /// them.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     error_store_capacity: u64,
+    /// Keep snapshots (the sources' positions, every 50,000 events) in DIR instead of in
+    /// memory, and at start restore the last one there: the sources resume where it left them.
+    #[arg(long, value_name = "DIR")]
+    snapshot_dir: Option<PathBuf>,
     /// Seconds to stay alive after the summary.
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     linger: f64,
@@ -135,6 +139,7 @@ fn run(args: &Args) -> Result<()> {
         listen: args.listen,
         filter_cost: args.filter_cost.clone(),
         error_store_capacity: args.error_store_capacity,
+        snapshot_dir: args.snapshot_dir.clone(),
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();
@@ -242,5 +247,6 @@ fn summary(config: &Config, outcome: &Outcome) -> Value {
         "queries": queries,
         "connections": connections,
         "components": outcome.components.iter().cloned().collect::<BTreeMap<String, Value>>(),
+        "restored": outcome.restored,
     })
 }

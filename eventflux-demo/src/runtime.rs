@@ -11,7 +11,7 @@ use usdt_markers::abi::{ConnErrorKind, Connector, JunctionKind, Protocol, Stream
 use usdt_markers::trace::TraceContext;
 use usdt_markers::{QueryInfo, StreamInfo, conn_active, conn_close, conn_error, conn_open, ingest, junction_send};
 
-use crate::components::{self, ErrorStore, Sink, Table, WindowComponent};
+use crate::components::{self, ErrorStore, Persistence, SNAPSHOT_EVERY, Sink, Table, WindowComponent};
 use crate::event::{Chunk, Source};
 use crate::net::{Forward, Inbound};
 use crate::query::{Query, QueryStats};
@@ -39,6 +39,8 @@ pub struct Config {
     pub filter_cost: Vec<u32>,
     /// Failed events the error store holds before it drops.
     pub error_store_capacity: u64,
+    /// Where snapshots are kept (in memory without it); the last one is restored at start.
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// Whether the engine is in trouble now (`--trouble`): half of the sources' events are
@@ -92,6 +94,8 @@ pub struct Outcome {
     pub connections: Vec<(Protocol, ConnStats)>,
     /// What each component did, by name: its summary (see [`components`]).
     pub components: Vec<(String, serde_json::Value)>,
+    /// Events each input stream had produced at the snapshot restored at start.
+    pub restored: Option<Vec<u64>>,
     pub elapsed: Duration,
 }
 
@@ -102,6 +106,7 @@ const SOURCE_IDS: u32 = 1;
 const SINK_IDS: u32 = 1000;
 const TABLE_ID: u32 = 2000;
 const WINDOW_IDS: u32 = 3000;
+const PERSISTENCE_ID: u32 = 4000;
 
 /// A source's connector, from its stream's protocol.
 fn source_connector(p: Protocol) -> Connector {
@@ -333,6 +338,16 @@ pub fn run(config: &Config) -> Result<Outcome> {
     if let Some(gate) = &config.gate {
         wait_for_gate(gate);
     }
+    // At start: resume the sources where the last snapshot left them.
+    let mut persistence = Persistence::new(PERSISTENCE_ID, config.snapshot_dir.clone());
+    let restored = persistence.restore();
+    let mut positions = vec![0u64; config.streams as usize];
+    if let (Some(at), Input::Sources(sources)) = (&restored, &mut input) {
+        for ((source, position), &at) in sources.iter_mut().zip(&mut positions).zip(at) {
+            source.skip(at);
+            *position = at;
+        }
+    }
     let mut connections = Vec::new();
     connect_sources(&streams, &mut connections);
 
@@ -384,6 +399,10 @@ pub fn run(config: &Config) -> Result<Outcome> {
                 streams[stream].stats.backpressure += 1;
             }
         }
+        positions[stream] += n;
+        if (produced + n) / SNAPSHOT_EVERY > produced / SNAPSHOT_EVERY {
+            persistence.snapshot(&positions);
+        }
         produced += n;
     }
     let queries = delivery.finish()?;
@@ -432,6 +451,8 @@ pub fn run(config: &Config) -> Result<Outcome> {
     }
     ids.push(ERROR_STORE_ID);
     components.push((store.name(), store.summary()));
+    ids.push(persistence.id());
+    components.push(persistence.summary());
     // Their final counts reach observers before they go.
     for id in ids {
         usdt_markers::unregister_component(id);
@@ -443,7 +464,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
         }
         queries_out.push((def, query.stats));
     }
-    Ok(Outcome { streams, queries: queries_out, connections, components, elapsed })
+    Ok(Outcome { streams, queries: queries_out, connections, components, restored, elapsed })
 }
 
 /// Sleeps until `produced` events are due at `rate` events per second.

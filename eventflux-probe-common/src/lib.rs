@@ -141,6 +141,9 @@ pub mod stage {
     pub const EMIT: u32 = Stage::Emit.code();
     /// The whole query batch, children included (`batch_sample`).
     pub const BATCH: u32 = 5;
+    /// A component operation's histogram: `COMPONENT + ComponentOp code`, with the component
+    /// id in `HistKey::query`.
+    pub const COMPONENT: u32 = 0x100;
     /// Stage labels by code; a test checks them against `Stage`.
     pub const NAMES: [&str; 6] = ["ingest", "filter", "window", "aggregate", "emit", "batch"];
 }

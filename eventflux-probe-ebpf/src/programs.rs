@@ -322,6 +322,12 @@ program!(batch_sample, |h, a| {
     }
 });
 
+// A component operation the engine timed: its histogram, keyed like a query stage's with the
+// component in the query's place.
+program!(component_sample, |h, a| {
+    h.hist(a.component_id, stage::COMPONENT.wrapping_add(a.op), a.duration_ns);
+});
+
 /// `bpf_get_stackid` flag: the user-space stack (frame pointers) instead of the kernel's.
 const BPF_F_USER_STACK: u64 = 1 << 8;
 /// `bpf_get_stackid` error when the stack's bucket holds another stack (or the map is full).

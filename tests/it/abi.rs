@@ -124,7 +124,10 @@ fn the_codes_table_is_the_abi() {
         TableOp,
         LookupResult,
         ComponentCounter,
-        ComponentGauge
+        ComponentGauge,
+        StoreKind,
+        Outcome,
+        ComponentOp
     );
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/probes.md")).expect("doc");
     let section = text.split("## Codes").nth(1).and_then(|s| s.split("\n## ").next()).expect("a Codes section");

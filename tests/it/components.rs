@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use integration_tests::{
-    Daemon, GatedDemo, assert_components_exact, bin, json, metric, poll_http, poll_metrics, serial, summary,
+    Daemon, GatedDemo, Scratch, assert_components_exact, bin, json, metric, poll_http, poll_metrics, serial, summary,
 };
 use serde_json::Value;
 
@@ -162,5 +162,62 @@ fn a_full_error_store_degrades_health_and_counts_what_it_dropped() {
     let dropped = series(&s, "errors", "error_store_dropped_total", &[]);
     assert!(dropped > 100, "{dropped}");
     assert_eq!(metric(&m, "error_store_dropped_total", &[("error_store", "errors")]) as u64, dropped);
+    assert!(daemon.stop().success());
+}
+
+/// One observed run of the demo with `args`, from before its first event: its summary and
+/// the scrape after it exited.
+fn observed_run(args: &[&str]) -> (Value, Vec<integration_tests::Sample>) {
+    let target = GatedDemo::start(&bin("eventflux-demo"), args);
+    let daemon = Daemon::start(target.pid());
+    let s = summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let m = daemon.samples();
+    assert!(daemon.stop().success());
+    assert_components_exact(&m, &s);
+    (s, m)
+}
+
+/// Snapshots every 50,000 events into a directory, and at the next start a restore from the
+/// last one (the sources resume where it left them): each counted and timed, every one.
+#[test]
+fn snapshots_and_the_restore_at_start_are_counted_and_timed() {
+    let _serial = serial();
+    let scratch = Scratch::new("snapshots");
+    let dir = scratch.path().to_str().expect("utf-8").to_owned();
+    let (first, m) = observed_run(&["--events", "120000", "--snapshot-dir", &dir]);
+    let p = [("persistence", "snapshots")];
+    assert_eq!(series(&first, "snapshots", "persistence_snapshots_total", &[("result", "success")]), 2);
+    assert_eq!(metric(&m, "persistence_snapshot_duration_seconds_count", &p), 2.0, "every snapshot timed");
+    assert_eq!(first["restored"], Value::Null, "a fresh start restores nothing");
+    let last_size = metric(&m, "persistence_last_snapshot_size_bytes", &p);
+    assert!(last_size > 0.0);
+
+    let (second, m) = observed_run(&["--events", "60000", "--snapshot-dir", &dir]);
+    // The last snapshot was taken at 100,000 events: 50,000 per stream, round-robin.
+    assert_eq!(second["restored"], serde_json::json!([50_048, 49_984]), "{second}");
+    assert_eq!(series(&second, "snapshots", "persistence_restores_total", &[("result", "success")]), 1);
+    assert_eq!(metric(&m, "persistence_restore_duration_seconds_count", &p), 1.0);
+    assert_eq!(series(&second, "snapshots", "persistence_snapshots_total", &[("result", "success")]), 1);
+}
+
+/// Snapshots that cannot be written (their directory does not exist) are counted as failures
+/// and degrade `/health`'s `state_backend`.
+#[test]
+fn failing_snapshots_degrade_the_state_backend() {
+    let _serial = serial();
+    let scratch = Scratch::new("no-snapshots");
+    let missing = scratch.path().join("not-there");
+    let args = ["--events", "500000", "--rate", "60000", "--snapshot-dir", missing.to_str().expect("utf-8")];
+    let target = GatedDemo::start(&bin("eventflux-demo"), &args);
+    let daemon = Daemon::start(target.pid());
+    let target = target.open();
+    let (_, body) = poll_http(daemon.port, "/health", Duration::from_secs(15), "failing snapshots", |_, b| {
+        json(b)["reasons"].to_string().contains("snapshots failed")
+    });
+    assert_eq!(json(&body)["checks"]["state_backend"], "degraded", "{body}");
+    let s = summary(&target.open_and_wait());
+    assert_eq!(series(&s, "snapshots", "persistence_snapshots_total", &[("result", "failure")]), 10);
+    assert_eq!(series(&s, "snapshots", "persistence_snapshots_total", &[("result", "success")]), 0);
     assert!(daemon.stop().success());
 }

@@ -47,6 +47,7 @@ mod cells;
 pub mod cpu;
 mod flusher;
 mod levels;
+pub mod ops;
 mod points;
 mod probes;
 mod registry;

@@ -283,7 +283,7 @@ fn dashboards() -> Vec<Dashboard> {
             file: "eventflux-components.json",
             uid: "eventflux-components",
             title: "EventFlux Components",
-            description: "Sources and sinks per connector, the error store, windows, tables: what each read, published, failed and holds.",
+            description: "Sources and sinks per connector, the error store, windows, persistence, tables: what each read, published, failed and holds.",
             vars: vec![],
             rows: vec![
                 Row {
@@ -346,6 +346,22 @@ fn dashboards() -> Vec<Dashboard> {
                             .width(8),
                         panel("Window size", "short", "Events each window holds: a line that only climbs is state that never expires.")
                             .q(format!("window_size_events{{{I}}}"), "{{window}} ({{window_type}})")
+                            .width(8),
+                    ],
+                },
+                Row {
+                    title: "Persistence",
+                    panels: vec![
+                        panel("Snapshots / s", "ops", "Snapshots of the app's state taken per second, by result (restores at start: persistence_restores_total).")
+                            .q(format!("sum by (instance, pid, persistence, result) (rate(persistence_snapshots_total{{{I}}}[$__rate_interval]))"), "{{persistence}} {{result}}")
+                            .width(8),
+                        panel("Snapshot duration p50 / p99", "s", "Time to take and write one snapshot, from every snapshot's duration.")
+                            .q(format!("histogram_quantile(0.5, sum by (instance, pid, persistence, le) (rate(persistence_snapshot_duration_seconds_bucket{{{I}}}[$__rate_interval])))"), "p50 {{persistence}}")
+                            .q(format!("histogram_quantile(0.99, sum by (instance, pid, persistence, le) (rate(persistence_snapshot_duration_seconds_bucket{{{I}}}[$__rate_interval])))"), "p99 {{persistence}}")
+                            .width(8),
+                        panel("Age of the last snapshot", "s", "Seconds since the last snapshot succeeded: the state a restart would lose.")
+                            .q(format!("time() - persistence_last_snapshot_timestamp_seconds{{{I}}}"), "{{persistence}}")
+                            .warn(300.0, 900.0)
                             .width(8),
                     ],
                 },

@@ -10,7 +10,7 @@
 //! - `event_pipeline`: the error ratio and the backpressure rate over the window are under
 //!   their thresholds, and events flow while sources are connected;
 //! - `state_backend`: window state is under its cap and did not only grow through the whole
-//!   window to `window_state_growth` times its size;
+//!   window to `window_state_growth` times its size, and snapshots do not fail;
 //! - `query_runtime`: queries are registered, and events handed to queries are processed;
 //! - `connectors`: sources and sinks stay connected, map and publish with few failures.
 //!
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use eventflux_abi::{ComponentCounter as CC, ComponentGauge as CG, ComponentKind};
+use eventflux_abi::{ComponentCounter as CC, ComponentGauge as CG, ComponentKind, Outcome};
 
 use crate::model::{Component, Engine};
 
@@ -103,6 +103,7 @@ pub struct Totals {
     pub sink_events: u64,
     pub sink_failures: u64,
     pub error_store_dropped: u64,
+    pub snapshot_failures: u64,
 }
 
 /// The active sources and sinks that say they are disconnected.
@@ -135,6 +136,11 @@ impl Totals {
             sink_events: e.component_total(CC::SinkEvents),
             sink_failures: e.component_total(CC::SinkFailures),
             error_store_dropped: e.component_total(CC::ErrorStoreDropped),
+            snapshot_failures: e
+                .components
+                .values()
+                .filter_map(|c| c.counters.get(&(CC::PersistenceSnapshots, Outcome::Failure.code())))
+                .sum(),
         }
     }
 }
@@ -423,6 +429,19 @@ pub fn evaluate(engine: Option<&Engine>, history: &History, t: &Thresholds, ctx:
     }
 
     let mut state = Finding::new();
+    if let Some((then, old)) = judged {
+        let failed = cur.snapshot_failures.saturating_sub(old.snapshot_failures);
+        if failed > 0 {
+            state.raise(
+                Check::Degraded,
+                "state_backend",
+                format!(
+                    "{failed} snapshots failed in the last {:.0}s: a restart would restore older state",
+                    now.duration_since(*then).as_secs_f64()
+                ),
+            );
+        }
+    }
     if t.max_window_state_bytes > 0 && cur.window_state_bytes > t.max_window_state_bytes {
         state.raise(
             Check::Degraded,

@@ -10,7 +10,7 @@
 //! processes they also carry a `pid` label ([`ENGINE_EXTRA_LABELS`]). Observer metrics describe
 //! the observer itself.
 
-use eventflux_abi::{ComponentCounter as CC, ComponentGauge as CG};
+use eventflux_abi::{ComponentCounter as CC, ComponentGauge as CG, ComponentOp as OP};
 
 /// Prometheus metric type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +187,20 @@ define_metrics! {
         WINDOW_FLUSHES: Counter (CC::WindowFlushes) [window, window_type, query_id]
             "Times a batch window emitted (tumbled).";
         WINDOW_SIZE: Gauge (CG::WindowSize) [window, window_type, query_id] "Events the window holds.";
+        PERSISTENCE_SNAPSHOTS: Counter (CC::PersistenceSnapshots) [persistence, store_type, result]
+            "Snapshots of the app's state taken, by result (success, failure).";
+        PERSISTENCE_SNAPSHOT_BYTES: Counter (CC::PersistenceSnapshotBytes) [persistence, store_type]
+            "Bytes of the snapshots written.";
+        PERSISTENCE_RESTORES: Counter (CC::PersistenceRestores) [persistence, store_type, result]
+            "Restores of the app's state from a snapshot, by result (success, failure).";
+        PERSISTENCE_LAST_SNAPSHOT_BYTES: Gauge (CG::PersistenceLastSnapshotBytes) [persistence, store_type]
+            "Bytes of the last snapshot written.";
+        PERSISTENCE_LAST_SNAPSHOT_TIME: Gauge (CG::PersistenceLastSnapshotTime) [persistence, store_type]
+            "When the last snapshot succeeded, in Unix seconds: time() minus it is the age of the state a restart would restore.";
+        PERSISTENCE_SNAPSHOT_DURATION: Histogram (OP::Snapshot) [persistence, store_type]
+            "Time to take and write one snapshot, every snapshot.";
+        PERSISTENCE_RESTORE_DURATION: Histogram (OP::Restore) [persistence, store_type]
+            "Time to read and apply a snapshot at a restore, every restore.";
     }
     Observer {
         BUILD_INFO: Gauge "eventflux_probe_build_info" [version, abi_version]
@@ -223,6 +237,11 @@ pub fn component_counter(c: CC) -> Option<&'static Metric> {
 /// The family of a component gauge.
 pub fn component_gauge(g: CG) -> Option<&'static Metric> {
     by_name(g.label()).filter(|m| m.kind == Kind::Gauge)
+}
+
+/// The family of a component operation's durations.
+pub fn component_op(o: OP) -> Option<&'static Metric> {
+    by_name(o.label()).filter(|m| m.kind == Kind::Histogram)
 }
 
 /// The metric of this name.
@@ -263,7 +282,8 @@ mod tests {
         let families = CC::ALL
             .iter()
             .map(|c| (component_counter(*c), c.kind()))
-            .chain(CG::ALL.iter().map(|g| (component_gauge(*g), g.kind())));
+            .chain(CG::ALL.iter().map(|g| (component_gauge(*g), g.kind())))
+            .chain(OP::ALL.iter().map(|o| (component_op(*o), o.kind())));
         for (metric, kind) in families {
             let metric = metric.unwrap_or_else(|| panic!("a {} code without its family", kind.label()));
             assert_eq!(metric.labels.first(), Some(&kind.label()), "{}", metric.name);
@@ -274,7 +294,8 @@ mod tests {
         let families = CC::ALL
             .iter()
             .map(|c| (component_counter(*c).expect("family"), c.kind(), c.dimension()))
-            .chain(CG::ALL.iter().map(|g| (component_gauge(*g).expect("family"), g.kind(), None)));
+            .chain(CG::ALL.iter().map(|g| (component_gauge(*g).expect("family"), g.kind(), None)))
+            .chain(OP::ALL.iter().map(|o| (component_op(*o).expect("family"), o.kind(), None)));
         for (metric, kind, dimension) in families {
             let labels = match dimension {
                 Some(d) => {

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use eventflux_abi::{
-    ComponentCounter, ConnErrorKind, Connector, Dimension, ErrorKind, Protocol, TableKind, WindowKind,
+    ComponentCounter, ConnErrorKind, Connector, Dimension, ErrorKind, Protocol, StoreKind, TableKind, WindowKind,
 };
 use eventflux_probe_common::{drop as drops, hist, stage};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -338,6 +338,7 @@ fn component_metrics(e: &Engine, c: &Component, f: &mut Families, labels: &dyn F
                 "connector" => label_name(c.variant, Connector::from_code(c.variant).map(Connector::label)),
                 "table_type" => label_name(c.variant, TableKind::from_code(c.variant).map(TableKind::label)),
                 "window_type" => label_name(c.variant, WindowKind::from_code(c.variant).map(WindowKind::label)),
+                "store_type" => label_name(c.variant, StoreKind::from_code(c.variant).map(StoreKind::label)),
                 "stream_name" => c.stream.map_or_else(|| "none".to_owned(), |s| e.stream_name(s)),
                 "query_id" => c.query.map_or_else(|| "none".to_owned(), |q| e.query_name(q)),
                 _ => match dimension {
@@ -364,6 +365,11 @@ fn component_metrics(e: &Engine, c: &Component, f: &mut Families, labels: &dyn F
     for (&(code, label), &v) in &c.gauges {
         if let Some(metric) = m::component_gauge(code) {
             f.gauge(metric, fill(metric, None, label), v as f64);
+        }
+    }
+    for (&op, h) in &c.ops {
+        if let Some(metric) = m::component_op(op) {
+            f.histogram(metric, fill(metric, None, 0), h);
         }
     }
 }
@@ -568,6 +574,11 @@ mod tests {
             let counters = ComponentCounter::ALL.iter().filter(|c| c.kind() == *kind).map(|c| ((*c, 1), 7)).collect();
             let gauges =
                 eventflux_abi::ComponentGauge::ALL.iter().filter(|g| g.kind() == *kind).map(|g| ((*g, 0), 5)).collect();
+            let ops = eventflux_abi::ComponentOp::ALL
+                .iter()
+                .filter(|o| o.kind() == *kind)
+                .map(|o| (*o, hist_data()))
+                .collect();
             let component = crate::model::Component {
                 id,
                 name: format!("{}{id}", kind.label()),
@@ -579,6 +590,7 @@ mod tests {
                 query: Some(0),
                 counters,
                 gauges,
+                ops,
             };
             e.components.insert(id, component);
         }

@@ -20,7 +20,7 @@ pub mod trace;
 use std::collections::BTreeMap;
 
 use eventflux_abi::slot::{self, Where};
-use eventflux_abi::{ComponentCounter, ComponentGauge, ComponentKind, Stage, WindowKind};
+use eventflux_abi::{ComponentCounter, ComponentGauge, ComponentKind, ComponentOp, Stage, WindowKind};
 use eventflux_probe_common::{counter, drop, gauge, stage};
 
 use hist::HistData;
@@ -172,6 +172,8 @@ pub struct Component {
     pub counters: BTreeMap<(ComponentCounter, u32), u64>,
     /// By (gauge, label): the engine's latest value.
     pub gauges: BTreeMap<(ComponentGauge, u32), u64>,
+    /// Durations of the operations the engine timed.
+    pub ops: BTreeMap<ComponentOp, HistData>,
 }
 
 impl Component {
@@ -464,6 +466,15 @@ impl Model {
         }
 
         for (k, h) in &snap.hists {
+            if let Some(code) = k.stage.checked_sub(stage::COMPONENT) {
+                match ComponentOp::from_code(code) {
+                    Some(op) => {
+                        engine(&mut model, k.pid).component(k.query).ops.insert(op, h.clone());
+                    }
+                    None => model.observer.unknown_series += 1,
+                }
+                continue;
+            }
             let q = engine(&mut model, k.pid).query(k.query);
             if k.stage == stage::BATCH {
                 q.latency = Some(h.clone());
