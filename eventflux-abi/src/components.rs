@@ -32,6 +32,9 @@ code_enum! {
         /// The app's persistence (its `variant` a StoreKind): snapshots of its state, and the
         /// restore at start.
         Persistence = 5 => "persistence",
+        /// A stream junction (its `variant` a JunctionKind): hands a stream's events to its
+        /// subscribers, and in async mode may refuse them.
+        Junction = 6 => "junction",
     }
 }
 
@@ -211,6 +214,9 @@ code_enum! {
         PersistenceSnapshotBytes = 18 => "persistence_snapshot_bytes_total",
         /// Persistence: restores from a snapshot; `label` an Outcome.
         PersistenceRestores = 19 => "persistence_restores_total",
+        /// Junction: events it refused (dropped) because its subscribers' queue stayed full
+        /// through its back-off.
+        JunctionDropped = 20 => "junction_events_dropped_total",
     }
 }
 
@@ -288,7 +294,8 @@ impl ComponentCounter {
             | WindowEvents
             | WindowExpired
             | WindowFlushes
-            | PersistenceSnapshotBytes => None,
+            | PersistenceSnapshotBytes
+            | JunctionDropped => None,
         }
     }
 
@@ -302,6 +309,7 @@ impl ComponentCounter {
             TableOperations | TableOperationFailures | TableLookups | TableEvictions => ComponentKind::Table,
             WindowEvents | WindowExpired | WindowFlushes => ComponentKind::Window,
             PersistenceSnapshots | PersistenceSnapshotBytes | PersistenceRestores => ComponentKind::Persistence,
+            JunctionDropped => ComponentKind::Junction,
         }
     }
 }

@@ -93,6 +93,11 @@ struct Args {
     /// memory, and at start restore the last one there: the sources resume where it left them.
     #[arg(long, value_name = "DIR")]
     snapshot_dir: Option<PathBuf>,
+    /// Async mode: a junction refuses (drops) a chunk whose subscriber's queue stays full for
+    /// MS milliseconds, as the engine's junctions do after their back-off; without it the
+    /// producer waits as long as it takes.
+    #[arg(long, value_name = "MS")]
+    drop_after: Option<u64>,
     /// Seconds to stay alive after the summary.
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     linger: f64,
@@ -140,6 +145,7 @@ fn run(args: &Args) -> Result<()> {
         filter_cost: args.filter_cost.clone(),
         error_store_capacity: args.error_store_capacity,
         snapshot_dir: args.snapshot_dir.clone(),
+        drop_after: args.drop_after.map(Duration::from_millis),
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();
@@ -200,6 +206,7 @@ fn summary(config: &Config, outcome: &Outcome) -> Value {
                 "received": s.stats.received,
                 "sent": s.stats.sent,
                 "backpressure": s.stats.backpressure,
+                "dropped": s.stats.dropped,
             });
             (s.name.as_str(), v)
         })

@@ -1,14 +1,25 @@
 //! The bounded queue of an async stream junction: one per subscribing query, drained by that
-//! query's worker thread. When it is full the producer waits, which is backpressure.
+//! query's worker thread. When it is full the producer waits, which is backpressure; with a
+//! back-off (`--drop-after`) it waits at most that long and then refuses the chunk, as the
+//! engine's junctions drop events whose queue stays full.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use usdt_markers::trace::TraceContext;
 use usdt_markers::{backpressure, queue_state};
 
 use crate::event::{Chunk, Event};
+
+/// What became of a pushed chunk.
+#[derive(Debug, Clone, Copy)]
+pub struct Pushed {
+    /// The queue was full: the producer met backpressure.
+    pub waited: bool,
+    /// Queued; false: refused after the back-off.
+    pub queued: bool,
+}
 
 struct Item {
     chunk: Arc<Chunk>,
@@ -49,15 +60,27 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a chunk, waiting while the queue is full. Returns whether it had to wait.
-    pub fn push(&self, chunk: Arc<Chunk>, context: Option<TraceContext>) -> bool {
+    /// Queues a chunk, waiting while the queue is full: with `give_up_after`, at most that
+    /// long (the junction's back-off), after which the chunk is refused. Returns whether it had
+    /// to wait, and whether it was queued.
+    pub fn push(&self, chunk: Arc<Chunk>, context: Option<TraceContext>, give_up_after: Option<Duration>) -> Pushed {
         let bytes = (chunk.len() * size_of::<Event>()) as u64;
         let mut state = self.lock();
         let waited = state.items.len() >= self.capacity;
         if waited {
             self.backpressure.add(1);
+            let deadline = give_up_after.map(|d| Instant::now() + d);
             while state.items.len() >= self.capacity {
-                state = self.not_full.wait(state).unwrap_or_else(|e| e.into_inner());
+                state = match deadline {
+                    Some(deadline) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            return Pushed { waited, queued: false };
+                        }
+                        self.not_full.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0
+                    }
+                    None => self.not_full.wait(state).unwrap_or_else(|e| e.into_inner()),
+                };
             }
         }
         state.items.push_back(Item { chunk, context, queued_at: Instant::now() });
@@ -65,7 +88,7 @@ impl Queue {
         self.gauge.set(state.items.len() as u64, self.capacity as u64, state.bytes, state.last_wait_ns);
         drop(state);
         self.not_empty.notify_one();
-        waited
+        Pushed { waited, queued: true }
     }
 
     /// Takes the oldest chunk, its trace context and how long it waited; `None` once the queue

@@ -11,11 +11,12 @@ use usdt_markers::abi::{ConnErrorKind, Connector, JunctionKind, Protocol, Stream
 use usdt_markers::trace::TraceContext;
 use usdt_markers::{QueryInfo, StreamInfo, conn_active, conn_close, conn_error, conn_open, ingest, junction_send};
 
-use crate::components::{self, ErrorStore, Persistence, SNAPSHOT_EVERY, Sink, Table, WindowComponent};
+use crate::components::{self, ErrorStore, Persistence, SNAPSHOT_EVERY, Sink, Table, Tally, WindowComponent};
 use crate::event::{Chunk, Source};
 use crate::net::{Forward, Inbound};
 use crate::query::{Query, QueryStats};
-use crate::queue::Queue;
+use crate::queue::{Pushed, Queue};
+use usdt_markers::abi::{ComponentCounter as CC, ComponentKind};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -41,6 +42,8 @@ pub struct Config {
     pub error_store_capacity: u64,
     /// Where snapshots are kept (in memory without it); the last one is restored at start.
     pub snapshot_dir: Option<PathBuf>,
+    /// Async junctions refuse a chunk whose queue stays full this long.
+    pub drop_after: Option<Duration>,
 }
 
 /// Whether the engine is in trouble now (`--trouble`): half of the sources' events are
@@ -61,6 +64,8 @@ pub struct StreamStats {
     pub received: u64,
     pub sent: u64,
     pub backpressure: u64,
+    /// Events the junction refused after its back-off (`--drop-after`).
+    pub dropped: u64,
 }
 
 pub struct StreamDef {
@@ -107,6 +112,7 @@ const SINK_IDS: u32 = 1000;
 const TABLE_ID: u32 = 2000;
 const WINDOW_IDS: u32 = 3000;
 const PERSISTENCE_ID: u32 = 4000;
+const JUNCTION_IDS: u32 = 5000;
 
 /// A source's connector, from its stream's protocol.
 fn source_connector(p: Protocol) -> Connector {
@@ -166,14 +172,21 @@ enum Delivery {
 }
 
 impl Delivery {
-    /// Hands a chunk to query `q`; returns whether that hit backpressure.
-    fn deliver(&mut self, q: usize, chunk: &Arc<Chunk>, context: Option<TraceContext>) -> bool {
+    /// Hands a chunk to query `q`: whether that hit backpressure, and whether the chunk was
+    /// taken (an async junction with a back-off refuses it when the queue stays full).
+    fn deliver(
+        &mut self,
+        q: usize,
+        chunk: &Arc<Chunk>,
+        context: Option<TraceContext>,
+        give_up_after: Option<Duration>,
+    ) -> Pushed {
         match self {
             Delivery::Sync(queries) => {
                 queries[q].process(chunk, None, context);
-                false
+                Pushed { waited: false, queued: true }
             }
-            Delivery::Async { queues, .. } => queues[q].push(Arc::clone(chunk), context),
+            Delivery::Async { queues, .. } => queues[q].push(Arc::clone(chunk), context, give_up_after),
         }
     }
 
@@ -334,6 +347,26 @@ pub fn run(config: &Config) -> Result<Outcome> {
         })
         .collect();
     let received: Vec<ingest::Counter> = (0..config.streams).map(ingest::Counter::new).collect();
+    // The async junctions, as components: what they refuse.
+    let mut junctions: Vec<Tally> = match config.mode {
+        JunctionKind::Async => streams
+            .iter()
+            .filter(|s| s.role == StreamRole::Input)
+            .map(|s| {
+                let labels = vec![("junction_type", JunctionKind::Async.label().to_owned())];
+                let id = JUNCTION_IDS + s.id;
+                Tally::register(
+                    id,
+                    s.name.clone(),
+                    ComponentKind::Junction,
+                    JunctionKind::Async.code(),
+                    Some((s.id, &s.name)),
+                    labels,
+                )
+            })
+            .collect(),
+        JunctionKind::Sync => Vec::new(),
+    };
 
     if let Some(gate) = &config.gate {
         wait_for_gate(gate);
@@ -392,11 +425,18 @@ pub fn run(config: &Config) -> Result<Outcome> {
         }
         streams[stream].stats.received += n;
         for (q, sent) in &subscribers[stream] {
-            let q = *q;
-            sent.add(n);
-            streams[stream].stats.sent += n;
-            if delivery.deliver(q, &chunk, context) {
+            let pushed = delivery.deliver(*q, &chunk, context, config.drop_after);
+            if pushed.waited {
                 streams[stream].stats.backpressure += 1;
+            }
+            if pushed.queued {
+                sent.add(n);
+                streams[stream].stats.sent += n;
+            } else {
+                streams[stream].stats.dropped += n;
+                if let Some(junction) = junctions.get_mut(stream) {
+                    junction.add(CC::JunctionDropped, 0, n);
+                }
             }
         }
         positions[stream] += n;
@@ -453,6 +493,10 @@ pub fn run(config: &Config) -> Result<Outcome> {
     components.push((store.name(), store.summary()));
     ids.push(persistence.id());
     components.push(persistence.summary());
+    for junction in &junctions {
+        ids.push(junction.id);
+        components.push((junction.name.clone(), junction.summary()));
+    }
     // Their final counts reach observers before they go.
     for id in ids {
         usdt_markers::unregister_component(id);

@@ -221,3 +221,56 @@ fn failing_snapshots_degrade_the_state_backend() {
     assert_eq!(series(&s, "snapshots", "persistence_snapshots_total", &[("result", "success")]), 0);
     assert!(daemon.stop().success());
 }
+
+/// An async junction with a back-off (`--drop-after`) refuses the chunks whose queue stays
+/// full: the events it dropped are counted exactly, per junction, `/health` says so, and every
+/// event a source delivered was either processed by each subscriber or dropped.
+#[test]
+fn events_a_junction_drops_are_counted_and_degrade_health() {
+    let _serial = serial();
+    let args = [
+        "--mode",
+        "async",
+        "--queue-capacity",
+        "2",
+        "--rate",
+        "20000",
+        "--events",
+        "100000",
+        "--trouble",
+        "1..3",
+        "--drop-after",
+        "1",
+    ];
+    let target = GatedDemo::start(&bin("eventflux-demo"), &args);
+    let daemon = Daemon::start_with(target.pid(), &["--flush-interval", "100ms"]);
+    let target = target.open();
+    let (_, body) = poll_http(daemon.port, "/health", Duration::from_secs(15), "junctions dropping", |_, b| {
+        json(b)["reasons"].to_string().contains("stream junctions dropped")
+    });
+    assert_eq!(json(&body)["checks"]["event_pipeline"], "degraded", "{body}");
+    let s = summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let m = daemon.samples();
+    assert_components_exact(&m, &s);
+    let mut dropped_total = 0;
+    for (name, stream) in s["streams"].as_object().expect("streams") {
+        if stream["role"] != "input" {
+            continue;
+        }
+        let dropped = stream["dropped"].as_u64().expect("dropped");
+        dropped_total += dropped;
+        assert_eq!(metric(&m, "junction_events_dropped_total", &[("junction", name)]) as u64, dropped, "{name}");
+        let received = stream["received"].as_u64().expect("received");
+        let subscribers: Vec<&Value> = s["queries"]
+            .as_object()
+            .expect("queries")
+            .values()
+            .filter(|q| q["input_stream"] == name.as_str())
+            .collect();
+        let processed: u64 = subscribers.iter().map(|q| q["processed"].as_u64().expect("processed")).sum();
+        assert_eq!(processed + dropped, received * subscribers.len() as u64, "{name}: processed or dropped, each");
+    }
+    assert!(dropped_total > 0, "the trouble made the junctions drop: {}", s["streams"]);
+    assert!(daemon.stop().success());
+}

@@ -319,6 +319,15 @@ fn dashboards() -> Vec<Dashboard> {
                     ],
                 },
                 Row {
+                    title: "Junctions",
+                    panels: vec![
+                        panel("Events dropped by junctions / s", "ops", "Events an async stream junction refused because its subscribers' queue stayed full through its back-off, per second: lost.")
+                            .q(format!("sum by (instance, pid, junction) (rate(junction_events_dropped_total{{{I}}}[$__rate_interval]))"), "{{junction}}")
+                            .warn(0.001, 1.0)
+                            .width(24),
+                    ],
+                },
+                Row {
                     title: "Error store",
                     panels: vec![
                         panel("Error store fill", "percentunit", "Failed events held over the store's capacity: past 100% failed events are lost.")

@@ -104,6 +104,7 @@ pub struct Totals {
     pub sink_failures: u64,
     pub error_store_dropped: u64,
     pub snapshot_failures: u64,
+    pub junction_dropped: u64,
 }
 
 /// The active sources and sinks that say they are disconnected.
@@ -136,6 +137,7 @@ impl Totals {
             sink_events: e.component_total(CC::SinkEvents),
             sink_failures: e.component_total(CC::SinkFailures),
             error_store_dropped: e.component_total(CC::ErrorStoreDropped),
+            junction_dropped: e.component_total(CC::JunctionDropped),
             snapshot_failures: e
                 .components
                 .values()
@@ -369,6 +371,16 @@ pub fn evaluate(engine: Option<&Engine>, history: &History, t: &Thresholds, ctx:
                     ),
                 );
             }
+        }
+        let refused = cur.junction_dropped.saturating_sub(old.junction_dropped);
+        if refused > 0 {
+            pipeline.raise(
+                Check::Degraded,
+                "event_pipeline",
+                format!(
+                    "stream junctions dropped {refused} events in the last {span:.0}s: their subscribers' queues stayed full"
+                ),
+            );
         }
         let dropped = cur.error_store_dropped.saturating_sub(old.error_store_dropped);
         if dropped > 0 {

@@ -197,6 +197,8 @@ define_metrics! {
             "Bytes of the last snapshot written.";
         PERSISTENCE_LAST_SNAPSHOT_TIME: Gauge (CG::PersistenceLastSnapshotTime) [persistence, store_type]
             "When the last snapshot succeeded, in Unix seconds: time() minus it is the age of the state a restart would restore.";
+        JUNCTION_DROPPED: Counter (CC::JunctionDropped) [junction, junction_type, stream_name]
+            "Events a stream junction refused (dropped) because its subscribers' queue stayed full through its back-off: lost.";
         PERSISTENCE_SNAPSHOT_DURATION: Histogram (OP::Snapshot) [persistence, store_type]
             "Time to take and write one snapshot, every snapshot.";
         PERSISTENCE_RESTORE_DURATION: Histogram (OP::Restore) [persistence, store_type]

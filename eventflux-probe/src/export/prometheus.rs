@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 
 use eventflux_abi::{
-    ComponentCounter, ConnErrorKind, Connector, Dimension, ErrorKind, Protocol, StoreKind, TableKind, WindowKind,
+    ComponentCounter, ConnErrorKind, Connector, Dimension, ErrorKind, JunctionKind, Protocol, StoreKind, TableKind,
+    WindowKind,
 };
 use eventflux_probe_common::{drop as drops, hist, stage};
 use prometheus::proto::{self, MetricFamily, MetricType};
@@ -339,6 +340,7 @@ fn component_metrics(e: &Engine, c: &Component, f: &mut Families, labels: &dyn F
                 "table_type" => label_name(c.variant, TableKind::from_code(c.variant).map(TableKind::label)),
                 "window_type" => label_name(c.variant, WindowKind::from_code(c.variant).map(WindowKind::label)),
                 "store_type" => label_name(c.variant, StoreKind::from_code(c.variant).map(StoreKind::label)),
+                "junction_type" => label_name(c.variant, JunctionKind::from_code(c.variant).map(JunctionKind::label)),
                 "stream_name" => c.stream.map_or_else(|| "none".to_owned(), |s| e.stream_name(s)),
                 "query_id" => c.query.map_or_else(|| "none".to_owned(), |q| e.query_name(q)),
                 _ => match dimension {
