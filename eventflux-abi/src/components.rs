@@ -35,6 +35,10 @@ code_enum! {
         /// A stream junction (its `variant` a JunctionKind): hands a stream's events to its
         /// subscribers, and in async mode may refuse them.
         Junction = 6 => "junction",
+        /// A stream–stream join: each side's events probe the other side's window.
+        Join = 7 => "join",
+        /// A pattern (or sequence): partial matches wait for their next event, `within` a time.
+        Pattern = 8 => "pattern",
     }
 }
 
@@ -88,6 +92,16 @@ code_enum! {
         Sqlite = 2 => "sqlite",
         /// Redis.
         Redis = 3 => "redis",
+    }
+}
+
+code_enum! {
+    /// A side of a join (`label` of the join families).
+    JoinSide {
+        /// The left (first) stream.
+        Left = 0 => "left",
+        /// The right (second) stream.
+        Right = 1 => "right",
     }
 }
 
@@ -217,12 +231,25 @@ code_enum! {
         /// Junction: events it refused (dropped) because its subscribers' queue stayed full
         /// through its back-off.
         JunctionDropped = 20 => "junction_events_dropped_total",
+        /// Join: events that arrived on a side; `label` a JoinSide.
+        JoinEvents = 21 => "join_events_total",
+        /// Join: matches (joined rows) produced.
+        JoinMatches = 22 => "join_matches_total",
+        /// Join: events that left a side's window; `label` a JoinSide.
+        JoinExpired = 23 => "join_expired_events_total",
+        /// Pattern: partial matches started (a first state matched).
+        PatternStarted = 24 => "pattern_partial_matches_started_total",
+        /// Pattern: complete matches.
+        PatternMatches = 25 => "pattern_matches_total",
+        /// Pattern: partial matches dropped because their `within` ran out.
+        PatternExpired = 26 => "pattern_partial_matches_expired_total",
     }
 }
 
 code_enum! {
     /// Component gauges, fired through `component_gauge`: each is one exported gauge family of
-    /// components of one kind. `label` is 0 for all of these.
+    /// components of one kind; `label` its second dimension where it has one (see
+    /// `ComponentGauge::dimension`), else 0.
     ComponentGauge {
         /// Source: 1 while connected to its connector, else 0.
         SourceConnected = 0 => "source_connected",
@@ -242,6 +269,10 @@ code_enum! {
         PersistenceLastSnapshotBytes = 7 => "persistence_last_snapshot_size_bytes",
         /// Persistence: when the last snapshot succeeded, Unix seconds.
         PersistenceLastSnapshotTime = 8 => "persistence_last_snapshot_timestamp_seconds",
+        /// Join: events a side's window holds; `label` a JoinSide.
+        JoinState = 9 => "join_state_events",
+        /// Pattern: partial matches alive, waiting for their next event.
+        PatternPartialMatches = 10 => "pattern_partial_matches",
     }
 }
 
@@ -283,6 +314,7 @@ impl ComponentCounter {
             TableOperations | TableOperationFailures => dimension!("op", TableOp),
             TableLookups => dimension!("result", LookupResult),
             PersistenceSnapshots | PersistenceRestores => dimension!("result", Outcome),
+            JoinEvents | JoinExpired => dimension!("side", JoinSide),
             SourceEvents
             | SourceBytes
             | SourceReconnects
@@ -295,7 +327,11 @@ impl ComponentCounter {
             | WindowExpired
             | WindowFlushes
             | PersistenceSnapshotBytes
-            | JunctionDropped => None,
+            | JunctionDropped
+            | JoinMatches
+            | PatternStarted
+            | PatternMatches
+            | PatternExpired => None,
         }
     }
 
@@ -310,11 +346,21 @@ impl ComponentCounter {
             WindowEvents | WindowExpired | WindowFlushes => ComponentKind::Window,
             PersistenceSnapshots | PersistenceSnapshotBytes | PersistenceRestores => ComponentKind::Persistence,
             JunctionDropped => ComponentKind::Junction,
+            JoinEvents | JoinMatches | JoinExpired => ComponentKind::Join,
+            PatternStarted | PatternMatches | PatternExpired => ComponentKind::Pattern,
         }
     }
 }
 
 impl ComponentGauge {
+    /// The family's second dimension, `None` when its `label` is always 0.
+    pub fn dimension(self) -> Option<Dimension> {
+        match self {
+            ComponentGauge::JoinState => dimension!("side", JoinSide),
+            _ => None,
+        }
+    }
+
     /// The kind of component that has this gauge.
     pub const fn kind(self) -> ComponentKind {
         use ComponentGauge::*;
@@ -325,6 +371,8 @@ impl ComponentGauge {
             TableRows | TableBytes => ComponentKind::Table,
             WindowSize => ComponentKind::Window,
             PersistenceLastSnapshotBytes | PersistenceLastSnapshotTime => ComponentKind::Persistence,
+            JoinState => ComponentKind::Join,
+            PatternPartialMatches => ComponentKind::Pattern,
         }
     }
 }

@@ -43,7 +43,7 @@ mod table;
 pub use codes::{ConnErrorKind, ErrorKind, JunctionKind, Protocol, Stage, StreamRole, WindowKind};
 pub use components::{
     ComponentCounter, ComponentGauge, ComponentKind, ComponentOp, Connector, DeliveryError, Dimension, ErrorAction,
-    ErrorOrigin, LookupResult, NONE, Outcome, StoreKind, TableKind, TableOp,
+    ErrorOrigin, JoinSide, LookupResult, NONE, Outcome, StoreKind, TableKind, TableOp,
 };
 pub use levels::{DEFAULT_FLUSH_MS, DEFAULT_SAMPLES_PER_SEC, FLUSH_LEVELS, SAMPLE_LEVELS};
 pub use table::{ABI_VERSION, ArgDef, ArgKind, Class, PROBES, PROVIDER, ProbeDef, probe};

@@ -12,6 +12,8 @@
 //! - a **table** (`SymbolStats`, in memory) that query 0 upserts its output rows into and looks
 //!   each of its input events up in (a stream–table lookup: hit when the symbol has a row);
 //! - each query's **window**: events added, expired (or flushed out), flushes, events held;
+//! - a **join** of the first two input streams on the symbol, each side within a window, and
+//!   a **pattern** on the first (`every a -> b within 1 s`): their state and matches;
 //! - **persistence**: a snapshot of the sources' positions every [`SNAPSHOT_EVERY`] events,
 //!   in memory or (`--snapshot-dir`) in a file, and at start a restore from the last one: the
 //!   sources resume where the snapshot left them.
@@ -26,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 use usdt_markers::abi::{
     ComponentCounter as CC, ComponentGauge as CG, ComponentKind, ComponentOp, Connector, DeliveryError, ErrorAction,
-    ErrorOrigin, LookupResult, NONE, Outcome, StoreKind, TableKind, TableOp, WindowKind,
+    ErrorOrigin, JoinSide, LookupResult, NONE, Outcome, StoreKind, TableKind, TableOp, WindowKind,
 };
 use usdt_markers::ops::Timed;
 use usdt_markers::{ComponentInfo, component_count, component_gauge};
@@ -58,9 +60,9 @@ pub struct Tally {
     /// Labels the component's families carry besides its name: connector or table type, stream.
     pub labels: Vec<(&'static str, String)>,
     counts: BTreeMap<(CC, u32), u64>,
-    gauges: BTreeMap<CG, u64>,
+    gauges: BTreeMap<(CG, u32), u64>,
     handles: BTreeMap<(CC, u32), component_count::Counter>,
-    gauge_handles: BTreeMap<CG, component_gauge::Gauge>,
+    gauge_handles: BTreeMap<(CG, u32), component_gauge::Gauge>,
     /// Operations timed, by kind.
     ops: BTreeMap<ComponentOp, u64>,
 }
@@ -135,9 +137,22 @@ impl Tally {
     }
 
     pub fn set(&mut self, gauge: CG, value: u64) {
-        self.gauges.insert(gauge, value);
+        self.set_in(gauge, 0, value);
+    }
+
+    /// Sets a gauge in its second dimension `label`.
+    pub fn set_in(&mut self, gauge: CG, label: u32, value: u64) {
+        self.gauges.insert((gauge, label), value);
         let id = self.id;
-        self.gauge_handles.entry(gauge).or_insert_with(|| component_gauge::Gauge::new(id, gauge.code(), 0)).set(value);
+        self.gauge_handles
+            .entry((gauge, label))
+            .or_insert_with(|| component_gauge::Gauge::new(id, gauge.code(), label))
+            .set(value);
+    }
+
+    /// A gauge's value as last set.
+    pub fn gauge(&self, gauge: CG, label: u32) -> Option<u64> {
+        self.gauges.get(&(gauge, label)).copied()
     }
 
     /// What the summary says of it: its labels, and every series with its exact value.
@@ -150,8 +165,12 @@ impl Tally {
             }
             series.push(json!({"family": counter.label(), "labels": labels, "value": n}));
         }
-        for (&gauge, &v) in &self.gauges {
-            series.push(json!({"family": gauge.label(), "labels": {}, "value": v}));
+        for (&(gauge, label), &v) in &self.gauges {
+            let mut labels = serde_json::Map::new();
+            if let Some(d) = gauge.dimension() {
+                labels.insert(d.name.to_owned(), json!((d.decode)(label).unwrap_or("?")));
+            }
+            series.push(json!({"family": gauge.label(), "labels": labels, "value": v}));
         }
         // How many were timed: the histogram's count (its durations are the observer's).
         for (&op, &n) in &self.ops {
@@ -379,7 +398,7 @@ impl WindowComponent {
         self.tally.add(CC::WindowEvents, 0, added);
         self.tally.add(CC::WindowExpired, 0, expired);
         self.tally.add(CC::WindowFlushes, 0, flushes);
-        if self.tally.gauges.get(&CG::WindowSize) != Some(&held) {
+        if self.tally.gauge(CG::WindowSize, 0) != Some(held) {
             self.tally.set(CG::WindowSize, held);
         }
     }
@@ -454,6 +473,109 @@ impl Persistence {
             self.tally.add(CC::PersistenceSnapshots, Outcome::Failure.code(), 1);
         }
         written
+    }
+
+    pub fn summary(&self) -> (String, Value) {
+        (self.tally.name.clone(), self.tally.summary())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.tally.id
+    }
+}
+
+/// Events each side of [`Join`] keeps.
+pub const JOIN_WINDOW: usize = 32;
+/// How long (event time) a partial match of [`Pattern`] waits for its second event.
+pub const PATTERN_WITHIN_MS: u64 = 1000;
+
+/// A stream–stream join of the first two input streams on the symbol, each side within a
+/// window of its last [`JOIN_WINDOW`] events: every arriving event probes the other side's
+/// window (a match per event there of its symbol), then joins its own.
+pub struct Join {
+    tally: Tally,
+    sides: [std::collections::VecDeque<u32>; 2],
+}
+
+impl Join {
+    pub fn new(id: u32) -> Join {
+        let mut tally = Tally::register(id, "StockJoin".into(), ComponentKind::Join, 0, None, Vec::new());
+        for side in [JoinSide::Left, JoinSide::Right] {
+            tally.set_in(CG::JoinState, side.code(), 0);
+        }
+        Join { tally, sides: Default::default() }
+    }
+
+    /// A chunk arrived on `side` (0 left, 1 right).
+    pub fn push(&mut self, side: usize, chunk: &[crate::event::Event]) {
+        let (mut matches, mut expired) = (0, 0);
+        for e in chunk {
+            matches += self.sides[1 - side].iter().filter(|s| **s == e.symbol).count() as u64;
+            let own = &mut self.sides[side];
+            own.push_back(e.symbol);
+            if own.len() > JOIN_WINDOW {
+                own.pop_front();
+                expired += 1;
+            }
+        }
+        let code = [JoinSide::Left, JoinSide::Right][side].code();
+        self.tally.add(CC::JoinEvents, code, chunk.len() as u64);
+        self.tally.add(CC::JoinMatches, 0, matches);
+        self.tally.add(CC::JoinExpired, code, expired);
+        let held = self.sides[side].len() as u64;
+        if self.tally.gauge(CG::JoinState, code) != Some(held) {
+            self.tally.set_in(CG::JoinState, code, held);
+        }
+    }
+
+    pub fn summary(&self) -> (String, Value) {
+        (self.tally.name.clone(), self.tally.summary())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.tally.id
+    }
+}
+
+/// A pattern on the first input stream: `every a=[price > 900] -> b=[price < 100, symbol ==
+/// a.symbol] within 1 s` of event time. Each `a` starts a partial match; a `b` completes every
+/// partial match of its symbol; a partial match older than the `within` expires.
+pub struct Pattern {
+    tally: Tally,
+    partial: std::collections::VecDeque<(u32, u64)>,
+}
+
+impl Pattern {
+    pub fn new(id: u32) -> Pattern {
+        let mut tally = Tally::register(id, "PriceSwing".into(), ComponentKind::Pattern, 0, None, Vec::new());
+        tally.set(CG::PatternPartialMatches, 0);
+        Pattern { tally, partial: std::collections::VecDeque::new() }
+    }
+
+    pub fn push(&mut self, chunk: &[crate::event::Event]) {
+        let (mut started, mut matched, mut expired) = (0, 0, 0);
+        for e in chunk {
+            while self.partial.front().is_some_and(|(_, ts)| ts + PATTERN_WITHIN_MS < e.ts_ms) {
+                self.partial.pop_front();
+                expired += 1;
+            }
+            if e.price < 100 {
+                let before = self.partial.len();
+                self.partial.retain(|(symbol, _)| *symbol != e.symbol);
+                matched += (before - self.partial.len()) as u64;
+            }
+            if e.price > 900 {
+                self.partial.push_back((e.symbol, e.ts_ms));
+                started += 1;
+            }
+        }
+        self.tally.add(CC::PatternStarted, 0, started);
+        self.tally.add(CC::PatternMatches, 0, matched);
+        self.tally.add(CC::PatternExpired, 0, expired);
+        let alive = self.partial.len() as u64;
+        if self.tally.gauge(CG::PatternPartialMatches, 0) != Some(alive) {
+            self.tally.set(CG::PatternPartialMatches, alive);
+        }
     }
 
     pub fn summary(&self) -> (String, Value) {

@@ -11,7 +11,9 @@ use usdt_markers::abi::{ConnErrorKind, Connector, JunctionKind, Protocol, Stream
 use usdt_markers::trace::TraceContext;
 use usdt_markers::{QueryInfo, StreamInfo, conn_active, conn_close, conn_error, conn_open, ingest, junction_send};
 
-use crate::components::{self, ErrorStore, Persistence, SNAPSHOT_EVERY, Sink, Table, Tally, WindowComponent};
+use crate::components::{
+    self, ErrorStore, Join, Pattern, Persistence, SNAPSHOT_EVERY, Sink, Table, Tally, WindowComponent,
+};
 use crate::event::{Chunk, Source};
 use crate::net::{Forward, Inbound};
 use crate::query::{Query, QueryStats};
@@ -113,6 +115,8 @@ const TABLE_ID: u32 = 2000;
 const WINDOW_IDS: u32 = 3000;
 const PERSISTENCE_ID: u32 = 4000;
 const JUNCTION_IDS: u32 = 5000;
+const JOIN_ID: u32 = 6000;
+const PATTERN_ID: u32 = 6001;
 
 /// A source's connector, from its stream's protocol.
 fn source_connector(p: Protocol) -> Connector {
@@ -347,6 +351,9 @@ pub fn run(config: &Config) -> Result<Outcome> {
         })
         .collect();
     let received: Vec<ingest::Counter> = (0..config.streams).map(ingest::Counter::new).collect();
+    // A join of the first two streams, a pattern on the first: on the producer's thread.
+    let mut join = (config.streams >= 2).then(|| Join::new(JOIN_ID));
+    let mut pattern = Pattern::new(PATTERN_ID);
     // The async junctions, as components: what they refuse.
     let mut junctions: Vec<Tally> = match config.mode {
         JunctionKind::Async => streams
@@ -423,6 +430,12 @@ pub fn run(config: &Config) -> Result<Outcome> {
         if let Some(source) = sources.get_mut(stream) {
             source.read(n);
         }
+        if let Some(join) = join.as_mut().filter(|_| stream < 2) {
+            join.push(stream, &chunk);
+        }
+        if stream == 0 {
+            pattern.push(&chunk);
+        }
         streams[stream].stats.received += n;
         for (q, sent) in &subscribers[stream] {
             let pushed = delivery.deliver(*q, &chunk, context, config.drop_after);
@@ -493,6 +506,12 @@ pub fn run(config: &Config) -> Result<Outcome> {
     components.push((store.name(), store.summary()));
     ids.push(persistence.id());
     components.push(persistence.summary());
+    if let Some(join) = &join {
+        ids.push(join.id());
+        components.push(join.summary());
+    }
+    ids.push(pattern.id());
+    components.push(pattern.summary());
     for junction in &junctions {
         ids.push(junction.id);
         components.push((junction.name.clone(), junction.summary()));

@@ -123,6 +123,7 @@ fn the_codes_table_is_the_abi() {
         ErrorOrigin,
         TableOp,
         LookupResult,
+        JoinSide,
         ComponentCounter,
         ComponentGauge,
         StoreKind,

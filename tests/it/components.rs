@@ -93,6 +93,21 @@ fn components_count_exactly_and_agree_with_the_pipeline() {
             _ => assert_eq!(flushes, 0, "{name}"),
         }
     }
+    // The join's sides are the first two streams, each holding its last 32 events; the
+    // pattern's partial matches are those started, less those completed or expired.
+    for (side, stream) in [("left", "Stock0"), ("right", "Stock1")] {
+        let received = s["streams"][stream]["received"].as_u64().expect("received");
+        assert_eq!(series(&s, "StockJoin", "join_events_total", &[("side", side)]), received, "{side}");
+        let held = series(&s, "StockJoin", "join_state_events", &[("side", side)]);
+        assert_eq!(held, received.min(32), "{side}");
+        assert_eq!(series(&s, "StockJoin", "join_expired_events_total", &[("side", side)]), received - held, "{side}");
+    }
+    assert!(series(&s, "StockJoin", "join_matches_total", &[]) > 0);
+    let started = series(&s, "PriceSwing", "pattern_partial_matches_started_total", &[]);
+    let ended = series(&s, "PriceSwing", "pattern_matches_total", &[])
+        + series(&s, "PriceSwing", "pattern_partial_matches_expired_total", &[]);
+    assert_eq!(started - ended, series(&s, "PriceSwing", "pattern_partial_matches", &[]));
+    assert!(ended > 0 && started > ended);
     // Registered families with nothing to count yet are there, at 0.
     assert_eq!(metric(&m, "table_evictions_total", &[("table", "SymbolStats")]), 0.0);
     assert_eq!(metric(&m, "error_store_dropped_total", &[("error_store", "errors")]), 0.0);

@@ -283,7 +283,7 @@ fn dashboards() -> Vec<Dashboard> {
             file: "eventflux-components.json",
             uid: "eventflux-components",
             title: "EventFlux Components",
-            description: "Sources and sinks per connector, the error store, windows, persistence, tables: what each read, published, failed and holds.",
+            description: "Sources and sinks per connector, junctions, the error store, windows, joins and patterns, persistence, tables: what each read, published, failed and holds.",
             vars: vec![],
             rows: vec![
                 Row {
@@ -356,6 +356,22 @@ fn dashboards() -> Vec<Dashboard> {
                         panel("Window size", "short", "Events each window holds: a line that only climbs is state that never expires.")
                             .q(format!("window_size_events{{{I}}}"), "{{window}} ({{window_type}})")
                             .width(8),
+                    ],
+                },
+                Row {
+                    title: "Joins and patterns",
+                    panels: vec![
+                        panel("Join events and matches / s", "ops", "Events arriving on each side of a join, and the matches (joined rows) it produced, per second.")
+                            .q(format!("sum by (instance, pid, join, side) (rate(join_events_total{{{I}}}[$__rate_interval]))"), "{{join}} {{side}}")
+                            .q(format!("sum by (instance, pid, join) (rate(join_matches_total{{{I}}}[$__rate_interval]))"), "{{join}} matches"),
+                        panel("Join state", "short", "Events each side's window of a join holds: what every arriving event probes.")
+                            .q(format!("join_state_events{{{I}}}"), "{{join}} {{side}}"),
+                        panel("Pattern partial matches", "short", "Partial matches alive, waiting for their next event: a line that only climbs is a pattern whose `within` never expires them.")
+                            .q(format!("pattern_partial_matches{{{I}}}"), "{{pattern}}"),
+                        panel("Pattern matches / s", "ops", "Partial matches started, completed and expired (their `within` ran out), per second.")
+                            .q(format!("sum by (instance, pid, pattern) (rate(pattern_partial_matches_started_total{{{I}}}[$__rate_interval]))"), "{{pattern}} started")
+                            .q(format!("sum by (instance, pid, pattern) (rate(pattern_matches_total{{{I}}}[$__rate_interval]))"), "{{pattern}} matched")
+                            .q(format!("sum by (instance, pid, pattern) (rate(pattern_partial_matches_expired_total{{{I}}}[$__rate_interval]))"), "{{pattern}} expired"),
                     ],
                 },
                 Row {

@@ -199,6 +199,17 @@ define_metrics! {
             "When the last snapshot succeeded, in Unix seconds: time() minus it is the age of the state a restart would restore.";
         JUNCTION_DROPPED: Counter (CC::JunctionDropped) [junction, junction_type, stream_name]
             "Events a stream junction refused (dropped) because its subscribers' queue stayed full through its back-off: lost.";
+        JOIN_EVENTS: Counter (CC::JoinEvents) [join, side] "Events that arrived on a side of the join.";
+        JOIN_MATCHES: Counter (CC::JoinMatches) [join] "Matches (joined rows) the join produced.";
+        JOIN_EXPIRED: Counter (CC::JoinExpired) [join, side] "Events that left a side's window of the join.";
+        JOIN_STATE: Gauge (CG::JoinState) [join, side]
+            "Events a side's window of the join holds: the state every arriving event probes.";
+        PATTERN_STARTED: Counter (CC::PatternStarted) [pattern] "Partial matches the pattern started (its first state matched).";
+        PATTERN_MATCHES: Counter (CC::PatternMatches) [pattern] "Complete matches of the pattern.";
+        PATTERN_EXPIRED: Counter (CC::PatternExpired) [pattern]
+            "Partial matches dropped because their `within` ran out.";
+        PATTERN_PARTIAL: Gauge (CG::PatternPartialMatches) [pattern]
+            "Partial matches alive, waiting for their next event: the pattern's state.";
         PERSISTENCE_SNAPSHOT_DURATION: Histogram (OP::Snapshot) [persistence, store_type]
             "Time to take and write one snapshot, every snapshot.";
         PERSISTENCE_RESTORE_DURATION: Histogram (OP::Restore) [persistence, store_type]
@@ -299,6 +310,8 @@ mod tests {
             .chain(CG::ALL.iter().map(|g| (component_gauge(*g).expect("family"), g.kind(), None)))
             .chain(OP::ALL.iter().map(|o| (component_op(*o).expect("family"), o.kind(), None)));
         for (metric, kind, dimension) in families {
+            let dimension =
+                dimension.or_else(|| CG::ALL.iter().find(|g| g.label() == metric.name).and_then(|g| g.dimension()));
             let labels = match dimension {
                 Some(d) => {
                     assert_eq!(metric.labels.last(), Some(&d.name), "{}", metric.name);

@@ -366,7 +366,7 @@ fn component_metrics(e: &Engine, c: &Component, f: &mut Families, labels: &dyn F
     }
     for (&(code, label), &v) in &c.gauges {
         if let Some(metric) = m::component_gauge(code) {
-            f.gauge(metric, fill(metric, None, label), v as f64);
+            f.gauge(metric, fill(metric, code.dimension(), label), v as f64);
         }
     }
     for (&op, h) in &c.ops {
