@@ -9,8 +9,9 @@
 //! defines them and their thresholds):
 //! - `event_pipeline`: the error ratio and the backpressure rate over the window are under
 //!   their thresholds, and events flow while sources are connected;
-//! - `state_backend`: window state is under its cap and did not only grow through the whole
-//!   window to `window_state_growth` times its size, and snapshots do not fail;
+//! - `state_backend`: window state is under its cap; window state, join state and patterns'
+//!   partial matches did not only grow through the whole window to `window_state_growth` times
+//!   their size; snapshots do not fail;
 //! - `query_runtime`: queries are registered, and events handed to queries are processed;
 //! - `connectors`: sources and sinks stay connected, map and publish with few failures.
 //!
@@ -105,6 +106,10 @@ pub struct Totals {
     pub error_store_dropped: u64,
     pub snapshot_failures: u64,
     pub junction_dropped: u64,
+    /// Events the joins' windows hold.
+    pub join_state: u64,
+    /// Patterns' partial matches alive.
+    pub partial_matches: u64,
 }
 
 /// The active sources and sinks that say they are disconnected.
@@ -138,6 +143,8 @@ impl Totals {
             sink_failures: e.component_total(CC::SinkFailures),
             error_store_dropped: e.component_total(CC::ErrorStoreDropped),
             junction_dropped: e.component_total(CC::JunctionDropped),
+            join_state: e.component_gauges(CG::JoinState),
+            partial_matches: e.component_gauges(CG::PatternPartialMatches),
             snapshot_failures: e
                 .components
                 .values()
@@ -184,6 +191,19 @@ impl History {
 const MIN_SPAN: Duration = Duration::from_secs(5);
 /// The error ratio is judged only over at least this many events processed.
 const MIN_EVENTS: u64 = 100;
+
+/// Where a state gauge started the window if it only grew through it, to `window_state_growth`
+/// times that at least: state that never expires. Gauges change only when the engine flushes,
+/// so repeated samples say nothing; every change must be a growth (three at least), from a
+/// non-empty start (a window filling up from empty is not that).
+fn only_grew(history: &History, now: Instant, t: &Thresholds, pick: fn(&Totals) -> u64, cur: u64) -> Option<u64> {
+    let mut changes: Vec<u64> = history.within(now, t.window).map(|(_, s)| pick(s)).collect();
+    changes.push(cur);
+    changes.dedup();
+    let start = changes[0];
+    let always_grew = changes.len() >= 3 && changes.windows(2).all(|w| w[1] > w[0]);
+    (always_grew && start > 0 && cur as f64 >= start as f64 * t.window_state_growth).then_some(start)
+}
 
 /// One check's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -463,24 +483,20 @@ pub fn evaluate(engine: Option<&Engine>, history: &History, t: &Thresholds, ctx:
     }
     let covers = history.samples.front().is_some_and(|(at, _)| now.duration_since(*at) >= t.window);
     if covers {
-        // Gauges change only when the engine flushes, so repeated samples say nothing: the
-        // state grew without bound if every change through the window was a growth (three at
-        // least), from a non-empty start (a window filling up from empty is not that).
-        let mut changes: Vec<u64> = history.within(now, t.window).map(|(_, s)| s.window_state_bytes).collect();
-        changes.push(cur.window_state_bytes);
-        changes.dedup();
-        let start = changes[0];
-        let always_grew = changes.len() >= 3 && changes.windows(2).all(|w| w[1] > w[0]);
-        if always_grew && start > 0 && cur.window_state_bytes as f64 >= start as f64 * t.window_state_growth {
-            state.raise(
-                Check::Degraded,
-                "state_backend",
-                format!(
-                    "window state only grew for {}, from {start} to {} bytes",
-                    secs(t.window),
-                    cur.window_state_bytes
-                ),
-            );
+        let grown = [
+            ("window state", "bytes", (|s: &Totals| s.window_state_bytes) as fn(&Totals) -> u64),
+            ("join state", "events", |s: &Totals| s.join_state),
+            ("pattern partial matches", "", |s: &Totals| s.partial_matches),
+        ];
+        for (what, unit, pick) in grown {
+            if let Some(start) = only_grew(history, now, t, pick, pick(&cur)) {
+                let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+                state.raise(
+                    Check::Degraded,
+                    "state_backend",
+                    format!("{what} only grew for {}, from {start} to {}{unit}", secs(t.window), pick(&cur)),
+                );
+            }
         }
     }
 
@@ -660,6 +676,37 @@ mod tests {
         let h = history(start, 30, |i| totals(&at(i, u64::from(i < 25), 0, 10, 0)));
         let r = evaluate(Some(&at(30, 0, 0, 10, 0)), &h, &t, ctx(now));
         assert_eq!(r.checks.connectors, Check::Ok, "{:?}", r.reasons);
+    }
+
+    /// Partial matches of a pattern that only grow through the window degrade the state
+    /// backend, as window state does; ones that also shrink do not.
+    #[test]
+    fn partial_matches_growing_without_bound_degrade_the_state_backend() {
+        let start = Instant::now();
+        let t = Thresholds { window: Duration::from_secs(10), ..Thresholds::default() };
+        let growing = |i: u64| Totals { partial_matches: i * i + 1, ..flowing(i) };
+        let now = start + Duration::from_secs(20);
+        let h = history(start, 20, growing);
+        let mut e = engine(growing(20), true);
+        e.components.insert(
+            9,
+            Component {
+                id: 9,
+                name: "p".into(),
+                registered: true,
+                active: true,
+                kind: Some(ComponentKind::Pattern),
+                gauges: [((CG::PatternPartialMatches, 0), growing(20).partial_matches)].into(),
+                ..Component::default()
+            },
+        );
+        let r = evaluate(Some(&e), &h, &t, ctx(now));
+        assert_eq!(r.checks.state_backend, Check::Degraded, "{:?}", r.reasons);
+        assert_eq!(r.reasons, ["state_backend: pattern partial matches only grew for 10s, from 101 to 401"]);
+        let saw = |i: u64| Totals { partial_matches: 100 + (i % 3) * 20, ..flowing(i) };
+        let h = history(start, 20, saw);
+        let r = evaluate(Some(&engine(saw(20), true)), &h, &t, ctx(now));
+        assert_eq!(r.checks.state_backend, Check::Ok, "{:?}", r.reasons);
     }
 
     #[test]

@@ -326,6 +326,17 @@ impl Engine {
         self.streams.values().map(|s| s.sent).sum()
     }
 
+    /// A component gauge summed over every active component and label.
+    pub fn component_gauges(&self, g: ComponentGauge) -> u64 {
+        self.components
+            .values()
+            .filter(|c| c.active)
+            .flat_map(|c| c.gauges.iter())
+            .filter(|((code, _), _)| *code == g)
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     /// A component counter summed over every component and label.
     pub fn component_total(&self, c: ComponentCounter) -> u64 {
         self.components.values().map(|x| x.counter(c)).sum()
