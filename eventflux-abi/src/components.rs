@@ -39,6 +39,12 @@ code_enum! {
         Join = 7 => "join",
         /// A pattern (or sequence): partial matches wait for their next event, `within` a time.
         Pattern = 8 => "pattern",
+        /// A partitioned query: one instance of its processors per partition key.
+        Partition = 9 => "partition",
+        /// A trigger: fires events into a stream on a schedule.
+        Trigger = 10 => "trigger",
+        /// An incremental aggregation: running aggregates per time bucket of each Duration.
+        Aggregation = 11 => "aggregation",
     }
 }
 
@@ -102,6 +108,24 @@ code_enum! {
         Left = 0 => "left",
         /// The right (second) stream.
         Right = 1 => "right",
+    }
+}
+
+code_enum! {
+    /// A bucket duration of an incremental aggregation (`label` of its families).
+    Duration {
+        /// Per second.
+        Second = 0 => "second",
+        /// Per minute.
+        Minute = 1 => "minute",
+        /// Per hour.
+        Hour = 2 => "hour",
+        /// Per day.
+        Day = 3 => "day",
+        /// Per month.
+        Month = 4 => "month",
+        /// Per year.
+        Year = 5 => "year",
     }
 }
 
@@ -243,6 +267,18 @@ code_enum! {
         PatternMatches = 25 => "pattern_matches_total",
         /// Pattern: partial matches dropped because their `within` ran out.
         PatternExpired = 26 => "pattern_partial_matches_expired_total",
+        /// Partition: events routed to its instances.
+        PartitionEvents = 27 => "partition_events_total",
+        /// Partition: instances created (a key seen for the first time, or again after a purge).
+        PartitionCreated = 28 => "partition_instances_created_total",
+        /// Partition: idle instances purged.
+        PartitionPurged = 29 => "partition_instances_purged_total",
+        /// Trigger: times it fired.
+        TriggerFires = 30 => "trigger_fires_total",
+        /// Aggregation: events aggregated.
+        AggregationEvents = 31 => "aggregation_events_total",
+        /// Aggregation: buckets purged past their retention; `label` a Duration.
+        AggregationPurged = 32 => "aggregation_buckets_purged_total",
     }
 }
 
@@ -273,6 +309,10 @@ code_enum! {
         JoinState = 9 => "join_state_events",
         /// Pattern: partial matches alive, waiting for their next event.
         PatternPartialMatches = 10 => "pattern_partial_matches",
+        /// Partition: instances alive.
+        PartitionInstances = 11 => "partition_instances",
+        /// Aggregation: buckets held; `label` a Duration.
+        AggregationBuckets = 12 => "aggregation_buckets",
     }
 }
 
@@ -315,6 +355,7 @@ impl ComponentCounter {
             TableLookups => dimension!("result", LookupResult),
             PersistenceSnapshots | PersistenceRestores => dimension!("result", Outcome),
             JoinEvents | JoinExpired => dimension!("side", JoinSide),
+            AggregationPurged => dimension!("duration", Duration),
             SourceEvents
             | SourceBytes
             | SourceReconnects
@@ -331,7 +372,12 @@ impl ComponentCounter {
             | JoinMatches
             | PatternStarted
             | PatternMatches
-            | PatternExpired => None,
+            | PatternExpired
+            | PartitionEvents
+            | PartitionCreated
+            | PartitionPurged
+            | TriggerFires
+            | AggregationEvents => None,
         }
     }
 
@@ -348,6 +394,9 @@ impl ComponentCounter {
             JunctionDropped => ComponentKind::Junction,
             JoinEvents | JoinMatches | JoinExpired => ComponentKind::Join,
             PatternStarted | PatternMatches | PatternExpired => ComponentKind::Pattern,
+            PartitionEvents | PartitionCreated | PartitionPurged => ComponentKind::Partition,
+            TriggerFires => ComponentKind::Trigger,
+            AggregationEvents | AggregationPurged => ComponentKind::Aggregation,
         }
     }
 }
@@ -357,6 +406,7 @@ impl ComponentGauge {
     pub fn dimension(self) -> Option<Dimension> {
         match self {
             ComponentGauge::JoinState => dimension!("side", JoinSide),
+            ComponentGauge::AggregationBuckets => dimension!("duration", Duration),
             _ => None,
         }
     }
@@ -373,6 +423,8 @@ impl ComponentGauge {
             PersistenceLastSnapshotBytes | PersistenceLastSnapshotTime => ComponentKind::Persistence,
             JoinState => ComponentKind::Join,
             PatternPartialMatches => ComponentKind::Pattern,
+            PartitionInstances => ComponentKind::Partition,
+            AggregationBuckets => ComponentKind::Aggregation,
         }
     }
 }

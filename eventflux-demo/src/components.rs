@@ -14,6 +14,8 @@
 //! - each query's **window**: events added, expired (or flushed out), flushes, events held;
 //! - a **join** of the first two input streams on the symbol, each side within a window, and
 //!   a **pattern** on the first (`every a -> b within 1 s`): their state and matches;
+//! - a **partitioned** query (an instance per symbol, purged when idle), a **trigger** and an
+//!   **incremental aggregation** per second and minute of event time;
 //! - **persistence**: a snapshot of the sources' positions every [`SNAPSHOT_EVERY`] events,
 //!   in memory or (`--snapshot-dir`) in a file, and at start a restore from the last one: the
 //!   sources resume where the snapshot left them.
@@ -576,6 +578,128 @@ impl Pattern {
         if self.tally.gauge(CG::PatternPartialMatches, 0) != Some(alive) {
             self.tally.set(CG::PatternPartialMatches, alive);
         }
+    }
+
+    pub fn summary(&self) -> (String, Value) {
+        (self.tally.name.clone(), self.tally.summary())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.tally.id
+    }
+}
+
+/// Events after which an idle instance of [`Partition`] is purged (event time, ms).
+pub const PARTITION_IDLE_MS: u64 = 200;
+/// A trigger fires every this many events produced (the demo's clock is its events).
+pub const TRIGGER_EVERY: u64 = 10_000;
+
+/// A query partitioned by symbol on the second input stream (the first when there is one): an
+/// instance per key, created on the key's first event, purged once idle for
+/// [`PARTITION_IDLE_MS`] of event time.
+pub struct Partition {
+    tally: Tally,
+    /// Key → event time of its last event.
+    instances: HashMap<u32, u64>,
+}
+
+impl Partition {
+    pub fn new(id: u32) -> Partition {
+        let mut tally = Tally::register(id, "BySymbol".into(), ComponentKind::Partition, 0, None, Vec::new());
+        tally.set(CG::PartitionInstances, 0);
+        Partition { tally, instances: HashMap::new() }
+    }
+
+    pub fn push(&mut self, chunk: &[crate::event::Event]) {
+        let (mut created, mut purged) = (0, 0);
+        for e in chunk {
+            if self.instances.insert(e.symbol, e.ts_ms).is_none() {
+                created += 1;
+            }
+            let before = self.instances.len();
+            self.instances.retain(|_, last| last.saturating_add(PARTITION_IDLE_MS) >= e.ts_ms);
+            purged += (before - self.instances.len()) as u64;
+        }
+        self.tally.add(CC::PartitionEvents, 0, chunk.len() as u64);
+        self.tally.add(CC::PartitionCreated, 0, created);
+        self.tally.add(CC::PartitionPurged, 0, purged);
+        let alive = self.instances.len() as u64;
+        if self.tally.gauge(CG::PartitionInstances, 0) != Some(alive) {
+            self.tally.set(CG::PartitionInstances, alive);
+        }
+    }
+
+    pub fn summary(&self) -> (String, Value) {
+        (self.tally.name.clone(), self.tally.summary())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.tally.id
+    }
+}
+
+/// A trigger that fires every [`TRIGGER_EVERY`] events produced.
+pub struct Trigger {
+    tally: Tally,
+}
+
+impl Trigger {
+    pub fn new(id: u32) -> Trigger {
+        Trigger { tally: Tally::register(id, "Heartbeat".into(), ComponentKind::Trigger, 0, None, Vec::new()) }
+    }
+
+    /// The producer went from `before` to `after` events: the fires due in between.
+    pub fn advance(&mut self, before: u64, after: u64) {
+        self.tally.add(CC::TriggerFires, 0, after / TRIGGER_EVERY - before / TRIGGER_EVERY);
+    }
+
+    pub fn summary(&self) -> (String, Value) {
+        (self.tally.name.clone(), self.tally.summary())
+    }
+
+    pub fn id(&self) -> u32 {
+        self.tally.id
+    }
+}
+
+/// An incremental aggregation of the first input stream's prices per second and per minute of
+/// event time, keeping 60 seconds and 10 minutes of buckets and purging older ones.
+pub struct Aggregation {
+    tally: Tally,
+    /// Per duration: bucket start → (sum, count); with its bucket length and retention.
+    buckets: [(usize, u64, std::collections::BTreeMap<u64, (i64, u64)>); 2],
+}
+
+impl Aggregation {
+    pub fn new(id: u32) -> Aggregation {
+        let mut tally = Tally::register(id, "PriceAgg".into(), ComponentKind::Aggregation, 0, None, Vec::new());
+        for d in [usdt_markers::abi::Duration::Second, usdt_markers::abi::Duration::Minute] {
+            tally.set_in(CG::AggregationBuckets, d.code(), 0);
+        }
+        Aggregation { tally, buckets: [(60, 1000, BTreeMap::new()), (10, 60_000, BTreeMap::new())] }
+    }
+
+    pub fn push(&mut self, chunk: &[crate::event::Event]) {
+        let durations = [usdt_markers::abi::Duration::Second, usdt_markers::abi::Duration::Minute];
+        for (d, (retain, len, buckets)) in durations.iter().zip(&mut self.buckets) {
+            let mut purged = 0;
+            for e in chunk {
+                let start = e.ts_ms / *len * *len;
+                let b = buckets.entry(start).or_insert((0, 0));
+                b.0 += e.price;
+                b.1 += 1;
+                while buckets.len() > *retain {
+                    buckets.pop_first();
+                    purged += 1;
+                }
+            }
+            self.tally.add(CC::AggregationPurged, d.code(), purged);
+            let held = buckets.len() as u64;
+            if self.tally.gauge(CG::AggregationBuckets, d.code()) != Some(held) {
+                self.tally.set_in(CG::AggregationBuckets, d.code(), held);
+            }
+        }
+        self.tally.add(CC::AggregationEvents, 0, chunk.len() as u64);
     }
 
     pub fn summary(&self) -> (String, Value) {

@@ -12,7 +12,8 @@ use usdt_markers::trace::TraceContext;
 use usdt_markers::{QueryInfo, StreamInfo, conn_active, conn_close, conn_error, conn_open, ingest, junction_send};
 
 use crate::components::{
-    self, ErrorStore, Join, Pattern, Persistence, SNAPSHOT_EVERY, Sink, Table, Tally, WindowComponent,
+    self, Aggregation, ErrorStore, Join, Partition, Pattern, Persistence, SNAPSHOT_EVERY, Sink, Table, Tally, Trigger,
+    WindowComponent,
 };
 use crate::event::{Chunk, Source};
 use crate::net::{Forward, Inbound};
@@ -117,6 +118,9 @@ const PERSISTENCE_ID: u32 = 4000;
 const JUNCTION_IDS: u32 = 5000;
 const JOIN_ID: u32 = 6000;
 const PATTERN_ID: u32 = 6001;
+const PARTITION_ID: u32 = 6002;
+const TRIGGER_ID: u32 = 6003;
+const AGGREGATION_ID: u32 = 6004;
 
 /// A source's connector, from its stream's protocol.
 fn source_connector(p: Protocol) -> Connector {
@@ -354,6 +358,10 @@ pub fn run(config: &Config) -> Result<Outcome> {
     // A join of the first two streams, a pattern on the first: on the producer's thread.
     let mut join = (config.streams >= 2).then(|| Join::new(JOIN_ID));
     let mut pattern = Pattern::new(PATTERN_ID);
+    let mut partition = Partition::new(PARTITION_ID);
+    let mut trigger = Trigger::new(TRIGGER_ID);
+    let mut aggregation = Aggregation::new(AGGREGATION_ID);
+    let partitioned = if config.streams >= 2 { 1 } else { 0 };
     // The async junctions, as components: what they refuse.
     let mut junctions: Vec<Tally> = match config.mode {
         JunctionKind::Async => streams
@@ -435,6 +443,10 @@ pub fn run(config: &Config) -> Result<Outcome> {
         }
         if stream == 0 {
             pattern.push(&chunk);
+            aggregation.push(&chunk);
+        }
+        if stream == partitioned {
+            partition.push(&chunk);
         }
         streams[stream].stats.received += n;
         for (q, sent) in &subscribers[stream] {
@@ -453,6 +465,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
             }
         }
         positions[stream] += n;
+        trigger.advance(produced, produced + n);
         if (produced + n) / SNAPSHOT_EVERY > produced / SNAPSHOT_EVERY {
             persistence.snapshot(&positions);
         }
@@ -512,6 +525,14 @@ pub fn run(config: &Config) -> Result<Outcome> {
     }
     ids.push(pattern.id());
     components.push(pattern.summary());
+    for (id, summary) in [
+        (partition.id(), partition.summary()),
+        (trigger.id(), trigger.summary()),
+        (aggregation.id(), aggregation.summary()),
+    ] {
+        ids.push(id);
+        components.push(summary);
+    }
     for junction in &junctions {
         ids.push(junction.id);
         components.push((junction.name.clone(), junction.summary()));

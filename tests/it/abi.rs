@@ -124,6 +124,7 @@ fn the_codes_table_is_the_abi() {
         TableOp,
         LookupResult,
         JoinSide,
+        Duration,
         ComponentCounter,
         ComponentGauge,
         StoreKind,

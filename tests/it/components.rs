@@ -108,6 +108,22 @@ fn components_count_exactly_and_agree_with_the_pipeline() {
         + series(&s, "PriceSwing", "pattern_partial_matches_expired_total", &[]);
     assert_eq!(started - ended, series(&s, "PriceSwing", "pattern_partial_matches", &[]));
     assert!(ended > 0 && started > ended);
+    // The partitioned query has an instance per live key (16 symbols); the trigger fired once
+    // per 10,000 events; the aggregation took the first stream's every event.
+    let partitioned = series(&s, "BySymbol", "partition_instances", &[]);
+    let created = series(&s, "BySymbol", "partition_instances_created_total", &[]);
+    assert_eq!(created - series(&s, "BySymbol", "partition_instances_purged_total", &[]), partitioned);
+    assert!((1..=16).contains(&partitioned), "{partitioned}");
+    assert_eq!(
+        series(&s, "BySymbol", "partition_events_total", &[]),
+        s["streams"]["Stock1"]["received"].as_u64().expect("n")
+    );
+    assert_eq!(series(&s, "Heartbeat", "trigger_fires_total", &[]), s["events"].as_u64().expect("events") / 10_000);
+    assert_eq!(
+        series(&s, "PriceAgg", "aggregation_events_total", &[]),
+        s["streams"]["Stock0"]["received"].as_u64().expect("n")
+    );
+    assert_eq!(series(&s, "PriceAgg", "aggregation_buckets", &[("duration", "second")]), 60);
     // Registered families with nothing to count yet are there, at 0.
     assert_eq!(metric(&m, "table_evictions_total", &[("table", "SymbolStats")]), 0.0);
     assert_eq!(metric(&m, "error_store_dropped_total", &[("error_store", "errors")]), 0.0);

@@ -283,7 +283,7 @@ fn dashboards() -> Vec<Dashboard> {
             file: "eventflux-components.json",
             uid: "eventflux-components",
             title: "EventFlux Components",
-            description: "Sources and sinks per connector, junctions, the error store, windows, joins and patterns, persistence, tables: what each read, published, failed and holds.",
+            description: "Sources and sinks per connector, junctions, the error store, windows, joins and patterns, partitions, triggers, aggregations, persistence, tables: what each read, published, failed and holds.",
             vars: vec![],
             rows: vec![
                 Row {
@@ -372,6 +372,24 @@ fn dashboards() -> Vec<Dashboard> {
                             .q(format!("sum by (instance, pid, pattern) (rate(pattern_partial_matches_started_total{{{I}}}[$__rate_interval]))"), "{{pattern}} started")
                             .q(format!("sum by (instance, pid, pattern) (rate(pattern_matches_total{{{I}}}[$__rate_interval]))"), "{{pattern}} matched")
                             .q(format!("sum by (instance, pid, pattern) (rate(pattern_partial_matches_expired_total{{{I}}}[$__rate_interval]))"), "{{pattern}} expired"),
+                    ],
+                },
+                Row {
+                    title: "Partitions, triggers, aggregations",
+                    panels: vec![
+                        panel("Partition instances", "short", "Instances of each partitioned query alive: one per live key, each with its own state.")
+                            .q(format!("partition_instances{{{I}}}"), "{{partition}}")
+                            .width(6),
+                        panel("Partition instances created / purged per second", "ops", "Instances created (a new key) and purged (idle), per second.")
+                            .q(format!("sum by (instance, pid, partition) (rate(partition_instances_created_total{{{I}}}[$__rate_interval]))"), "{{partition}} created")
+                            .q(format!("sum by (instance, pid, partition) (rate(partition_instances_purged_total{{{I}}}[$__rate_interval]))"), "{{partition}} purged")
+                            .width(6),
+                        panel("Trigger fires / s", "ops", "Times each trigger fired, per second.")
+                            .q(format!("sum by (instance, pid, trigger) (rate(trigger_fires_total{{{I}}}[$__rate_interval]))"), "{{trigger}}")
+                            .width(6),
+                        panel("Aggregation buckets", "short", "Buckets each incremental aggregation holds, by duration.")
+                            .q(format!("aggregation_buckets{{{I}}}"), "{{aggregation}} {{duration}}")
+                            .width(6),
                     ],
                 },
                 Row {

@@ -210,6 +210,18 @@ define_metrics! {
             "Partial matches dropped because their `within` ran out.";
         PATTERN_PARTIAL: Gauge (CG::PatternPartialMatches) [pattern]
             "Partial matches alive, waiting for their next event: the pattern's state.";
+        PARTITION_EVENTS: Counter (CC::PartitionEvents) [partition] "Events routed to the partitioned query's instances.";
+        PARTITION_CREATED: Counter (CC::PartitionCreated) [partition]
+            "Instances of the partitioned query created: a key seen for the first time, or again after a purge.";
+        PARTITION_PURGED: Counter (CC::PartitionPurged) [partition] "Idle instances of the partitioned query purged.";
+        PARTITION_INSTANCES: Gauge (CG::PartitionInstances) [partition]
+            "Instances of the partitioned query alive: one per live key, each with its own processors' state.";
+        TRIGGER_FIRES: Counter (CC::TriggerFires) [trigger] "Times the trigger fired.";
+        AGGREGATION_EVENTS: Counter (CC::AggregationEvents) [aggregation] "Events the incremental aggregation took.";
+        AGGREGATION_PURGED: Counter (CC::AggregationPurged) [aggregation, duration]
+            "Buckets of the incremental aggregation purged past their retention, by duration.";
+        AGGREGATION_BUCKETS: Gauge (CG::AggregationBuckets) [aggregation, duration]
+            "Buckets the incremental aggregation holds, by duration.";
         PERSISTENCE_SNAPSHOT_DURATION: Histogram (OP::Snapshot) [persistence, store_type]
             "Time to take and write one snapshot, every snapshot.";
         PERSISTENCE_RESTORE_DURATION: Histogram (OP::Restore) [persistence, store_type]
