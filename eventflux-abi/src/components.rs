@@ -45,6 +45,8 @@ code_enum! {
         Trigger = 10 => "trigger",
         /// An incremental aggregation: running aggregates per time bucket of each Duration.
         Aggregation = 11 => "aggregation",
+        /// A transport between nodes (its `variant` a Connector): messages to and from peers.
+        Transport = 12 => "transport",
     }
 }
 
@@ -126,6 +128,16 @@ code_enum! {
         Month = 4 => "month",
         /// Per year.
         Year = 5 => "year",
+    }
+}
+
+code_enum! {
+    /// Which way a message went (`label` of the transport families).
+    Direction {
+        /// Sent to a peer.
+        Sent = 0 => "sent",
+        /// Received from a peer.
+        Received = 1 => "received",
     }
 }
 
@@ -279,6 +291,12 @@ code_enum! {
         AggregationEvents = 31 => "aggregation_events_total",
         /// Aggregation: buckets purged past their retention; `label` a Duration.
         AggregationPurged = 32 => "aggregation_buckets_purged_total",
+        /// Transport: messages (chunks) to or from peers; `label` a Direction.
+        TransportMessages = 33 => "transport_messages_total",
+        /// Transport: bytes to or from peers; `label` a Direction.
+        TransportBytes = 34 => "transport_bytes_total",
+        /// Transport: sends or receives that failed.
+        TransportErrors = 35 => "transport_errors_total",
     }
 }
 
@@ -313,6 +331,15 @@ code_enum! {
         PartitionInstances = 11 => "partition_instances",
         /// Aggregation: buckets held; `label` a Duration.
         AggregationBuckets = 12 => "aggregation_buckets",
+        /// Transport: peers connected now.
+        TransportPeers = 13 => "transport_peers_connected",
+        /// Source: events it is behind its input (a Kafka consumer's lag; a paced source's
+        /// events due but not yet read).
+        SourceLag = 14 => "source_lag_events",
+        /// Junction: chunks queued for its subscribers.
+        JunctionQueueDepth = 15 => "junction_queue_chunks",
+        /// Junction: chunks its queue holds at most.
+        JunctionQueueCapacity = 16 => "junction_queue_capacity_chunks",
     }
 }
 
@@ -356,6 +383,7 @@ impl ComponentCounter {
             PersistenceSnapshots | PersistenceRestores => dimension!("result", Outcome),
             JoinEvents | JoinExpired => dimension!("side", JoinSide),
             AggregationPurged => dimension!("duration", Duration),
+            TransportMessages | TransportBytes => dimension!("direction", Direction),
             SourceEvents
             | SourceBytes
             | SourceReconnects
@@ -377,7 +405,8 @@ impl ComponentCounter {
             | PartitionCreated
             | PartitionPurged
             | TriggerFires
-            | AggregationEvents => None,
+            | AggregationEvents
+            | TransportErrors => None,
         }
     }
 
@@ -397,6 +426,7 @@ impl ComponentCounter {
             PartitionEvents | PartitionCreated | PartitionPurged => ComponentKind::Partition,
             TriggerFires => ComponentKind::Trigger,
             AggregationEvents | AggregationPurged => ComponentKind::Aggregation,
+            TransportMessages | TransportBytes | TransportErrors => ComponentKind::Transport,
         }
     }
 }
@@ -425,6 +455,9 @@ impl ComponentGauge {
             PatternPartialMatches => ComponentKind::Pattern,
             PartitionInstances => ComponentKind::Partition,
             AggregationBuckets => ComponentKind::Aggregation,
+            TransportPeers => ComponentKind::Transport,
+            SourceLag => ComponentKind::Source,
+            JunctionQueueDepth | JunctionQueueCapacity => ComponentKind::Junction,
         }
     }
 }

@@ -42,8 +42,8 @@ mod table;
 
 pub use codes::{ConnErrorKind, ErrorKind, JunctionKind, Protocol, Stage, StreamRole, WindowKind};
 pub use components::{
-    ComponentCounter, ComponentGauge, ComponentKind, ComponentOp, Connector, DeliveryError, Dimension, Duration,
-    ErrorAction, ErrorOrigin, JoinSide, LookupResult, NONE, Outcome, StoreKind, TableKind, TableOp,
+    ComponentCounter, ComponentGauge, ComponentKind, ComponentOp, Connector, DeliveryError, Dimension, Direction,
+    Duration, ErrorAction, ErrorOrigin, JoinSide, LookupResult, NONE, Outcome, StoreKind, TableKind, TableOp,
 };
 pub use levels::{DEFAULT_FLUSH_MS, DEFAULT_SAMPLES_PER_SEC, FLUSH_LEVELS, SAMPLE_LEVELS};
 pub use table::{ABI_VERSION, ArgDef, ArgKind, Class, PROBES, PROVIDER, ProbeDef, probe};

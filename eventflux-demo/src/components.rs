@@ -252,6 +252,14 @@ impl Source {
         self.events = to;
     }
 
+    /// How many events the source is behind its input (a paced source: events due, not yet
+    /// read).
+    pub fn lag(&mut self, events: u64) {
+        if self.tally.gauge(CG::SourceLag, 0) != Some(events) {
+            self.tally.set(CG::SourceLag, events);
+        }
+    }
+
     /// The source disconnected for good (the engine stops).
     pub fn close(&mut self) {
         self.tally.set(CG::SourceConnected, 0);

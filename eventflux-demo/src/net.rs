@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use usdt_markers::abi::{ComponentCounter as CC, ComponentGauge as CG, ComponentKind, Connector, Direction};
 use usdt_markers::trace::TraceContext;
 
+use crate::components::Tally;
 use crate::event::{Chunk, Event};
 
 const EVENT_BYTES: usize = 32;
@@ -26,6 +28,8 @@ const MAX_CHUNK: u32 = 1 << 20;
 pub struct Forward {
     out: Mutex<(BufWriter<TcpStream>, u64)>,
     broken: AtomicBool,
+    /// The transport as a component: what was sent, what failed.
+    tally: Mutex<Tally>,
 }
 
 impl Forward {
@@ -43,7 +47,19 @@ impl Forward {
             }
         };
         stream.set_nodelay(true).context("TCP_NODELAY")?;
-        Ok(Forward { out: Mutex::new((BufWriter::new(stream), 0)), broken: AtomicBool::new(false) })
+        let mut tally = transport(FORWARD_ID, "to_node_b");
+        tally.set(CG::TransportPeers, 1);
+        Ok(Forward {
+            out: Mutex::new((BufWriter::new(stream), 0)),
+            broken: AtomicBool::new(false),
+            tally: Mutex::new(tally),
+        })
+    }
+
+    /// What the transport did, for the summary; and its id.
+    pub fn summary(&self) -> (u32, String, serde_json::Value) {
+        let tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        (tally.id, tally.name.clone(), tally.summary())
     }
 
     /// Sends one query's output rows `(symbol, sum, count)` as events, with `context`. A
@@ -54,11 +70,14 @@ impl Forward {
         }
         let mut guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
         let (out, ts) = &mut *guard;
+        let mut bytes = 0u64;
         let result = (|| -> std::io::Result<()> {
+            bytes += 4 + 1 + EVENT_BYTES as u64 * rows.len() as u64;
             out.write_all(&(rows.len() as u32).to_le_bytes())?;
             match context {
                 Some(c) => {
                     let text = c.to_string();
+                    bytes += text.len() as u64;
                     out.write_all(&[text.len() as u8])?;
                     out.write_all(text.as_bytes())?;
                 }
@@ -75,9 +94,18 @@ impl Forward {
             }
             out.flush()
         })();
-        if let Err(e) = result {
-            self.broken.store(true, Ordering::Relaxed);
-            eprintln!("eventflux-demo: forwarding to node B failed, no longer forwarding: {e}");
+        let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                tally.add(CC::TransportMessages, Direction::Sent.code(), 1);
+                tally.add(CC::TransportBytes, Direction::Sent.code(), bytes);
+            }
+            Err(e) => {
+                tally.add(CC::TransportErrors, 0, 1);
+                tally.set(CG::TransportPeers, 0);
+                self.broken.store(true, Ordering::Relaxed);
+                eprintln!("eventflux-demo: forwarding to node B failed, no longer forwarding: {e}");
+            }
         }
     }
 
@@ -86,12 +114,25 @@ impl Forward {
         let mut guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
         let _ = guard.0.flush();
         let _ = guard.0.get_ref().shutdown(Shutdown::Write);
+        self.tally.lock().unwrap_or_else(|e| e.into_inner()).set(CG::TransportPeers, 0);
     }
+}
+
+/// Component ids of the two ends.
+const FORWARD_ID: u32 = 7000;
+const INBOUND_ID: u32 = 7001;
+
+/// Registers one end of the transport between the two nodes (TCP).
+fn transport(id: u32, name: &str) -> Tally {
+    let labels = vec![("connector", Connector::Tcp.label().to_owned())];
+    Tally::register(id, name.to_owned(), ComponentKind::Transport, Connector::Tcp.code(), None, labels)
 }
 
 /// Node B's side: one connection from node A.
 pub struct Inbound {
     input: BufReader<TcpStream>,
+    /// The transport as a component: what was received.
+    pub tally: Tally,
 }
 
 impl Inbound {
@@ -102,7 +143,9 @@ impl Inbound {
         let local = listener.local_addr().context("listening address")?;
         eprintln!("eventflux-demo: listening on {local}");
         let (stream, _) = listener.accept().context("accepting node A's connection")?;
-        Ok(Inbound { input: BufReader::new(stream) })
+        let mut tally = transport(INBOUND_ID, "from_node_a");
+        tally.set(CG::TransportPeers, 1);
+        Ok(Inbound { input: BufReader::new(stream), tally })
     }
 
     /// The next chunk and its trace context (a malformed one is ignored: a new trace); `None`
@@ -113,7 +156,10 @@ impl Inbound {
         let mut got = 0;
         while got < len.len() {
             match self.input.read(&mut len[got..]) {
-                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) if got == 0 => {
+                    self.tally.set(CG::TransportPeers, 0);
+                    return Ok(None);
+                }
                 Ok(0) => bail!("node A's stream ended inside a chunk header"),
                 Ok(n) => got += n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -141,6 +187,9 @@ impl Inbound {
                 volume: word(&e[24..32]) as i64,
             })
             .collect();
+        self.tally.add(CC::TransportMessages, Direction::Received.code(), 1);
+        let bytes = 4 + 1 + ctx.len() as u64 + buf.len() as u64;
+        self.tally.add(CC::TransportBytes, Direction::Received.code(), bytes);
         Ok(Some((chunk, context)))
     }
 }

@@ -112,6 +112,15 @@ impl Queue {
         }
     }
 
+    /// Chunks queued now.
+    pub fn len(&self) -> usize {
+        self.lock().items.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn close(&self) {
         self.lock().closed = true;
         self.not_empty.notify_all();

@@ -19,7 +19,7 @@ use crate::event::{Chunk, Source};
 use crate::net::{Forward, Inbound};
 use crate::query::{Query, QueryStats};
 use crate::queue::{Pushed, Queue};
-use usdt_markers::abi::{ComponentCounter as CC, ComponentKind};
+use usdt_markers::abi::{ComponentCounter as CC, ComponentGauge as CG, ComponentKind};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -195,6 +195,16 @@ impl Delivery {
                 Pushed { waited: false, queued: true }
             }
             Delivery::Async { queues, .. } => queues[q].push(Arc::clone(chunk), context, give_up_after),
+        }
+    }
+
+    /// Chunks queued for the queries `qs`, and what their queues hold at most (async only).
+    fn queued(&self, qs: impl Iterator<Item = usize>) -> Option<(u64, u64)> {
+        match self {
+            Delivery::Sync(_) => None,
+            Delivery::Async { queues, .. } => {
+                Some(qs.fold((0, 0), |(n, c), q| (n + queues[q].len() as u64, c + queues[q].capacity() as u64)))
+            }
         }
     }
 
@@ -403,6 +413,8 @@ pub fn run(config: &Config) -> Result<Outcome> {
     let mut produced = 0u64;
     let mut next_stream = 0usize;
     loop {
+        // Events the producer is behind its pace (`--rate`): the lag of this chunk's source.
+        let mut behind = None;
         let (chunk, context) = match &mut input {
             Input::Sources(sources) => {
                 if config.events.is_some_and(|n| produced >= n) {
@@ -413,7 +425,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
                     None => config.batch,
                 };
                 if config.rate > 0 {
-                    pace(started, produced, config.rate);
+                    behind = Some(pace(started, produced, config.rate));
                 }
                 if let Some((from, to)) = config.trouble {
                     let t = started.elapsed();
@@ -437,6 +449,9 @@ pub fn run(config: &Config) -> Result<Outcome> {
         received[stream].add(n);
         if let Some(source) = sources.get_mut(stream) {
             source.read(n);
+            if let Some(lag) = behind {
+                source.lag(lag);
+            }
         }
         if let Some(join) = join.as_mut().filter(|_| stream < 2) {
             join.push(stream, &chunk);
@@ -451,6 +466,16 @@ pub fn run(config: &Config) -> Result<Outcome> {
         streams[stream].stats.received += n;
         for (q, sent) in &subscribers[stream] {
             let pushed = delivery.deliver(*q, &chunk, context, config.drop_after);
+            if let (Some(junction), Some((depth, capacity))) =
+                (junctions.get_mut(stream), delivery.queued(subscribers[stream].iter().map(|(q, _)| *q)))
+            {
+                if junction.gauge(CG::JunctionQueueDepth, 0) != Some(depth) {
+                    junction.set(CG::JunctionQueueDepth, depth);
+                }
+                if junction.gauge(CG::JunctionQueueCapacity, 0) != Some(capacity) {
+                    junction.set(CG::JunctionQueueCapacity, capacity);
+                }
+            }
             if pushed.waited {
                 streams[stream].stats.backpressure += 1;
             }
@@ -474,6 +499,14 @@ pub fn run(config: &Config) -> Result<Outcome> {
     let queries = delivery.finish()?;
     if let Some(forward) = &forward {
         forward.finish();
+    }
+    // The transports' ends, as components.
+    let mut transports = Vec::new();
+    if let Some(forward) = &forward {
+        transports.push(forward.summary());
+    }
+    if let Input::Node(inbound) = &input {
+        transports.push((inbound.tally.id, inbound.tally.name.clone(), inbound.tally.summary()));
     }
     let elapsed = started.elapsed();
     if !config.hold.is_zero() {
@@ -533,6 +566,10 @@ pub fn run(config: &Config) -> Result<Outcome> {
         ids.push(id);
         components.push(summary);
     }
+    for (id, name, summary) in transports {
+        ids.push(id);
+        components.push((name, summary));
+    }
     for junction in &junctions {
         ids.push(junction.id);
         components.push((junction.name.clone(), junction.summary()));
@@ -551,10 +588,15 @@ pub fn run(config: &Config) -> Result<Outcome> {
     Ok(Outcome { streams, queries: queries_out, connections, components, restored, elapsed })
 }
 
-/// Sleeps until `produced` events are due at `rate` events per second.
-fn pace(started: Instant, produced: u64, rate: u64) {
+/// Sleeps until `produced` events are due at `rate` events per second; returns how many events
+/// the producer is behind (due by now but not produced), 0 when it had to wait.
+fn pace(started: Instant, produced: u64, rate: u64) -> u64 {
     let due = Duration::from_secs_f64(produced as f64 / rate as f64);
-    if let Some(wait) = due.checked_sub(started.elapsed()) {
-        thread::sleep(wait);
+    match due.checked_sub(started.elapsed()) {
+        Some(wait) => {
+            thread::sleep(wait);
+            0
+        }
+        None => ((started.elapsed().as_secs_f64() * rate as f64) as u64).saturating_sub(produced),
     }
 }

@@ -125,6 +125,7 @@ fn the_codes_table_is_the_abi() {
         LookupResult,
         JoinSide,
         Duration,
+        Direction,
         ComponentCounter,
         ComponentGauge,
         StoreKind,

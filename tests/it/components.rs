@@ -147,6 +147,8 @@ fn a_late_observer_gets_components_and_gauges_at_once() {
             && integration_tests::value(m, "table_rows", &[("table", "SymbolStats")]) == Some(16.0)
     });
     assert_eq!(metric(&m, "sink_connected", &[("sink", "Q0Out_log")]), 1.0);
+    // A paced source reports how far behind its pace it is (it keeps up: 0 or a few events).
+    assert!(integration_tests::value(&m, "source_lag_events", &[("source", "Stock0_tcp")]).is_some());
     assert_eq!(metric(&m, "error_store_capacity_events", &[("error_store", "errors")]), 10_000.0);
     // Some 70,000 events before the attach: one garbage record in a thousand is held already.
     assert!(metric(&m, "error_store_size_events", &[("error_store", "errors")]) >= 50.0);
@@ -303,5 +305,31 @@ fn events_a_junction_drops_are_counted_and_degrade_health() {
         assert_eq!(processed + dropped, received * subscribers.len() as u64, "{name}: processed or dropped, each");
     }
     assert!(dropped_total > 0, "the trouble made the junctions drop: {}", s["streams"]);
+    assert!(daemon.stop().success());
+}
+
+/// The transport between two nodes: node B, fed 300 chunks of 40 events by a client of the
+/// node protocol written apart from the demo, counts 300 messages received and their exact
+/// bytes, and its peer gone at the end.
+#[test]
+fn the_transport_between_nodes_counts_messages_and_bytes() {
+    let _serial = serial();
+    let mut node_b =
+        GatedDemo::start(&bin("eventflux-demo"), &["--listen", "127.0.0.1:0", "--streams", "1", "--queries", "2"]);
+    let addr = node_b.listening_addr();
+    let daemon = Daemon::start(node_b.pid());
+    let node_b = node_b.open();
+    let sender = std::thread::spawn(move || integration_tests::send_chunks(&addr, 300, 40, None));
+    let s = summary(&node_b.open_and_wait());
+    sender.join().expect("sender");
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let m = daemon.samples();
+    assert_components_exact(&m, &s);
+    let t = [("transport", "from_node_a"), ("direction", "received")];
+    assert_eq!(metric(&m, "transport_messages_total", &t), 300.0);
+    // Per chunk: a 4-byte count, a 1-byte context length (no context), 40 events of 32 bytes.
+    assert_eq!(metric(&m, "transport_bytes_total", &t), 300.0 * (4.0 + 1.0 + 40.0 * 32.0));
+    assert_eq!(metric(&m, "transport_peers_connected", &[("transport", "from_node_a")]), 0.0);
+    assert_eq!(metric(&m, "transport_errors_total", &[("transport", "from_node_a")]), 0.0);
     assert!(daemon.stop().success());
 }

@@ -157,6 +157,8 @@ define_metrics! {
             "Times the source reconnected to its connector.";
         SOURCE_CONNECTED: Gauge (CG::SourceConnected) [source, connector, stream_name]
             "1 while the source is connected to its connector, else 0.";
+        SOURCE_LAG: Gauge (CG::SourceLag) [source, connector, stream_name]
+            "Events the source is behind its input: a Kafka consumer's lag, a paced source's events due but not yet read.";
         SINK_EVENTS: Counter (CC::SinkEvents) [sink, connector, stream_name] "Events the sink published.";
         SINK_BYTES: Counter (CC::SinkBytes) [sink, connector, stream_name] "Bytes the sink published.";
         SINK_FAILURES: Counter (CC::SinkFailures) [sink, connector, stream_name, error_type]
@@ -199,6 +201,10 @@ define_metrics! {
             "When the last snapshot succeeded, in Unix seconds: time() minus it is the age of the state a restart would restore.";
         JUNCTION_DROPPED: Counter (CC::JunctionDropped) [junction, junction_type, stream_name]
             "Events a stream junction refused (dropped) because its subscribers' queue stayed full through its back-off: lost.";
+        JUNCTION_QUEUE: Gauge (CG::JunctionQueueDepth) [junction, junction_type, stream_name]
+            "Chunks queued in the stream junction for its subscribers.";
+        JUNCTION_QUEUE_CAPACITY: Gauge (CG::JunctionQueueCapacity) [junction, junction_type, stream_name]
+            "Chunks the stream junction's queue holds at most.";
         JOIN_EVENTS: Counter (CC::JoinEvents) [join, side] "Events that arrived on a side of the join.";
         JOIN_MATCHES: Counter (CC::JoinMatches) [join] "Matches (joined rows) the join produced.";
         JOIN_EXPIRED: Counter (CC::JoinExpired) [join, side] "Events that left a side's window of the join.";
@@ -222,6 +228,12 @@ define_metrics! {
             "Buckets of the incremental aggregation purged past their retention, by duration.";
         AGGREGATION_BUCKETS: Gauge (CG::AggregationBuckets) [aggregation, duration]
             "Buckets the incremental aggregation holds, by duration.";
+        TRANSPORT_MESSAGES: Counter (CC::TransportMessages) [transport, connector, direction]
+            "Messages (chunks of events) the transport sent to or received from peers.";
+        TRANSPORT_BYTES: Counter (CC::TransportBytes) [transport, connector, direction]
+            "Bytes the transport sent to or received from peers.";
+        TRANSPORT_ERRORS: Counter (CC::TransportErrors) [transport, connector] "Sends or receives of the transport that failed.";
+        TRANSPORT_PEERS: Gauge (CG::TransportPeers) [transport, connector] "Peers the transport is connected to now.";
         PERSISTENCE_SNAPSHOT_DURATION: Histogram (OP::Snapshot) [persistence, store_type]
             "Time to take and write one snapshot, every snapshot.";
         PERSISTENCE_RESTORE_DURATION: Histogram (OP::Restore) [persistence, store_type]
