@@ -298,6 +298,9 @@ fn dashboards() -> Vec<Dashboard> {
                             .warn(1.0, 100.0),
                         panel("Reconnects / s", "ops", "Times each source reconnected to its connector, per second.")
                             .q(format!("sum by (instance, pid, source) (rate(source_reconnects_total{{{I}}}[$__rate_interval]))"), "{{source}}"),
+                        panel("Source lag", "short", "Events each source is behind its input: a Kafka consumer's lag, a paced source's events due but not yet read.")
+                            .q(format!("source_lag_events{{{I}}}"), "{{source}}")
+                            .width(24),
                         panel("Connected", "short", "1 while a source or sink is connected to its connector, 0 while it is not.")
                             .q(format!("source_connected{{{I}}}"), "source {{source}}")
                             .q(format!("sink_connected{{{I}}}"), "sink {{sink}}")
@@ -323,8 +326,10 @@ fn dashboards() -> Vec<Dashboard> {
                     panels: vec![
                         panel("Events dropped by junctions / s", "ops", "Events an async stream junction refused because its subscribers' queue stayed full through its back-off, per second: lost.")
                             .q(format!("sum by (instance, pid, junction) (rate(junction_events_dropped_total{{{I}}}[$__rate_interval]))"), "{{junction}}")
-                            .warn(0.001, 1.0)
-                            .width(24),
+                            .warn(0.001, 1.0),
+                        panel("Junction queue fill", "percentunit", "Chunks queued in each junction over what its queue holds: near 100% the junction applies backpressure, then drops.")
+                            .q(format!("junction_queue_chunks{{{I}}} / junction_queue_capacity_chunks{{{I}}}"), "{{junction}}")
+                            .warn(0.7, 0.9),
                     ],
                 },
                 Row {
