@@ -299,7 +299,8 @@ impl Sink {
     /// connection error and are dropped (logged, as the engine's sinks do), not stored.
     pub fn publish(&mut self, n: u64, trouble: bool) {
         let down = trouble && self.drops_in_trouble;
-        if down != !self.connected {
+        // Connected while down, or disconnected while not: the state changed.
+        if down == self.connected {
             self.connected = !down;
             self.tally.set(CG::SinkConnected, u64::from(self.connected));
         }
@@ -674,8 +675,16 @@ impl Trigger {
 /// event time, keeping 60 seconds and 10 minutes of buckets and purging older ones.
 pub struct Aggregation {
     tally: Tally,
-    /// Per duration: bucket start → (sum, count); with its bucket length and retention.
-    buckets: [(usize, u64, std::collections::BTreeMap<u64, (i64, u64)>); 2],
+    /// Per duration (second, minute).
+    buckets: [Buckets; 2],
+}
+
+/// One duration's buckets of [`Aggregation`]: how many it keeps, how long each is (ms), and
+/// bucket start → (sum, count).
+struct Buckets {
+    retain: usize,
+    len: u64,
+    sums: BTreeMap<u64, (i64, u64)>,
 }
 
 impl Aggregation {
@@ -684,25 +693,29 @@ impl Aggregation {
         for d in [usdt_markers::abi::Duration::Second, usdt_markers::abi::Duration::Minute] {
             tally.set_in(CG::AggregationBuckets, d.code(), 0);
         }
-        Aggregation { tally, buckets: [(60, 1000, BTreeMap::new()), (10, 60_000, BTreeMap::new())] }
+        let buckets = [
+            Buckets { retain: 60, len: 1000, sums: BTreeMap::new() },
+            Buckets { retain: 10, len: 60_000, sums: BTreeMap::new() },
+        ];
+        Aggregation { tally, buckets }
     }
 
     pub fn push(&mut self, chunk: &[crate::event::Event]) {
         let durations = [usdt_markers::abi::Duration::Second, usdt_markers::abi::Duration::Minute];
-        for (d, (retain, len, buckets)) in durations.iter().zip(&mut self.buckets) {
+        for (d, b) in durations.iter().zip(&mut self.buckets) {
             let mut purged = 0;
             for e in chunk {
-                let start = e.ts_ms / *len * *len;
-                let b = buckets.entry(start).or_insert((0, 0));
-                b.0 += e.price;
-                b.1 += 1;
-                while buckets.len() > *retain {
-                    buckets.pop_first();
+                let start = e.ts_ms / b.len * b.len;
+                let sum = b.sums.entry(start).or_insert((0, 0));
+                sum.0 += e.price;
+                sum.1 += 1;
+                while b.sums.len() > b.retain {
+                    b.sums.pop_first();
                     purged += 1;
                 }
             }
             self.tally.add(CC::AggregationPurged, d.code(), purged);
-            let held = buckets.len() as u64;
+            let held = b.sums.len() as u64;
             if self.tally.gauge(CG::AggregationBuckets, d.code()) != Some(held) {
                 self.tally.set_in(CG::AggregationBuckets, d.code(), held);
             }

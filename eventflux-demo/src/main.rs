@@ -9,6 +9,7 @@ mod net;
 mod query;
 mod queue;
 mod runtime;
+mod trouble;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -348,7 +348,7 @@ impl Query {
             table.upsert(rows.iter().map(|r| (r.symbol, r.sum, r.count)));
         }
         if let Some(sink) = &mut self.sink {
-            sink.publish(n, crate::runtime::in_trouble());
+            sink.publish(n, crate::trouble::in_trouble());
         }
         if let Some(forward) = &self.forward {
             // Sent from inside the emit span: downstream, its batch continues this trace

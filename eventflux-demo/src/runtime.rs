@@ -19,6 +19,7 @@ use crate::event::{Chunk, Source};
 use crate::net::{Forward, Inbound};
 use crate::query::{Query, QueryStats};
 use crate::queue::{Pushed, Queue};
+use crate::trouble::{self, in_trouble};
 use usdt_markers::abi::{ComponentCounter as CC, ComponentGauge as CG, ComponentKind};
 
 #[derive(Debug, Clone)]
@@ -33,7 +34,7 @@ pub struct Config {
     pub gate: Option<PathBuf>,
     /// Idle time after the last event, before queries stop.
     pub hold: Duration,
-    /// From when to when (since the first event) the engine is in trouble: see [`TROUBLE`].
+    /// From when to when (since the first event) the engine is in trouble: see [`trouble`].
     pub trouble: Option<(Duration, Duration)>,
     /// Node A of two: send every query's output to node B there.
     pub forward: Option<std::net::SocketAddr>,
@@ -49,17 +50,8 @@ pub struct Config {
     pub drop_after: Option<Duration>,
 }
 
-/// Whether the engine is in trouble now (`--trouble`): half of the sources' events are
-/// malformed (an expression error each), async query workers are slow (their queues back
-/// up, producers meet backpressure) and query 0's sink is disconnected. What a health check must notice, then see recover.
-static TROUBLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// How long a query worker stalls per chunk while in trouble.
 const TROUBLE_STALL: Duration = Duration::from_millis(10);
-
-pub fn in_trouble() -> bool {
-    TROUBLE.load(std::sync::atomic::Ordering::Relaxed)
-}
 
 /// A stream's counters, in the summary.
 #[derive(Debug, Default, Clone)]
@@ -431,7 +423,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
                     let t = started.elapsed();
                     let now = t >= from && t < to;
                     if now != in_trouble() {
-                        TROUBLE.store(now, std::sync::atomic::Ordering::Relaxed);
+                        trouble::set(now);
                         eprintln!("eventflux-demo: {} trouble", if now { "entering" } else { "leaving" });
                     }
                 }

@@ -136,7 +136,9 @@ pub fn counts_match(samples: &[Sample], summary: &Value, labels: &[(&str, &str)]
 /// `_count` (the summary's count of operations timed). Returns how many series were compared.
 pub fn assert_components_exact(samples: &[Sample], summary: &Value) -> usize {
     let components = summary["components"].as_object().expect("components in the summary");
-    let mut expected: Vec<(String, Vec<(String, String)>, f64)> = Vec::new();
+    // (family, labels sorted, value)
+    type Series = (String, Vec<(String, String)>, f64);
+    let mut expected: Vec<Series> = Vec::new();
     for (name, c) in components {
         let kind = c["kind"].as_str().expect("kind");
         let mut base = vec![(kind.to_owned(), name.clone())];
