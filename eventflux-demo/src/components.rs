@@ -184,6 +184,80 @@ impl Tally {
     }
 }
 
+/// What every component of the demo has: its tally, and from it its id and its summary.
+pub trait Component {
+    fn tally(&self) -> &Tally;
+
+    fn id(&self) -> u32 {
+        self.tally().id
+    }
+
+    /// Its name and what the summary says of it.
+    fn summary(&self) -> (String, Value) {
+        (self.tally().name.clone(), self.tally().summary())
+    }
+}
+
+impl Component for Source {
+    fn tally(&self) -> &Tally {
+        &self.tally
+    }
+}
+
+impl Component for Sink {
+    fn tally(&self) -> &Tally {
+        &self.tally
+    }
+}
+
+impl Component for Table {
+    fn tally(&self) -> &Tally {
+        &self.tally
+    }
+}
+
+impl Component for WindowComponent {
+    fn tally(&self) -> &Tally {
+        &self.tally
+    }
+}
+
+impl Component for Persistence {
+    fn tally(&self) -> &Tally {
+        &self.tally
+    }
+}
+
+impl Component for Join {
+    fn tally(&self) -> &Tally {
+        &self.tally
+    }
+}
+
+impl Component for Pattern {
+    fn tally(&self) -> &Tally {
+        &self.tally
+    }
+}
+
+impl Component for Partition {
+    fn tally(&self) -> &Tally {
+        &self.tally
+    }
+}
+
+impl Component for Trigger {
+    fn tally(&self) -> &Tally {
+        &self.tally
+    }
+}
+
+impl Component for Aggregation {
+    fn tally(&self) -> &Tally {
+        &self.tally
+    }
+}
+
 /// The error store: shared by every source and sink, bounded.
 pub struct ErrorStore {
     tally: Mutex<(Tally, u64)>,
@@ -264,14 +338,6 @@ impl Source {
     pub fn close(&mut self) {
         self.tally.set(CG::SourceConnected, 0);
     }
-
-    pub fn summary(&self) -> (String, Value) {
-        (self.tally.name.clone(), self.tally.summary())
-    }
-
-    pub fn id(&self) -> u32 {
-        self.tally.id
-    }
 }
 
 /// A sink: publishes one output stream's rows through its connector.
@@ -323,14 +389,6 @@ impl Sink {
     pub fn close(&mut self) {
         self.tally.set(CG::SinkConnected, 0);
     }
-
-    pub fn summary(&self) -> (String, Value) {
-        (self.tally.name.clone(), self.tally.summary())
-    }
-
-    pub fn id(&self) -> u32 {
-        self.tally.id
-    }
 }
 
 /// A table in memory, keyed by symbol: the query that owns it upserts its rows and looks its
@@ -378,14 +436,6 @@ impl Table {
             self.tally.set(CG::TableBytes, rows * TABLE_ROW_BYTES);
         }
     }
-
-    pub fn summary(&self) -> (String, Value) {
-        (self.tally.name.clone(), self.tally.summary())
-    }
-
-    pub fn id(&self) -> u32 {
-        self.tally.id
-    }
 }
 
 /// A query's window as a component: what it added, expired and flushed, and holds.
@@ -412,14 +462,6 @@ impl WindowComponent {
         if self.tally.gauge(CG::WindowSize, 0) != Some(held) {
             self.tally.set(CG::WindowSize, held);
         }
-    }
-
-    pub fn summary(&self) -> (String, Value) {
-        (self.tally.name.clone(), self.tally.summary())
-    }
-
-    pub fn id(&self) -> u32 {
-        self.tally.id
     }
 }
 
@@ -485,14 +527,6 @@ impl Persistence {
         }
         written
     }
-
-    pub fn summary(&self) -> (String, Value) {
-        (self.tally.name.clone(), self.tally.summary())
-    }
-
-    pub fn id(&self) -> u32 {
-        self.tally.id
-    }
 }
 
 /// Events each side of [`Join`] keeps.
@@ -538,14 +572,6 @@ impl Join {
             self.tally.set_in(CG::JoinState, code, held);
         }
     }
-
-    pub fn summary(&self) -> (String, Value) {
-        (self.tally.name.clone(), self.tally.summary())
-    }
-
-    pub fn id(&self) -> u32 {
-        self.tally.id
-    }
 }
 
 /// A pattern on the first input stream: `every a=[price > 900] -> b=[price < 100, symbol ==
@@ -588,14 +614,6 @@ impl Pattern {
             self.tally.set(CG::PatternPartialMatches, alive);
         }
     }
-
-    pub fn summary(&self) -> (String, Value) {
-        (self.tally.name.clone(), self.tally.summary())
-    }
-
-    pub fn id(&self) -> u32 {
-        self.tally.id
-    }
 }
 
 /// Events after which an idle instance of [`Partition`] is purged (event time, ms).
@@ -637,14 +655,6 @@ impl Partition {
             self.tally.set(CG::PartitionInstances, alive);
         }
     }
-
-    pub fn summary(&self) -> (String, Value) {
-        (self.tally.name.clone(), self.tally.summary())
-    }
-
-    pub fn id(&self) -> u32 {
-        self.tally.id
-    }
 }
 
 /// A trigger that fires every [`TRIGGER_EVERY`] events produced.
@@ -660,14 +670,6 @@ impl Trigger {
     /// The producer went from `before` to `after` events: the fires due in between.
     pub fn advance(&mut self, before: u64, after: u64) {
         self.tally.add(CC::TriggerFires, 0, after / TRIGGER_EVERY - before / TRIGGER_EVERY);
-    }
-
-    pub fn summary(&self) -> (String, Value) {
-        (self.tally.name.clone(), self.tally.summary())
-    }
-
-    pub fn id(&self) -> u32 {
-        self.tally.id
     }
 }
 
@@ -721,13 +723,5 @@ impl Aggregation {
             }
         }
         self.tally.add(CC::AggregationEvents, 0, chunk.len() as u64);
-    }
-
-    pub fn summary(&self) -> (String, Value) {
-        (self.tally.name.clone(), self.tally.summary())
-    }
-
-    pub fn id(&self) -> u32 {
-        self.tally.id
     }
 }

@@ -12,8 +12,8 @@ use usdt_markers::trace::TraceContext;
 use usdt_markers::{QueryInfo, StreamInfo, conn_active, conn_close, conn_error, conn_open, ingest, junction_send};
 
 use crate::components::{
-    self, Aggregation, ErrorStore, Join, Partition, Pattern, Persistence, SNAPSHOT_EVERY, Sink, Table, Tally, Trigger,
-    WindowComponent,
+    self, Aggregation, Component, ErrorStore, Join, Partition, Pattern, Persistence, SNAPSHOT_EVERY, Sink, Table,
+    Tally, Trigger, WindowComponent,
 };
 use crate::event::{Chunk, Source};
 use crate::net::{Forward, Inbound};
