@@ -142,19 +142,16 @@ impl Tally {
         self.set_in(gauge, 0, value);
     }
 
-    /// Sets a gauge in its second dimension `label`.
+    /// Sets a gauge in its second dimension `label`; a value it already has changes nothing.
     pub fn set_in(&mut self, gauge: CG, label: u32, value: u64) {
-        self.gauges.insert((gauge, label), value);
+        if self.gauges.insert((gauge, label), value) == Some(value) {
+            return;
+        }
         let id = self.id;
         self.gauge_handles
             .entry((gauge, label))
             .or_insert_with(|| component_gauge::Gauge::new(id, gauge.code(), label))
             .set(value);
-    }
-
-    /// A gauge's value as last set.
-    pub fn gauge(&self, gauge: CG, label: u32) -> Option<u64> {
-        self.gauges.get(&(gauge, label)).copied()
     }
 
     /// What the summary says of it: its labels, and every series with its exact value.
@@ -329,9 +326,7 @@ impl Source {
     /// How many events the source is behind its input (a paced source: events due, not yet
     /// read).
     pub fn lag(&mut self, events: u64) {
-        if self.tally.gauge(CG::SourceLag, 0) != Some(events) {
-            self.tally.set(CG::SourceLag, events);
-        }
+        self.tally.set(CG::SourceLag, events);
     }
 
     /// The source disconnected for good (the engine stops).
@@ -459,9 +454,7 @@ impl WindowComponent {
         self.tally.add(CC::WindowEvents, 0, added);
         self.tally.add(CC::WindowExpired, 0, expired);
         self.tally.add(CC::WindowFlushes, 0, flushes);
-        if self.tally.gauge(CG::WindowSize, 0) != Some(held) {
-            self.tally.set(CG::WindowSize, held);
-        }
+        self.tally.set(CG::WindowSize, held);
     }
 }
 
@@ -568,9 +561,7 @@ impl Join {
         self.tally.add(CC::JoinMatches, 0, matches);
         self.tally.add(CC::JoinExpired, code, expired);
         let held = self.sides[side].len() as u64;
-        if self.tally.gauge(CG::JoinState, code) != Some(held) {
-            self.tally.set_in(CG::JoinState, code, held);
-        }
+        self.tally.set_in(CG::JoinState, code, held);
     }
 }
 
@@ -610,9 +601,7 @@ impl Pattern {
         self.tally.add(CC::PatternMatches, 0, matched);
         self.tally.add(CC::PatternExpired, 0, expired);
         let alive = self.partial.len() as u64;
-        if self.tally.gauge(CG::PatternPartialMatches, 0) != Some(alive) {
-            self.tally.set(CG::PatternPartialMatches, alive);
-        }
+        self.tally.set(CG::PatternPartialMatches, alive);
     }
 }
 
@@ -651,9 +640,7 @@ impl Partition {
         self.tally.add(CC::PartitionCreated, 0, created);
         self.tally.add(CC::PartitionPurged, 0, purged);
         let alive = self.instances.len() as u64;
-        if self.tally.gauge(CG::PartitionInstances, 0) != Some(alive) {
-            self.tally.set(CG::PartitionInstances, alive);
-        }
+        self.tally.set(CG::PartitionInstances, alive);
     }
 }
 
@@ -718,9 +705,7 @@ impl Aggregation {
             }
             self.tally.add(CC::AggregationPurged, d.code(), purged);
             let held = b.sums.len() as u64;
-            if self.tally.gauge(CG::AggregationBuckets, d.code()) != Some(held) {
-                self.tally.set_in(CG::AggregationBuckets, d.code(), held);
-            }
+            self.tally.set_in(CG::AggregationBuckets, d.code(), held);
         }
         self.tally.add(CC::AggregationEvents, 0, chunk.len() as u64);
     }

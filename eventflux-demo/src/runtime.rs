@@ -458,16 +458,6 @@ pub fn run(config: &Config) -> Result<Outcome> {
         streams[stream].stats.received += n;
         for (q, sent) in &subscribers[stream] {
             let pushed = delivery.deliver(*q, &chunk, context, config.drop_after);
-            if let (Some(junction), Some((depth, capacity))) =
-                (junctions.get_mut(stream), delivery.queued(subscribers[stream].iter().map(|(q, _)| *q)))
-            {
-                if junction.gauge(CG::JunctionQueueDepth, 0) != Some(depth) {
-                    junction.set(CG::JunctionQueueDepth, depth);
-                }
-                if junction.gauge(CG::JunctionQueueCapacity, 0) != Some(capacity) {
-                    junction.set(CG::JunctionQueueCapacity, capacity);
-                }
-            }
             if pushed.waited {
                 streams[stream].stats.backpressure += 1;
             }
@@ -480,6 +470,13 @@ pub fn run(config: &Config) -> Result<Outcome> {
                     junction.add(CC::JunctionDropped, 0, n);
                 }
             }
+        }
+        // Once per chunk, after every subscriber had it: what the junction holds now.
+        if let (Some(junction), Some((depth, capacity))) =
+            (junctions.get_mut(stream), delivery.queued(subscribers[stream].iter().map(|(q, _)| *q)))
+        {
+            junction.set(CG::JunctionQueueDepth, depth);
+            junction.set(CG::JunctionQueueCapacity, capacity);
         }
         positions[stream] += n;
         trigger.advance(produced, produced + n);

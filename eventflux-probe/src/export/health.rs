@@ -392,22 +392,26 @@ pub fn evaluate(engine: Option<&Engine>, history: &History, t: &Thresholds, ctx:
                 );
             }
         }
-        let refused = cur.junction_dropped.saturating_sub(old.junction_dropped);
-        if refused > 0 {
+        // Events lost over the window: (who lost them, what, why).
+        let losses = [
+            (
+                "stream junctions dropped",
+                "events",
+                "their subscribers' queues stayed full",
+                cur.junction_dropped.saturating_sub(old.junction_dropped),
+            ),
+            (
+                "the error store dropped",
+                "failed events",
+                "it is full",
+                cur.error_store_dropped.saturating_sub(old.error_store_dropped),
+            ),
+        ];
+        for (who, what, why, n) in losses.into_iter().filter(|l| l.3 > 0) {
             pipeline.raise(
                 Check::Degraded,
                 "event_pipeline",
-                format!(
-                    "stream junctions dropped {refused} events in the last {span:.0}s: their subscribers' queues stayed full"
-                ),
-            );
-        }
-        let dropped = cur.error_store_dropped.saturating_sub(old.error_store_dropped);
-        if dropped > 0 {
-            pipeline.raise(
-                Check::Degraded,
-                "event_pipeline",
-                format!("the error store dropped {dropped} failed events in the last {span:.0}s: it is full"),
+                format!("{who} {n} {what} in the last {span:.0}s: {why}"),
             );
         }
     }

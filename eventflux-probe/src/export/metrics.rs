@@ -325,17 +325,15 @@ mod tests {
             let metric = metric.unwrap_or_else(|| panic!("a {} code without its family", kind.label()));
             assert_eq!(metric.labels.first(), Some(&kind.label()), "{}", metric.name);
         }
-        // A counter's second dimension is its family's last label; the labels before it are
+        // A family's second dimension is its last label; the labels before it are
         // the component's own, the same in every family of its kind (gauges included).
         let mut own: std::collections::BTreeMap<&str, &[&str]> = std::collections::BTreeMap::new();
         let families = CC::ALL
             .iter()
             .map(|c| (component_counter(*c).expect("family"), c.kind(), c.dimension()))
-            .chain(CG::ALL.iter().map(|g| (component_gauge(*g).expect("family"), g.kind(), None)))
+            .chain(CG::ALL.iter().map(|g| (component_gauge(*g).expect("family"), g.kind(), g.dimension())))
             .chain(OP::ALL.iter().map(|o| (component_op(*o).expect("family"), o.kind(), None)));
         for (metric, kind, dimension) in families {
-            let dimension =
-                dimension.or_else(|| CG::ALL.iter().find(|g| g.label() == metric.name).and_then(|g| g.dimension()));
             let labels = match dimension {
                 Some(d) => {
                     assert_eq!(metric.labels.last(), Some(&d.name), "{}", metric.name);
