@@ -222,15 +222,17 @@ macro_rules! for_each_probe {
             /// A sampled query batch, fired after its stages' records: the query's latency for
             /// one chunk, every stage included, `start_ns` on CLOCK_MONOTONIC, and the self time
             /// of each Stage in it (summed when a stage ran twice; 0 when it did not run or was
-            /// not timed). `latency_clean` is 1 when `latency_ns` was measured without timing
-            /// the stages inside it (every other sampled batch; and every batch when every batch
-            /// is sampled), 0 when the batch was sampled for its stages. One hit gives
-            /// everything latency metrics need.
+            /// not timed). `latency_weight` is not 0 when `latency_ns` was measured without
+            /// timing the stages inside it, and then says how many batches of its query this
+            /// one stands for in a latency histogram (1 when every batch is sampled; a tail
+            /// sampler's pick of a query's emitting batches stands for its stratum); 0 when
+            /// the batch was sampled for its stages or its stratum has another sample. One hit
+            /// gives everything latency metrics need.
             sample batch_sample(
                 query_id: u32,
                 stream_id: u32,
                 latency_ns: u64,
-                latency_clean: u64,
+                latency_weight: u64,
                 events_in: u64,
                 ingest_ns: u64,
                 filter_ns: u64,
@@ -424,7 +426,7 @@ mod tests {
         for (arg, stage) in p.args[first..first + Stage::ALL.len()].iter().zip(Stage::ALL) {
             assert_eq!(arg.name.strip_suffix("_ns"), Some(stage.label()));
         }
-        for needed in [Arg::query_id, Arg::latency_ns, Arg::latency_clean, Arg::emit_ns] {
+        for needed in [Arg::query_id, Arg::latency_ns, Arg::latency_weight, Arg::emit_ns] {
             assert!((needed as usize) <= 9, "{needed:?}");
         }
         assert!(PROBES.iter().all(|p| p.args.len() <= 12), "x86-64 USDT carries at most 12 arguments");

@@ -102,6 +102,9 @@ struct Args {
     /// Seconds to stay alive after the summary.
     #[arg(long, value_name = "SECS", default_value_t = 0.0)]
     linger: f64,
+    /// Events per flush of the length-batch queries' windows (the engine's `lengthBatch(N)`).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    length_batch: u64,
 }
 
 fn main() -> ExitCode {
@@ -147,6 +150,7 @@ fn run(args: &Args) -> Result<()> {
         error_store_capacity: args.error_store_capacity,
         snapshot_dir: args.snapshot_dir.clone(),
         drop_after: args.drop_after.map(Duration::from_millis),
+        length_batch: args.length_batch,
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();
@@ -229,9 +233,15 @@ fn summary(config: &Config, outcome: &Outcome) -> Value {
                 "batches": stats.batches,
                 "p50_ns": percentile(&lat, 0.50),
                 "p99_ns": percentile(&lat, 0.99),
+                "p999_ns": percentile(&lat, 0.999),
+                "max_ns": lat.last().copied().unwrap_or(0),
+                "emitting_max_ns": stats.emitting_max_ns,
                 "digest": format!("{:016x}", stats.digest),
             });
             let mut v = v;
+            if let Some(ns) = stats.emitting_work_max_ns {
+                v["emitting_work_max_ns"] = json!(ns);
+            }
             if let Some(ns) = stats.cpu_ns {
                 v["cpu_s"] = json!(ns as f64 / 1e9);
             }

@@ -23,6 +23,12 @@ pub struct QueryStats {
     pub errors: u64,
     pub batches: u64,
     pub latencies_ns: Vec<u64>,
+    /// The slowest batch that emitted rows.
+    pub emitting_max_ns: u64,
+    /// Length-batch queries only: the longest time from a batch's first aggregation to the
+    /// end of its work (before `Batch::exit`), which is what the observer's tail sampler times
+    /// of an unsampled emitting batch.
+    pub emitting_work_max_ns: Option<u64>,
     /// FNV-1a over every emitted row: equal digests mean equal computed output.
     pub digest: u64,
     /// CPU time of this query's batches (thread CPU clock around each), when measured
@@ -197,6 +203,8 @@ pub struct Query {
     pub table: Option<Table>,
     /// Its window as a component: events added, expired, flushes, held.
     pub window_component: Option<WindowComponent>,
+    /// When this batch's first aggregation began (length-batch queries: their flushes).
+    emitting_since: Option<Instant>,
     pub stats: QueryStats,
 }
 
@@ -230,7 +238,12 @@ impl Query {
             sink: None,
             table: None,
             window_component: None,
-            stats: QueryStats { digest: FNV_OFFSET, ..QueryStats::default() },
+            emitting_since: None,
+            stats: QueryStats {
+                digest: FNV_OFFSET,
+                emitting_work_max_ns: matches!(window, WindowKind::LengthBatch).then_some(0),
+                ..QueryStats::default()
+            },
         }
     }
 
@@ -257,6 +270,9 @@ impl Query {
             batch.handoff(n, wait);
         }
         let emitted = self.filter(chunk);
+        if let (Some(since), Some(max)) = (self.emitting_since.take(), self.stats.emitting_work_max_ns.as_mut()) {
+            *max = (*max).max(u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        }
         batch.exit(self.input_stream, n, emitted);
         let elapsed = started.elapsed();
         if let (Some(total), Some(from)) = (self.stats.cpu_ns.as_mut(), cpu_started) {
@@ -269,7 +285,11 @@ impl Query {
         self.stats.processed += n;
         self.stats.emitted += emitted;
         self.stats.batches += 1;
-        self.stats.latencies_ns.push(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX));
+        let elapsed_ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.stats.latencies_ns.push(elapsed_ns);
+        if emitted > 0 {
+            self.stats.emitting_max_ns = self.stats.emitting_max_ns.max(elapsed_ns);
+        }
     }
 
     /// `price / volume >= 2`; a zero volume is an expression error and drops the event.
@@ -327,6 +347,9 @@ impl Query {
 
     #[inline(never)]
     fn aggregate(&mut self, ops: &[Op]) -> u64 {
+        if self.stats.emitting_work_max_ns.is_some() && self.emitting_since.is_none() {
+            self.emitting_since = Some(Instant::now());
+        }
         let span = Span::enter(self.id, Stage::Aggregate);
         let rows = self.aggregation.apply(ops);
         let emitted = if rows.is_empty() { 0 } else { self.emit(&rows) };

@@ -48,6 +48,8 @@ pub struct Config {
     pub snapshot_dir: Option<PathBuf>,
     /// Async junctions refuse a chunk whose queue stays full this long.
     pub drop_after: Option<Duration>,
+    /// Events per flush of a length-batch window.
+    pub length_batch: u64,
 }
 
 /// How long a query worker stalls per chunk while in trouble.
@@ -140,7 +142,7 @@ pub fn plan(config: &Config) -> (Vec<StreamDef>, Vec<QueryDef>) {
             stats: StreamStats::default(),
         })
         .collect();
-    let windows = [(WindowKind::Length, 32), (WindowKind::LengthBatch, 64), (WindowKind::Time, 100)];
+    let windows = [(WindowKind::Length, 32), (WindowKind::LengthBatch, config.length_batch), (WindowKind::Time, 100)];
     let mut queries = Vec::new();
     for i in 0..config.queries {
         let output_stream = config.streams + i;

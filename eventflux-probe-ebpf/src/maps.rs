@@ -175,10 +175,10 @@ pub fn gauge_set(key: &CounterKey, value: u64) -> bool {
     true
 }
 
-/// Adds one duration to the (process, query, stage) histogram; false when the map is full (a
-/// drop, counted).
+/// Adds one duration, standing for `weight` of them, to the (process, query, stage)
+/// histogram; false when the map is full (a drop, counted).
 #[inline(always)]
-pub fn hist_add(pid: u32, query: u32, stage: u32, ns: u64) -> bool {
+pub fn hist_add(pid: u32, query: u32, stage: u32, ns: u64, weight: u64) -> bool {
     let key = HistKey { pid, query, stage, _pad: 0 };
     let h = match HISTS.get_ptr_mut(&key) {
         Some(h) => h,
@@ -201,10 +201,10 @@ pub fn hist_add(pid: u32, query: u32, stage: u32, ns: u64) -> bool {
     unsafe {
         let add = |p: *mut u64, v: u64| atomic_add(p, v);
         if let Some(b) = (*h).buckets.get_mut(hist::bucket(ns)) {
-            add(b, 1);
+            add(b, weight);
         }
-        add(&raw mut (*h).count, 1);
-        add(&raw mut (*h).sum_ns, ns);
+        add(&raw mut (*h).count, weight);
+        add(&raw mut (*h).sum_ns, ns.wrapping_mul(weight));
         if ns > (*h).max_ns {
             (*h).max_ns = ns;
         }

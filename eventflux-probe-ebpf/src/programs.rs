@@ -78,7 +78,12 @@ impl Hit<'_> {
 
     #[inline(always)]
     fn hist(&self, query: u32, stage: u32, ns: u64) {
-        if !hist_add(self.pid, query, stage, ns) {
+        self.hist_weighted(query, stage, ns, 1);
+    }
+
+    #[inline(always)]
+    fn hist_weighted(&self, query: u32, stage: u32, ns: u64, weight: u64) {
+        if !hist_add(self.pid, query, stage, ns, weight) {
             debug!(self.ctx, "pid {}: histogram map full, query {} stage {} lost a sample", self.pid, query, stage);
         }
     }
@@ -295,7 +300,7 @@ program!(batch_sample, |h, a| {
         tid: h.tid(),
         query: a.query_id,
         stage_or_stream: a.stream_id,
-        clean: a.latency_clean as u32,
+        clean: u32::from(a.latency_weight != 0),
         events_in: a.events_in,
         events_out: a.events_out,
         start_ns: a.start_ns,
@@ -304,9 +309,10 @@ program!(batch_sample, |h, a| {
         span_id: 0,
     });
     // Latency only from batches whose stages were not timed inside them (or when every batch is
-    // sampled); stage self times from the others.
-    if a.latency_clean != 0 {
-        h.hist(a.query_id, stage::BATCH, a.latency_ns);
+    // sampled), each counted as the batches it stands for; stage self times from the others,
+    // counted as samples.
+    if a.latency_weight != 0 {
+        h.hist_weighted(a.query_id, stage::BATCH, a.latency_ns, a.latency_weight);
     }
     // A stage that did not run in this batch reports 0.
     for (st, ns) in [

@@ -142,8 +142,9 @@ pub fn computed_summary(mut v: Value) -> Value {
     obj.remove("events_per_sec");
     for q in obj["queries"].as_object_mut().expect("queries").values_mut() {
         let q = q.as_object_mut().expect("query");
-        q.remove("p50_ns");
-        q.remove("p99_ns");
+        for timing in ["p50_ns", "p99_ns", "p999_ns", "max_ns", "emitting_max_ns", "emitting_work_max_ns"] {
+            q.remove(timing);
+        }
     }
     for s in obj["streams"].as_object_mut().expect("streams").values_mut() {
         s.as_object_mut().expect("stream").remove("backpressure");

@@ -95,9 +95,19 @@ struct Frame {
     children_ns: u64,
     /// A batch (rather than a stage): the stages inside it report their self time here.
     batch: bool,
-    /// A batch whose total is its latency, undisturbed by stage timing (or taken anyway, when
-    /// every batch is sampled).
-    clean: bool,
+    /// For a batch whose total is its latency, undisturbed by stage timing (or taken anyway,
+    /// when every batch is sampled): the batches this one stands for in the latency
+    /// histogram. 0: not such a batch, or an emitting batch the tail sampler did not pick.
+    weight: u64,
+    /// Opened at the batch's first emitting stage by the tail sampler ([`tail`]), not at its
+    /// start: [`Batch::exit`] of an unsampled batch closes it.
+    promoted: bool,
+    /// The tail sampler has seen this batch's first emitting stage.
+    tail_seen: bool,
+    /// A batch timed whole that the tail sampler picked: its weight is the stratum's.
+    picked: bool,
+    /// The query of a batch frame.
+    query: u32,
     /// Self time per Stage of the stages in this batch (batches only).
     stages: [u64; STAGES],
     /// The id the engine gave this span when it forwarded a trace context from inside it
@@ -127,7 +137,7 @@ enum Record {
         latency_ns: u64,
         start_ns: u64,
         stages: [u64; STAGES],
-        clean: bool,
+        weight: u64,
     },
 }
 
@@ -163,10 +173,26 @@ thread_local! {
     static INCOMING: Cell<Option<TraceContext>> = const { Cell::new(None) };
     /// Upstream-sampled batches traced in the current second, and when that second began.
     static FORCED: Cell<(u64, u32)> = const { Cell::new((0, 0)) };
-    static PACE: Cell<Pace> = const { Cell::new(Pace { stride: 1, drawn: 1, last_ns: 0, rng: 0, stages_next: false }) };
+    static PACE: Cell<Pace> = const { Cell::new(Pace::NEW) };
+    /// Whether the next sampled batch times its stages (sampled batches alternate).
+    static STAGES_NEXT: Cell<bool> = const { Cell::new(false) };
+    /// Sampled batches so far: with [`COUNTDOWN`], which every unsampled batch decrements, it
+    /// names the current batch ([`batch_key`]).
+    static CYCLE: Cell<u32> = const { Cell::new(0) };
+    /// The last batch whose first emitting stage the tail sampler saw.
+    static TAIL_SEEN: Cell<u64> = const { Cell::new(u64::MAX) };
+    /// The tail sampler per query (its id modulo [`TAIL_SLOTS`]).
+    static TAILS: RefCell<[Tail; TAIL_SLOTS]> = const { RefCell::new([Tail::NEW; TAIL_SLOTS]) };
+    /// Per slot, what the inline path may do alone: the slot's countdown when it is above 1 and
+    /// the slot does not watch every emitting batch, else 0 (ask [`tail`]).
+    static TAIL_FAST: [Cell<u32>; TAIL_SLOTS] = const { [const { Cell::new(0) }; TAIL_SLOTS] };
+    /// Per slot, the outermost batches entered while `batch_sample` was attached, and those of
+    /// them that emitted: a sample's weight is a difference of these.
+    static TAIL_BATCHES: [Cell<u32>; TAIL_SLOTS] = const { [const { Cell::new(0) }; TAIL_SLOTS] };
+    static TAIL_EMITTING: [Cell<u32>; TAIL_SLOTS] = const { [const { Cell::new(0) }; TAIL_SLOTS] };
     static RECORDER: RefCell<Recorder> = const {
         RefCell::new(Recorder {
-            open: [Frame { start: 0, before: 0, overhead: 0, children_ns: 0, batch: false, clean: false, stages: [0; STAGES], span_id: 0 }; MAX_OPEN],
+            open: [Frame { start: 0, before: 0, overhead: 0, children_ns: 0, batch: false, weight: 0, promoted: false, tail_seen: false, picked: false, query: 0, stages: [0; STAGES], span_id: 0 }; MAX_OPEN],
             depth: 0,
             records: [None; MAX_RECORDS],
             len: 0,
@@ -176,6 +202,8 @@ thread_local! {
     };
 }
 
+/// A countdown's pace: how many batches to let pass between samples so that about `rate` are
+/// sampled per second, at random strides (the draw only has to break aliasing).
 #[derive(Clone, Copy)]
 struct Pace {
     /// Mean batches between samples.
@@ -184,8 +212,99 @@ struct Pace {
     drawn: u32,
     last_ns: u64,
     rng: u64,
-    /// Whether the next sampled batch times its stages (sampled batches alternate).
-    stages_next: bool,
+}
+
+impl Pace {
+    const NEW: Pace = Pace { stride: 1, drawn: 1, last_ns: 0, rng: 0 };
+
+    /// At a sample taken at `now`: the countdown to the next one.
+    fn draw(&mut self, now: u64, rate: u32) -> u32 {
+        if rate == 0 {
+            self.stride = 1;
+        } else if self.last_ns != 0 {
+            // Batches since the last sample over the time they took: the batch rate, and the
+            // stride that gives `rate` samples per second at it. Averaged over a few samples
+            // (one interval is short and noisy), but followed at once when the batch rate
+            // moved by more than 4x (a burst, or an engine that went idle).
+            let period = 1_000_000_000 / u64::from(rate);
+            let elapsed = now.saturating_sub(self.last_ns).max(1);
+            let want = (u64::from(self.drawn).saturating_mul(period) / elapsed).clamp(1, u64::from(u32::MAX / 2));
+            let stride = u64::from(self.stride);
+            let next = if want > stride * 4 || want * 4 < stride { want } else { (3 * stride + want) / 4 };
+            self.stride = next.max(1) as u32;
+        }
+        self.last_ns = now;
+        // xorshift, seeded per thread from the clock.
+        let mut x = if self.rng == 0 { now | 1 } else { self.rng };
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        let next = if self.stride <= 1 { 1 } else { 1 + (x % (2 * u64::from(self.stride) - 1)) as u32 };
+        self.drawn = next;
+        next
+    }
+}
+
+/// Queries whose tails are paced apart on a thread; queries whose ids are equal modulo this
+/// share a pace (their tails are then sampled together, still with the right weights).
+const TAIL_SLOTS: usize = 16;
+/// Each query's tail sampler takes up to this share of the sampling level per second.
+const TAIL_SHARE: u32 = 4;
+/// A query whose emitting batches come at most this often per second has every one timed
+/// (two clock reads each, no probe): its slowest reaches the histogram whatever the pick.
+const WATCH_PER_SEC: u64 = 8192;
+/// Emitting batches are a stratum of their own only while at most one of this many of the
+/// query's batches emits; more common, the uniform samples cover them, and time them whole.
+const RARE: u64 = 8;
+
+/// The tail sampler of one query slot: a countdown over its emitting batches, and the slowest
+/// of the current second.
+#[derive(Clone, Copy)]
+struct Tail {
+    pace: Pace,
+    /// Emitting batches until the next picked one; 1: the next.
+    left: u32,
+    /// Every emitting batch is timed (they are rare enough).
+    watch: bool,
+    /// The query's emitting batches are rare among its batches: the stratum is on.
+    rare: bool,
+    /// [`TAIL_BATCHES`] and [`TAIL_EMITTING`] of the slot at the last pick.
+    batches_then: u32,
+    emitting_then: u32,
+    /// The same at the last uniform sample that spoke for the slot's batches.
+    uniform_batches_then: u32,
+    uniform_emitting_then: u32,
+    /// The slowest emitting batch reported in the second that began at `since_ns`.
+    max_ns: u64,
+    since_ns: u64,
+}
+
+impl Tail {
+    const NEW: Tail = Tail {
+        pace: Pace::NEW,
+        left: 1,
+        watch: true,
+        rare: true,
+        batches_then: 0,
+        emitting_then: 0,
+        uniform_batches_then: 0,
+        uniform_emitting_then: 0,
+        max_ns: 0,
+        since_ns: 0,
+    };
+
+    /// Whether an emitting batch of `latency_ns` that ended at `now` is the slowest of this
+    /// second so far (and then it is).
+    fn slowest(&mut self, latency_ns: u64, now: u64) -> bool {
+        if now.saturating_sub(self.since_ns) >= 1_000_000_000 {
+            self.since_ns = now;
+            self.max_ns = 0;
+        }
+        let slowest = latency_ns > self.max_ns;
+        self.max_ns = self.max_ns.max(latency_ns);
+        slowest
+    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads, so observers can place
@@ -225,12 +344,12 @@ impl Batch {
     #[inline(always)]
     pub fn enter(query_id: u32) -> Batch {
         let slot = crate::cpu::enter_batch(query_id);
-        Batch { start: Batch::timed(), slot, query: query_id, incoming: false, _thread: THREAD_BOUND }
+        Batch { start: Batch::timed(query_id), slot, query: query_id, incoming: false, _thread: THREAD_BOUND }
     }
 
     /// The start of a batch that is sampled, else 0.
     #[inline(always)]
-    fn timed() -> u64 {
+    fn timed(query: u32) -> u64 {
         if !batch_sample::is_enabled() {
             return 0;
         }
@@ -238,12 +357,17 @@ impl Batch {
         if DEPTH.with(Cell::get) != 0 {
             return open(now_ns(), true);
         }
+        // Batches per tail slot: how rare the slot's emitting batches are.
+        TAIL_BATCHES.with(|b| {
+            let c = &b[query as usize % TAIL_SLOTS];
+            c.set(c.get().wrapping_add(1));
+        });
         let left = COUNTDOWN.with(Cell::get);
         if left > 1 {
             COUNTDOWN.with(|c| c.set(left - 1));
             return 0;
         }
-        Batch::sampled()
+        Batch::sampled(query)
     }
 
     /// Enters a query batch whose events arrived with a trace `context` from an upstream node
@@ -280,7 +404,7 @@ impl Batch {
             && DEPTH.with(Cell::get) == 0
             && batch_sample::is_enabled()
             && trace_context::is_enabled();
-        let start = if forced && Batch::may_force() { Batch::traced_by_parent() } else { Batch::timed() };
+        let start = if forced && Batch::may_force() { Batch::traced_by_parent(query) } else { Batch::timed(query) };
         Batch { start, slot, query, incoming: set, _thread: THREAD_BOUND }
     }
 
@@ -309,55 +433,34 @@ impl Batch {
     /// A batch the upstream sampled: timed with its stages, outside the thread's own pace.
     #[cold]
     #[inline(never)]
-    fn traced_by_parent() -> u64 {
+    fn traced_by_parent(query: u32) -> u64 {
         crate::flusher::start_flusher();
-        Batch::open_sampled(true, samples_per_sec() == 0)
+        Batch::open_sampled(query, true, u64::from(samples_per_sec() == 0))
     }
 
     #[cold]
     #[inline(never)]
-    fn sampled() -> u64 {
+    fn sampled(query: u32) -> u64 {
         crate::flusher::start_flusher();
-        let now = now_ns();
         let rate = samples_per_sec();
         let mut pace = PACE.with(Cell::get);
-        if rate == 0 {
-            pace.stride = 1;
-        } else if pace.last_ns != 0 {
-            // Batches since the last sample over the time they took: the batch rate, and the
-            // stride that gives `rate` samples per second at it. Averaged over a few samples
-            // (one interval is short and noisy), but followed at once when the batch rate
-            // moved by more than 4x (a burst, or an engine that went idle).
-            let period = 1_000_000_000 / u64::from(rate);
-            let elapsed = now.saturating_sub(pace.last_ns).max(1);
-            let want = (u64::from(pace.drawn).saturating_mul(period) / elapsed).clamp(1, u64::from(u32::MAX / 2));
-            let stride = u64::from(pace.stride);
-            let next = if want > stride * 4 || want * 4 < stride { want } else { (3 * stride + want) / 4 };
-            pace.stride = next.max(1) as u32;
-        }
-        pace.last_ns = now;
-        // xorshift, seeded per thread from the clock: the draw only has to break aliasing.
-        let mut x = if pace.rng == 0 { now | 1 } else { pace.rng };
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        pace.rng = x;
-        let next = if pace.stride <= 1 { 1 } else { 1 + (x % (2 * u64::from(pace.stride) - 1)) as u32 };
-        pace.drawn = next;
-        // Sampled batches alternate: one timed as a whole only (two clock reads, nothing inside
-        // it disturbed: its latency is the engine's), the next with its stages timed (their
-        // self times; the bookkeeping inside it leaves its total a little high). Sampling every
-        // batch times every batch's stages.
-        let stages = rate == 0 || pace.stages_next;
-        pace.stages_next = !pace.stages_next;
+        let next = pace.draw(now_ns(), rate);
         PACE.with(|p| p.set(pace));
         COUNTDOWN.with(|c| c.set(next));
-        Batch::open_sampled(stages, !stages || rate == 0)
+        CYCLE.with(|c| c.set(c.get().wrapping_add(1)));
+        // Sampled batches alternate: one timed as a whole only (two clock reads, nothing inside
+        // it disturbed: its latency is the engine's; how many batches it stands for is known
+        // when it ends, see `uniform_weight`), the next with its stages timed (their self
+        // times; the bookkeeping inside it leaves its total a little high). Sampling every
+        // batch times every batch's stages, and each batch stands for itself.
+        let stages = rate == 0 || STAGES_NEXT.with(Cell::get);
+        STAGES_NEXT.with(|c| c.set(!stages));
+        Batch::open_sampled(query, stages, u64::from(!stages || rate == 0))
     }
 
     /// Opens a sampled outermost batch; a batch timed with its stages is traced while a tool
     /// takes `trace_context`.
-    fn open_sampled(stages: bool, clean: bool) -> u64 {
+    fn open_sampled(query: u32, stages: bool, weight: u64) -> u64 {
         STAGES_TIMED.with(|c| c.set(stages));
         // Ids drawn before the batch's clock starts: not part of its time.
         let trace = (stages && trace_context::is_enabled()).then(|| {
@@ -373,7 +476,8 @@ impl Batch {
             RECORDER.with(|r| {
                 let mut r = r.borrow_mut();
                 let d = r.depth - 1;
-                r.open[d].clean = clean;
+                r.open[d].weight = weight;
+                r.open[d].query = query;
                 r.trace = trace;
             });
         }
@@ -421,6 +525,9 @@ impl Batch {
         crate::cpu::leave(slot);
         if start != 0 {
             Batch::exit_sampled(start, query_id, stream_id, events_in, events_out);
+        } else if batch_sample::is_enabled() && DEPTH.with(Cell::get) != 0 {
+            // Unsampled, yet a span is open: the tail sampler promoted this batch.
+            Batch::exit_promoted(query_id, stream_id, events_in, events_out);
         }
         if incoming {
             INCOMING.with(|i| i.set(None));
@@ -439,10 +546,53 @@ impl Batch {
             latency_ns: total,
             start_ns: f.start,
             stages: f.stages,
-            clean: f.clean,
+            weight: if f.weight != 0 && !f.promoted && !f.picked {
+                uniform_weight(query, f.tail_seen)
+            } else {
+                f.weight
+            },
         });
         finish();
     }
+
+    /// Closes the frame the tail sampler opened in this batch (the innermost open span when
+    /// this unsampled batch ends: every batch entered after it was timed and has closed).
+    #[cold]
+    #[inline(never)]
+    fn exit_promoted(query: u32, stream: u32, events_in: u64, events_out: u64) {
+        let Some((start, tail_query)) = promoted_start() else { return };
+        let end = now_ns();
+        close(start, end, None, |total, _, f| Record::Batch {
+            query,
+            stream,
+            events_in,
+            events_out,
+            latency_ns: total,
+            start_ns: f.start,
+            stages: f.stages,
+            weight: f.weight,
+        });
+        RECORDER.with(|r| {
+            let mut r = r.borrow_mut();
+            let last = r.len.checked_sub(1)?;
+            let Some(Record::Batch { latency_ns, weight, .. }) = r.records.get_mut(last)?.as_mut() else { return None };
+            if !tail_reported(tail_query, weight, *latency_ns, end) {
+                // Watched, neither picked nor the slowest: nothing of it fires.
+                r.len = 0;
+            }
+            Some(())
+        });
+        finish();
+    }
+}
+
+/// The start and query of the innermost open span if the tail sampler opened it.
+fn promoted_start() -> Option<(u64, u32)> {
+    RECORDER.with(|r| {
+        let r = r.borrow();
+        let f = r.open.get(r.depth.checked_sub(1)?)?;
+        (f.batch && f.promoted).then_some((f.start, f.query))
+    })
 }
 
 impl Drop for Batch {
@@ -453,7 +603,10 @@ impl Drop for Batch {
     fn drop(&mut self) {
         // Before `abandon` fires the thread's records, as `exit` does.
         crate::cpu::leave(self.slot);
-        if self.start != 0 {
+        // Sampled, or unsampled with the tail sampler's frame open in it.
+        let timed = self.start != 0
+            || (batch_sample::is_enabled() && DEPTH.with(Cell::get) != 0 && promoted_start().is_some());
+        if timed {
             abandon();
         }
         if self.incoming {
@@ -484,7 +637,16 @@ impl Span {
     #[inline(always)]
     pub fn enter(query_id: u32, stage: Stage) -> Span {
         let slot = crate::cpu::enter_stage(query_id, stage);
-        let start = if !batch_sample::is_enabled() || !STAGES_TIMED.with(Cell::get) { 0 } else { open_now() };
+        let start = if !batch_sample::is_enabled() {
+            0
+        } else if STAGES_TIMED.with(Cell::get) {
+            open_now()
+        } else {
+            if matches!(stage, Stage::Aggregate | Stage::Emit) {
+                tail_entry(query_id);
+            }
+            0
+        };
         Span { start, slot, query: query_id, stage, _thread: THREAD_BOUND }
     }
 
@@ -517,6 +679,182 @@ impl Span {
     }
 }
 
+/// Names the thread's current batch: unsampled batches decrement the countdown, sampled ones
+/// draw a new one and count a cycle, and a sampled batch's nested batches leave it alone.
+#[inline(always)]
+fn batch_key() -> u64 {
+    (u64::from(CYCLE.with(Cell::get)) << 32) | u64::from(COUNTDOWN.with(Cell::get))
+}
+
+/// At an emitting stage (aggregate or emit) of a batch not timed for its stages: the tail
+/// sampler's share of the work that can be done inline (the countdown of a slot that does not
+/// watch), else [`tail`].
+#[inline(always)]
+fn tail_entry(query: u32) {
+    let key = batch_key();
+    if TAIL_SEEN.with(Cell::get) == key {
+        return;
+    }
+    TAIL_SEEN.with(|c| c.set(key));
+    let slot = query as usize % TAIL_SLOTS;
+    TAIL_EMITTING.with(|e| e[slot].set(e[slot].get().wrapping_add(1)));
+    let left = TAIL_FAST.with(|f| f[slot].get());
+    if left > 1 && DEPTH.with(Cell::get) == 0 {
+        TAIL_FAST.with(|f| f[slot].set(left - 1));
+        return;
+    }
+    tail(query);
+}
+
+/// The tail sampler, at the first emitting stage (aggregate or emit) of a batch of `query`
+/// that is not timed for its stages.
+///
+/// Why: the batches that emit are where the work is (a tumbling window's flush carries all of
+/// a window's aggregation and output, in one batch of a thousand when events arrive one at a
+/// time) and uniform sampling at a few hundred batches a second meets them a few times a
+/// minute. So while they are rare (one in [`RARE`] of the query's batches or fewer), emitting
+/// batches are a stratum of their own: each query's are sampled with a countdown of their own
+/// at up to 1/[`TAIL_SHARE`] of the level per second, and the ordinary samples keep only the
+/// batches that did not emit. Common ones (a sliding window's) are left to the uniform
+/// samples, which time them whole. Every latency sample carries the
+/// number of batches it stands for, so the histogram estimates all batches, tails at their
+/// true share.
+///
+/// A query whose emitting batches are rare (at most [`WATCH_PER_SEC`]) has every one timed:
+/// the slowest of each second is reported too, standing for itself, so the histogram's top
+/// bucket holds the slowest emitting batch (it overcounts that stratum by a few batches a
+/// second).
+///
+/// An unsampled batch is timed from this stage on (its frame opens now and closes when the
+/// batch exits): a lower bound on its latency that misses only the work before its first
+/// emitting stage. A batch sampled whole keeps its own start when picked; if it was not
+/// picked, its latency sample is dropped (its stratum speaks for it). A batch timed for its
+/// stages cannot stand for the stratum and is left out of its count (one emitting batch in two
+/// ordinary strides: a bias below 1% once the stride exceeds 50).
+#[cold]
+#[inline(never)]
+fn tail(query: u32) {
+    let rate = samples_per_sec();
+    if rate == 0 {
+        // Every batch is sampled and stands for itself.
+        return;
+    }
+    // 0: not in a sampled batch; 1: in one timed whole, as the outermost batch of this query;
+    // 2: in one this stage cannot speak for (timed for its stages, another query's, or a
+    // tail already seen).
+    let inside = RECORDER.with(|r| {
+        let r = r.borrow();
+        if r.depth == 0 {
+            return 0;
+        }
+        let f = &r.open[0];
+        if f.batch && f.query == query && !f.tail_seen && f.weight != 0 { 1 } else { 2 }
+    });
+    if inside == 2 {
+        return;
+    }
+    let slot = query as usize % TAIL_SLOTS;
+    let pick = TAILS.with(|t| {
+        let mut t = t.borrow_mut();
+        let tail = &mut t[slot];
+        if !tail.watch {
+            // The inline path counted down since.
+            tail.left = TAIL_FAST.with(|f| f[slot].get()).max(1);
+        }
+        let pick = if tail.left > 1 {
+            tail.left -= 1;
+            None
+        } else {
+            let share = (rate / TAIL_SHARE).max(1);
+            // Emitting batches since the last pick (the ones this pick stands for), against
+            // all of the slot's batches.
+            let emitting_now = TAIL_EMITTING.with(|e| e[slot].get());
+            let batches_now = TAIL_BATCHES.with(|b| b[slot].get());
+            let weight = u64::from(emitting_now.wrapping_sub(tail.emitting_then)).max(1);
+            let all = u64::from(batches_now.wrapping_sub(tail.batches_then));
+            (tail.emitting_then, tail.batches_then) = (emitting_now, batches_now);
+            tail.rare = weight * RARE <= all;
+            tail.left = tail.pace.draw(now_ns(), share);
+            tail.watch = tail.rare && u64::from(tail.pace.stride) * u64::from(share) <= WATCH_PER_SEC;
+            Some(weight)
+        };
+        TAIL_FAST.with(|f| f[slot].set(if tail.watch { 0 } else { tail.left }));
+        // Common emitting batches: no stratum (the uniform samples keep them, and the pick
+        // above only measured how common they are).
+        (pick.filter(|_| tail.rare), tail.watch, tail.rare)
+    });
+    let (pick, watch, rare) = pick;
+    if !rare {
+        if inside == 1 {
+            RECORDER.with(|r| r.borrow_mut().open[0].tail_seen = true);
+        }
+        return;
+    }
+    if inside == 1 {
+        RECORDER.with(|r| {
+            let mut r = r.borrow_mut();
+            let f = &mut r.open[0];
+            f.tail_seen = true;
+            if let Some(weight) = pick {
+                f.weight = weight;
+                f.picked = true;
+            }
+        });
+        return;
+    }
+    if pick.is_none() && !watch {
+        return;
+    }
+    crate::flusher::start_flusher();
+    if open(now_ns(), true) != 0 {
+        RECORDER.with(|r| {
+            let mut r = r.borrow_mut();
+            let d = r.depth - 1;
+            let f = &mut r.open[d];
+            f.weight = pick.unwrap_or(0);
+            f.promoted = true;
+            f.tail_seen = true;
+            f.query = query;
+        });
+    }
+}
+
+/// How many batches a uniformly sampled batch of `query` timed whole stands for, at its end:
+/// the slot's batches since its last such sample (itself included), but only those that did
+/// not emit while emitting batches are a stratum of their own. An `emitting` one then stands
+/// for none (the stratum's pick speaks for it), and the batches before it wait for the next.
+/// Over a run the weights add up to the batches, however bursty their rate.
+fn uniform_weight(query: u32, emitting: bool) -> u64 {
+    if samples_per_sec() == 0 {
+        return 1;
+    }
+    let slot = query as usize % TAIL_SLOTS;
+    let batches = TAIL_BATCHES.with(|b| b[slot].get());
+    let emitted = TAIL_EMITTING.with(|e| e[slot].get());
+    TAILS.with(|t| {
+        let mut t = t.borrow_mut();
+        let tail = &mut t[slot];
+        if tail.rare && emitting {
+            return 0;
+        }
+        let all = batches.wrapping_sub(tail.uniform_batches_then);
+        let stratum = emitted.wrapping_sub(tail.uniform_emitting_then);
+        (tail.uniform_batches_then, tail.uniform_emitting_then) = (batches, emitted);
+        u64::from(if tail.rare { all.saturating_sub(stratum) } else { all }).max(1)
+    })
+}
+
+/// A promoted batch closed at `end` after `latency_ns`: whether its record fires. A pick
+/// does; a watched batch that was not picked only when it is the slowest of its second
+/// (then it stands for itself).
+fn tail_reported(query: u32, weight: &mut u64, latency_ns: u64, end: u64) -> bool {
+    let slowest = TAILS.with(|t| t.borrow_mut()[query as usize % TAIL_SLOTS].slowest(latency_ns, end));
+    if *weight == 0 && slowest {
+        *weight = 1;
+    }
+    *weight != 0
+}
+
 #[cold]
 #[inline(never)]
 fn open_now() -> u64 {
@@ -539,7 +877,11 @@ fn open(before: u64, batch: bool) -> u64 {
             overhead: 0,
             children_ns: 0,
             batch,
-            clean: false,
+            weight: 0,
+            promoted: false,
+            tail_seen: false,
+            picked: false,
+            query: 0,
             stages: [0; STAGES],
             span_id: 0,
         };
@@ -655,7 +997,7 @@ fn finish() {
                     stage_sample::site(query, stage, events_in, events_out, self_ns, total_ns, start_ns, span_id)
                 }
             }
-            Record::Batch { query, stream, events_in, events_out, latency_ns, start_ns, stages, clean } => {
+            Record::Batch { query, stream, events_in, events_out, latency_ns, start_ns, stages, weight } => {
                 // The outermost batch closes last: the trace is its.
                 if i + 1 == n
                     && let Some(t) = trace
@@ -671,17 +1013,7 @@ fn finish() {
                 }
                 let [ingest, filter, window, aggregate, emit] = stages;
                 batch_sample::site(
-                    query,
-                    stream,
-                    latency_ns,
-                    u64::from(clean),
-                    events_in,
-                    ingest,
-                    filter,
-                    window,
-                    aggregate,
-                    emit,
-                    events_out,
+                    query, stream, latency_ns, weight, events_in, ingest, filter, window, aggregate, emit, events_out,
                     start_ns,
                 )
             }

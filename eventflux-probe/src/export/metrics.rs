@@ -117,7 +117,7 @@ define_metrics! {
         QUERY_EMITTED: Counter "query_events_emitted_total" [query_id, output_stream]
             "Rows the query inserted into its output stream.";
         QUERY_BATCHES: Counter "query_batches_total" [query_id]
-            "Query batches (chunks of input), every one; query_latency_seconds_count counts the sampled ones.";
+            "Query batches (chunks of input), every one.";
         QUERY_ERRORS: Counter "query_execution_errors_total" [query_id, error_type] "Events the query failed to process.";
         QUERY_CPU: Counter "query_cpu_seconds_total" [query_id, stage]
             "CPU time of the engine's threads by the query and stage they were executing, from CPU samples (query_id and stage none: outside any query; stage other: the query's own code between stages).";
@@ -125,9 +125,9 @@ define_metrics! {
         QUERY_GROUPS: Gauge "query_aggregation_groups" [query_id] "Live group-by keys of the query's aggregation.";
         QUERY_BUFFER_UTILIZATION: Gauge "query_buffer_utilization" [query_id] "Fill of the query's input queue, 0 to 1.";
         QUERY_LATENCY: Histogram "query_latency_seconds" [query_id]
-            "Time a query takes for one batch (chunk) of events, all stages included; from sampled batches timed as a whole (a few per second per engine thread), so _count counts those and query_batches_total all batches.";
+            "Time a query takes for one batch (chunk) of events, all stages included; from sampled batches (a few per second per engine thread, and each query's emitting batches as a stratum of their own), each counted as the batches it stands for, so _count estimates query_batches_total.";
         QUERY_STAGE_LATENCY: Histogram "query_stage_latency_seconds" [query_id, stage]
-            "Self time of one stage of a query per sampled batch (stages it calls excluded); ingest is the time a chunk waited in an async junction's queue.";
+            "Self time of one stage of a query per batch sampled for its stages (stages it calls excluded), so _count counts those samples; ingest is the time a chunk waited in an async junction's queue.";
         CONNECTIONS: Counter "connections_total" [protocol, result] "Connection attempts by result.";
         CONNECTIONS_ACTIVE: Gauge "connections_active" [protocol] "Open connections.";
         CONNECTION_ERRORS: Counter "connection_errors_total" [protocol, error_type] "Connection failures by kind.";

@@ -75,7 +75,7 @@ pub struct Trace {
     pub tid: u32,
     pub query: u32,
     pub stream: u32,
-    /// The batch's latency was measured without stage timing inside it (`latency_clean`): a
+    /// The batch's latency was measured without stage timing inside it (`latency_weight` not 0): a
     /// latency-only sample, or every batch when every batch is sampled.
     pub clean: bool,
     /// The batch's latency as the engine measured it (the root may start earlier, with ingest).
