@@ -105,6 +105,10 @@ struct Args {
     /// Events per flush of the length-batch queries' windows (the engine's `lengthBatch(N)`).
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     length_batch: u64,
+    /// Register the queries without names, as an SQL application without `@info(name=…)`
+    /// does (the summary still calls them by the demo's names).
+    #[arg(long)]
+    unnamed: bool,
 }
 
 fn main() -> ExitCode {
@@ -151,6 +155,7 @@ fn run(args: &Args) -> Result<()> {
         snapshot_dir: args.snapshot_dir.clone(),
         drop_after: args.drop_after.map(Duration::from_millis),
         length_batch: args.length_batch,
+        unnamed: args.unnamed,
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();

@@ -50,6 +50,8 @@ pub struct Config {
     pub drop_after: Option<Duration>,
     /// Events per flush of a length-batch window.
     pub length_batch: u64,
+    /// Queries register without names.
+    pub unnamed: bool,
 }
 
 /// How long a query worker stalls per chunk while in trouble.
@@ -230,7 +232,8 @@ fn register(config: &Config, streams: &[StreamDef], queries: &[QueryDef]) {
     for q in queries {
         usdt_markers::register_query(QueryInfo {
             id: q.id,
-            name: &q.name,
+            // An SQL application's queries have no names unless it gives them one.
+            name: if config.unnamed { "" } else { &q.name },
             input_stream: q.input_stream,
             output_stream: q.output_stream,
             window: q.window,

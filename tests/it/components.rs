@@ -147,6 +147,10 @@ fn a_late_observer_gets_components_and_gauges_at_once() {
             && integration_tests::value(m, "table_rows", &[("table", "SymbolStats")]) == Some(16.0)
     });
     assert_eq!(metric(&m, "sink_connected", &[("sink", "Q0Out_log")]), 1.0);
+    // An output stream's subscriber is its sink; an input stream's, the queries reading it.
+    for (stream, subscribers) in [("Q0Out", 1.0), ("Q1Out", 1.0), ("Stock0", 2.0), ("Stock1", 1.0)] {
+        assert_eq!(metric(&m, "stream_subscribers_active", &[("stream_name", stream)]), subscribers, "{stream}");
+    }
     // A paced source reports how far behind its pace it is (it keeps up: 0 or a few events).
     assert!(integration_tests::value(&m, "source_lag_events", &[("source", "Stock0_tcp")]).is_some());
     assert_eq!(metric(&m, "error_store_capacity_events", &[("error_store", "errors")]), 10_000.0);

@@ -520,3 +520,28 @@ fn the_batches_that_emit_make_the_latency_tail() {
     // An estimate of the batches: the strata's weights add up.
     assert!((0.9..1.1).contains(&(count / batches as f64)), "count: {figures}");
 }
+
+/// Queries the engine left unnamed (an SQL application's) are exported by the stream they
+/// feed: `into_Q0Out`, with their exact counts.
+#[test]
+fn unnamed_queries_are_named_after_the_stream_they_feed() {
+    let _serial = serial();
+    let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "60000", "--unnamed"]);
+    let daemon = Daemon::start(target.pid());
+    let s = summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let m = daemon.samples();
+    for q in s["queries"].as_object().expect("queries").values() {
+        let name = format!("into_{}", q["output_stream"].as_str().expect("output stream"));
+        let labels = [("query_id", name.as_str()), ("stream_name", q["input_stream"].as_str().expect("input"))];
+        assert_eq!(get(&m, "query_events_processed_total", &labels), q["processed"].as_u64().expect("processed"));
+        assert_eq!(get(&m, "query_batches_total", &[("query_id", name.as_str())]), q["batches"].as_u64().expect("b"));
+    }
+    let names: std::collections::BTreeSet<&str> = m
+        .iter()
+        .filter(|x| x.name == "query_batches_total")
+        .filter_map(|x| x.labels.iter().find(|(k, _)| k == "query_id").map(|(_, v)| v.as_str()))
+        .collect();
+    assert_eq!(names.len(), s["queries"].as_object().expect("queries").len(), "{names:?}");
+    assert!(daemon.stop().success());
+}

@@ -32,7 +32,8 @@ pub struct StreamInfo<'a> {
 pub struct QueryInfo<'a> {
     /// Small integer id carried by hot-path probes; unique among queries.
     pub id: u32,
-    /// Query name, exported as the `query_id` label.
+    /// Query name, exported as the `query_id` label; empty for a query the application left
+    /// unnamed (eventflux-probe then calls it `into_` and its output stream's name).
     pub name: &'a str,
     /// Id of the stream it consumes.
     pub input_stream: u32,

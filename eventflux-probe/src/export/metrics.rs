@@ -104,7 +104,7 @@ macro_rules! define_metrics {
 define_metrics! {
     Engine {
         QUERY_ACTIVE: Gauge "query_active_count" [] "Queries running.";
-        STREAM_SUBSCRIBERS: Gauge "stream_subscribers_active" [stream_name] "Queries subscribed to the stream.";
+        STREAM_SUBSCRIBERS: Gauge "stream_subscribers_active" [stream_name] "Queries and sinks subscribed to the stream.";
         STREAM_RECEIVED: Counter "stream_events_received_total" [stream_name]
             "Events that entered the stream (from sources, or inserted by queries).";
         STREAM_SENT: Counter "stream_events_sent_total" [stream_name] "Events the stream handed to its subscribers.";

@@ -66,7 +66,7 @@ impl Catalog {
             }
             EVENT_QUERY => {
                 let meta = QueryMeta {
-                    name: name(&e.name),
+                    name: self.query_label(e.pid, e.id, name(&e.name), e.b),
                     input_stream: e.a,
                     output_stream: e.b,
                     window: e.c,
@@ -100,6 +100,20 @@ impl Catalog {
         }
     }
 
+    /// The name a query is exported by: the one it registered, or for a query the engine left
+    /// unnamed (an SQL statement without `@info(name=…)`), `into_` and its output stream, so
+    /// that a dashboard row says what the query feeds (`into_<stream>_<id>` when another
+    /// query of the process already has that name; `query<id>` while the stream is unknown).
+    fn query_label(&self, pid: u32, id: u32, registered: String, output: u32) -> String {
+        if !registered.is_empty() {
+            return registered;
+        }
+        let Some(stream) = self.streams.get(&(pid, output)) else { return format!("query{id}") };
+        let name = format!("into_{}", stream.name);
+        let taken = self.queries.iter().any(|(&(p, q), meta)| p == pid && q != id && meta.name == name);
+        if taken { format!("{name}_{id}") } else { name }
+    }
+
     /// Forgets every registration of a process (it is gone and its series with it).
     pub fn forget(&mut self, pid: u32) {
         self.streams.retain(|(p, _), _| *p != pid);
@@ -115,5 +129,31 @@ impl Catalog {
     /// The query's name, or `query<ID>` until its registration arrives.
     pub fn query_name(&self, pid: u32, id: u32) -> String {
         self.queries.get(&(pid, id)).map_or_else(|| format!("query{id}"), |q| q.name.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: u32, id: u32, name: &str, b: u32) -> Event {
+        let mut bytes = [0u8; NAME_LEN];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Event { kind, pid: 7, id, a: 0, b, c: 0, d: 0, name: bytes }
+    }
+
+    #[test]
+    fn an_unnamed_query_is_named_after_the_stream_it_feeds() {
+        let mut c = Catalog::default();
+        c.apply(&event(EVENT_QUERY, 0, "", 9));
+        assert_eq!(c.query_name(7, 0), "query0", "its output stream is not known yet");
+        c.apply(&event(EVENT_STREAM, 9, "Alerts", 0));
+        for (id, want) in [(0, "into_Alerts"), (1, "into_Alerts_1"), (2, "big_trades")] {
+            c.apply(&event(EVENT_QUERY, id, if id == 2 { "big_trades" } else { "" }, 9));
+            assert_eq!(c.query_name(7, id), want);
+        }
+        // A replay keeps the name it had.
+        c.apply(&event(EVENT_QUERY, 0, "", 9));
+        assert_eq!(c.query_name(7, 0), "into_Alerts");
     }
 }

@@ -385,6 +385,11 @@ impl Model {
             component.variant = c.variant;
             component.stream = (c.stream != eventflux_abi::NONE).then_some(c.stream);
             component.query = (c.query != eventflux_abi::NONE).then_some(c.query);
+            // A sink consumes its stream as a query does: an output stream with a sink has a
+            // subscriber.
+            if c.active && component.kind == Some(ComponentKind::Sink) && c.stream != eventflux_abi::NONE {
+                engine(&mut model, pid).stream(c.stream).subscribers += 1;
+            }
         }
 
         for (k, &v) in &snap.counters {
