@@ -126,6 +126,10 @@ macro_rules! for_each_probe {
             );
             /// A query was stopped, after its last counts were flushed.
             register query_unregister(query_id: u32;);
+            /// Another stream a query reads besides `query_register`'s input (a join's other
+            /// side, a pattern's or sequence's other streams): fired after the query's
+            /// registration, replayed with it, forgotten with it.
+            register query_input(query_id: u32, stream_id: u32;);
             /// While a tool is attached here, every engine thread keeps what it is executing in
             /// a thread-local 8-byte slot (see [`slot`](crate::slot): query and stage, 0
             /// outside any query) and announces the slot's `address` through this probe, from

@@ -544,8 +544,8 @@ impl Join {
         Join { tally, sides: Default::default() }
     }
 
-    /// A chunk arrived on `side` (0 left, 1 right).
-    pub fn push(&mut self, side: usize, chunk: &[crate::event::Event]) {
+    /// A chunk arrived on `side` (0 left, 1 right): the joined rows it made.
+    pub fn push(&mut self, side: usize, chunk: &[crate::event::Event]) -> u64 {
         let (mut matches, mut expired) = (0, 0);
         for e in chunk {
             matches += self.sides[1 - side].iter().filter(|s| **s == e.symbol).count() as u64;
@@ -562,6 +562,7 @@ impl Join {
         self.tally.add(CC::JoinExpired, code, expired);
         let held = self.sides[side].len() as u64;
         self.tally.set_in(CG::JoinState, code, held);
+        matches
     }
 }
 

@@ -109,6 +109,10 @@ struct Args {
     /// does (the summary still calls them by the demo's names).
     #[arg(long)]
     unnamed: bool,
+    /// Run the join of the first two streams as a query of its own reading both (reported as
+    /// `join_query`).
+    #[arg(long)]
+    join_query: bool,
 }
 
 fn main() -> ExitCode {
@@ -156,6 +160,7 @@ fn run(args: &Args) -> Result<()> {
         drop_after: args.drop_after.map(Duration::from_millis),
         length_batch: args.length_batch,
         unnamed: args.unnamed,
+        join_query: args.join_query,
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();
@@ -260,7 +265,7 @@ fn summary(config: &Config, outcome: &Outcome) -> Value {
         .collect();
     let total: u64 = outcome.streams.iter().filter(|s| s.protocol.is_some()).map(|s| s.stats.received).sum();
     let secs = outcome.elapsed.as_secs_f64();
-    json!({
+    let mut v = json!({
         "mode": config.mode.label(),
         "events": total,
         "elapsed_s": secs,
@@ -271,5 +276,9 @@ fn summary(config: &Config, outcome: &Outcome) -> Value {
         "connections": connections,
         "components": outcome.components.iter().cloned().collect::<BTreeMap<String, Value>>(),
         "restored": outcome.restored,
-    })
+    });
+    if let Some(join) = &outcome.join_query {
+        v["join_query"] = join.clone();
+    }
+    v
 }

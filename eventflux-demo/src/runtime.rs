@@ -52,6 +52,8 @@ pub struct Config {
     pub length_batch: u64,
     /// Queries register without names.
     pub unnamed: bool,
+    /// The join of the first two streams is also a query of its own, reading both.
+    pub join_query: bool,
 }
 
 /// How long a query worker stalls per chunk while in trouble.
@@ -100,6 +102,8 @@ pub struct Outcome {
     pub components: Vec<(String, serde_json::Value)>,
     /// Events each input stream had produced at the snapshot restored at start.
     pub restored: Option<Vec<u64>>,
+    /// `--join-query`: what the join query did.
+    pub join_query: Option<serde_json::Value>,
     pub elapsed: Duration,
 }
 
@@ -286,7 +290,11 @@ enum Input {
 
 pub fn run(config: &Config) -> Result<Outcome> {
     let (mut streams, defs) = plan(config);
+    let mut join_query = (config.join_query && config.streams >= 2).then(|| JoinQuery::new(config, &mut streams));
     register(config, &streams, &defs);
+    if let Some(q) = &join_query {
+        q.register();
+    }
 
     let forward = config.forward.map(Forward::connect).transpose()?.map(Arc::new);
     let mut input = match config.listen {
@@ -451,7 +459,12 @@ pub fn run(config: &Config) -> Result<Outcome> {
             }
         }
         if let Some(join) = join.as_mut().filter(|_| stream < 2) {
-            join.push(stream, &chunk);
+            match join_query.as_mut() {
+                Some(q) => q.process(join, stream, &chunk),
+                None => {
+                    join.push(stream, &chunk);
+                }
+            }
         }
         if stream == 0 {
             pattern.push(&chunk);
@@ -519,6 +532,9 @@ pub fn run(config: &Config) -> Result<Outcome> {
     for q in &defs {
         usdt_markers::unregister_query(q.id);
     }
+    if let Some(q) = &join_query {
+        usdt_markers::unregister_query(q.id);
+    }
     let mut components = Vec::new();
     let mut ids = Vec::new();
     for source in &mut sources {
@@ -579,7 +595,14 @@ pub fn run(config: &Config) -> Result<Outcome> {
         }
         queries_out.push((def, query.stats));
     }
-    Ok(Outcome { streams, queries: queries_out, connections, components, restored, elapsed })
+    // What it inserted is what its output stream received.
+    if let Some(q) = &join_query
+        && let Some(out) = streams.iter_mut().find(|s| s.id == q.output_stream)
+    {
+        out.stats.received = q.rows;
+    }
+    let join_query = join_query.map(|q| q.summary());
+    Ok(Outcome { streams, queries: queries_out, connections, components, restored, elapsed, join_query })
 }
 
 /// Sleeps until `produced` events are due at `rate` events per second; returns how many events
@@ -592,5 +615,75 @@ fn pace(started: Instant, produced: u64, rate: u64) -> u64 {
             0
         }
         None => ((started.elapsed().as_secs_f64() * rate as f64) as u64).saturating_sub(produced),
+    }
+}
+
+/// `--join-query`: the join of the first two streams as the engine runs a join, a query of its
+/// own that reads both (`query_register` with the left stream, `query_input` with the right)
+/// and inserts the joined rows into `JoinOut`. Each chunk of either side is one of its batches.
+struct JoinQuery {
+    id: u32,
+    output_stream: u32,
+    events: [usdt_markers::query_events::Counter; 2],
+    emitted: usdt_markers::emitted::Counter,
+    processed: [u64; 2],
+    batches: u64,
+    rows: u64,
+}
+
+impl JoinQuery {
+    fn new(config: &Config, streams: &mut Vec<StreamDef>) -> JoinQuery {
+        let (id, output_stream) = (config.queries, config.streams + config.queries);
+        streams.push(StreamDef {
+            id: output_stream,
+            name: "JoinOut".into(),
+            role: StreamRole::Output,
+            protocol: None,
+            stats: StreamStats::default(),
+        });
+        JoinQuery {
+            id,
+            output_stream,
+            events: [0, 1].map(|s| usdt_markers::query_events::Counter::new(id, s)),
+            emitted: usdt_markers::emitted::Counter::new(id, output_stream),
+            processed: [0; 2],
+            batches: 0,
+            rows: 0,
+        }
+    }
+
+    fn register(&self) {
+        usdt_markers::register_query(QueryInfo {
+            id: self.id,
+            name: "stock_join",
+            input_stream: 0,
+            output_stream: self.output_stream,
+            window: WindowKind::Length,
+            window_size: components::JOIN_WINDOW as u64,
+        });
+        usdt_markers::register_query_input(self.id, 1);
+    }
+
+    fn process(&mut self, join: &mut Join, side: usize, chunk: &[crate::event::Event]) {
+        let n = chunk.len() as u64;
+        let batch = usdt_markers::span::Batch::enter(self.id);
+        let rows = join.push(side, chunk);
+        batch.exit(side as u32, n, rows);
+        self.events[side].add(n, 1);
+        if rows > 0 {
+            self.emitted.add(rows);
+        }
+        self.processed[side] += n;
+        self.batches += 1;
+        self.rows += rows;
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "processed": {"Stock0": self.processed[0], "Stock1": self.processed[1]},
+            "batches": self.batches,
+            "emitted": self.rows,
+        })
     }
 }

@@ -334,6 +334,8 @@ pub const EVENT_QUERY_GONE: u32 = 2;
 pub const EVENT_COMPONENT: u32 = 3;
 /// `component_unregister`: id = component.
 pub const EVENT_COMPONENT_GONE: u32 = 4;
+/// `query_input`: id = query, a = another stream it reads.
+pub const EVENT_QUERY_INPUT: u32 = 5;
 
 #[cfg(feature = "user")]
 mod pod {

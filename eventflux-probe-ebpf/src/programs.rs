@@ -18,8 +18,8 @@ use aya_log_ebpf::debug;
 use eventflux_probe_common::probe::*;
 use eventflux_probe_common::{
     ContextRecord, CounterKey, CpuKey, EVENT_COMPONENT, EVENT_COMPONENT_GONE, EVENT_QUERY, EVENT_QUERY_GONE,
-    EVENT_STREAM, Event, NO_STACK, SPAN_BATCH, SPAN_CONTEXT, SPAN_STAGE, SiteSpec, SlotRef, SpanRecord, counter, drop,
-    gauge, stage,
+    EVENT_QUERY_INPUT, EVENT_STREAM, Event, NO_STACK, SPAN_BATCH, SPAN_CONTEXT, SPAN_STAGE, SiteSpec, SlotRef,
+    SpanRecord, counter, drop, gauge, stage,
 };
 
 use crate::args;
@@ -159,6 +159,10 @@ program!(query_register, |h, a| {
 
 program!(query_unregister, |h, a| {
     h.event(EVENT_QUERY_GONE, a.query_id, None, 0, 0, 0, 0);
+});
+
+program!(query_input, |h, a| {
+    h.event(EVENT_QUERY_INPUT, a.query_id, None, a.stream_id, 0, 0, 0);
 });
 
 program!(component_register, |h, a| {

@@ -337,3 +337,36 @@ fn the_transport_between_nodes_counts_messages_and_bytes() {
     assert_eq!(metric(&m, "transport_errors_total", &[("transport", "from_node_a")]), 0.0);
     assert!(daemon.stop().success());
 }
+
+/// A join as the engine runs it: a query reading two streams (`query_register` with one,
+/// `query_input` with the other). Both streams count it as a subscriber while it runs, and its
+/// events are counted exactly per input stream, its batches and rows too.
+#[test]
+fn a_query_that_reads_two_streams_counts_each() {
+    let _serial = serial();
+    let args = ["--events", "200000", "--rate", "100000", "--join-query"];
+    let target = GatedDemo::start(&bin("eventflux-demo"), &args);
+    let daemon = Daemon::start(target.pid());
+    let target = target.open();
+    // Stock0: q0, q2 and the join; Stock1: q1 and the join.
+    poll_metrics(daemon.port, Duration::from_secs(10), "the join query's subscriptions", |m| {
+        [("Stock0", 3.0), ("Stock1", 2.0)].iter().all(|(stream, n)| {
+            integration_tests::value(m, "stream_subscribers_active", &[("stream_name", stream)]) == Some(*n)
+        })
+    });
+    let s = summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let m = daemon.samples();
+    let join = &s["join_query"];
+    for stream in ["Stock0", "Stock1"] {
+        let processed = join["processed"][stream].as_u64().expect("processed");
+        assert_eq!(processed, s["streams"][stream]["received"].as_u64().expect("received"), "it reads all of {stream}");
+        let labels = [("query_id", "stock_join"), ("stream_name", stream)];
+        assert_eq!(metric(&m, "query_events_processed_total", &labels) as u64, processed, "{stream}");
+    }
+    let emitted = [("query_id", "stock_join"), ("output_stream", "JoinOut")];
+    assert_eq!(metric(&m, "query_events_emitted_total", &emitted) as u64, join["emitted"].as_u64().expect("emitted"));
+    let batches = metric(&m, "query_batches_total", &[("query_id", "stock_join")]) as u64;
+    assert_eq!(batches, join["batches"].as_u64().expect("batches"));
+    assert!(daemon.stop().success());
+}

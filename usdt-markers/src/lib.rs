@@ -62,7 +62,9 @@ pub use eventflux_abi as abi;
 pub use eventflux_abi::{ABI_VERSION, ArgDef, ArgKind, Class, PROVIDER, ProbeDef};
 pub use flusher::{unregister_component, unregister_query};
 pub use probes::*;
-pub use registry::{ComponentInfo, QueryInfo, StreamInfo, register_component, register_query, register_stream};
+pub use registry::{
+    ComponentInfo, QueryInfo, StreamInfo, register_component, register_query, register_query_input, register_stream,
+};
 pub use semaphore::Semaphore;
 
 /// Fires a probe's site now: `probe!(name(arg, …))`. Every hit traps while attached, so this

@@ -94,11 +94,13 @@ struct Query {
 struct Registry {
     streams: Vec<Stream>,
     queries: Vec<Query>,
+    /// (query, stream): the other streams queries read.
+    inputs: Vec<(u32, u32)>,
     components: Vec<Component>,
 }
 
 static REGISTRY: Mutex<Registry> =
-    Mutex::new(Registry { streams: Vec::new(), queries: Vec::new(), components: Vec::new() });
+    Mutex::new(Registry { streams: Vec::new(), queries: Vec::new(), inputs: Vec::new(), components: Vec::new() });
 
 /// Sum of the registration probes' semaphores when the table was last announced.
 #[cfg(feature = "enabled")]
@@ -182,6 +184,17 @@ pub fn register_query(info: QueryInfo<'_>) {
     announce(&reg, || reg.queries.last().into_iter().for_each(Query::fire));
 }
 
+/// Registers another stream query `query_id` reads, besides its [`QueryInfo::input_stream`]
+/// (a join's other side, a pattern's other streams): fires `query_input` now and again for
+/// every later observer, after the query's registration. Register the query first.
+pub fn register_query_input(query_id: u32, stream_id: u32) {
+    let mut reg = lock();
+    if !reg.inputs.contains(&(query_id, stream_id)) {
+        reg.inputs.push((query_id, stream_id));
+    }
+    announce(&reg, || crate::points::query_input::site(query_id, stream_id));
+}
+
 /// Registers a component: fires `component_register` now and again for every later
 /// observer.
 pub fn register_component(info: ComponentInfo<'_>) {
@@ -211,6 +224,7 @@ pub(crate) fn forget_component(id: u32) {
 pub(crate) fn forget_query(id: u32) {
     let mut reg = lock();
     reg.queries.retain(|q| q.id != id);
+    reg.inputs.retain(|(q, _)| *q != id);
     crate::points::query_unregister::site(id);
 }
 
@@ -226,6 +240,7 @@ fn announce(reg: &Registry, fire_newest: impl FnOnce()) {
 fn replay(reg: &Registry) {
     reg.streams.iter().for_each(Stream::fire);
     reg.queries.iter().for_each(Query::fire);
+    reg.inputs.iter().for_each(|&(query, stream)| crate::points::query_input::site(query, stream));
     reg.components.iter().for_each(Component::fire);
 }
 

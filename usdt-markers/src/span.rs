@@ -604,8 +604,8 @@ impl Drop for Batch {
         // Before `abandon` fires the thread's records, as `exit` does.
         crate::cpu::leave(self.slot);
         // Sampled, or unsampled with the tail sampler's frame open in it.
-        let timed = self.start != 0
-            || (batch_sample::is_enabled() && DEPTH.with(Cell::get) != 0 && promoted_start().is_some());
+        let timed =
+            self.start != 0 || (batch_sample::is_enabled() && DEPTH.with(Cell::get) != 0 && promoted_start().is_some());
         if timed {
             abandon();
         }

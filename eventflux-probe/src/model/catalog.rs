@@ -2,10 +2,11 @@
 //! `query_register`, `component_register` and their unregistrations) through the kernel's event
 //! ring buffer, per process.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use eventflux_probe_common::{
-    EVENT_COMPONENT, EVENT_COMPONENT_GONE, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_STREAM, Event, NAME_LEN,
+    EVENT_COMPONENT, EVENT_COMPONENT_GONE, EVENT_QUERY, EVENT_QUERY_GONE, EVENT_QUERY_INPUT, EVENT_STREAM, Event,
+    NAME_LEN,
 };
 
 /// A stream as registered.
@@ -48,6 +49,8 @@ pub struct ComponentMeta {
 pub struct Catalog {
     pub streams: BTreeMap<(u32, u32), StreamMeta>,
     pub queries: BTreeMap<(u32, u32), QueryMeta>,
+    /// The streams a query reads besides its registered input (`query_input`).
+    pub inputs: BTreeMap<(u32, u32), BTreeSet<u32>>,
     pub components: BTreeMap<(u32, u32), ComponentMeta>,
 }
 
@@ -79,6 +82,9 @@ impl Catalog {
                 if let Some(q) = self.queries.get_mut(&(e.pid, e.id)) {
                     q.active = false;
                 }
+            }
+            EVENT_QUERY_INPUT => {
+                self.inputs.entry((e.pid, e.id)).or_default().insert(e.a);
             }
             EVENT_COMPONENT => {
                 let meta = ComponentMeta {
@@ -118,6 +124,7 @@ impl Catalog {
     pub fn forget(&mut self, pid: u32) {
         self.streams.retain(|(p, _), _| *p != pid);
         self.queries.retain(|(p, _), _| *p != pid);
+        self.inputs.retain(|(p, _), _| *p != pid);
         self.components.retain(|(p, _), _| *p != pid);
     }
 

@@ -95,6 +95,8 @@ pub struct Query {
     /// Registered and not unregistered.
     pub active: bool,
     pub input_stream: Option<u32>,
+    /// Every stream it reads, its registered input first (a join or pattern reads several).
+    pub inputs: Vec<u32>,
     pub output_stream: Option<u32>,
     pub window: Option<WindowKind>,
     /// Events that entered the query, by input stream id.
@@ -369,10 +371,19 @@ impl Model {
             query.input_stream = Some(q.input_stream);
             query.output_stream = Some(q.output_stream);
             query.window = WindowKind::from_code(q.window);
-            // The series of a registered query exist before its first event.
-            query.processed.entry(q.input_stream).or_insert(0);
+            // The series of a registered query exist before its first event, for each stream it
+            // reads, and each such stream has it as a subscriber while it runs.
+            let more = snap.catalog.inputs.get(&(pid, id)).into_iter().flatten().copied();
+            let inputs: Vec<u32> =
+                std::iter::once(q.input_stream).chain(more.filter(|s| *s != q.input_stream)).collect();
+            for &s in &inputs {
+                query.processed.entry(s).or_insert(0);
+            }
+            query.inputs = inputs.clone();
             if q.active {
-                e.stream(q.input_stream).subscribers += 1;
+                for s in inputs {
+                    e.stream(s).subscribers += 1;
+                }
             }
         }
 
