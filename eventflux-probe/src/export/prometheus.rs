@@ -552,6 +552,7 @@ mod tests {
                     registered: true,
                     active: true,
                     input_stream: Some(0),
+                    inputs: vec![0],
                     output_stream: Some(1),
                     window: Some(eventflux_abi::WindowKind::Length),
                     processed: BTreeMap::from([(0, 10)]),
