@@ -113,6 +113,11 @@ struct Args {
     /// `join_query`).
     #[arg(long)]
     join_query: bool,
+    /// Run each query in the engine's SQL order: the window first, the WHERE filter on what it
+    /// hands on (nested inside it), aggregation for what left and what entered it, and each
+    /// insert in two parts: stage spans nest differently, and run twice in one batch.
+    #[arg(long)]
+    where_after_window: bool,
 }
 
 fn main() -> ExitCode {
@@ -161,6 +166,7 @@ fn run(args: &Args) -> Result<()> {
         length_batch: args.length_batch,
         unnamed: args.unnamed,
         join_query: args.join_query,
+        where_after_window: args.where_after_window,
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();

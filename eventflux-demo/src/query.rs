@@ -205,6 +205,8 @@ pub struct Query {
     pub window_component: Option<WindowComponent>,
     /// When this batch's first aggregation began (length-batch queries: their flushes).
     emitting_since: Option<Instant>,
+    /// The engine's SQL order (`--where-after-window`): see [`Query::window_first`].
+    pub where_after_window: bool,
     pub stats: QueryStats,
 }
 
@@ -239,6 +241,7 @@ impl Query {
             table: None,
             window_component: None,
             emitting_since: None,
+            where_after_window: false,
             stats: QueryStats {
                 digest: FNV_OFFSET,
                 emitting_work_max_ns: matches!(window, WindowKind::LengthBatch).then_some(0),
@@ -269,7 +272,7 @@ impl Query {
         if let Some(wait) = waited_ns {
             batch.handoff(n, wait);
         }
-        let emitted = self.filter(chunk);
+        let emitted = if self.where_after_window { self.window_first(chunk) } else { self.filter(chunk) };
         if let (Some(since), Some(max)) = (self.emitting_since.take(), self.stats.emitting_work_max_ns.as_mut()) {
             *max = (*max).max(u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
@@ -345,6 +348,66 @@ impl Query {
         emitted
     }
 
+    /// The engine's SQL order: the window takes the whole chunk, the WHERE clause filters what
+    /// it hands on (its span inside the window's), and aggregation runs twice, for what left the
+    /// window and for what entered it.
+    #[inline(never)]
+    fn window_first(&mut self, chunk: &[Event]) -> u64 {
+        let n = chunk.len() as u64;
+        let span = Span::enter(self.id, Stage::Window);
+        let mut ops = Vec::with_capacity(chunk.len() * 2);
+        self.window.process(chunk, &mut ops);
+        if let Some(w) = &mut self.window_component {
+            let expired = ops.iter().filter(|op| matches!(op, Op::Remove(_))).count() as u64;
+            let flushes = ops.iter().filter(|op| matches!(op, Op::Flush)).count() as u64;
+            w.record(n, expired, flushes, self.window.held());
+        }
+        let emitted = if ops.is_empty() { 0 } else { self.filter_ops(&ops) };
+        span.exit(n, ops.len() as u64);
+        self.probes.window_state.set(self.window.state_bytes());
+        emitted
+    }
+
+    /// `price / volume >= 2` on what the window hands on; an added event with a zero volume is
+    /// an expression error (a removed one was judged when it was added).
+    #[inline(never)]
+    fn filter_ops(&mut self, ops: &[Op]) -> u64 {
+        let span = Span::enter(self.id, Stage::Filter);
+        let added: Vec<Event> = ops.iter().filter_map(|op| if let Op::Add(e) = op { Some(*e) } else { None }).collect();
+        if self.filter_cost > 0 {
+            for e in &added {
+                self.stats.score = self.stats.score.wrapping_add(risk_score(e, self.filter_cost));
+            }
+        }
+        if let Some(table) = &mut self.table {
+            table.lookup(added.iter().map(|e| e.symbol));
+        }
+        let errors = added.iter().filter(|e| e.volume == 0).count() as u64;
+        if errors > 0 {
+            self.probes.errors.add(errors);
+            self.stats.errors += errors;
+        }
+        let passes = |e: &Event| e.price.checked_div(e.volume).is_some_and(|ratio| ratio >= 2);
+        let kept: Vec<Op> = ops
+            .iter()
+            .filter(|op| match op {
+                Op::Add(e) | Op::Remove(e) => passes(e),
+                Op::Flush => true,
+            })
+            .copied()
+            .collect();
+        let split = kept.iter().position(|op| !matches!(op, Op::Remove(_))).unwrap_or(kept.len());
+        let (left, entered) = kept.split_at(split);
+        let mut emitted = 0;
+        for part in [left, entered] {
+            if !part.is_empty() {
+                emitted += self.aggregate(part);
+            }
+        }
+        span.exit(ops.len() as u64, kept.len() as u64);
+        emitted
+    }
+
     #[inline(never)]
     fn aggregate(&mut self, ops: &[Op]) -> u64 {
         if self.stats.emitting_work_max_ns.is_some() && self.emitting_since.is_none() {
@@ -352,7 +415,16 @@ impl Query {
         }
         let span = Span::enter(self.id, Stage::Aggregate);
         let rows = self.aggregation.apply(ops);
-        let emitted = if rows.is_empty() { 0 } else { self.emit(&rows) };
+        let emitted = match rows.len() {
+            0 => 0,
+            // The engine's inserts run once for the current events and once for the expired:
+            // here each half of the rows, in order.
+            n if n >= 2 && self.where_after_window => {
+                let (first, second) = rows.split_at(n / 2);
+                self.emit(first) + self.emit(second)
+            }
+            _ => self.emit(&rows),
+        };
         span.exit(ops.len() as u64, rows.len() as u64);
         self.probes.groups.set(self.aggregation.groups());
         emitted

@@ -54,6 +54,9 @@ pub struct Config {
     pub unnamed: bool,
     /// The join of the first two streams is also a query of its own, reading both.
     pub join_query: bool,
+    /// Queries run the engine's SQL order: window, then WHERE, then aggregation and insert
+    /// twice per chunk the window hands on.
+    pub where_after_window: bool,
 }
 
 /// How long a query worker stalls per chunk while in trouble.
@@ -317,6 +320,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
         .iter()
         .map(|d| {
             let mut q = Query::new(d.id, d.input_stream, d.output_stream, d.window, d.window_size, forward.clone());
+            q.where_after_window = config.where_after_window;
             q.set_filter_cost(
                 config.filter_cost.get(d.id as usize).copied().unwrap_or(0),
                 !config.filter_cost.is_empty(),

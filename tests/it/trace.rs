@@ -81,24 +81,68 @@ fn every_batch_is_one_tree_of_its_stage_spans() {
         let pipeline = [(0, "query"), (1, "filter"), (2, "window"), (3, "aggregate"), (4, "emit")];
         assert!(shape.len() >= 2 && shape[..] == pipeline[..shape.len()], "{shape:?}");
         assert_eq!(spans[1]["events_in"], 64, "{t}");
-        // Each child inside its parent (the previous span one level up).
-        for (i, s) in spans.iter().enumerate().skip(1) {
-            let depth = s["depth"].as_u64().expect("depth");
-            let parent = spans[..i].iter().rev().find(|p| p["depth"].as_u64() == Some(depth - 1)).expect("parent");
-            let (ps, pd) =
-                (parent["start_monotonic_ns"].as_u64().expect("start"), parent["duration_ns"].as_u64().expect("d"));
-            let (cs, cd) = (s["start_monotonic_ns"].as_u64().expect("start"), s["duration_ns"].as_u64().expect("d"));
-            assert!(ps <= cs && cs + cd <= ps + pd, "{} outside {} in {t}", s["name"], parent["name"]);
-        }
+        assert_nested(t);
         let start = spans[0]["start_unix_ns"].as_u64().expect("start");
         assert!(before <= start && start <= after, "{start} outside this run ({before}..{after})");
     }
 }
 
+/// Each span of tree `t` lies inside its parent (the previous span one level up); returns the
+/// (parent, child) names.
+fn assert_nested(t: &Value) -> Vec<(String, String)> {
+    let spans = t["spans"].as_array().expect("spans");
+    let mut pairs = Vec::new();
+    for (i, s) in spans.iter().enumerate().skip(1) {
+        let depth = s["depth"].as_u64().expect("depth");
+        let parent = spans[..i].iter().rev().find(|p| p["depth"].as_u64() == Some(depth - 1)).expect("parent");
+        let (ps, pd) =
+            (parent["start_monotonic_ns"].as_u64().expect("start"), parent["duration_ns"].as_u64().expect("d"));
+        let (cs, cd) = (s["start_monotonic_ns"].as_u64().expect("start"), s["duration_ns"].as_u64().expect("d"));
+        assert!(ps <= cs && cs + cd <= ps + pd, "{} outside {} in {t}", s["name"], parent["name"]);
+        pairs.push((parent["name"].as_str().expect("name").to_owned(), s["name"].as_str().expect("name").to_owned()));
+    }
+    pairs
+}
+
+/// The engine's SQL order (`--where-after-window`): the WHERE filter runs inside the window,
+/// aggregation twice in a batch (for what left the window and what entered it), each insert in
+/// two parts. Neither the probes nor the assembly assume an order: every batch is one tree of
+/// what ran, window ⊃ filter ⊃ aggregate ⊃ emit, each span inside its parent, and stages that
+/// ran twice are two spans.
+#[test]
+fn stages_nest_as_they_ran_whatever_their_order() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let args = ["--events", "6400", "--batch", "64", "--queries", "3", "--streams", "2", "--where-after-window"];
+    let target = GatedDemo::start(&demo, &args);
+    let trace = start_trace(target.pid(), &["--every-batch", "--count", "150"]);
+    let summary = summary(&target.open_and_wait());
+    let traces = traces(trace);
+    assert_eq!(traces.len(), 150);
+    for (name, q) in summary["queries"].as_object().expect("queries") {
+        let n = traces.iter().filter(|t| t["query"] == name.as_str()).count() as u64;
+        assert_eq!(Some(n), q["batches"].as_u64(), "trees of {name}");
+    }
+    let want = [("query", "window"), ("window", "filter"), ("filter", "aggregate"), ("aggregate", "emit")];
+    let (mut twice_aggregated, mut twice_emitted) = (0, 0);
+    for t in &traces {
+        let pairs = assert_nested(t);
+        assert_eq!(t["spans"][1]["name"], "window", "{t}");
+        for (parent, child) in &pairs {
+            assert!(want.contains(&(parent.as_str(), child.as_str())), "{child} under {parent}: {t}");
+        }
+        let count = |name: &str| pairs.iter().filter(|(_, c)| c == name).count();
+        twice_aggregated += usize::from(count("aggregate") == 2);
+        twice_emitted += usize::from(count("emit") >= 2);
+    }
+    assert!(twice_aggregated > 0 && twice_emitted > 0, "{twice_aggregated} {twice_emitted}");
+}
+
 /// `--query` keeps one query's batches; under the default budget (16 sampled batches per
-/// second per thread) a thread's sampled batches alternate between timed as a whole and
-/// stage-timed: of 6 consecutive ones (all queries run on the sync demo's one thread) exactly
-/// 3 have their stages. (One query's share of them is a random draw from that alternation.)
+/// second per thread) a thread's uniformly sampled batches alternate between timed as a whole
+/// and stage-timed, and the tail sampler adds batches timed as a whole (the length-batch
+/// query's flushes): of consecutive ones (all queries run on the sync demo's one thread) no two
+/// stage-timed ones are neighbours. (One query's share of them is a random draw.)
 #[test]
 fn one_query_at_the_default_budget() {
     let _serial = serial();
@@ -108,10 +152,11 @@ fn one_query_at_the_default_budget() {
     let traces = traces(trace);
     assert_eq!(traces.len(), 6);
     assert!(traces.iter().all(|t| t["query"] == "q1_length_batch"), "{traces:?}");
-    let all = self::traces(start_trace(target.pid(), &["--count", "6"]));
-    assert_eq!(all.len(), 6);
+    let all = self::traces(start_trace(target.pid(), &["--count", "12"]));
+    assert_eq!(all.len(), 12);
     let timed: Vec<bool> = all.iter().map(|t| t["stages_timed"] == true).collect();
-    assert!(timed.windows(2).all(|w| w[0] != w[1]), "alternating: {timed:?}");
+    assert!(timed.windows(2).all(|w| !(w[0] && w[1])), "stage-timed ones apart: {timed:?}");
+    assert!(timed.iter().any(|t| *t) && timed.iter().any(|t| !*t), "both kinds: {timed:?}");
     drop(target);
 }
 

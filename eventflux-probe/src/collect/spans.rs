@@ -130,9 +130,11 @@ impl Assembler {
 fn tree(batch: &SpanRecord, stages: &[SpanRecord]) -> Trace {
     // Spans on one thread nest properly and the engine fires a span's record when it closes,
     // so the records arrive innermost first: a record's children are the subtrees closed
-    // before it that started within it. (Not by comparing intervals alone: a span's reported
-    // total leaves out its children's bookkeeping, so a parent may appear to end a few
-    // nanoseconds before its last child; it is stretched to cover its children.)
+    // before it that started at or after its start (a sibling before it started earlier).
+    // Not by its end: a span's reported total leaves out its children's bookkeeping, so a
+    // parent may appear to end before its last child starts (microseconds, when a stage runs
+    // twice and the sampling code is cold); it is stretched to cover its children. Nor by
+    // the stages' order: the engine's WHERE may run inside its window, a stage twice.
     let mut top: Vec<Span> = Vec::new();
     for s in stages {
         let mut span = Span {
@@ -148,7 +150,6 @@ fn tree(batch: &SpanRecord, stages: &[SpanRecord]) -> Trace {
         let mut children = Vec::new();
         while let Some(last) = top.last()
             && last.start_ns >= span.start_ns
-            && last.start_ns <= span.end_ns
         {
             children.extend(top.pop());
         }
@@ -283,6 +284,30 @@ mod tests {
         }
         assert_eq!(t.root.self_ns, 1000 - 100 - 700);
         assert!(a.pending.is_empty());
+    }
+
+    /// The engine's SQL order: the WHERE inside the window, aggregation with two inserts whose
+    /// second starts after the aggregate's reported end (its bookkeeping left out).
+    #[test]
+    fn stages_nest_by_how_they_ran_not_by_their_order_or_reported_ends() {
+        let mut a = Assembler::default();
+        for r in [
+            stage_rec(7, 3, stage::EMIT, 1400, 100, 100),
+            stage_rec(7, 3, stage::EMIT, 1600, 100, 100),
+            stage_rec(7, 3, stage::AGGREGATE, 1300, 250, 50),
+            stage_rec(7, 3, stage::FILTER, 1200, 600, 100),
+            stage_rec(7, 3, stage::WINDOW, 1100, 800, 200),
+        ] {
+            assert!(a.push(r).is_none());
+        }
+        let t = a.push(batch_rec(7, 3, 1000, 1000)).expect("a trace");
+        let names: Vec<(usize, &str)> = t.root.walk().iter().map(|(d, s)| (*d, s.name())).collect();
+        assert_eq!(names, vec![(0, "query"), (1, "window"), (2, "filter"), (3, "aggregate"), (4, "emit"), (4, "emit")]);
+        for (_, s) in t.root.walk() {
+            for c in &s.children {
+                assert!(s.contains(c), "{} outside {}", c.name(), s.name());
+            }
+        }
     }
 
     #[test]
