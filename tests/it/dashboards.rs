@@ -506,16 +506,23 @@ fn substitute(expr: &str, vars: &BTreeMap<String, String>) -> String {
 /// (instance: the scraped `run`; query and stream: their default, All, once they resolve to
 /// values), returns data from a real Prometheus (Debian's) scraping `run` attached to the demo; every
 /// alert rule evaluates without error and uses only exported names. The demo runs async with
-/// small queues and in trouble (errors, backpressure), `run` exports spans to a receiver and
-/// folds series past a low cap, so that every panel has something to show.
+/// small queues and in trouble (errors, backpressure), forwards its rows to a second demo (the
+/// transport), `run` exports spans to a receiver and folds series past a low cap, so that every
+/// panel has something to show.
 #[test]
 fn every_panel_query_returns_data_from_a_real_prometheus() {
     let _serial = serial();
     let overview_data = std::env::var_os("EVENTFLUX_OVERVIEW_DATA").map(PathBuf::from);
     let demo = bin("eventflux-demo");
+    // Node B of two, so that the observed demo's transport has something to carry.
+    let mut node_b = GatedDemo::start(&demo, &["--listen", "127.0.0.1:0", "--streams", "1", "--queries", "1"]);
+    let node_b_addr = node_b.listening_addr();
+    let _node_b = node_b.open();
     let target = GatedDemo::start(
         &demo,
         &[
+            "--forward",
+            &node_b_addr,
             "--mode",
             "async",
             "--streams",
