@@ -1,8 +1,8 @@
 //! The value of an engine thread's CPU slot (probe `cpu_slot`): which query and stage the thread
 //! is executing, written by the engine at every batch and stage boundary while a tool is attached
 //! to `cpu_slot`, read by a sampling profiler from the interrupted thread. The query id is in
-//! the high 32 bits; the low 32 bits are the state: [`NONE`], [`QUERY`] or
-//! `STAGE_BASE + Stage code`.
+//! the high 32 bits; the low 32 bits are the state: [`NONE`], [`QUERY`],
+//! `STAGE_BASE + Stage code`, or [`IDLE`] (then the high bits name the pool, not a query).
 
 use crate::codes::Stage;
 
@@ -12,6 +12,17 @@ pub const NONE: u32 = 0;
 pub const QUERY: u32 = 1;
 /// Inside a stage: this plus the stage's code.
 pub const STAGE_BASE: u32 = 2;
+/// Idle in a worker pool: a consumer spinning or polling for work that has none (the high 32
+/// bits: the pool's component id, e.g. the junction's, or `NONE`). Spinning costs CPU that
+/// belongs to no query, yet is not "outside the engine's work" either: it is the price of the
+/// pool's latency.
+pub const IDLE: u32 = 0xFFFF;
+
+/// The slot value of a thread idle in `pool`.
+#[inline(always)]
+pub const fn encode_idle(pool: u32) -> u64 {
+    ((pool as u64) << 32) | IDLE as u64
+}
 
 /// The slot value for `query` in `stage` (`None`: the query's own code).
 #[inline(always)]
@@ -32,6 +43,8 @@ pub enum Where {
     Query(u32),
     /// In a stage of a query.
     Stage(u32, Stage),
+    /// Idle in a pool (its id).
+    Idle(u32),
     /// A state this build does not know (a newer engine): query and raw state.
     Unknown(u32, u32),
 }
@@ -42,6 +55,7 @@ pub fn decode(value: u64) -> Where {
     match state {
         NONE => Where::None,
         QUERY => Where::Query(query),
+        IDLE => Where::Idle(query),
         s => match Stage::from_code(s - STAGE_BASE) {
             Some(stage) => Where::Stage(query, stage),
             None => Where::Unknown(query, s),
@@ -61,6 +75,7 @@ mod tests {
             assert_eq!(decode(encode(u32::MAX, Some(s))), Where::Stage(u32::MAX, s));
         }
         assert_eq!(decode((3 << 32) | 99), Where::Unknown(3, 99));
+        assert_eq!(decode(encode_idle(5000)), Where::Idle(5000));
         assert_ne!(encode(0, None), 0, "query 0 is not 'outside any query'");
     }
 }

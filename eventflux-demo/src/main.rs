@@ -118,6 +118,11 @@ struct Args {
     /// insert in two parts: stage spans nest differently, and run twice in one batch.
     #[arg(long)]
     where_after_window: bool,
+    /// Async mode: a query worker that finds its queue empty spins (busy) up to US
+    /// microseconds before it blocks, as the engine's pool consumers do; the CPU it spends so
+    /// is marked idle for CPU attribution and reported as `idle_cpu_s`.
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    spin_us: u64,
 }
 
 fn main() -> ExitCode {
@@ -167,6 +172,7 @@ fn run(args: &Args) -> Result<()> {
         unnamed: args.unnamed,
         join_query: args.join_query,
         where_after_window: args.where_after_window,
+        spin: Duration::from_micros(args.spin_us),
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();
@@ -283,6 +289,9 @@ fn summary(config: &Config, outcome: &Outcome) -> Value {
         "components": outcome.components.iter().cloned().collect::<BTreeMap<String, Value>>(),
         "restored": outcome.restored,
     });
+    if config.spin > Duration::ZERO {
+        v["idle_cpu_s"] = json!(outcome.idle_cpu_s);
+    }
     if let Some(join) = &outcome.join_query {
         v["join_query"] = join.clone();
     }

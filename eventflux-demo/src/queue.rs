@@ -4,6 +4,7 @@
 //! engine's junctions drop events whose queue stays full.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,11 @@ pub struct Queue {
     state: Mutex<State>,
     not_empty: Condvar,
     not_full: Condvar,
+    /// `--spin-us`: how long a consumer that found the queue empty spins (busy) before it
+    /// blocks, as the engine's pool consumers do, and the pool it is idle in.
+    spin: Option<(Duration, u32)>,
+    /// Thread CPU time spent spinning, in nanoseconds.
+    pub spun_cpu_ns: AtomicU64,
 }
 
 impl Queue {
@@ -53,7 +59,38 @@ impl Queue {
             state: Mutex::new(State { items: VecDeque::new(), bytes: 0, last_wait_ns: 0, closed: false }),
             not_empty: Condvar::new(),
             not_full: Condvar::new(),
+            spin: None,
+            spun_cpu_ns: AtomicU64::new(0),
         }
+    }
+
+    /// Consumers spin for `spin` before they block on an empty queue, idle in pool `pool`.
+    pub fn spinning(mut self, spin: Duration, pool: u32) -> Self {
+        self.spin = (!spin.is_zero()).then_some((spin, pool));
+        self
+    }
+
+    /// Spins (busy) until the queue has an item, is closed, or `spin` passed, marked idle
+    /// in `pool` for CPU attribution; its thread CPU time goes to `spun_cpu_ns`.
+    fn spin(&self, spin: Duration, pool: u32) {
+        let cpu_from = crate::query::thread_cpu_ns();
+        let idle = usdt_markers::cpu::Idle::enter(pool);
+        let until = Instant::now() + spin;
+        while Instant::now() < until {
+            {
+                let state = self.lock();
+                if !state.items.is_empty() || state.closed {
+                    break;
+                }
+            }
+            // Busy, as a pool's consumer polls: `yield_now` would hand a busy machine's CPU to
+            // others and spin nothing.
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
+        drop(idle);
+        self.spun_cpu_ns.fetch_add(crate::query::thread_cpu_ns().saturating_sub(cpu_from), Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -94,6 +131,11 @@ impl Queue {
     /// Takes the oldest chunk, its trace context and how long it waited; `None` once the queue
     /// is closed and drained.
     pub fn pop(&self) -> Option<(Arc<Chunk>, Option<TraceContext>, u64)> {
+        if let Some((spin, pool)) = self.spin
+            && self.lock().items.is_empty()
+        {
+            self.spin(spin, pool);
+        }
         let mut state = self.lock();
         loop {
             if let Some(item) = state.items.pop_front() {

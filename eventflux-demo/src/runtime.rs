@@ -57,6 +57,8 @@ pub struct Config {
     /// Queries run the engine's SQL order: window, then WHERE, then aggregation and insert
     /// twice per chunk the window hands on.
     pub where_after_window: bool,
+    /// Async consumers spin this long on an empty queue before they block.
+    pub spin: Duration,
 }
 
 /// How long a query worker stalls per chunk while in trouble.
@@ -107,6 +109,8 @@ pub struct Outcome {
     pub restored: Option<Vec<u64>>,
     /// `--join-query`: what the join query did.
     pub join_query: Option<serde_json::Value>,
+    /// CPU seconds async workers spun idle (`--spin-us`).
+    pub idle_cpu_s: f64,
     pub elapsed: Duration,
 }
 
@@ -211,15 +215,18 @@ impl Delivery {
         }
     }
 
-    fn finish(self) -> Result<Vec<Query>> {
+    /// The queries back from their workers, and the CPU seconds the workers spun idle.
+    fn finish(self) -> Result<(Vec<Query>, f64)> {
         match self {
-            Delivery::Sync(queries) => Ok(queries),
+            Delivery::Sync(queries) => Ok((queries, 0.0)),
             Delivery::Async { queues, workers } => {
                 queues.iter().for_each(|q| q.close());
-                workers
+                let queries = workers
                     .into_iter()
                     .map(|w| w.join().map_err(|_| anyhow::anyhow!("a query worker thread panicked")))
-                    .collect()
+                    .collect::<Result<Vec<Query>>>()?;
+                let spun: u64 = queues.iter().map(|q| q.spun_cpu_ns.load(std::sync::atomic::Ordering::Relaxed)).sum();
+                Ok((queries, spun as f64 / 1e9))
             }
         }
     }
@@ -343,7 +350,10 @@ pub fn run(config: &Config) -> Result<Outcome> {
             let mut queues = Vec::new();
             let mut workers = Vec::new();
             for mut query in queries {
-                let queue = Arc::new(Queue::new(query.input_stream, query.id, config.queue_capacity));
+                let queue = Arc::new(
+                    Queue::new(query.input_stream, query.id, config.queue_capacity)
+                        .spinning(config.spin, JUNCTION_IDS + query.input_stream),
+                );
                 queues.push(Arc::clone(&queue));
                 let worker = thread::Builder::new()
                     .name(format!("query-{}", query.id))
@@ -507,7 +517,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
         }
         produced += n;
     }
-    let queries = delivery.finish()?;
+    let (queries, idle_cpu_s) = delivery.finish()?;
     if let Some(forward) = &forward {
         forward.finish();
     }
@@ -606,7 +616,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
         out.stats.received = q.rows;
     }
     let join_query = join_query.map(|q| q.summary());
-    Ok(Outcome { streams, queries: queries_out, connections, components, restored, elapsed, join_query })
+    Ok(Outcome { streams, queries: queries_out, connections, components, restored, elapsed, join_query, idle_cpu_s })
 }
 
 /// Sleeps until `produced` events are due at `rate` events per second; returns how many events

@@ -90,6 +90,31 @@ fn attributed_cpu_agrees_with_what_the_demo_measured_itself() {
     assert!(daemon.stop().success());
 }
 
+/// Async consumers that spin on an empty queue (as the engine's pool consumers do, there 80% of
+/// its CPU) are marked idle: their CPU is `query_cpu_seconds_total{query_id="none",
+/// stage="idle"}`, within 15% of the thread CPU time the demo measured around its spinning, and
+/// not counted as `none`.
+#[test]
+fn pool_threads_spinning_for_work_are_attributed_to_idle() {
+    let _serial = serial();
+    let args = ["--mode", "async", "--spin-us", "300", "--rate", "20000", "--events", "60000"];
+    let demo = GatedDemo::start(&bin("eventflux-demo"), &args);
+    let daemon = Daemon::start_with(demo.pid(), &["--cpu-hz", "999"]);
+    let summary = summary(&demo.open_and_wait());
+    let series = attributed(&daemon);
+    let idle = series.get(&("none".to_owned(), "idle".to_owned())).copied().unwrap_or(0.0);
+    let measured = summary["idle_cpu_s"].as_f64().expect("idle_cpu_s");
+    let process = summary["cpu_s"].as_f64().expect("cpu_s");
+    assert!(measured > 0.3 * process, "the workers spun {measured:.3}s of the process's {process:.3}s");
+    assert!(
+        (idle / measured - 1.0).abs() <= 0.15,
+        "idle: attributed {idle:.3}s, the demo measured {measured:.3}s: {series:?}"
+    );
+    let none = series.get(&("none".to_owned(), "none".to_owned())).copied().unwrap_or(0.0);
+    assert!(none < idle, "spinning is idle, not none ({none:.3}s): {series:?}");
+    assert!(daemon.stop().success());
+}
+
 /// Runs `eventflux-probe profile` on `pid` with `args`; returns stdout, failing on an error.
 fn profile(pid: u32, args: &[&str]) -> String {
     let out = run(Command::new(bin("eventflux-probe")).args(["profile", "--pid", &pid.to_string()]).args(args));

@@ -86,6 +86,49 @@ pub(crate) fn enter_stage(query: u32, stage: Stage) -> u64 {
     SLOT.with(|s| s.replace(eventflux_abi::slot::encode(query, Some(stage))))
 }
 
+/// A worker thread idle in a pool (spinning or polling for work), for CPU attribution: while it
+/// lives, samples of this thread count as the pool's idle time (`query_cpu_seconds_total`
+/// with `stage="idle"`), not as "outside any query". Detached, a semaphore test.
+///
+/// ```
+/// // An executor's consumer that spins before it parks:
+/// # let queue: std::collections::VecDeque<u32> = Default::default();
+/// let idle = usdt_markers::cpu::Idle::enter(5000);
+/// while queue.is_empty() { /* … */ break; }
+/// drop(idle);
+/// ```
+#[must_use = "the thread is idle while this lives"]
+#[derive(Debug)]
+pub struct Idle {
+    previous: u64,
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Idle {
+    /// The thread is idle in pool `pool_id` (the junction's or pool's component id, or
+    /// `abi::NONE`) until the guard drops.
+    #[inline(always)]
+    pub fn enter(pool_id: u32) -> Idle {
+        let previous = if !cfg!(feature = "enabled") || !cpu_slot::SEMAPHORE.is_active() {
+            UNSET
+        } else {
+            let generation = GENERATION.load(Ordering::Relaxed);
+            if ANNOUNCED.with(Cell::get) != generation {
+                announce(generation);
+            }
+            SLOT.with(|s| s.replace(eventflux_abi::slot::encode_idle(pool_id)))
+        };
+        Idle { previous, _thread: std::marker::PhantomData }
+    }
+}
+
+impl Drop for Idle {
+    #[inline(always)]
+    fn drop(&mut self) {
+        leave(self.previous);
+    }
+}
+
 /// Ends what [`enter_batch`] or [`enter_stage`] began.
 #[inline(always)]
 pub(crate) fn leave(previous: u64) {

@@ -36,6 +36,7 @@ impl Place {
     fn of(query: u32, state: u32, name: impl Fn(u32) -> String) -> Place {
         match slot::decode((u64::from(query) << 32) | u64::from(state)) {
             Where::None => Place { query: None, stage: "none".into() },
+            Where::Idle(_) => Place { query: None, stage: "idle".into() },
             Where::Query(q) => Place { query: Some(name(q)), stage: "other".into() },
             Where::Stage(q, s) => Place { query: Some(name(q)), stage: s.label().into() },
             Where::Unknown(q, s) => Place { query: Some(name(q)), stage: format!("unknown_{s}") },

@@ -120,7 +120,7 @@ define_metrics! {
             "Query batches (chunks of input), every one.";
         QUERY_ERRORS: Counter "query_execution_errors_total" [query_id, error_type] "Events the query failed to process.";
         QUERY_CPU: Counter "query_cpu_seconds_total" [query_id, stage]
-            "CPU time of the engine's threads by the query and stage they were executing, from CPU samples (query_id and stage none: outside any query; stage other: the query's own code between stages).";
+            "CPU time of the engine's threads by the query and stage they were executing, from CPU samples (query_id and stage none: outside any query; query_id none, stage idle: threads idle in a pool, spinning for work; stage other: the query's own code between stages).";
         QUERY_WINDOW_BYTES: Gauge "query_window_size_bytes" [query_id, window_type] "Bytes the query's window holds.";
         QUERY_GROUPS: Gauge "query_aggregation_groups" [query_id] "Live group-by keys of the query's aggregation.";
         QUERY_BUFFER_UTILIZATION: Gauge "query_buffer_utilization" [query_id] "Fill of the query's input queue, 0 to 1.";

@@ -53,9 +53,12 @@ pub struct Engine {
     pub spans_dropped: u64,
     /// Batches an upstream sampled that the engine did not trace (its per-thread bound).
     pub traces_declined: u64,
-    /// CPU seconds sampled outside any query (engine overhead, sources, idle spinning, I/O);
-    /// `None` when CPU samples are not taken. A query's own are in [`Query::cpu_seconds`].
+    /// CPU seconds sampled outside any query (engine overhead, sources, unmarked spinning,
+    /// I/O); `None` when CPU samples are not taken. A query's own are in [`Query::cpu_seconds`].
     pub cpu_outside_queries: Option<f64>,
+    /// CPU seconds of threads idle in a pool (`cpu::Idle`: consumers spinning for work); `None`
+    /// until such a sample.
+    pub cpu_idle: Option<f64>,
 }
 
 /// A stream (junction).
@@ -446,6 +449,10 @@ impl Model {
                 let (query, stage) = match slot::decode((u64::from(k.query) << 32) | u64::from(k.state)) {
                     Where::None => {
                         *e.cpu_outside_queries.get_or_insert(0.0) += secs;
+                        continue;
+                    }
+                    Where::Idle(_) => {
+                        *e.cpu_idle.get_or_insert(0.0) += secs;
                         continue;
                     }
                     Where::Query(q) => (q, CpuStage::Other),
