@@ -352,6 +352,14 @@ code_enum! {
         Snapshot = 0 => "persistence_snapshot_duration_seconds",
         /// Persistence: reading and applying a snapshot.
         Restore = 1 => "persistence_restore_duration_seconds",
+        /// A stream–stream join: probing the other side's window with a chunk.
+        JoinProbe = 2 => "join_probe_duration_seconds",
+        /// A table: looking a chunk's keys up (a stream–table join, an `in` condition).
+        TableLookup = 3 => "table_lookup_duration_seconds",
+        /// A pattern or sequence: one chunk through its state processors.
+        PatternStep = 4 => "pattern_step_duration_seconds",
+        /// A sink: mapping and publishing a chunk of rows.
+        SinkPublish = 5 => "sink_publish_duration_seconds",
     }
 }
 
@@ -467,7 +475,29 @@ impl ComponentOp {
     pub const fn kind(self) -> ComponentKind {
         match self {
             ComponentOp::Snapshot | ComponentOp::Restore => ComponentKind::Persistence,
+            ComponentOp::JoinProbe => ComponentKind::Join,
+            ComponentOp::TableLookup => ComponentKind::Table,
+            ComponentOp::PatternStep => ComponentKind::Pattern,
+            ComponentOp::SinkPublish => ComponentKind::Sink,
         }
+    }
+
+    /// Its name as a span and a CPU stage (`join_probe`).
+    pub const fn span_name(self) -> &'static str {
+        match self {
+            ComponentOp::Snapshot => "snapshot",
+            ComponentOp::Restore => "restore",
+            ComponentOp::JoinProbe => "join_probe",
+            ComponentOp::TableLookup => "table_lookup",
+            ComponentOp::PatternStep => "pattern_step",
+            ComponentOp::SinkPublish => "sink_publish",
+        }
+    }
+
+    /// An operation that runs per chunk: timed only inside batches sampled for their stages
+    /// (and then a span of their trees), not every time.
+    pub const fn frequent(self) -> bool {
+        !matches!(self, ComponentOp::Snapshot | ComponentOp::Restore)
     }
 }
 

@@ -5,6 +5,7 @@
 //! `STAGE_BASE + Stage code`, or [`IDLE`] (then the high bits name the pool, not a query).
 
 use crate::codes::Stage;
+use crate::components::ComponentOp;
 
 /// Outside any query (the whole slot is 0): engine overhead, sources, idle spinning, I/O.
 pub const NONE: u32 = 0;
@@ -17,6 +18,17 @@ pub const STAGE_BASE: u32 = 2;
 /// belongs to no query, yet is not "outside the engine's work" either: it is the price of the
 /// pool's latency.
 pub const IDLE: u32 = 0xFFFF;
+
+/// Inside a component operation (a join probe, a table lookup): this plus the op's code; the
+/// high bits keep the query the thread was in, `NONE` (0xffffffff) outside any.
+pub const OP_BASE: u32 = 0x100;
+
+/// The slot value of `slot` with its state turned to component operation `op`.
+#[inline(always)]
+pub const fn encode_op(slot: u64, op: ComponentOp) -> u64 {
+    let query = if slot as u32 == NONE || slot as u32 == IDLE { crate::NONE as u64 } else { slot >> 32 };
+    (query << 32) | (OP_BASE + op.code()) as u64
+}
 
 /// The slot value of a thread idle in `pool`.
 #[inline(always)]
@@ -45,6 +57,8 @@ pub enum Where {
     Stage(u32, Stage),
     /// Idle in a pool (its id).
     Idle(u32),
+    /// In a component operation, inside a query (`NONE`: outside any).
+    Op(u32, ComponentOp),
     /// A state this build does not know (a newer engine): query and raw state.
     Unknown(u32, u32),
 }
@@ -56,6 +70,10 @@ pub fn decode(value: u64) -> Where {
         NONE => Where::None,
         QUERY => Where::Query(query),
         IDLE => Where::Idle(query),
+        s if s >= OP_BASE => match ComponentOp::from_code(s - OP_BASE) {
+            Some(op) => Where::Op(query, op),
+            None => Where::Unknown(query, s),
+        },
         s => match Stage::from_code(s - STAGE_BASE) {
             Some(stage) => Where::Stage(query, stage),
             None => Where::Unknown(query, s),
@@ -76,6 +94,11 @@ mod tests {
         }
         assert_eq!(decode((3 << 32) | 99), Where::Unknown(3, 99));
         assert_eq!(decode(encode_idle(5000)), Where::Idle(5000));
+        assert_eq!(
+            decode(encode_op(encode(4, None), ComponentOp::TableLookup)),
+            Where::Op(4, ComponentOp::TableLookup)
+        );
+        assert_eq!(decode(encode_op(0, ComponentOp::SinkPublish)), Where::Op(crate::NONE, ComponentOp::SinkPublish));
         assert_ne!(encode(0, None), 0, "query 0 is not 'outside any query'");
     }
 }

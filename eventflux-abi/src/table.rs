@@ -251,6 +251,11 @@ macro_rules! for_each_probe {
             /// CLOCK_MONOTONIC. Rare operations (a snapshot, a restore) fire every time, after
             /// the operation.
             sample component_sample(component_id: u32, op: u32, items: u64, duration_ns: u64, start_ns: u64;);
+            /// A frequent component operation (a join probe, a table lookup, a pattern step, a
+            /// sink publish) timed inside a batch sampled for its stages, for span trees: fired
+            /// after the batch with its records, beside `component_sample`, only while a tool is
+            /// attached here. `query_id` is the batch's query.
+            sample component_span(component_id: u32, op: u32, query_id: u32, items: u64, duration_ns: u64, start_ns: u64;);
             /// Sample at most 16 batches per second per engine thread.
             control ctl_samples_16(;);
             /// At most 64 sampled batches per second per engine thread.

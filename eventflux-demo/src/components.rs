@@ -359,6 +359,12 @@ impl Sink {
     /// [`drops_in_trouble`](Sink::drops_in_trouble) is disconnected: its rows fail with a
     /// connection error and are dropped (logged, as the engine's sinks do), not stored.
     pub fn publish(&mut self, n: u64, trouble: bool) {
+        let timed = usdt_markers::ops::Timed::start(self.tally.id, usdt_markers::abi::ComponentOp::SinkPublish);
+        self.deliver(n, trouble);
+        timed.finish(n);
+    }
+
+    fn deliver(&mut self, n: u64, trouble: bool) {
         let down = trouble && self.drops_in_trouble;
         // Connected while down, or disconnected while not: the state changed.
         if down == self.connected {
@@ -405,6 +411,7 @@ impl Table {
 
     /// Looks each symbol up: how many have a row.
     pub fn lookup(&mut self, symbols: impl Iterator<Item = u32>) {
+        let timed = usdt_markers::ops::Timed::start(self.tally.id, usdt_markers::abi::ComponentOp::TableLookup);
         let (mut hits, mut misses) = (0, 0);
         for s in symbols {
             if self.rows.contains_key(&s) {
@@ -415,6 +422,7 @@ impl Table {
         }
         self.tally.add(CC::TableLookups, LookupResult::Hit.code(), hits);
         self.tally.add(CC::TableLookups, LookupResult::Miss.code(), misses);
+        timed.finish(hits + misses);
     }
 
     /// Upserts one row per symbol.

@@ -681,7 +681,9 @@ impl JoinQuery {
     fn process(&mut self, join: &mut Join, side: usize, chunk: &[crate::event::Event]) {
         let n = chunk.len() as u64;
         let batch = usdt_markers::span::Batch::enter(self.id);
+        let probe = usdt_markers::ops::Timed::start(join.id(), usdt_markers::abi::ComponentOp::JoinProbe);
         let rows = join.push(side, chunk);
+        probe.finish(n);
         batch.exit(side as u32, n, rows);
         self.events[side].add(n, 1);
         if rows > 0 {

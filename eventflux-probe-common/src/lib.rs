@@ -268,9 +268,11 @@ pub struct SpanRecord {
     /// The engine thread (kernel tid).
     pub tid: u32,
     pub query: u32,
-    /// Stage: its `Stage` code; batch: the input stream id.
+    /// Stage: its `Stage` code, or `stage::COMPONENT + ComponentOp` for a component operation
+    /// (`component_span`); batch: the input stream id.
     pub stage_or_stream: u32,
-    /// Batch: `latency_clean` (1: timed as a whole only, no stage records).
+    /// Batch: 1 when timed as a whole only (`latency_weight` not 0: no stage records);
+    /// component operation: the component's id.
     pub clean: u32,
     pub events_in: u64,
     pub events_out: u64,

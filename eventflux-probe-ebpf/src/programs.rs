@@ -338,6 +338,25 @@ program!(component_sample, |h, a| {
     h.hist(a.component_id, stage::COMPONENT.wrapping_add(a.op), a.duration_ns);
 });
 
+// Only for span trees, like `stage_sample`: a component operation inside a sampled batch, as a
+// stage record whose stage is `COMPONENT + op` and whose `clean` field carries the component.
+program!(component_span, |h, a| {
+    h.span(&SpanRecord {
+        kind: SPAN_STAGE,
+        pid: h.pid,
+        tid: h.tid(),
+        query: a.query_id,
+        stage_or_stream: stage::COMPONENT.wrapping_add(a.op),
+        clean: a.component_id,
+        events_in: a.items,
+        events_out: a.items,
+        start_ns: a.start_ns,
+        total_ns: a.duration_ns,
+        self_ns: a.duration_ns,
+        span_id: 0,
+    });
+});
+
 /// `bpf_get_stackid` flag: the user-space stack (frame pointers) instead of the kernel's.
 const BPF_F_USER_STACK: u64 = 1 << 8;
 /// `bpf_get_stackid` error when the stack's bucket holds another stack (or the map is full).

@@ -370,3 +370,26 @@ fn a_query_that_reads_two_streams_counts_each() {
     assert_eq!(batches, join["batches"].as_u64().expect("batches"));
     assert!(daemon.stop().success());
 }
+
+/// Frequent component operations are timed in the batches sampled for their stages: with every
+/// batch sampled, one table lookup per batch of the query that owns the table and one probe
+/// per batch of the join query, and a CPU slot state of their own.
+#[test]
+fn frequent_operations_are_timed_in_sampled_batches() {
+    let _serial = serial();
+    let args = ["--events", "60000", "--join-query", "--filter-cost", "0"];
+    let target = GatedDemo::start(&bin("eventflux-demo"), &args);
+    let daemon = Daemon::start_with(target.pid(), &["--every-batch"]);
+    let s = summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let m = daemon.samples();
+    let count = |family: &str, labels: &[(&str, &str)]| metric(&m, &format!("{family}_count"), labels) as u64;
+    let batches = |q: &Value| q["batches"].as_u64().expect("batches");
+    assert_eq!(
+        count("table_lookup_duration_seconds", &[("table", "SymbolStats")]),
+        batches(&s["queries"]["q0_length"])
+    );
+    assert_eq!(count("join_probe_duration_seconds", &[("join", "StockJoin")]), batches(&s["join_query"]));
+    assert!(count("sink_publish_duration_seconds", &[("sink", "Q0Out_log")]) > 0);
+    assert!(daemon.stop().success());
+}

@@ -176,3 +176,38 @@ fn unknown_query_and_bad_count_are_one_line() {
     assert_final_error(&out, &["q0_length"]);
     drop(target);
 }
+
+/// Component operations the engine times (a table lookup in query 0's filter, each sink's
+/// publish in its query's emit, the join query's probe) are spans of the stage they ran in,
+/// in every batch sampled for its stages.
+#[test]
+fn component_operations_are_spans_of_the_stage_they_ran_in() {
+    let _serial = serial();
+    let demo = bin("eventflux-demo");
+    let args = ["--events", "6400", "--batch", "64", "--queries", "3", "--streams", "2", "--join-query"];
+    let target = GatedDemo::start(&demo, &args);
+    let trace = start_trace(target.pid(), &["--every-batch", "--count", "250"]);
+    let summary = summary(&target.open_and_wait());
+    let traces = traces(trace);
+    assert_eq!(traces.len(), 250, "150 query batches and 100 of the join");
+    let ops = |query: &str, op: &str| -> Vec<Vec<(String, String)>> {
+        traces
+            .iter()
+            .filter(|t| t["query"] == query)
+            .map(|t| assert_nested(t).into_iter().filter(|(_, c)| c == op).collect())
+            .collect()
+    };
+    // Every q0 batch looks its chunk up in the table, inside its filter.
+    let lookups = ops("q0_length", "table_lookup");
+    assert_eq!(lookups.len() as u64, summary["queries"]["q0_length"]["batches"].as_u64().expect("batches"));
+    assert!(lookups.iter().all(|l| l == &[("filter".to_owned(), "table_lookup".to_owned())]), "{lookups:?}");
+    // A batch that emitted published its rows, inside its emit.
+    for q in ["q0_length", "q1_length_batch", "q2_time"] {
+        let publishes: Vec<_> = ops(q, "sink_publish").into_iter().flatten().collect();
+        assert!(!publishes.is_empty() && publishes.iter().all(|(p, _)| p == "emit"), "{q}: {publishes:?}");
+    }
+    // Every batch of the join query probes, directly under the query.
+    let probes = ops("stock_join", "join_probe");
+    assert_eq!(probes.len() as u64, summary["join_query"]["batches"].as_u64().expect("batches"));
+    assert!(probes.iter().all(|p| p == &[("query".to_owned(), "join_probe".to_owned())]), "{probes:?}");
+}

@@ -129,6 +129,20 @@ impl Drop for Idle {
     }
 }
 
+/// Enters component operation `op` in whatever query and stage the thread is in, like
+/// [`enter_stage`].
+#[inline(always)]
+pub(crate) fn enter_op(op: eventflux_abi::ComponentOp) -> u64 {
+    if !cfg!(feature = "enabled") || !cpu_slot::SEMAPHORE.is_active() {
+        return UNSET;
+    }
+    SLOT.with(|s| {
+        let previous = s.get();
+        s.set(eventflux_abi::slot::encode_op(previous, op));
+        previous
+    })
+}
+
 /// Ends what [`enter_batch`] or [`enter_stage`] began.
 #[inline(always)]
 pub(crate) fn leave(previous: u64) {

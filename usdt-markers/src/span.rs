@@ -42,7 +42,9 @@ use std::sync::OnceLock;
 
 use eventflux_abi::Stage;
 
-use crate::probes::{batch_sample, spans_dropped, stage_sample, trace_context, traces_declined};
+use crate::probes::{
+    batch_sample, component_sample, component_span, spans_dropped, stage_sample, trace_context, traces_declined,
+};
 use crate::traceparent::{SAMPLED, TraceContext};
 
 pub use crate::levels::samples_per_sec;
@@ -139,6 +141,8 @@ enum Record {
         stages: [u64; STAGES],
         weight: u64,
     },
+    /// A frequent component operation inside a batch sampled for its stages.
+    Op { component: u32, op: u32, query: u32, items: u64, total_ns: u64, start_ns: u64 },
 }
 
 struct Recorder {
@@ -355,7 +359,15 @@ impl Batch {
         }
         // Inside a sampled batch every nested batch is part of its record.
         if DEPTH.with(Cell::get) != 0 {
-            return open(now_ns(), true);
+            let start = open(now_ns(), true);
+            if start != 0 {
+                RECORDER.with(|r| {
+                    let mut r = r.borrow_mut();
+                    let d = r.depth - 1;
+                    r.open[d].query = query;
+                });
+            }
+            return start;
         }
         // Batches per tail slot: how rare the slot's emitting batches are.
         TAIL_BATCHES.with(|b| {
@@ -855,6 +867,34 @@ fn tail_reported(query: u32, weight: &mut u64, latency_ns: u64, end: u64) -> boo
     *weight != 0
 }
 
+/// A frequent component operation begins: timed (a span) only inside a batch sampled for its
+/// stages; its start, else 0.
+#[inline(always)]
+pub(crate) fn op_open() -> u64 {
+    if STAGES_TIMED.with(Cell::get) { open_now() } else { 0 }
+}
+
+/// The operation that [`op_open`] began at `start` ended, having handled `items`.
+#[cold]
+#[inline(never)]
+pub(crate) fn op_close(start: u64, component: u32, op: eventflux_abi::ComponentOp, items: u64) {
+    let end = now_ns();
+    // The batch it ran in: the innermost open batch frame.
+    let query = RECORDER.with(|r| {
+        let r = r.borrow();
+        r.open[..r.depth].iter().rev().find(|f| f.batch).map_or(0, |f| f.query)
+    });
+    close(start, end, None, |total_ns, _, f| Record::Op {
+        component,
+        op: op.code(),
+        query,
+        items,
+        total_ns,
+        start_ns: f.start,
+    });
+    finish();
+}
+
 #[cold]
 #[inline(never)]
 fn open_now() -> u64 {
@@ -989,12 +1029,19 @@ fn finish() {
     let Some((records, n, dropped, trace)) = pending else { return };
     // Stage records only for a tool that wants them: the batch record carries their self times.
     let stages = stage_sample::is_enabled();
+    let op_spans = component_span::is_enabled();
     for (i, rec) in records.iter().take(n).enumerate() {
         let Some(rec) = *rec else { continue };
         match rec {
             Record::Stage { query, stage, events_in, events_out, self_ns, total_ns, start_ns, span_id } => {
                 if stages {
                     stage_sample::site(query, stage, events_in, events_out, self_ns, total_ns, start_ns, span_id)
+                }
+            }
+            Record::Op { component, op, query, items, total_ns, start_ns } => {
+                component_sample::site(component, op, items, total_ns, start_ns);
+                if op_spans {
+                    component_span::site(component, op, query, items, total_ns, start_ns);
                 }
             }
             Record::Batch { query, stream, events_in, events_out, latency_ns, start_ns, stages, weight } => {

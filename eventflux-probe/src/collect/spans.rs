@@ -145,6 +145,7 @@ fn tree(batch: &SpanRecord, stages: &[SpanRecord]) -> Trace {
             events_in: s.events_in,
             events_out: s.events_out,
             span_id: s.span_id,
+            component: (s.stage_or_stream >= stage::COMPONENT).then_some(s.clean),
             children: Vec::new(),
         };
         let mut children = Vec::new();
@@ -172,6 +173,7 @@ fn tree(batch: &SpanRecord, stages: &[SpanRecord]) -> Trace {
         events_in: batch.events_in,
         events_out: batch.events_out,
         span_id: 0,
+        component: None,
         children: top,
     };
     Trace {

@@ -37,6 +37,8 @@ impl Place {
         match slot::decode((u64::from(query) << 32) | u64::from(state)) {
             Where::None => Place { query: None, stage: "none".into() },
             Where::Idle(_) => Place { query: None, stage: "idle".into() },
+            Where::Op(q, op) if q == eventflux_abi::NONE => Place { query: None, stage: op.span_name().into() },
+            Where::Op(q, op) => Place { query: Some(name(q)), stage: op.span_name().into() },
             Where::Query(q) => Place { query: Some(name(q)), stage: "other".into() },
             Where::Stage(q, s) => Place { query: Some(name(q)), stage: s.label().into() },
             Where::Unknown(q, s) => Place { query: Some(name(q)), stage: format!("unknown_{s}") },

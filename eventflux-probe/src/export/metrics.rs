@@ -238,6 +238,14 @@ define_metrics! {
             "Time to take and write one snapshot, every snapshot.";
         PERSISTENCE_RESTORE_DURATION: Histogram (OP::Restore) [persistence, store_type]
             "Time to read and apply a snapshot at a restore, every restore.";
+        JOIN_PROBE_DURATION: Histogram (OP::JoinProbe) [join]
+            "Time for one chunk to probe the join's other side, in batches sampled for their stages (_count counts those).";
+        TABLE_LOOKUP_DURATION: Histogram (OP::TableLookup) [table, table_type]
+            "Time to look one chunk's keys up in the table, in batches sampled for their stages (_count counts those).";
+        PATTERN_STEP_DURATION: Histogram (OP::PatternStep) [pattern]
+            "Time for one chunk through the pattern's state processors, in batches sampled for their stages (_count counts those).";
+        SINK_PUBLISH_DURATION: Histogram (OP::SinkPublish) [sink, connector, stream_name]
+            "Time for the sink to map and publish one chunk of rows, in batches sampled for their stages (_count counts those).";
     }
     Observer {
         BUILD_INFO: Gauge "eventflux_probe_build_info" [version, abi_version]

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow};
+use eventflux_abi::ComponentOp;
 use eventflux_probe_common::stage;
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::{InstrumentationScope, KeyValue};
@@ -135,7 +136,15 @@ fn span_name(span: &Span) -> &'static str {
         stage::WINDOW => "Window Processing",
         stage::AGGREGATE => "Aggregation Processing",
         stage::EMIT => "Output Emission",
-        _ => "Stage",
+        _ => match span.op() {
+            Some(ComponentOp::JoinProbe) => "Join Probe",
+            Some(ComponentOp::TableLookup) => "Table Lookup",
+            Some(ComponentOp::PatternStep) => "Pattern Step",
+            Some(ComponentOp::SinkPublish) => "Sink Publish",
+            Some(ComponentOp::Snapshot) => "Snapshot",
+            Some(ComponentOp::Restore) => "Restore",
+            None => "Stage",
+        },
     }
 }
 
@@ -280,6 +289,9 @@ impl Exporter {
             ];
             if span.stage != stage::BATCH {
                 attributes.push(KeyValue::new("processor.type", span.name()));
+            }
+            if let Some(c) = span.component.and_then(|c| engine.and_then(|e| e.components.get(&c))) {
+                attributes.push(KeyValue::new("component.name", c.name.clone()));
             }
             if let (Some(w), true) = (window, span.stage == stage::WINDOW || span.stage == stage::BATCH) {
                 attributes.push(KeyValue::new("window.type", w));

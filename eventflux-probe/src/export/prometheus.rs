@@ -226,6 +226,9 @@ fn engine_metrics(e: &Engine, f: &mut Families) {
     if let Some(secs) = e.cpu_outside_queries {
         f.counter(&m::QUERY_CPU, labels(vec![("query_id", "none".into()), ("stage", "none".into())]), secs);
     }
+    for (op, &secs) in &e.cpu_ops_outside_queries {
+        f.counter(&m::QUERY_CPU, labels(vec![("query_id", "none".into()), ("stage", op.span_name().into())]), secs);
+    }
     if let Some(secs) = e.cpu_idle {
         f.counter(&m::QUERY_CPU, labels(vec![("query_id", "none".into()), ("stage", "idle".into())]), secs);
     }

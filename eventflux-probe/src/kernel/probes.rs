@@ -13,7 +13,7 @@ pub const CPU_PROBES: [u32; 1] = [probe::cpu_slot::ID];
 /// The probes only span trees need: `stage_sample` (its per-stage records repeat what
 /// `batch_sample` carries for metrics) and `trace_context`. Loading either turns span records
 /// on (`TRACE_SPANS`).
-pub const TRACE_PROBES: [u32; 2] = [probe::stage_sample::ID, probe::trace_context::ID];
+pub const TRACE_PROBES: [u32; 3] = [probe::stage_sample::ID, probe::trace_context::ID, probe::component_span::ID];
 
 /// The probes whose data the metrics are made of: every probe but the control probes and
 /// [`TRACE_PROBES`].

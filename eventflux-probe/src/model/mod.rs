@@ -56,6 +56,8 @@ pub struct Engine {
     /// CPU seconds sampled outside any query (engine overhead, sources, unmarked spinning,
     /// I/O); `None` when CPU samples are not taken. A query's own are in [`Query::cpu_seconds`].
     pub cpu_outside_queries: Option<f64>,
+    /// CPU seconds in component operations outside any query (a sink on its own thread).
+    pub cpu_ops_outside_queries: BTreeMap<eventflux_abi::ComponentOp, f64>,
     /// CPU seconds of threads idle in a pool (`cpu::Idle`: consumers spinning for work); `None`
     /// until such a sample.
     pub cpu_idle: Option<f64>,
@@ -132,6 +134,8 @@ pub enum CpuStage {
     Stage(Stage),
     /// In the query's own code, outside its stages (set-up, hand-offs between stages).
     Other,
+    /// In a component operation (a table lookup, a sink publish) inside the query.
+    Op(eventflux_abi::ComponentOp),
     /// A slot state this build does not know (a newer engine).
     Unknown(u32),
 }
@@ -142,6 +146,7 @@ impl CpuStage {
         match self {
             CpuStage::Stage(s) => s.label().to_owned(),
             CpuStage::Other => "other".to_owned(),
+            CpuStage::Op(op) => op.span_name().to_owned(),
             CpuStage::Unknown(state) => format!("unknown_{state}"),
         }
     }
@@ -455,6 +460,11 @@ impl Model {
                         *e.cpu_idle.get_or_insert(0.0) += secs;
                         continue;
                     }
+                    Where::Op(q, op) if q == eventflux_abi::NONE => {
+                        *e.cpu_ops_outside_queries.entry(op).or_insert(0.0) += secs;
+                        continue;
+                    }
+                    Where::Op(q, op) => (q, CpuStage::Op(op)),
                     Where::Query(q) => (q, CpuStage::Other),
                     Where::Stage(q, s) => (q, CpuStage::Stage(s)),
                     Where::Unknown(q, state) => (q, CpuStage::Unknown(state)),

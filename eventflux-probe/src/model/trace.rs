@@ -36,13 +36,26 @@ pub struct Span {
     pub events_out: u64,
     /// The id the engine gave this span (it forwarded the trace from inside it), 0 if none.
     pub span_id: u64,
+    /// A component operation's component (`stage` is then `stage::COMPONENT` + its op).
+    pub component: Option<u32>,
     pub children: Vec<Span>,
 }
 
 impl Span {
     /// `ingest`, `filter`, ... or `query` for the root.
     pub fn name(&self) -> &'static str {
-        if self.stage == stage::BATCH { "query" } else { stage::NAMES.get(self.stage as usize).copied().unwrap_or("?") }
+        if self.stage == stage::BATCH {
+            "query"
+        } else if let Some(op) = self.op() {
+            op.span_name()
+        } else {
+            stage::NAMES.get(self.stage as usize).copied().unwrap_or("?")
+        }
+    }
+
+    /// The component operation this span is, if it is one.
+    pub fn op(&self) -> Option<eventflux_abi::ComponentOp> {
+        self.stage.checked_sub(stage::COMPONENT).and_then(eventflux_abi::ComponentOp::from_code)
     }
 
     pub fn duration_ns(&self) -> u64 {
