@@ -424,3 +424,46 @@ fn an_upstream_that_marks_every_chunk_sampled_gets_the_budget_only() {
         assert!(daemon.stop().success());
     }
 }
+
+/// A snapshot runs outside any batch: each is a trace of its own, a root span "Snapshot" with
+/// its component's name, as long as the engine took it; as many as the demo took, their
+/// durations summing to the histogram's.
+#[test]
+fn every_snapshot_is_a_trace_of_its_own() {
+    let _serial = serial();
+    let receiver = Receiver::http();
+    let scratch = Scratch::new("snapshot-traces");
+    let config = otlp_config(&scratch, &receiver, "http/protobuf");
+    let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "120000"]);
+    let daemon = Daemon::start_with(target.pid(), &["--config", &config]);
+    let s = summary(&target.open_and_wait());
+    let taken = s["components"]["snapshots"]["series"]
+        .as_array()
+        .expect("series")
+        .iter()
+        .find(|x| x["family"] == "persistence_snapshots_total")
+        .and_then(|x| x["value"].as_u64())
+        .expect("snapshots taken");
+    assert_eq!(taken, 2, "one every 50,000 events");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let snapshots = loop {
+        let spans: Vec<Received> = receiver.spans().into_iter().filter(|r| r.span.name == "Snapshot").collect();
+        if spans.len() as u64 >= taken || Instant::now() > deadline {
+            break spans;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(snapshots.len() as u64, taken);
+    let mut total_ns = 0;
+    for r in &snapshots {
+        assert!(r.span.parent_span_id.is_empty(), "a root");
+        assert_eq!(attr(&r.span.attributes, "component.name").as_deref(), Some("snapshots"));
+        assert_eq!(attr(&r.span.attributes, "processor.type").as_deref(), Some("snapshot"));
+        assert!(attr(&r.span.attributes, "query.id").is_none(), "no query: {:?}", r.span.attributes);
+        total_ns += r.span.end_time_unix_nano - r.span.start_time_unix_nano;
+    }
+    let m = parse_metrics(&daemon.scrape());
+    let sum = value(&m, "persistence_snapshot_duration_seconds_sum", &[("persistence", "snapshots")]).expect("sum");
+    assert!((sum * 1e9 - total_ns as f64).abs() <= 2.0 * taken as f64, "histogram {sum} s, spans {total_ns} ns");
+    assert!(daemon.stop().success());
+}

@@ -58,6 +58,9 @@ impl Timed {
             return;
         }
         let end = crate::span::now_ns();
-        component_sample::site(self.component, self.op.code(), items, end.saturating_sub(self.start), self.start);
+        let duration = end.saturating_sub(self.start);
+        component_sample::site(self.component, self.op.code(), items, duration, self.start);
+        // A rare operation runs outside batches: a trace of its own.
+        component_span::site(self.component, self.op.code(), eventflux_abi::NONE, items, duration, self.start);
     }
 }

@@ -111,8 +111,10 @@ pub fn run(args: &Args) -> Result<()> {
             };
             daemon.drain();
             daemon.drain_spans(|r| {
+                // Batches only: an operation outside batches (a snapshot) is not a batch's tree.
                 if let Some(t) = assembler.push(r)
                     && t.root.start_ns >= settled
+                    && t.query != eventflux_abi::NONE
                 {
                     held.push(t);
                 }

@@ -79,6 +79,8 @@ impl Assembler {
             }
         };
         match r.kind {
+            // A rare component operation outside any batch (a snapshot): a tree of its own.
+            SPAN_STAGE if r.query == eventflux_abi::NONE => Some(standalone(&r)),
             SPAN_STAGE => {
                 let pending = self.pending.entry((r.pid, r.tid)).or_default();
                 if pending.len() == MAX_PENDING {
@@ -124,6 +126,31 @@ impl Assembler {
     pub fn forget(&mut self, pid: u32) {
         self.pending.retain(|(p, _), _| *p != pid);
         self.contexts.retain(|(p, _), _| *p != pid);
+    }
+}
+
+/// The trace of an operation that ran outside batches: its span is the root.
+fn standalone(r: &SpanRecord) -> Trace {
+    let root = Span {
+        stage: r.stage_or_stream,
+        start_ns: r.start_ns,
+        end_ns: r.start_ns.saturating_add(r.total_ns),
+        self_ns: r.total_ns,
+        events_in: r.events_in,
+        events_out: r.events_out,
+        span_id: 0,
+        component: Some(r.clean),
+        children: Vec::new(),
+    };
+    Trace {
+        pid: r.pid,
+        tid: r.tid,
+        query: eventflux_abi::NONE,
+        stream: eventflux_abi::NONE,
+        clean: false,
+        latency_ns: r.total_ns,
+        context: None,
+        root,
     }
 }
 

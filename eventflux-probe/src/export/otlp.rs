@@ -236,6 +236,8 @@ impl Exporter {
     fn spans(&self, t: &Trace, model: &Model, clock: &Clock) -> Vec<SpanData> {
         let engine = model.engines.get(&t.pid);
         let query = engine.and_then(|e| e.queries.get(&t.query));
+        // An operation outside batches (a snapshot) belongs to no query or stream.
+        let outside = t.query == eventflux_abi::NONE;
         let query_name = query.map_or_else(|| format!("query{}", t.query), |q| q.name.clone());
         let stream = engine.map_or_else(|| format!("stream{}", t.stream), |e| e.stream_name(t.stream));
         let window = query.and_then(|q| q.window).map(eventflux_abi::WindowKind::label);
@@ -279,14 +281,17 @@ impl Exporter {
             } else {
                 SpanKind::Internal
             };
-            let mut attributes = vec![
-                KeyValue::new("query.id", query_name.clone()),
-                KeyValue::new("stream.name", stream.clone()),
+            let mut attributes = if outside {
+                vec![]
+            } else {
+                vec![KeyValue::new("query.id", query_name.clone()), KeyValue::new("stream.name", stream.clone())]
+            };
+            attributes.extend([
                 KeyValue::new("event.count", span.events_in as i64),
                 KeyValue::new("eventflux.events_out", span.events_out as i64),
                 KeyValue::new("eventflux.self_ns", span.self_ns as i64),
                 KeyValue::new("thread.id", i64::from(t.tid)),
-            ];
+            ]);
             if span.stage != stage::BATCH {
                 attributes.push(KeyValue::new("processor.type", span.name()));
             }

@@ -358,7 +358,8 @@ async fn background(shared: Arc<RunService>) {
     // Traces wait up to 2 s for their query's name (registrations are replayed after attach).
     let mut held = crate::model::trace::Held::new(Duration::from_secs(2));
     let clock = crate::model::trace::Clock::now();
-    // Batches that began before the markers settled may lack stages (docs/probes.md).
+    // Batches that began before the markers settled may lack stages (docs/probes.md); an
+    // operation outside batches (a snapshot) has none to lack.
     let settled = clock.monotonic_now() + 100_000_000;
     loop {
         tick.tick().await;
@@ -366,7 +367,7 @@ async fn background(shared: Arc<RunService>) {
         if let Some(exporter) = &shared.exporter {
             shared.daemon.drain_spans(|r| {
                 if let Some(t) = assembler.push(r)
-                    && t.root.start_ns >= settled
+                    && (t.root.start_ns >= settled || t.query == eventflux_abi::NONE)
                 {
                     held.push(t);
                 }
