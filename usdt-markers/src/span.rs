@@ -54,11 +54,16 @@ const MAX_OPEN: usize = 16;
 /// Records a thread keeps until its outermost span closes.
 const MAX_RECORDS: usize = 64;
 
+/// [`Batch::start`] of a batch that is not sampled while a tool takes the samples (the tail
+/// sampler may still time it from an emitting stage on); 0 when nobody does. A clock reading is
+/// never 1.
+const UNSAMPLED: u64 = 1;
+
 /// A query batch, sampled or not. Pass it to [`Batch::exit`] when the batch is done.
 #[must_use = "a sampled batch is reported when it exits"]
 #[derive(Debug)]
 pub struct Batch {
-    /// Start on CLOCK_MONOTONIC, 0 when not sampled.
+    /// Start on CLOCK_MONOTONIC when sampled; else [`UNSAMPLED`], or 0 while detached.
     start: u64,
     /// The CPU slot's state before this batch ([`crate::cpu::UNSET`]: not written).
     slot: u64,
@@ -351,7 +356,8 @@ impl Batch {
         Batch { start: Batch::timed(query_id), slot, query: query_id, incoming: false, _thread: THREAD_BOUND }
     }
 
-    /// The start of a batch that is sampled, else 0.
+    /// The start of a batch that is sampled, [`UNSAMPLED`] for one that is not while a tool
+    /// takes the samples, else 0.
     #[inline(always)]
     fn timed(query: u32) -> u64 {
         if !batch_sample::is_enabled() {
@@ -377,7 +383,7 @@ impl Batch {
         let left = COUNTDOWN.with(Cell::get);
         if left > 1 {
             COUNTDOWN.with(|c| c.set(left - 1));
-            return 0;
+            return UNSAMPLED;
         }
         Batch::sampled(query)
     }
@@ -498,14 +504,14 @@ impl Batch {
 
     /// Whether this batch is sampled.
     pub fn is_sampled(&self) -> bool {
-        self.start != 0
+        self.start > UNSAMPLED
     }
 
     /// Records the batch's hand-off from its stream junction: `wait_ns` the chunk waited in an
     /// async junction's queue. Reported as the `ingest` stage.
     pub fn handoff(&self, events: u64, wait_ns: u64) {
         let query_id = self.query;
-        if self.start != 0 {
+        if self.start > UNSAMPLED {
             RECORDER.with(|r| {
                 let mut r = r.borrow_mut();
                 let depth = r.depth;
@@ -535,11 +541,14 @@ impl Batch {
         std::mem::forget(self);
         // Before the records fire: their traps are the observer's, not this query's.
         crate::cpu::leave(slot);
+        // Detached: one test of a register.
         if start != 0 {
-            Batch::exit_sampled(start, query_id, stream_id, events_in, events_out);
-        } else if batch_sample::is_enabled() && DEPTH.with(Cell::get) != 0 {
-            // Unsampled, yet a span is open: the tail sampler promoted this batch.
-            Batch::exit_promoted(query_id, stream_id, events_in, events_out);
+            if start != UNSAMPLED {
+                Batch::exit_sampled(start, query_id, stream_id, events_in, events_out);
+            } else if DEPTH.with(Cell::get) != 0 {
+                // Unsampled, yet a span is open: the tail sampler promoted this batch.
+                Batch::exit_promoted(query_id, stream_id, events_in, events_out);
+            }
         }
         if incoming {
             INCOMING.with(|i| i.set(None));
@@ -616,8 +625,8 @@ impl Drop for Batch {
         // Before `abandon` fires the thread's records, as `exit` does.
         crate::cpu::leave(self.slot);
         // Sampled, or unsampled with the tail sampler's frame open in it.
-        let timed =
-            self.start != 0 || (batch_sample::is_enabled() && DEPTH.with(Cell::get) != 0 && promoted_start().is_some());
+        let timed = self.start > UNSAMPLED
+            || (self.start == UNSAMPLED && DEPTH.with(Cell::get) != 0 && promoted_start().is_some());
         if timed {
             abandon();
         }
@@ -699,8 +708,7 @@ fn batch_key() -> u64 {
 }
 
 /// At an emitting stage (aggregate or emit) of a batch not timed for its stages: the tail
-/// sampler's share of the work that can be done inline (the countdown of a slot that does not
-/// watch), else [`tail`].
+/// sampler's quick share (the countdown of a slot that does not watch), else [`tail`].
 #[inline(always)]
 fn tail_entry(query: u32) {
     let key = batch_key();
