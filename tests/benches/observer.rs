@@ -242,7 +242,14 @@ fn bench_throughput() -> Result<()> {
         "  {:<8} {:>12} {:>14} {:>14} {:>14}   {:>18}",
         "--batch", "detached", "run defaults", "bpftrace", "--every-batch", "BPF runs/s (run)"
     );
+    // `EVENTFLUX_BENCH_BATCHES=1,64` keeps those chunk sizes only.
+    let only: Option<Vec<usize>> = std::env::var("EVENTFLUX_BENCH_BATCHES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect());
     for (batch, events) in [(1usize, 1_000_000u64), (64, 10_000_000), (1024, 20_000_000)] {
+        if only.as_ref().is_some_and(|o| !o.contains(&batch)) {
+            continue;
+        }
         let args = demo_args(events, batch, 0);
         let watchers = [Watcher::Detached, Watcher::Run(&[]), Watcher::Bpftrace, Watcher::EveryBatch];
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
@@ -396,6 +403,45 @@ fn latency_round(batch: usize, events: u64, rate: u64) -> Result<()> {
             bucket_distance(p99, le99)
         );
     }
+    Ok(())
+}
+
+/// Issue 20's tails: chunks of one event, the length-batch query flushing once per `window`
+/// events that pass its filter (64, the demo's default; 500; 1000, as in the engine), under
+/// `run`'s defaults and under `run --every-batch`: the exported p99.9 and maximum against the demo's own clock around every
+/// batch (p99.9 of all batches; the maximum of the flushes' work from their first aggregation,
+/// which is where an unsampled batch's timing starts).
+fn bench_tails() -> Result<()> {
+    println!("tails: q1_length_batch at chunks of one event, exported p99.9 and max against the demo's own clock:");
+    println!(
+        "  {:<6} {:<14} {:>9} {:>10} {:>12} {:>8} {:>10} {:>12} {:>8} {:>10}",
+        "window", "observer", "batches", "p99.9 own", "p99.9 le", "buckets", "max own", "max le", "buckets", "events/s"
+    );
+    for window in [64u64, 500, 1000] {
+        let mut args = demo_args(3_000_000, 1, 0);
+        args.extend(["--length-batch".to_owned(), window.to_string()]);
+        let detached = observed(&args, Watcher::Detached)?;
+        println!("  {window:<6} {:<14} {:>101.0}", "detached", detached.rate);
+        for (label, watcher) in [("run", Watcher::Run(&[])), ("--every-batch", Watcher::Run(&["--every-batch"]))] {
+            let o = observed(&args, watcher)?;
+            let q = &o.summary["queries"]["q1_length_batch"];
+            let id = [("query_id", "q1_length_batch")];
+            let le_ns = |q: f64| {
+                integration_tests::bucket_quantile(&o.metrics, "query_latency_seconds", &id, q)
+                    .map_or(f64::NAN, |le| le * 1e9)
+            };
+            let (p999, max) = (q["p999_ns"].as_u64().unwrap_or(0), q["emitting_work_max_ns"].as_u64().unwrap_or(0));
+            let (le999, lemax) = (le_ns(0.999), le_ns(1.0));
+            println!(
+                "  {window:<6} {label:<14} {:>9} {p999:>8}ns {le999:>10.0}ns {:>8} {max:>8}ns {lemax:>10.0}ns {:>8} {:>10.0}",
+                q["batches"],
+                bucket_distance(p999, le999),
+                bucket_distance(max, lemax),
+                o.rate
+            );
+        }
+    }
+    println!("  target: p99.9 and max within 2 buckets at run's defaults");
     Ok(())
 }
 
@@ -689,6 +735,9 @@ fn main() -> Result<()> {
         }
         if run("latency") {
             bench_latency()?;
+        }
+        if run("tails") {
+            bench_tails()?;
         }
         if run("cpu") {
             bench_cpu()?;
