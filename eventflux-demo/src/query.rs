@@ -335,17 +335,23 @@ impl Query {
     fn window(&mut self, input: &[Event]) -> u64 {
         let n = input.len() as u64;
         let span = Span::enter(self.id, Stage::Window);
+        let ops = self.window_ops(input);
+        let emitted = if ops.is_empty() { 0 } else { self.aggregate(&ops) };
+        span.exit(n, ops.len() as u64);
+        self.probes.window_state.set(self.window.state_bytes());
+        emitted
+    }
+
+    /// The window's work on `input`, as the window component counts it: what it hands on.
+    fn window_ops(&mut self, input: &[Event]) -> Vec<Op> {
         let mut ops = Vec::with_capacity(input.len() * 2);
         self.window.process(input, &mut ops);
         if let Some(w) = &mut self.window_component {
             let expired = ops.iter().filter(|op| matches!(op, Op::Remove(_))).count() as u64;
             let flushes = ops.iter().filter(|op| matches!(op, Op::Flush)).count() as u64;
-            w.record(n, expired, flushes, self.window.held());
+            w.record(input.len() as u64, expired, flushes, self.window.held());
         }
-        let emitted = if ops.is_empty() { 0 } else { self.aggregate(&ops) };
-        span.exit(n, ops.len() as u64);
-        self.probes.window_state.set(self.window.state_bytes());
-        emitted
+        ops
     }
 
     /// The engine's SQL order: the window takes the whole chunk, the WHERE clause filters what
@@ -355,13 +361,7 @@ impl Query {
     fn window_first(&mut self, chunk: &[Event]) -> u64 {
         let n = chunk.len() as u64;
         let span = Span::enter(self.id, Stage::Window);
-        let mut ops = Vec::with_capacity(chunk.len() * 2);
-        self.window.process(chunk, &mut ops);
-        if let Some(w) = &mut self.window_component {
-            let expired = ops.iter().filter(|op| matches!(op, Op::Remove(_))).count() as u64;
-            let flushes = ops.iter().filter(|op| matches!(op, Op::Flush)).count() as u64;
-            w.record(n, expired, flushes, self.window.held());
-        }
+        let ops = self.window_ops(chunk);
         let emitted = if ops.is_empty() { 0 } else { self.filter_ops(&ops) };
         span.exit(n, ops.len() as u64);
         self.probes.window_state.set(self.window.state_bytes());

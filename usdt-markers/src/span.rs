@@ -558,7 +558,12 @@ impl Batch {
     #[cold]
     #[inline(never)]
     fn exit_sampled(start: u64, query: u32, stream: u32, events_in: u64, events_out: u64) {
-        let end = now_ns();
+        Batch::close_batch(start, now_ns(), query, stream, events_in, events_out);
+        finish();
+    }
+
+    /// Closes the batch frame that began at `start`, at `end`: its record joins the thread's.
+    fn close_batch(start: u64, end: u64, query: u32, stream: u32, events_in: u64, events_out: u64) {
         close(start, end, None, |total, _, f| Record::Batch {
             query,
             stream,
@@ -567,13 +572,13 @@ impl Batch {
             latency_ns: total,
             start_ns: f.start,
             stages: f.stages,
+            // A uniform sample's weight is known now; a tail pick's was set when picked.
             weight: if f.weight != 0 && !f.promoted && !f.picked {
                 uniform_weight(query, f.tail_seen)
             } else {
                 f.weight
             },
         });
-        finish();
     }
 
     /// Closes the frame the tail sampler opened in this batch (the innermost open span when
@@ -583,16 +588,7 @@ impl Batch {
     fn exit_promoted(query: u32, stream: u32, events_in: u64, events_out: u64) {
         let Some((start, tail_query)) = promoted_start() else { return };
         let end = now_ns();
-        close(start, end, None, |total, _, f| Record::Batch {
-            query,
-            stream,
-            events_in,
-            events_out,
-            latency_ns: total,
-            start_ns: f.start,
-            stages: f.stages,
-            weight: f.weight,
-        });
+        Batch::close_batch(start, end, query, stream, events_in, events_out);
         RECORDER.with(|r| {
             let mut r = r.borrow_mut();
             let last = r.len.checked_sub(1)?;
