@@ -137,8 +137,12 @@ impl Held {
 /// Whether `t`'s query has registered (its name is known).
 pub fn named(model: &crate::model::Model, t: &Trace) -> bool {
     if t.query == eventflux_abi::NONE {
-        // An operation outside batches: named by its component, whose registration came first.
-        return true;
+        // An operation outside batches (a snapshot): named by its component.
+        let component = t.root.component;
+        return model
+            .engines
+            .get(&t.pid)
+            .is_some_and(|e| component.is_some_and(|c| e.components.get(&c).is_some_and(|c| c.registered)));
     }
     model.engines.get(&t.pid).is_some_and(|e| e.queries.get(&t.query).is_some_and(|q| q.registered))
 }
