@@ -425,6 +425,25 @@ fn dashboards() -> Vec<Dashboard> {
                             .q(format!("table_rows{{{I}}}"), "{{table}}"),
                         panel("Table size", "bytes", "Bytes each table's rows take.")
                             .q(format!("table_size_bytes{{{I}}}"), "{{table}}"),
+                        panel("Table lookup and sink publish p99", "s", "Time of one chunk's table lookup and one sink publish, p99, from batches sampled for their stages.")
+                            .q(format!("histogram_quantile(0.99, sum by (instance, pid, table, le) (rate(table_lookup_duration_seconds_bucket{{{I}}}[$__rate_interval])))"), "lookup {{table}}")
+                            .q(format!("histogram_quantile(0.99, sum by (instance, pid, sink, le) (rate(sink_publish_duration_seconds_bucket{{{I}}}[$__rate_interval])))"), "publish {{sink}}")
+                            .width(24),
+                    ],
+                },
+                Row {
+                    title: "Transport between nodes",
+                    panels: vec![
+                        panel("Transport messages / s", "ops", "Messages the engine sent to and received from other nodes, per transport and direction.")
+                            .q(format!("sum by (instance, pid, transport, direction) (rate(transport_messages_total{{{I}}}[$__rate_interval]))"), "{{transport}} {{direction}}")
+                            .width(8),
+                        panel("Transport bytes / s", "Bps", "Bytes the engine sent to and received from other nodes.")
+                            .q(format!("sum by (instance, pid, transport, direction) (rate(transport_bytes_total{{{I}}}[$__rate_interval]))"), "{{transport}} {{direction}}")
+                            .width(8),
+                        panel("Transport peers and errors / s", "short", "Peers connected per transport, and the rate of its send and receive errors.")
+                            .q(format!("transport_peers_connected{{{I}}}"), "{{transport}} peers")
+                            .q(format!("sum by (instance, pid, transport) (rate(transport_errors_total{{{I}}}[$__rate_interval]))"), "{{transport}} errors / s")
+                            .width(8),
                     ],
                 },
             ],
