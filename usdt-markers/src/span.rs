@@ -365,15 +365,7 @@ impl Batch {
         }
         // Inside a sampled batch every nested batch is part of its record.
         if DEPTH.with(Cell::get) != 0 {
-            let start = open(now_ns(), true);
-            if start != 0 {
-                RECORDER.with(|r| {
-                    let mut r = r.borrow_mut();
-                    let d = r.depth - 1;
-                    r.open[d].query = query;
-                });
-            }
-            return start;
+            return open(now_ns(), Some(query));
         }
         // Batches per tail slot: how rare the slot's emitting batches are.
         TAIL_BATCHES.with(|b| {
@@ -489,13 +481,12 @@ impl Batch {
             };
             Traced { trace_id, span_id: new_span_id(), parent_span_id, flags }
         });
-        let start = open(now_ns(), true);
+        let start = open(now_ns(), Some(query));
         if start != 0 {
             RECORDER.with(|r| {
                 let mut r = r.borrow_mut();
                 let d = r.depth - 1;
                 r.open[d].weight = weight;
-                r.open[d].query = query;
                 r.trace = trace;
             });
         }
@@ -830,7 +821,7 @@ fn tail(query: u32) {
         return;
     }
     crate::flusher::start_flusher();
-    if open(now_ns(), true) != 0 {
+    if open(now_ns(), Some(query)) != 0 {
         RECORDER.with(|r| {
             let mut r = r.borrow_mut();
             let d = r.depth - 1;
@@ -838,7 +829,6 @@ fn tail(query: u32) {
             f.weight = pick.unwrap_or(0);
             f.promoted = true;
             f.tail_seen = true;
-            f.query = query;
         });
     }
 }
@@ -910,12 +900,12 @@ pub(crate) fn op_close(start: u64, component: u32, op: eventflux_abi::ComponentO
 #[cold]
 #[inline(never)]
 fn open_now() -> u64 {
-    open(now_ns(), false)
+    open(now_ns(), None)
 }
 
-/// Opens a span (a batch or a stage); `before` is the clock read when its bookkeeping began.
-/// Returns its start (never 0), or 0 if too deeply nested.
-fn open(before: u64, batch: bool) -> u64 {
+/// Opens a span: a batch of `query` (`Some`) or a stage; `before` is the clock read when its
+/// bookkeeping began. Returns its start (never 0), or 0 if too deeply nested.
+fn open(before: u64, batch: Option<u32>) -> u64 {
     let opened = RECORDER.with(|r| {
         let mut r = r.borrow_mut();
         if r.depth >= MAX_OPEN {
@@ -928,12 +918,12 @@ fn open(before: u64, batch: bool) -> u64 {
             before,
             overhead: 0,
             children_ns: 0,
-            batch,
+            batch: batch.is_some(),
             weight: 0,
             promoted: false,
             tail_seen: false,
             picked: false,
-            query: 0,
+            query: batch.unwrap_or(0),
             stages: [0; STAGES],
             span_id: 0,
         };
