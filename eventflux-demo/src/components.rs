@@ -589,7 +589,8 @@ impl Pattern {
         Pattern { tally, partial: std::collections::VecDeque::new() }
     }
 
-    pub fn push(&mut self, chunk: &[crate::event::Event]) {
+    /// Steps the pattern over `chunk`: the matches it completed.
+    pub fn push(&mut self, chunk: &[crate::event::Event]) -> u64 {
         let (mut started, mut matched, mut expired) = (0, 0, 0);
         for e in chunk {
             while self.partial.front().is_some_and(|(_, ts)| ts + PATTERN_WITHIN_MS < e.ts_ms) {
@@ -611,6 +612,7 @@ impl Pattern {
         self.tally.add(CC::PatternExpired, 0, expired);
         let alive = self.partial.len() as u64;
         self.tally.set(CG::PatternPartialMatches, alive);
+        matched
     }
 }
 

@@ -113,6 +113,10 @@ struct Args {
     /// `join_query`).
     #[arg(long)]
     join_query: bool,
+    /// Run the pattern on the first stream as a query of its own (`price_swing`), which
+    /// inserts its matches into `Swings` (reported as `pattern_query`).
+    #[arg(long)]
+    pattern_query: bool,
     /// Run each query in the engine's SQL order: the window first, the WHERE filter on what it
     /// hands on (nested inside it), aggregation for what left and what entered it, and each
     /// insert in two parts: stage spans nest differently, and run twice in one batch.
@@ -171,6 +175,7 @@ fn run(args: &Args) -> Result<()> {
         length_batch: args.length_batch,
         unnamed: args.unnamed,
         join_query: args.join_query,
+        pattern_query: args.pattern_query,
         where_after_window: args.where_after_window,
         spin: Duration::from_micros(args.spin_us),
     };
@@ -294,6 +299,9 @@ fn summary(config: &Config, outcome: &Outcome) -> Value {
     }
     if let Some(join) = &outcome.join_query {
         v["join_query"] = join.clone();
+    }
+    if let Some(pattern) = &outcome.pattern_query {
+        v["pattern_query"] = pattern.clone();
     }
     v
 }

@@ -20,7 +20,7 @@ use crate::net::{Forward, Inbound};
 use crate::query::{Query, QueryStats};
 use crate::queue::{Pushed, Queue};
 use crate::trouble::{self, in_trouble};
-use usdt_markers::abi::{ComponentCounter as CC, ComponentGauge as CG, ComponentKind};
+use usdt_markers::abi::{ComponentCounter as CC, ComponentGauge as CG, ComponentKind, ComponentOp};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -54,6 +54,8 @@ pub struct Config {
     pub unnamed: bool,
     /// The join of the first two streams is also a query of its own, reading both.
     pub join_query: bool,
+    /// The pattern on the first stream is also a query of its own.
+    pub pattern_query: bool,
     /// Queries run the engine's SQL order: window, then WHERE, then aggregation and insert
     /// twice per chunk the window hands on.
     pub where_after_window: bool,
@@ -109,6 +111,8 @@ pub struct Outcome {
     pub restored: Option<Vec<u64>>,
     /// `--join-query`: what the join query did.
     pub join_query: Option<serde_json::Value>,
+    /// `--pattern-query`: what the pattern query did.
+    pub pattern_query: Option<serde_json::Value>,
     /// CPU seconds async workers spun idle (`--spin-us`).
     pub idle_cpu_s: f64,
     pub elapsed: Duration,
@@ -300,10 +304,21 @@ enum Input {
 
 pub fn run(config: &Config) -> Result<Outcome> {
     let (mut streams, defs) = plan(config);
-    let mut join_query = (config.join_query && config.streams >= 2).then(|| JoinQuery::new(config, &mut streams));
+    // Query ids and output streams after the pipeline's.
+    let (next_query, next_stream) = (config.queries, config.streams + config.queries);
+    let mut join_query = (config.join_query && config.streams >= 2).then(|| {
+        OperatorQuery::new((next_query, "stock_join", ComponentOp::JoinProbe), &[0, 1], (next_stream, "JoinOut"), &mut streams)
+    });
+    let mut pattern_query = config.pattern_query.then(|| {
+        let ids = (next_query + 1, "price_swing", ComponentOp::PatternStep);
+        OperatorQuery::new(ids, &[0], (next_stream + 1, "Swings"), &mut streams)
+    });
     register(config, &streams, &defs);
     if let Some(q) = &join_query {
-        q.register();
+        q.register(components::JOIN_WINDOW as u64);
+    }
+    if let Some(q) = &pattern_query {
+        q.register(0);
     }
 
     let forward = config.forward.map(Forward::connect).transpose()?.map(Arc::new);
@@ -474,14 +489,19 @@ pub fn run(config: &Config) -> Result<Outcome> {
         }
         if let Some(join) = join.as_mut().filter(|_| stream < 2) {
             match join_query.as_mut() {
-                Some(q) => q.process(join, stream, &chunk),
+                Some(q) => q.process(join.id(), stream, n, || join.push(stream, &chunk)),
                 None => {
                     join.push(stream, &chunk);
                 }
             }
         }
         if stream == 0 {
-            pattern.push(&chunk);
+            match pattern_query.as_mut() {
+                Some(q) => q.process(pattern.id(), 0, n, || pattern.push(&chunk)),
+                None => {
+                    pattern.push(&chunk);
+                }
+            }
             aggregation.push(&chunk);
         }
         if stream == partitioned {
@@ -546,7 +566,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
     for q in &defs {
         usdt_markers::unregister_query(q.id);
     }
-    if let Some(q) = &join_query {
+    for q in join_query.iter().chain(&pattern_query) {
         usdt_markers::unregister_query(q.id);
     }
     let mut components = Vec::new();
@@ -610,13 +630,24 @@ pub fn run(config: &Config) -> Result<Outcome> {
         queries_out.push((def, query.stats));
     }
     // What it inserted is what its output stream received.
-    if let Some(q) = &join_query
-        && let Some(out) = streams.iter_mut().find(|s| s.id == q.output_stream)
-    {
-        out.stats.received = q.rows;
+    for q in join_query.iter().chain(&pattern_query) {
+        if let Some(out) = streams.iter_mut().find(|s| s.id == q.output_stream) {
+            out.stats.received = q.rows;
+        }
     }
     let join_query = join_query.map(|q| q.summary());
-    Ok(Outcome { streams, queries: queries_out, connections, components, restored, elapsed, join_query, idle_cpu_s })
+    let pattern_query = pattern_query.map(|q| q.summary());
+    Ok(Outcome {
+        streams,
+        queries: queries_out,
+        connections,
+        components,
+        restored,
+        elapsed,
+        join_query,
+        pattern_query,
+        idle_cpu_s,
+    })
 }
 
 /// Sleeps until `produced` events are due at `rate` events per second; returns how many events
@@ -632,59 +663,81 @@ fn pace(started: Instant, produced: u64, rate: u64) -> u64 {
     }
 }
 
-/// `--join-query`: the join of the first two streams as the engine runs a join, a query of its
-/// own that reads both (`query_register` with the left stream, `query_input` with the right)
-/// and inserts the joined rows into `JoinOut`. Each chunk of either side is one of its batches.
-struct JoinQuery {
+/// A component run as a query of its own, as the engine runs joins and patterns: each chunk
+/// it takes from one of its input streams is one of its batches, with the component's
+/// operation (a join probe, a pattern step) timed inside it, and the rows it finds inserted
+/// into its output stream. `--join-query`: `stock_join` reads the first two streams
+/// (`query_register` with the left, `query_input` with the right) into `JoinOut`;
+/// `--pattern-query`: `price_swing` reads the first into `Swings`.
+struct OperatorQuery {
     id: u32,
+    name: &'static str,
+    op: ComponentOp,
+    /// Its input streams' ids and names; the first is the one it registers with.
+    inputs: Vec<(u32, String)>,
     output_stream: u32,
-    events: [usdt_markers::query_events::Counter; 2],
+    events: Vec<usdt_markers::query_events::Counter>,
     emitted: usdt_markers::emitted::Counter,
-    processed: [u64; 2],
+    processed: Vec<u64>,
     batches: u64,
     rows: u64,
 }
 
-impl JoinQuery {
-    fn new(config: &Config, streams: &mut Vec<StreamDef>) -> JoinQuery {
-        let (id, output_stream) = (config.queries, config.streams + config.queries);
+impl OperatorQuery {
+    /// Query `id` reading `inputs` (stream ids) into a new output stream `output`.
+    fn new(
+        (id, name, op): (u32, &'static str, ComponentOp),
+        inputs: &[u32],
+        (output_stream, output): (u32, &str),
+        streams: &mut Vec<StreamDef>,
+    ) -> OperatorQuery {
+        let inputs: Vec<(u32, String)> = inputs
+            .iter()
+            .map(|&s| (s, streams.iter().find(|d| d.id == s).map_or_else(|| format!("stream{s}"), |d| d.name.clone())))
+            .collect();
         streams.push(StreamDef {
             id: output_stream,
-            name: "JoinOut".into(),
+            name: output.into(),
             role: StreamRole::Output,
             protocol: None,
             stats: StreamStats::default(),
         });
-        JoinQuery {
+        OperatorQuery {
             id,
+            name,
+            op,
+            events: inputs.iter().map(|&(s, _)| usdt_markers::query_events::Counter::new(id, s)).collect(),
+            processed: vec![0; inputs.len()],
+            inputs,
             output_stream,
-            events: [0, 1].map(|s| usdt_markers::query_events::Counter::new(id, s)),
             emitted: usdt_markers::emitted::Counter::new(id, output_stream),
-            processed: [0; 2],
             batches: 0,
             rows: 0,
         }
     }
 
-    fn register(&self) {
+    fn register(&self, window_size: u64) {
         usdt_markers::register_query(QueryInfo {
             id: self.id,
-            name: "stock_join",
-            input_stream: 0,
+            name: self.name,
+            input_stream: self.inputs[0].0,
             output_stream: self.output_stream,
             window: WindowKind::Length,
-            window_size: components::JOIN_WINDOW as u64,
+            window_size,
         });
-        usdt_markers::register_query_input(self.id, 1);
+        for &(stream, _) in &self.inputs[1..] {
+            usdt_markers::register_query_input(self.id, stream);
+        }
     }
 
-    fn process(&mut self, join: &mut Join, side: usize, chunk: &[crate::event::Event]) {
-        let n = chunk.len() as u64;
+    /// A chunk of `n` events from input `side`: one batch, in which `work` (component
+    /// `component`'s operation) returns the rows found.
+    fn process(&mut self, component: u32, side: usize, n: u64, work: impl FnOnce() -> u64) {
         let batch = usdt_markers::span::Batch::enter(self.id);
-        let probe = usdt_markers::ops::Timed::start(join.id(), usdt_markers::abi::ComponentOp::JoinProbe);
-        let rows = join.push(side, chunk);
-        probe.finish(n);
-        batch.exit(side as u32, n, rows);
+        let timed = usdt_markers::ops::Timed::start(component, self.op);
+        let rows = work();
+        timed.finish(n);
+        batch.exit(self.inputs[side].0, n, rows);
         self.events[side].add(n, 1);
         if rows > 0 {
             self.emitted.add(rows);
@@ -695,9 +748,11 @@ impl JoinQuery {
     }
 
     fn summary(&self) -> serde_json::Value {
+        let processed: serde_json::Map<String, serde_json::Value> =
+            self.inputs.iter().zip(&self.processed).map(|((_, name), &n)| (name.clone(), n.into())).collect();
         serde_json::json!({
             "id": self.id,
-            "processed": {"Stock0": self.processed[0], "Stock1": self.processed[1]},
+            "processed": processed,
             "batches": self.batches,
             "emitted": self.rows,
         })

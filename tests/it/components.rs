@@ -377,7 +377,7 @@ fn a_query_that_reads_two_streams_counts_each() {
 #[test]
 fn frequent_operations_are_timed_in_sampled_batches() {
     let _serial = serial();
-    let args = ["--events", "60000", "--join-query", "--filter-cost", "0"];
+    let args = ["--events", "60000", "--join-query", "--pattern-query", "--filter-cost", "0"];
     let target = GatedDemo::start(&bin("eventflux-demo"), &args);
     let daemon = Daemon::start_with(target.pid(), &["--every-batch"]);
     let s = summary(&target.open_and_wait());
@@ -390,6 +390,7 @@ fn frequent_operations_are_timed_in_sampled_batches() {
         batches(&s["queries"]["q0_length"])
     );
     assert_eq!(count("join_probe_duration_seconds", &[("join", "StockJoin")]), batches(&s["join_query"]));
+    assert_eq!(count("pattern_step_duration_seconds", &[("pattern", "PriceSwing")]), batches(&s["pattern_query"]));
     assert!(count("sink_publish_duration_seconds", &[("sink", "Q0Out_log")]) > 0);
     assert!(daemon.stop().success());
 }

@@ -198,12 +198,12 @@ fn unknown_query_and_bad_count_are_one_line() {
 fn component_operations_are_spans_of_the_stage_they_ran_in() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
-    let args = ["--events", "6400", "--batch", "64", "--queries", "3", "--streams", "2", "--join-query"];
+    let args = ["--events", "6400", "--batch", "64", "--queries", "3", "--streams", "2", "--join-query", "--pattern-query"];
     let target = GatedDemo::start(&demo, &args);
-    let trace = start_trace(target.pid(), &["--every-batch", "--count", "250"]);
+    let trace = start_trace(target.pid(), &["--every-batch", "--count", "300"]);
     let summary = summary(&target.open_and_wait());
     let traces = traces(trace);
-    assert_eq!(traces.len(), 250, "150 query batches and 100 of the join");
+    assert_eq!(traces.len(), 300, "150 query batches, 100 of the join, 50 of the pattern");
     let ops = |query: &str, op: &str| -> Vec<Vec<(String, String)>> {
         traces
             .iter()
@@ -224,4 +224,8 @@ fn component_operations_are_spans_of_the_stage_they_ran_in() {
     let probes = ops("stock_join", "join_probe");
     assert_eq!(probes.len() as u64, summary["join_query"]["batches"].as_u64().expect("batches"));
     assert!(probes.iter().all(|p| p == &[("query".to_owned(), "join_probe".to_owned())]), "{probes:?}");
+    // And every batch of the pattern query steps its pattern.
+    let steps = ops("price_swing", "pattern_step");
+    assert_eq!(steps.len() as u64, summary["pattern_query"]["batches"].as_u64().expect("batches"));
+    assert!(steps.iter().all(|p| p == &[("query".to_owned(), "pattern_step".to_owned())]), "{steps:?}");
 }
