@@ -307,7 +307,12 @@ pub fn run(config: &Config) -> Result<Outcome> {
     // Query ids and output streams after the pipeline's.
     let (next_query, next_stream) = (config.queries, config.streams + config.queries);
     let mut join_query = (config.join_query && config.streams >= 2).then(|| {
-        OperatorQuery::new((next_query, "stock_join", ComponentOp::JoinProbe), &[0, 1], (next_stream, "JoinOut"), &mut streams)
+        OperatorQuery::new(
+            (next_query, "stock_join", ComponentOp::JoinProbe),
+            &[0, 1],
+            (next_stream, "JoinOut"),
+            &mut streams,
+        )
     });
     let mut pattern_query = config.pattern_query.then(|| {
         let ids = (next_query + 1, "price_swing", ComponentOp::PatternStep);

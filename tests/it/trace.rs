@@ -198,7 +198,8 @@ fn unknown_query_and_bad_count_are_one_line() {
 fn component_operations_are_spans_of_the_stage_they_ran_in() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
-    let args = ["--events", "6400", "--batch", "64", "--queries", "3", "--streams", "2", "--join-query", "--pattern-query"];
+    let args =
+        ["--events", "6400", "--batch", "64", "--queries", "3", "--streams", "2", "--join-query", "--pattern-query"];
     let target = GatedDemo::start(&demo, &args);
     let trace = start_trace(target.pid(), &["--every-batch", "--count", "300"]);
     let summary = summary(&target.open_and_wait());

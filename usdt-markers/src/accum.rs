@@ -27,7 +27,7 @@
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
 
-use crate::cells::{BLOCK, BLOCK_CELLS, DIRECT, GAUGE_CELLS, GAUGES, REGISTRY, Series, claim_block, lock};
+use crate::cells::{BLOCK_CELLS, CELLS, DIRECT, GAUGE_CELLS, GAUGES, REGISTRY, Series, add_to, claim_block, lock};
 use crate::flusher::FLUSHER;
 
 pub use crate::cells::{MAX_KEYS, MAX_VALUES, ProbeInfo};
@@ -73,11 +73,13 @@ impl Handle {
     /// Adds `values` to this thread's cells of the series.
     #[inline(always)]
     pub fn add<const N: usize>(&self, values: &[u64; N]) {
-        let block = BLOCK.with(Cell::get);
-        // SAFETY: a non-null BLOCK points at a leaked Block owned by this thread.
-        match unsafe { block.as_ref() } {
-            Some(b) if self.base != DIRECT => b.add(self.base, values),
-            _ => self.add_slow(values),
+        let cells = CELLS.with(Cell::get);
+        let range = self.base as usize..self.base as usize + N;
+        // SAFETY: a non-null CELLS points at the cells of a leaked (never freed) Block that
+        // this thread owns. A `DIRECT` series' range is past the cells: the slow path.
+        match unsafe { cells.as_ref() }.and_then(|c| c.get(range)) {
+            Some(c) => add_to(c, values),
+            None => self.add_slow(values),
         }
     }
 
@@ -87,8 +89,9 @@ impl Handle {
         start_flusher();
         if self.base != DIRECT
             && let Some(b) = claim_block()
+            && let Some(c) = b.cells.get(self.base as usize..self.base as usize + values.len())
         {
-            b.add(self.base, values);
+            add_to(c, values);
             return;
         }
         self.fire_direct(values);
