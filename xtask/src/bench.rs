@@ -10,6 +10,8 @@ use crate::{build_release, root, sh};
 
 pub fn run(events: u64, rounds: usize) -> Result<()> {
     sh(Command::new("cargo").args(["bench", "-p", "usdt-markers", "--bench", "detached"]))?;
+    // Writes its own semaphores through /proc/self/mem: root.
+    sh(Command::new("cargo").args(["bench", "-p", "usdt-markers", "--bench", "attached"]))?;
     throughput(events, rounds)?;
     // Needs root: loads eBPF programs and attaches them to the demo and a probe loop.
     sh(Command::new("cargo").args(["bench", "-p", "integration-tests", "--bench", "observer"]))?;
