@@ -127,6 +127,11 @@ struct Args {
     /// is marked idle for CPU attribution and reported as `idle_cpu_s`.
     #[arg(long, value_name = "US", default_value_t = 0)]
     spin_us: u64,
+    /// Every MS milliseconds, print a JSON line on stderr: seconds since the first event,
+    /// events produced, the process's CPU seconds. Lets a benchmark compare phases of one run
+    /// (with and without an observer) without the run-to-run noise of separate processes.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    progress_ms: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -178,6 +183,7 @@ fn run(args: &Args) -> Result<()> {
         pattern_query: args.pattern_query,
         where_after_window: args.where_after_window,
         spin: Duration::from_micros(args.spin_us),
+        progress: args.progress_ms.map(Duration::from_millis),
     };
     let outcome = runtime::run(&config)?;
     let mut out = std::io::stdout().lock();
@@ -206,7 +212,7 @@ impl Args {
 
 /// CPU time this process used so far (every thread, user and system): what observing costs
 /// shows here too, less blurred than in wall-clock time by whatever else the machine runs.
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     // SAFETY: rusage is plain integers, valid when zeroed.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: a valid rusage to fill for this process.

@@ -61,6 +61,8 @@ pub struct Config {
     pub where_after_window: bool,
     /// Async consumers spin this long on an empty queue before they block.
     pub spin: Duration,
+    /// Print the events produced so far at this interval (`--progress-ms`).
+    pub progress: Option<Duration>,
 }
 
 /// How long a query worker stalls per chunk while in trouble.
@@ -450,6 +452,7 @@ pub fn run(config: &Config) -> Result<Outcome> {
 
     let started = Instant::now();
     let mut produced = 0u64;
+    let progress = config.progress.map(|every| Progress::start(started, every));
     let mut next_stream = 0usize;
     loop {
         // Events the producer is behind its pace (`--rate`): the lag of this chunk's source.
@@ -541,7 +544,11 @@ pub fn run(config: &Config) -> Result<Outcome> {
             persistence.snapshot(&positions);
         }
         produced += n;
+        if let Some(p) = &progress {
+            p.produced.store(produced, std::sync::atomic::Ordering::Relaxed);
+        }
     }
+    drop(progress);
     let (queries, idle_cpu_s) = delivery.finish()?;
     if let Some(forward) = &forward {
         forward.finish();
@@ -653,6 +660,45 @@ pub fn run(config: &Config) -> Result<Outcome> {
         pattern_query,
         idle_cpu_s,
     })
+}
+
+/// `--progress-ms`: a thread that prints the producer's count at an interval, as JSON lines on
+/// stderr (`{"progress":{"t_s":…,"events":…,"cpu_s":…}}`). The producer pays a relaxed store
+/// per chunk while it runs.
+struct Progress {
+    produced: Arc<std::sync::atomic::AtomicU64>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(started: Instant, every: Duration) -> Progress {
+        use std::sync::atomic::Ordering::Relaxed;
+        let produced = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (count, stop) = (produced.clone(), done.clone());
+        let thread = thread::spawn(move || {
+            while !stop.load(Relaxed) {
+                thread::sleep(every);
+                let line = serde_json::json!({"progress": {
+                    "t_s": started.elapsed().as_secs_f64(),
+                    "events": count.load(Relaxed),
+                    "cpu_s": crate::cpu_seconds(),
+                }});
+                eprintln!("{line}");
+            }
+        });
+        Progress { produced, done, thread: Some(thread) }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Sleeps until `produced` events are due at `rate` events per second; returns how many events

@@ -5,6 +5,8 @@
 //! - demo throughput attached (`run`'s defaults, bpftrace, `latency --every-batch`) vs
 //!   detached at `--rate 0`, for chunks of 1, 64 and 1024 events, and the kernel's program runs
 //!   per second;
+//! - the same inside one demo process, `run` attached in every other phase (`phases`: no
+//!   run-to-run noise);
 //! - sampled latency percentiles against a detached run's own, at a fixed rate;
 //! - CPU attribution: demo throughput with `run` sampling CPU at 99 and 999 Hz vs `run --cpu-hz
 //!   0` vs detached, and the sampling program's cost per run;
@@ -14,7 +16,7 @@
 //! - `/live`, `/ready`, `/health` and `/metrics` answer times of `run` attached to a busy demo,
 //!   against a 404 of the same server (the HTTP round trip alone).
 //!
-//! `cargo bench -p integration-tests --bench observer -- [hit] [attach] [throughput] [latency]
+//! `cargo bench -p integration-tests --bench observer -- [hit] [attach] [throughput] [phases] [latency]
 //! [cpu] [metrics] [endpoints] [tracing] [node]` runs the named sections only (all without
 //! one). Needs root and the release binaries: run it as `cargo xtask bench`. The demo, the
 //! observers and bpftrace are run by the test library's harness (`integration_tests`), as the
@@ -242,12 +244,9 @@ fn bench_throughput() -> Result<()> {
         "  {:<8} {:>12} {:>14} {:>14} {:>14}   {:>18}",
         "--batch", "detached", "run defaults", "bpftrace", "--every-batch", "BPF runs/s (run)"
     );
-    // `EVENTFLUX_BENCH_BATCHES=1,64` keeps those chunk sizes only.
-    let only: Option<Vec<usize>> = std::env::var("EVENTFLUX_BENCH_BATCHES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|b| b.trim().parse().ok()).collect());
+    let batches = bench_batches();
     for (batch, events) in [(1usize, 1_000_000u64), (64, 10_000_000), (1024, 20_000_000)] {
-        if only.as_ref().is_some_and(|o| !o.contains(&batch)) {
+        if !batches.contains(&batch) {
             continue;
         }
         let args = demo_args(events, batch, 0);
@@ -289,6 +288,100 @@ fn bench_throughput() -> Result<()> {
         "  targets: run defaults >= 0.99 at --batch 64, >= 0.95 at --batch 1; BPF runs/s within the budget (docs/probes.md)"
     );
     Ok(())
+}
+
+/// One demo process at `--rate 0` throughout, with `run` attached in every other phase: the
+/// attached cost without the run-to-run noise of separate processes (heap and stack layout,
+/// hash seeds, the machine's mood per process start). Phases D A D A … D; each attached phase
+/// against the mean of the detached phases around it; median over the cycles. The demo's own
+/// `--progress-ms` lines give events and CPU seconds at the edges of each measured window.
+fn bench_phases() -> Result<()> {
+    const CYCLES: usize = 12;
+    const MEASURE: Duration = Duration::from_secs(2);
+    println!(
+        "demo throughput in phases of one process (--rate 0, sync, 2 streams, 3 queries; {CYCLES} attached phases of {MEASURE:?} between detached ones; median of per-phase ratios):"
+    );
+    for batch in bench_batches() {
+        let mut demo = Command::new(bin("eventflux-demo"))
+            .args(["--batch", &batch.to_string(), "--rate", "0", "--progress-ms", "100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("start the demo")?;
+        let pid = demo.id();
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(Instant, f64, f64)>>> = Default::default();
+        let reader = {
+            let seen = seen.clone();
+            let stderr = demo.stderr.take().context("demo stderr")?;
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                    let p = &v["progress"];
+                    if let (Some(events), Some(cpu)) = (p["events"].as_f64(), p["cpu_s"].as_f64()) {
+                        seen.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), events, cpu));
+                    }
+                }
+            })
+        };
+        // Events per second and per CPU second between two instants, from the progress lines
+        // received inside them.
+        let window = |from: Instant, to: Instant| -> Option<(f64, f64)> {
+            let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            let inside: Vec<&(Instant, f64, f64)> = seen.iter().filter(|(t, _, _)| *t >= from && *t <= to).collect();
+            let (first, last) = (inside.first()?, inside.last()?);
+            let secs = last.0.duration_since(first.0).as_secs_f64();
+            let events = last.1 - first.1;
+            (secs > 0.0 && last.2 > first.2).then(|| (events / secs, events / (last.2 - first.2)))
+        };
+        let detached = |windows: &mut Vec<(f64, f64)>| -> Result<()> {
+            let from = Instant::now();
+            std::thread::sleep(MEASURE);
+            windows.push(window(from, Instant::now()).context("no progress from the demo")?);
+            Ok(())
+        };
+        std::thread::sleep(Duration::from_secs(1));
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        detached(&mut off)?;
+        for _ in 0..CYCLES {
+            let daemon = Daemon::start_with(pid, &[]);
+            // Past the attach's own work (loading, settling) before measuring.
+            std::thread::sleep(Duration::from_secs(1));
+            let from = Instant::now();
+            std::thread::sleep(MEASURE);
+            on.push(window(from, Instant::now()).context("no progress from the demo")?);
+            daemon.stop();
+            std::thread::sleep(Duration::from_millis(500));
+            detached(&mut off)?;
+        }
+        let _ = demo.kill();
+        let _ = demo.wait();
+        let _ = reader.join();
+        let ratios = |pick: fn(&(f64, f64)) -> f64| -> Vec<f64> {
+            (0..on.len()).map(|i| pick(&on[i]) / ((pick(&off[i]) + pick(&off[i + 1])) / 2.0)).collect()
+        };
+        let (wall, cpu) = (ratios(|w| w.0), ratios(|w| w.1));
+        let shown: Vec<String> = wall.iter().map(|r| format!("{r:.3}")).collect();
+        println!(
+            "  --batch {batch:<5} detached {:.2}M/s   run/detached {:.4} (per CPU second {:.4})   phases: {}",
+            median(off.iter().map(|w| w.0).collect()) / 1e6,
+            median(wall),
+            median(cpu),
+            shown.join(" ")
+        );
+    }
+    println!("  targets: run defaults >= 0.99 at --batch 64, >= 0.95 at --batch 1");
+    Ok(())
+}
+
+/// The chunk sizes of the throughput benches: 1, 64 and 1024, or those of
+/// `EVENTFLUX_BENCH_BATCHES=1,64`.
+fn bench_batches() -> Vec<usize> {
+    let all = [1usize, 64, 1024];
+    match std::env::var("EVENTFLUX_BENCH_BATCHES") {
+        Ok(v) => v.split(',').filter_map(|b| b.trim().parse().ok()).filter(|b| all.contains(b)).collect(),
+        Err(_) => all.to_vec(),
+    }
 }
 
 /// CPU attribution: demo throughput detached, under `run --cpu-hz 0` (no CPU slots, no
@@ -732,6 +825,9 @@ fn main() -> Result<()> {
         }
         if run("throughput") {
             bench_throughput()?;
+        }
+        if run("phases") {
+            bench_phases()?;
         }
         if run("latency") {
             bench_latency()?;

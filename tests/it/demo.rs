@@ -84,3 +84,33 @@ fn bad_arguments_are_one_clear_line() {
         assert_one_line_error_of("eventflux-demo: ", &out, &[expect]);
     }
 }
+
+/// `--progress-ms`: JSON lines on stderr whose counts only grow and never pass what the
+/// summary says was produced (the phase benchmark reads them).
+#[test]
+fn progress_lines_count_what_was_produced() {
+    let _serial = serial();
+    let out = run_ok(Command::new(bin("eventflux-demo")).args([
+        "--events",
+        "3000000",
+        "--batch",
+        "1",
+        "--progress-ms",
+        "20",
+    ]));
+    let total = integration_tests::summary(&String::from_utf8_lossy(&out.stdout))["events"].as_f64().expect("events");
+    let progress: Vec<Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| v["progress"].clone())
+        .collect();
+    assert!(progress.len() >= 3, "a 3M-event run at chunks of one lasts over 60 ms: {progress:?}");
+    let field = |p: &Value, k: &str| p[k].as_f64().unwrap_or_else(|| panic!("{k} in {p}"));
+    for pair in progress.windows(2) {
+        for k in ["t_s", "events", "cpu_s"] {
+            assert!(field(&pair[1], k) >= field(&pair[0], k), "{k} went back: {pair:?}");
+        }
+    }
+    let last = progress.last().expect("a line");
+    assert!(field(last, "events") > 0.0 && field(last, "events") <= total, "{last} against {total}");
+}
