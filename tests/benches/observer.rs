@@ -447,12 +447,14 @@ fn bench_cpu() -> Result<()> {
     Ok(())
 }
 
-/// Buckets between a value and an exported bucket bound, in the kernel's log-linear scale
-/// (4 per power of two): 0 when the value lies in that bucket.
+/// Buckets between a value and an exported bucket bound, in the kernel's scale (4 per power
+/// of two): 0 when the value lies in that bucket.
 fn bucket_distance(value_ns: u64, le_ns: f64) -> i64 {
     use eventflux_probe_common::hist;
     let mine = hist::bucket(value_ns) as i64;
-    let theirs = (0..hist::BUCKETS).find(|&i| hist::upper(i) as f64 >= le_ns).unwrap_or(hist::BUCKETS - 1) as i64;
+    let theirs = (0..hist::BUCKETS)
+        .find(|&i| hist::upper_seconds(i) * 1e9 >= le_ns * (1.0 - 1e-12))
+        .unwrap_or(hist::BUCKETS - 1) as i64;
     theirs - mine
 }
 
@@ -471,7 +473,7 @@ fn bench_latency() -> Result<()> {
 fn latency_round(batch: usize, events: u64, rate: u64) -> Result<()> {
     let args = demo_args(events, batch, rate);
     let detached = observed(&args, Watcher::Detached)?;
-    let attached = observed(&args, Watcher::Run(&[]))?;
+    let attached = observed(&args, Watcher::Run(&["--buckets", "full"]))?;
     println!(
         "sampled latency (run's defaults) vs a detached run's own, all batches (--batch {batch} --rate {rate}, {events} events):"
     );
@@ -515,7 +517,10 @@ fn bench_tails() -> Result<()> {
         args.extend(["--length-batch".to_owned(), window.to_string()]);
         let detached = observed(&args, Watcher::Detached)?;
         println!("  {window:<6} {:<14} {:>101.0}", "detached", detached.rate);
-        for (label, watcher) in [("run", Watcher::Run(&[])), ("--every-batch", Watcher::Run(&["--every-batch"]))] {
+        for (label, watcher) in [
+            ("run", Watcher::Run(&["--buckets", "full"])),
+            ("--every-batch", Watcher::Run(&["--every-batch", "--buckets", "full"])),
+        ] {
             let o = observed(&args, watcher)?;
             let q = &o.summary["queries"]["q1_length_batch"];
             let id = [("query_id", "q1_length_batch")];

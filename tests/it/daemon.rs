@@ -5,8 +5,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use integration_tests::{
-    Daemon, GatedDemo, Sample, Semaphores, assert_components_exact, assert_one_line_error, bin, bucket_quantile,
-    computed_summary, free_port, metric, metric_sum, parse_metrics, run, run_ok, serial, summary, value,
+    Daemon, GatedDemo, Sample, Semaphores, assert_components_exact, assert_one_line_error, assert_promtool_accepts,
+    bin, bucket_quantile, computed_summary, free_port, metric, metric_sum, parse_metrics, run, run_ok, serial, summary,
+    value,
 };
 use serde_json::Value;
 
@@ -17,8 +18,6 @@ fn get(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> u64 {
     metric(samples, name, labels) as u64
 }
 
-/// Whether `expected_ns` lies within a factor of the bucket ending at `le`: above `le / (1.25
-/// factor)` (the bucket's lower bound, loosened) and at most `le * factor`.
 /// Whether the histogram bucket ending at `le` is within `factor` (and `slack_ns` above) of
 /// `expected_ns`: the bucket (`le / 1.25`, `le`] overlaps [`expected / factor`,
 /// `expected * factor + slack`]. The lowest exported bound (256 ns) holds everything below it.
@@ -71,7 +70,10 @@ fn check_exact_with(mode_args: &[&str], observers: usize, attach: Attach) {
         Attach::Auto => vec![],
         Attach::Perf => vec![("EVENTFLUX_PROBE_ATTACH", "perf".into())],
     };
-    let daemons: Vec<Daemon> = (0..observers).map(|_| Daemon::start_with_env(pid, &[], &env)).collect();
+    // Every kernel bucket, for the p50 check below (the default text layout is four times
+    // coarser).
+    let daemons: Vec<Daemon> =
+        (0..observers).map(|_| Daemon::start_with_env(pid, &["--buckets", "full"], &env)).collect();
     for daemon in &daemons {
         let m = daemon.samples();
         assert_eq!(get(&m, "eventflux_probe_probes_attached", &[]), run_probes() as u64);
@@ -205,21 +207,7 @@ fn check_daemon(daemon: Daemon, attached: &Value, detached: &Value, async_mode: 
     let bound = (streams as f64 * (elapsed + 4.0)) as u64;
     assert!((1..=bound).contains(&ingest_runs), "ingest ran {ingest_runs} times in {elapsed} s for {streams} streams");
 
-    // promtool accepts the exposition.
-    let mut check = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (run `cargo xtask setup`)");
-    std::io::Write::write_all(&mut check.stdin.take().expect("stdin"), text.as_bytes()).expect("write");
-    let out = check.wait_with_output().expect("promtool");
-    let problems = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !problems.lines().any(|l| l.contains("error") || l.contains("invalid")),
-        "promtool check metrics: {problems}"
-    );
+    integration_tests::assert_promtool_accepts(&text);
 
     let status = daemon.stop();
     assert!(status.success(), "run exited with {status}");
@@ -482,7 +470,9 @@ fn bucket_of_ns(ns: u64) -> i64 {
     eventflux_probe_common::hist::bucket(ns) as i64
 }
 fn bucket_of_le(le_seconds: f64) -> i64 {
-    bucket_of_ns((le_seconds * 1e9).round() as u64)
+    use eventflux_probe_common::hist;
+    (0..hist::BUCKETS).find(|&i| hist::upper_seconds(i) >= le_seconds * (1.0 - 1e-12)).unwrap_or(hist::BUCKETS - 1)
+        as i64
 }
 
 /// Chunks of one event, as the engine's sources hand them over: the length-batch query (here of
@@ -498,7 +488,7 @@ fn the_batches_that_emit_make_the_latency_tail() {
     let _serial = serial();
     let demo = bin("eventflux-demo");
     let target = GatedDemo::start(&demo, &["--events", "1500000", "--batch", "1", "--length-batch", "500"]);
-    let daemon = Daemon::start(target.pid());
+    let daemon = Daemon::start_with(target.pid(), &["--buckets", "full"]);
     let summary = summary(&target.open_and_wait());
     daemon.wait_target_gone(Duration::from_secs(10));
     let m = daemon.samples();
@@ -544,4 +534,78 @@ fn unnamed_queries_are_named_after_the_stream_they_feed() {
         .collect();
     assert_eq!(names.len(), s["queries"].as_object().expect("queries").len(), "{names:?}");
     assert!(daemon.stop().success());
+}
+
+/// The `le` bounds of histogram `name` in the series with `labels`, in scrape order, with their
+/// cumulative counts.
+fn bounds(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Vec<(String, f64)> {
+    let bucket = format!("{name}_bucket");
+    samples
+        .iter()
+        .filter(|s| s.name == bucket && s.has(labels))
+        .map(|s| (s.labels.iter().find(|(k, _)| k == "le").expect("le").1.clone(), s.value))
+        .collect()
+}
+
+/// The text format's classic buckets: by default a dozen for batch latency and five per stage
+/// (47 lines per query, against 525 with every kernel bucket), every bound a kernel boundary,
+/// so the cumulative counts there are exactly those of an observer that shows every bucket
+/// (two observers attached before the first event count the same sampled batches). Bounds
+/// given in seconds move up to the nearest boundary.
+#[test]
+fn the_text_format_shows_a_dozen_buckets_unless_asked_for_more() {
+    let _serial = serial();
+    let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "400000", "--batch", "16"]);
+    let coarse = Daemon::start(target.pid());
+    let full = Daemon::start_with(target.pid(), &["--buckets", "full", "--stage-buckets", "full"]);
+    let custom = Daemon::start_with(target.pid(), &["--buckets", "0.0000005,0.001", "--stage-buckets", "0.25"]);
+    summary(&target.open_and_wait());
+    for d in [&coarse, &full, &custom] {
+        d.wait_target_gone(Duration::from_secs(10));
+    }
+    let text = coarse.scrape();
+    let (c, f, x) = (parse_metrics(&text), full.samples(), custom.samples());
+    let q0 = [("query_id", "q0_length")];
+
+    let lines = text
+        .lines()
+        .filter(|l| l.starts_with("query_latency_seconds") || l.starts_with("query_stage_latency_seconds"))
+        .filter(|l| l.contains("query_id=\"q0_length\""))
+        .count();
+    assert_eq!(lines, 47, "batch latency 12 + 3 lines, four stages 5 + 3 each");
+    let les = |b: Vec<(String, f64)>| b.into_iter().map(|(le, _)| le).collect::<Vec<String>>();
+    let powers = |from: i32, step: i32, to: i32| -> Vec<String> {
+        (0..)
+            .map(|n| from + n * step)
+            .take_while(|e| *e <= to)
+            .map(|e| 2f64.powi(e).to_string())
+            .chain(["+Inf".to_owned()])
+            .collect()
+    };
+    let parsed = |v: Vec<String>| v.iter().map(|s| s.parse::<f64>().unwrap_or(f64::INFINITY)).collect::<Vec<f64>>();
+    assert_eq!(parsed(les(bounds(&c, "query_latency_seconds", &q0))), parsed(powers(-20, 2, 2)));
+    let filter = [("query_id", "q0_length"), ("stage", "filter")];
+    assert_eq!(parsed(les(bounds(&c, "query_stage_latency_seconds", &filter))), parsed(powers(-20, 5, 0)));
+    assert_eq!(bounds(&f, "query_latency_seconds", &q0).len(), 105, "104 kernel bounds and +Inf");
+
+    // Exact at every shown bound: the same cumulative count as the full layout there.
+    for (name, labels) in [("query_latency_seconds", &q0[..]), ("query_stage_latency_seconds", &filter[..])] {
+        let everything = bounds(&f, name, labels);
+        for (le, n) in bounds(&c, name, labels) {
+            let le_v: f64 = le.parse().unwrap_or(f64::INFINITY);
+            let same = everything.iter().find(|(l, _)| l.parse().unwrap_or(f64::INFINITY) == le_v);
+            assert_eq!(same.map(|(_, m)| *m), Some(n), "{name} le={le}: {everything:?}");
+        }
+        assert!(everything.last().is_some_and(|(_, n)| *n > 0.0), "{name}: sampled batches");
+    }
+
+    // 0.5 µs and 1 ms are no boundaries: shown at the next, 2^(-83/4) s and 2^(-39/4) s.
+    let shown = parsed(les(bounds(&x, "query_latency_seconds", &q0)));
+    assert_eq!(shown, [2f64.powf(-83.0 / 4.0), 2f64.powf(-39.0 / 4.0), f64::INFINITY]);
+    assert_eq!(parsed(les(bounds(&x, "query_stage_latency_seconds", &filter))), [0.25, f64::INFINITY]);
+
+    assert_promtool_accepts(&text);
+    for d in [coarse, full, custom] {
+        assert!(d.stop().success());
+    }
 }

@@ -28,8 +28,8 @@ pub use demo::{GatedDemo, computed_summary, demo_copy, fed_node_b, gated_iterati
 pub use errors::{PROBE_ERROR, assert_final_error, assert_one_line_error, assert_one_line_error_of};
 pub use http::{free_port, health, http_get, http_status, json, poll_http, wait_for_port};
 pub use metrics::{
-    Sample, assert_components_exact, bucket_quantile, counts_match, metric, metric_sum, parse_metrics, poll_metrics,
-    value,
+    Sample, assert_components_exact, assert_promtool_accepts, bucket_quantile, counts_match, metric, metric_sum,
+    parse_metrics, poll_metrics, value,
 };
 pub use observer::{Daemon, NodeObserver, log_events};
 pub use procs::{

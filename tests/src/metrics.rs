@@ -84,6 +84,25 @@ pub fn bucket_quantile(samples: &[Sample], name: &str, labels: &[(&str, &str)], 
     buckets.iter().find(|(_, c)| *c >= rank).map(|(le, _)| *le)
 }
 
+/// Fails the test unless `promtool check metrics` accepts the exposition `text` (no error, no
+/// invalid line; its lint warnings are the daemon's choice).
+pub fn assert_promtool_accepts(text: &str) {
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (run `cargo xtask setup`)");
+    std::io::Write::write_all(&mut check.stdin.take().expect("stdin"), text.as_bytes()).expect("write");
+    let out = check.wait_with_output().expect("promtool");
+    let problems = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !problems.lines().any(|l| l.contains("error") || l.contains("invalid")),
+        "promtool check metrics: {problems}"
+    );
+}
+
 /// Scrapes `/metrics` on `port` until `pred` holds on its samples; returns them, or fails the
 /// test after `limit`.
 pub fn poll_metrics(port: u16, limit: Duration, what: &str, pred: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {

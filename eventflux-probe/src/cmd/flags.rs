@@ -24,6 +24,45 @@ pub struct BudgetArgs {
     pub cpu_hz: Option<u32>,
 }
 
+/// How `/metrics` shows latency histograms (`run` and `node`).
+#[derive(Debug, clap::Args)]
+pub struct BucketArgs {
+    /// Classic buckets of batch latency and component operations in the text format:
+    /// `default` (twelve, powers of 4 from 2^-20 s to 4 s), `full` (every kernel bucket), or
+    /// bounds in seconds (`0.001,0.01,0.1`; each moves up to the nearest kernel boundary).
+    #[arg(long, value_name = "SPEC", value_parser = parse_buckets)]
+    pub buckets: Option<eventflux_probe::export::buckets::Buckets>,
+    /// Classic buckets of stage latencies: `default` (five, powers of 32 from 2^-20 s to 1 s),
+    /// `full`, or bounds in seconds.
+    #[arg(long, value_name = "SPEC", value_parser = parse_buckets)]
+    pub stage_buckets: Option<eventflux_probe::export::buckets::Buckets>,
+}
+
+impl BucketArgs {
+    /// The `[metrics]` keys these flags set.
+    pub fn metrics_layer(&self) -> eventflux_probe::config::MetricsLayer {
+        eventflux_probe::config::MetricsLayer {
+            buckets: self.buckets.clone(),
+            stage_buckets: self.stage_buckets.clone(),
+        }
+    }
+}
+
+/// The classic histograms' buckets the settings ask for; says where given bounds moved to.
+pub fn bucket_layout(settings: &eventflux_probe::config::Settings) -> eventflux_probe::export::buckets::Layout {
+    let m = &settings.metrics;
+    for (key, b) in [("buckets", &m.buckets), ("stage_buckets", &m.stage_buckets)] {
+        for (asked, shown) in b.moved() {
+            tracing::info!(key, asked, shown, "a bucket bound moved up to the nearest kernel boundary");
+        }
+    }
+    eventflux_probe::export::buckets::Layout::new(&m.buckets, &m.stage_buckets)
+}
+
+fn parse_buckets(s: &str) -> Result<eventflux_probe::export::buckets::Buckets, String> {
+    s.parse()
+}
+
 /// The settings from every layer: defaults, the config file, `EVENTFLUX_PROBE_*` variables,
 /// then `flags` (docs/configuration.md).
 pub fn load_settings(

@@ -55,6 +55,8 @@ pub struct Args {
     log_format: Option<LogFormat>,
     #[command(flatten)]
     budget: super::flags::BudgetArgs,
+    #[command(flatten)]
+    buckets: super::flags::BucketArgs,
 }
 
 impl Args {
@@ -62,6 +64,7 @@ impl Args {
         let mut l = config::Layer::default();
         l.http.listen = self.listen;
         l.limits.max_series = self.max_series;
+        l.metrics = self.buckets.metrics_layer();
         l.lifecycle.grace_period = self.grace_period;
         l.lifecycle.drain = self.drain;
         l.logging.level = self.log_level.clone();
@@ -97,6 +100,7 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
         budget,
         max_series: settings.limits.max_series,
         max_series_per_process: args.max_series_per_process,
+        layout: super::flags::bucket_layout(&settings),
         grace_period: settings.lifecycle.grace_period,
         drain: settings.lifecycle.drain,
         scan_interval: args.scan_interval,

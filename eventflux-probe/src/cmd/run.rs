@@ -59,6 +59,8 @@ pub struct Args {
     log_output: Option<String>,
     #[command(flatten)]
     budget: super::flags::BudgetArgs,
+    #[command(flatten)]
+    buckets: super::flags::BucketArgs,
 }
 
 /// A cap on label sets: at least 1.
@@ -77,6 +79,7 @@ impl Args {
         l.http.listen = self.listen;
         l.http.idle_timeout = self.http_idle_timeout;
         l.limits.max_series = self.max_series;
+        l.metrics = self.buckets.metrics_layer();
         l.lifecycle.grace_period = self.grace_period;
         l.lifecycle.follow = if self.follow {
             Some(true)
@@ -112,6 +115,7 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
         listen: settings.http.listen,
         http_idle_timeout: settings.http.idle_timeout,
         max_series: settings.limits.max_series,
+        layout: super::flags::bucket_layout(&settings),
         grace_period: settings.lifecycle.grace_period,
         follow: settings.lifecycle.follow,
         drain: settings.lifecycle.drain,

@@ -195,7 +195,7 @@ follow = true
         assert_one_line(&m);
         assert_eq!(
             m,
-            "config file x.toml, line 7: unknown key `helth` (known sections: logging, http, sampling, lifecycle, health, limits, otlp)"
+            "config file x.toml, line 7: unknown key `helth` (known sections: logging, http, sampling, lifecycle, health, metrics, limits, otlp)"
         );
         let m = file_err("[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
         assert_one_line(&m);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::checks::*;
 use super::error::ConfigError;
 use super::values::Raw;
+use crate::export::buckets::Buckets;
 use crate::logging::{LogFormat, LogOutput};
 
 /// Prefix of every environment variable that sets a key.
@@ -209,6 +210,13 @@ define_settings! {
         window_state_growth: f64 = "2.0",
             "Window state that never shrank through the whole window (at least three growths, from a non-empty start) and ended at least this many times its size at the window's start makes `state_backend` degraded (at least 1)",
             check growth_factor;
+    }
+    /// How `/metrics` shows latency histograms in the text format (docs/metrics.md).
+    [metrics] Metrics / MetricsLayer {
+        buckets: Buckets = "default",
+            "Classic buckets of batch latency and component operations: `default` (powers of 4, 2^-20 s to 4 s: twelve), `full` (every kernel bucket, 256 ns to 16 s: 104), or bounds in seconds (`0.001,0.01,0.1`, each moved up to the nearest kernel boundary)";
+        stage_buckets: Buckets = "default",
+            "Classic buckets of stage latencies: `default` (powers of 32, 2^-20 s to 1 s: five), `full`, or bounds in seconds";
     }
     /// Bounds on what the daemon keeps.
     [limits] Limits / LimitsLayer {

@@ -231,6 +231,26 @@ impl ConfigValue for LogFormat {
     }
 }
 
+impl ConfigValue for crate::export::buckets::Buckets {
+    fn from_toml(value: toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::String(s) => s.parse(),
+            toml::Value::Array(items) => {
+                let bounds = items
+                    .iter()
+                    .map(|v| match v {
+                        toml::Value::Float(f) => Ok(*f),
+                        toml::Value::Integer(i) => Ok(*i as f64),
+                        other => Err(format!("expected bucket bounds in seconds, found {}", kind(other))),
+                    })
+                    .collect::<Result<Vec<f64>, String>>()?;
+                crate::export::buckets::Buckets::from_seconds(bounds)
+            }
+            other => Err(format!("expected \"default\", \"full\" or bucket bounds in seconds, found {}", kind(&other))),
+        }
+    }
+}
+
 impl ConfigValue for LogOutput {
     fn from_toml(value: toml::Value) -> Result<Self, String> {
         match value {

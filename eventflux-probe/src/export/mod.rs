@@ -1,5 +1,6 @@
 //! Exporters: each formats the [`Model`](crate::model::Model) one way.
 
+pub mod buckets;
 pub mod health;
 pub mod metrics;
 pub mod otlp;

@@ -17,6 +17,7 @@ use eventflux_abi::{
 use eventflux_probe_common::{drop as drops, hist, stage};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
+use crate::export::buckets::Layout;
 use crate::export::metrics::{self as m, Kind, Metric};
 use crate::model::hist::HistData;
 use crate::model::{Component, Engine, Model};
@@ -36,23 +37,24 @@ pub struct Options {
     /// Labels identifying each engine process beyond `pid` (`exe`, `container_id`, …), by pid;
     /// never folded.
     pub process_labels: BTreeMap<u32, Vec<(&'static str, String)>>,
+    /// Which kernel buckets the classic histograms show.
+    pub layout: Layout,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_series: 2000, pid_label: false, max_series_per_process: 0, process_labels: BTreeMap::new() }
+        Options {
+            max_series: 2000,
+            pid_label: false,
+            max_series_per_process: 0,
+            process_labels: BTreeMap::new(),
+            layout: Layout::default(),
+        }
     }
 }
 
 /// Labels that identify the process a series belongs to: kept when its other labels fold.
 const PROCESS_LABELS: &[&str] = crate::export::metrics::ENGINE_EXTRA_LABELS;
-
-/// Smallest latency bucket exported: finer buckets are cumulated into it. 256 ns, because a
-/// batch of a few events takes a few hundred nanoseconds in a fast engine.
-const FIRST_EXPORTED_NS: u64 = 256;
-/// Largest bucket bound exported: slower samples count only in `+Inf` (and in `_sum`). No batch
-/// should take seconds, and every bound is a series in Prometheus.
-const LAST_EXPORTED_NS: u64 = 16_000_000_000;
 
 #[derive(Debug, Clone)]
 enum Value {
@@ -177,7 +179,7 @@ pub fn encode(model: &Model, opts: &Options) -> String {
         engine_metrics(engine, &mut f);
     }
     observer_metrics(model, &mut f);
-    let families = to_proto(f);
+    let families = to_proto(f, &opts.layout);
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
     if let Err(e) = encoder.encode_utf8(&families, &mut out) {
@@ -429,11 +431,11 @@ fn observer_metrics(model: &Model, f: &mut Families) {
     }
 }
 
-fn to_proto(f: Families) -> Vec<MetricFamily> {
-    let first = (0..hist::BUCKETS).find(|&i| hist::upper(i) >= FIRST_EXPORTED_NS).unwrap_or(0);
+fn to_proto(f: Families, layout: &Layout) -> Vec<MetricFamily> {
     f.by_name
         .into_iter()
         .map(|(name, fam)| {
+            let shown = if name == m::QUERY_STAGE_LATENCY.name { &layout.stage } else { &layout.latency };
             let mut mf = MetricFamily::default();
             mf.set_name(name.to_owned());
             mf.set_help(fam.help.to_owned());
@@ -469,20 +471,17 @@ fn to_proto(f: Families) -> Vec<MetricFamily> {
                             let mut h = proto::Histogram::default();
                             h.set_sample_count(count);
                             h.set_sample_sum(sum_ns as f64 / 1e9);
-                            let mut cumulative: u64 = buckets[..first].iter().sum();
-                            let mut out = Vec::with_capacity(hist::BUCKETS - first);
-                            // The last kernel bucket also holds everything beyond its bound:
-                            // it is exported only as +Inf (the encoder adds it from the count).
-                            for (i, n) in buckets
-                                .iter()
-                                .enumerate()
-                                .take(hist::BUCKETS - 1)
-                                .skip(first)
-                                .take_while(|(i, _)| hist::upper(*i) <= LAST_EXPORTED_NS)
-                            {
-                                cumulative += n;
+                            // Cumulative counts at the shown bounds, each a kernel boundary
+                            // (exact). The last kernel bucket also holds everything beyond its
+                            // bound: it is never shown, only as +Inf (the encoder adds it from
+                            // the count).
+                            let mut out = Vec::with_capacity(shown.len());
+                            let (mut cumulative, mut next) = (0u64, 0usize);
+                            for &i in shown.iter().filter(|&&i| i < hist::BUCKETS - 1) {
+                                cumulative += buckets.get(next..=i).map_or(0, |b| b.iter().sum::<u64>());
+                                next = i + 1;
                                 let mut b = proto::Bucket::default();
-                                b.set_upper_bound(hist::upper(i) as f64 / 1e9);
+                                b.set_upper_bound(hist::upper_seconds(i));
                                 b.set_cumulative_count(cumulative);
                                 out.push(b);
                             }
@@ -628,7 +627,13 @@ mod tests {
             model.engines.insert(pid, e);
         }
         let process_labels = BTreeMap::from([(1, vec![("exe", "/a".to_owned())]), (2, vec![("exe", "/b".to_owned())])]);
-        let opts = Options { max_series: 100, pid_label: true, max_series_per_process: 2, process_labels };
+        let opts = Options {
+            max_series: 100,
+            pid_label: true,
+            max_series_per_process: 2,
+            process_labels,
+            ..Options::default()
+        };
         let text = encode(&model, &opts);
         let processed: Vec<&str> = text.lines().filter(|l| l.starts_with("query_batches_total{")).collect();
         assert_eq!(

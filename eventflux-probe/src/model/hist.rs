@@ -1,4 +1,4 @@
-//! A latency histogram as the observer holds it: the kernel's log-linear buckets summed over
+//! A latency histogram as the observer holds it: the kernel's buckets (native schema 2's boundaries) summed over
 //! CPUs (`eventflux_probe_common::hist` defines the buckets).
 
 use eventflux_probe_common::hist;

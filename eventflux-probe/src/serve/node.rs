@@ -54,6 +54,8 @@ pub struct NodeOptions {
     pub max_series: usize,
     /// Label sets per metric and process.
     pub max_series_per_process: usize,
+    /// The classic histograms' buckets.
+    pub layout: crate::export::buckets::Layout,
     /// How long a finished process's series stay.
     pub grace_period: Duration,
     pub drain: Duration,
@@ -350,6 +352,7 @@ impl super::http::Service for Node {
             pid_label: true,
             max_series_per_process: self.options.max_series_per_process,
             process_labels: self.process_labels(),
+            layout: self.options.layout.clone(),
         };
         Ok(crate::export::prometheus::encode(&self.model()?, &opts))
     }

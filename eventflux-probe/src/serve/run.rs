@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub http_idle_timeout: Duration,
     pub max_series: usize,
+    /// The classic histograms' buckets.
+    pub layout: crate::export::buckets::Layout,
     pub grace_period: Duration,
     pub follow: bool,
     pub drain: Duration,
@@ -207,7 +209,11 @@ impl RunService {
 
     /// The Prometheus exposition.
     pub fn metrics(&self) -> Result<String> {
-        let opts = PromOptions { max_series: self.options.max_series, ..PromOptions::default() };
+        let opts = PromOptions {
+            max_series: self.options.max_series,
+            layout: self.options.layout.clone(),
+            ..PromOptions::default()
+        };
         Ok(crate::export::prometheus::encode(&self.model()?, &opts))
     }
 
