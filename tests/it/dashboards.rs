@@ -4,12 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use eventflux_probe::export::metrics::{self, Metric};
 use integration_tests::otlp::Receiver;
-use integration_tests::{Daemon, GatedDemo, Scratch, bin, free_port, http_status, run_ok, serial};
+use integration_tests::prometheus::{Prometheus, encode};
+use integration_tests::{Daemon, GatedDemo, bin, run_ok, serial};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -204,9 +205,9 @@ fn lint_names(expr: &str) -> Vec<String> {
         if name == "up" {
             continue;
         }
-        // A histogram is stored as its `_bucket`, `_sum` and `_count` series, never by its name.
-        let plain = metrics::by_name(name).filter(|m| m.kind != metrics::Kind::Histogram);
-        match plain.or_else(|| metrics::by_series_name(name)) {
+        // A classic histogram is stored as its `_bucket`, `_sum` and `_count` series, a native
+        // one (scraped over protobuf) by its name.
+        match metrics::by_name(name).or_else(|| metrics::by_series_name(name)) {
             Some(m) => {
                 known_labels.extend(m.labels.iter().copied());
                 if name.ends_with("_bucket") {
@@ -233,7 +234,8 @@ fn the_promql_scanner_finds_metrics_and_labels() {
     assert_eq!(l, ["instance", "le", "query_id"].iter().map(|s| s.to_string()).collect());
     assert!(lint_names("rate(query_batches_total{stage=\"x\"}[1m])").iter().any(|p| p.contains("`stage`")));
     assert!(lint_names("query_batchez_total").iter().any(|p| p.contains("query_batchez_total")));
-    assert!(!lint_names("rate(query_latency_seconds[5m])").is_empty(), "a histogram's name has no series");
+    assert!(lint_names("rate(query_latency_seconds[5m])").is_empty(), "a native histogram is stored by its name");
+    assert!(!lint_names("rate(query_latency_seconds_total[5m])").is_empty());
     assert!(lint_names("eventflux_probe_map_entries / on(instance, map) eventflux_probe_map_capacity").is_empty());
 }
 
@@ -417,81 +419,6 @@ fn promtool_checks_and_tests_the_rules() {
 
 // ---------------------------------------------------------------- a real Prometheus
 
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _scratch: Scratch,
-}
-
-impl Prometheus {
-    fn start(target_port: u16) -> Prometheus {
-        let scratch = Scratch::new("prometheus");
-        let port = free_port();
-        let config = scratch.path().join("prometheus.yml");
-        let rules = repo().join("dashboards/alerts/eventflux.rules.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: eventflux-probe\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n",
-                rules.display()
-            ),
-        )
-        .expect("config");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", scratch.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus (Debian's prometheus package; cargo xtask setup installs it)");
-        let p = Prometheus { child, port, _scratch: scratch };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_status(port, "/-/ready").map(|(s, _)| s) != Ok(200) {
-            assert!(Instant::now() < deadline, "prometheus did not become ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        p
-    }
-
-    fn api(&self, path: &str) -> Value {
-        let (status, body) = http_status(self.port, path).unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"));
-        assert_eq!((status, v["status"].as_str()), (200, Some("success")), "GET {path}: {body}");
-        v
-    }
-
-    fn query(&self, expr: &str) -> Vec<Value> {
-        self.api(&format!("/api/v1/query?query={}", encode(expr)))["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn label_values(&self, label: &str, selector: &str) -> Vec<String> {
-        let v = self.api(&format!("/api/v1/label/{label}/values?match[]={}", encode(selector)));
-        v["data"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Percent-encodes a query parameter.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// Grafana's variables substituted: `instance` by the scraped target, the others by their
 /// default, All (`.*`, each variable's `allValue`), and `$__rate_interval` by 10 s.
 fn substitute(expr: &str, vars: &BTreeMap<String, String>) -> String {
@@ -511,6 +438,19 @@ fn substitute(expr: &str, vars: &BTreeMap<String, String>) -> String {
 /// panel has something to show.
 #[test]
 fn every_panel_query_returns_data_from_a_real_prometheus() {
+    panels_return_data(&[]);
+}
+
+/// The same with native histograms on: Prometheus scrapes protobuf, stores every histogram
+/// as a native one (no `_bucket` series at all in 2.42), and the panels' `or` branch answers.
+#[test]
+fn every_panel_query_returns_data_with_native_histograms() {
+    panels_return_data(&["native-histograms"]);
+}
+
+/// A real Prometheus with these feature flags scrapes `run` on a busy demo; every panel and
+/// alert rule answers.
+fn panels_return_data(features: &[&str]) {
     let _serial = serial();
     let overview_data = std::env::var_os("EVENTFLUX_OVERVIEW_DATA").map(PathBuf::from);
     let demo = bin("eventflux-demo");
@@ -545,7 +485,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     ];
     let daemon = Daemon::start_with_env(target.pid(), &["--max-series", "4"], &env);
     let _target = target.open();
-    let prometheus = Prometheus::start(daemon.port);
+    let prometheus = Prometheus::start(daemon.port, features);
     let deadline = Instant::now() + Duration::from_secs(30);
     while prometheus.query("up{job=\"eventflux-probe\"} == 1").is_empty() {
         assert!(Instant::now() < deadline, "prometheus never scraped run");
@@ -606,8 +546,57 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         }
     }
     assert!(seen >= 10, "{seen} rules loaded");
+    if features.contains(&"native-histograms") {
+        // Stored as native histograms: by name, with no classic series beside them.
+        let native = prometheus.query("query_latency_seconds");
+        assert!(!native.is_empty() && native.iter().all(|r| r["histogram"].is_array()), "{native:?}");
+        assert!(prometheus.query("query_latency_seconds_bucket").is_empty());
+    }
     let status = daemon.stop();
     assert!(status.success(), "{status}");
+}
+
+/// Native histograms are the kernel's buckets: for every query, the p50, p99 and maximum
+/// Prometheus computes from the native histogram it scraped (protobuf) lie in the bucket that
+/// the same daemon's classic text exposition with every bucket (`--buckets full`) puts them
+/// in, from the same counts.
+#[test]
+fn native_histograms_agree_with_the_classic_buckets() {
+    let _serial = serial();
+    let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "600000", "--rate", "200000"]);
+    let daemon = Daemon::start_with(target.pid(), &["--buckets", "full", "--stage-buckets", "full"]);
+    let prometheus = Prometheus::start(daemon.port, &["native-histograms"]);
+    let summary = integration_tests::summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    // Past the end, the daemon serves its final values: two more scrapes take them.
+    std::thread::sleep(Duration::from_secs(3));
+    let text = daemon.samples();
+    let queries: Vec<&String> = summary["queries"].as_object().expect("queries").keys().collect();
+    assert!(!queries.is_empty());
+    let mut checked = 0;
+    for q in queries {
+        for quantile in [0.5, 0.99, 1.0] {
+            let id = [("query_id", q.as_str())];
+            let le =
+                integration_tests::bucket_quantile(&text, "query_latency_seconds", &id, quantile).expect("buckets");
+            let r =
+                prometheus.query(&format!("histogram_quantile({quantile}, query_latency_seconds{{query_id=\"{q}\"}})"));
+            let native: f64 = r
+                .first()
+                .and_then(|v| v["value"][1].as_str())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{q} p{quantile}: {r:?}"));
+            // The bucket ending at `le` is (le / 2^(1/4), le].
+            let lower = le / 2f64.powf(0.25);
+            assert!(
+                native > lower * (1.0 - 1e-9) && native <= le * (1.0 + 1e-9),
+                "{q} p{quantile}: native {native} outside ({lower}, {le}]"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9);
+    assert!(daemon.stop().success());
 }
 
 /// For `cargo xtask overview-png`: every Overview panel's series over the run, with their

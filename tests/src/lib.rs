@@ -17,6 +17,7 @@ mod metrics;
 mod observer;
 pub mod otlp;
 mod procs;
+pub mod prometheus;
 mod usdt;
 
 use std::path::{Path, PathBuf};

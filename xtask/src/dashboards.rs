@@ -86,8 +86,15 @@ struct Dashboard {
 
 /// p`q` of a histogram per query (and `extra` labels), over the buckets' rates.
 fn quantile(q: f64, metric: &str, selector: &str, extra: &str) -> String {
+    quantile_by(q, metric, selector, &format!("instance, pid, query_id{extra}"))
+}
+
+/// The `q`-quantile of histogram `metric` by the labels `by`, whether Prometheus stored it as
+/// classic buckets (`_bucket{le}`, the text format) or as a native histogram (the protobuf
+/// format, scraped with `--enable-feature=native-histograms`: then there is no `_bucket`).
+fn quantile_by(q: f64, metric: &str, selector: &str, by: &str) -> String {
     format!(
-        "histogram_quantile({q}, sum by (instance, pid, query_id{extra}, le) (rate({metric}_bucket{{{selector}}}[$__rate_interval])))"
+        "histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{selector}}}[$__rate_interval]))) or histogram_quantile({q}, sum by ({by}) (rate({metric}{{{selector}}}[$__rate_interval])))"
     )
 }
 
@@ -404,8 +411,8 @@ fn dashboards() -> Vec<Dashboard> {
                             .q(format!("sum by (instance, pid, persistence, result) (rate(persistence_snapshots_total{{{I}}}[$__rate_interval]))"), "{{persistence}} {{result}}")
                             .width(8),
                         panel("Snapshot duration p50 / p99", "s", "Time to take and write one snapshot, from every snapshot's duration.")
-                            .q(format!("histogram_quantile(0.5, sum by (instance, pid, persistence, le) (rate(persistence_snapshot_duration_seconds_bucket{{{I}}}[$__rate_interval])))"), "p50 {{persistence}}")
-                            .q(format!("histogram_quantile(0.99, sum by (instance, pid, persistence, le) (rate(persistence_snapshot_duration_seconds_bucket{{{I}}}[$__rate_interval])))"), "p99 {{persistence}}")
+                            .q(quantile_by(0.5, "persistence_snapshot_duration_seconds", I, "instance, pid, persistence"), "p50 {{persistence}}")
+                            .q(quantile_by(0.99, "persistence_snapshot_duration_seconds", I, "instance, pid, persistence"), "p99 {{persistence}}")
                             .width(8),
                         panel("Age of the last snapshot", "s", "Seconds since the last snapshot succeeded: the state a restart would lose.")
                             .q(format!("time() - persistence_last_snapshot_timestamp_seconds{{{I}}}"), "{{persistence}}")
@@ -426,8 +433,8 @@ fn dashboards() -> Vec<Dashboard> {
                         panel("Table size", "bytes", "Bytes each table's rows take.")
                             .q(format!("table_size_bytes{{{I}}}"), "{{table}}"),
                         panel("Table lookup and sink publish p99", "s", "Time of one chunk's table lookup and one sink publish, p99, from batches sampled for their stages.")
-                            .q(format!("histogram_quantile(0.99, sum by (instance, pid, table, le) (rate(table_lookup_duration_seconds_bucket{{{I}}}[$__rate_interval])))"), "lookup {{table}}")
-                            .q(format!("histogram_quantile(0.99, sum by (instance, pid, sink, le) (rate(sink_publish_duration_seconds_bucket{{{I}}}[$__rate_interval])))"), "publish {{sink}}")
+                            .q(quantile_by(0.99, "table_lookup_duration_seconds", I, "instance, pid, table"), "lookup {{table}}")
+                            .q(quantile_by(0.99, "sink_publish_duration_seconds", I, "instance, pid, sink"), "publish {{sink}}")
                             .width(24),
                     ],
                 },

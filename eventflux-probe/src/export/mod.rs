@@ -6,3 +6,4 @@ pub mod metrics;
 pub mod otlp;
 pub mod profile;
 pub mod prometheus;
+pub mod protobuf;

@@ -172,13 +172,88 @@ fn label_name(code: u32, label: Option<&'static str>) -> String {
     label.map_or_else(|| format!("unknown_{code}"), str::to_owned)
 }
 
-/// Encodes a model in the Prometheus text format.
-pub fn encode(model: &Model, opts: &Options) -> String {
+/// The model's series, by metric, capped.
+fn collect(model: &Model, opts: &Options) -> Families {
     let mut f = Families { opts: opts.clone(), by_name: BTreeMap::new() };
     for engine in model.engines.values() {
         engine_metrics(engine, &mut f);
     }
     observer_metrics(model, &mut f);
+    f
+}
+
+/// Encodes a model in the Prometheus protobuf format: the text format's series, and every
+/// histogram also as a native histogram (`export::protobuf`).
+pub fn encode_protobuf(model: &Model, opts: &Options) -> Vec<u8> {
+    use crate::export::protobuf as pb;
+    let f = collect(model, opts);
+    let families: Vec<pb::MetricFamily> = f
+        .by_name
+        .into_iter()
+        .map(|(name, fam)| {
+            let shown = if name == m::QUERY_STAGE_LATENCY.name { &opts.layout.stage } else { &opts.layout.latency };
+            let kind = fam.kind;
+            let metric = fam
+                .series
+                .into_iter()
+                .map(|(labels, value)| {
+                    let label = labels
+                        .into_iter()
+                        .map(|(k, v)| pb::LabelPair { name: Some(k.to_owned()), value: Some(v) })
+                        .collect();
+                    let mut out = pb::Metric { label, gauge: None, counter: None, histogram: None };
+                    match value {
+                        Value::Scalar(v) if kind == MetricType::COUNTER => {
+                            out.counter = Some(pb::Counter { value: Some(v) })
+                        }
+                        Value::Scalar(v) => out.gauge = Some(pb::Gauge { value: Some(v) }),
+                        Value::Hist { buckets, count, sum_ns } => {
+                            let mut h = pb::native(&buckets, count, sum_ns as f64 / 1e9);
+                            h.bucket = classic(&buckets, shown)
+                                .into_iter()
+                                .map(|(le, n)| pb::Bucket { cumulative_count: Some(n), upper_bound: Some(le) })
+                                .collect();
+                            out.histogram = Some(h);
+                        }
+                    }
+                    out
+                })
+                .collect();
+            let r#type = match kind {
+                MetricType::COUNTER => pb::MetricType::Counter,
+                MetricType::GAUGE => pb::MetricType::Gauge,
+                _ => pb::MetricType::Histogram,
+            };
+            pb::MetricFamily {
+                name: Some(name.to_owned()),
+                help: Some(fam.help.to_owned()),
+                r#type: Some(r#type as i32),
+                metric,
+            }
+        })
+        .collect();
+    pb::encode(&families)
+}
+
+/// The cumulative counts of kernel `buckets` at the `shown` bounds, each a kernel boundary
+/// (exact): (upper bound in seconds, count). The last kernel bucket also holds everything
+/// beyond its bound: it is never shown, only as +Inf (from the count).
+fn classic(buckets: &[u64], shown: &[usize]) -> Vec<(f64, u64)> {
+    let (mut cumulative, mut next) = (0u64, 0usize);
+    shown
+        .iter()
+        .filter(|&&i| i < hist::BUCKETS - 1)
+        .map(|&i| {
+            cumulative += buckets.get(next..=i).map_or(0, |b| b.iter().sum::<u64>());
+            next = i + 1;
+            (hist::upper_seconds(i), cumulative)
+        })
+        .collect()
+}
+
+/// Encodes a model in the Prometheus text format.
+pub fn encode(model: &Model, opts: &Options) -> String {
+    let f = collect(model, opts);
     let families = to_proto(f, &opts.layout);
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
@@ -471,20 +546,16 @@ fn to_proto(f: Families, layout: &Layout) -> Vec<MetricFamily> {
                             let mut h = proto::Histogram::default();
                             h.set_sample_count(count);
                             h.set_sample_sum(sum_ns as f64 / 1e9);
-                            // Cumulative counts at the shown bounds, each a kernel boundary
-                            // (exact). The last kernel bucket also holds everything beyond its
-                            // bound: it is never shown, only as +Inf (the encoder adds it from
-                            // the count).
-                            let mut out = Vec::with_capacity(shown.len());
-                            let (mut cumulative, mut next) = (0u64, 0usize);
-                            for &i in shown.iter().filter(|&&i| i < hist::BUCKETS - 1) {
-                                cumulative += buckets.get(next..=i).map_or(0, |b| b.iter().sum::<u64>());
-                                next = i + 1;
-                                let mut b = proto::Bucket::default();
-                                b.set_upper_bound(hist::upper_seconds(i));
-                                b.set_cumulative_count(cumulative);
-                                out.push(b);
-                            }
+                            // +Inf: the encoder adds it from the count.
+                            let out = classic(&buckets, shown)
+                                .into_iter()
+                                .map(|(le, n)| {
+                                    let mut b = proto::Bucket::default();
+                                    b.set_upper_bound(le);
+                                    b.set_cumulative_count(n);
+                                    b
+                                })
+                                .collect();
                             h.set_bucket(out);
                             m.set_histogram(h);
                         }

@@ -289,10 +289,64 @@ async fn return_memory() {
     }
 }
 
+/// A format of the Prometheus exposition, as the scraper's `Accept` header picks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `text/plain; version=0.0.4`: classic histograms only.
+    Text,
+    /// Length-delimited `io.prometheus.client.MetricFamily`: classic and native histograms.
+    Protobuf,
+}
+
+impl Format {
+    /// The format for an `Accept` header: protobuf when the scraper accepts it (delimited
+    /// `MetricFamily`) at least as much as text, else text. Prometheus with
+    /// `--enable-feature=native-histograms` asks for protobuf first.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else { return Format::Text };
+        let (mut proto_q, mut text_q) = (0.0f64, 0.0f64);
+        for item in accept.split(',') {
+            let mut params = item.split(';').map(str::trim);
+            let media = params.next().unwrap_or("").to_ascii_lowercase();
+            let (mut q, mut delimited, mut family) = (1.0f64, false, false);
+            for p in params {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                match (k.trim().to_ascii_lowercase().as_str(), v.trim()) {
+                    ("q", v) => q = v.parse().unwrap_or(0.0),
+                    ("encoding", v) => delimited = v.eq_ignore_ascii_case("delimited"),
+                    ("proto", v) => family = v == "io.prometheus.client.MetricFamily",
+                    _ => {}
+                }
+            }
+            match media.as_str() {
+                "application/vnd.google.protobuf" if delimited && family => proto_q = proto_q.max(q),
+                "text/plain" | "*/*" | "text/*" => text_q = text_q.max(q),
+                _ => {}
+            }
+        }
+        if proto_q > 0.0 && proto_q >= text_q { Format::Protobuf } else { Format::Text }
+    }
+
+    /// The body of `model` in this format.
+    pub fn encode(self, model: &crate::model::Model, opts: &crate::export::prometheus::Options) -> Vec<u8> {
+        match self {
+            Format::Text => crate::export::prometheus::encode(model, opts).into_bytes(),
+            Format::Protobuf => crate::export::prometheus::encode_protobuf(model, opts),
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => prometheus::TEXT_FORMAT,
+            Format::Protobuf => crate::export::protobuf::CONTENT_TYPE,
+        }
+    }
+}
+
 /// What the endpoints serve: `run`'s one-target service and node mode's many-target one.
 pub trait Service: Send + Sync + 'static {
-    /// The Prometheus exposition.
-    fn metrics(&self) -> anyhow::Result<String>;
+    /// The Prometheus exposition in `format`.
+    fn metrics(&self, format: Format) -> anyhow::Result<Vec<u8>>;
     /// The health report and its HTTP status.
     fn health(&self) -> anyhow::Result<(u16, serde_json::Value)>;
     /// `Err` says why not ready.
@@ -348,6 +402,7 @@ impl<T: Clone + Send + 'static> Rendered<T> {
 struct Endpoints<S> {
     service: std::sync::Arc<S>,
     metrics: Rendered<axum::body::Bytes>,
+    metrics_protobuf: Rendered<axum::body::Bytes>,
     health: Rendered<(u16, axum::body::Bytes)>,
 }
 
@@ -362,10 +417,18 @@ pub fn router<S: Service>(service: std::sync::Arc<S>) -> axum::Router {
         (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
     }
 
-    async fn metrics<S: Service>(State(e): State<std::sync::Arc<Endpoints<S>>>) -> Response {
+    async fn metrics<S: Service>(
+        State(e): State<std::sync::Arc<Endpoints<S>>>,
+        headers: axum::http::HeaderMap,
+    ) -> Response {
         let service = std::sync::Arc::clone(&e.service);
-        match e.metrics.get(e.service.ready(), move || service.metrics().map(axum::body::Bytes::from)).await {
-            Ok(body) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body).into_response(),
+        let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+        let rendered = match format {
+            Format::Text => &e.metrics,
+            Format::Protobuf => &e.metrics_protobuf,
+        };
+        match rendered.get(e.service.ready(), move || service.metrics(format).map(axum::body::Bytes::from)).await {
+            Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
             Err(why) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
         }
     }
@@ -399,11 +462,46 @@ pub fn router<S: Service>(service: std::sync::Arc<S>) -> axum::Router {
         }
     }
 
-    let endpoints = std::sync::Arc::new(Endpoints { service, metrics: Rendered::new(), health: Rendered::new() });
+    let endpoints = std::sync::Arc::new(Endpoints {
+        service,
+        metrics: Rendered::new(),
+        metrics_protobuf: Rendered::new(),
+        health: Rendered::new(),
+    });
     axum::Router::new()
         .route("/metrics", get(metrics::<S>))
         .route("/health", get(health::<S>))
         .route("/ready", get(ready::<S>))
         .route("/live", get(live::<S>))
         .with_state(endpoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Format;
+
+    #[test]
+    fn the_accept_header_picks_the_format() {
+        // Prometheus 2.42 with native histograms on, and without.
+        let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        let classic = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(native)), Format::Protobuf);
+        assert_eq!(Format::negotiate(Some(classic)), Format::Text);
+        assert_eq!(Format::negotiate(None), Format::Text);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Text);
+        // Protobuf of another message, or not delimited: not ours.
+        assert_eq!(
+            Format::negotiate(Some("application/vnd.google.protobuf;proto=other;encoding=delimited")),
+            Format::Text
+        );
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text"
+            )),
+            Format::Text
+        );
+        // Preferred less than text: text.
+        let less = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.2,text/plain;q=0.9";
+        assert_eq!(Format::negotiate(Some(less)), Format::Text);
+    }
 }

@@ -346,7 +346,7 @@ impl StripDeleted for PathBuf {
 }
 
 impl super::http::Service for Node {
-    fn metrics(&self) -> Result<String> {
+    fn metrics(&self, format: super::http::Format) -> Result<Vec<u8>> {
         let opts = PromOptions {
             max_series: self.options.max_series,
             pid_label: true,
@@ -354,7 +354,7 @@ impl super::http::Service for Node {
             process_labels: self.process_labels(),
             layout: self.options.layout.clone(),
         };
-        Ok(crate::export::prometheus::encode(&self.model()?, &opts))
+        Ok(format.encode(&self.model()?, &opts))
     }
 
     fn health(&self) -> Result<(u16, serde_json::Value)> {

@@ -207,14 +207,14 @@ impl RunService {
         Ok(health::evaluate(engine, &lock(&self.history), &self.options.health, ctx))
     }
 
-    /// The Prometheus exposition.
-    pub fn metrics(&self) -> Result<String> {
+    /// The Prometheus exposition in `format`.
+    pub fn metrics(&self, format: super::http::Format) -> Result<Vec<u8>> {
         let opts = PromOptions {
             max_series: self.options.max_series,
             layout: self.options.layout.clone(),
             ..PromOptions::default()
         };
-        Ok(crate::export::prometheus::encode(&self.model()?, &opts))
+        Ok(format.encode(&self.model()?, &opts))
     }
 
     /// One health sample of the current target, and the last-hit bookkeeping.
@@ -235,8 +235,8 @@ impl RunService {
 }
 
 impl super::http::Service for RunService {
-    fn metrics(&self) -> Result<String> {
-        RunService::metrics(self)
+    fn metrics(&self, format: super::http::Format) -> Result<Vec<u8>> {
+        RunService::metrics(self, format)
     }
 
     fn health(&self) -> Result<(u16, serde_json::Value)> {
