@@ -210,19 +210,6 @@ impl Args {
     }
 }
 
-/// CPU time this process used so far (every thread, user and system): what observing costs
-/// shows here too, less blurred than in wall-clock time by whatever else the machine runs.
-pub(crate) fn cpu_seconds() -> f64 {
-    // SAFETY: rusage is plain integers, valid when zeroed.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid rusage to fill for this process.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return 0.0;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -292,7 +279,7 @@ fn summary(config: &Config, outcome: &Outcome) -> Value {
         "mode": config.mode.label(),
         "events": total,
         "elapsed_s": secs,
-        "cpu_s": cpu_seconds(),
+        "cpu_s": runtime::cpu_seconds(),
         "events_per_sec": if secs > 0.0 { total as f64 / secs } else { 0.0 },
         "streams": streams,
         "queries": queries,

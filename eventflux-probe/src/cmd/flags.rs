@@ -31,11 +31,11 @@ pub struct BucketArgs {
     /// `default` (twelve, powers of 4 from 2^-20 s to 4 s), `full` (every kernel bucket), or
     /// bounds in seconds (`0.001,0.01,0.1`; each moves up to the nearest kernel boundary).
     #[arg(long, value_name = "SPEC", value_parser = parse_buckets)]
-    pub buckets: Option<eventflux_probe::export::buckets::Buckets>,
+    pub buckets: Option<eventflux_probe::config::Buckets>,
     /// Classic buckets of stage latencies: `default` (five, powers of 32 from 2^-20 s to 1 s),
     /// `full`, or bounds in seconds.
     #[arg(long, value_name = "SPEC", value_parser = parse_buckets)]
-    pub stage_buckets: Option<eventflux_probe::export::buckets::Buckets>,
+    pub stage_buckets: Option<eventflux_probe::config::Buckets>,
 }
 
 impl BucketArgs {
@@ -52,14 +52,14 @@ impl BucketArgs {
 pub fn bucket_layout(settings: &eventflux_probe::config::Settings) -> eventflux_probe::export::buckets::Layout {
     let m = &settings.metrics;
     for (key, b) in [("buckets", &m.buckets), ("stage_buckets", &m.stage_buckets)] {
-        for (asked, shown) in b.moved() {
+        for (asked, shown) in eventflux_probe::export::buckets::moved(b) {
             tracing::info!(key, asked, shown, "a bucket bound moved up to the nearest kernel boundary");
         }
     }
     eventflux_probe::export::buckets::Layout::new(&m.buckets, &m.stage_buckets)
 }
 
-fn parse_buckets(s: &str) -> Result<eventflux_probe::export::buckets::Buckets, String> {
+fn parse_buckets(s: &str) -> Result<eventflux_probe::config::Buckets, String> {
     s.parse()
 }
 

@@ -14,12 +14,14 @@
 //!   variable) and the key. Every message is ours, written from the type the key expects and
 //!   the type the value has, never derived from another library's wording.
 
+mod buckets;
 mod checks;
 mod error;
 pub mod settings;
 mod sources;
 mod values;
 
+pub use buckets::Buckets;
 pub use error::ConfigError;
 pub use settings::*;
 pub use sources::{MAX_CONFIG_BYTES, check_env_names, load};

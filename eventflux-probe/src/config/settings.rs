@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::buckets::Buckets;
 use super::checks::*;
 use super::error::ConfigError;
 use super::values::Raw;
-use crate::export::buckets::Buckets;
 use crate::logging::{LogFormat, LogOutput};
 
 /// Prefix of every environment variable that sets a key.

@@ -231,7 +231,7 @@ impl ConfigValue for LogFormat {
     }
 }
 
-impl ConfigValue for crate::export::buckets::Buckets {
+impl ConfigValue for super::buckets::Buckets {
     fn from_toml(value: toml::Value) -> Result<Self, String> {
         match value {
             toml::Value::String(s) => s.parse(),
@@ -244,7 +244,7 @@ impl ConfigValue for crate::export::buckets::Buckets {
                         other => Err(format!("expected bucket bounds in seconds, found {}", kind(other))),
                     })
                     .collect::<Result<Vec<f64>, String>>()?;
-                crate::export::buckets::Buckets::from_seconds(bounds)
+                super::buckets::Buckets::from_seconds(bounds)
             }
             other => Err(format!("expected \"default\", \"full\" or bucket bounds in seconds, found {}", kind(&other))),
         }

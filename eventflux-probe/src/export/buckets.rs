@@ -17,10 +17,9 @@
 //! to the nearest kernel boundary (the `le` is then that boundary, exactly). Native histograms
 //! (protobuf) carry every bucket whatever this says.
 
-use std::fmt;
-use std::str::FromStr;
-
 use eventflux_probe_common::hist;
+
+pub use crate::config::Buckets;
 
 /// Smallest latency bucket bound of the full layout: finer buckets are cumulated into it. 256
 /// ns, because a batch of a few events takes a few hundred nanoseconds in a fast engine.
@@ -29,96 +28,30 @@ const FIRST_FULL_NS: u64 = 256;
 /// `_sum`).
 const LAST_FULL_NS: u64 = 16_000_000_000;
 
-/// A classic bucket layout as configured: `default`, `full`, or bounds in seconds.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Buckets {
-    Default,
-    Full,
-    Seconds(Vec<f64>),
+/// The kernel buckets whose upper bounds `buckets` shows, ascending; `default` is the
+/// `fallback` set.
+pub fn indices(buckets: &Buckets, fallback: &[usize]) -> Vec<usize> {
+    let mut out: Vec<usize> = match buckets {
+        Buckets::Default => fallback.to_vec(),
+        Buckets::Full => (0..hist::BUCKETS - 1)
+            .filter(|&i| hist::upper(i) >= FIRST_FULL_NS && hist::upper(i) <= LAST_FULL_NS)
+            .collect(),
+        Buckets::Seconds(bounds) => bounds.iter().map(|&s| snap(s)).collect(),
+    };
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
-impl FromStr for Buckets {
-    type Err = String;
-
-    /// `default`, `full`, or bounds in seconds separated by commas (`0.001,0.01,0.1`).
-    fn from_str(s: &str) -> Result<Buckets, String> {
-        match s.trim() {
-            "default" => Ok(Buckets::Default),
-            "full" => Ok(Buckets::Full),
-            list => {
-                let bounds = list
-                    .split(',')
-                    .map(|b| {
-                        let b = b.trim();
-                        match b.parse::<f64>() {
-                            Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-                            _ => Err(format!(
-                                "`{b}` is not a bucket bound (expected `default`, `full`, or positive seconds separated by commas, e.g. 0.001,0.01,0.1)"
-                            )),
-                        }
-                    })
-                    .collect::<Result<Vec<f64>, String>>()?;
-                Buckets::from_seconds(bounds)
-            }
-        }
-    }
-}
-
-impl fmt::Display for Buckets {
-    /// As [`FromStr`] reads it.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Buckets::Default => f.write_str("default"),
-            Buckets::Full => f.write_str("full"),
-            Buckets::Seconds(bounds) => {
-                let text: Vec<String> = bounds.iter().map(f64::to_string).collect();
-                f.write_str(&text.join(","))
-            }
-        }
-    }
-}
-
-impl Buckets {
-    /// Bounds given as numbers (a TOML array), checked as the text form is.
-    pub fn from_seconds(bounds: Vec<f64>) -> Result<Buckets, String> {
-        if bounds.is_empty() {
-            return Err("no bucket bounds (expected `default`, `full`, or positive seconds)".to_owned());
-        }
-        if let Some(b) = bounds.iter().find(|b| !b.is_finite() || **b <= 0.0) {
-            return Err(format!("`{b}` is not a bucket bound (bounds are positive seconds)"));
-        }
-        let last = hist::upper_seconds(hist::BUCKETS - 2);
-        if let Some(b) = bounds.iter().find(|b| **b > last) {
-            return Err(format!("bucket bound {b} s is past the largest the kernel keeps ({last} s)"));
-        }
-        Ok(Buckets::Seconds(bounds))
-    }
-
-    /// The kernel buckets whose upper bounds this layout shows, ascending; `default` is the
-    /// `fallback` set.
-    pub fn indices(&self, fallback: &[usize]) -> Vec<usize> {
-        let mut out: Vec<usize> = match self {
-            Buckets::Default => fallback.to_vec(),
-            Buckets::Full => (0..hist::BUCKETS - 1)
-                .filter(|&i| hist::upper(i) >= FIRST_FULL_NS && hist::upper(i) <= LAST_FULL_NS)
-                .collect(),
-            Buckets::Seconds(bounds) => bounds.iter().map(|&s| snap(s)).collect(),
-        };
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-
-    /// Where [`Buckets::Seconds`] bounds moved to reach a kernel boundary: (asked, shown).
-    pub fn moved(&self) -> Vec<(f64, f64)> {
-        match self {
-            Buckets::Seconds(bounds) => bounds
-                .iter()
-                .map(|&s| (s, hist::upper_seconds(snap(s))))
-                .filter(|(asked, shown)| (asked - shown).abs() > asked * 1e-12)
-                .collect(),
-            _ => Vec::new(),
-        }
+/// Where [`Buckets::Seconds`] bounds moved to reach a kernel boundary: (asked, shown).
+pub fn moved(buckets: &Buckets) -> Vec<(f64, f64)> {
+    match buckets {
+        Buckets::Seconds(bounds) => bounds
+            .iter()
+            .map(|&s| (s, hist::upper_seconds(snap(s))))
+            .filter(|(asked, shown)| (asked - shown).abs() > asked * 1e-12)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -154,7 +87,7 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(latency: &Buckets, stage: &Buckets) -> Layout {
-        Layout { latency: latency.indices(&default_latency()), stage: stage.indices(&default_stage()) }
+        Layout { latency: indices(latency, &default_latency()), stage: indices(stage, &default_stage()) }
     }
 }
 
@@ -183,26 +116,12 @@ mod tests {
     }
 
     #[test]
-    fn text_parses_back_and_bad_text_is_named() {
-        for text in ["default", "full", "0.001,0.01,0.5"] {
-            let b: Buckets = text.parse().expect(text);
-            assert_eq!(b.to_string().parse::<Buckets>(), Ok(b));
-        }
-        assert_eq!(
-            "0.001,fast".parse::<Buckets>(),
-            Err("`fast` is not a bucket bound (expected `default`, `full`, or positive seconds separated by commas, e.g. 0.001,0.01,0.1)".to_owned())
-        );
-        assert!("0,1".parse::<Buckets>().is_err());
-        assert!("5000".parse::<Buckets>().unwrap_err().contains("past the largest"));
-    }
-
-    #[test]
     fn bounds_move_up_to_a_kernel_boundary() {
         let b: Buckets = "0.001,0.0009765625".parse().expect("bounds");
-        let shown: Vec<f64> = b.indices(&[]).into_iter().map(hist::upper_seconds).collect();
+        let shown: Vec<f64> = indices(&b, &[]).into_iter().map(hist::upper_seconds).collect();
         // 2^-10 s is a boundary; 1 ms is not and moves to the next, 2^(-39/4) s.
         assert_eq!(shown, [0.0009765625, 2f64.powf(-39.0 / 4.0)]);
-        assert_eq!(b.moved().len(), 1);
-        assert_eq!(Buckets::Full.indices(&[]).len(), 104);
+        assert_eq!(moved(&b).len(), 1);
+        assert_eq!(indices(&Buckets::Full, &[]).len(), 104);
     }
 }
