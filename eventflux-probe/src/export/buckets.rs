@@ -86,6 +86,11 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The kernel buckets histogram `metric` shows.
+    pub fn of(&self, metric: &str) -> &[usize] {
+        if metric == crate::export::metrics::QUERY_STAGE_LATENCY.name { &self.stage } else { &self.latency }
+    }
+
     pub fn new(latency: &Buckets, stage: &Buckets) -> Layout {
         Layout { latency: indices(latency, &default_latency()), stage: indices(stage, &default_stage()) }
     }

@@ -191,7 +191,7 @@ pub fn encode_protobuf(model: &Model, opts: &Options) -> Vec<u8> {
         .by_name
         .into_iter()
         .map(|(name, fam)| {
-            let shown = if name == m::QUERY_STAGE_LATENCY.name { &opts.layout.stage } else { &opts.layout.latency };
+            let shown = opts.layout.of(name);
             let kind = fam.kind;
             let metric = fam
                 .series
@@ -510,7 +510,7 @@ fn to_proto(f: Families, layout: &Layout) -> Vec<MetricFamily> {
     f.by_name
         .into_iter()
         .map(|(name, fam)| {
-            let shown = if name == m::QUERY_STAGE_LATENCY.name { &layout.stage } else { &layout.latency };
+            let shown = layout.of(name);
             let mut mf = MetricFamily::default();
             mf.set_name(name.to_owned());
             mf.set_help(fam.help.to_owned());
