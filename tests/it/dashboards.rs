@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use eventflux_probe::export::metrics::{self, Metric};
 use integration_tests::otlp::Receiver;
 use integration_tests::prometheus::{Prometheus, encode};
-use integration_tests::{Daemon, GatedDemo, bin, run_ok, serial};
+use integration_tests::{Daemon, GatedDemo, NodeObserver, bin, run_ok, serial};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -51,6 +51,28 @@ fn queries(d: &Value) -> Vec<(String, String)> {
                 .map(move |t| (title.clone(), t["expr"].as_str().expect("expr").to_owned()))
         })
         .collect()
+}
+
+/// The quantile panels of the histograms that carry exemplars show them (Grafana's
+/// `exemplar` on the target), and no other query asks for exemplars.
+#[test]
+fn latency_panels_show_exemplars() {
+    let mut shown = 0;
+    for (file, d) in dashboards() {
+        for p in panels(&d) {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().expect("expr");
+                let (names, _) = promql_names(expr);
+                let wanted = expr.starts_with("histogram_quantile(")
+                    && metrics::WITH_EXEMPLARS
+                        .iter()
+                        .any(|m| m.series_names().iter().chain([&m.name.to_owned()]).any(|n| names.contains(n)));
+                assert_eq!(t["exemplar"].as_bool(), Some(wanted), "{file} {:?}: {expr}", p["title"]);
+                shown += usize::from(wanted);
+            }
+        }
+    }
+    assert!(shown >= 5, "{shown} panel queries show exemplars");
 }
 
 // ---------------------------------------------------------------- PromQL names
@@ -441,14 +463,16 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     panels_return_data(&[]);
 }
 
-/// The same with native histograms on: Prometheus scrapes protobuf, stores every histogram
-/// as a native one (no `_bucket` series at all in 2.42), and the panels' `or` branch answers.
+/// The same from node mode over both demos, with native histograms and exemplar storage on:
+/// Prometheus scrapes protobuf, stores every histogram as a native one (no `_bucket` series at
+/// all in 2.42), and the panels' `or` branch answers.
 #[test]
-fn every_panel_query_returns_data_with_native_histograms() {
-    panels_return_data(&["native-histograms"]);
+fn every_panel_query_returns_data_with_native_histograms_in_node_mode() {
+    panels_return_data(&["native-histograms", "exemplar-storage"]);
 }
 
-/// A real Prometheus with these feature flags scrapes `run` on a busy demo; every panel and
+/// A real Prometheus with these feature flags scrapes a busy demo's observer (`run`; node mode
+/// when native histograms are on, over the demo and its downstream node); every panel and
 /// alert rule answers.
 fn panels_return_data(features: &[&str]) {
     let _serial = serial();
@@ -457,7 +481,7 @@ fn panels_return_data(features: &[&str]) {
     // Node B of two, so that the observed demo's transport has something to carry.
     let mut node_b = GatedDemo::start(&demo, &["--listen", "127.0.0.1:0", "--streams", "1", "--queries", "1"]);
     let node_b_addr = node_b.listening_addr();
-    let _node_b = node_b.open();
+    let node_b = node_b.open();
     let target = GatedDemo::start(
         &demo,
         &[
@@ -483,9 +507,21 @@ fn panels_return_data(features: &[&str]) {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
         ("EVENTFLUX_PROBE_OTLP_INTERVAL", "200ms".to_owned()),
     ];
-    let daemon = Daemon::start_with_env(target.pid(), &["--max-series", "4"], &env);
+    let node_mode = features.contains(&"native-histograms");
+    let (daemon, node) = if node_mode {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (a, b) = (target.pid().to_string(), node_b.pid().to_string());
+        let node = NodeObserver::start_with_env(&["--pid", &a, "--pid", &b, "--max-series", "4"], &env);
+        for pid in [target.pid(), node_b.pid()] {
+            node.found(pid, Instant::now());
+        }
+        (None, Some(node))
+    } else {
+        (Some(Daemon::start_with_env(target.pid(), &["--max-series", "4"], &env)), None)
+    };
+    let port = daemon.as_ref().map_or_else(|| node.as_ref().map_or(0, |n| n.port), |d| d.port);
     let _target = target.open();
-    let prometheus = Prometheus::start(daemon.port, features);
+    let prometheus = Prometheus::start(port, features);
     let deadline = Instant::now() + Duration::from_secs(30);
     while prometheus.query("up{job=\"eventflux-probe\"} == 1").is_empty() {
         assert!(Instant::now() < deadline, "prometheus never scraped run");
@@ -552,51 +588,105 @@ fn panels_return_data(features: &[&str]) {
         assert!(!native.is_empty() && native.iter().all(|r| r["histogram"].is_array()), "{native:?}");
         assert!(prometheus.query("query_latency_seconds_bucket").is_empty());
     }
-    let status = daemon.stop();
+    let status = match (daemon, node) {
+        (Some(d), _) => d.stop(),
+        (None, Some(n)) => n.stop(),
+        (None, None) => unreachable!("one observer runs"),
+    };
     assert!(status.success(), "{status}");
 }
 
-/// Native histograms are the kernel's buckets: for every query, the p50, p99 and maximum
-/// Prometheus computes from the native histogram it scraped (protobuf) lie in the bucket that
-/// the same daemon's classic text exposition with every bucket (`--buckets full`) puts them
-/// in, from the same counts.
+/// Issue #21's "done when", in node mode over two engines: a real Prometheus with
+/// `native-histograms,exemplar-storage` scrapes `node` (protobuf) while both demos run and
+/// after they finished.
+/// - Native histograms are the kernel's buckets: for every query of each engine, the p50,
+///   p99 and maximum Prometheus computes from the native histogram lie in the bucket that the
+///   same daemon's classic text exposition with every bucket (`--buckets full`) puts them in,
+///   from the same counts.
+/// - Exemplars resolve: every trace id Prometheus stored as an exemplar of the native
+///   histograms is a trace the OTLP receiver got, and every exemplar of the OpenMetrics page
+///   is inside its bucket with the value its trace says was counted.
 #[test]
-fn native_histograms_agree_with_the_classic_buckets() {
+fn native_histograms_and_exemplars_in_node_mode_over_two_engines() {
     let _serial = serial();
-    let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "600000", "--rate", "200000"]);
-    let daemon = Daemon::start_with(target.pid(), &["--buckets", "full", "--stage-buckets", "full"]);
-    let prometheus = Prometheus::start(daemon.port, &["native-histograms"]);
-    let summary = integration_tests::summary(&target.open_and_wait());
-    daemon.wait_target_gone(Duration::from_secs(10));
-    // Past the end, the daemon serves its final values: two more scrapes take them.
+    let receiver = Receiver::http();
+    let demo = bin("eventflux-demo");
+    let args = ["--events", "600000", "--rate", "200000", "--queries", "3"];
+    let engines = [GatedDemo::start(&demo, &args), GatedDemo::start(&demo, &args)];
+    let pids: Vec<String> = engines.iter().map(|e| e.pid().to_string()).collect();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("EVENTFLUX_PROBE_OTLP_INTERVAL", "200ms"),
+    ];
+    let node = NodeObserver::start_with_env(
+        &["--pid", &pids[0], "--pid", &pids[1], "--buckets", "full", "--stage-buckets", "full"],
+        &env,
+    );
+    for pid in &pids {
+        node.found(pid.parse().expect("pid"), Instant::now());
+    }
+    let prometheus = Prometheus::start(node.port, &["native-histograms", "exemplar-storage"]);
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let opened: Vec<GatedDemo> = engines.into_iter().map(GatedDemo::open).collect();
+    let summaries: Vec<Value> = opened.into_iter().map(|e| integration_tests::summary(&e.open_and_wait())).collect();
+    integration_tests::otlp::settle(&receiver, &[node.port]);
+    // Past the end, the node serves the engines' final values: two more scrapes take them.
     std::thread::sleep(Duration::from_secs(3));
-    let text = daemon.samples();
-    let queries: Vec<&String> = summary["queries"].as_object().expect("queries").keys().collect();
-    assert!(!queries.is_empty());
+    let text = integration_tests::parse_metrics(&node.metrics());
     let mut checked = 0;
-    for q in queries {
-        for quantile in [0.5, 0.99, 1.0] {
-            let id = [("query_id", q.as_str())];
-            let le =
-                integration_tests::bucket_quantile(&text, "query_latency_seconds", &id, quantile).expect("buckets");
-            let r =
-                prometheus.query(&format!("histogram_quantile({quantile}, query_latency_seconds{{query_id=\"{q}\"}})"));
-            let native: f64 = r
-                .first()
-                .and_then(|v| v["value"][1].as_str())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{q} p{quantile}: {r:?}"));
-            // The bucket ending at `le` is (le / 2^(1/4), le].
-            let lower = le / 2f64.powf(0.25);
-            assert!(
-                native > lower * (1.0 - 1e-9) && native <= le * (1.0 + 1e-9),
-                "{q} p{quantile}: native {native} outside ({lower}, {le}]"
-            );
-            checked += 1;
+    for (pid, summary) in pids.iter().zip(&summaries) {
+        let queries: Vec<&String> = summary["queries"].as_object().expect("queries").keys().collect();
+        assert!(!queries.is_empty());
+        for q in queries {
+            for quantile in [0.5, 0.99, 1.0] {
+                let id = [("query_id", q.as_str()), ("pid", pid.as_str())];
+                let le =
+                    integration_tests::bucket_quantile(&text, "query_latency_seconds", &id, quantile).expect("buckets");
+                let r = prometheus.query(&format!(
+                    "histogram_quantile({quantile}, query_latency_seconds{{query_id=\"{q}\",pid=\"{pid}\"}})"
+                ));
+                let native: f64 = r
+                    .first()
+                    .and_then(|v| v["value"][1].as_str())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{pid} {q} p{quantile}: {r:?}"));
+                // The bucket ending at `le` is (le / 2^(1/4), le].
+                let lower = le / 2f64.powf(0.25);
+                assert!(
+                    native > lower * (1.0 - 1e-9) && native <= le * (1.0 + 1e-9),
+                    "{pid} {q} p{quantile}: native {native} outside ({lower}, {le}]"
+                );
+                checked += 1;
+            }
         }
     }
-    assert!(checked >= 9);
-    assert!(daemon.stop().success());
+    assert!(checked >= 18, "{checked}");
+
+    let spans = receiver.spans();
+    let page = integration_tests::http_get_accept(node.port, "/metrics", integration_tests::OPENMETRICS);
+    let resolved = integration_tests::otlp::assert_exemplars_resolve(&page, &spans);
+    assert!(resolved >= 6, "{resolved} exemplars on the OpenMetrics page");
+    let received: BTreeSet<String> =
+        spans.iter().map(|s| s.span.trace_id.iter().map(|b| format!("{b:02x}")).collect()).collect();
+    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 1;
+    let r = prometheus.api(&format!(
+        "/api/v1/query_exemplars?query={}&start={}&end={end}",
+        encode("query_latency_seconds"),
+        started - 5
+    ));
+    let mut stored = BTreeMap::new();
+    for series in r["data"].as_array().into_iter().flatten() {
+        let pid = series["seriesLabels"]["pid"].as_str().unwrap_or("?").to_owned();
+        for e in series["exemplars"].as_array().into_iter().flatten() {
+            let id = e["labels"]["trace_id"].as_str().unwrap_or("?").to_owned();
+            assert!(received.contains(&id), "Prometheus holds exemplar {id} of {pid}, a trace never received");
+            *stored.entry(pid.clone()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(stored.len(), 2, "exemplars of both engines stored: {stored:?}");
+    assert!(node.stop().success());
 }
 
 /// For `cargo xtask overview-png`: every Overview panel's series over the run, with their

@@ -5,37 +5,16 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::otlp::{Received, Receiver, attr};
+use integration_tests::otlp::{Received, Receiver, attr, settle};
 use integration_tests::{
-    Daemon, GatedDemo, Scratch, assert_one_line_error, bin, computed_summary, health, http_status, parse_metrics,
-    poll_http, poll_metrics, run_ok, serial, summary, value,
+    Daemon, GatedDemo, Scratch, assert_one_line_error, bin, computed_summary, http_status, parse_metrics, poll_http,
+    poll_metrics, run_ok, serial, summary, value,
 };
 use serde_json::Value;
 
 const DEMO: &[&str] = &["--events", "6400", "--batch", "64", "--queries", "3", "--streams", "2"];
 /// Batches of DEMO: 100 chunks, two queries on one of the two streams.
 const BATCHES: usize = 150;
-
-/// Waits until the receiver holds every span the observers on `ports` exported and none has
-/// spans queued: a trace's spans may be split over two export requests, so a trace seen is not
-/// yet a trace whole.
-fn settle(receiver: &Receiver, ports: &[u16]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (mut exported, mut queued) = (0.0, 0);
-        for &port in ports {
-            let m = parse_metrics(&integration_tests::http_get(port, "/metrics"));
-            exported += value(&m, "eventflux_probe_spans_exported_total", &[]).unwrap_or(-1.0);
-            let (_, h) = health(port);
-            queued += h["observer"]["otlp"]["queued_spans"].as_u64().unwrap_or(1);
-        }
-        if queued == 0 && receiver.spans().len() as f64 == exported {
-            return;
-        }
-        assert!(Instant::now() < deadline, "spans still on their way: {exported} exported, {queued} queued");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn spans_by_trace(spans: &[Received]) -> BTreeMap<Vec<u8>, Vec<&Received>> {
     let mut by: BTreeMap<Vec<u8>, Vec<&Received>> = BTreeMap::new();
@@ -473,5 +452,62 @@ fn every_snapshot_is_a_trace_of_its_own() {
     let m = parse_metrics(&daemon.scrape());
     let sum = value(&m, "persistence_snapshot_duration_seconds_sum", &[("persistence", "snapshots")]).expect("sum");
     assert!((sum * 1e9 - total_ns as f64).abs() <= 2.0 * taken as f64, "histogram {sum} s, spans {total_ns} ns");
+    assert!(daemon.stop().success());
+}
+
+/// Exemplars, end to end: `run` exports traces over OTLP at its default budget; its
+/// OpenMetrics page puts, on latency buckets, the trace ids of exported batches that fell in
+/// them, with the value the histogram counted of each (the root's `eventflux.latency_ns`, a
+/// stage's self time), inside the bucket. A real Prometheus with `exemplar-storage` scrapes
+/// that page, and `/api/v1/query_exemplars` answers trace ids the receiver got.
+#[test]
+fn exemplars_link_latency_buckets_to_received_traces() {
+    let _serial = serial();
+    let receiver = Receiver::http();
+    let target =
+        GatedDemo::start(&bin("eventflux-demo"), &["--events", "400000", "--rate", "100000", "--queries", "3"]);
+    let scratch = Scratch::new("exemplars");
+    let config = otlp_config(&scratch, &receiver, "http/protobuf");
+    let daemon = Daemon::start_with(target.pid(), &["--config", &config]);
+    let prometheus = integration_tests::prometheus::Prometheus::start(daemon.port, &["exemplar-storage"]);
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    target.open_and_wait();
+    daemon.wait_target_gone(Duration::from_secs(10));
+    settle(&receiver, &[daemon.port]);
+    let page = integration_tests::http_get_accept(daemon.port, "/metrics", integration_tests::OPENMETRICS);
+    let spans = receiver.spans();
+    let checked = integration_tests::otlp::assert_exemplars_resolve(&page, &spans);
+    let on = |name: &str| page.lines().filter(|l| l.starts_with(name) && l.contains(" # {")).count();
+    assert!(on("query_latency_seconds_bucket{") >= 3, "a latency exemplar per query at least:\n{page}");
+    assert!(on("query_stage_latency_seconds_bucket{") >= 3, "stage exemplars:\n{page}");
+    assert!(checked >= 6);
+
+    // Prometheus stored them (it scrapes OpenMetrics with exemplar storage on).
+    let received: std::collections::BTreeSet<String> =
+        spans.iter().map(|s| s.span.trace_id.iter().map(|b| format!("{b:02x}")).collect()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stored = loop {
+        let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 1;
+        let r = prometheus.api(&format!(
+            "/api/v1/query_exemplars?query={}&start={}&end={end}",
+            integration_tests::prometheus::encode("query_latency_seconds_bucket"),
+            started - 5
+        ));
+        let ids: Vec<String> = r["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_owned))
+            .collect();
+        if !ids.is_empty() || Instant::now() > deadline {
+            break ids;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(!stored.is_empty(), "Prometheus stored no exemplar");
+    for id in &stored {
+        assert!(received.contains(id), "Prometheus holds exemplar {id}, a trace never received");
+    }
     assert!(daemon.stop().success());
 }

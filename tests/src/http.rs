@@ -31,8 +31,21 @@ pub fn http_get(port: u16, path: &str) -> String {
 /// A plain HTTP/1.1 GET on loopback: the status code and the body, or why there is none
 /// (nothing listening, connection reset).
 pub fn http_status(port: u16, path: &str) -> Result<(u16, String), String> {
+    http_status_accept(port, path, "*/*")
+}
+
+/// `GET path` asking for `accept` (a format of `/metrics`): the body, failing the test on a
+/// non-200 status.
+pub fn http_get_accept(port: u16, path: &str, accept: &str) -> String {
+    let (status, body) = http_status_accept(port, path, accept).unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
+}
+
+fn http_status_accept(port: u16, path: &str, accept: &str) -> Result<(u16, String), String> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
     let text = String::from_utf8(raw).map_err(|_| "response is not UTF-8".to_owned())?;

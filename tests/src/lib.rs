@@ -27,10 +27,10 @@ use std::sync::{Mutex, MutexGuard};
 pub use bpftrace::{Bpftrace, map_value, require_tracing};
 pub use demo::{GatedDemo, computed_summary, demo_copy, fed_node_b, gated_iterations, send_chunks, summary};
 pub use errors::{PROBE_ERROR, assert_final_error, assert_one_line_error, assert_one_line_error_of};
-pub use http::{free_port, health, http_get, http_status, json, poll_http, wait_for_port};
+pub use http::{free_port, health, http_get, http_get_accept, http_status, json, poll_http, wait_for_port};
 pub use metrics::{
-    Sample, assert_components_exact, assert_promtool_accepts, bucket_quantile, counts_match, metric, metric_sum,
-    parse_metrics, poll_metrics, value,
+    ExemplarLine, OPENMETRICS, Sample, assert_components_exact, assert_promtool_accepts, bucket_quantile, counts_match,
+    metric, metric_sum, parse_exemplars, parse_metrics, poll_metrics, value,
 };
 pub use observer::{Daemon, NodeObserver, log_events};
 pub use procs::{

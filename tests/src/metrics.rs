@@ -42,7 +42,52 @@ pub fn parse_metrics(text: &str) -> Vec<Sample> {
     out
 }
 
+/// The OpenMetrics `Accept` header, as Prometheus 2.42 sends it with `exemplar-storage`.
+pub const OPENMETRICS: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// An exemplar of an OpenMetrics exposition: the sample it follows, its trace id, value and
+/// timestamp (seconds).
+#[derive(Debug, Clone)]
+pub struct ExemplarLine {
+    pub sample: Sample,
+    pub trace_id: String,
+    pub value: f64,
+    pub timestamp: f64,
+}
+
+/// The exemplars of an OpenMetrics exposition (`SAMPLE # {trace_id="…"} VALUE TIMESTAMP`);
+/// fails the test on an exemplar it cannot read, or on an exposition without `# EOF`.
+pub fn parse_exemplars(text: &str) -> Vec<ExemplarLine> {
+    assert!(text.ends_with("# EOF\n"), "an OpenMetrics exposition ends with # EOF");
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((sample, exemplar)) = line.split_once(" # ") else { continue };
+        let sample = parse_metrics(sample).pop().unwrap_or_else(|| panic!("no sample in {line}"));
+        let (labels, rest) = exemplar.split_once("} ").unwrap_or_else(|| panic!("exemplar labels in {line}"));
+        let trace_id = labels
+            .strip_prefix("{trace_id=\"")
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("a trace_id label alone in {line}"))
+            .to_owned();
+        let mut numbers = rest.split(' ').map(|n| n.parse::<f64>().unwrap_or_else(|_| panic!("number in {line}")));
+        let (Some(value), Some(timestamp), None) = (numbers.next(), numbers.next(), numbers.next()) else {
+            panic!("value and timestamp in {line}")
+        };
+        out.push(ExemplarLine { sample, trace_id, value, timestamp });
+    }
+    out
+}
+
 impl Sample {
+    /// The value of label `k` as a number (`le`); +Inf for `+Inf`, NaN when absent.
+    pub fn value_of(&self, k: &str) -> f64 {
+        match self.labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str()) {
+            Some("+Inf") => f64::INFINITY,
+            Some(v) => v.parse().unwrap_or(f64::NAN),
+            None => f64::NAN,
+        }
+    }
+
     /// Whether this sample's labels include `labels`.
     pub fn has(&self, labels: &[(&str, &str)]) -> bool {
         labels.iter().all(|(k, v)| self.labels.iter().any(|(a, b)| a == k && b == v))

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
@@ -139,6 +140,27 @@ impl Receiver {
     }
 }
 
+/// Waits until the receiver holds every span the observers on `ports` exported and none has
+/// spans queued: a trace's spans may be split over two export requests, so a trace seen is not
+/// yet a trace whole. `run` and node mode alike (`/health`'s `observer.otlp`).
+pub fn settle(receiver: &Receiver, ports: &[u16]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (mut exported, mut queued) = (0.0, 0);
+        for &port in ports {
+            let m = crate::parse_metrics(&crate::http_get(port, "/metrics"));
+            exported += crate::value(&m, "eventflux_probe_spans_exported_total", &[]).unwrap_or(-1.0);
+            let (_, h) = crate::health(port);
+            queued += h["observer"]["otlp"]["queued_spans"].as_u64().unwrap_or(1);
+        }
+        if queued == 0 && receiver.spans().len() as f64 == exported {
+            return;
+        }
+        assert!(Instant::now() < deadline, "spans still on their way: {exported} exported, {queued} queued");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The string or integer value of attribute `key`, as text.
 pub fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
     let v = attrs.iter().find(|kv| kv.key == key)?.value.as_ref()?;
@@ -147,4 +169,71 @@ pub fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
         AnyValue { value: Some(any_value::Value::IntValue(i)) } => Some(i.to_string()),
         _ => None,
     }
+}
+
+/// Checks every exemplar of an OpenMetrics exposition against the spans a receiver got; the
+/// number checked. Each exemplar names a received trace of its query, and its value is what
+/// the histogram counted of that trace:
+/// - `query_latency_seconds`: the root span's `eventflux.latency_ns`;
+/// - `query_stage_latency_seconds{stage}`: the sum of `eventflux.self_ns` over the trace's
+///   spans of that stage;
+///
+/// and it lies in its bucket: above the series' next lower `le`, at most its own.
+pub fn assert_exemplars_resolve(openmetrics: &str, spans: &[Received]) -> usize {
+    use std::collections::BTreeMap;
+    let exemplars = crate::metrics::parse_exemplars(openmetrics);
+    let plain: String =
+        openmetrics.lines().map(|l| l.split_once(" # ").map_or(l, |(s, _)| s)).fold(String::new(), |mut out, l| {
+            out.push_str(l);
+            out.push('\n');
+            out
+        });
+    let samples = crate::metrics::parse_metrics(&plain);
+    let mut by_trace: BTreeMap<String, Vec<&Received>> = BTreeMap::new();
+    for s in spans {
+        let hex: String = s.span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+        by_trace.entry(hex).or_default().push(s);
+    }
+    let label = |s: &crate::metrics::Sample, k: &str| {
+        s.labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default()
+    };
+    for e in &exemplars {
+        let s = &e.sample;
+        let trace = by_trace.get(&e.trace_id).unwrap_or_else(|| panic!("exemplar {e:?}: trace never received"));
+        let query = label(s, "query_id");
+        assert!(
+            trace.iter().all(|r| attr(&r.span.attributes, "query.id").as_deref() == Some(query.as_str())),
+            "exemplar {e:?}: a trace of another query"
+        );
+        let value_ns = (e.value * 1e9).round() as i64;
+        let counted: i64 = match s.name.as_str() {
+            "query_latency_seconds_bucket" => trace
+                .iter()
+                .find_map(|r| attr(&r.span.attributes, "eventflux.latency_ns"))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("exemplar {e:?}: no root with eventflux.latency_ns")),
+            "query_stage_latency_seconds_bucket" => {
+                let stage = label(s, "stage");
+                trace
+                    .iter()
+                    .filter(|r| attr(&r.span.attributes, "processor.type").as_deref() == Some(stage.as_str()))
+                    .filter_map(|r| attr(&r.span.attributes, "eventflux.self_ns").and_then(|v| v.parse::<i64>().ok()))
+                    .sum()
+            }
+            other => panic!("an exemplar on {other}"),
+        };
+        assert_eq!(value_ns, counted, "exemplar {e:?}: its value is not what the histogram counted");
+        let le = s.value_of("le");
+        let others: Vec<(String, String)> = s.labels.iter().filter(|(k, _)| k != "le").cloned().collect();
+        let lower = samples
+            .iter()
+            .filter(|o| {
+                o.name == s.name && o.labels.iter().filter(|(k, _)| k != "le").cloned().collect::<Vec<_>>() == others
+            })
+            .map(|o| o.value_of("le"))
+            .filter(|&b| b < le)
+            .fold(0.0, f64::max);
+        assert!(e.value > lower && e.value <= le, "exemplar {e:?}: outside its bucket ({lower}, {le}]");
+    }
+    exemplars.len()
 }

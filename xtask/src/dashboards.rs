@@ -494,6 +494,16 @@ fn thresholds(p: &Panel) -> Value {
     json!({"mode": "absolute", "steps": steps})
 }
 
+/// Histograms whose buckets carry exemplars (the trace ids of exported batches; docs/metrics.md):
+/// the panels drawing their quantiles show them, linked to the trace.
+pub const EXEMPLAR_METRICS: &[&str] = &["query_latency_seconds", "query_stage_latency_seconds"];
+
+/// Whether a panel query draws a quantile of a histogram with exemplars.
+fn shows_exemplars(expr: &str) -> bool {
+    expr.starts_with("histogram_quantile(")
+        && EXEMPLAR_METRICS.iter().any(|m| expr.contains(&format!("{m}_bucket{{")) || expr.contains(&format!("({m}{{")))
+}
+
 fn panel_json(p: &Panel, id: u32, x: u32, y: u32) -> Value {
     let targets: Vec<Value> = p
         .targets
@@ -505,6 +515,7 @@ fn panel_json(p: &Panel, id: u32, x: u32, y: u32) -> Value {
                 "expr": expr,
                 "legendFormat": legend,
                 "range": true,
+                "exemplar": shows_exemplars(expr),
                 "refId": ((b'A' + i as u8) as char).to_string(),
             })
         })

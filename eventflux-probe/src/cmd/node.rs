@@ -106,6 +106,7 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
         scan_interval: args.scan_interval,
         health: Thresholds::from(&settings.health),
         select: Selection { exe: args.exe.clone(), pids: args.pids.clone(), containers: args.containers.clone() },
+        otlp: super::flags::otlp_options(&settings.otlp)?,
     };
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;

@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use eventflux_probe::config::{self, Settings};
 use eventflux_probe::export::health::Thresholds;
-use eventflux_probe::export::otlp;
 use eventflux_probe::logging::LogFormat;
 use eventflux_probe::serve::run::ServeOptions;
 
@@ -120,48 +119,9 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
         follow: settings.lifecycle.follow,
         drain: settings.lifecycle.drain,
         health: Thresholds::from(&settings.health),
-        otlp: otlp_options(&settings.otlp)?,
+        otlp: super::flags::otlp_options(&settings.otlp)?,
     };
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(eventflux_probe::serve::run::serve(options))
-}
-
-/// The OTLP export `[otlp]` and the standard `OTEL_*` variables ask for, if any: the
-/// configuration's values first, then the variables, then the defaults.
-fn otlp_options(o: &config::Otlp) -> Result<Option<otlp::Options>> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let endpoint = Some(o.endpoint.clone()).filter(|e| !e.is_empty());
-    // The endpoint in effect and where it came from, checked before anything is attached.
-    let Some((effective, source)) = endpoint
-        .clone()
-        .map(|e| (e, "otlp.endpoint"))
-        .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(|e| (e, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")))
-        .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, "OTEL_EXPORTER_OTLP_ENDPOINT")))
-    else {
-        return Ok(None);
-    };
-    otlp::check_endpoint(&effective).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
-    // Where the protocol came from, so that a bad value is reported under its own name.
-    let (protocol, from) = Some(o.protocol.clone())
-        .filter(|p| !p.is_empty())
-        .map(|p| (p, "otlp.protocol"))
-        .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").map(|p| (p, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")))
-        .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL").map(|p| (p, "OTEL_EXPORTER_OTLP_PROTOCOL")))
-        .unwrap_or_else(|| ("grpc".into(), "default"));
-    let wire = otlp::parse_wire(&protocol).map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
-    Ok(Some(otlp::Options {
-        endpoint,
-        wire,
-        service_name: Some(o.service_name.clone())
-            .filter(|n| !n.is_empty())
-            .or_else(|| var("OTEL_SERVICE_NAME"))
-            .unwrap_or_else(|| "eventflux".into()),
-        service_version: o.service_version.clone(),
-        environment: o.environment.clone(),
-        queue_spans: o.queue_spans,
-        batch_spans: o.batch_spans,
-        interval: o.interval,
-        timeout: o.timeout,
-    }))
 }

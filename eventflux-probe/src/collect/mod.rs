@@ -141,7 +141,13 @@ impl Reader {
         }
         for entry in kernel.hists()?.iter() {
             let (key, v) = entry?;
-            let h = HistData { buckets: v.buckets.to_vec(), count: v.count, sum_ns: v.sum_ns, max_ns: v.max_ns };
+            let h = HistData {
+                buckets: v.buckets.to_vec(),
+                count: v.count,
+                sum_ns: v.sum_ns,
+                max_ns: v.max_ns,
+                ..Default::default()
+            };
             snap.hists.insert(key, h);
         }
         snap.cpu_period = kernel.cpu_period();

@@ -68,6 +68,11 @@ impl Metric {
 /// join with kube-state-metrics, docs/kubernetes.md).
 pub const ENGINE_EXTRA_LABELS: &[&str] = &["pid", "exe", "container_id", "pod_uid"];
 
+/// Histograms whose buckets carry exemplars, the trace ids of exported batches that fell in
+/// them (`model::exemplars` records them; the dashboards' quantile panels of these show them,
+/// which `tests/it/dashboards.rs` checks).
+pub const WITH_EXEMPLARS: &[&Metric] = &[&QUERY_LATENCY, &QUERY_STAGE_LATENCY];
+
 /// A metric's name: a literal, or a component counter or gauge code (`(ComponentCounter::X)`)
 /// whose ABI label is the family's name, so that the name is written once.
 macro_rules! metric_name {

@@ -3,6 +3,7 @@
 pub mod buckets;
 pub mod health;
 pub mod metrics;
+pub mod openmetrics;
 pub mod otlp;
 pub mod profile;
 pub mod prometheus;

@@ -154,8 +154,8 @@ fn host_name() -> String {
 
 impl Exporter {
     /// The exporter for `options`, and the worker future that exports its queue (spawn it on
-    /// the daemon's runtime). `target_exe`: the engine's executable, a resource attribute.
-    pub fn start(options: Options, pid: u32, target_exe: &str) -> Result<(std::sync::Arc<Exporter>, Worker)> {
+    /// the daemon's runtime). Each target's spans need its resource first ([`Exporter::add_target`]).
+    pub fn start(options: Options) -> Result<(std::sync::Arc<Exporter>, Worker)> {
         let inner = match options.wire {
             Wire::Grpc => {
                 let b = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_timeout(options.timeout);
@@ -189,7 +189,6 @@ impl Exporter {
             last: Mutex::new((None, None)),
             ids: Mutex::new(IdSource::new()),
         });
-        exporter.add_target(pid, target_exe);
         let worker = Worker { exporter: std::sync::Arc::clone(&exporter), inner, resource_of: None };
         Ok((exporter, worker))
     }
@@ -220,20 +219,22 @@ impl Exporter {
         resources.push_back((pid, resource));
     }
 
-    /// Queues one trace's spans; what does not fit is dropped and counted.
-    pub fn offer(&self, trace: &Trace, model: &Model, clock: &Clock) {
-        let spans = self.spans(trace, model, clock);
+    /// Queues one trace's spans; what does not fit is dropped and counted. The trace id it
+    /// goes out under, if queued (an exemplar may point at it).
+    pub fn offer(&self, trace: &Trace, model: &Model, clock: &Clock) -> Option<u128> {
+        let (trace_id, spans) = self.spans(trace, model, clock);
         let mut queue = lock(&self.queue);
         let room = self.options.queue_spans.saturating_sub(queue.len());
         if spans.len() > room {
             // A trace is all or nothing: half a tree is worse than none.
             self.dropped[0].fetch_add(spans.len() as u64, Ordering::Relaxed);
-            return;
+            return None;
         }
         queue.extend(spans.into_iter().map(|s| (trace.pid, s)));
+        Some(trace_id)
     }
 
-    fn spans(&self, t: &Trace, model: &Model, clock: &Clock) -> Vec<SpanData> {
+    fn spans(&self, t: &Trace, model: &Model, clock: &Clock) -> (u128, Vec<SpanData>) {
         let engine = model.engines.get(&t.pid);
         let query = engine.and_then(|e| e.queries.get(&t.query));
         // An operation outside batches (a snapshot) belongs to no query or stream.
@@ -257,8 +258,10 @@ impl Exporter {
                     _ => ids.next(),
                 })
                 .collect();
-            (TraceId::from_bytes(trace_id.to_be_bytes()), span_ids)
+            (trace_id, span_ids)
         };
+        let raw_trace_id = trace_id;
+        let trace_id = TraceId::from_bytes(trace_id.to_be_bytes());
         let remote_parent = t.context.map_or(0, |c| c.parent_span_id);
         let time = |ns: u64| UNIX_EPOCH + Duration::from_nanos(clock.unix_ns(ns));
         let mut out = Vec::new();
@@ -294,6 +297,10 @@ impl Exporter {
             ]);
             if span.stage != stage::BATCH {
                 attributes.push(KeyValue::new("processor.type", span.name()));
+            } else if t.latency_ns > 0 {
+                // What the latency histogram counted (the root may start earlier, with ingest):
+                // the value of this trace's exemplar.
+                attributes.push(KeyValue::new("eventflux.latency_ns", t.latency_ns as i64));
             }
             if let Some(c) = span.component.and_then(|c| engine.and_then(|e| e.components.get(&c))) {
                 attributes.push(KeyValue::new("component.name", c.name.clone()));
@@ -317,7 +324,7 @@ impl Exporter {
                 instrumentation_scope: self.scope.clone(),
             });
         }
-        out
+        (raw_trace_id, out)
     }
 
     pub fn state(&self) -> OtlpState {

@@ -19,7 +19,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 
 use crate::export::buckets::Layout;
 use crate::export::metrics::{self as m, Kind, Metric};
-use crate::model::hist::HistData;
+use crate::model::hist::{Exemplar, HistData};
 use crate::model::{Component, Engine, Model};
 
 /// Value of every label of a folded series.
@@ -57,33 +57,47 @@ impl Default for Options {
 const PROCESS_LABELS: &[&str] = crate::export::metrics::ENGINE_EXTRA_LABELS;
 
 #[derive(Debug, Clone)]
-enum Value {
+pub(crate) enum Value {
     Scalar(f64),
-    Hist { buckets: Vec<u64>, count: u64, sum_ns: u64 },
+    Hist {
+        buckets: Vec<u64>,
+        count: u64,
+        sum_ns: u64,
+        /// By kernel bucket.
+        exemplars: BTreeMap<usize, Exemplar>,
+    },
 }
 
 impl Value {
     fn merge(&mut self, other: Value) {
         match (self, other) {
             (Value::Scalar(a), Value::Scalar(b)) => *a += b,
-            (Value::Hist { buckets, count, sum_ns }, Value::Hist { buckets: b2, count: c2, sum_ns: s2 }) => {
+            (
+                Value::Hist { buckets, count, sum_ns, exemplars },
+                Value::Hist { buckets: b2, count: c2, sum_ns: s2, exemplars: e2 },
+            ) => {
                 for (x, y) in buckets.iter_mut().zip(b2) {
                     *x += y;
                 }
                 *count += c2;
                 *sum_ns += s2;
+                for (k, e) in e2 {
+                    if exemplars.get(&k).is_none_or(|old| old.unix_ms <= e.unix_ms) {
+                        exemplars.insert(k, e);
+                    }
+                }
             }
             _ => {}
         }
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
-struct Family {
-    help: &'static str,
-    kind: MetricType,
-    series: BTreeMap<Labels, Value>,
+pub(crate) struct Family {
+    pub(crate) help: &'static str,
+    pub(crate) kind: MetricType,
+    pub(crate) series: BTreeMap<Labels, Value>,
     /// Label sets summed into the overflow series (each once, however often it was added).
     folded: std::collections::BTreeSet<Labels>,
     /// Label sets per process (by its `pid` label), for the per-process cap.
@@ -91,9 +105,9 @@ struct Family {
 }
 
 /// Collects series by metric name, applying the cap.
-struct Families {
+pub(crate) struct Families {
     opts: Options,
-    by_name: BTreeMap<&'static str, Family>,
+    pub(crate) by_name: BTreeMap<&'static str, Family>,
 }
 
 impl Families {
@@ -163,7 +177,12 @@ impl Families {
     }
 
     fn histogram(&mut self, metric: &'static Metric, labels: Labels, h: &HistData) {
-        let v = Value::Hist { buckets: h.buckets.clone(), count: h.count, sum_ns: h.sum_ns };
+        let v = Value::Hist {
+            buckets: h.buckets.clone(),
+            count: h.count,
+            sum_ns: h.sum_ns,
+            exemplars: h.exemplars.clone(),
+        };
         self.add(metric, labels, v);
     }
 }
@@ -173,7 +192,7 @@ fn label_name(code: u32, label: Option<&'static str>) -> String {
 }
 
 /// The model's series, by metric, capped.
-fn collect(model: &Model, opts: &Options) -> Families {
+pub(crate) fn collect(model: &Model, opts: &Options) -> Families {
     let mut f = Families { opts: opts.clone(), by_name: BTreeMap::new() };
     for engine in model.engines.values() {
         engine_metrics(engine, &mut f);
@@ -207,12 +226,25 @@ pub fn encode_protobuf(model: &Model, opts: &Options) -> Vec<u8> {
                             out.counter = Some(pb::Counter { value: Some(v) })
                         }
                         Value::Scalar(v) => out.gauge = Some(pb::Gauge { value: Some(v) }),
-                        Value::Hist { buckets, count, sum_ns } => {
+                        Value::Hist { buckets, count, sum_ns, exemplars } => {
                             let mut h = pb::native(&buckets, count, sum_ns as f64 / 1e9);
+                            let mut shown_exemplars = classic_exemplars(&exemplars, shown).into_iter();
                             h.bucket = classic(&buckets, shown)
                                 .into_iter()
-                                .map(|(le, n)| pb::Bucket { cumulative_count: Some(n), upper_bound: Some(le) })
+                                .map(|(le, n)| pb::Bucket {
+                                    cumulative_count: Some(n),
+                                    upper_bound: Some(le),
+                                    exemplar: shown_exemplars.next().flatten().map(|e| pb_exemplar(&e)),
+                                })
                                 .collect();
+                            // +Inf is implied by the count; written out only to carry an exemplar.
+                            if let Some(e) = shown_exemplars.next().flatten() {
+                                h.bucket.push(pb::Bucket {
+                                    cumulative_count: Some(count),
+                                    upper_bound: Some(f64::INFINITY),
+                                    exemplar: Some(pb_exemplar(&e)),
+                                });
+                            }
                             out.histogram = Some(h);
                         }
                     }
@@ -235,10 +267,39 @@ pub fn encode_protobuf(model: &Model, opts: &Options) -> Vec<u8> {
     pb::encode(&families)
 }
 
+/// An exemplar's labels: the trace it links to, as Grafana's exemplar links look it up.
+pub(crate) const EXEMPLAR_LABEL: &str = "trace_id";
+
+fn pb_exemplar(e: &Exemplar) -> crate::export::protobuf::Exemplar {
+    use crate::export::protobuf as pb;
+    pb::Exemplar {
+        label: vec![pb::LabelPair { name: Some(EXEMPLAR_LABEL.to_owned()), value: Some(e.trace_id_hex()) }],
+        value: Some(e.value_ns as f64 / 1e9),
+        timestamp: Some(pb::Timestamp {
+            seconds: e.unix_ms.div_euclid(1000),
+            nanos: (e.unix_ms.rem_euclid(1000) * 1_000_000) as i32,
+        }),
+    }
+}
+
+/// The exemplar of each classic bucket [`classic`] shows, then of +Inf: the latest of the
+/// kernel buckets it covers.
+pub(crate) fn classic_exemplars(exemplars: &BTreeMap<usize, Exemplar>, shown: &[usize]) -> Vec<Option<Exemplar>> {
+    let bounds: Vec<usize> = shown.iter().copied().filter(|&i| i < hist::BUCKETS - 1).collect();
+    let mut out: Vec<Option<Exemplar>> = vec![None; bounds.len() + 1];
+    for (&k, e) in exemplars {
+        let slot = bounds.iter().position(|&b| k <= b).unwrap_or(bounds.len());
+        if out[slot].is_none_or(|old| old.unix_ms <= e.unix_ms) {
+            out[slot] = Some(*e);
+        }
+    }
+    out
+}
+
 /// The cumulative counts of kernel `buckets` at the `shown` bounds, each a kernel boundary
 /// (exact): (upper bound in seconds, count). The last kernel bucket also holds everything
 /// beyond its bound: it is never shown, only as +Inf (from the count).
-fn classic(buckets: &[u64], shown: &[usize]) -> Vec<(f64, u64)> {
+pub(crate) fn classic(buckets: &[u64], shown: &[usize]) -> Vec<(f64, u64)> {
     let (mut cumulative, mut next) = (0u64, 0usize);
     shown
         .iter()
@@ -542,7 +603,7 @@ fn to_proto(f: Families, layout: &Layout) -> Vec<MetricFamily> {
                             g.set_value(v);
                             m.set_gauge(g);
                         }
-                        Value::Hist { buckets, count, sum_ns } => {
+                        Value::Hist { buckets, count, sum_ns, .. } => {
                             let mut h = proto::Histogram::default();
                             h.set_sample_count(count);
                             h.set_sample_sum(sum_ns as f64 / 1e9);
@@ -580,7 +641,7 @@ mod tests {
     fn hist_data() -> HistData {
         let mut buckets = vec![0; hist::BUCKETS];
         buckets[40] = 3;
-        HistData { buckets, count: 3, sum_ns: 3000, max_ns: 1000 }
+        HistData { buckets, count: 3, sum_ns: 3000, max_ns: 1000, ..Default::default() }
     }
 
     /// A model in which every metric has something to say.

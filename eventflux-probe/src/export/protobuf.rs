@@ -51,12 +51,36 @@ pub struct Counter {
     pub value: Option<f64>,
 }
 
+/// `google.protobuf.Timestamp`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Timestamp {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Exemplar {
+    #[prost(message, repeated, tag = "1")]
+    pub label: Vec<LabelPair>,
+    #[prost(double, optional, tag = "2")]
+    pub value: Option<f64>,
+    #[prost(message, optional, tag = "3")]
+    pub timestamp: Option<Timestamp>,
+}
+
 #[derive(Clone, PartialEq, Message)]
 pub struct Bucket {
     #[prost(uint64, optional, tag = "1")]
     pub cumulative_count: Option<u64>,
     #[prost(double, optional, tag = "2")]
     pub upper_bound: Option<f64>,
+    /// A traced batch in this bucket. Prometheus takes a native histogram's exemplars from
+    /// its classic buckets (2.42; later versions also read `Histogram.exemplars`, which is
+    /// left empty so that they fall back to these).
+    #[prost(message, optional, tag = "3")]
+    pub exemplar: Option<Exemplar>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -223,7 +247,18 @@ mod tests {
                 label: vec![],
                 gauge: None,
                 counter: None,
-                histogram: Some(native(&[0, 2], 2, 1.0)),
+                histogram: Some(Histogram {
+                    bucket: vec![Bucket {
+                        cumulative_count: Some(2),
+                        upper_bound: Some(1.0),
+                        exemplar: Some(Exemplar {
+                            label: vec![LabelPair { name: Some("trace_id".into()), value: Some("ab".into()) }],
+                            value: Some(0.5),
+                            timestamp: Some(Timestamp { seconds: 1_700_000_000, nanos: 5_000_000 }),
+                        }),
+                    }],
+                    ..native(&[0, 2], 2, 1.0)
+                }),
             }],
         };
         let bytes = encode(&[fam.clone(), fam.clone()]);

@@ -13,6 +13,7 @@
 //!   (depth / capacity), memory by component, the oldest waiting chunk of a stream.
 
 pub mod catalog;
+pub mod exemplars;
 pub mod hist;
 pub mod snapshot;
 pub mod trace;
@@ -731,7 +732,13 @@ mod tests {
     #[test]
     fn histograms_split_into_latency_and_stages() {
         let mut snap = registered();
-        let h = HistData { buckets: vec![0; eventflux_probe_common::hist::BUCKETS], count: 1, sum_ns: 5, max_ns: 5 };
+        let h = HistData {
+            buckets: vec![0; eventflux_probe_common::hist::BUCKETS],
+            count: 1,
+            sum_ns: 5,
+            max_ns: 5,
+            ..Default::default()
+        };
         snap.hists.insert(HistKey { pid: 7, query: 3, stage: stage::BATCH, _pad: 0 }, h.clone());
         snap.hists.insert(HistKey { pid: 7, query: 3, stage: stage::FILTER, _pad: 0 }, h.clone());
         snap.hists.insert(HistKey { pid: 7, query: 3, stage: 77, _pad: 0 }, h.clone());

@@ -294,43 +294,57 @@ async fn return_memory() {
 pub enum Format {
     /// `text/plain; version=0.0.4`: classic histograms only.
     Text,
-    /// Length-delimited `io.prometheus.client.MetricFamily`: classic and native histograms.
+    /// `application/openmetrics-text; version=1.0.0`: classic histograms with exemplars.
+    OpenMetrics,
+    /// Length-delimited `io.prometheus.client.MetricFamily`: classic and native histograms,
+    /// with exemplars.
     Protobuf,
 }
 
 impl Format {
-    /// The format for an `Accept` header: protobuf when the scraper accepts it (delimited
-    /// `MetricFamily`) at least as much as text, else text. Prometheus with
-    /// `--enable-feature=native-histograms` asks for protobuf first.
+    /// The format for an `Accept` header: the one accepted with the highest `q`; on a tie
+    /// protobuf, then OpenMetrics, then text (the richer first, as Prometheus orders them).
+    /// Prometheus asks for protobuf first with `--enable-feature=native-histograms`, for
+    /// OpenMetrics first otherwise (2.42; with `exemplar-storage` it stores the exemplars).
     pub fn negotiate(accept: Option<&str>) -> Format {
         let Some(accept) = accept else { return Format::Text };
-        let (mut proto_q, mut text_q) = (0.0f64, 0.0f64);
+        let (mut proto_q, mut om_q, mut text_q) = (0.0f64, 0.0f64, 0.0f64);
         for item in accept.split(',') {
             let mut params = item.split(';').map(str::trim);
             let media = params.next().unwrap_or("").to_ascii_lowercase();
-            let (mut q, mut delimited, mut family) = (1.0f64, false, false);
+            let (mut q, mut delimited, mut family, mut version) = (1.0f64, false, false, None);
             for p in params {
                 let (k, v) = p.split_once('=').unwrap_or((p, ""));
                 match (k.trim().to_ascii_lowercase().as_str(), v.trim()) {
                     ("q", v) => q = v.parse().unwrap_or(0.0),
                     ("encoding", v) => delimited = v.eq_ignore_ascii_case("delimited"),
                     ("proto", v) => family = v == "io.prometheus.client.MetricFamily",
+                    ("version", v) => version = Some(v.to_owned()),
                     _ => {}
                 }
             }
             match media.as_str() {
                 "application/vnd.google.protobuf" if delimited && family => proto_q = proto_q.max(q),
+                // 1.0.0 is what this writes; an unversioned ask takes the current version.
+                "application/openmetrics-text" if version.as_deref().is_none_or(|v| v == "1.0.0") => om_q = om_q.max(q),
                 "text/plain" | "*/*" | "text/*" => text_q = text_q.max(q),
                 _ => {}
             }
         }
-        if proto_q > 0.0 && proto_q >= text_q { Format::Protobuf } else { Format::Text }
+        if proto_q > 0.0 && proto_q >= om_q && proto_q >= text_q {
+            Format::Protobuf
+        } else if om_q > 0.0 && om_q >= text_q {
+            Format::OpenMetrics
+        } else {
+            Format::Text
+        }
     }
 
     /// The body of `model` in this format.
     pub fn encode(self, model: &crate::model::Model, opts: &crate::export::prometheus::Options) -> Vec<u8> {
         match self {
             Format::Text => crate::export::prometheus::encode(model, opts).into_bytes(),
+            Format::OpenMetrics => crate::export::openmetrics::encode(model, opts).into_bytes(),
             Format::Protobuf => crate::export::prometheus::encode_protobuf(model, opts),
         }
     }
@@ -338,6 +352,7 @@ impl Format {
     fn content_type(self) -> &'static str {
         match self {
             Format::Text => prometheus::TEXT_FORMAT,
+            Format::OpenMetrics => crate::export::openmetrics::CONTENT_TYPE,
             Format::Protobuf => crate::export::protobuf::CONTENT_TYPE,
         }
     }
@@ -403,6 +418,7 @@ struct Endpoints<S> {
     service: std::sync::Arc<S>,
     metrics: Rendered<axum::body::Bytes>,
     metrics_protobuf: Rendered<axum::body::Bytes>,
+    metrics_openmetrics: Rendered<axum::body::Bytes>,
     health: Rendered<(u16, axum::body::Bytes)>,
 }
 
@@ -425,6 +441,7 @@ pub fn router<S: Service>(service: std::sync::Arc<S>) -> axum::Router {
         let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
         let rendered = match format {
             Format::Text => &e.metrics,
+            Format::OpenMetrics => &e.metrics_openmetrics,
             Format::Protobuf => &e.metrics_protobuf,
         };
         match rendered.get(e.service.ready(), move || service.metrics(format).map(axum::body::Bytes::from)).await {
@@ -466,6 +483,7 @@ pub fn router<S: Service>(service: std::sync::Arc<S>) -> axum::Router {
         service,
         metrics: Rendered::new(),
         metrics_protobuf: Rendered::new(),
+        metrics_openmetrics: Rendered::new(),
         health: Rendered::new(),
     });
     axum::Router::new()
@@ -482,9 +500,9 @@ mod tests {
 
     #[test]
     fn the_accept_header_picks_the_format() {
-        // Prometheus 2.42 with native histograms on, and without.
+        // Prometheus 2.42 with native histograms on, and a plain text scraper.
         let native = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
-        let classic = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        let classic = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1";
         assert_eq!(Format::negotiate(Some(native)), Format::Protobuf);
         assert_eq!(Format::negotiate(Some(classic)), Format::Text);
         assert_eq!(Format::negotiate(None), Format::Text);
@@ -498,6 +516,16 @@ mod tests {
             Format::negotiate(Some(
                 "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text"
             )),
+            Format::Text
+        );
+        // Prometheus 2.42 with exemplar storage, and with native histograms too.
+        let openmetrics = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::negotiate(Some(openmetrics)), Format::OpenMetrics);
+        let both = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,application/openmetrics-text;version=1.0.0;q=0.8,text/plain;version=0.0.4;q=0.5";
+        assert_eq!(Format::negotiate(Some(both)), Format::Protobuf);
+        // A version this does not write: not OpenMetrics.
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;version=2.0.0,text/plain;q=0.5")),
             Format::Text
         );
         // Preferred less than text: text.

@@ -1,11 +1,12 @@
 //! Services: the observer as a library type ([`daemon::Daemon`]), the `run` service
-//! ([`run`]), node mode ([`node`]), what the two services share ([`service`]) and the HTTP
-//! server they both use ([`http`]).
+//! ([`run`]), node mode ([`node`]), what the two services share ([`service`], the trace
+//! pipeline in [`traces`]) and the HTTP server they both use ([`http`]).
 
 pub mod daemon;
 pub mod http;
 pub mod node;
 pub mod run;
 mod service;
+mod traces;
 
 pub use service::bind;

@@ -62,6 +62,8 @@ pub struct NodeOptions {
     pub scan_interval: Duration,
     pub health: Thresholds,
     pub select: Selection,
+    /// OTLP export of sampled batches' traces, as in `run`.
+    pub otlp: Option<crate::export::otlp::Options>,
 }
 
 /// One observed process.
@@ -101,6 +103,9 @@ pub struct Node {
     scanned_once: AtomicBool,
     stopping: AtomicBool,
     heartbeat: Heartbeat,
+    exporter: Option<Arc<crate::export::otlp::Exporter>>,
+    /// Exported traces by the latency buckets they fell in.
+    exemplars: Mutex<crate::model::exemplars::Exemplars>,
 }
 
 /// A process as a scan saw it. A reused pid changes the start time, an exec the executable.
@@ -156,6 +161,9 @@ struct NodeObserver {
     sites_refused: u64,
     dropped_events: u64,
     discovery: Discovery,
+    /// The OTLP export, when on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otlp: Option<crate::model::OtlpState>,
 }
 
 impl Node {
@@ -163,6 +171,8 @@ impl Node {
     pub fn model(&self) -> Result<Model> {
         let mut model = self.daemon.model()?;
         model.observer.ready = Some(super::http::Service::ready(self).is_ok());
+        model.observer.otlp = self.exporter.as_ref().map(|e| e.state());
+        lock(&self.exemplars).fill(&mut model);
         Ok(model)
     }
 
@@ -258,6 +268,9 @@ impl Node {
                     "attached"
                 );
                 lock(&self.discovery).attaches += 1;
+                if let Some(exporter) = &self.exporter {
+                    exporter.add_target(pid, &exe.display().to_string());
+                }
                 lock(&self.targets).insert(
                     pid,
                     Tracked {
@@ -372,7 +385,7 @@ impl super::http::Service for Node {
             last_probe_hit_seconds_ago: None,
             dropped_events: model.observer.drops_total(),
             uptime_seconds: self.heartbeat.uptime().as_secs_f64(),
-            otlp: None,
+            otlp: model.observer.otlp.clone(),
         };
         let grace = self.options.grace_period;
         let targets: Vec<TargetHealth> = lock(&self.targets)
@@ -423,6 +436,7 @@ impl super::http::Service for Node {
                 sites_refused: model.observer.sites_refused,
                 dropped_events: model.observer.drops_total(),
                 discovery: lock(&self.discovery).clone(),
+                otlp: model.observer.otlp.clone(),
             },
             targets,
         };
@@ -453,8 +467,23 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
     let listener = bind(options.listen).await?;
     let mut probes = crate::kernel::probes::metric_probes();
     probes.extend(options.budget.probes());
+    if options.otlp.is_some() {
+        probes.extend(crate::kernel::probes::TRACE_PROBES);
+    }
     let daemon = super::service::load(probes, &options.budget).await?;
+    let exporter = match &options.otlp {
+        Some(o) => {
+            let (exporter, worker) = crate::export::otlp::Exporter::start(o.clone())?;
+            tokio::spawn(worker.run());
+            let state = exporter.state();
+            tracing::info!(endpoint = state.endpoint, protocol = state.protocol, "exporting traces over OTLP");
+            Some(exporter)
+        }
+        None => None,
+    };
     let node = Arc::new(Node {
+        exporter,
+        exemplars: Default::default(),
         daemon,
         options,
         targets: Mutex::new(BTreeMap::new()),
@@ -485,11 +514,15 @@ async fn background(node: Arc<Node>) {
     let mut scan = Every::new(node.options.scan_interval);
     let mut sample = Every::from_now(health::SAMPLE_EVERY);
     let scanning = Arc::new(AtomicBool::new(false));
+    let mut traces = super::traces::Traces::new();
     loop {
         tick.tick().await;
         node.heartbeat.beat();
         let n = Arc::clone(&node);
         let _ = tokio::task::spawn_blocking(move || n.daemon.drain()).await;
+        if let Some(exporter) = &node.exporter {
+            traces.tick(&node.daemon, exporter, &node.exemplars);
+        }
         // A scan can take a while (attaching): it runs beside the loop, one at a time.
         if !scanning.load(Ordering::Relaxed) && scan.due() {
             scanning.store(true, Ordering::Relaxed);

@@ -107,6 +107,8 @@ pub struct RunService {
     /// (program runs seen, when they last changed): the last probe hit.
     hits: Mutex<(u64, Option<Instant>)>,
     exporter: Option<Arc<crate::export::otlp::Exporter>>,
+    /// Exported traces by the latency buckets they fell in.
+    exemplars: Mutex<crate::model::exemplars::Exemplars>,
 }
 
 /// How often `--follow` looks for a successor.
@@ -160,6 +162,7 @@ impl RunService {
         let mut model = self.daemon.model()?;
         model.observer.ready = Some(self.ready().is_ok());
         model.observer.otlp = self.exporter.as_ref().map(|e| e.state());
+        lock(&self.exemplars).fill(&mut model);
         Ok(model)
     }
 
@@ -305,7 +308,8 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     let exporter = match &options.otlp {
         Some(o) => {
             let exe = first.target.exe_path().display().to_string();
-            let (exporter, worker) = crate::export::otlp::Exporter::start(o.clone(), first.target.pid(), &exe)?;
+            let (exporter, worker) = crate::export::otlp::Exporter::start(o.clone())?;
+            exporter.add_target(first.target.pid(), &exe);
             tokio::spawn(worker.run());
             tracing::info!(
                 endpoint = exporter.state().endpoint,
@@ -318,6 +322,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     };
     let shared = Arc::new(RunService {
         exporter,
+        exemplars: Default::default(),
         daemon,
         phase: Mutex::new(attached_phase(&first)),
         target: Mutex::new(Some(Arc::clone(&first.target))),
@@ -360,34 +365,12 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
 async fn background(shared: Arc<RunService>) {
     let mut tick = tokio::time::interval(TICK);
     let mut sample = Every::new(health::SAMPLE_EVERY);
-    let mut assembler = crate::collect::spans::Assembler::default();
-    // Traces wait up to 2 s for their query's name (registrations are replayed after attach).
-    let mut held = crate::model::trace::Held::new(Duration::from_secs(2));
-    let clock = crate::model::trace::Clock::now();
-    // Batches that began before the markers settled may lack stages (docs/probes.md); an
-    // operation outside batches (a snapshot) has none to lack.
-    let settled = clock.monotonic_now() + 100_000_000;
+    let mut traces = super::traces::Traces::new();
     loop {
         tick.tick().await;
         shared.daemon.drain();
         if let Some(exporter) = &shared.exporter {
-            shared.daemon.drain_spans(|r| {
-                if let Some(t) = assembler.push(r)
-                    && (t.root.start_ns >= settled || t.query == eventflux_abi::NONE)
-                {
-                    held.push(t);
-                }
-            });
-            if held.waiting(|_| false) {
-                match shared.daemon.model() {
-                    Ok(model) => {
-                        for t in held.ready(|t| crate::model::trace::named(&model, t), false) {
-                            exporter.offer(&t, &model, &clock);
-                        }
-                    }
-                    Err(e) => tracing::warn!("cannot read the BPF maps for span names: {e:#}"),
-                }
-            }
+            traces.tick(&shared.daemon, exporter, &shared.exemplars);
         }
         if sample.due() {
             let s = Arc::clone(&shared);

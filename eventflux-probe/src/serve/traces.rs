@@ -1,0 +1,69 @@
+//! The trace pipeline `run` and node mode share: span records from the kernel's ring buffer
+//! become trees ([`collect::spans`](crate::collect::spans)), wait for their query's name
+//! ([`Held`]), go to the OTLP exporter, and each trace the exporter queued becomes the
+//! exemplar of the latency buckets its batch was counted in ([`Exemplars`]).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::daemon::Daemon;
+use crate::collect::spans::Assembler;
+use crate::export::otlp::Exporter;
+use crate::model::Model;
+use crate::model::exemplars::Exemplars;
+use crate::model::trace::{Clock, Held, named};
+use crate::sync::lock;
+
+/// The pipeline's state across ticks of a service's background loop.
+pub(crate) struct Traces {
+    assembler: Assembler,
+    held: Held,
+    clock: Clock,
+    /// Batches that began before this instant (CLOCK_MONOTONIC) may lack stages.
+    settled: u64,
+}
+
+impl Traces {
+    pub(crate) fn new() -> Traces {
+        let clock = Clock::now();
+        Traces {
+            assembler: Assembler::default(),
+            // Traces wait up to 2 s for their query's name (registrations are replayed after
+            // attach).
+            held: Held::new(Duration::from_secs(2)),
+            // Batches that began before the markers settled may lack stages (docs/probes.md).
+            settled: clock.monotonic_now() + 100_000_000,
+            clock,
+        }
+    }
+
+    /// Drains the span records and exports the traces that are ready.
+    pub(crate) fn tick(&mut self, daemon: &Daemon, exporter: &Exporter, exemplars: &Mutex<Exemplars>) {
+        let (assembler, held, settled) = (&mut self.assembler, &mut self.held, self.settled);
+        daemon.drain_spans(|r| {
+            if let Some(t) = assembler.push(r)
+                // An operation outside batches (a snapshot) has no stages to lack.
+                && (t.root.start_ns >= settled || t.query == eventflux_abi::NONE)
+            {
+                held.push(t);
+            }
+        });
+        if !self.held.waiting(|_| false) {
+            return;
+        }
+        let model: Model = match daemon.model() {
+            Ok(model) => model,
+            Err(e) => {
+                tracing::warn!("cannot read the BPF maps for span names: {e:#}");
+                return;
+            }
+        };
+        let ready = self.held.ready(|t| named(&model, t), false);
+        let mut x = lock(exemplars);
+        for t in ready {
+            if let Some(trace_id) = exporter.offer(&t, &model, &self.clock) {
+                x.record(&t, trace_id, &self.clock);
+            }
+        }
+    }
+}
