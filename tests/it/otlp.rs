@@ -511,3 +511,146 @@ fn exemplars_link_latency_buckets_to_received_traces() {
     }
     assert!(daemon.stop().success());
 }
+
+/// OTLP metrics: `run` exports its model to a real receiver, over gRPC with cumulative
+/// temporality and gzip, and over HTTP/protobuf with delta temporality, each with a header
+/// from `OTEL_EXPORTER_OTLP_METRICS_HEADERS`. After the engine stopped, every engine counter
+/// of `/metrics` equals its OTLP `Sum` (cumulative: the last request's point; delta: the sum
+/// of every request's points), and every latency histogram's `_count` and `_sum` equal its
+/// `ExponentialHistogram`'s, whose scale-2 buckets add up, at every classic bound, to the
+/// classic cumulative count there.
+#[test]
+fn otlp_metrics_equal_the_prometheus_page() {
+    use eventflux_probe::export::metrics::{ALL, Kind, Scope};
+    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+    let _serial = serial();
+    for (protocol, temporality) in [("grpc", "cumulative"), ("http/protobuf", "delta")] {
+        let receiver = if protocol == "grpc" { Receiver::grpc() } else { Receiver::http() };
+        let target =
+            GatedDemo::start(&bin("eventflux-demo"), &["--events", "300000", "--rate", "150000", "--queries", "3"]);
+        let scratch = Scratch::new("otlp-metrics");
+        let config = scratch.path().join("probe.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[otlp]\nendpoint = \"http://127.0.0.1:{}\"\nprotocol = \"{protocol}\"\nmetrics = \"otlp\"\nmetrics_interval = \"300ms\"\nmetrics_temporality = \"{temporality}\"\n",
+                receiver.port
+            ),
+        )
+        .expect("config");
+        let env = [
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "x-tenant=probe%20test".to_owned()),
+            ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", if protocol == "grpc" { "gzip" } else { "none" }.to_owned()),
+        ];
+        let daemon = Daemon::start_with_env(target.pid(), &["--config", config.to_str().expect("utf-8")], &env);
+        target.open_and_wait();
+        daemon.wait_target_gone(Duration::from_secs(10));
+        let page = daemon.samples();
+        // Two more exports: the last one is of the final values.
+        let seen = receiver.metrics().len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while receiver.metrics().len() < seen + 2 {
+            assert!(Instant::now() < deadline, "{protocol}: no further OTLP metrics request");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let requests = receiver.metrics();
+        for r in &requests {
+            assert!(
+                r.headers.contains(&("x-tenant".to_owned(), "probe test".to_owned())),
+                "{protocol}: {:?}",
+                r.headers
+            );
+        }
+        let shown = |attrs: &[opentelemetry_proto::tonic::common::v1::KeyValue]| -> Vec<(String, String)> {
+            let mut v: Vec<(String, String)> =
+                attrs.iter().map(|kv| (kv.key.clone(), attr(attrs, &kv.key).unwrap_or_default())).collect();
+            v.sort();
+            v
+        };
+        // (metric, attributes) → value: the last request's, or every request's summed.
+        type Series = (String, Vec<(String, String)>);
+        type Hist = (u64, f64, Vec<(f64, u64)>);
+        let mut sums: BTreeMap<Series, f64> = BTreeMap::new();
+        // Count, sum, and (bucket upper bound, count) of each histogram.
+        let mut hists: BTreeMap<Series, Hist> = BTreeMap::new();
+        let chosen: Vec<_> =
+            if temporality == "delta" { requests.iter().collect() } else { requests.last().into_iter().collect() };
+        for r in chosen {
+            for m in r.request.resource_metrics.iter().flat_map(|rm| &rm.scope_metrics).flat_map(|sm| &sm.metrics) {
+                match &m.data {
+                    Some(Data::Sum(s)) => {
+                        for p in &s.data_points {
+                            let Some(number_data_point::Value::AsDouble(v)) = p.value else {
+                                panic!("{}: a double", m.name)
+                            };
+                            *sums.entry((m.name.clone(), shown(&p.attributes))).or_default() += v;
+                        }
+                    }
+                    Some(Data::ExponentialHistogram(h)) => {
+                        for p in &h.data_points {
+                            assert_eq!(p.scale, 2);
+                            let e = hists.entry((m.name.clone(), shown(&p.attributes))).or_default();
+                            e.0 += p.count;
+                            e.1 += p.sum.unwrap_or(0.0);
+                            if let Some(b) = &p.positive {
+                                for (i, n) in b.bucket_counts.iter().enumerate() {
+                                    let upper = 2f64.powf(f64::from(b.offset + i as i32 + 1) / 4.0);
+                                    e.2.push((upper, *n));
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (mut counters, mut histograms) = (0, 0);
+        for s in &page {
+            let labels = {
+                let mut v: Vec<(String, String)> = s.labels.iter().filter(|(k, _)| k != "le").cloned().collect();
+                v.sort();
+                v
+            };
+            if let Some(m) =
+                ALL.iter().find(|m| m.name == s.name && m.kind == Kind::Counter && m.scope == Scope::Engine)
+            {
+                let name = m.name.strip_suffix("_total").unwrap_or(m.name).to_owned();
+                let got = sums.get(&(name, labels.clone())).copied();
+                assert_eq!(got, Some(s.value), "{protocol} {temporality}: {} {labels:?}", s.name);
+                counters += 1;
+            }
+            for (suffix, what) in [("_count", 0), ("_sum", 1), ("_bucket", 2)] {
+                let Some(base) = s.name.strip_suffix(suffix) else { continue };
+                if !ALL.iter().any(|m| m.name == base && m.kind == Kind::Histogram && m.scope == Scope::Engine) {
+                    continue;
+                }
+                let h = hists
+                    .get(&(base.to_owned(), labels.clone()))
+                    .unwrap_or_else(|| panic!("{protocol}: no OTLP {base} {labels:?}"));
+                match what {
+                    0 => assert_eq!(h.0 as f64, s.value, "{protocol}: {} {labels:?}", s.name),
+                    1 => assert!(
+                        (h.1 - s.value).abs() <= 1e-9 * s.value.max(1.0),
+                        "{protocol}: {} {labels:?}: {} vs {}",
+                        s.name,
+                        h.1,
+                        s.value
+                    ),
+                    _ => {
+                        let le = s.value_of("le");
+                        let below: u64 =
+                            h.2.iter().filter(|(upper, _)| *upper <= le * (1.0 + 1e-9)).map(|(_, n)| n).sum();
+                        let below = if le.is_infinite() { h.0 } else { below };
+                        assert_eq!(below as f64, s.value, "{protocol}: {} {labels:?} le={le}", s.name);
+                        histograms += 1;
+                    }
+                }
+            }
+        }
+        assert!(counters >= 10 && histograms >= 20, "{protocol}: {counters} counters, {histograms} buckets compared");
+        let m = daemon.samples();
+        assert!(value(&m, "eventflux_probe_metric_exports_total", &[("result", "ok")]).unwrap_or(0.0) >= 2.0);
+        assert_eq!(value(&m, "eventflux_probe_metric_exports_total", &[("result", "failed")]), Some(0.0));
+        assert!(daemon.stop().success());
+    }
+}

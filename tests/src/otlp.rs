@@ -1,11 +1,17 @@
-//! A real OTLP trace receiver for the tests: gRPC (the collector's `TraceService`) or
-//! HTTP/protobuf (`POST /v1/traces`), decoding `opentelemetry-proto`'s messages and keeping
-//! every span with its resource. Runs on its own runtime thread until dropped with the test.
+//! A real OTLP receiver for the tests: gRPC (the collector's `TraceService` and
+//! `MetricsService`) or HTTP/protobuf (`POST /v1/traces`, `POST /v1/metrics`, gzip or not),
+//! decoding `opentelemetry-proto`'s messages and keeping every span with its resource and
+//! every metrics request with its headers. Runs on its own runtime thread until dropped with
+//! the test.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -19,7 +25,42 @@ pub struct Received {
     pub resource: Vec<KeyValue>,
 }
 
+/// A metrics request and the headers (gRPC metadata) it came with.
+#[derive(Debug, Clone)]
+pub struct MetricsRequest {
+    pub request: ExportMetricsServiceRequest,
+    pub headers: Vec<(String, String)>,
+}
+
 type Store = Arc<Mutex<Vec<Received>>>;
+type MetricsStore = Arc<Mutex<Vec<MetricsRequest>>>;
+
+fn keep_metrics(store: &MetricsStore, request: ExportMetricsServiceRequest, headers: Vec<(String, String)>) {
+    store.lock().unwrap_or_else(|e| e.into_inner()).push(MetricsRequest { request, headers });
+}
+
+struct GrpcMetrics(MetricsStore);
+
+#[tonic::async_trait]
+impl MetricsService for GrpcMetrics {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let headers = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
+        keep_metrics(&self.0, request.into_inner(), headers);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
 
 fn keep(store: &Store, req: ExportTraceServiceRequest) {
     let mut s = store.lock().unwrap_or_else(|e| e.into_inner());
@@ -46,48 +87,118 @@ impl TraceService for Grpc {
     }
 }
 
+/// What a receiver keeps, shared with its server.
+#[derive(Clone, Default)]
+struct Stores {
+    spans: Store,
+    metrics: MetricsStore,
+    /// HTTP requests of either signal.
+    requests: Arc<AtomicU64>,
+}
+
 /// A running receiver.
 pub struct Receiver {
     pub port: u16,
-    store: Store,
-    requests: Arc<AtomicU64>,
+    stores: Stores,
+}
+
+/// Decodes a request body, gunzipped when its headers say gzip.
+fn body<M: Message + Default>(headers: &axum::http::HeaderMap, body: &[u8]) -> Option<M> {
+    let gzip = headers.get("content-encoding").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    if gzip {
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut raw).ok()?;
+        M::decode(&raw[..]).ok()
+    } else {
+        M::decode(body).ok()
+    }
+}
+
+fn protobuf_answer(ok: bool, response: Vec<u8>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if ok {
+        (axum::http::StatusCode::OK, [("content-type", "application/x-protobuf")], response).into_response()
+    } else {
+        (axum::http::StatusCode::BAD_REQUEST, [("content-type", "text/plain")], b"not an OTLP request".to_vec())
+            .into_response()
+    }
+}
+
+/// The HTTP/protobuf routes: `POST /v1/traces` and `POST /v1/metrics`.
+fn http_routes(stores: Stores) -> axum::Router {
+    let (traces, metrics) = (stores.clone(), stores);
+    axum::Router::new()
+        .route(
+            "/v1/traces",
+            axum::routing::post(move |headers: axum::http::HeaderMap, bytes: axum::body::Bytes| {
+                traces.requests.fetch_add(1, Ordering::Relaxed);
+                let decoded = body::<ExportTraceServiceRequest>(&headers, &bytes);
+                let ok = decoded.is_some();
+                if let Some(req) = decoded {
+                    keep(&traces.spans, req);
+                }
+                let response = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+                async move { protobuf_answer(ok, response) }
+            }),
+        )
+        .route(
+            "/v1/metrics",
+            axum::routing::post(move |headers: axum::http::HeaderMap, bytes: axum::body::Bytes| {
+                metrics.requests.fetch_add(1, Ordering::Relaxed);
+                let decoded = body::<ExportMetricsServiceRequest>(&headers, &bytes);
+                let ok = decoded.is_some();
+                if let Some(req) = decoded {
+                    let seen = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                        .collect();
+                    keep_metrics(&metrics.metrics, req, seen);
+                }
+                let response = ExportMetricsServiceResponse { partial_success: None }.encode_to_vec();
+                async move { protobuf_answer(ok, response) }
+            }),
+        )
 }
 
 impl Receiver {
     /// A gRPC receiver (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`) on a free loopback port.
     pub fn grpc() -> Receiver {
-        Receiver::serve(|port, s, _| async move {
+        Receiver::serve(|port, stores| async move {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(Grpc(s)))
+                .add_service(TraceServiceServer::new(Grpc(stores.spans)))
+                .add_service(
+                    MetricsServiceServer::new(GrpcMetrics(stores.metrics))
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                )
                 .serve(addr)
                 .await
                 .expect("OTLP gRPC receiver");
         })
     }
 
-    /// Runs `server(port, store, requests)` on its own runtime thread, on a free loopback
-    /// port, and returns once the port accepts connections.
+    /// Runs `server(port, stores)` on its own runtime thread, on a free loopback port, and
+    /// returns once the port accepts connections.
     fn serve<F: std::future::Future<Output = ()> + 'static>(
-        server: impl FnOnce(u16, Store, Arc<AtomicU64>) -> F + Send + 'static,
+        server: impl FnOnce(u16, Stores) -> F + Send + 'static,
     ) -> Receiver {
         let port = crate::free_port();
-        let store = Store::default();
-        let requests = Arc::new(AtomicU64::new(0));
-        let (s, r) = (Arc::clone(&store), Arc::clone(&requests));
+        let stores = Stores::default();
+        let s = stores.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
-            rt.block_on(server(port, s, r));
+            rt.block_on(server(port, s));
         });
         crate::wait_for_port(port);
-        Receiver { port, store, requests }
+        Receiver { port, stores }
     }
 
     /// An HTTP/protobuf sink for benchmarks: answers 200 to every `POST /v1/traces` and counts
     /// the requests, decoding and keeping nothing (what a collector costs is not the
     /// observer's to measure).
     pub fn sink() -> Receiver {
-        Receiver::serve(|port, _, requests| async move {
+        Receiver::serve(|port, stores| async move {
+            let requests = stores.requests;
             let app = axum::Router::new().route(
                 "/v1/traces",
                 axum::routing::post(move |_body: axum::body::Bytes| {
@@ -100,43 +211,28 @@ impl Receiver {
         })
     }
 
-    /// An HTTP/protobuf receiver (`POST /v1/traces`) on a free loopback port.
+    /// An HTTP/protobuf receiver (`POST /v1/traces`, `POST /v1/metrics`) on a free loopback
+    /// port.
     pub fn http() -> Receiver {
-        Receiver::serve(|port, s, requests| async move {
-            let app = axum::Router::new().route(
-                "/v1/traces",
-                axum::routing::post(move |body: axum::body::Bytes| {
-                    requests.fetch_add(1, Ordering::Relaxed);
-                    let s = Arc::clone(&s);
-                    async move {
-                        match ExportTraceServiceRequest::decode(body) {
-                            Ok(req) => {
-                                keep(&s, req);
-                                let resp = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
-                                (axum::http::StatusCode::OK, [("content-type", "application/x-protobuf")], resp)
-                            }
-                            Err(_) => (
-                                axum::http::StatusCode::BAD_REQUEST,
-                                [("content-type", "text/plain")],
-                                b"not an ExportTraceServiceRequest".to_vec(),
-                            ),
-                        }
-                    }
-                }),
-            );
+        Receiver::serve(|port, stores| async move {
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind OTLP HTTP receiver");
-            axum::serve(listener, app).await.expect("OTLP HTTP receiver");
+            axum::serve(listener, http_routes(stores)).await.expect("OTLP HTTP receiver");
         })
+    }
+
+    /// Every metrics request received so far, in order.
+    pub fn metrics(&self) -> Vec<MetricsRequest> {
+        self.stores.metrics.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Received> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.stores.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// HTTP export requests received so far.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.stores.requests.load(Ordering::Relaxed)
     }
 }
 

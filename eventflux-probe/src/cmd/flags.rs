@@ -114,44 +114,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-/// The OTLP export `[otlp]` and the standard `OTEL_*` variables ask for, if any: the
-/// configuration's values first, then the variables, then the defaults.
+/// The OTLP export `[otlp]` and the standard `OTEL_*` variables ask for, if any.
 pub fn otlp_options(
     o: &eventflux_probe::config::Otlp,
 ) -> anyhow::Result<Option<eventflux_probe::export::otlp::Options>> {
-    use eventflux_probe::export::otlp;
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let endpoint = Some(o.endpoint.clone()).filter(|e| !e.is_empty());
-    // The endpoint in effect and where it came from, checked before anything is attached.
-    let Some((effective, source)) = endpoint
-        .clone()
-        .map(|e| (e, "otlp.endpoint"))
-        .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(|e| (e, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")))
-        .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT").map(|e| (e, "OTEL_EXPORTER_OTLP_ENDPOINT")))
-    else {
-        return Ok(None);
-    };
-    otlp::check_endpoint(&effective).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
-    // Where the protocol came from, so that a bad value is reported under its own name.
-    let (protocol, from) = Some(o.protocol.clone())
-        .filter(|p| !p.is_empty())
-        .map(|p| (p, "otlp.protocol"))
-        .or_else(|| var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").map(|p| (p, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")))
-        .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL").map(|p| (p, "OTEL_EXPORTER_OTLP_PROTOCOL")))
-        .unwrap_or_else(|| ("grpc".into(), "default"));
-    let wire = otlp::parse_wire(&protocol).map_err(|e| anyhow::anyhow!("{from}: {e}"))?;
-    Ok(Some(otlp::Options {
-        endpoint,
-        wire,
-        service_name: Some(o.service_name.clone())
-            .filter(|n| !n.is_empty())
-            .or_else(|| var("OTEL_SERVICE_NAME"))
-            .unwrap_or_else(|| "eventflux".into()),
-        service_version: o.service_version.clone(),
-        environment: o.environment.clone(),
-        queue_spans: o.queue_spans,
-        batch_spans: o.batch_spans,
-        interval: o.interval,
-        timeout: o.timeout,
-    }))
+    eventflux_probe::export::otlp::Options::resolve(o, |k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
 }

@@ -250,6 +250,17 @@ define_settings! {
         timeout: Duration = "5s",
             "An export without an answer this long fails; its spans are dropped and counted. More than zero",
             check positive;
+        metrics: String = "",
+            "OTLP metrics: `otlp` exports the model as OTLP metrics, `none` does not; empty: OTEL_METRICS_EXPORTER, else on only when a metrics endpoint is set (docs/metrics.md, OTLP metrics)",
+            check otlp_metrics;
+        metrics_endpoint: String = "",
+            "Where OTLP metrics go, used as given (HTTP: the whole URL); empty: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT, else the traces' collector (endpoint, OTEL_EXPORTER_OTLP_ENDPOINT; HTTP: with /v1/metrics added)";
+        metrics_temporality: String = "",
+            "cumulative or delta; empty: OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE, else cumulative",
+            check otlp_temporality;
+        metrics_interval: Duration = "60s",
+            "How often OTLP metrics are exported. More than zero",
+            check positive;
     }
 }
 
@@ -257,6 +268,20 @@ pub(crate) fn otlp_protocol(p: &str) -> Result<(), String> {
     match p {
         "" | "grpc" | "http/protobuf" => Ok(()),
         other => Err(format!("`{other}` is not an OTLP protocol (expected grpc or http/protobuf)")),
+    }
+}
+
+pub(crate) fn otlp_metrics(p: &str) -> Result<(), String> {
+    match p {
+        "" | "otlp" | "none" => Ok(()),
+        other => Err(format!("`{other}` is not a metrics exporter (expected otlp or none)")),
+    }
+}
+
+pub(crate) fn otlp_temporality(p: &str) -> Result<(), String> {
+    match p.to_ascii_lowercase().as_str() {
+        "" | "cumulative" | "delta" => Ok(()),
+        other => Err(format!("`{other}` is not a temporality (expected cumulative or delta)")),
     }
 }
 

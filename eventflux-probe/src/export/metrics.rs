@@ -272,6 +272,8 @@ define_metrics! {
         SPANS_EXPORTED: Counter "eventflux_probe_spans_exported_total" [] "Spans of sampled batches exported over OTLP.";
         SPANS_DROPPED: Counter "eventflux_probe_spans_dropped_total" [reason]
             "Spans not exported, by reason: queue_full (the collector is slower than the engine samples), export_failed (the collector refused or did not answer).";
+        METRIC_EXPORTS: Counter "eventflux_probe_metric_exports_total" [result]
+            "OTLP metrics export requests, by result: ok, failed (the collector refused or did not answer; the next export carries the change).";
         UNKNOWN_SERIES: Gauge "eventflux_probe_unknown_series" []
             "Map entries of kinds this build of the observer does not know (kernel side newer than user space?).";
         SERIES_FOLDED: Gauge "eventflux_probe_series_folded" [metric]

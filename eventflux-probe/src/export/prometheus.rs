@@ -552,6 +552,10 @@ fn observer_metrics(model: &Model, f: &mut Families) {
         for (reason, n) in crate::model::DROP_REASONS.iter().zip(o.dropped_spans) {
             f.counter(&m::SPANS_DROPPED, vec![("reason", (*reason).to_owned())], n as f64);
         }
+        if let Some(x) = &o.metrics {
+            f.counter(&m::METRIC_EXPORTS, vec![("result", "ok".to_owned())], x.exports_ok as f64);
+            f.counter(&m::METRIC_EXPORTS, vec![("result", "failed".to_owned())], x.exports_failed as f64);
+        }
     }
     if d.unknown_series > 0 {
         f.gauge(&m::UNKNOWN_SERIES, vec![], d.unknown_series as f64);
@@ -743,7 +747,10 @@ mod tests {
         o.maps = vec![("COUNTERS", 10, 16384)];
         o.unknown_series = 1;
         o.ready = Some(true);
-        o.otlp = Some(crate::model::OtlpState::default());
+        o.otlp = Some(crate::model::OtlpState {
+            metrics: Some(crate::model::OtlpMetricsState::default()),
+            ..Default::default()
+        });
         model
     }
 

@@ -571,6 +571,20 @@ pub struct OtlpState {
     pub last_error: Option<String>,
     /// Seconds since the last successful export.
     pub last_success_seconds_ago: Option<f64>,
+    /// OTLP metrics, when exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<OtlpMetricsState>,
+}
+
+/// The OTLP metrics export's own figures.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct OtlpMetricsState {
+    pub endpoint: String,
+    pub temporality: &'static str,
+    pub exports_ok: u64,
+    pub exports_failed: u64,
+    /// The last export's error, cleared by a successful one.
+    pub last_error: Option<String>,
 }
 
 #[cfg(test)]

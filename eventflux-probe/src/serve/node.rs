@@ -104,6 +104,7 @@ pub struct Node {
     stopping: AtomicBool,
     heartbeat: Heartbeat,
     exporter: Option<Arc<crate::export::otlp::Exporter>>,
+    metrics_exporter: Option<Arc<crate::export::otlp::MetricsExporter>>,
     /// Exported traces by the latency buckets they fell in.
     exemplars: Mutex<crate::model::exemplars::Exemplars>,
 }
@@ -171,9 +172,20 @@ impl Node {
     pub fn model(&self) -> Result<Model> {
         let mut model = self.daemon.model()?;
         model.observer.ready = Some(super::http::Service::ready(self).is_ok());
-        model.observer.otlp = self.exporter.as_ref().map(|e| e.state());
+        model.observer.otlp = crate::export::otlp::state(self.exporter.as_deref(), self.metrics_exporter.as_deref());
         lock(&self.exemplars).fill(&mut model);
         Ok(model)
+    }
+
+    /// The exposition options of `/metrics`, which OTLP metrics share.
+    fn prom_options(&self) -> PromOptions {
+        PromOptions {
+            max_series: self.options.max_series,
+            pid_label: true,
+            max_series_per_process: self.options.max_series_per_process,
+            process_labels: self.process_labels(),
+            layout: self.options.layout.clone(),
+        }
     }
 
     /// Labels identifying each process, for the exporter.
@@ -360,14 +372,7 @@ impl StripDeleted for PathBuf {
 
 impl super::http::Service for Node {
     fn metrics(&self, format: super::http::Format) -> Result<Vec<u8>> {
-        let opts = PromOptions {
-            max_series: self.options.max_series,
-            pid_label: true,
-            max_series_per_process: self.options.max_series_per_process,
-            process_labels: self.process_labels(),
-            layout: self.options.layout.clone(),
-        };
-        Ok(format.encode(&self.model()?, &opts))
+        Ok(format.encode(&self.model()?, &self.prom_options()))
     }
 
     fn health(&self) -> Result<(u16, serde_json::Value)> {
@@ -467,22 +472,17 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
     let listener = bind(options.listen).await?;
     let mut probes = crate::kernel::probes::metric_probes();
     probes.extend(options.budget.probes());
-    if options.otlp.is_some() {
+    if options.otlp.as_ref().is_some_and(|o| o.traces) {
         probes.extend(crate::kernel::probes::TRACE_PROBES);
     }
     let daemon = super::service::load(probes, &options.budget).await?;
-    let exporter = match &options.otlp {
-        Some(o) => {
-            let (exporter, worker) = crate::export::otlp::Exporter::start(o.clone())?;
-            tokio::spawn(worker.run());
-            let state = exporter.state();
-            tracing::info!(endpoint = state.endpoint, protocol = state.protocol, "exporting traces over OTLP");
-            Some(exporter)
-        }
-        None => None,
+    let (exporter, metrics_exporter) = match &options.otlp {
+        Some(o) => crate::export::otlp::start(o)?,
+        None => (None, None),
     };
     let node = Arc::new(Node {
         exporter,
+        metrics_exporter: metrics_exporter.as_ref().map(|(e, _)| Arc::clone(e)),
         exemplars: Default::default(),
         daemon,
         options,
@@ -497,6 +497,14 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
     node.heartbeat.beat();
     let (stop_http, server) =
         super::http::spawn_server(listener, Arc::clone(&node), node.options.http_idle_timeout, "node mode: ");
+    if let Some((e, transport)) = metrics_exporter {
+        let weak = Arc::downgrade(&node);
+        let source: crate::export::otlp::metrics::ModelSource = Arc::new(move || match weak.upgrade() {
+            Some(n) => Ok((n.model()?, n.prom_options())),
+            None => Err(anyhow::anyhow!("stopping")),
+        });
+        tokio::spawn(e.run(source, transport));
+    }
     let background = tokio::spawn(background(Arc::clone(&node)));
 
     signals.at_least(1).await;

@@ -107,6 +107,7 @@ pub struct RunService {
     /// (program runs seen, when they last changed): the last probe hit.
     hits: Mutex<(u64, Option<Instant>)>,
     exporter: Option<Arc<crate::export::otlp::Exporter>>,
+    metrics_exporter: Option<Arc<crate::export::otlp::MetricsExporter>>,
     /// Exported traces by the latency buckets they fell in.
     exemplars: Mutex<crate::model::exemplars::Exemplars>,
 }
@@ -161,7 +162,7 @@ impl RunService {
     pub fn model(&self) -> Result<Model> {
         let mut model = self.daemon.model()?;
         model.observer.ready = Some(self.ready().is_ok());
-        model.observer.otlp = self.exporter.as_ref().map(|e| e.state());
+        model.observer.otlp = crate::export::otlp::state(self.exporter.as_deref(), self.metrics_exporter.as_deref());
         lock(&self.exemplars).fill(&mut model);
         Ok(model)
     }
@@ -212,12 +213,7 @@ impl RunService {
 
     /// The Prometheus exposition in `format`.
     pub fn metrics(&self, format: super::http::Format) -> Result<Vec<u8>> {
-        let opts = PromOptions {
-            max_series: self.options.max_series,
-            layout: self.options.layout.clone(),
-            ..PromOptions::default()
-        };
-        Ok(format.encode(&self.model()?, &opts))
+        Ok(format.encode(&self.model()?, &prom_options(&self.options)))
     }
 
     /// One health sample of the current target, and the last-hit bookkeeping.
@@ -256,6 +252,11 @@ impl super::http::Service for RunService {
     }
 }
 
+/// The exposition options of `/metrics`, which OTLP metrics share.
+fn prom_options(o: &ServeOptions) -> PromOptions {
+    PromOptions { max_series: o.max_series, layout: o.layout.clone(), ..PromOptions::default() }
+}
+
 fn attached_phase(a: &Attached) -> Phase {
     Phase::Attached {
         pid: a.target.pid(),
@@ -288,7 +289,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
 
     let mut probes = crate::kernel::probes::metric_probes();
     probes.extend(options.budget.probes());
-    if options.otlp.is_some() {
+    if options.otlp.as_ref().is_some_and(|o| o.traces) {
         // The stage spans and trace contexts of traced batches, for the trees (docs/probes.md).
         probes.extend(crate::kernel::probes::TRACE_PROBES);
     }
@@ -305,23 +306,16 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
             "cannot turn on BPF run-time statistics ({why}): program run counts stay 0 and /health cannot tell the last probe hit"
         );
     }
-    let exporter = match &options.otlp {
-        Some(o) => {
-            let exe = first.target.exe_path().display().to_string();
-            let (exporter, worker) = crate::export::otlp::Exporter::start(o.clone())?;
-            exporter.add_target(first.target.pid(), &exe);
-            tokio::spawn(worker.run());
-            tracing::info!(
-                endpoint = exporter.state().endpoint,
-                protocol = exporter.state().protocol,
-                "exporting traces over OTLP"
-            );
-            Some(exporter)
-        }
-        None => None,
+    let (exporter, metrics_exporter) = match &options.otlp {
+        Some(o) => crate::export::otlp::start(o)?,
+        None => (None, None),
     };
+    if let Some(e) = &exporter {
+        e.add_target(first.target.pid(), &first.target.exe_path().display().to_string());
+    }
     let shared = Arc::new(RunService {
         exporter,
+        metrics_exporter: metrics_exporter.as_ref().map(|(e, _)| Arc::clone(e)),
         exemplars: Default::default(),
         daemon,
         phase: Mutex::new(attached_phase(&first)),
@@ -340,6 +334,14 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         return Ok(());
     }
 
+    if let Some((e, transport)) = metrics_exporter {
+        let weak = Arc::downgrade(&shared);
+        let source: crate::export::otlp::metrics::ModelSource = Arc::new(move || match weak.upgrade() {
+            Some(s) => Ok((s.model()?, prom_options(&s.options))),
+            None => Err(anyhow!("stopping")),
+        });
+        tokio::spawn(e.run(source, transport));
+    }
     let background = tokio::spawn(background(Arc::clone(&shared)));
     let (stop_http, server) =
         super::http::spawn_server(listener, Arc::clone(&shared), shared.options.http_idle_timeout, "");

@@ -39,55 +39,7 @@ use crate::model::OtlpState;
 use crate::model::trace::{Clock, Span, Trace};
 use crate::sync::lock;
 
-/// The wire protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    Grpc,
-    HttpProtobuf,
-}
-
-/// What `[otlp]` configures.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The collector; `None`: the `OTEL_EXPORTER_OTLP_*` variables decide.
-    pub endpoint: Option<String>,
-    pub wire: Wire,
-    pub service_name: String,
-    pub service_version: String,
-    pub environment: String,
-    /// Spans queued at most; beyond, new spans are dropped (counted).
-    pub queue_spans: usize,
-    /// Spans per export request at most.
-    pub batch_spans: usize,
-    /// How often the queue is exported.
-    pub interval: Duration,
-    /// An export taking longer fails (its spans are dropped, counted).
-    pub timeout: Duration,
-}
-
-/// Whether `endpoint` is a URL this build can export to: `http://host[:port][/path]`. TLS is
-/// not built in, so `https://` is refused here, before anything is attached, rather than
-/// failing every export afterwards. The error shows the URL with its credentials masked.
-pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    let shown = crate::secrets::redact_url(endpoint);
-    let Some((scheme, rest)) = endpoint.split_once("://") else {
-        return Err(format!("`{shown}` is not a URL: give http://HOST:PORT (4317 for gRPC, 4318 for HTTP)"));
-    };
-    match scheme.to_ascii_lowercase().as_str() {
-        "http" => {}
-        "https" => {
-            return Err(format!(
-                "`{shown}`: https needs TLS, which this build of eventflux-probe does not have; export over http:// (a collector on the node or a sidecar)"
-            ));
-        }
-        other => return Err(format!("`{shown}`: scheme `{other}` is not supported; use http://HOST:PORT")),
-    }
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("").rsplit('@').next().unwrap_or("");
-    if host.is_empty() {
-        return Err(format!("`{shown}` has no host: give http://HOST:PORT"));
-    }
-    Ok(())
-}
+use super::options::{Options, Wire, host_name};
 
 /// The queue between tree assembly and the export worker.
 pub struct Exporter {
@@ -146,10 +98,6 @@ fn span_name(span: &Span) -> &'static str {
             None => "Stage",
         },
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
 }
 
 impl Exporter {
@@ -344,6 +292,7 @@ impl Exporter {
             queued_spans: lock(&self.queue).len(),
             last_error: last.0.clone(),
             last_success_seconds_ago: last.1.map(|at| at.elapsed().as_secs_f64()),
+            metrics: None,
         }
     }
 }
@@ -402,14 +351,5 @@ impl Worker {
                 }
             }
         }
-    }
-}
-
-/// Parses `grpc` or `http/protobuf` (the values of `OTEL_EXPORTER_OTLP_PROTOCOL`).
-pub fn parse_wire(s: &str) -> Result<Wire> {
-    match s {
-        "grpc" => Ok(Wire::Grpc),
-        "http/protobuf" => Ok(Wire::HttpProtobuf),
-        other => Err(anyhow!("`{other}` is not an OTLP protocol: use grpc or http/protobuf")),
     }
 }
