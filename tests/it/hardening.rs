@@ -645,12 +645,16 @@ fn credentials_never_appear_in_logs_endpoints_or_errors() {
             }
         }
     }
-    // Refused before attaching: https (no TLS in this build) and a scheme that is not HTTP,
-    // named by where they came from, the credentials masked.
+    // Refused before attaching: schemes that are not HTTP, named by where they came from, the
+    // credentials masked.
     let demo = GatedDemo::start(&bin("eventflux-demo"), &["--events", "1000"]);
     let pid = demo.pid().to_string();
     for (var, value, says) in [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://user:{PASSWORD}@127.0.0.1:4317"), "https needs TLS"),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("grpc://user:{PASSWORD}@127.0.0.1:4317"),
+            "scheme `grpc` is not supported",
+        ),
         (
             "EVENTFLUX_PROBE_OTLP_ENDPOINT",
             format!("ftp://user:{PASSWORD}@127.0.0.1:21"),

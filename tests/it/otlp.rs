@@ -654,3 +654,134 @@ fn otlp_metrics_equal_the_prometheus_page() {
         assert!(daemon.stop().success());
     }
 }
+
+/// TLS, with a CA the test made: `run` exports traces and metrics to `https://` receivers,
+/// gRPC and HTTP/protobuf, that want a client certificate; CA, client certificate and key
+/// come from `OTEL_EXPORTER_OTLP_CERTIFICATE`, `…_CLIENT_CERTIFICATE`, `…_CLIENT_KEY`, and the
+/// requests are gzipped (`OTEL_EXPORTER_OTLP_COMPRESSION`). Every exported span arrives.
+#[test]
+fn otlp_over_tls_with_a_test_ca_and_a_client_certificate() {
+    let _serial = serial();
+    for protocol in ["grpc", "http/protobuf"] {
+        let pki = integration_tests::tls::Pki::generate("otlp-tls");
+        let receiver = Receiver::tls(protocol, &pki);
+        let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "200000", "--rate", "100000"]);
+        let mut env = pki.client_env();
+        env.extend([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://127.0.0.1:{}", receiver.port)),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".to_owned()),
+            ("OTEL_METRICS_EXPORTER", "otlp".to_owned()),
+            ("EVENTFLUX_PROBE_OTLP_INTERVAL", "200ms".to_owned()),
+            ("EVENTFLUX_PROBE_OTLP_METRICS_INTERVAL", "300ms".to_owned()),
+        ]);
+        let daemon = Daemon::start_with_env(target.pid(), &[], &env);
+        target.open_and_wait();
+        daemon.wait_target_gone(Duration::from_secs(10));
+        settle(&receiver, &[daemon.port]);
+        let spans = receiver.spans().len();
+        assert!(spans > 0, "{protocol}: no span arrived over TLS: {}", integration_tests::health(daemon.port).1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while receiver.metrics().is_empty() {
+            assert!(Instant::now() < deadline, "{protocol}: no metrics request arrived over TLS");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let m = daemon.samples();
+        assert_eq!(value(&m, "eventflux_probe_spans_dropped_total", &[("reason", "export_failed")]), Some(0.0));
+        assert_eq!(value(&m, "eventflux_probe_metric_exports_total", &[("result", "failed")]), Some(0.0));
+        assert!(daemon.stop().success());
+    }
+}
+
+/// A collector whose certificate another CA signed: one clear error per signal in the log,
+/// naming the certificate problem; the exports fail and are counted; nothing arrives; the
+/// observer stays live and its target unharmed.
+#[test]
+fn a_collector_signed_by_another_ca_is_one_clear_error_and_counted_failures() {
+    let _serial = serial();
+    for protocol in ["grpc", "http/protobuf"] {
+        let (server, other) =
+            (integration_tests::tls::Pki::generate("otlp-tls"), integration_tests::tls::Pki::generate("other-ca"));
+        let receiver = Receiver::tls(protocol, &server);
+        let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "200000", "--rate", "100000"]);
+        let mut env = other.client_env();
+        env.extend([
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://127.0.0.1:{}", receiver.port)),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+            ("OTEL_METRICS_EXPORTER", "otlp".to_owned()),
+            ("EVENTFLUX_PROBE_OTLP_INTERVAL", "200ms".to_owned()),
+            ("EVENTFLUX_PROBE_OTLP_METRICS_INTERVAL", "300ms".to_owned()),
+        ]);
+        let daemon = Daemon::start_with_env(target.pid(), &["--log-format", "json"], &env);
+        target.open_and_wait();
+        daemon.wait_target_gone(Duration::from_secs(10));
+        std::thread::sleep(Duration::from_secs(1));
+        let m = daemon.samples();
+        assert!(value(&m, "eventflux_probe_spans_dropped_total", &[("reason", "export_failed")]).unwrap_or(0.0) > 0.0);
+        assert!(value(&m, "eventflux_probe_metric_exports_total", &[("result", "failed")]).unwrap_or(0.0) >= 2.0);
+        assert_eq!(value(&m, "eventflux_probe_metric_exports_total", &[("result", "ok")]), Some(0.0));
+        assert!(receiver.spans().is_empty() && receiver.metrics().is_empty());
+        assert_eq!(http_status(daemon.port, "/live").map(|(s, _)| s), Ok(200));
+        let (_, h) = integration_tests::health(daemon.port);
+        for error in [&h["observer"]["otlp"]["last_error"], &h["observer"]["otlp"]["metrics"]["last_error"]] {
+            let e = error.as_str().unwrap_or_else(|| panic!("no last error in {h}"));
+            assert!(e.to_ascii_lowercase().contains("certificate"), "{protocol}: does not say what is wrong: {e}");
+        }
+        let (status, lines) = daemon.stop_with_log();
+        assert!(status.success(), "{status}");
+        let warnings: Vec<String> = integration_tests::log_events(&lines)
+            .into_iter()
+            .filter(|e| e["level"] == "WARN")
+            .map(|e| e["message"].as_str().unwrap_or("").to_owned())
+            .filter(|m| m.contains("OTLP"))
+            .collect();
+        assert_eq!(warnings.len(), 2, "{protocol}: one error per signal: {warnings:#?}");
+        for w in &warnings {
+            assert!(!w.contains('\n') && w.to_ascii_lowercase().contains("certificate"), "{w}");
+        }
+    }
+}
+
+/// TLS files that cannot serve are refused before anything is attached, one line naming the
+/// variable or key: a missing CA file, a file without a certificate, a client certificate
+/// without its key.
+#[test]
+fn bad_tls_files_are_one_line_errors() {
+    let _serial = serial();
+    let scratch = Scratch::new("bad-tls");
+    let not_pem = scratch.path().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").expect("file");
+    let pki = integration_tests::tls::Pki::generate("bad-tls");
+    let demo = GatedDemo::start(&bin("eventflux-demo"), &["--events", "1000"]);
+    let pid = demo.pid().to_string();
+    let s = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
+    for (vars, says) in [
+        (
+            vec![("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem".to_owned())],
+            vec!["OTEL_EXPORTER_OTLP_CERTIFICATE: cannot read `/nonexistent/ca.pem`"],
+        ),
+        (
+            vec![("OTEL_EXPORTER_OTLP_CERTIFICATE", s(&not_pem))],
+            vec!["OTEL_EXPORTER_OTLP_CERTIFICATE", "holds no PEM CERTIFICATE"],
+        ),
+        (
+            vec![("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", s(&pki.client_cert))],
+            vec!["OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE is set but no client key"],
+        ),
+        (
+            vec![
+                ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", s(&pki.client_cert)),
+                ("OTEL_EXPORTER_OTLP_CLIENT_KEY", s(&pki.client_cert)),
+            ],
+            vec!["OTEL_EXPORTER_OTLP_CLIENT_KEY", "holds no PEM PRIVATE KEY"],
+        ),
+    ] {
+        let out = integration_tests::run(
+            Command::new(bin("eventflux-probe"))
+                .args(["run", "--pid", &pid, "--listen", "127.0.0.1:0"])
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4317")
+                .envs(vars.iter().map(|(k, v)| (*k, v.as_str()))),
+        );
+        assert_one_line_error(&out, &says);
+    }
+}

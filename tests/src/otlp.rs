@@ -166,7 +166,10 @@ impl Receiver {
         Receiver::serve(|port, stores| async move {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
             tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(Grpc(stores.spans)))
+                .add_service(
+                    TraceServiceServer::new(Grpc(stores.spans))
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                )
                 .add_service(
                     MetricsServiceServer::new(GrpcMetrics(stores.metrics))
                         .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
@@ -217,6 +220,67 @@ impl Receiver {
         Receiver::serve(|port, stores| async move {
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind OTLP HTTP receiver");
             axum::serve(listener, http_routes(stores)).await.expect("OTLP HTTP receiver");
+        })
+    }
+
+    /// A receiver of both signals over TLS (`https://127.0.0.1:PORT`) with `pki`'s server
+    /// certificate, that wants a client certificate its CA signed: gRPC or HTTP/protobuf.
+    pub fn tls(protocol: &str, pki: &crate::tls::Pki) -> Receiver {
+        let read = |p: &std::path::Path| std::fs::read(p).expect("PKI file");
+        let (cert, key, ca) = (read(&pki.server_cert), read(&pki.server_key), read(&pki.ca));
+        if protocol == "grpc" {
+            return Receiver::serve(move |port, stores| async move {
+                let tls = tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(cert, key))
+                    .client_ca_root(tonic::transport::Certificate::from_pem(ca));
+                tonic::transport::Server::builder()
+                    .tls_config(tls)
+                    .expect("server TLS")
+                    .add_service(
+                        TraceServiceServer::new(Grpc(stores.spans))
+                            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                    )
+                    .add_service(
+                        MetricsServiceServer::new(GrpcMetrics(stores.metrics))
+                            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+                    )
+                    .serve(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+                    .await
+                    .expect("OTLP gRPC TLS receiver");
+            });
+        }
+        Receiver::serve(move |port, stores| async move {
+            use rustls::pki_types::pem::PemObject;
+            use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(&ca) {
+                roots.add(c.expect("CA PEM")).expect("CA");
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().expect("client verifier");
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(&cert).map(|c| c.expect("server PEM")).collect();
+            let key = PrivateKeyDer::from_pem_slice(&key).expect("server key");
+            let config = rustls::ServerConfig::builder()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain, key)
+                .expect("server TLS");
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            let app = http_routes(stores);
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind OTLP TLS receiver");
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    // A client that does not trust us (the wrong-CA test) ends here.
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
         })
     }
 

@@ -10,8 +10,9 @@ use crate::{root, sh};
 
 /// Debian packages the build, tests and demo use: bpftrace (interop tests), readelf (note
 /// comparison), gcc and sys/sdt.h (C probe fixtures), prometheus/promtool (rules and scrape
-/// tests), capsh (privilege tests), curl (demo).
-const PACKAGES: &[&str] = &["bpftrace", "binutils", "gcc", "systemtap-sdt-dev", "prometheus", "libcap2-bin", "curl"];
+/// tests), capsh (privilege tests), curl (demo), openssl (the OTLP TLS tests' CA).
+const PACKAGES: &[&str] =
+    &["bpftrace", "binutils", "gcc", "systemtap-sdt-dev", "prometheus", "libcap2-bin", "curl", "openssl"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -228,7 +228,7 @@ define_settings! {
     /// endpoint is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT` / `..._TRACES_ENDPOINT`.
     [otlp] Otlp / OtlpLayer {
         endpoint: String = "",
-            "The collector, e.g. http://127.0.0.1:4317 (gRPC) or http://127.0.0.1:4318 (HTTP; /v1/traces is added); empty: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, else no export";
+            "The collector, e.g. http://127.0.0.1:4317 (gRPC) or https://collector:4318 (HTTP; /v1/traces is added); empty: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as given) or OTEL_EXPORTER_OTLP_ENDPOINT, else no export";
         protocol: String = "",
             "grpc or http/protobuf; empty: OTEL_EXPORTER_OTLP_PROTOCOL, else grpc",
             check otlp_protocol;
@@ -250,6 +250,12 @@ define_settings! {
         timeout: Duration = "5s",
             "An export without an answer this long fails; its spans are dropped and counted. More than zero",
             check positive;
+        certificate: String = "",
+            "PEM file of the CA certificates that sign the collector's (https:// endpoints); empty: OTEL_EXPORTER_OTLP_{TRACES,METRICS}_CERTIFICATE, OTEL_EXPORTER_OTLP_CERTIFICATE, else the system's roots";
+        client_certificate: String = "",
+            "PEM file of a client certificate for collectors that want mutual TLS (with client_key); empty: OTEL_EXPORTER_OTLP_{TRACES,METRICS}_CLIENT_CERTIFICATE, OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE";
+        client_key: String = "",
+            "PEM file of the client certificate's private key; empty: OTEL_EXPORTER_OTLP_{TRACES,METRICS}_CLIENT_KEY, OTEL_EXPORTER_OTLP_CLIENT_KEY";
         metrics: String = "",
             "OTLP metrics: `otlp` exports the model as OTLP metrics, `none` does not; empty: OTEL_METRICS_EXPORTER, else on only when a metrics endpoint is set (docs/metrics.md, OTLP metrics)",
             check otlp_metrics;

@@ -285,7 +285,7 @@ impl MetricsExporter {
                 }
                 Err(e) => {
                     self.failed.fetch_add(1, Ordering::Relaxed);
-                    let text = crate::secrets::scrub(&format!("{e:#}")).into_owned();
+                    let text = super::tls::with_hint(crate::secrets::scrub(&format!("{e:#}")).into_owned());
                     let mut last = lock(&self.last_error);
                     if last.is_none() {
                         tracing::warn!("OTLP metrics export failed, retrying every interval: {text}");
@@ -308,11 +308,16 @@ impl Transport {
     pub fn new(options: &MetricsOptions, timeout: Duration) -> Result<Transport> {
         match options.wire {
             Wire::Grpc => {
-                let channel = tonic::transport::Channel::from_shared(options.endpoint.clone())
+                let mut endpoint = tonic::transport::Channel::from_shared(options.endpoint.clone())
                     .map_err(|e| anyhow!("OTLP metrics endpoint: {e}"))?
                     .timeout(timeout)
-                    .connect_timeout(timeout)
-                    .connect_lazy();
+                    .connect_timeout(timeout);
+                if super::tls::is_https(&options.endpoint) {
+                    endpoint = endpoint
+                        .tls_config(options.tls.tonic())
+                        .map_err(|e| anyhow!("OTLP metrics TLS: {}", super::tls::error_chain(&e)))?;
+                }
+                let channel = endpoint.connect_lazy();
                 let mut client = MetricsServiceClient::new(channel);
                 if options.gzip {
                     client = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
@@ -320,10 +325,7 @@ impl Transport {
                 Ok(Transport::Grpc { client, headers: options.headers.clone(), timeout })
             }
             Wire::HttpProtobuf => {
-                let client = reqwest::Client::builder()
-                    .timeout(timeout)
-                    .build()
-                    .map_err(|e| anyhow!("cannot set up the OTLP metrics HTTP client: {e}"))?;
+                let client = options.tls.reqwest(timeout)?;
                 Ok(Transport::Http {
                     client,
                     url: options.endpoint.clone(),
@@ -347,7 +349,14 @@ impl Transport {
                 let mut client = client.clone();
                 match tokio::time::timeout(*timeout, client.export(req)).await {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(status)) => Err(anyhow!("the collector answered {:?}: {}", status.code(), status.message())),
+                    Ok(Err(status)) => {
+                        let mut texts =
+                            vec![format!("the collector answered {:?}: {}", status.code(), status.message())];
+                        if let Some(cause) = std::error::Error::source(&status) {
+                            texts.push(super::tls::error_chain(cause));
+                        }
+                        Err(anyhow!("{}", super::tls::join_distinct(&texts)))
+                    }
                     Err(_) => Err(anyhow!("no answer within {timeout:?}")),
                 }
             }
@@ -364,27 +373,12 @@ impl Transport {
                 for (k, v) in headers {
                     post = post.header(k.as_str(), v.as_str());
                 }
-                let response = post.body(body).send().await.map_err(|e| anyhow!("{}", error_chain(&e)))?;
+                let response = post.body(body).send().await.map_err(|e| anyhow!("{}", super::tls::error_chain(&e)))?;
                 let status = response.status();
                 if status.is_success() { Ok(()) } else { Err(anyhow!("the collector answered HTTP {status}")) }
             }
         }
     }
-}
-
-/// An error with its sources, one line: what a TLS failure says is in the innermost one.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

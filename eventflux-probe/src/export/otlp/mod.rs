@@ -8,6 +8,7 @@
 
 pub mod metrics;
 pub mod options;
+pub mod tls;
 pub mod traces;
 
 use anyhow::Result;
@@ -36,6 +37,7 @@ pub type Started = (Option<std::sync::Arc<Exporter>>, Option<(std::sync::Arc<Met
 /// worker spawned; targets are added as they come), and the metrics exporter with its
 /// transport, to be spawned with its model source once the service exists.
 pub fn start(options: &Options) -> Result<Started> {
+    tls::install_provider();
     let traces = if options.traces {
         let (exporter, worker) = Exporter::start(options.clone())?;
         tokio::spawn(worker.run());

@@ -17,8 +17,10 @@ pub enum Wire {
 pub struct Options {
     /// Whether span trees are exported (an endpoint for traces is set).
     pub traces: bool,
-    /// The collector; `None`: the `OTEL_EXPORTER_OTLP_*` variables decide.
+    /// Where spans go: the whole URL for HTTP (`…/v1/traces`), the collector for gRPC.
     pub endpoint: Option<String>,
+    /// The traces' TLS (an `https://` endpoint).
+    pub tls: super::tls::Tls,
     pub wire: Wire,
     pub service_name: String,
     pub service_version: String,
@@ -67,6 +69,8 @@ pub struct MetricsOptions {
     pub headers: Vec<(String, String)>,
     /// gzip the requests.
     pub gzip: bool,
+    /// TLS (an `https://` endpoint).
+    pub tls: super::tls::Tls,
 }
 
 /// `key1=value1,key2=value2` with percent-encoded values, as `OTEL_EXPORTER_OTLP_HEADERS`
@@ -122,6 +126,39 @@ impl Options {
         if let Some((e, source)) = &traces {
             check_endpoint(e).map_err(|why| anyhow!("{source}: {why}"))?;
         }
+        // A signal's CA and client certificate: the configuration's, the signal's variables,
+        // the general ones.
+        let tls = |signal: &str| -> Result<super::tls::Tls> {
+            let file = |key: &str, value: &str, suffix: &str| {
+                let vars = [format!("OTEL_EXPORTER_OTLP_{signal}_{suffix}"), format!("OTEL_EXPORTER_OTLP_{suffix}")];
+                given(value)
+                    .map(|v| (v, format!("otlp.{key}")))
+                    .or_else(|| vars.iter().find_map(|n| var(n).map(|v| (v, n.clone()))))
+            };
+            let ca = match file("certificate", &o.certificate, "CERTIFICATE") {
+                Some((path, from)) => Some(super::tls::read_pem(&path, "CERTIFICATE", &from)?),
+                None => None,
+            };
+            let cert = file("client_certificate", &o.client_certificate, "CLIENT_CERTIFICATE");
+            let key = file("client_key", &o.client_key, "CLIENT_KEY");
+            let identity = match (cert, key) {
+                (Some((c, cf)), Some((k, kf))) => {
+                    Some((super::tls::read_pem(&c, "CERTIFICATE", &cf)?, super::tls::read_pem(&k, "PRIVATE KEY", &kf)?))
+                }
+                (None, None) => None,
+                (Some((_, from)), None) => {
+                    return Err(anyhow!(
+                        "{from} is set but no client key: set otlp.client_key or OTEL_EXPORTER_OTLP_CLIENT_KEY too"
+                    ));
+                }
+                (None, Some((_, from))) => {
+                    return Err(anyhow!(
+                        "{from} is set but no client certificate: set otlp.client_certificate or OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE too"
+                    ));
+                }
+            };
+            Ok(super::tls::Tls { ca, identity })
+        };
         // Where a value came from, so that a bad one is reported under its own name.
         let pick = |key: &str, value: &str, vars: &[&'static str]| -> Option<(String, String)> {
             given(value)
@@ -195,6 +232,7 @@ impl Options {
                 interval: o.metrics_interval,
                 headers,
                 gzip,
+                tls: tls("METRICS")?,
             })
         } else {
             None
@@ -202,9 +240,18 @@ impl Options {
         if traces.is_none() && metrics.is_none() {
             return Ok(None);
         }
+        // The traces' URL as the exporter takes it: a signal's own variable as given, a
+        // collector's address with the signal's path for HTTP.
+        let traces_url = traces.map(|(e, source)| match (wire, source.as_str()) {
+            (Wire::HttpProtobuf, "otlp.endpoint" | "OTEL_EXPORTER_OTLP_ENDPOINT") => {
+                format!("{}/v1/traces", e.trim_end_matches('/'))
+            }
+            _ => e,
+        });
         Ok(Some(Options {
-            traces: traces.is_some(),
-            endpoint,
+            traces: traces_url.is_some(),
+            tls: if traces_url.is_some() { tls("TRACES")? } else { Default::default() },
+            endpoint: traces_url,
             wire,
             service_name: given(&o.service_name)
                 .or_else(|| var("OTEL_SERVICE_NAME"))
@@ -237,22 +284,19 @@ pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
 }
 
-/// Whether `endpoint` is a URL this build can export to: `http://host[:port][/path]`. TLS is
-/// not built in, so `https://` is refused here, before anything is attached, rather than
-/// failing every export afterwards. The error shows the URL with its credentials masked.
+/// Whether `endpoint` is a URL this build can export to: `http://` or `https://` (TLS),
+/// `host[:port][/path]`. Checked before anything is attached, rather than failing every
+/// export afterwards. The error shows the URL with its credentials masked.
 pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
     let shown = crate::secrets::redact_url(endpoint);
     let Some((scheme, rest)) = endpoint.split_once("://") else {
-        return Err(format!("`{shown}` is not a URL: give http://HOST:PORT (4317 for gRPC, 4318 for HTTP)"));
+        return Err(format!(
+            "`{shown}` is not a URL: give http://HOST:PORT or https://HOST:PORT (4317 for gRPC, 4318 for HTTP)"
+        ));
     };
     match scheme.to_ascii_lowercase().as_str() {
-        "http" => {}
-        "https" => {
-            return Err(format!(
-                "`{shown}`: https needs TLS, which this build of eventflux-probe does not have; export over http:// (a collector on the node or a sidecar)"
-            ));
-        }
-        other => return Err(format!("`{shown}`: scheme `{other}` is not supported; use http://HOST:PORT")),
+        "http" | "https" => {}
+        other => return Err(format!("`{shown}`: scheme `{other}` is not supported; use http:// or https://")),
     }
     let host = rest.split(['/', '?', '#']).next().unwrap_or("").rsplit('@').next().unwrap_or("");
     if host.is_empty() {

@@ -30,7 +30,7 @@ use eventflux_abi::ComponentOp;
 use eventflux_probe_common::stage;
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
@@ -104,27 +104,26 @@ impl Exporter {
     /// The exporter for `options`, and the worker future that exports its queue (spawn it on
     /// the daemon's runtime). Each target's spans need its resource first ([`Exporter::add_target`]).
     pub fn start(options: Options) -> Result<(std::sync::Arc<Exporter>, Worker)> {
+        let endpoint = options.endpoint.clone().ok_or_else(|| anyhow!("no OTLP endpoint for traces"))?;
+        // The endpoint, TLS and timeout are ours; headers and compression the crate reads from
+        // the standard variables (`OTEL_EXPORTER_OTLP_{,TRACES_}{HEADERS,COMPRESSION}`).
+        let http_client = super::tls::Explained::new(options.tls.reqwest(options.timeout)?);
         let inner = match options.wire {
             Wire::Grpc => {
-                let b = opentelemetry_otlp::SpanExporter::builder().with_tonic().with_timeout(options.timeout);
-                let b = match &options.endpoint {
-                    Some(e) => b.with_endpoint(e.clone()),
-                    None => b,
-                };
-                b.build()
-            }
-            Wire::HttpProtobuf => {
                 let b = opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(Protocol::HttpBinary)
-                    .with_timeout(options.timeout);
-                let b = match &options.endpoint {
-                    // The HTTP exporter takes the whole URL of the traces endpoint.
-                    Some(e) => b.with_endpoint(format!("{}/v1/traces", e.trim_end_matches('/'))),
-                    None => b,
-                };
-                b.build()
+                    .with_tonic()
+                    .with_timeout(options.timeout)
+                    .with_endpoint(endpoint.clone());
+                if super::tls::is_https(&endpoint) { b.with_tls_config(options.tls.tonic()).build() } else { b.build() }
             }
+            Wire::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_timeout(options.timeout)
+                .with_http_client(http_client.clone())
+                // The HTTP exporter takes the whole URL of the traces endpoint.
+                .with_endpoint(endpoint)
+                .build(),
         }
         .map_err(|e| anyhow!("cannot set up the OTLP exporter: {e}"))?;
         let exporter = std::sync::Arc::new(Exporter {
@@ -137,7 +136,7 @@ impl Exporter {
             last: Mutex::new((None, None)),
             ids: Mutex::new(IdSource::new()),
         });
-        let worker = Worker { exporter: std::sync::Arc::clone(&exporter), inner, resource_of: None };
+        let worker = Worker { exporter: std::sync::Arc::clone(&exporter), inner, resource_of: None, http_client };
         Ok((exporter, worker))
     }
 
@@ -278,11 +277,7 @@ impl Exporter {
     pub fn state(&self) -> OtlpState {
         let last = lock(&self.last);
         OtlpState {
-            endpoint: self
-                .options
-                .endpoint
-                .as_deref()
-                .map_or_else(|| "(OTEL_EXPORTER_OTLP_* or default)".into(), crate::secrets::redact_url),
+            endpoint: self.options.endpoint.as_deref().map_or_else(String::new, crate::secrets::redact_url),
             protocol: match self.options.wire {
                 Wire::Grpc => "grpc",
                 Wire::HttpProtobuf => "http/protobuf",
@@ -303,6 +298,8 @@ pub struct Worker {
     inner: opentelemetry_otlp::SpanExporter,
     /// The process whose resource `inner` has now.
     resource_of: Option<u32>,
+    /// What the HTTP exporter sends with, and why its last request failed.
+    http_client: super::tls::Explained,
 }
 
 impl Worker {
@@ -329,7 +326,10 @@ impl Worker {
                 let result = tokio::time::timeout(e.options.timeout, self.inner.export(batch)).await;
                 let error = match result {
                     Ok(Ok(())) => None,
-                    Ok(Err(err)) => Some(err.to_string()),
+                    Ok(Err(err)) => Some(match self.http_client.take_cause() {
+                        Some(cause) => super::tls::join_distinct(&[super::tls::error_chain(&err), cause]),
+                        None => super::tls::error_chain(&err),
+                    }),
                     Err(_) => Some(format!("no answer within {:?}", e.options.timeout)),
                 };
                 let mut last = lock(&e.last);
@@ -340,11 +340,12 @@ impl Worker {
                     }
                     Some(err) => {
                         e.dropped[1].fetch_add(n, Ordering::Relaxed);
+                        let err = super::tls::with_hint(crate::secrets::scrub(&err).into_owned());
                         if last.0.is_none() {
                             tracing::warn!("OTLP export failed, spans dropped until it recovers: {err}");
                         }
                         // Served by /health: what a client library put in its error text too.
-                        last.0 = Some(crate::secrets::scrub(&err).into_owned());
+                        last.0 = Some(err);
                         // The collector is down: try again next tick, not in a tight loop.
                         break;
                     }
