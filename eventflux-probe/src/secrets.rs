@@ -75,19 +75,27 @@ pub fn register_url(url: &str) {
     add(&base64(decoded.as_bytes()));
 }
 
-/// Registers the values of an OTLP header list (`key=value,key2=value2`).
+/// Registers the values of an OTLP header list (`key=value,key2=value2`); an item without
+/// `=` (a mistaken `Authorization: Bearer …`) is registered whole.
 pub fn register_headers(list: &str) {
     for pair in list.split(',') {
-        if let Some((_, value)) = pair.split_once('=') {
-            add(value.trim());
+        match pair.split_once('=') {
+            Some((_, value)) => add(value.trim()),
+            None => add(pair.trim()),
         }
     }
 }
 
 /// Variables whose values may hold credentials: endpoints and header lists.
-const ENDPOINT_VARS: [&str; 3] =
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "EVENTFLUX_PROBE_OTLP_ENDPOINT"];
-const HEADER_VARS: [&str; 2] = ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"];
+const ENDPOINT_VARS: [&str; 5] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "EVENTFLUX_PROBE_OTLP_ENDPOINT",
+    "EVENTFLUX_PROBE_OTLP_METRICS_ENDPOINT",
+];
+const HEADER_VARS: [&str; 3] =
+    ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS"];
 
 /// Registers what the environment hands over; called first thing, before anything can print.
 pub fn register_from_env() {

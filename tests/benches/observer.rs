@@ -739,7 +739,18 @@ fn bench_node() -> Result<()> {
     let processes: usize =
         std::env::var("EVENTFLUX_BENCH_NODE_ENGINES").ok().and_then(|v| v.parse().ok()).unwrap_or(20).max(1);
     let rate = if processes <= 20 { 5_000 } else { (100_000 / processes as u64).max(100) };
-    let node = NodeObserver::start(&["--exe", "*/eventflux-demo"]);
+    // OTLP metrics every second to a receiver that decodes them: what one request of the
+    // whole node weighs (its cost is in the busy CPU below).
+    let receiver = Receiver::http();
+    let metrics_url = format!("http://127.0.0.1:{}/v1/metrics", receiver.port);
+    let node = NodeObserver::start_with_env(
+        &["--exe", "*/eventflux-demo"],
+        &[
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", metrics_url.as_str()),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+            ("EVENTFLUX_PROBE_OTLP_METRICS_INTERVAL", "1s"),
+        ],
+    );
     let pid = node.child.id();
     // Idle baseline: the node with no engine, over 10 s.
     std::thread::sleep(Duration::from_secs(2));
@@ -774,7 +785,28 @@ fn bench_node() -> Result<()> {
     let proto_started = Instant::now();
     let proto_bytes = protobuf_scrape(node.port)?;
     let proto_ms = proto_started.elapsed().as_secs_f64() * 1e3;
+    let om_started = Instant::now();
+    let om = integration_tests::http_get_accept(node.port, "/metrics", integration_tests::OPENMETRICS);
+    let om_ms = om_started.elapsed().as_secs_f64() * 1e3;
     let scraped_rss = rss_kib(pid);
+    let last = receiver.metrics().pop().context("no OTLP metrics request")?;
+    let points: usize = last
+        .request
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .map(|m| {
+            use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+            match &m.data {
+                Some(Data::Sum(x)) => x.data_points.len(),
+                Some(Data::Gauge(x)) => x.data_points.len(),
+                Some(Data::ExponentialHistogram(x)) => x.data_points.len(),
+                _ => 0,
+            }
+        })
+        .sum();
+    let otlp_bytes = prost::Message::encoded_len(&last.request);
     // Dropped, the demos are killed.
     drop(demos);
     node.stop();
@@ -807,6 +839,10 @@ fn bench_node() -> Result<()> {
         page.lines().count(),
         page.len(),
         scraped_rss
+    );
+    println!(
+        "  OpenMetrics {} bytes in {om_ms:.1} ms; one OTLP metrics request of the node: {points} points, {otlp_bytes} bytes (exported every second during the run above)",
+        om.len()
     );
     Ok(())
 }

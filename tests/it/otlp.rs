@@ -655,6 +655,20 @@ fn otlp_metrics_equal_the_prometheus_page() {
     }
 }
 
+/// The variables of both OTLP signals to `receiver` over TLS, trusting `pki`'s CA and
+/// presenting its client certificate, exporting often.
+fn tls_env(pki: &integration_tests::tls::Pki, receiver: &Receiver, protocol: &str) -> Vec<(&'static str, String)> {
+    let mut env = pki.client_env();
+    env.extend([
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://127.0.0.1:{}", receiver.port)),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+        ("OTEL_METRICS_EXPORTER", "otlp".to_owned()),
+        ("EVENTFLUX_PROBE_OTLP_INTERVAL", "200ms".to_owned()),
+        ("EVENTFLUX_PROBE_OTLP_METRICS_INTERVAL", "300ms".to_owned()),
+    ]);
+    env
+}
+
 /// TLS, with a CA the test made: `run` exports traces and metrics to `https://` receivers,
 /// gRPC and HTTP/protobuf, that want a client certificate; CA, client certificate and key
 /// come from `OTEL_EXPORTER_OTLP_CERTIFICATE`, `…_CLIENT_CERTIFICATE`, `…_CLIENT_KEY`, and the
@@ -666,15 +680,8 @@ fn otlp_over_tls_with_a_test_ca_and_a_client_certificate() {
         let pki = integration_tests::tls::Pki::generate("otlp-tls");
         let receiver = Receiver::tls(protocol, &pki);
         let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "200000", "--rate", "100000"]);
-        let mut env = pki.client_env();
-        env.extend([
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://127.0.0.1:{}", receiver.port)),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
-            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".to_owned()),
-            ("OTEL_METRICS_EXPORTER", "otlp".to_owned()),
-            ("EVENTFLUX_PROBE_OTLP_INTERVAL", "200ms".to_owned()),
-            ("EVENTFLUX_PROBE_OTLP_METRICS_INTERVAL", "300ms".to_owned()),
-        ]);
+        let mut env = tls_env(&pki, &receiver, protocol);
+        env.push(("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".to_owned()));
         let daemon = Daemon::start_with_env(target.pid(), &[], &env);
         target.open_and_wait();
         daemon.wait_target_gone(Duration::from_secs(10));
@@ -704,14 +711,7 @@ fn a_collector_signed_by_another_ca_is_one_clear_error_and_counted_failures() {
             (integration_tests::tls::Pki::generate("otlp-tls"), integration_tests::tls::Pki::generate("other-ca"));
         let receiver = Receiver::tls(protocol, &server);
         let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "200000", "--rate", "100000"]);
-        let mut env = other.client_env();
-        env.extend([
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://127.0.0.1:{}", receiver.port)),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
-            ("OTEL_METRICS_EXPORTER", "otlp".to_owned()),
-            ("EVENTFLUX_PROBE_OTLP_INTERVAL", "200ms".to_owned()),
-            ("EVENTFLUX_PROBE_OTLP_METRICS_INTERVAL", "300ms".to_owned()),
-        ]);
+        let env = tls_env(&other, &receiver, protocol);
         let daemon = Daemon::start_with_env(target.pid(), &["--log-format", "json"], &env);
         target.open_and_wait();
         daemon.wait_target_gone(Duration::from_secs(10));

@@ -124,39 +124,45 @@ fn protobuf_answer(ok: bool, response: Vec<u8>) -> axum::response::Response {
     }
 }
 
+/// `POST` of an OTLP request `M`: counted, decoded (gunzipped if need be), kept with its
+/// headers, answered with the empty `response`.
+fn otlp_post<M: Message + Default + 'static>(
+    requests: Arc<AtomicU64>,
+    response: Vec<u8>,
+    keep: impl Fn(M, Vec<(String, String)>) + Clone + Send + Sync + 'static,
+) -> axum::routing::MethodRouter {
+    axum::routing::post(move |headers: axum::http::HeaderMap, bytes: axum::body::Bytes| {
+        requests.fetch_add(1, Ordering::Relaxed);
+        let decoded = body::<M>(&headers, &bytes);
+        let ok = decoded.is_some();
+        if let Some(req) = decoded {
+            let seen =
+                headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())).collect();
+            keep(req, seen);
+        }
+        async move { protobuf_answer(ok, response) }
+    })
+}
+
 /// The HTTP/protobuf routes: `POST /v1/traces` and `POST /v1/metrics`.
 fn http_routes(stores: Stores) -> axum::Router {
-    let (traces, metrics) = (stores.clone(), stores);
+    let (spans, metrics) = (stores.spans, stores.metrics);
     axum::Router::new()
         .route(
             "/v1/traces",
-            axum::routing::post(move |headers: axum::http::HeaderMap, bytes: axum::body::Bytes| {
-                traces.requests.fetch_add(1, Ordering::Relaxed);
-                let decoded = body::<ExportTraceServiceRequest>(&headers, &bytes);
-                let ok = decoded.is_some();
-                if let Some(req) = decoded {
-                    keep(&traces.spans, req);
-                }
-                let response = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
-                async move { protobuf_answer(ok, response) }
-            }),
+            otlp_post(
+                Arc::clone(&stores.requests),
+                ExportTraceServiceResponse { partial_success: None }.encode_to_vec(),
+                move |req: ExportTraceServiceRequest, _| keep(&spans, req),
+            ),
         )
         .route(
             "/v1/metrics",
-            axum::routing::post(move |headers: axum::http::HeaderMap, bytes: axum::body::Bytes| {
-                metrics.requests.fetch_add(1, Ordering::Relaxed);
-                let decoded = body::<ExportMetricsServiceRequest>(&headers, &bytes);
-                let ok = decoded.is_some();
-                if let Some(req) = decoded {
-                    let seen = headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-                        .collect();
-                    keep_metrics(&metrics.metrics, req, seen);
-                }
-                let response = ExportMetricsServiceResponse { partial_success: None }.encode_to_vec();
-                async move { protobuf_answer(ok, response) }
-            }),
+            otlp_post(
+                stores.requests,
+                ExportMetricsServiceResponse { partial_success: None }.encode_to_vec(),
+                move |req: ExportMetricsServiceRequest, headers| keep_metrics(&metrics, req, headers),
+            ),
         )
 }
 
@@ -338,7 +344,8 @@ pub fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
 /// - `query_stage_latency_seconds{stage}`: the sum of `eventflux.self_ns` over the trace's
 ///   spans of that stage;
 ///
-/// and it lies in its bucket: above the series' next lower `le`, at most its own.
+/// and it lies in its bucket: above the series' next lower `le`, at most its own, where the
+/// kernel counted batches; its timestamp is a recent span's end.
 pub fn assert_exemplars_resolve(openmetrics: &str, spans: &[Received]) -> usize {
     use std::collections::BTreeMap;
     let exemplars = crate::metrics::parse_exemplars(openmetrics);
@@ -394,6 +401,21 @@ pub fn assert_exemplars_resolve(openmetrics: &str, spans: &[Received]) -> usize 
             .filter(|&b| b < le)
             .fold(0.0, f64::max);
         assert!(e.value > lower && e.value <= le, "exemplar {e:?}: outside its bucket ({lower}, {le}]");
+        // The kernel counted something there: the cumulative count grows at this bucket (a
+        // value summed from spans that the kernel did not count would land in an empty one).
+        let cumulative = |bound: f64| {
+            samples
+                .iter()
+                .find(|o| {
+                    o.name == s.name
+                        && o.value_of("le") == bound
+                        && o.labels.iter().filter(|(k, _)| k != "le").cloned().collect::<Vec<_>>() == others
+                })
+                .map_or(0.0, |o| o.value)
+        };
+        assert!(cumulative(le) > cumulative(lower), "exemplar {e:?}: in a bucket the kernel counted nothing in");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        assert!(e.timestamp > now - 600.0 && e.timestamp <= now + 1.0, "exemplar {e:?}: not a recent span's end");
     }
     exemplars.len()
 }

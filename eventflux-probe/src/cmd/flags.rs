@@ -72,6 +72,7 @@ pub fn load_settings(
     let settings = eventflux_probe::config::load(config_file, |k| std::env::var(k).ok(), flags)?;
     // Before anything can print it (the environment's were registered at start).
     eventflux_probe::secrets::register_url(&settings.otlp.endpoint);
+    eventflux_probe::secrets::register_url(&settings.otlp.metrics_endpoint);
     Ok(settings)
 }
 

@@ -224,8 +224,9 @@ define_settings! {
             "Label sets per metric before further ones are folded into one `overflow` series (at least 1)",
             check at_least_one;
     }
-    /// OTLP export of the span trees of sampled batches (docs/tracing.md). Off unless an
-    /// endpoint is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT` / `..._TRACES_ENDPOINT`.
+    /// OTLP export: the span trees of sampled batches (docs/tracing.md), on when an endpoint
+    /// is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT` / `..._TRACES_ENDPOINT`; the model as
+    /// OTLP metrics (docs/metrics.md), on when asked for; TLS for both.
     [otlp] Otlp / OtlpLayer {
         endpoint: String = "",
             "The collector, e.g. http://127.0.0.1:4317 (gRPC) or https://collector:4318 (HTTP; /v1/traces is added); empty: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as given) or OTEL_EXPORTER_OTLP_ENDPOINT, else no export";

@@ -22,7 +22,7 @@ use super::hist::Exemplar;
 use super::trace::{Clock, Trace};
 
 /// Histograms (pid, query, stage) with exemplars at most.
-pub const MAX_HISTOGRAMS: usize = 4096;
+const MAX_HISTOGRAMS: usize = 4096;
 
 /// The latest exemplar per kernel bucket of each histogram.
 #[derive(Debug, Default)]
@@ -72,11 +72,7 @@ impl Exemplars {
         }
     }
 
-    /// Histograms holding exemplars.
-    pub fn len(&self) -> usize {
-        self.by.len()
-    }
-
+    /// Whether no histogram holds an exemplar.
     pub fn is_empty(&self) -> bool {
         self.by.is_empty()
     }

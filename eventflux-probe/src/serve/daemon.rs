@@ -26,6 +26,9 @@ pub struct Daemon {
     spans: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
     /// Holding the descriptor keeps the statistics on.
     stats: Result<std::os::fd::OwnedFd, String>,
+    /// When each target's attach finished (CLOCK_MONOTONIC ns): its batches that began
+    /// earlier may lack stages (docs/probes.md), which the trace pipeline needs to know.
+    attached_at: Mutex<std::collections::HashMap<u32, u64>>,
 }
 
 /// One attached target.
@@ -56,7 +59,7 @@ impl Daemon {
         let spans = Mutex::new(if tracing { Some(kernel.take_spans()?) } else { None });
         let kernel = Arc::new(Mutex::new(kernel));
         let reader = Arc::new(Reader::new(Arc::clone(&kernel), max_age)?);
-        Ok(Daemon { kernel, reader, kernel_log, spans, stats })
+        Ok(Daemon { kernel, reader, kernel_log, spans, stats, attached_at: Default::default() })
     }
 
     /// Hands every span record waiting in the ring buffer to `f` (nothing unless loaded to
@@ -145,7 +148,13 @@ impl Daemon {
         }
         let target = Arc::new(target);
         self.reader.add_target(Arc::clone(&target), report.probes);
+        lock(&self.attached_at).insert(pid, crate::model::trace::Clock::now().monotonic_now());
         Ok(Attached { target, report })
+    }
+
+    /// When process `pid`'s attach finished (CLOCK_MONOTONIC ns), if it is a target.
+    pub fn attached_at(&self, pid: u32) -> Option<u64> {
+        lock(&self.attached_at).get(&pid).copied()
     }
 
     /// Process `pid`'s CPU samples so far by query and stage, without stacks.
@@ -220,6 +229,7 @@ impl Daemon {
     pub fn forget(&self, pid: u32) -> Result<usize> {
         let removed = lock(&self.kernel).forget_pid(pid);
         self.reader.remove_target(pid);
+        lock(&self.attached_at).remove(&pid);
         removed
     }
 

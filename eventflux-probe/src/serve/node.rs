@@ -482,7 +482,7 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
     };
     let node = Arc::new(Node {
         exporter,
-        metrics_exporter: metrics_exporter.as_ref().map(|(e, _)| Arc::clone(e)),
+        metrics_exporter: metrics_exporter.clone(),
         exemplars: Default::default(),
         daemon,
         options,
@@ -497,19 +497,24 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
     node.heartbeat.beat();
     let (stop_http, server) =
         super::http::spawn_server(listener, Arc::clone(&node), node.options.http_idle_timeout, "node mode: ");
-    if let Some((e, transport)) = metrics_exporter {
+    // The model OTLP metrics read: the service's, while it lives.
+    let metrics_source = metrics_exporter.as_ref().map(|e| {
         let weak = Arc::downgrade(&node);
         let source: crate::export::otlp::metrics::ModelSource = Arc::new(move || match weak.upgrade() {
             Some(n) => Ok((n.model()?, n.prom_options())),
             None => Err(anyhow::anyhow!("stopping")),
         });
-        tokio::spawn(e.run(source, transport));
-    }
+        tokio::spawn(Arc::clone(e).run(Arc::clone(&source)));
+        (Arc::clone(e), source)
+    });
     let background = tokio::spawn(background(Arc::clone(&node)));
 
     signals.at_least(1).await;
     node.stopping.store(true, Ordering::Relaxed);
     signals.drain(node.options.drain).await;
+    if let Some((e, source)) = &metrics_source {
+        e.flush(source).await;
+    }
     background.abort();
     let n = Arc::clone(&node);
     let _ = tokio::task::spawn_blocking(move || n.daemon.detach_all()).await;
@@ -528,8 +533,22 @@ async fn background(node: Arc<Node>) {
         node.heartbeat.beat();
         let n = Arc::clone(&node);
         let _ = tokio::task::spawn_blocking(move || n.daemon.drain()).await;
-        if let Some(exporter) = &node.exporter {
-            traces.tick(&node.daemon, exporter, &node.exemplars);
+        if let Some(exporter) = node.exporter.clone() {
+            // Drains a ring buffer and reads maps: off the async thread.
+            let n = Arc::clone(&node);
+            let mut t = traces;
+            traces = match tokio::task::spawn_blocking(move || {
+                t.tick(&n.daemon, &exporter, &n.exemplars);
+                t
+            })
+            .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("the trace pipeline failed, restarting it: {e}");
+                    super::traces::Traces::new()
+                }
+            };
         }
         // A scan can take a while (attaching): it runs beside the loop, one at a time.
         if !scanning.load(Ordering::Relaxed) && scan.due() {

@@ -315,7 +315,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     }
     let shared = Arc::new(RunService {
         exporter,
-        metrics_exporter: metrics_exporter.as_ref().map(|(e, _)| Arc::clone(e)),
+        metrics_exporter: metrics_exporter.clone(),
         exemplars: Default::default(),
         daemon,
         phase: Mutex::new(attached_phase(&first)),
@@ -334,14 +334,16 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         return Ok(());
     }
 
-    if let Some((e, transport)) = metrics_exporter {
+    // The model OTLP metrics read: the service's, while it lives.
+    let metrics_source = metrics_exporter.as_ref().map(|e| {
         let weak = Arc::downgrade(&shared);
         let source: crate::export::otlp::metrics::ModelSource = Arc::new(move || match weak.upgrade() {
             Some(s) => Ok((s.model()?, prom_options(&s.options))),
             None => Err(anyhow!("stopping")),
         });
-        tokio::spawn(e.run(source, transport));
-    }
+        tokio::spawn(Arc::clone(e).run(Arc::clone(&source)));
+        (Arc::clone(e), source)
+    });
     let background = tokio::spawn(background(Arc::clone(&shared)));
     let (stop_http, server) =
         super::http::spawn_server(listener, Arc::clone(&shared), shared.options.http_idle_timeout, "");
@@ -357,6 +359,9 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
             () = stop => drain(&shared, &signals).await,
         }
     };
+    if let Some((e, source)) = &metrics_source {
+        e.flush(source).await;
+    }
     background.abort();
     super::service::stop_http(stop_http, server).await?;
     outcome
@@ -371,8 +376,22 @@ async fn background(shared: Arc<RunService>) {
     loop {
         tick.tick().await;
         shared.daemon.drain();
-        if let Some(exporter) = &shared.exporter {
-            traces.tick(&shared.daemon, exporter, &shared.exemplars);
+        if let Some(exporter) = shared.exporter.clone() {
+            // Drains a ring buffer and reads maps: off the async thread.
+            let s = Arc::clone(&shared);
+            let mut t = traces;
+            traces = match tokio::task::spawn_blocking(move || {
+                t.tick(&s.daemon, &exporter, &s.exemplars);
+                t
+            })
+            .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("the trace pipeline failed, restarting it: {e}");
+                    super::traces::Traces::new()
+                }
+            };
         }
         if sample.due() {
             let s = Arc::clone(&shared);

@@ -14,12 +14,18 @@ use crate::model::exemplars::Exemplars;
 use crate::model::trace::{Clock, Held, named};
 use crate::sync::lock;
 
-/// The pipeline's state across ticks of a service's background loop.
+/// How long after an attach finished a batch may still lack stages: the markers settle
+/// (docs/probes.md).
+const SETTLE_NS: u64 = 100_000_000;
+
+/// The pipeline's state across ticks of a service's background loop. Blocking (it drains a
+/// ring buffer and reads maps): a service runs [`Traces::tick`] off its async thread.
 pub(crate) struct Traces {
     assembler: Assembler,
     held: Held,
     clock: Clock,
-    /// Batches that began before this instant (CLOCK_MONOTONIC) may lack stages.
+    /// For a process the daemon has no attach time of: batches that began before this instant
+    /// (CLOCK_MONOTONIC) may lack stages.
     settled: u64,
 }
 
@@ -31,21 +37,23 @@ impl Traces {
             // Traces wait up to 2 s for their query's name (registrations are replayed after
             // attach).
             held: Held::new(Duration::from_secs(2)),
-            // Batches that began before the markers settled may lack stages (docs/probes.md).
-            settled: clock.monotonic_now() + 100_000_000,
+            settled: clock.monotonic_now() + SETTLE_NS,
             clock,
         }
     }
 
     /// Drains the span records and exports the traces that are ready.
     pub(crate) fn tick(&mut self, daemon: &Daemon, exporter: &Exporter, exemplars: &Mutex<Exemplars>) {
-        let (assembler, held, settled) = (&mut self.assembler, &mut self.held, self.settled);
+        let (assembler, held, fallback) = (&mut self.assembler, &mut self.held, self.settled);
         daemon.drain_spans(|r| {
-            if let Some(t) = assembler.push(r)
+            if let Some(t) = assembler.push(r) {
+                // Each target from its own attach (node mode attaches at any time, `--follow`
+                // to a successor).
+                let since = daemon.attached_at(t.pid).map_or(fallback, |at| at + SETTLE_NS);
                 // An operation outside batches (a snapshot) has no stages to lack.
-                && (t.root.start_ns >= settled || t.query == eventflux_abi::NONE)
-            {
-                held.push(t);
+                if t.root.start_ns >= since || t.query == eventflux_abi::NONE {
+                    held.push(t);
+                }
             }
         });
         if !self.held.waiting(|_| false) {

@@ -18,10 +18,11 @@
 //! same transports: tonic's generated `MetricsService` client, or an HTTP POST of the protobuf
 //! body to `/v1/metrics`.
 //!
-//! Temporality: cumulative (the default) sends running totals since the observer attached,
-//! every point starting then; delta sends the change since the last successful export (a
-//! failed export's change goes out with the next one, so sums of deltas stay exact). A series
-//! whose total went down (a target restarted) starts again from zero.
+//! Temporality: cumulative (the default) sends running totals, each point starting at the
+//! export that first saw its series or at the one after its total went down (a target
+//! restarted); delta sends the change since the last successful export (a failed export's
+//! change goes out with the next one, so sums of deltas stay exact; a total that went down is
+//! sent whole). A stopping service sends one last export ([`MetricsExporter::flush`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -48,7 +49,7 @@ use crate::model::{Model, OtlpMetricsState};
 use crate::sync::lock;
 
 /// OTLP bucket index of kernel bucket 0.
-pub const FIRST_OTLP_INDEX: i32 = hist::FIRST_INDEX - 1;
+const FIRST_OTLP_INDEX: i32 = hist::FIRST_INDEX - 1;
 
 /// What the model source gives: the model now, and the options `/metrics` shows it with.
 pub type ModelSource = std::sync::Arc<dyn Fn() -> Result<(Model, PromOptions)> + Send + Sync>;
@@ -56,14 +57,32 @@ pub type ModelSource = std::sync::Arc<dyn Fn() -> Result<(Model, PromOptions)> +
 /// Each counted series' total, by (metric, labels).
 pub(crate) type Totals = BTreeMap<(&'static str, Labels), Value>;
 
+/// Counted series kept at most in [`Series`] (several times `/metrics`' caps); beyond, the
+/// oldest knowledge is dropped: delta then sends a whole total once, cumulative a new start.
+const MAX_SERIES: usize = 200_000;
+
+/// What the exporter remembers of each counted series between exports.
+#[derive(Default)]
+struct Series {
+    /// When each series' running total began (cumulative): the export that first saw it, or
+    /// the one after its total went down (a target restarted, a series left the overflow).
+    started: BTreeMap<(&'static str, Labels), u64>,
+    /// The totals of the last request built (to see a total go down).
+    last: Totals,
+    /// The totals the collector has accepted (delta's baseline), and when the last export
+    /// succeeded.
+    sent: Totals,
+    sent_at: u64,
+}
+
 /// Builds requests from the model and sends them every interval.
 pub struct MetricsExporter {
     options: MetricsOptions,
     resource: Vec<KeyValue>,
-    /// Nanoseconds since the epoch when export began: the start of every cumulative point.
+    /// Nanoseconds since the epoch when export began.
     start_ns: u64,
-    /// The totals the last successful export sent (delta temporality), and when.
-    sent: Mutex<(Totals, u64)>,
+    series: Mutex<Series>,
+    transport: Transport,
     ok: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -116,7 +135,7 @@ fn delta(current: &Value, previous: Option<&Value>) -> Value {
 
 /// The kernel bucket counts as OTLP's positive buckets: the run from the first non-empty
 /// bucket to the last.
-pub fn buckets(counts: &[u64]) -> Buckets {
+fn buckets(counts: &[u64]) -> Buckets {
     let first = counts.iter().position(|&n| n > 0);
     let last = counts.iter().rposition(|&n| n > 0);
     match (first, last) {
@@ -126,12 +145,17 @@ pub fn buckets(counts: &[u64]) -> Buckets {
 }
 
 impl MetricsExporter {
-    pub fn new(options: MetricsOptions, resource: Vec<(&'static str, String)>) -> MetricsExporter {
+    pub fn new(
+        options: MetricsOptions,
+        resource: Vec<(&'static str, String)>,
+        transport: Transport,
+    ) -> MetricsExporter {
         MetricsExporter {
             options,
             resource: resource.into_iter().map(|(k, v)| kv(k, v)).collect(),
             start_ns: now_ns(),
-            sent: Mutex::new((BTreeMap::new(), 0)),
+            series: Mutex::new(Series::default()),
+            transport,
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -155,10 +179,16 @@ impl MetricsExporter {
     /// The request for `model` now, and the totals it was built from.
     pub(crate) fn request(&self, model: &Model, prom: &PromOptions, now: u64) -> (ExportMetricsServiceRequest, Totals) {
         let families: Families = collect(model, prom);
-        let (sent, sent_at) = &*lock(&self.sent);
+        let mut series = lock(&self.series);
+        let Series { started, last, sent, sent_at } = &mut *series;
+        if started.len() > MAX_SERIES || sent.len() > MAX_SERIES {
+            started.clear();
+            sent.clear();
+        }
         let delta_mode = self.options.temporality == Temporality::Delta;
         let temporality = if delta_mode { AggregationTemporality::Delta } else { AggregationTemporality::Cumulative };
-        let start = if delta_mode && *sent_at > 0 { *sent_at } else { self.start_ns };
+        // The previous export (or the start): where a delta, or a total first seen now, begins.
+        let previous = if *sent_at > 0 { *sent_at } else { self.start_ns };
         let mut totals = BTreeMap::new();
         let mut metrics = Vec::new();
         for (name, fam) in families.by_name {
@@ -167,11 +197,23 @@ impl MetricsExporter {
                 let key = (name, labels);
                 let counted = fam.kind != MetricType::GAUGE;
                 let shown = if delta_mode && counted { delta(&value, sent.get(&key)) } else { value.clone() };
+                let start = if !counted {
+                    0
+                } else if delta_mode {
+                    previous
+                } else {
+                    let went_down = last.get(&key).is_some_and(|l| went_down(&value, l));
+                    let at = started.entry(key.clone()).or_insert(if *sent_at > 0 { previous } else { self.start_ns });
+                    if went_down {
+                        *at = previous;
+                    }
+                    *at
+                };
                 let attributes = attributes(&key.1);
                 match shown {
                     Value::Scalar(v) => numbers.push(NumberDataPoint {
                         attributes,
-                        start_time_unix_nano: if counted { start } else { 0 },
+                        start_time_unix_nano: start,
                         time_unix_nano: now,
                         exemplars: Vec::new(),
                         flags: 0,
@@ -180,7 +222,7 @@ impl MetricsExporter {
                     Value::Hist { buckets: counts, count, sum_ns, exemplars } => {
                         let exemplars = exemplars
                             .values()
-                            .filter(|e| !delta_mode || (e.unix_ms.max(0) as u64) * 1_000_000 >= start)
+                            .filter(|e| !delta_mode || (e.unix_ms.max(0) as u64) * 1_000_000 >= previous)
                             .map(|e| pm::Exemplar {
                                 filtered_attributes: Vec::new(),
                                 time_unix_nano: (e.unix_ms.max(0) as u64) * 1_000_000,
@@ -251,56 +293,103 @@ impl MetricsExporter {
                 schema_url: String::new(),
             }],
         };
+        last.clone_from(&totals);
         (request, totals)
     }
 
     /// Exports the model every interval until dropped.
-    pub async fn run(self: std::sync::Arc<Self>, model: ModelSource, transport: Transport) {
+    pub async fn run(self: std::sync::Arc<Self>, model: ModelSource) {
         let mut tick = tokio::time::interval(self.options.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is at once: the first export one interval later.
         tick.tick().await;
         loop {
             tick.tick().await;
-            // Reading maps is a few syscalls per entry: off the async thread.
-            let source = std::sync::Arc::clone(&model);
-            let (m, prom) = match tokio::task::spawn_blocking(move || source()).await {
-                Ok(Ok(m)) => m,
-                Ok(Err(e)) => {
-                    tracing::warn!("cannot read the model for OTLP metrics: {e:#}");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!("cannot read the model for OTLP metrics: {e:#}");
-                    continue;
-                }
-            };
+            self.export(&model).await;
+        }
+    }
+
+    /// One export now: what a stopping service sends last, so that nothing counted since the
+    /// last interval is lost.
+    pub async fn flush(self: &std::sync::Arc<Self>, model: &ModelSource) {
+        match tokio::time::timeout(self.timeout(), self.export(model)).await {
+            Ok(()) => tracing::debug!("sent the last OTLP metrics"),
+            Err(_) => tracing::warn!("the last OTLP metrics export did not finish in time"),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        match &self.transport {
+            Transport::Grpc { timeout, .. } | Transport::Http { timeout, .. } => *timeout,
+        }
+    }
+
+    async fn export(self: &std::sync::Arc<Self>, model: &ModelSource) {
+        // Reading maps and building the request cost a few syscalls per entry and a pass
+        // over every series: off the async thread.
+        let (source, me) = (std::sync::Arc::clone(model), std::sync::Arc::clone(self));
+        let built = tokio::task::spawn_blocking(move || -> Result<_> {
+            let (m, prom) = source()?;
             let now = now_ns();
-            let (request, totals) = self.request(&m, &prom, now);
-            match transport.send(request).await {
-                Ok(()) => {
-                    self.ok.fetch_add(1, Ordering::Relaxed);
-                    *lock(&self.sent) = (totals, now);
-                    *lock(&self.last_error) = None;
+            let (request, totals) = me.request(&m, &prom, now);
+            Ok((me.transport.body(request)?, totals, now))
+        })
+        .await;
+        let (body, totals, now) = match built {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot read the model for OTLP metrics: {e:#}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("cannot build the OTLP metrics request: {e}");
+                return;
+            }
+        };
+        match self.transport.send(body).await {
+            Ok(()) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                let mut series = lock(&self.series);
+                // Merged, not replaced: a series missing from one export (folded into the
+                // overflow for a while) keeps the baseline of what was sent of it.
+                series.sent.extend(totals);
+                series.sent_at = now;
+                *lock(&self.last_error) = None;
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                let text = super::tls::with_hint(crate::secrets::scrub(&format!("{e:#}")).into_owned());
+                let mut last = lock(&self.last_error);
+                if last.is_none() {
+                    tracing::warn!("OTLP metrics export failed, retrying every interval: {text}");
                 }
-                Err(e) => {
-                    self.failed.fetch_add(1, Ordering::Relaxed);
-                    let text = super::tls::with_hint(crate::secrets::scrub(&format!("{e:#}")).into_owned());
-                    let mut last = lock(&self.last_error);
-                    if last.is_none() {
-                        tracing::warn!("OTLP metrics export failed, retrying every interval: {text}");
-                    }
-                    *last = Some(text);
-                }
+                *last = Some(text);
             }
         }
     }
 }
 
+/// Whether a total went down from `last` (a restart, or a series back from the overflow).
+fn went_down(value: &Value, last: &Value) -> bool {
+    match (value, last) {
+        (Value::Scalar(v), Value::Scalar(l)) => v < l,
+        (Value::Hist { count, sum_ns, .. }, Value::Hist { count: lc, sum_ns: ls, .. }) => count < lc || sum_ns < ls,
+        _ => false,
+    }
+}
+
 /// How requests reach the collector.
+#[derive(Clone)]
 pub enum Transport {
     Grpc { client: MetricsServiceClient<tonic::transport::Channel>, headers: Vec<(String, String)>, timeout: Duration },
-    Http { client: reqwest::Client, url: String, headers: Vec<(String, String)>, gzip: bool },
+    Http { client: reqwest::Client, url: String, headers: Vec<(String, String)>, gzip: bool, timeout: Duration },
+}
+
+/// A request ready to send: the message for gRPC (tonic encodes and compresses it), the
+/// encoded and possibly gzipped body for HTTP.
+pub enum Body {
+    Grpc(ExportMetricsServiceRequest),
+    Http(Vec<u8>),
 }
 
 impl Transport {
@@ -331,14 +420,32 @@ impl Transport {
                     url: options.endpoint.clone(),
                     headers: options.headers.clone(),
                     gzip: options.gzip,
+                    timeout,
                 })
             }
         }
     }
 
-    async fn send(&self, request: ExportMetricsServiceRequest) -> Result<()> {
+    /// What [`Transport::send`] sends of `request` (blocking work: encoding, gzip).
+    fn body(&self, request: ExportMetricsServiceRequest) -> Result<Body> {
         match self {
-            Transport::Grpc { client, headers, timeout } => {
+            Transport::Grpc { .. } => Ok(Body::Grpc(request)),
+            Transport::Http { gzip, .. } => {
+                let body = request.encode_to_vec();
+                if !*gzip {
+                    return Ok(Body::Http(body));
+                }
+                use std::io::Write as _;
+                let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                z.write_all(&body)?;
+                Ok(Body::Http(z.finish()?))
+            }
+        }
+    }
+
+    async fn send(&self, body: Body) -> Result<()> {
+        match (self, body) {
+            (Transport::Grpc { client, headers, timeout }, Body::Grpc(request)) => {
                 let mut req = tonic::Request::new(request);
                 for (k, v) in headers {
                     let key = tonic::metadata::MetadataKey::from_bytes(k.as_bytes())
@@ -360,14 +467,9 @@ impl Transport {
                     Err(_) => Err(anyhow!("no answer within {timeout:?}")),
                 }
             }
-            Transport::Http { client, url, headers, gzip } => {
-                let mut body = request.encode_to_vec();
+            (Transport::Http { client, url, headers, gzip, .. }, Body::Http(body)) => {
                 let mut post = client.post(url).header("content-type", "application/x-protobuf");
                 if *gzip {
-                    use std::io::Write as _;
-                    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-                    z.write_all(&body)?;
-                    body = z.finish()?;
                     post = post.header("content-encoding", "gzip");
                 }
                 for (k, v) in headers {
@@ -377,6 +479,7 @@ impl Transport {
                 let status = response.status();
                 if status.is_success() { Ok(()) } else { Err(anyhow!("the collector answered HTTP {status}")) }
             }
+            _ => Err(anyhow!("a request built for another transport")),
         }
     }
 }

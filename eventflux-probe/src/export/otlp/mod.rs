@@ -14,8 +14,8 @@ pub mod traces;
 use anyhow::Result;
 
 pub use metrics::MetricsExporter;
-pub use options::{MetricsOptions, Options, Temporality, Wire, check_endpoint, parse_headers, parse_wire};
-pub use traces::{Exporter, Worker};
+pub use options::Options;
+pub use traces::Exporter;
 
 /// `/health`'s `observer.otlp`: the traces' figures (zero when only metrics are exported) and
 /// the metrics'.
@@ -29,13 +29,13 @@ pub fn state(traces: Option<&Exporter>, metrics: Option<&MetricsExporter>) -> Op
     Some(state)
 }
 
-/// The exporters [`start`] started: the span exporter, and the metrics exporter with its
-/// transport (not running yet).
-pub type Started = (Option<std::sync::Arc<Exporter>>, Option<(std::sync::Arc<MetricsExporter>, metrics::Transport)>);
+/// The exporters [`start`] started: the span exporter, and the metrics exporter (not running
+/// yet: it needs its model source, [`MetricsExporter::run`]).
+pub type Started = (Option<std::sync::Arc<Exporter>>, Option<std::sync::Arc<MetricsExporter>>);
 
 /// Starts the OTLP exports `options` ask for on the current runtime: the span exporter (its
 /// worker spawned; targets are added as they come), and the metrics exporter with its
-/// transport, to be spawned with its model source once the service exists.
+/// transport, to be run with its model source once the service exists.
 pub fn start(options: &Options) -> Result<Started> {
     tls::install_provider();
     let traces = if options.traces {
@@ -50,7 +50,7 @@ pub fn start(options: &Options) -> Result<Started> {
     let metrics = match &options.metrics {
         Some(m) => {
             let transport = metrics::Transport::new(m, options.timeout)?;
-            let exporter = std::sync::Arc::new(MetricsExporter::new(m.clone(), options.resource()));
+            let exporter = std::sync::Arc::new(MetricsExporter::new(m.clone(), options.resource(), transport));
             let state = exporter.state();
             tracing::info!(
                 endpoint = state.endpoint,
@@ -58,7 +58,7 @@ pub fn start(options: &Options) -> Result<Started> {
                 interval_s = m.interval.as_secs_f64(),
                 "exporting metrics over OTLP"
             );
-            Some((exporter, transport))
+            Some(exporter)
         }
         None => None,
     };

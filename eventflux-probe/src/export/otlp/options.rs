@@ -78,8 +78,9 @@ pub struct MetricsOptions {
 pub fn parse_headers(s: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        // The item itself is not shown: a mistaken `Authorization: Bearer …` is a secret.
         let Some((k, v)) = item.split_once('=') else {
-            return Err(format!("`{}` is not key=value", item.split('=').next().unwrap_or(item)));
+            return Err("an item is not key=value (the value percent-encoded): write key1=value1,key2=value2".into());
         };
         let k = k.trim();
         if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
@@ -387,9 +388,12 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "lowmemory"),
         ]);
         assert!(e.starts_with("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE: `lowmemory`"), "{e}");
-        let e =
-            err(&[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317"), ("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]);
-        assert!(e.starts_with("OTEL_EXPORTER_OTLP_HEADERS: `novalue` is not key=value"), "{e}");
+        let e = err(&[
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization: Bearer s3cret"),
+        ]);
+        assert!(e.starts_with("OTEL_EXPORTER_OTLP_HEADERS: an item is not key=value"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
         let e = err(&[
             ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),

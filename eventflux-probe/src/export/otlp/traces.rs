@@ -41,6 +41,9 @@ use crate::sync::lock;
 
 use super::options::{Options, Wire, host_name};
 
+/// Processes whose resource is kept at most.
+const MAX_RESOURCES: usize = 4096;
+
 /// The queue between tree assembly and the export worker.
 pub struct Exporter {
     options: Options,
@@ -158,9 +161,9 @@ impl Exporter {
             .build();
         let mut resources = lock(&self.resources);
         resources.retain(|(p, _)| *p != pid);
-        // Two targets at most are live here (the one exporting its last spans, its successor):
-        // the oldest go first.
-        while resources.len() >= 8 {
+        // `run` has two live targets at most (one exporting its last spans, its successor),
+        // node mode one per engine: the oldest go first past a node's worth.
+        while resources.len() >= MAX_RESOURCES {
             resources.pop_front();
         }
         resources.push_back((pid, resource));
@@ -309,17 +312,31 @@ impl Worker {
         loop {
             tick.tick().await;
             loop {
-                // One request carries one resource: the spans of one process.
+                // One request carries one resource: the spans of one process. Node mode's
+                // engines interleave in the queue, so the spans of the first process are taken
+                // from the next batch's worth wherever they are, the others keep their order.
                 let (pid, batch): (u32, Vec<SpanData>) = {
                     let mut q = lock(&e.queue);
                     let Some(pid) = q.front().map(|(pid, _)| *pid) else { break };
-                    let n = q.iter().take(e.options.batch_spans).take_while(|(p, _)| *p == pid).count();
-                    (pid, q.drain(..n).map(|(_, s)| s).collect())
+                    let window = q.len().min(e.options.batch_spans);
+                    let (mut batch, mut rest) = (Vec::new(), VecDeque::with_capacity(window));
+                    for (p, span) in q.drain(..window) {
+                        if p == pid { batch.push(span) } else { rest.push_back((p, span)) }
+                    }
+                    while let Some(item) = rest.pop_back() {
+                        q.push_front(item);
+                    }
+                    (pid, batch)
                 };
-                if self.resource_of != Some(pid)
-                    && let Some((_, resource)) = lock(&e.resources).iter().find(|(p, _)| *p == pid)
-                {
-                    self.inner.set_resource(resource);
+                if self.resource_of != Some(pid) {
+                    let known = lock(&e.resources).iter().find(|(p, _)| *p == pid).map(|(_, r)| r.clone());
+                    // A process whose resource was forgotten still says which it is.
+                    let resource = known.unwrap_or_else(|| {
+                        Resource::builder_empty()
+                            .with_attributes([KeyValue::new("process.pid", i64::from(pid))])
+                            .build()
+                    });
+                    self.inner.set_resource(&resource);
                     self.resource_of = Some(pid);
                 }
                 let n = batch.len() as u64;
