@@ -785,3 +785,48 @@ fn bad_tls_files_are_one_line_errors() {
         assert_one_line_error(&out, &says);
     }
 }
+
+/// A stopping observer sends its last OTLP metrics: with an interval longer than the test,
+/// the one request the receiver gets is the one sent at SIGTERM, and its query counters are
+/// the final ones of `/metrics`, which equal the demo's own summary.
+#[test]
+fn a_stopping_observer_sends_its_last_metrics() {
+    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+    let _serial = serial();
+    let receiver = Receiver::http();
+    let target = GatedDemo::start(&bin("eventflux-demo"), &["--events", "64000", "--batch", "64"]);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", format!("http://127.0.0.1:{}/v1/metrics", receiver.port)),
+        ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf".to_owned()),
+        ("EVENTFLUX_PROBE_OTLP_METRICS_INTERVAL", "1h".to_owned()),
+    ];
+    let daemon = Daemon::start_with_env(target.pid(), &[], &env);
+    let summary = summary(&target.open_and_wait());
+    daemon.wait_target_gone(Duration::from_secs(10));
+    let page = daemon.samples();
+    assert!(receiver.metrics().is_empty(), "nothing is sent before the first interval");
+    assert!(daemon.stop().success());
+    let requests = receiver.metrics();
+    assert_eq!(requests.len(), 1, "one last export at the stop");
+    let processed: f64 = requests[0]
+        .request
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .filter(|m| m.name == "query_events_processed")
+        .flat_map(|m| match &m.data {
+            Some(Data::Sum(s)) => s.data_points.clone(),
+            _ => Vec::new(),
+        })
+        .map(|p| match p.value {
+            Some(number_data_point::Value::AsDouble(v)) => v,
+            _ => 0.0,
+        })
+        .sum();
+    let on_page: f64 = page.iter().filter(|s| s.name == "query_events_processed_total").map(|s| s.value).sum();
+    let demo_processed: f64 =
+        summary["queries"].as_object().expect("queries").values().filter_map(|q| q["processed"].as_f64()).sum();
+    assert_eq!(processed, on_page);
+    assert_eq!(processed, demo_processed, "{summary}");
+}
