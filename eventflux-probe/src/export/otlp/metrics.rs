@@ -61,18 +61,27 @@ pub(crate) type Totals = BTreeMap<(&'static str, Labels), Value>;
 /// oldest knowledge is dropped: delta then sends a whole total once, cumulative a new start.
 const MAX_SERIES: usize = 200_000;
 
-/// What the exporter remembers of each counted series between exports.
+/// What the exporter remembers of each counted series between exports: one entry per series,
+/// and only what its temporality needs (a node's worth of series is tens of thousands).
 #[derive(Default)]
 struct Series {
-    /// When each series' running total began (cumulative): the export that first saw it, or
-    /// the one after its total went down (a target restarted, a series left the overflow).
-    started: BTreeMap<(&'static str, Labels), u64>,
-    /// The totals of the last request built (to see a total go down).
-    last: Totals,
-    /// The totals the collector has accepted (delta's baseline), and when the last export
-    /// succeeded.
+    /// Cumulative: when each series' running total began (the export that first saw it, or
+    /// the one after its total went down: a target restarted, a series back from the
+    /// overflow), and its last level (value or count, and sum) to see it go down.
+    cumulative: BTreeMap<(&'static str, Labels), (u64, f64, u64)>,
+    /// Delta: the totals the collector has accepted, the baseline of the next changes.
     sent: Totals,
+    /// When the last export succeeded.
     sent_at: u64,
+}
+
+/// A total's level: its value or count, and its sum (a histogram's count may stay while its
+/// sum restarts lower).
+fn level(v: &Value) -> (f64, u64) {
+    match v {
+        Value::Scalar(x) => (*x, 0),
+        Value::Hist { count, sum_ns, .. } => (*count as f64, *sum_ns),
+    }
 }
 
 /// Builds requests from the model and sends them every interval.
@@ -176,13 +185,13 @@ impl MetricsExporter {
         }
     }
 
-    /// The request for `model` now, and the totals it was built from.
+    /// The request for `model` now, and (delta) the totals it was built from.
     pub(crate) fn request(&self, model: &Model, prom: &PromOptions, now: u64) -> (ExportMetricsServiceRequest, Totals) {
         let families: Families = collect(model, prom);
         let mut series = lock(&self.series);
-        let Series { started, last, sent, sent_at } = &mut *series;
-        if started.len() > MAX_SERIES || sent.len() > MAX_SERIES {
-            started.clear();
+        let Series { cumulative, sent, sent_at } = &mut *series;
+        if cumulative.len() > MAX_SERIES || sent.len() > MAX_SERIES {
+            cumulative.clear();
             sent.clear();
         }
         let delta_mode = self.options.temporality == Temporality::Delta;
@@ -202,12 +211,21 @@ impl MetricsExporter {
                 } else if delta_mode {
                     previous
                 } else {
-                    let went_down = last.get(&key).is_some_and(|l| went_down(&value, l));
-                    let at = started.entry(key.clone()).or_insert(if *sent_at > 0 { previous } else { self.start_ns });
-                    if went_down {
-                        *at = previous;
+                    let (now_level, now_sum) = level(&value);
+                    match cumulative.get_mut(&key) {
+                        Some((at, last_level, last_sum)) => {
+                            if now_level < *last_level || now_sum < *last_sum {
+                                *at = previous;
+                            }
+                            (*last_level, *last_sum) = (now_level, now_sum);
+                            *at
+                        }
+                        None => {
+                            let at = if *sent_at > 0 { previous } else { self.start_ns };
+                            cumulative.insert(key.clone(), (at, now_level, now_sum));
+                            at
+                        }
                     }
-                    *at
                 };
                 let attributes = attributes(&key.1);
                 match shown {
@@ -249,7 +267,7 @@ impl MetricsExporter {
                         });
                     }
                 }
-                if counted {
+                if counted && delta_mode {
                     totals.insert(key, value);
                 }
             }
@@ -293,7 +311,6 @@ impl MetricsExporter {
                 schema_url: String::new(),
             }],
         };
-        last.clone_from(&totals);
         (request, totals)
     }
 
@@ -366,15 +383,6 @@ impl MetricsExporter {
                 *last = Some(text);
             }
         }
-    }
-}
-
-/// Whether a total went down from `last` (a restart, or a series back from the overflow).
-fn went_down(value: &Value, last: &Value) -> bool {
-    match (value, last) {
-        (Value::Scalar(v), Value::Scalar(l)) => v < l,
-        (Value::Hist { count, sum_ns, .. }, Value::Hist { count: lc, sum_ns: ls, .. }) => count < lc || sum_ns < ls,
-        _ => false,
     }
 }
 
