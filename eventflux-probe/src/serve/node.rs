@@ -534,21 +534,7 @@ async fn background(node: Arc<Node>) {
         let n = Arc::clone(&node);
         let _ = tokio::task::spawn_blocking(move || n.daemon.drain()).await;
         if let Some(exporter) = node.exporter.clone() {
-            // Drains a ring buffer and reads maps: off the async thread.
-            let n = Arc::clone(&node);
-            let mut t = traces;
-            traces = match tokio::task::spawn_blocking(move || {
-                t.tick(&n.daemon, &exporter, &n.exemplars);
-                t
-            })
-            .await
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!("the trace pipeline failed, restarting it: {e}");
-                    super::traces::Traces::new()
-                }
-            };
+            traces = super::traces::tick_off_thread(traces, Arc::clone(&node), exporter, trace_parts).await;
         }
         // A scan can take a while (attaching): it runs beside the loop, one at a time.
         if !scanning.load(Ordering::Relaxed) && scan.due() {
@@ -579,4 +565,9 @@ async fn background(node: Arc<Node>) {
             let _ = tokio::task::spawn_blocking(move || n.sample()).await;
         }
     }
+}
+
+/// What the trace pipeline borrows of the service.
+fn trace_parts(s: &Node) -> (&Daemon, &Mutex<crate::model::exemplars::Exemplars>) {
+    (&s.daemon, &s.exemplars)
 }

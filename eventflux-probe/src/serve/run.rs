@@ -377,21 +377,7 @@ async fn background(shared: Arc<RunService>) {
         tick.tick().await;
         shared.daemon.drain();
         if let Some(exporter) = shared.exporter.clone() {
-            // Drains a ring buffer and reads maps: off the async thread.
-            let s = Arc::clone(&shared);
-            let mut t = traces;
-            traces = match tokio::task::spawn_blocking(move || {
-                t.tick(&s.daemon, &exporter, &s.exemplars);
-                t
-            })
-            .await
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!("the trace pipeline failed, restarting it: {e}");
-                    super::traces::Traces::new()
-                }
-            };
+            traces = super::traces::tick_off_thread(traces, Arc::clone(&shared), exporter, trace_parts).await;
         }
         if sample.due() {
             let s = Arc::clone(&shared);
@@ -561,4 +547,9 @@ async fn drain(shared: &Arc<RunService>, signals: &Signals) -> Result<()> {
     signals.drain(shared.options.drain).await;
     detach(shared).await;
     Ok(())
+}
+
+/// What the trace pipeline borrows of the service.
+fn trace_parts(s: &RunService) -> (&Daemon, &Mutex<crate::model::exemplars::Exemplars>) {
+    (&s.daemon, &s.exemplars)
 }

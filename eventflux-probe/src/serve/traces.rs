@@ -75,3 +75,28 @@ impl Traces {
         }
     }
 }
+
+/// One tick of `traces` off the async thread (it drains a ring buffer and reads maps); the
+/// service `owner` lends its daemon and exemplar store through `parts`. A tick that panicked
+/// is logged and the pipeline starts afresh.
+pub(crate) async fn tick_off_thread<S: Send + Sync + 'static>(
+    traces: Traces,
+    owner: std::sync::Arc<S>,
+    exporter: std::sync::Arc<Exporter>,
+    parts: fn(&S) -> (&Daemon, &Mutex<Exemplars>),
+) -> Traces {
+    let ticked = tokio::task::spawn_blocking(move || {
+        let mut t = traces;
+        let (daemon, exemplars) = parts(&owner);
+        t.tick(daemon, &exporter, exemplars);
+        t
+    })
+    .await;
+    match ticked {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!("the trace pipeline failed, restarting it: {e}");
+            Traces::new()
+        }
+    }
+}
