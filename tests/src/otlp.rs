@@ -166,23 +166,24 @@ fn http_routes(stores: Stores) -> axum::Router {
         )
 }
 
+/// Both signals' gRPC services on `server`, taking gzip as the observer may send it.
+fn grpc_services(mut server: tonic::transport::Server, stores: Stores) -> tonic::transport::server::Router {
+    server
+        .add_service(
+            TraceServiceServer::new(Grpc(stores.spans)).accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+        )
+        .add_service(
+            MetricsServiceServer::new(GrpcMetrics(stores.metrics))
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+        )
+}
+
 impl Receiver {
     /// A gRPC receiver (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`) on a free loopback port.
     pub fn grpc() -> Receiver {
         Receiver::serve(|port, stores| async move {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-            tonic::transport::Server::builder()
-                .add_service(
-                    TraceServiceServer::new(Grpc(stores.spans))
-                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-                )
-                .add_service(
-                    MetricsServiceServer::new(GrpcMetrics(stores.metrics))
-                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-                )
-                .serve(addr)
-                .await
-                .expect("OTLP gRPC receiver");
+            grpc_services(tonic::transport::Server::builder(), stores).serve(addr).await.expect("OTLP gRPC receiver");
         })
     }
 
@@ -239,17 +240,7 @@ impl Receiver {
                 let tls = tonic::transport::ServerTlsConfig::new()
                     .identity(tonic::transport::Identity::from_pem(cert, key))
                     .client_ca_root(tonic::transport::Certificate::from_pem(ca));
-                tonic::transport::Server::builder()
-                    .tls_config(tls)
-                    .expect("server TLS")
-                    .add_service(
-                        TraceServiceServer::new(Grpc(stores.spans))
-                            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-                    )
-                    .add_service(
-                        MetricsServiceServer::new(GrpcMetrics(stores.metrics))
-                            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
-                    )
+                grpc_services(tonic::transport::Server::builder().tls_config(tls).expect("server TLS"), stores)
                     .serve(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
                     .await
                     .expect("OTLP gRPC TLS receiver");
