@@ -674,20 +674,11 @@ fn native_histograms_and_exemplars_in_node_mode_over_two_engines() {
     // in flight on a busy machine).
     let deadline = Instant::now() + Duration::from_secs(15);
     let stored = loop {
-        let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 1;
-        let r = prometheus.api(&format!(
-            "/api/v1/query_exemplars?query={}&start={}&end={end}",
-            encode("query_latency_seconds"),
-            started - 5
-        ));
         let mut stored = BTreeMap::new();
-        for series in r["data"].as_array().into_iter().flatten() {
-            let pid = series["seriesLabels"]["pid"].as_str().unwrap_or("?").to_owned();
-            for e in series["exemplars"].as_array().into_iter().flatten() {
-                let id = e["labels"]["trace_id"].as_str().unwrap_or("?").to_owned();
-                assert!(received.contains(&id), "Prometheus holds exemplar {id} of {pid}, a trace never received");
-                *stored.entry(pid.clone()).or_insert(0) += 1;
-            }
+        for (labels, id) in prometheus.exemplar_trace_ids("query_latency_seconds", started - 5) {
+            let pid = labels["pid"].as_str().unwrap_or("?").to_owned();
+            assert!(received.contains(&id), "Prometheus holds exemplar {id} of {pid}, a trace never received");
+            *stored.entry(pid).or_insert(0) += 1;
         }
         if stored.len() == 2 || Instant::now() > deadline {
             break stored;

@@ -487,18 +487,10 @@ fn exemplars_link_latency_buckets_to_received_traces() {
         spans.iter().map(|s| s.span.trace_id.iter().map(|b| format!("{b:02x}")).collect()).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     let stored = loop {
-        let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 1;
-        let r = prometheus.api(&format!(
-            "/api/v1/query_exemplars?query={}&start={}&end={end}",
-            integration_tests::prometheus::encode("query_latency_seconds_bucket"),
-            started - 5
-        ));
-        let ids: Vec<String> = r["data"]
-            .as_array()
+        let ids: Vec<String> = prometheus
+            .exemplar_trace_ids("query_latency_seconds_bucket", started - 5)
             .into_iter()
-            .flatten()
-            .flat_map(|series| series["exemplars"].as_array().cloned().unwrap_or_default())
-            .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_owned))
+            .map(|(_, id)| id)
             .collect();
         if !ids.is_empty() || Instant::now() > deadline {
             break ids;

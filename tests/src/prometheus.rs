@@ -66,6 +66,21 @@ impl Prometheus {
             .unwrap_or_default()
     }
 
+    /// The exemplars stored for `query` since `since` (Unix seconds): each series' labels
+    /// and an exemplar's `trace_id`.
+    pub fn exemplar_trace_ids(&self, query: &str, since: u64) -> Vec<(Value, String)> {
+        let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 1;
+        let r = self.api(&format!("/api/v1/query_exemplars?query={}&start={since}&end={end}", encode(query)));
+        let mut out = Vec::new();
+        for series in r["data"].as_array().into_iter().flatten() {
+            for e in series["exemplars"].as_array().into_iter().flatten() {
+                let id = e["labels"]["trace_id"].as_str().unwrap_or("?").to_owned();
+                out.push((series["seriesLabels"].clone(), id));
+            }
+        }
+        out
+    }
+
     pub fn label_values(&self, label: &str, selector: &str) -> Vec<String> {
         let v = self.api(&format!("/api/v1/label/{label}/values?match[]={}", encode(selector)));
         v["data"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect()
