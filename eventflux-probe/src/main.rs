@@ -30,6 +30,9 @@ enum Command {
     /// Sample the engine's CPU and write a profile split by query and stage (flame graph,
     /// pprof, folded stacks).
     Profile(cmd::profile::Args),
+    /// The engines at a glance, live in the terminal: rates, latency, CPU and health per
+    /// query and stream, and what observing costs (as `run` at its defaults does).
+    Top(cmd::top::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,14 @@ fn main() -> ExitCode {
             let rust_log = if cmd::node::log_level_flag(&args) { None } else { std::env::var("RUST_LOG").ok() };
             eventflux_probe::logging::init_with(settings.logging.options(), rust_log)?;
             cmd::node::run(&args, settings)
+        }),
+        Command::Top(args) => cmd::top::settings(&args).and_then(|settings| {
+            if let Some((level, rust_log)) = cmd::top::log_options(&args, &settings) {
+                let mut options = settings.logging.options();
+                options.level = &level;
+                eventflux_probe::logging::init_with(options, rust_log)?;
+            }
+            cmd::top::run(&args, settings)
         }),
     };
     match result {

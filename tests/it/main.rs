@@ -23,4 +23,5 @@ mod node;
 mod otlp;
 mod parsers_prop;
 mod redzone;
+mod top;
 mod trace;

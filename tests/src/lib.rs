@@ -18,6 +18,7 @@ mod observer;
 pub mod otlp;
 mod procs;
 pub mod prometheus;
+pub mod terminal;
 pub mod tls;
 mod usdt;
 

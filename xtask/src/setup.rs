@@ -10,9 +10,9 @@ use crate::{root, sh};
 
 /// Debian packages the build, tests and demo use: bpftrace (interop tests), readelf (note
 /// comparison), gcc and sys/sdt.h (C probe fixtures), prometheus/promtool (rules and scrape
-/// tests), capsh (privilege tests), curl (demo), openssl (the OTLP TLS tests' CA).
+/// tests), capsh (privilege tests), curl (demo), openssl (the OTLP TLS tests' CA), tmux (the `top` tests' terminal).
 const PACKAGES: &[&str] =
-    &["bpftrace", "binutils", "gcc", "systemtap-sdt-dev", "prometheus", "libcap2-bin", "curl", "openssl"];
+    &["bpftrace", "binutils", "gcc", "systemtap-sdt-dev", "prometheus", "libcap2-bin", "curl", "openssl", "tmux"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

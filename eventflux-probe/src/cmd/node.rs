@@ -95,7 +95,7 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
     }
     let budget = super::flags::settings_budget(&settings)?;
     let options = NodeOptions {
-        listen: settings.http.listen,
+        listen: Some(settings.http.listen),
         http_idle_timeout: settings.http.idle_timeout,
         budget,
         max_series: settings.limits.max_series,
@@ -110,5 +110,5 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
     };
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(eventflux_probe::serve::node::serve(options))
+    runtime.block_on(eventflux_probe::serve::node::serve(options, None))
 }

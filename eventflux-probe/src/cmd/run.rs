@@ -111,7 +111,7 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
     let options = ServeOptions {
         pid: args.pid,
         budget,
-        listen: settings.http.listen,
+        listen: Some(settings.http.listen),
         http_idle_timeout: settings.http.idle_timeout,
         max_series: settings.limits.max_series,
         layout: super::flags::bucket_layout(&settings),
@@ -123,5 +123,5 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
     };
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    runtime.block_on(eventflux_probe::serve::run::serve(options))
+    runtime.block_on(eventflux_probe::serve::run::serve(options, None))
 }

@@ -8,3 +8,4 @@ pub mod otlp;
 pub mod profile;
 pub mod prometheus;
 pub mod protobuf;
+pub mod top;

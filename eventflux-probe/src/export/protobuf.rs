@@ -189,6 +189,38 @@ pub fn native(buckets: &[u64], count: u64, sum_seconds: f64) -> Histogram {
     }
 }
 
+/// A native histogram's buckets back as kernel bucket counts (`top --url` reads them so); `None`
+/// for one that is not this exporter's: another schema, a bucket outside the kernel's, counts
+/// that go negative or a delta missing.
+pub fn kernel_buckets(h: &Histogram) -> Option<Vec<u64>> {
+    if h.schema != Some(2) {
+        return None;
+    }
+    let mut out = vec![0u64; hist::BUCKETS];
+    let (mut index, mut count) = (0i32, 0i64);
+    let mut deltas = h.positive_delta.iter();
+    for (n, span) in h.positive_span.iter().enumerate() {
+        let offset = span.offset.unwrap_or(0);
+        index = if n == 0 { offset } else { index.checked_add(offset)? };
+        for _ in 0..span.length.unwrap_or(0) {
+            count = count.checked_add(*deltas.next()?)?;
+            let i = usize::try_from(index.checked_sub(hist::FIRST_INDEX)?).ok()?;
+            *out.get_mut(i)? = u64::try_from(count).ok()?;
+            index = index.checked_add(1)?;
+        }
+    }
+    deltas.next().is_none().then_some(out)
+}
+
+/// The families of an exposition in this format.
+pub fn decode(mut bytes: &[u8]) -> Result<Vec<MetricFamily>, prost::DecodeError> {
+    let mut families = Vec::new();
+    while !bytes.is_empty() {
+        families.push(MetricFamily::decode_length_delimited(&mut bytes)?);
+    }
+    Ok(families)
+}
+
 /// The families, each length-delimited, as Prometheus reads them.
 pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -203,21 +235,8 @@ pub fn encode(families: &[MetricFamily]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    /// The native buckets back as kernel bucket counts.
     fn kernel_counts(h: &Histogram) -> Vec<u64> {
-        let mut out = vec![0u64; hist::BUCKETS];
-        let (mut index, mut count) = (0i32, 0i64);
-        let mut deltas = h.positive_delta.iter();
-        for (n, span) in h.positive_span.iter().enumerate() {
-            index = if n == 0 { span.offset.unwrap_or(0) } else { index + span.offset.unwrap_or(0) };
-            for _ in 0..span.length.unwrap_or(0) {
-                count += deltas.next().copied().unwrap_or(0);
-                out[(index - hist::FIRST_INDEX) as usize] = count as u64;
-                index += 1;
-            }
-        }
-        assert!(deltas.next().is_none(), "a delta for every bucket of the spans");
-        out
+        kernel_buckets(h).expect("a native histogram of kernel buckets")
     }
 
     #[test]
@@ -232,6 +251,13 @@ mod tests {
         // 0 alone; 40, 41, (42 empty), 43 in one span; 90; 159.
         assert_eq!(h.positive_span.iter().map(|s| s.length.unwrap_or(0)).collect::<Vec<u32>>(), [1, 4, 1, 1]);
         assert_eq!(h.positive_span[0].offset, Some(hist::FIRST_INDEX));
+
+        let wrong_schema = Histogram { schema: Some(3), ..h.clone() };
+        assert_eq!(kernel_buckets(&wrong_schema), None);
+        let outside = Histogram { positive_span: vec![BucketSpan { offset: Some(500), length: Some(1) }], ..h.clone() };
+        assert_eq!(kernel_buckets(&outside), None);
+        let short = Histogram { positive_delta: vec![1], ..h };
+        assert_eq!(kernel_buckets(&short), None);
 
         let empty = native(&vec![0; hist::BUCKETS], 0, 0.0);
         assert_eq!(empty.positive_span, [BucketSpan { offset: Some(0), length: Some(0) }]);
@@ -262,10 +288,7 @@ mod tests {
             }],
         };
         let bytes = encode(&[fam.clone(), fam.clone()]);
-        let mut rest = &bytes[..];
-        for _ in 0..2 {
-            assert_eq!(MetricFamily::decode_length_delimited(&mut rest).expect("decodes"), fam);
-        }
-        assert!(rest.is_empty());
+        assert_eq!(decode(&bytes).expect("decodes"), [fam.clone(), fam]);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err(), "a cut message is an error");
     }
 }

@@ -1,5 +1,5 @@
 //! Services: the observer as a library type ([`daemon::Daemon`]), the `run` service
-//! ([`run`]), node mode ([`node`]), what the two services share ([`service`], the trace
+//! ([`run`]), node mode ([`node`]), `top` ([`top`], which runs either inside itself), what the two services share ([`service`], the trace
 //! pipeline in [`traces`]) and the HTTP server they both use ([`http`]).
 
 pub mod daemon;
@@ -7,6 +7,7 @@ pub mod http;
 pub mod node;
 pub mod run;
 mod service;
+pub mod top;
 mod traces;
 
 pub use service::bind;

@@ -33,7 +33,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::daemon::{Daemon, TICK};
-use super::service::{Every, Heartbeat, Signals, bind};
+use super::service::{Every, Heartbeat, Signals, bind_some};
 use crate::export::health::{self, History, Status, Thresholds, Totals};
 use crate::export::prometheus::Options as PromOptions;
 use crate::find;
@@ -47,7 +47,8 @@ use crate::sync::lock;
 /// What `node` configures.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
-    pub listen: SocketAddr,
+    /// Where to serve the HTTP endpoints; `None` inside `top`, which reads the service itself.
+    pub listen: Option<SocketAddr>,
     pub http_idle_timeout: Duration,
     pub budget: Budget,
     /// Label sets per metric over all processes.
@@ -465,11 +466,11 @@ impl super::http::Service for Node {
     }
 }
 
-/// Runs node mode until a signal stops it.
-pub async fn serve(options: NodeOptions) -> Result<()> {
+/// Runs node mode until a signal stops it; hands `embedder` (`top`) the service once it runs.
+pub async fn serve(options: NodeOptions, embedder: Option<super::service::Embedder<Node>>) -> Result<()> {
     let signals = Signals::install()?;
     crate::kernel::privileges::check()?;
-    let listener = bind(options.listen).await?;
+    let listener = bind_some(options.listen).await?;
     let mut probes = crate::kernel::probes::metric_probes();
     probes.extend(options.budget.probes());
     if options.otlp.as_ref().is_some_and(|o| o.traces) {
@@ -495,8 +496,11 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
         heartbeat: Heartbeat::new(),
     });
     node.heartbeat.beat();
-    let (stop_http, server) =
-        super::http::spawn_server(listener, Arc::clone(&node), node.options.http_idle_timeout, "node mode: ");
+    let http = listener
+        .map(|l| super::http::spawn_server(l, Arc::clone(&node), node.options.http_idle_timeout, "node mode: "));
+    if let Some(embedder) = embedder {
+        let _ = embedder.send(super::service::Embedded { service: Arc::clone(&node), stop: signals.stopper() });
+    }
     // The model OTLP metrics read: the service's, while it lives.
     let metrics_source = metrics_exporter.as_ref().map(|e| {
         let weak = Arc::downgrade(&node);
@@ -518,7 +522,10 @@ pub async fn serve(options: NodeOptions) -> Result<()> {
     background.abort();
     let n = Arc::clone(&node);
     let _ = tokio::task::spawn_blocking(move || n.daemon.detach_all()).await;
-    super::service::stop_http(stop_http, server).await
+    match http {
+        Some((stop_http, server)) => super::service::stop_http(stop_http, server).await,
+        None => Ok(()),
+    }
 }
 
 async fn background(node: Arc<Node>) {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 
 use super::daemon::{Attached, Daemon, TICK};
-use super::service::{Every, Heartbeat, Signals, bind};
+use super::service::{Every, Heartbeat, Signals, bind_some};
 use crate::export::health::{self, History, Thresholds, Totals};
 use crate::export::prometheus::Options as PromOptions;
 use crate::find::target::{State, Target};
@@ -36,7 +36,8 @@ use crate::sync::lock;
 pub struct ServeOptions {
     pub pid: u32,
     pub budget: Budget,
-    pub listen: SocketAddr,
+    /// Where to serve the HTTP endpoints; `None` inside `top`, which reads the service itself.
+    pub listen: Option<SocketAddr>,
     pub http_idle_timeout: Duration,
     pub max_series: usize,
     /// The classic histograms' buckets.
@@ -279,13 +280,14 @@ fn log_attached(a: &Attached, budget: &Budget) {
     tracing::info!(pid = a.target.pid(), "asked the engine for {budget}");
 }
 
-/// Runs the service until the target is gone for good or a signal stops it.
-pub async fn serve(options: ServeOptions) -> Result<()> {
+/// Runs the service until the target is gone for good or a signal stops it; hands
+/// `embedder` (`top`) the service once it runs.
+pub async fn serve(options: ServeOptions, embedder: Option<super::service::Embedder<RunService>>) -> Result<()> {
     let signals = Signals::install()?;
     // Check the target and the port before loading anything: the common mistakes fail fast.
     crate::kernel::privileges::check()?;
     let (target, binaries) = crate::find::eventflux_binaries(options.pid)?;
-    let listener = bind(options.listen).await?;
+    let listener = bind_some(options.listen).await?;
 
     let mut probes = crate::kernel::probes::metric_probes();
     probes.extend(options.budget.probes());
@@ -345,8 +347,11 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         (Arc::clone(e), source)
     });
     let background = tokio::spawn(background(Arc::clone(&shared)));
-    let (stop_http, server) =
-        super::http::spawn_server(listener, Arc::clone(&shared), shared.options.http_idle_timeout, "");
+    let http =
+        listener.map(|l| super::http::spawn_server(l, Arc::clone(&shared), shared.options.http_idle_timeout, ""));
+    if let Some(embedder) = embedder {
+        let _ = embedder.send(super::service::Embedded { service: Arc::clone(&shared), stop: signals.stopper() });
+    }
 
     let outcome = {
         let stop = async {
@@ -363,7 +368,9 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         e.flush(source).await;
     }
     background.abort();
-    super::service::stop_http(stop_http, server).await?;
+    if let Some((stop_http, server)) = http {
+        super::service::stop_http(stop_http, server).await?;
+    }
     outcome
 }
 

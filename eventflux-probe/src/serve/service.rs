@@ -103,6 +103,14 @@ pub(crate) async fn stop_http(
     }
 }
 
+/// Binds the listen address, if there is one (a service inside `top` serves no HTTP).
+pub(crate) async fn bind_some(listen: Option<SocketAddr>) -> Result<Option<TcpListener>> {
+    match listen {
+        Some(addr) => Ok(Some(bind(addr).await?)),
+        None => Ok(None),
+    }
+}
+
 /// Binds the listen address, with the error an SRE can act on.
 pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(listen).await.map_err(|e| match e.kind() {
@@ -119,7 +127,30 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
 /// SIGINT and SIGTERM, counted: the first asks for a drained stop, a second for haste.
 pub(crate) struct Signals {
     count: tokio::sync::watch::Receiver<u32>,
+    tx: std::sync::Arc<tokio::sync::watch::Sender<u32>>,
 }
+
+/// Stops a service as its first SIGTERM would: what a command that runs the service inside
+/// itself (`top`) holds instead of sending itself a signal.
+#[derive(Clone)]
+pub struct Stopper(std::sync::Arc<tokio::sync::watch::Sender<u32>>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+}
+
+/// What a service hands to the command that runs it inside itself (`top`), once it serves:
+/// the service to read, and the way to stop it. Errors before that (wrong pid, not root) are
+/// the service's result, as they are for `run` and `node`.
+pub struct Embedded<S> {
+    pub service: std::sync::Arc<S>,
+    pub stop: Stopper,
+}
+
+/// Where a service sends its [`Embedded`] handle.
+pub type Embedder<S> = tokio::sync::oneshot::Sender<Embedded<S>>;
 
 impl Signals {
     /// Installs the handlers now, before anything slow: a signal during loading or attaching
@@ -129,16 +160,23 @@ impl Signals {
         let mut term = signal(SignalKind::terminate()).map_err(|e| anyhow!("cannot handle SIGTERM: {e}"))?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| anyhow!("cannot handle SIGINT: {e}"))?;
         let (tx, count) = tokio::sync::watch::channel(0u32);
+        let tx = std::sync::Arc::new(tx);
+        let sender = std::sync::Arc::clone(&tx);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}
                 }
-                tx.send_modify(|n| *n += 1);
+                sender.send_modify(|n| *n += 1);
             }
         });
-        Ok(Signals { count })
+        Ok(Signals { count, tx })
+    }
+
+    /// A stop that counts as a signal.
+    pub(crate) fn stopper(&self) -> Stopper {
+        Stopper(std::sync::Arc::clone(&self.tx))
     }
 
     pub(crate) fn received(&self) -> u32 {
