@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::terminal::{PROMPT, Tmux, figure, query_order, table};
-use integration_tests::{Daemon, GatedDemo, assert_one_line_error, bin, bpf_links, serial, summary};
+use integration_tests::{Daemon, GatedDemo, Semaphores, assert_one_line_error, bin, serial, summary};
 use serde_json::Value;
 
 /// Demo rate over its two input streams: each query reads one, at half of it.
@@ -246,7 +246,8 @@ fn top_without_a_terminal_or_with_a_wrong_source_is_one_line() {
     };
     // Piped: nothing to draw on. Said before attaching anything.
     let line = assert_one_line_error(&probe(&["--pid", &pid]), &["not a terminal", "--once", "--json"]);
-    assert!(bpf_links(demo.pid()).is_empty(), "nothing attached for a refused top: {line}");
+    let raised = Semaphores::of(&bin("eventflux-demo")).raised(demo.pid());
+    assert!(raised.is_empty(), "nothing attached for a refused top ({line}): {raised:?}");
     assert_one_line_error(&probe(&["--pid", "999999999", "--once"]), &["999999999"]);
     let port = integration_tests::free_port();
     assert_one_line_error(
@@ -255,4 +256,95 @@ fn top_without_a_terminal_or_with_a_wrong_source_is_one_line() {
     );
     assert_one_line_error(&probe(&["--url", "127.0.0.1:9469", "--once"]), &["--url", "http://"]);
     assert_one_line_error(&probe(&["--pid", &pid, "--once", "--window", "1s", "--interval", "2s"]), &["--window"]);
+}
+
+#[test]
+fn without_a_pid_top_shows_every_engine_of_the_host() {
+    let _g = serial();
+    let scratch = integration_tests::Scratch::new("top-node");
+    let a = GatedDemo::start(
+        &integration_tests::demo_copy(&scratch, "engine-a"),
+        &["--rate", "20000", "--events", "800000"],
+    );
+    let b = GatedDemo::start(
+        &integration_tests::demo_copy(&scratch, "engine-b"),
+        &["--rate", "10000", "--events", "400000", "--queries", "2"],
+    );
+    let (pa, pb) = (a.pid(), b.pid());
+    let (_a, _b) = (a.open(), b.open());
+    let glob = format!("{}/*", scratch.path().display());
+    let out = Command::new(bin("eventflux-probe"))
+        .args(["top", "--exe", &glob, "--once", "--window", "4s", "--flush-interval", "100ms"])
+        .output()
+        .expect("top --once");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("every engine of this host"), "{text}");
+    for (pid, exe) in [(pa, "engine-a"), (pb, "engine-b")] {
+        assert!(text.contains(&format!("pid {pid}  {exe}")), "a header for {exe}:\n{text}");
+    }
+    // With two engines, the rows carry their pid.
+    let queries = table(&text, "QUERY");
+    let expected: Vec<String> = ["q0_length", "q1_length_batch", "q2_time"]
+        .iter()
+        .map(|q| format!("{pa}/{q}"))
+        .chain(["q0_length", "q1_length_batch"].iter().map(|q| format!("{pb}/{q}")))
+        .collect();
+    let mut shown: Vec<String> = queries.keys().cloned().collect();
+    shown.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(shown, want, "{text}");
+    // Each engine's queries read one of its two streams: half its rate each.
+    for (name, row) in &queries {
+        let rate = if name.starts_with(&pa.to_string()) { 10_000.0 } else { 5_000.0 };
+        close(&format!("{name} IN/s"), figure(&row[0]).expect("IN/s"), rate);
+    }
+}
+
+/// The pid of the `top` running in the tmux session for engine `pid`.
+fn top_process(pid: u32) -> u32 {
+    let want = format!("top\0--pid\0{pid}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&want) {
+                return p;
+            }
+        }
+        assert!(Instant::now() < deadline, "no top process for {pid}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_signal_to_top_restores_the_terminal_and_detaches() {
+    let _g = serial();
+    let demo = demo(RATE * 60);
+    let pid = demo.pid();
+    let _demo = demo.open();
+    let semaphores = Semaphores::of(&bin("eventflux-demo"));
+    let term = Tmux::start(140, 40);
+    term.run("echo before-top");
+    for (signal, send) in [("SIGTERM", integration_tests::sigterm as fn(u32)), ("SIGHUP", sighup)] {
+        term.run(&format!("{} top --pid {pid}", bin("eventflux-probe").display()));
+        term.wait_for("the engine", Duration::from_secs(60), |s| s.contains(&format!("pid {pid}  eventflux-demo")));
+        assert!(term.alternate_screen());
+        assert!(!semaphores.raised(pid).is_empty(), "{signal}: attached, the engine's semaphores are raised");
+        send(top_process(pid));
+        let after = term.wait_for("the prompt", Duration::from_secs(20), |s| {
+            s.trim_end().ends_with(PROMPT.trim_end()) && s.contains("before-top")
+        });
+        assert!(!term.alternate_screen(), "{signal}: the alternate screen is left:\n{after}");
+        assert!(!after.contains("QUERY"), "{signal}: nothing of top's screen stays:\n{after}");
+        // Detached before it exited: no semaphore of the engine is raised any more.
+        assert_eq!(semaphores.raised(pid), Default::default(), "{signal}: top detached");
+    }
+}
+
+fn sighup(pid: u32) {
+    // SAFETY: kill only sends a signal to a process of this test.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0, "SIGHUP {pid}");
 }
