@@ -188,10 +188,7 @@ fn once_and_json_attached_and_by_url_show_the_same_engine() {
     let pid = demo.pid();
     let _demo = demo.open();
 
-    // Attached: `top` runs the `run` service inside itself. Stopped, it detaches before it
-    // exits, so the observer below is the engine's only one (names are replayed to an
-    // observer when the attached set changes: docs/top.md says why a second one at once may
-    // see ids).
+    // Attached: `top` runs the `run` service inside itself; stopped, it detaches first.
     let attached = top_json(&["--pid", &pid.to_string(), "--flush-interval", "100ms"], 5);
 
     // By URL: `run` serving, `top` reading its protobuf page (the kernel's buckets) and health.
@@ -347,4 +344,38 @@ fn a_signal_to_top_restores_the_terminal_and_detaches() {
 fn sighup(pid: u32) {
     // SAFETY: kill only sends a signal to a process of this test.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0, "SIGHUP {pid}");
+}
+
+/// The kernel raises a semaphore once per process however many tools attach, so an observer
+/// that joins another moves no count the engine could see: it learns the names and the gauges
+/// that do not change from the engine's refresh (every 10 s), as `top` next to a DaemonSet must.
+#[test]
+fn an_observer_that_joins_another_learns_names_and_steady_gauges() {
+    let _g = serial();
+    let demo = demo(RATE * 60);
+    let pid = demo.pid();
+    let first = Daemon::start(pid);
+    let _demo = demo.open();
+    integration_tests::poll_metrics(first.port, Duration::from_secs(10), "the first observer's names", |m| {
+        m.iter().any(|s| {
+            s.name == "query_batches_total" && s.labels.iter().any(|(k, v)| k == "query_id" && v == "q0_length")
+        })
+    });
+    let joined = Instant::now();
+    let second = Daemon::start(pid);
+    let page = integration_tests::poll_metrics(second.port, Duration::from_secs(25), "names and steady gauges", |m| {
+        let named = m.iter().any(|s| {
+            s.name == "query_batches_total" && s.labels.iter().any(|(k, v)| k == "query_id" && v == "q0_length")
+        });
+        // Set once at start and never again: only a refresh brings it to a newcomer.
+        let capacity = m.iter().any(|s| s.name == "error_store_capacity_events");
+        named && capacity
+    });
+    assert!(joined.elapsed() < Duration::from_secs(25), "{page:?}");
+    // And `top` joining both: named rows.
+    let docs = top_json(&["--pid", &pid.to_string()], 15);
+    let last = docs.last().expect("documents");
+    assert_eq!(rates(last).keys().collect::<Vec<_>>(), ["q0_length", "q1_length_batch", "q2_time"], "{last}");
+    second.stop();
+    first.stop();
 }

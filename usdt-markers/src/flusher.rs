@@ -23,10 +23,18 @@ struct Flushed {
     gauges: Vec<u64>,
     semaphores: Vec<u16>,
     settling: Vec<Option<Instant>>,
+    /// When gauges and registrations were last fired to everyone attached ([`REFRESH`]);
+    /// `None` before the first flush.
+    refreshed: Option<Instant>,
 }
 
-static FLUSHED: Mutex<Flushed> =
-    Mutex::new(Flushed { counts: Vec::new(), gauges: Vec::new(), semaphores: Vec::new(), settling: Vec::new() });
+static FLUSHED: Mutex<Flushed> = Mutex::new(Flushed {
+    counts: Vec::new(),
+    gauges: Vec::new(),
+    semaphores: Vec::new(),
+    settling: Vec::new(),
+    refreshed: None,
+});
 
 /// How often the flusher looks at the semaphores between flushes: a new observer is settled
 /// and has the names replayed within this much after SETTLE, whatever the flush interval.
@@ -69,6 +77,14 @@ pub fn flush() {
     // Every semaphore read once: what is acted on is what is remembered as seen.
     let sems: Vec<u16> = SEMAPHORES.iter().map(|s| s.count()).collect();
     let state = &mut *state;
+    // The kernel raises a probe's semaphore once per process however many tools attach to it,
+    // so a tool that joins another moves no count: every REFRESH, what newcomers are owed
+    // (gauges' current values, the registrations) goes to everyone attached. Not at the first
+    // flush: the tools attached then have just seen the registrations fire.
+    let refresh = state.refreshed.is_some_and(|at| at.elapsed() >= REFRESH);
+    if refresh || state.refreshed.is_none() {
+        state.refreshed = Some(Instant::now());
+    }
     state.counts.resize(count_cells, 0);
     state.gauges.resize(gauge_cells, 0);
     state.semaphores.resize(SEMAPHORES.len(), 0);
@@ -105,7 +121,7 @@ pub fn flush() {
                 state.gauges[base + i] = *v;
             }
             // New observers have not seen the current values yet.
-            fire |= settled_now[id];
+            fire |= settled_now[id] || refresh;
         } else {
             for (i, v) in values.iter_mut().enumerate().take(n) {
                 let total =
@@ -124,7 +140,7 @@ pub fn flush() {
         }
     }
     state.semaphores.copy_from_slice(&sems);
-    crate::registry::sync_observers();
+    crate::registry::sync_observers(refresh);
     sync_cpu_slot();
 }
 
@@ -192,10 +208,12 @@ pub fn unregister_component(id: u32) {
 /// the first.
 pub(crate) static GENERATION: AtomicU32 = AtomicU32::new(0);
 
-/// A new generation this often while tools are attached, whether or not the count moved: a
-/// tool that replaced another between two looks of the flusher (the count back where it was)
-/// gets the slots within this. One trap per engine thread per period.
-const REFRESH: Duration = Duration::from_secs(10);
+/// What tools attached need is fired again this often, whether or not a count moved: CPU-slot
+/// announcements (a new generation), gauges' values and the registrations. A tool that joined
+/// another (the kernel counts a semaphore once per process, not per tool) or replaced one
+/// between two looks of the flusher (the count back where it was) gets them within this. Per
+/// period: one trap per engine thread, per gauge series and per registration.
+pub(crate) const REFRESH: Duration = Duration::from_secs(10);
 
 /// What the flusher knows of `cpu_slot`.
 struct Seen {

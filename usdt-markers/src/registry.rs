@@ -3,7 +3,9 @@
 //! Streams, queries and components are registered once, usually before any tracer is attached. An observer
 //! that attaches to a running engine still needs the id → name table, so every registration is
 //! kept here and fired again whenever the set of tools attached to the registration probes
-//! changes. The flusher thread checks once per interval, off the engine's paths.
+//! changes, and every `flusher::REFRESH` while any is attached (the kernel raises a semaphore
+//! once per process, so a tool that joins another changes no count). The flusher thread
+//! checks once per interval, off the engine's paths.
 
 use std::ffi::CString;
 use std::sync::Mutex;
@@ -261,8 +263,12 @@ pub(crate) fn observers_changed() -> bool {
 
 /// Replays the table if the tools attached to the registration probes changed, once the change
 /// has settled (a new tool's semaphore rises before its program is linked: see
-/// `semaphore::SETTLE`). Called by the flusher once per interval.
-pub(crate) fn sync_observers() {
+/// `semaphore::SETTLE`), and when `refresh` asks for it while tools are attached (a tool that
+/// joins another moves no count: see `flusher::REFRESH`). Called by the flusher once per
+/// interval.
+pub(crate) fn sync_observers(refresh: bool) {
+    #[cfg(not(feature = "enabled"))]
+    let _ = refresh;
     #[cfg(feature = "enabled")]
     {
         static CHANGED: Mutex<Option<(u32, std::time::Instant)>> = Mutex::new(None);
@@ -270,6 +276,9 @@ pub(crate) fn sync_observers() {
         let mut changed = CHANGED.lock().unwrap_or_else(|e| e.into_inner());
         if now == ANNOUNCED_TO.load(Ordering::Relaxed) {
             *changed = None;
+            if refresh && now > 0 {
+                replay(&lock());
+            }
             return;
         }
         match *changed {

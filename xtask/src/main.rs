@@ -8,6 +8,7 @@
 //! - `dashboards`: writes (or checks) the Grafana dashboards from their specification.
 //! - `overview-png`: redraws the README's picture of the Overview dashboard from a real run.
 //! - `flamegraph`: redraws the README's flame graph from a real profile of the demo.
+//! - `top-png`: redraws the README's picture of `eventflux-probe top` from a real terminal.
 //! - `modules`: prints the module graph by stage and fails on an import cycle.
 
 mod bench;
@@ -17,6 +18,7 @@ mod flamegraph;
 mod modules;
 mod overview;
 mod setup;
+mod top_png;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,6 +74,9 @@ enum Task {
     OverviewPng,
     /// Redraw docs/img/flamegraph.svg: a profile of the demo's expensive query (needs root).
     Flamegraph,
+    /// Redraw docs/img/top.png: `eventflux-probe top` on the demo, captured from tmux (needs
+    /// root, tmux, python3 with Pillow).
+    TopPng,
     /// Print the observer's stages and what each uses; fail on any module import cycle.
     Modules,
 }
@@ -85,6 +90,7 @@ fn main() -> Result<()> {
         Task::Dashboards { check } => dashboards::run(check),
         Task::OverviewPng => overview::run(),
         Task::Flamegraph => flamegraph::run(),
+        Task::TopPng => top_png::run(),
         Task::Modules => modules::run(true),
     }
 }
