@@ -14,10 +14,12 @@
 //! - OTLP tracing: demo throughput with `run` exporting traces at its default budget vs with
 //!   `run` without export vs detached, spans per second exported, the daemon's memory;
 //! - `/live`, `/ready`, `/health` and `/metrics` answer times of `run` attached to a busy demo,
-//!   against a 404 of the same server (the HTTP round trip alone).
+//!   against a 404 of the same server (the HTTP round trip alone);
+//! - `top`: demo throughput with `top --pid` attached vs `run` vs detached (the same service
+//!   inside, so the same cost to the engine), and each observer process's own CPU.
 //!
 //! `cargo bench -p integration-tests --bench observer -- [hit] [attach] [throughput] [phases] [latency]
-//! [cpu] [metrics] [endpoints] [tracing] [node]` runs the named sections only (all without
+//! [cpu] [metrics] [endpoints] [tracing] [node] [top]` runs the named sections only (all without
 //! one). Needs root and the release binaries: run it as `cargo xtask bench`. The demo, the
 //! observers and bpftrace are run by the test library's harness (`integration_tests`), as the
 //! integration tests run them.
@@ -36,7 +38,7 @@ use eventflux_probe_common::{CounterKey, counter, probe};
 use integration_tests::otlp::Receiver;
 use integration_tests::{
     Bpftrace, Daemon, GatedDemo, NodeObserver, Sample, Semaphores, bin, cpu_seconds, http_status, median, metric_sum,
-    rss_kib, sigint, summary, value,
+    rss_kib, sigint, sigterm, summary, value,
 };
 
 const ROUNDS: usize = 5;
@@ -154,6 +156,11 @@ enum Watcher {
     Bpftrace,
     /// `eventflux-probe latency --every-batch`.
     EveryBatch,
+    /// `eventflux-probe top --pid`, its defaults, printing `--json` (no terminal to draw on).
+    Top,
+    /// `run` with its defaults, its `/metrics` and `/health` read every second (what `top`
+    /// does to the service inside it).
+    RunScraped,
 }
 
 /// What one observed demo run gave: its events per second, its summary, and the observer's
@@ -163,6 +170,8 @@ struct Observed {
     summary: serde_json::Value,
     metrics: Vec<Sample>,
     said: String,
+    /// CPU seconds of the observer process while the demo ran (`run` and `top`).
+    observer_cpu_s: f64,
 }
 
 /// What `run` attaches to besides its two levels.
@@ -176,12 +185,14 @@ fn data_probes() -> impl Iterator<Item = &'static str> {
 fn observed(args: &[String], watcher: Watcher) -> Result<Observed> {
     let target = demo(args);
     let pid = target.pid();
-    let (mut metrics, mut said) = (Vec::new(), String::new());
+    let (mut metrics, mut said, mut observer_cpu_s) = (Vec::new(), String::new(), 0.0);
     let summary = match watcher {
         Watcher::Detached => summary(&target.open_and_wait()),
         Watcher::Run(extra) => {
             let daemon = Daemon::start_with(pid, extra);
+            let before = cpu_seconds(daemon.child.id());
             let summary = summary(&target.open_and_wait());
+            observer_cpu_s = cpu_seconds(daemon.child.id()) - before;
             std::thread::sleep(Duration::from_millis(1200));
             metrics = daemon.samples();
             daemon.stop();
@@ -202,6 +213,45 @@ fn observed(args: &[String], watcher: Watcher) -> Result<Observed> {
             said = String::from_utf8_lossy(&latency.wait_with_output()?.stderr).into_owned();
             summary
         }
+        Watcher::RunScraped => {
+            let daemon = Daemon::start(pid);
+            let port = daemon.port;
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop = std::sync::Arc::clone(&done);
+            let scraper = std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = http_status(port, "/metrics");
+                    let _ = http_status(port, "/health");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+            let before = cpu_seconds(daemon.child.id());
+            let summary = summary(&target.open_and_wait());
+            observer_cpu_s = cpu_seconds(daemon.child.id()) - before;
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = scraper.join();
+            daemon.stop();
+            summary
+        }
+        Watcher::Top => {
+            let mut top = Command::new(bin("eventflux-probe"))
+                .args(["top", "--pid", &pid.to_string(), "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()?;
+            // Its first document comes once every probe is attached: the attach is not in the
+            // measured run, as `run`'s is not (Daemon::start waits for /live).
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(top.stdout.take().context("stdout")?));
+            lines.next().context("top printed nothing")??;
+            let drain = std::thread::spawn(move || lines.for_each(drop));
+            let before = cpu_seconds(top.id());
+            let summary = summary(&target.open_and_wait());
+            observer_cpu_s = cpu_seconds(top.id()) - before;
+            sigterm(top.id());
+            top.wait()?;
+            let _ = drain.join();
+            summary
+        }
         Watcher::Bpftrace => {
             let binary = bin("eventflux-demo");
             let probes: Vec<String> =
@@ -214,7 +264,7 @@ fn observed(args: &[String], watcher: Watcher) -> Result<Observed> {
         }
     };
     let rate = summary["events_per_sec"].as_f64().context("no events_per_sec")?;
-    Ok(Observed { rate, summary, metrics, said })
+    Ok(Observed { rate, summary, metrics, said, observer_cpu_s })
 }
 
 /// One round: the demo once under each watcher, in an order rotated by `round` (so that no
@@ -287,6 +337,46 @@ fn bench_throughput() -> Result<()> {
     println!(
         "  targets: run defaults >= 0.99 at --batch 64, >= 0.95 at --batch 1; BPF runs/s within the budget (docs/probes.md)"
     );
+    Ok(())
+}
+
+/// `top --pid` runs `run`'s service inside itself: the same cost to the engine as `run`, at
+/// full speed (`--rate 0`) and at a fixed rate; and what each observer process spends itself.
+fn bench_top() -> Result<()> {
+    let rounds = 7;
+    println!(
+        "top vs run ({rounds} rounds of detached, run, run read every second, top, each round in another order; median of per-round ratios):"
+    );
+    println!(
+        "  {:<26} {:>12} {:>10} {:>12} {:>10}   {:>10} {:>12} {:>10}",
+        "demo", "detached", "run", "run read 1/s", "top", "run CPU %", "read 1/s CPU", "top CPU %"
+    );
+    let runs = [
+        ("--rate 0, 10M events", demo_args(10_000_000, 64, 0)),
+        ("--rate 200000, 2M events", demo_args(2_000_000, 64, 200_000)),
+    ];
+    for (what, args) in runs {
+        let watchers = [Watcher::Detached, Watcher::Run(&[]), Watcher::RunScraped, Watcher::Top];
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        let mut own: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        let mut detached = Vec::new();
+        for round in 0..rounds {
+            let results = rotated_round(&args, &watchers, round)?;
+            detached.push(results[0].rate);
+            for (i, r) in results.iter().enumerate() {
+                ratios[i].push(r.rate / results[0].rate);
+                let elapsed = r.summary["elapsed_s"].as_f64().unwrap_or(f64::NAN);
+                own[i].push(r.observer_cpu_s / elapsed * 100.0);
+            }
+        }
+        let [_, run, read, top] = [0, 1, 2, 3].map(|i| median(ratios[i].clone()));
+        let [_, run_cpu, read_cpu, top_cpu] = [0, 1, 2, 3].map(|i| median(own[i].clone()));
+        println!(
+            "  {what:<26} {:>10.2}M/s {run:>10.4} {read:>12.4} {top:>10.4}   {run_cpu:>10.2} {read_cpu:>12.2} {top_cpu:>10.2}",
+            median(detached) / 1e6
+        );
+    }
+    println!("  target: top's ratio equal to run's within the noise (about 2%)");
     Ok(())
 }
 
@@ -923,6 +1013,9 @@ fn main() -> Result<()> {
         }
         if run("node") {
             bench_node()?;
+        }
+        if run("top") {
+            bench_top()?;
         }
         Ok(())
     })()
