@@ -30,8 +30,16 @@ enum Command {
     /// Sample the engine's CPU and write a profile split by query and stage (flame graph,
     /// pprof, folded stacks).
     Profile(cmd::profile::Args),
-    /// The engines at a glance, live in the terminal: rates, latency, CPU and health per
-    /// query and stream, and what observing costs (as `run` at its defaults does).
+    /// The engines at a glance, live in the terminal; costs the engine what `run` costs at its
+    /// defaults.
+    ///
+    /// Rates, sampled latency, CPU and health per engine, query and stream, and what the
+    /// observer's kernel programs cost, refreshed every second. With --pid, or without it
+    /// (every EventFlux engine of this host, as `node` finds them), top runs the `run` service
+    /// inside itself without its HTTP endpoints: its cost to the engine is that of `run` at its
+    /// defaults (the budget flags below change it as they do for `run`). With --url it attaches
+    /// nothing and reads a running `run` or `node`. Keys: q quit, ↑↓ select, enter a query's
+    /// stages, s/S sort, r reverse, / filter, p pause. docs/top.md says what each figure is.
     Top(cmd::top::Args),
 }
 

@@ -16,12 +16,7 @@ use eventflux_probe::serve::top::{Output, Source, TopOptions};
 
 use super::flags::parse_duration;
 
-/// Without `--pid` or `--url`, every EventFlux engine of the host, as `node` finds them.
-///
-/// Attached (with `--pid` or without), top runs the `run` service inside itself, without its
-/// HTTP endpoints: its cost to the engine is that of `run` at its defaults (docs/top.md).
-/// With `--url` it attaches nothing: it reads the `/metrics` and `/health` of an
-/// `eventflux-probe run` or `node` already serving there.
+/// `top`'s flags (its help text is the `Top` command's, in `main.rs`).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The engine process to observe.
