@@ -283,57 +283,79 @@ impl TopSignals {
     }
 }
 
-fn status(feed: &Feed, options: &TopOptions, ended: &Option<String>) -> Status {
-    Status { source: feed.describe(), refresh_seconds: options.refresh.as_secs_f64(), ended: ended.clone() }
+/// Why the figures are not moving: for good (the target exited) or for now (a read failed;
+/// the next refresh tries again).
+#[derive(Debug, Default)]
+struct Stalled {
+    ended: Option<String>,
+    failing: Option<String>,
 }
 
-/// Takes a reading into `readings`, unless the figures ended; returns why they ended.
-async fn take(feed: &Feed, readings: &mut Readings, ended: &mut Option<String>) {
-    if ended.is_some() {
+impl Stalled {
+    fn line(&self) -> Option<String> {
+        self.ended.clone().or_else(|| self.failing.clone())
+    }
+}
+
+fn status(feed: &Feed, options: &TopOptions, stalled: &Stalled) -> Status {
+    Status { source: feed.describe(), refresh_seconds: options.refresh.as_secs_f64(), ended: stalled.line() }
+}
+
+/// Takes a reading into `readings`, unless the figures ended for good.
+async fn take(feed: &Feed, readings: &mut Readings, stalled: &mut Stalled) {
+    if stalled.ended.is_some() {
         return;
     }
     match feed.read().await {
-        Ok(r) => match feed.ended(&r) {
-            // The values before the exit stay: the reading after it has no new counts.
-            Some(why) => *ended = Some(why),
-            None => readings.push(r),
-        },
-        Err(e) => *ended = Some(format!("{e:#}; the last values stay on screen")),
+        Ok(r) => {
+            stalled.failing = None;
+            match feed.ended(&r) {
+                // The values before the exit stay: the reading after it has no new counts.
+                Some(why) => stalled.ended = Some(why),
+                None => readings.push(r),
+            }
+        }
+        Err(e) => stalled.failing = Some(format!("{e:#}; the last values stay on screen, trying again")),
     }
 }
 
 async fn once(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &mut TopSignals) -> Result<()> {
-    let mut ended = None;
+    let mut stalled = Stalled::default();
     let started = Instant::now();
     let mut tick = tokio::time::interval(o.refresh);
     loop {
         tokio::select! {
-            _ = tick.tick() => take(feed, readings, &mut ended).await,
+            _ = tick.tick() => take(feed, readings, &mut stalled).await,
             () = signals.any() => break,
         }
-        if ended.is_some() || started.elapsed() >= o.window {
+        if stalled.ended.is_some() || started.elapsed() >= o.window {
             break;
         }
     }
     print!(
         "{}",
-        draw::text(&readings.view(&Controls::default()), &Controls::default(), &status(feed, o, &ended), o.width)
+        draw::text(&readings.view(&Controls::default()), &Controls::default(), &status(feed, o, &stalled), o.width)
     );
     std::io::stdout().flush().context("cannot write to stdout")
 }
 
 async fn json(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &mut TopSignals) -> Result<()> {
-    let mut ended = None;
+    let mut stalled = Stalled::default();
     let mut tick = tokio::time::interval(o.refresh);
     let mut out = std::io::stdout().lock();
     loop {
         tokio::select! {
-            _ = tick.tick() => take(feed, readings, &mut ended).await,
+            _ = tick.tick() => take(feed, readings, &mut stalled).await,
             () = signals.any() => return Ok(()),
         }
-        if let Some(why) = &ended {
+        if let Some(why) = &stalled.ended {
             eprintln!("eventflux-probe top: {why}");
             return Ok(());
+        }
+        // A document per refresh that has a new reading: a failed read prints nothing.
+        if let Some(why) = &stalled.failing {
+            eprintln!("eventflux-probe top: {why}");
+            continue;
         }
         let mut doc = serde_json::to_value(readings.view(&Controls::default()))?;
         doc["source"] = feed.describe().into();
@@ -376,14 +398,14 @@ async fn screen(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &
     let result = async {
         let mut events = terminal_events();
         let mut controls = Controls::default();
-        let mut ended = None;
+        let mut stalled = Stalled::default();
         let mut tick = tokio::time::interval(o.refresh);
         let mut view = View::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     if !controls.paused {
-                        take(feed, readings, &mut ended).await;
+                        take(feed, readings, &mut stalled).await;
                         view = readings.view(&controls);
                     }
                 }
@@ -399,7 +421,7 @@ async fn screen(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &
                 () = signals.any() => return Ok(()),
             }
             controls.clamp(&view);
-            let status = status(feed, o, &ended);
+            let status = status(feed, o, &stalled);
             terminal
                 .draw(|f| draw::draw(f.area(), f.buffer_mut(), &view, &controls, &status))
                 .context("cannot draw on the terminal")?;
