@@ -16,6 +16,9 @@ use eventflux_probe::serve::top::{Output, Source, TopOptions};
 
 use super::flags::parse_duration;
 
+/// How long `run`'s service inside `top` serves a finished target's values: until `top` ends.
+const KEEP_LAST_VALUES: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// `top`'s flags (its help text is the `Top` command's, in `main.rs`).
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -80,8 +83,6 @@ impl Args {
         l.logging.level = Some(self.log_level.clone().unwrap_or_else(|| "warn".into()));
         l.logging.output = self.log_output.as_deref().map(eventflux_probe::logging::LogOutput::from);
         l.sampling = self.budget.sampling_layer();
-        // The target's last values stay on screen: the service must not exit under them.
-        l.lifecycle.grace_period = Some(Duration::from_secs(365 * 24 * 3600));
         l.lifecycle.drain = Some(Duration::ZERO);
         l
     }
@@ -131,7 +132,9 @@ pub fn run(args: &Args, settings: Settings) -> Result<()> {
             http_idle_timeout: settings.http.idle_timeout,
             max_series: settings.limits.max_series,
             layout,
-            grace_period: settings.lifecycle.grace_period,
+            // The target's last values stay on screen: the service must not exit under them.
+            // (Node mode keeps its grace period: it forgets engines that exited.)
+            grace_period: KEEP_LAST_VALUES,
             follow: false,
             drain: settings.lifecycle.drain,
             health: Thresholds::from(&settings.health),

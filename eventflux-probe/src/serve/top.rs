@@ -88,8 +88,21 @@ async fn read_service<S: Observed>(service: &Arc<S>) -> Result<Reading> {
         Ok(Reading::of_model(&model, &health, Instant::now()))
     })
     .await
-    .map_err(|e| anyhow!("read task failed: {e}"))?
+    .map_err(|e| anyhow::Error::new(Fatal(format!("reading the model failed: {e}"))))?
 }
+
+/// A failure `top` does not try again: a panic (ratatui's hook has restored the terminal
+/// already) or the embedded service gone.
+#[derive(Debug)]
+struct Fatal(String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
 
 /// Starts a service inside `top`: its handle once it serves, or the error it stopped with (a
 /// wrong pid, no probes, not root), or `None` when a signal stopped it while it attached.
@@ -146,6 +159,9 @@ impl Feed {
 
     async fn read(&self) -> Result<Reading> {
         match self {
+            Feed::Run(_, task) | Feed::Node(_, task) if task.is_finished() => {
+                Err(anyhow::Error::new(Fatal("the observer service inside top stopped".into())))
+            }
             Feed::Run(e, _) => read_service(&e.service).await,
             Feed::Node(e, _) => read_service(&e.service).await,
             Feed::Url { client, base } => {
@@ -164,36 +180,30 @@ impl Feed {
                     }
                 };
                 let (status, page) = get("/metrics", crate::export::protobuf::CONTENT_TYPE).await?;
+                let at = Instant::now();
                 if !status.is_success() {
                     bail!("{base}/metrics answered {status}: not an eventflux-probe endpoint?");
                 }
                 let (_, health) = get("/health", "application/json").await?;
                 let health: serde_json::Value = serde_json::from_slice(&health)
                     .map_err(|_| anyhow!("{base}/health is not JSON: not an eventflux-probe endpoint?"))?;
-                Reading::of_page(&page, &health, Instant::now()).map_err(|e| anyhow!("{base}: {e}"))
+                Reading::of_page(&page, &health, at).map_err(|e| anyhow!("{base}: {e}"))
             }
         }
     }
 
-    /// Why the figures stopped moving, if they did: the one target gone (`run`'s), the
-    /// service ended.
+    /// Why the figures stopped moving for good, if they did: the one target gone (`run`'s).
     fn ended(&self, reading: &Reading) -> Option<String> {
-        match self {
-            Feed::Run(_, task) if task.is_finished() => Some("the observer stopped".into()),
-            Feed::Node(_, task) if task.is_finished() => Some("the observer stopped".into()),
-            Feed::Node(..) => None,
-            Feed::Run(..) | Feed::Url { .. } => {
-                let gone: Vec<String> = reading
-                    .engines
-                    .values()
-                    .filter(|e| e.state != "running")
-                    .map(|e| format!("process {} {}", e.pid, e.state))
-                    .collect();
-                let single = matches!(self, Feed::Run(..)) || reading.engines.len() == 1;
-                (single && !gone.is_empty() && gone.len() == reading.engines.len())
-                    .then(|| format!("{}: its last values stay on screen", gone.join(", ")))
-            }
-        }
+        // Node mode's engines come and go: only one target's exit ends the figures.
+        let one_target = matches!(self, Feed::Run(..)) || reading.one_target;
+        let gone: Vec<String> = reading
+            .engines
+            .values()
+            .filter(|e| e.state != "running")
+            .map(|e| format!("process {} {}", e.pid, e.state))
+            .collect();
+        (one_target && !gone.is_empty() && gone.len() == reading.engines.len())
+            .then(|| format!("{}: its last values stay on screen", gone.join(", ")))
     }
 
     /// Stops an embedded service and waits for it to detach.
@@ -224,6 +234,14 @@ impl Readings {
         while self.kept.len() > 2 && self.kept.get(1).is_some_and(|r| at.duration_since(r.at) >= self.window) {
             self.kept.pop_front();
         }
+    }
+
+    /// Whether every engine of the last reading has one at least `span` before it.
+    fn covered(&self, span: Duration) -> bool {
+        let Some(last) = self.kept.back() else { return false };
+        last.engines
+            .keys()
+            .all(|pid| self.kept.iter().any(|r| r.engines.contains_key(pid) && last.at.duration_since(r.at) >= span))
     }
 
     fn view(&self, c: &Controls) -> View {
@@ -301,10 +319,11 @@ fn status(feed: &Feed, options: &TopOptions, stalled: &Stalled) -> Status {
     Status { source: feed.describe(), refresh_seconds: options.refresh.as_secs_f64(), ended: stalled.line() }
 }
 
-/// Takes a reading into `readings`, unless the figures ended for good.
-async fn take(feed: &Feed, readings: &mut Readings, stalled: &mut Stalled) {
+/// Takes a reading into `readings`, unless the figures ended for good; `Err` for what is not
+/// tried again ([`Fatal`]).
+async fn take(feed: &Feed, readings: &mut Readings, stalled: &mut Stalled) -> Result<()> {
     if stalled.ended.is_some() {
-        return;
+        return Ok(());
     }
     match feed.read().await {
         Ok(r) => {
@@ -315,8 +334,10 @@ async fn take(feed: &Feed, readings: &mut Readings, stalled: &mut Stalled) {
                 None => readings.push(r),
             }
         }
+        Err(e) if e.is::<Fatal>() => return Err(e),
         Err(e) => stalled.failing = Some(format!("{e:#}; the last values stay on screen, trying again")),
     }
+    Ok(())
 }
 
 async fn once(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &mut TopSignals) -> Result<()> {
@@ -325,10 +346,13 @@ async fn once(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &mu
     let mut tick = tokio::time::interval(o.refresh);
     loop {
         tokio::select! {
-            _ = tick.tick() => take(feed, readings, &mut stalled).await,
+            _ = tick.tick() => take(feed, readings, &mut stalled).await?,
             () = signals.any() => break,
         }
-        if stalled.ended.is_some() || started.elapsed() >= o.window {
+        // Every engine rated over the whole window (node mode finds and attaches engines after
+        // the start), but not for ever: an engine that keeps coming and going has `-` rates.
+        let enough = started.elapsed() >= o.window && readings.covered(o.window.saturating_sub(o.refresh / 2));
+        if stalled.ended.is_some() || enough || started.elapsed() >= o.window * 3 + Duration::from_secs(10) {
             break;
         }
     }
@@ -342,10 +366,9 @@ async fn once(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &mu
 async fn json(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &mut TopSignals) -> Result<()> {
     let mut stalled = Stalled::default();
     let mut tick = tokio::time::interval(o.refresh);
-    let mut out = std::io::stdout().lock();
     loop {
         tokio::select! {
-            _ = tick.tick() => take(feed, readings, &mut stalled).await,
+            _ = tick.tick() => take(feed, readings, &mut stalled).await?,
             () = signals.any() => return Ok(()),
         }
         if let Some(why) = &stalled.ended {
@@ -363,6 +386,8 @@ async fn json(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &mu
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
             .into();
+        // Locked per document only: a log line to stdout (`--log-output stdout`) goes between.
+        let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, &doc)?;
         writeln!(out)?;
         out.flush()?;
@@ -394,7 +419,14 @@ fn terminal_events() -> tokio::sync::mpsc::UnboundedReceiver<Event> {
 }
 
 async fn screen(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &mut TopSignals) -> Result<()> {
-    let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            // Raw mode may be on already: undo what was done.
+            let _ = ratatui::try_restore();
+            return Err(anyhow!("cannot set up the terminal: {e}"));
+        }
+    };
     let result = async {
         let mut events = terminal_events();
         let mut controls = Controls::default();
@@ -405,7 +437,7 @@ async fn screen(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &
             tokio::select! {
                 _ = tick.tick() => {
                     if !controls.paused {
-                        take(feed, readings, &mut stalled).await;
+                        take(feed, readings, &mut stalled).await?;
                         view = readings.view(&controls);
                     }
                 }
@@ -428,6 +460,8 @@ async fn screen(feed: &Feed, readings: &mut Readings, o: &TopOptions, signals: &
         }
     }
     .await;
-    ratatui::restore();
+    // Not `restore()`: on a terminal that hung up its error would be printed to a stderr that
+    // fails too, and panic.
+    let _ = ratatui::try_restore();
     result
 }

@@ -9,7 +9,7 @@
 //! | `s` / `S` (`>` / `<`) | sort by the next / previous column |
 //! | `r` | reverse the order |
 //! | `/` | filter by name: type, `enter` keeps it, `esc` clears it |
-//! | `p`, space | pause (readings go on; the screen holds) |
+//! | `p`, space | pause: no readings, the screen holds (sorting and filtering still apply) |
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
@@ -85,8 +85,8 @@ impl Controls {
                 Some(q) => self.detail = Some((q.pid, q.name.clone())),
                 None => return Action::Nothing,
             },
-            KeyCode::Char('s' | '>') => self.order.column = step(self.order.column, 1),
-            KeyCode::Char('S' | '<') => self.order.column = step(self.order.column, Column::ALL.len() - 1),
+            KeyCode::Char('s' | '>') => self.sort_by(step(self.order.column, 1)),
+            KeyCode::Char('S' | '<') => self.sort_by(step(self.order.column, Column::ALL.len() - 1)),
             KeyCode::Char('r') => self.order.descending = !self.order.descending,
             KeyCode::Char('/') => {
                 self.editing = true;
@@ -99,13 +99,19 @@ impl Controls {
         Action::Redraw
     }
 
+    /// Sorts by `column` in its natural direction: names A first, figures largest first.
+    fn sort_by(&mut self, column: Column) {
+        self.order.column = column;
+        self.order.descending = column != Column::Query;
+    }
+
     /// The selection kept within the rows there are.
     pub fn clamp(&mut self, view: &View) {
         self.selected = self.selected.min(view.queries.len().saturating_sub(1));
     }
 }
 
-/// The column `by` places after `c`, wrapping; names sort A first, figures largest first.
+/// The column `by` places after `c`, wrapping.
 fn step(c: Column, by: usize) -> Column {
     let i = Column::ALL.iter().position(|x| *x == c).unwrap_or(0);
     Column::ALL[(i + by) % Column::ALL.len()]
@@ -136,8 +142,10 @@ mod tests {
         press(&mut c, KeyCode::Char('S'), &v);
         press(&mut c, KeyCode::Char('S'), &v);
         assert_eq!(c.order.column, Column::Query);
+        assert!(!c.order.descending, "names A first");
         press(&mut c, KeyCode::Char('S'), &v);
         assert_eq!(c.order.column, Column::Groups, "wraps");
+        assert!(c.order.descending, "figures largest first");
         press(&mut c, KeyCode::Char('r'), &v);
         assert!(!c.order.descending);
 

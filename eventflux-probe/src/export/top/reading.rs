@@ -20,6 +20,9 @@ use crate::model::{Engine, Model};
 #[derive(Debug, Clone)]
 pub struct Reading {
     pub at: Instant,
+    /// From an observer of one target (`run`'s `/health`), whose exit ends the figures; node
+    /// mode's engines come and go.
+    pub one_target: bool,
     pub engines: BTreeMap<u32, EngineReading>,
     pub observer: ObserverReading,
 }
@@ -138,7 +141,7 @@ impl Reading {
             program_seconds: o.programs.iter().map(|p| p.2).sum(),
             drops: o.drops_total(),
         };
-        Reading { at, engines, observer }
+        Reading { at, one_target: false, engines, observer }
     }
 
     /// A reading of another observer's `/metrics` page in the protobuf format, with its
@@ -146,7 +149,9 @@ impl Reading {
     pub fn of_page(page: &[u8], health: &Value, at: Instant) -> Result<Reading, String> {
         let families =
             protobuf::decode(page).map_err(|e| format!("the /metrics page is not the protobuf exposition: {e}"))?;
-        Ok(page_reading(&families, &health_by_pid(health), at))
+        let mut r = page_reading(&families, &health_by_pid(health), at);
+        r.one_target = !health["targets"].is_array();
+        Ok(r)
     }
 }
 
@@ -166,14 +171,15 @@ fn engine_of_model(e: &Engine, health: Option<&HealthOf>) -> EngineReading {
         r.rss_bytes = Some(p.rss_bytes);
     }
     r.ingested = e.ingested_total();
+    // The engine's totals over every query, stopped ones too: a total must not go down when a
+    // query stops (its rate would read 0 for a window).
+    r.emitted = e.queries.values().flat_map(|q| q.emitted.values()).sum();
     let sampled = e.cpu_outside_queries.is_some();
-    let mut attributed = 0.0;
+    let attributed: f64 = e.queries.values().flat_map(|q| q.cpu_seconds.values()).sum();
     for q in e.queries.values().filter(|q| q.active || !q.registered) {
         let stage_name = |s: u32| stage::NAMES.get(s as usize).map_or_else(|| format!("stage{s}"), |n| (*n).to_owned());
         let cpu: BTreeMap<String, f64> = q.cpu_seconds.iter().map(|(s, v)| (s.label(), *v)).collect();
-        attributed += cpu.values().sum::<f64>();
         let emitted: u64 = q.emitted.values().sum();
-        r.emitted += emitted;
         r.queries.insert(
             q.name.clone(),
             QueryReading {
@@ -302,7 +308,7 @@ fn page_reading(families: &[MetricFamily], health: &BTreeMap<u32, HealthOf>, at:
     for e in engines.values_mut() {
         fill_stream_queues(e);
     }
-    Reading { at, engines, observer }
+    Reading { at, one_target: false, engines, observer }
 }
 
 /// One engine series of the page into its reading.

@@ -236,15 +236,22 @@ impl View {
             let secs = span(now, then);
             let old = then.and_then(|t| t.engines.get(&e.pid));
             view.engines.push(engine_row(e, old, secs));
+            // Each row against its own base: a query or stream named only once its
+            // registration arrived (`query<ID>` until then) has no earlier reading, not zero.
             for (name, q) in &e.queries {
-                view.queries.push(query_row(e.pid, name, q, old.and_then(|o| o.queries.get(name)), secs));
+                let then =
+                    base(readings, window, |r| r.engines.get(&e.pid).is_some_and(|x| x.queries.contains_key(name)));
+                let old = then.and_then(|t| t.engines.get(&e.pid)).and_then(|o| o.queries.get(name));
+                view.queries.push(query_row(e.pid, name, q, old, span(now, then)));
             }
             for (name, s) in &e.streams {
-                let before = old.and_then(|o| o.streams.get(name)).map_or(0, |s| s.received);
+                let then =
+                    base(readings, window, |r| r.engines.get(&e.pid).is_some_and(|x| x.streams.contains_key(name)));
+                let before = then.and_then(|t| t.engines.get(&e.pid)).and_then(|o| o.streams.get(name));
                 view.streams.push(StreamRow {
                     pid: e.pid,
                     name: name.clone(),
-                    events_per_second: secs.map(|d| rate(s.received, before, d)),
+                    events_per_second: span(now, then).zip(before).map(|(d, b)| rate(s.received, b.received, d)),
                     queue_fill: s.queue_fill,
                 });
             }
@@ -309,7 +316,9 @@ fn engine_row(e: &EngineReading, old: Option<&EngineReading>, secs: Option<f64>)
 }
 
 fn query_row(pid: u32, name: &str, q: &QueryReading, old: Option<&QueryReading>, secs: Option<f64>) -> QueryRow {
-    let per_s = |now: u64, then: fn(&QueryReading) -> u64| secs.map(|d| rate(now, old.map_or(0, then), d));
+    // Without an earlier reading of the row, no rate: its counts are not all from the window.
+    let secs = secs.filter(|_| old.is_some());
+    let per_s = |now: u64, then: fn(&QueryReading) -> u64| secs.zip(old).map(|(d, o)| rate(now, then(o), d));
     let cpu_of = |stage: Option<&str>| -> Option<f64> {
         let sum = |r: &QueryReading| -> f64 {
             r.cpu.iter().filter(|(s, _)| stage.is_none_or(|want| want == s.as_str())).map(|(_, v)| v).sum()
@@ -393,6 +402,7 @@ mod tests {
         };
         Reading {
             at,
+            one_target: true,
             engines: [(1, e)].into(),
             observer: ObserverReading {
                 program_runs: processed / 10,
