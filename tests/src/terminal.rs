@@ -60,11 +60,6 @@ impl Tmux {
         String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &self.name]).stdout).into_owned()
     }
 
-    /// What the pane shows now, with its colours and attributes as escape sequences.
-    pub fn screen_with_escapes(&self) -> String {
-        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-e", "-t", &self.name]).stdout).into_owned()
-    }
-
     /// Whether the pane is on the alternate screen (a full-screen program holds it).
     pub fn alternate_screen(&self) -> bool {
         String::from_utf8_lossy(&tmux(&["display-message", "-p", "-t", &self.name, "#{alternate_on}"]).stdout).trim()

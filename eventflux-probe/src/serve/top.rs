@@ -57,9 +57,20 @@ pub struct TopOptions {
 
 /// A service `top` runs inside itself, or reads from afar.
 enum Feed {
-    Run(Embedded<RunService>, tokio::task::JoinHandle<Result<()>>),
-    Node(Embedded<Node>, tokio::task::JoinHandle<Result<()>>),
-    Url { client: reqwest::Client, base: String },
+    /// `run`'s service or node mode's, inside `top`.
+    Inside {
+        service: Arc<dyn Observed>,
+        stop: Stopper,
+        task: tokio::task::JoinHandle<Result<()>>,
+        /// What the title says: `pid 123`, or every engine of the host.
+        what: String,
+        /// `run`'s: its one target's exit ends the figures.
+        one_target: bool,
+    },
+    Url {
+        client: reqwest::Client,
+        base: String,
+    },
 }
 
 /// What `top` reads of the services it embeds.
@@ -79,7 +90,7 @@ impl Observed for Node {
     }
 }
 
-async fn read_service<S: Observed>(service: &Arc<S>) -> Result<Reading> {
+async fn read_service(service: &Arc<dyn Observed>) -> Result<Reading> {
     let s = Arc::clone(service);
     // Reading the maps is a few syscalls per entry: off the async thread, as the services do.
     tokio::task::spawn_blocking(move || {
@@ -93,16 +104,9 @@ async fn read_service<S: Observed>(service: &Arc<S>) -> Result<Reading> {
 
 /// A failure `top` does not try again: a panic (ratatui's hook has restored the terminal
 /// already) or the embedded service gone.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 struct Fatal(String);
-
-impl std::fmt::Display for Fatal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Fatal {}
 
 /// Starts a service inside `top`: its handle once it serves, or the error it stopped with (a
 /// wrong pid, no probes, not root), or `None` when a signal stopped it while it attached.
@@ -122,14 +126,26 @@ async fn embed<S: Send + Sync + 'static>(
 }
 
 impl Feed {
+    fn inside<S: Observed>(
+        embedded: Embedded<S>,
+        task: tokio::task::JoinHandle<Result<()>>,
+        what: String,
+        one_target: bool,
+    ) -> Feed {
+        Feed::Inside { service: embedded.service, stop: embedded.stop, task, what, one_target }
+    }
+
     async fn start(source: Source) -> Result<Option<Feed>> {
         Ok(match source {
-            Source::Pid(options) => embed(|tx| tokio::spawn(super::run::serve(options, Some(tx))))
-                .await?
-                .map(|(e, task)| Feed::Run(e, task)),
+            Source::Pid(options) => {
+                let what = format!("pid {}", options.pid);
+                embed(|tx| tokio::spawn(super::run::serve(options, Some(tx))))
+                    .await?
+                    .map(|(e, task)| Feed::inside(e, task, what, true))
+            }
             Source::Node(options) => embed(|tx| tokio::spawn(super::node::serve(options, Some(tx))))
                 .await?
-                .map(|(e, task)| Feed::Node(e, task)),
+                .map(|(e, task)| Feed::inside(e, task, "every engine of this host".into(), false)),
             Source::Url(url) => {
                 crate::export::otlp::tls::install_provider();
                 let client = reqwest::Client::builder()
@@ -146,24 +162,17 @@ impl Feed {
 
     fn describe(&self) -> String {
         match self {
-            Feed::Run(e, _) => match e.service.phase() {
-                super::run::Phase::Attached { pid, .. } | super::run::Phase::TargetGone { pid, .. } => {
-                    format!("pid {pid}")
-                }
-                super::run::Phase::Draining { .. } => "stopping".into(),
-            },
-            Feed::Node(..) => "every engine of this host".into(),
+            Feed::Inside { what, .. } => what.clone(),
             Feed::Url { base, .. } => base.clone(),
         }
     }
 
     async fn read(&self) -> Result<Reading> {
         match self {
-            Feed::Run(_, task) | Feed::Node(_, task) if task.is_finished() => {
+            Feed::Inside { task, .. } if task.is_finished() => {
                 Err(anyhow::Error::new(Fatal("the observer service inside top stopped".into())))
             }
-            Feed::Run(e, _) => read_service(&e.service).await,
-            Feed::Node(e, _) => read_service(&e.service).await,
+            Feed::Inside { service, .. } => read_service(service).await,
             Feed::Url { client, base } => {
                 let get = |path: &str, accept: &'static str| {
                     let url = format!("{base}{path}");
@@ -195,7 +204,7 @@ impl Feed {
     /// Why the figures stopped moving for good, if they did: the one target gone (`run`'s).
     fn ended(&self, reading: &Reading) -> Option<String> {
         // Node mode's engines come and go: only one target's exit ends the figures.
-        let one_target = matches!(self, Feed::Run(..)) || reading.one_target;
+        let one_target = matches!(self, Feed::Inside { one_target: true, .. }) || reading.one_target;
         let gone: Vec<String> = reading
             .engines
             .values()
@@ -208,11 +217,7 @@ impl Feed {
 
     /// Stops an embedded service and waits for it to detach.
     async fn stop(self) -> Result<()> {
-        let (stop, task): (Stopper, _) = match self {
-            Feed::Run(e, task) => (e.stop, task),
-            Feed::Node(e, task) => (e.stop, task),
-            Feed::Url { .. } => return Ok(()),
-        };
+        let Feed::Inside { stop, task, .. } = self else { return Ok(()) };
         stop.stop();
         match task.await {
             Ok(r) => r,
